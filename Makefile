@@ -1,0 +1,50 @@
+# Shortlist: see README.md. Every target runs from a fresh clone.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
+STAMP   := $(VENV)/.installed
+
+.PHONY: install proto demo up down test test-unit lint train bench clean
+
+install: $(STAMP) proto
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# Generated stubs land in shortlist/v1 (git-ignored); never edit them.
+proto: $(STAMP) shortlist/v1/.stamp
+
+shortlist/v1/.stamp: $(PROTOS)
+	mkdir -p shortlist/v1
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTOS)
+	touch shortlist/v1/__init__.py $@
+
+demo: install
+	$(BIN)/shortlist demo
+
+up: install
+	$(BIN)/shortlist up
+
+down:
+	$(BIN)/shortlist down
+
+train: install
+	$(BIN)/shortlist train
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/shortlist bench all
+
+clean:
+	rm -rf shortlist/v1 artifacts .run .pytest_cache

@@ -1,0 +1,1 @@
+"""The four gRPC services: thin servers over the `shortlist` package."""

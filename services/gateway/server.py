@@ -1,0 +1,204 @@
+"""Gateway: the public API. Orchestrates retrieval and ranking with deadlines and fallbacks,
+and hands feedback to the bus, acknowledging only what the broker acknowledged."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+
+from shortlist.artifacts import Bundle
+from shortlist.bus.base import BusUnavailable, EventPublisher
+from shortlist.config import Settings
+from shortlist.events import Event, Kind
+from shortlist.features import parse_context
+from shortlist.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY
+from shortlist.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    ranking_pb2,
+    ranking_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+from shortlist.validation import (
+    InvalidInput,
+    abort_invalid,
+    require_context,
+    require_id,
+    require_ids,
+    require_range,
+)
+
+SERVICE = "gateway"
+PASS_THROUGH = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self,
+        bundle: Bundle,
+        retrieval: grpc.Channel,
+        ranking: grpc.Channel,
+        publisher: EventPublisher,
+        settings: Settings,
+    ) -> None:
+        self.bundle = bundle  # for the popularity fallback and the catalogue check
+        self.retrieval = retrieval_pb2_grpc.RetrievalStub(retrieval)
+        self.ranking = ranking_pb2_grpc.RankingStub(ranking)
+        self.publisher = publisher
+        self.settings = settings
+
+    def _timeout(self, context: grpc.ServicerContext, budget_ms: int) -> float:
+        """The stage budget, never beyond what is left of the caller's deadline."""
+        remaining = context.time_remaining()
+        budget = budget_ms / 1000
+        return budget if remaining is None else max(0.001, min(budget, remaining - 0.002))
+
+    def Recommend(self, request, context):  # noqa: N802 (gRPC method name)
+        s = self.settings
+        try:
+            require_id(request.user_id, "user_id", s.max_id_length)
+            require_range(request.k, "k", 1, s.max_k)
+            require_ids(request.exclude_item_ids, "exclude_item_ids", s.max_events, s.max_id_length)
+            require_context(request.context, s.max_context_entries, s.max_id_length)
+            parse_context(request.context)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+        start = time.perf_counter()
+        try:
+            shortlist = self.retrieval.Retrieve(
+                retrieval_pb2.RetrieveRequest(
+                    user_id=request.user_id,
+                    n=max(s.candidates, request.k),
+                    exclude_item_ids=request.exclude_item_ids,
+                ),
+                timeout=self._timeout(context, s.retrieval_timeout_ms),
+            )
+        except grpc.RpcError as exc:
+            STAGE_LATENCY.labels(SERVICE, "retrieval").observe(time.perf_counter() - start)
+            return self._popular(request, f"retrieval_unavailable:{exc.code().name}")
+        STAGE_LATENCY.labels(SERVICE, "retrieval").observe(time.perf_counter() - start)
+
+        if shortlist.user_source == "popularity":
+            return self._respond(
+                shortlist.candidates[: request.k], shortlist.model_version, "unknown_user"
+            )
+        reason = "state_unavailable" if shortlist.degraded else ""
+        start = time.perf_counter()
+        try:
+            ranked = self.ranking.Rank(
+                ranking_pb2.RankRequest(
+                    user_id=request.user_id,
+                    candidates=shortlist.candidates,
+                    context=request.context,
+                    k=request.k,
+                ),
+                timeout=self._timeout(context, s.ranking_timeout_ms),
+            )
+        except grpc.RpcError as exc:
+            STAGE_LATENCY.labels(SERVICE, "ranking").observe(time.perf_counter() - start)
+            return self._respond(
+                shortlist.candidates[: request.k],
+                shortlist.model_version,
+                f"ranking_unavailable:{exc.code().name}",
+            )
+        STAGE_LATENCY.labels(SERVICE, "ranking").observe(time.perf_counter() - start)
+        return self._respond(ranked.items, ranked.model_version, reason)
+
+    def _respond(self, items, version: str, reason: str) -> gateway_pb2.RecommendResponse:
+        if reason:
+            FALLBACKS.labels(reason.split(":")[0]).inc()
+        return gateway_pb2.RecommendResponse(
+            items=items, model_version=version, fallback_used=bool(reason), fallback_reason=reason
+        )
+
+    def _popular(self, request, reason: str) -> gateway_pb2.RecommendResponse:
+        exclude = self.bundle.items.indices(request.exclude_item_ids)
+        top = self.bundle.popular_items(request.k, exclude)
+        items = [
+            common_pb2.ScoredItem(item_id=i, score=float(self.bundle.popularity[j]))
+            for i, j in zip(self.bundle.items.ids(top), top)
+        ]
+        return self._respond(items, self.bundle.version, reason)
+
+    def SendFeedback(self, request, context):  # noqa: N802
+        s = self.settings
+        try:
+            events = self._validated_events(request)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+        start = time.perf_counter()
+        try:
+            self.publisher.publish(events, self._timeout(context, s.publish_timeout_ms))
+        except BusUnavailable as exc:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"feedback not accepted, the event bus is unavailable: {exc}",
+            )
+        STAGE_LATENCY.labels(SERVICE, "publish").observe(time.perf_counter() - start)
+        EVENTS_PUBLISHED.inc(len(events))
+        return gateway_pb2.SendFeedbackResponse(event_ids=[e.event_id for e in events])
+
+    def _validated_events(self, request) -> list[Event]:
+        s = self.settings
+        require_range(len(request.events), "events (count)", 1, s.max_events)
+        now_ms = int(time.time() * 1000)
+        events = []
+        for n, e in enumerate(request.events):
+            field = f"events[{n}]"
+            require_id(e.user_id, f"{field}.user_id", s.max_id_length)
+            require_id(e.item_id, f"{field}.item_id", s.max_id_length)
+            if e.event_id:
+                require_id(e.event_id, f"{field}.event_id", s.max_id_length)
+            if e.kind not in {k.value for k in Kind}:
+                raise InvalidInput(
+                    f"{field}.kind must be one of LIKE, DISLIKE, VIEW, SKIP, got {e.kind}"
+                )
+            if e.item_id not in self.bundle.items:
+                raise InvalidInput(
+                    f"{field}.item_id {e.item_id!r} is not in the catalogue",
+                    grpc.StatusCode.NOT_FOUND,
+                )
+            if e.timestamp_ms < 0:
+                raise InvalidInput(f"{field}.timestamp_ms must not be negative")
+            events.append(
+                Event(
+                    event_id=e.event_id or uuid.uuid4().hex,
+                    user_id=e.user_id,
+                    item_id=e.item_id,
+                    kind=Kind(e.kind),
+                    timestamp_ms=e.timestamp_ms or now_ms,
+                )
+            )
+        return events
+
+    def SimilarItems(self, request, context):  # noqa: N802
+        s = self.settings
+        try:
+            require_id(request.item_id, "item_id", s.max_id_length)
+            require_range(request.k, "k", 1, s.max_k)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+        try:
+            return self.retrieval.SimilarItems(
+                request, timeout=self._timeout(context, s.retrieval_timeout_ms)
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if exc.code() in PASS_THROUGH else grpc.StatusCode.UNAVAILABLE
+            context.abort(code, f"similar items: {exc.details()}")
+
+
+def register(servicer: GatewayServicer):
+    def _register(server: grpc.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+
+    return _register
+
+
+SERVICE_NAMES = (gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,)

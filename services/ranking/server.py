@@ -1,0 +1,81 @@
+"""Ranking service: LightGBM LambdaRank over the shortlist with user, item and context features."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+
+from shortlist import serving
+from shortlist.artifacts import Bundle
+from shortlist.config import Settings
+from shortlist.features import parse_context
+from shortlist.stores.base import RankingSignals, StateStore, StoreUnavailable
+from shortlist.telemetry import STAGE_LATENCY
+from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+from shortlist.validation import (
+    InvalidInput,
+    abort_invalid,
+    require_context,
+    require_id,
+    require_range,
+)
+
+SERVICE = "ranking"
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServicer):
+    def __init__(self, bundle: Bundle, store: StateStore, settings: Settings) -> None:
+        self.bundle = bundle
+        self.store = store
+        self.settings = settings
+
+    def Rank(self, request, context):  # noqa: N802 (gRPC method name)
+        s = self.settings
+        bundle = self.bundle
+        try:
+            require_id(request.user_id, "user_id", s.max_id_length)
+            require_range(request.k, "k", 1, s.max_k)
+            require_range(len(request.candidates), "candidates (count)", 1, s.max_candidates)
+            require_context(request.context, s.max_context_entries, s.max_id_length)
+            ctx = parse_context(request.context)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ids = [c.item_id for c in request.candidates]
+        idx = np.array([bundle.items.get(i) if i in bundle.items else -1 for i in ids])
+        if (idx < 0).any():
+            bad = ids[int(np.flatnonzero(idx < 0)[0])]
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
+            )
+        scores = np.array([c.score for c in request.candidates], np.float32)
+        start = time.perf_counter()
+        try:
+            live = self.store.ranking_signals(request.user_id, ids)
+        except StoreUnavailable:
+            live = RankingSignals(history=[], live_likes=np.zeros(len(ids), np.float32), likes=0)
+        STAGE_LATENCY.labels(SERVICE, "features").observe(time.perf_counter() - start)
+        start = time.perf_counter()
+        top, top_scores = serving.rank(bundle, request.user_id, idx, scores, live, ctx, request.k)
+        STAGE_LATENCY.labels(SERVICE, "scoring").observe(time.perf_counter() - start)
+        return ranking_pb2.RankResponse(
+            items=[
+                common_pb2.ScoredItem(item_id=i, score=float(v))
+                for i, v in zip(bundle.items.ids(top), top_scores)
+            ],
+            model_version=bundle.version,
+        )
+
+
+def register(servicer: RankingServicer):
+    def _register(server: grpc.Server) -> None:
+        ranking_pb2_grpc.add_RankingServicer_to_server(servicer, server)
+
+    return _register
+
+
+SERVICE_NAMES = (ranking_pb2.DESCRIPTOR.services_by_name["Ranking"].full_name,)

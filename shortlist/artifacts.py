@@ -1,0 +1,155 @@
+"""Versioned artifact bundles: everything the services load, written by the offline pipeline.
+
+Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
+item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
+recent_likes.npz, popularity.npy, item_features.npy, ranker.txt.
+`<root>/LATEST` names the newest version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist import __version__
+from shortlist.foldin import FoldInTargets
+from shortlist.ids import IdMap
+from shortlist.index import load_index, save_index
+
+LATEST = "LATEST"
+
+
+@dataclass
+class Bundle:
+    version: str
+    users: IdMap
+    items: IdMap
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    index: faiss.Index
+    likes: sp.csr_matrix  # training likes
+    dislikes: sp.csr_matrix  # training dislikes
+    recent_likes: sp.csr_matrix  # the last likes per user, for similarity features
+    popularity: np.ndarray  # likes per item in training
+    item_features: np.ndarray  # items x n attribute columns
+    item_feature_names: list[str]
+    foldin: FoldInTargets
+    ranker: lgb.Booster | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Items a user interacted with in training are never recommended again.
+        self.seen = ((self.likes + self.dislikes) > 0).tocsr()
+        self.activity = np.diff(self.likes.indptr).astype(np.float32)
+        self._pop_order = np.argsort(-self.popularity, kind="stable")
+
+    def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        order = self._pop_order
+        if exclude is not None and len(exclude):
+            order = order[~np.isin(order, exclude)]
+        return order[:n]
+
+
+def new_version() -> str:
+    return time.strftime("v%Y%m%d-%H%M%S", time.gmtime())
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def save_bundle(bundle: Bundle, root: Path) -> Path:
+    """Write root/version (renamed into place when complete) and point LATEST at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / bundle.version
+    tmp = root / f".{bundle.version}.tmp"
+    tmp.mkdir(parents=True, exist_ok=False)
+    manifest = {
+        **bundle.manifest,
+        "version": bundle.version,
+        "code_version": bundle.manifest.get("code_version", code_version()),
+        "n_users": len(bundle.users),
+        "n_items": len(bundle.items),
+        "dim": int(bundle.item_vectors.shape[1]),
+        "item_feature_names": bundle.item_feature_names,
+        "foldin": {
+            "like": bundle.foldin.like,
+            "dislike": bundle.foldin.dislike,
+            "prior_strength": bundle.foldin.prior_strength,
+        },
+        "has_ranker": bundle.ranker is not None,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (tmp / "users.json").write_text(json.dumps(bundle.users.to_list()))
+    (tmp / "items.json").write_text(json.dumps(bundle.items.to_list()))
+    np.save(tmp / "user_vectors.npy", bundle.user_vectors.astype(np.float32))
+    np.save(tmp / "item_vectors.npy", bundle.item_vectors.astype(np.float32))
+    np.save(tmp / "popularity.npy", bundle.popularity.astype(np.float32))
+    np.save(tmp / "item_features.npy", bundle.item_features.astype(np.float32))
+    sp.save_npz(tmp / "likes.npz", bundle.likes.tocsr())
+    sp.save_npz(tmp / "dislikes.npz", bundle.dislikes.tocsr())
+    sp.save_npz(tmp / "recent_likes.npz", bundle.recent_likes.tocsr())
+    save_index(bundle.index, tmp / "index.faiss")
+    if bundle.ranker is not None:
+        bundle.ranker.save_model(str(tmp / "ranker.txt"))
+    os.replace(tmp, final)
+    latest_tmp = root / f".{LATEST}.tmp"
+    latest_tmp.write_text(bundle.version + "\n")
+    os.replace(latest_tmp, root / LATEST)
+    bundle.manifest = manifest
+    return final
+
+
+def resolve_bundle_dir(path: Path) -> Path:
+    """A bundle directory itself, or a root whose LATEST names one."""
+    if (path / "manifest.json").exists():
+        return path
+    latest = path / LATEST
+    if latest.exists():
+        return path / latest.read_text().strip()
+    raise FileNotFoundError(f"no artifact bundle at {path} (run `shortlist train` first)")
+
+
+def load_bundle(path: Path) -> Bundle:
+    directory = resolve_bundle_dir(Path(path))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    ranker_path = directory / "ranker.txt"
+    fold = manifest["foldin"]
+    return Bundle(
+        version=manifest["version"],
+        users=IdMap(json.loads((directory / "users.json").read_text())),
+        items=IdMap(json.loads((directory / "items.json").read_text())),
+        user_vectors=np.load(directory / "user_vectors.npy"),
+        item_vectors=np.load(directory / "item_vectors.npy"),
+        index=load_index(directory / "index.faiss"),
+        likes=sp.load_npz(directory / "likes.npz").tocsr(),
+        dislikes=sp.load_npz(directory / "dislikes.npz").tocsr(),
+        recent_likes=sp.load_npz(directory / "recent_likes.npz").tocsr(),
+        popularity=np.load(directory / "popularity.npy"),
+        item_features=np.load(directory / "item_features.npy"),
+        item_feature_names=list(manifest["item_feature_names"]),
+        foldin=FoldInTargets(fold["like"], fold["dislike"], fold["prior_strength"]),
+        ranker=lgb.Booster(model_file=str(ranker_path)) if ranker_path.exists() else None,
+        manifest=manifest,
+    )

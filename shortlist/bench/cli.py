@@ -1,0 +1,5 @@
+"""`shortlist bench` sub-commands."""
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks that print figures (quality, serving, feedback).")

@@ -1,0 +1,40 @@
+"""Interfaces of the feedback bus."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shortlist.events import Event
+
+
+class BusUnavailable(RuntimeError):
+    """The broker did not acknowledge in time: the client must not be told OK."""
+
+
+@dataclass(frozen=True)
+class Record:
+    value: bytes
+    partition: int
+    offset: int
+
+
+class EventPublisher(Protocol):
+    def publish(self, events: Sequence[Event], timeout_s: float) -> None:
+        """Return only once the broker has acknowledged every event; else BusUnavailable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EventConsumer(Protocol):
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
+
+    def commit(self) -> None:
+        """Commit the position after the last polled records (call after applying them)."""
+        ...
+
+    def has_assignment(self) -> bool: ...
+
+    def close(self) -> None: ...

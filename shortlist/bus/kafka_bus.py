@@ -1,0 +1,95 @@
+"""Kafka publisher and consumer (kafka-python), keyed by user so a user's events stay ordered."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shortlist.bus.base import BusUnavailable, Record
+from shortlist.events import Event
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 4, timeout_s: float = 10) -> None:
+    """Create the topic when it does not exist (local stack and tests; k8s pre-creates it)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+class KafkaEventPublisher:
+    """Created lazily, so the gateway starts (and answers UNAVAILABLE) while the broker is down."""
+
+    def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._max_block_ms = int(max_block_s * 1000)
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self._bootstrap,
+                    acks="all",
+                    retries=5,
+                    linger_ms=0,
+                    max_block_ms=self._max_block_ms,
+                    request_timeout_ms=5000,
+                    reconnect_backoff_max_ms=1000,
+                )
+            return self._producer
+
+    def publish(self, events: Sequence[Event], timeout_s: float) -> None:
+        try:
+            producer = self._get_producer()
+            futures = [
+                producer.send(self.topic, key=e.user_id.encode(), value=e.encode()) for e in events
+            ]
+            producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=timeout_s)
+        except KafkaError as exc:
+            raise BusUnavailable(f"kafka: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+
+
+class KafkaEventConsumer:
+    def __init__(self, bootstrap: str, topic: str, group_id: str) -> None:
+        self._consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            reconnect_backoff_max_ms=1000,
+        )
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            Record(r.value, r.partition, r.offset) for records in batches.values() for r in records
+        ]
+
+    def commit(self) -> None:
+        self._consumer.commit()
+
+    def has_assignment(self) -> bool:
+        return bool(self._consumer.assignment())
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

@@ -1,0 +1,129 @@
+"""The `shortlist` command: train, serve, demo, up/down and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shortlist.bench.cli import bench_app
+from shortlist.config import Settings
+
+app = typer.Typer(help="Shortlist: a two-stage recommender served over gRPC.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("artifacts"), help="Bundle root; LATEST points at the new one."),
+    users: int = typer.Option(1000, help="Users in the built-in dataset."),
+    items: int = typer.Option(600, help="Items in the built-in dataset."),
+    epochs: int = typer.Option(30),
+    dim: int = typer.Option(32),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train retrieval and ranker on the built-in data and write a versioned bundle."""
+    from shortlist.artifacts import save_bundle
+    from shortlist.data.synthetic import generate
+    from shortlist.training import TrainConfig, train_bundle
+
+    data = generate(n_users=users, n_items=items, seed=7 + seed)
+    with console.status("training"):
+        bundle = train_bundle(
+            data, TrainConfig(dim=dim, epochs=epochs, seed=seed), progress=console.log
+        )
+        path = save_bundle(bundle, out)
+    table = Table(title=f"bundle {bundle.version} -> {path}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in bundle.manifest["metrics"].items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def serve(name: str = typer.Argument(..., help="retrieval | ranking | feedback | gateway")) -> None:
+    """Run one service in the foreground (settings from SHORTLIST_* environment variables)."""
+    from services.launch import SERVICES
+    from services.launch import serve as serve_one
+    from shortlist.logs import configure
+
+    if name not in SERVICES:
+        raise typer.BadParameter(f"choose from {', '.join(SERVICES)}", param_hint="NAME")
+    settings = Settings.from_env()
+    configure(settings.log_format)
+    serve_one(name, settings)
+
+
+@app.command()
+def demo() -> None:
+    """Train on the built-in data, serve in-process, and show feedback changing results."""
+    from shortlist.demo import run
+
+    run(console)
+
+
+@app.command()
+def up() -> None:
+    """Start Redis (if none answers), the tansu broker and the four services in the background."""
+    from shortlist import stack
+
+    settings = Settings.from_env()
+    if (
+        not (Path(settings.bundle) / "LATEST").exists()
+        and not Path(settings.bundle, "manifest.json").exists()
+    ):
+        train(out=Path(settings.bundle), users=1000, items=600, epochs=30, dim=32, seed=0)
+    with console.status("starting the local stack"):
+        pids = stack.up(settings)
+    table = Table(title="Shortlist local stack is up", title_justify="left")
+    for col in ("part", "address", "metrics", "pid"):
+        table.add_column(col)
+    table.add_row("redis", settings.redis_url, "", str(pids.get("redis", "(already running)")))
+    table.add_row(
+        "kafka (tansu)", settings.kafka_bootstrap, "", str(pids.get("tansu", "(already running)"))
+    )
+    for name in stack.SERVICES:
+        port = getattr(settings, f"{name}_metrics_port")
+        table.add_row(
+            name,
+            getattr(settings, f"{name}_addr"),
+            f"http://{settings.metrics_host}:{port}/metrics",
+            str(pids[name]),
+        )
+    console.print(table)
+    console.print(
+        f"try: grpcurl -plaintext {settings.gateway_addr} list\n"
+        f'     grpcurl -plaintext -d \'{{"user_id": "user-0007", "k": 5}}\' '
+        f"{settings.gateway_addr} shortlist.v1.Gateway/Recommend\n"
+        "stop: make down"
+    )
+
+
+@app.command()
+def down() -> None:
+    """Stop what `shortlist up` started."""
+    from shortlist import stack
+
+    stopped = stack.down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def settings() -> None:
+    """Print the effective settings as environment variables."""
+    console.print_json(json.dumps(Settings.from_env().to_env()))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

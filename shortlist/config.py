@@ -1,0 +1,86 @@
+"""Settings from environment variables `SHORTLIST_<FIELD>` (and an optional KEY=VALUE file).
+
+The same names appear in the Kubernetes ConfigMaps. Precedence: environment, then the file
+named by SHORTLIST_CONFIG_FILE, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PREFIX = "SHORTLIST_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: str = "artifacts"
+    # "redis-kafka" for real services; "memory" only for the in-process demo.
+    backend: str = "redis-kafka"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sl:"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    feedback_topic: str = "shortlist.feedback"
+    feedback_group: str = "shortlist-feedback"
+    feedback_partitions: int = 4
+    gateway_addr: str = "127.0.0.1:50051"
+    retrieval_addr: str = "127.0.0.1:50052"
+    ranking_addr: str = "127.0.0.1:50053"
+    feedback_addr: str = "127.0.0.1:50054"
+    metrics_host: str = "127.0.0.1"
+    gateway_metrics_port: int = 9101
+    retrieval_metrics_port: int = 9102
+    ranking_metrics_port: int = 9103
+    feedback_metrics_port: int = 9104
+    max_k: int = 100
+    candidates: int = 200
+    max_candidates: int = 1000
+    max_events: int = 1000
+    max_id_length: int = 256
+    max_context_entries: int = 32
+    retrieval_timeout_ms: int = 150
+    ranking_timeout_ms: int = 150
+    publish_timeout_ms: int = 3000
+    feedback_batch: int = 500
+    log_format: str = "text"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, str] = {}
+        config_file = env.get(PREFIX + "CONFIG_FILE")
+        if config_file:
+            values.update(_read_env_file(Path(config_file)))
+        values.update({k: v for k, v in env.items() if k.startswith(PREFIX)})
+        kwargs: dict[str, object] = {}
+        for f in fields(cls):
+            raw = values.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            try:
+                kwargs[f.name] = int(raw) if f.type in ("int", int) else raw
+            except ValueError:
+                raise ValueError(
+                    f"{PREFIX}{f.name.upper()} must be an integer, got {raw!r}"
+                ) from None
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, for starting child processes."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,72 @@
+"""The in-memory form of a dataset: positive and negative user-item matrices plus id maps."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist.ids import IdMap
+
+
+@dataclass
+class Interactions:
+    """Likes (`positives`) and explicit dislikes (`negatives`) as CSR matrices users x items.
+
+    `timestamps` (optional) holds, aligned with `positives.data`, the unix time of each like.
+    `user_features` / `item_features` are optional dense numeric attribute tables.
+    """
+
+    users: IdMap
+    items: IdMap
+    positives: sp.csr_matrix
+    negatives: sp.csr_matrix | None = None
+    timestamps: np.ndarray | None = None
+    user_features: dict[str, np.ndarray] = field(default_factory=dict)
+    item_features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.users), len(self.items))
+        self.positives = sp.csr_matrix(self.positives, dtype=np.float32)
+        if self.positives.shape != shape:
+            raise ValueError(f"positives shape {self.positives.shape} != {shape}")
+        if self.negatives is None:
+            self.negatives = sp.csr_matrix(shape, dtype=np.float32)
+        self.negatives = sp.csr_matrix(self.negatives, dtype=np.float32)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.positives.nnz)
+
+    def fingerprint(self) -> str:
+        """A content hash of the matrices and id maps, recorded in every artifact."""
+        h = hashlib.sha256()
+        for ids in (self.users.to_list(), self.items.to_list()):
+            h.update("\x1f".join(ids).encode())
+        for m in (self.positives, self.negatives):
+            m = m.tocsr()
+            m.sort_indices()
+            h.update(m.indptr.tobytes())
+            h.update(m.indices.tobytes())
+        return h.hexdigest()[:16]
+
+    def with_positives(self, positives: sp.csr_matrix) -> Interactions:
+        """The same dataset (ids, negatives, features) with other positives, e.g. a split."""
+        return Interactions(
+            users=self.users,
+            items=self.items,
+            positives=positives,
+            negatives=self.negatives,
+            user_features=self.user_features,
+            item_features=self.item_features,
+        )

@@ -1,0 +1,242 @@
+"""Importers: the LightGCN text format, MovieLens ratings and a generic CSV.
+
+Every loader keeps external ids as strings in `IdMap`s outside the models; matrices use
+dense indices. Splits that come as separate files share one id space (the union).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist.data.interactions import Interactions
+from shortlist.ids import IdMap
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+@dataclass
+class SplitData:
+    """A dataset with its splits, all sharing one id space and one set of dislikes."""
+
+    name: str
+    train: Interactions
+    valid: Interactions | None
+    test: Interactions
+
+    def train_valid(self) -> Interactions:
+        """Train and valid merged (protocol A trains on both)."""
+        if self.valid is None:
+            return self.train
+        merged = (self.train.positives + self.valid.positives).tocsr()
+        merged.data[:] = 1.0
+        return self.train.with_positives(merged)
+
+
+# ---------------------------------------------------------------- LightGCN text format
+
+
+def _read_lightgcn_lines(path: Path) -> tuple[list[str], list[str]]:
+    users: list[str] = []
+    items: list[str] = []
+    with open(path) as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            users.extend([parts[0]] * (len(parts) - 1))
+            items.extend(parts[1:])
+    return users, items
+
+
+def _sorted_ids(values: set[str]) -> list[str]:
+    """Numeric ids in numeric order (so `IdMap` index == original id when dense)."""
+    if all(v.lstrip("-").isdigit() for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
+def _matrix(rows: list[str], cols: list[str], users: IdMap, items: IdMap) -> sp.csr_matrix:
+    r = np.fromiter((users.index(u) for u in rows), np.int64, len(rows))
+    c = np.fromiter((items.index(i) for i in cols), np.int64, len(cols))
+    m = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(users), len(items)))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.sort_indices()
+    return m
+
+
+def load_lightgcn_dir(directory: str | Path) -> SplitData:
+    """`train.txt`, optional `valid.txt`, `test.txt`; each line `user item item ...`."""
+    directory = Path(directory)
+    raw: dict[str, tuple[list[str], list[str]]] = {}
+    for name in SPLIT_NAMES:
+        path = directory / f"{name}.txt"
+        if path.exists():
+            raw[name] = _read_lightgcn_lines(path)
+    if "train" not in raw or "test" not in raw:
+        raise FileNotFoundError(f"{directory} needs train.txt and test.txt")
+    all_users = set().union(*(set(u) for u, _ in raw.values()))
+    all_items = set().union(*(set(i) for _, i in raw.values()))
+    users, items = IdMap(_sorted_ids(all_users)), IdMap(_sorted_ids(all_items))
+    parts = {
+        name: Interactions(users, items, _matrix(u, i, users, items))
+        for name, (u, i) in raw.items()
+    }
+    return SplitData(directory.name, parts["train"], parts.get("valid"), parts["test"])
+
+
+# ---------------------------------------------------------------------- MovieLens
+
+
+@dataclass
+class RatingThresholds:
+    """Ratings >= `like` are likes, ratings <= `dislike` are dislikes, the rest is ignored."""
+
+    like: float = 4.0
+    dislike: float = 2.0
+
+
+def _from_events(
+    users: list[str],
+    items: list[str],
+    labels: np.ndarray,
+    times: np.ndarray | None,
+    user_ids: list[str] | None = None,
+    item_ids: list[str] | None = None,
+) -> Interactions:
+    """Build `Interactions` from events; label 1 = like, -1 = dislike, 0 = ignored.
+
+    Repeated (user, item) events keep the last one in time (or file) order.
+    """
+    umap = IdMap(user_ids if user_ids is not None else _sorted_ids(set(users)))
+    imap = IdMap(item_ids if item_ids is not None else _sorted_ids(set(items)))
+    u = np.fromiter((umap.index(x) for x in users), np.int64, len(users))
+    i = np.fromiter((imap.index(x) for x in items), np.int64, len(items))
+    t = np.zeros(len(u), np.int64) if times is None else np.asarray(times, np.int64)
+    # Last event per pair wins: stable sort by time, then keep the last occurrence.
+    order = np.argsort(t, kind="stable")
+    key = u[order] * len(imap) + i[order]
+    _, last_rev = np.unique(key[::-1], return_index=True)
+    keep = order[len(order) - 1 - last_rev]
+    u, i, t, labels = u[keep], i[keep], t[keep], np.asarray(labels)[keep]
+    shape = (len(umap), len(imap))
+    like, dis = labels > 0, labels < 0
+    pos = sp.csr_matrix((np.ones(like.sum(), np.float32), (u[like], i[like])), shape=shape)
+    pos.sort_indices()
+    tmat = sp.csr_matrix((t[like].astype(np.float64) + 1.0, (u[like], i[like])), shape=shape)
+    tmat.sort_indices()
+    neg = sp.csr_matrix((np.ones(dis.sum(), np.float32), (u[dis], i[dis])), shape=shape)
+    return Interactions(
+        users=umap,
+        items=imap,
+        positives=pos,
+        negatives=neg,
+        timestamps=(tmat.data - 1.0).astype(np.int64) if times is not None else None,
+    )
+
+
+def load_movielens(
+    directory: str | Path, thresholds: RatingThresholds | None = None, features: bool = True
+) -> Interactions:
+    """MovieLens 100K `u.data` (+ `u.item` genres/year and `u.user` attributes as features)."""
+    directory = Path(directory)
+    th = thresholds or RatingThresholds()
+    raw = np.loadtxt(directory / "u.data", dtype=np.int64, ndmin=2)
+    ratings = raw[:, 2].astype(np.float64)
+    labels = np.where(ratings >= th.like, 1, np.where(ratings <= th.dislike, -1, 0))
+    user_ids = item_ids = None
+    ufeat: dict[str, np.ndarray] = {}
+    ifeat: dict[str, np.ndarray] = {}
+    if features and (directory / "u.item").exists() and (directory / "u.user").exists():
+        item_ids, ifeat = _movielens_items(directory / "u.item")
+        user_ids, ufeat = _movielens_users(directory / "u.user")
+    data = _from_events(
+        [str(x) for x in raw[:, 0]],
+        [str(x) for x in raw[:, 1]],
+        labels,
+        raw[:, 3],
+        user_ids=user_ids,
+        item_ids=item_ids,
+    )
+    data.user_features, data.item_features = ufeat, ifeat
+    return data
+
+
+def _movielens_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    ids, genres, years = [], [], []
+    with open(path, encoding="latin-1") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("|")
+            if len(parts) < 6:
+                continue
+            ids.append(parts[0])
+            genres.append([float(g) for g in parts[5:]])
+            date = parts[2]
+            years.append(float(date[-4:]) if len(date) >= 4 and date[-4:].isdigit() else np.nan)
+    year = np.asarray(years, np.float32)
+    year = np.where(np.isnan(year), np.nanmedian(year), year)
+    return ids, {
+        "genres": np.asarray(genres, np.float32),
+        "year": ((year - year.mean()) / (year.std() + 1e-6)).astype(np.float32),
+    }
+
+
+def _movielens_users(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    ids, ages, female, occupations = [], [], [], []
+    with open(path, encoding="latin-1") as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split("|")
+            if len(parts) < 4:
+                continue
+            ids.append(parts[0])
+            ages.append(float(parts[1]))
+            female.append(1.0 if parts[2] == "F" else 0.0)
+            occupations.append(parts[3])
+    vocab = sorted(set(occupations))
+    occ = np.zeros((len(ids), len(vocab)), np.float32)
+    occ[np.arange(len(ids)), [vocab.index(o) for o in occupations]] = 1.0
+    age = np.asarray(ages, np.float32)
+    return ids, {
+        "age": (age - age.mean()) / (age.std() + 1e-6),
+        "female": np.asarray(female, np.float32),
+        "occupation": occ,
+    }
+
+
+# -------------------------------------------------------------------------- CSV
+
+
+def load_csv(
+    path: str | Path,
+    thresholds: RatingThresholds | None = None,
+    delimiter: str = ",",
+) -> Interactions:
+    """`user,item[,label][,timestamp]`, with or without a header line.
+
+    Without a label every row is a like. A label is a rating compared with `thresholds`
+    (default like >= 1, dislike <= -1, so 1/-1/0 labels work as they are).
+    """
+    th = thresholds or RatingThresholds(like=1.0, dislike=-1.0)
+    users, items, labels, times = [], [], [], []
+    has_time = False
+    with open(path, newline="") as fh:
+        for n, row in enumerate(csv.reader(fh, delimiter=delimiter)):
+            if not row or row[0].startswith("#"):
+                continue
+            if n == 0 and row[0].strip().lower() in {"user", "user_id", "userid"}:
+                continue
+            users.append(row[0].strip())
+            items.append(row[1].strip())
+            value = float(row[2]) if len(row) > 2 and row[2].strip() else th.like
+            labels.append(1 if value >= th.like else (-1 if value <= th.dislike else 0))
+            if len(row) > 3 and row[3].strip():
+                has_time = True
+                times.append(int(float(row[3])))
+            else:
+                times.append(0)
+    return _from_events(users, items, np.asarray(labels), np.asarray(times) if has_time else None)

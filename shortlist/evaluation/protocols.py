@@ -1,0 +1,127 @@
+"""The two benchmark protocols of `data/README.md`.
+
+A (LightGCN paper, BARS): train on train+valid with fixed settings, report test.
+B (LightGCN++): train on train, choose the epoch / setting by valid NDCG@20, report test.
+Training items (train, or train+valid under A) are excluded from every ranking; under B
+the valid items are excluded from the test ranking too, as they are known interactions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shortlist.data.interactions import Interactions
+from shortlist.data.loaders import SplitData
+from shortlist.evaluation.metrics import evaluate
+from shortlist.models import registry
+from shortlist.models.base import EmbeddingModel, FitReport
+
+
+@dataclass
+class ProtocolResult:
+    dataset: str
+    protocol: str
+    model: str
+    metrics: dict[str, float]
+    train_seconds: float
+    eval_seconds: float
+    fingerprint: str
+    config: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    valid_metrics: dict[str, float] = field(default_factory=dict)
+    fitted: EmbeddingModel | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The flat JSON record printed as the bench's last line."""
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "model": self.model,
+        }
+        out.update({k: round(v, 6) for k, v in self.metrics.items() if k != "users"})
+        out["users"] = int(self.metrics.get("users", 0))
+        out["train_seconds"] = round(self.train_seconds, 2)
+        out["eval_seconds"] = round(self.eval_seconds, 2)
+        out["fingerprint"] = self.fingerprint
+        if self.valid_metrics:
+            out["valid_ndcg@20"] = round(self.valid_metrics.get("ndcg@20", 0.0), 6)
+        return out
+
+
+def _fit(model: EmbeddingModel, train: Interactions, valid: Interactions | None) -> FitReport:
+    if valid is not None and "valid" in inspect.signature(model.fit).parameters:
+        return model.fit(train, valid=valid)  # type: ignore[call-arg]
+    return model.fit(train)
+
+
+def _mask(a: Interactions, b: Interactions | None) -> Any:
+    if b is None:
+        return a.positives
+    m = (a.positives + b.positives).tocsr()
+    m.data[:] = 1.0
+    return m
+
+
+def run_protocol(
+    split: SplitData,
+    protocol: str,
+    model_name: str,
+    config: dict[str, Any] | None = None,
+    ks: tuple[int, ...] = (10, 20, 50),
+) -> ProtocolResult:
+    """Train `model_name` under protocol A or B and evaluate on test."""
+    protocol = protocol.upper()
+    if protocol not in {"A", "B"}:
+        raise ValueError("protocol must be A or B")
+    config = dict(config or {})
+    model = registry.build(model_name, config)
+    if protocol == "A":
+        train = split.train_valid()
+        fit_valid = None
+        exclude = train.positives
+    else:
+        if split.valid is None:
+            raise ValueError("protocol B needs a valid split")
+        train, fit_valid = split.train, split.valid
+        exclude = _mask(split.train, split.valid)
+    start = time.perf_counter()
+    report = _fit(model, train, fit_valid)
+    train_seconds = time.perf_counter() - start
+
+    valid_metrics: dict[str, float] = {}
+    if fit_valid is not None:
+        valid_metrics = evaluate(
+            model.user_factors, model.item_factors, train.positives, fit_valid.positives, ks=(20,)
+        )
+    start = time.perf_counter()
+    metrics = evaluate(model.user_factors, model.item_factors, exclude, split.test.positives, ks)
+    eval_seconds = time.perf_counter() - start
+    return ProtocolResult(
+        dataset=split.name,
+        protocol=protocol,
+        model=model_name,
+        metrics=metrics,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        fingerprint=train.fingerprint(),
+        config={k: v for k, v in vars(getattr(model, "config", None) or object()).items()}
+        if getattr(model, "config", None) is not None
+        else {},
+        history=report.history,
+        valid_metrics=valid_metrics,
+        fitted=model,
+    )
+
+
+def random_scores_baseline(split: SplitData, seed: int = 0, dim: int = 8) -> dict[str, float]:
+    """Metrics of random vectors: the floor any trained model must clear."""
+    rng = np.random.default_rng(seed)
+    train = split.train_valid()
+    u = rng.standard_normal((train.n_users, dim)).astype(np.float32)
+    i = rng.standard_normal((train.n_items, dim)).astype(np.float32)
+    return evaluate(u, i, train.positives, split.test.positives, ks=(20,))

@@ -1,0 +1,52 @@
+"""Feedback events: the domain form of `shortlist.v1.FeedbackEvent` and its wire encoding."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from shortlist.v1 import common_pb2
+
+
+class Kind(enum.IntEnum):
+    """Feedback kinds; values equal the proto enum's."""
+
+    LIKE = common_pb2.FEEDBACK_KIND_LIKE
+    DISLIKE = common_pb2.FEEDBACK_KIND_DISLIKE
+    VIEW = common_pb2.FEEDBACK_KIND_VIEW
+    SKIP = common_pb2.FEEDBACK_KIND_SKIP
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    kind: Kind
+    timestamp_ms: int
+
+    def encode(self) -> bytes:
+        """The record value written to the feedback topic (protobuf)."""
+        return common_pb2.FeedbackEvent(
+            event_id=self.event_id,
+            user_id=self.user_id,
+            item_id=self.item_id,
+            kind=int(self.kind),
+            timestamp_ms=self.timestamp_ms,
+        ).SerializeToString()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Event:
+        """Parse a topic record; ValueError when it is not a valid event."""
+        msg = common_pb2.FeedbackEvent()
+        try:
+            msg.ParseFromString(payload)
+        except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+            raise ValueError(f"undecodable feedback record: {exc}") from exc
+        if not (msg.event_id and msg.user_id and msg.item_id):
+            raise ValueError("feedback record lacks event_id, user_id or item_id")
+        try:
+            kind = Kind(msg.kind)
+        except ValueError as exc:
+            raise ValueError(f"feedback record has unknown kind {msg.kind}") from exc
+        return cls(msg.event_id, msg.user_id, msg.item_id, kind, msg.timestamp_ms)

@@ -1,0 +1,56 @@
+"""The FAISS item index that serves maximum-inner-product search for retrieval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# Below this many items exact search is already fast; above it HNSW pays off.
+EXACT_MAX_ITEMS = 20_000
+
+
+def build_index(item_vectors: np.ndarray, kind: str = "auto", hnsw_m: int = 32) -> faiss.Index:
+    """An inner-product index over the item vectors ("flat" exact, "hnsw" or "auto")."""
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if kind == "auto":
+        kind = "flat" if n <= EXACT_MAX_ITEMS else "hnsw"
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 200
+        index.hnsw.efSearch = 256
+    else:
+        raise ValueError(f"unknown index kind {kind!r}: use flat, hnsw or auto")
+    index.add(vectors)
+    return index
+
+
+def save_index(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def load_index(path: Path) -> faiss.Index:
+    return faiss.read_index(str(path))
+
+
+def search(
+    index: faiss.Index, query: np.ndarray, n: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`n` (indices, scores) for one query vector, never returning an excluded index.
+
+    Over-fetches by the number of exclusions and filters, which stays exact for the
+    flat index and is cheaper than an id selector for short exclusion lists.
+    """
+    n_excl = 0 if exclude is None else len(exclude)
+    fetch = min(index.ntotal, n + n_excl)
+    q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+    scores, idx = index.search(q, fetch)
+    idx, scores = idx[0], scores[0]
+    keep = idx >= 0
+    if n_excl:
+        keep &= ~np.isin(idx, exclude)
+    return idx[keep][:n], scores[keep][:n]

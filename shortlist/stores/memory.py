@@ -1,0 +1,75 @@
+"""In-process state store: the embedded default for `shortlist demo`, not for production."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from shortlist.events import Event, Kind
+from shortlist.stores.base import HISTORY_LENGTH, PendingBatch, RankingSignals, UserState
+
+
+class InMemoryStateStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, set[str]] = defaultdict(set)
+        self._disliked: dict[str, set[str]] = defaultdict(set)
+        self._history: dict[str, list[tuple[str, Kind]]] = defaultdict(list)
+        self._vectors: dict[tuple[str, str], np.ndarray] = {}
+        self._likes: dict[str, int] = defaultdict(int)
+        self._item_likes: dict[str, int] = defaultdict(int)
+        self._events: set[str] = set()
+
+    def ping(self) -> None:
+        return None
+
+    def user_state(self, user_id: str, version: str) -> UserState:
+        with self._lock:
+            vec = self._vectors.get((user_id, version))
+            return UserState(
+                vector=None if vec is None else vec.copy(),
+                seen=set(self._seen.get(user_id, ())),
+                disliked=set(self._disliked.get(user_id, ())),
+            )
+
+    def ranking_signals(self, user_id: str, item_ids: Sequence[str]) -> RankingSignals:
+        with self._lock:
+            live = np.array([self._item_likes.get(i, 0) for i in item_ids], np.float32)
+            return RankingSignals(
+                history=list(self._history.get(user_id, ())),
+                live_likes=live,
+                likes=self._likes.get(user_id, 0),
+            )
+
+    def prepare(self, events: Sequence[Event]) -> PendingBatch:
+        with self._lock:
+            users = {e.user_id for e in events}
+            return PendingBatch(
+                new=[e.event_id not in self._events for e in events],
+                histories={u: list(self._history.get(u, ())) for u in users},
+            )
+
+    def apply(
+        self, events: Sequence[Event], vectors: Mapping[str, np.ndarray], version: str
+    ) -> None:
+        with self._lock:
+            for e in events:
+                self._events.add(e.event_id)
+                self._seen[e.user_id].add(e.item_id)
+                if e.kind == Kind.DISLIKE:
+                    self._disliked[e.user_id].add(e.item_id)
+                elif e.kind == Kind.LIKE:
+                    self._disliked[e.user_id].discard(e.item_id)
+                    self._likes[e.user_id] += 1
+                    self._item_likes[e.item_id] += 1
+                hist = self._history[e.user_id]
+                hist.insert(0, (e.item_id, e.kind))
+                del hist[HISTORY_LENGTH:]
+            for user, vec in vectors.items():
+                self._vectors[(user, version)] = np.asarray(vec, np.float32).copy()
+
+    def close(self) -> None:
+        return None

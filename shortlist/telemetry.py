@@ -1,0 +1,95 @@
+"""Prometheus metrics shared by all services, and the gRPC interceptor that records them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+RPC_REQUESTS = Counter(
+    "shortlist_rpc_requests_total",
+    "RPCs handled, by service, method and status code",
+    ["service", "method", "code"],
+)
+RPC_LATENCY = Histogram(
+    "shortlist_rpc_latency_seconds",
+    "Server-side RPC latency",
+    ["service", "method", "code"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_LATENCY = Histogram(
+    "shortlist_stage_latency_seconds",
+    "Latency of one stage inside a request",
+    ["service", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+FALLBACKS = Counter(
+    "shortlist_fallbacks_total", "Requests answered by a fallback, by reason", ["reason"]
+)
+CANDIDATES = Histogram(
+    "shortlist_candidates_returned",
+    "Candidates returned by retrieval",
+    ["service"],
+    buckets=(0, 10, 20, 50, 100, 200, 500, 1000),
+)
+EVENTS_PUBLISHED = Counter(
+    "shortlist_feedback_events_published_total", "Feedback events acknowledged by the broker"
+)
+EVENTS_APPLIED = Counter(
+    "shortlist_feedback_events_applied_total", "Feedback events applied to the state store"
+)
+EVENTS_DUPLICATE = Counter(
+    "shortlist_feedback_events_duplicate_total", "Replayed feedback events skipped"
+)
+EVENTS_MALFORMED = Counter(
+    "shortlist_feedback_events_malformed_total", "Topic records that are not valid events"
+)
+MODEL_INFO = Info("shortlist_model", "Artifact bundle served by this process")
+READY = Gauge("shortlist_ready", "1 when the service is serving", ["service"])
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on its own port (0 disables it)."""
+    if port:
+        start_http_server(port, addr=host)
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts and times every unary RPC by method and final status code."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+        service = self.service
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                response = inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                RPC_REQUESTS.labels(service, method, name).inc()
+                RPC_LATENCY.labels(service, method, name).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

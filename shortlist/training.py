@@ -1,0 +1,253 @@
+"""The offline pipeline that produces a servable bundle: retrieval model, index and ranker.
+
+1. Hold out a share of each user's likes as ranker labels; train the retrieval model on
+   the rest and take its top-N shortlist per user (the ranker never sees test data).
+2. Fit LambdaRank on those shortlists with the shared feature definitions; early-stop on
+   a separate slice of users and record the lift over retrieval order.
+3. Retrain the retrieval model on everything, build the FAISS index, write the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist.artifacts import Bundle, code_version, new_version
+from shortlist.data.interactions import Interactions
+from shortlist.features import (
+    RequestContext,
+    UserSignals,
+    build_features,
+    context_at,
+    feature_names,
+)
+from shortlist.foldin import calibrate_targets
+from shortlist.index import build_index
+from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
+from shortlist.models.popularity import item_popularity
+from shortlist.ranker import RankerConfig, score, train_ranker
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    dim: int = 32
+    epochs: int = 30
+    candidates: int = 200
+    label_share: float = 0.2
+    recent_likes: int = 20
+    ranker_valid_share: float = 0.25
+    index: str = "auto"
+    seed: int = 0
+
+
+def train_bundle(
+    data: Interactions, config: TrainConfig | None = None, progress: Progress | None = None
+) -> Bundle:
+    cfg = config or TrainConfig()
+    say = progress or (lambda _msg: None)
+    rng = np.random.default_rng(cfg.seed)
+    started = time.perf_counter()
+    model_cfg = MFBPRConfig(dim=cfg.dim, epochs=cfg.epochs, seed=cfg.seed)
+
+    say("splitting likes into model-fit and ranker-label parts")
+    fit_pos, label_pos = holdout_split(data.positives, cfg.label_share, rng)
+    fit_ts = _aligned_times(data, fit_pos)
+    fit_data = data.with_positives(fit_pos)
+    fit_data.timestamps = fit_ts
+
+    say(f"training {MFBPR.name} on the fit part ({fit_pos.nnz:,} likes)")
+    fit_model = MFBPR(model_cfg)
+    fit_model.fit(fit_data)
+
+    say(f"building top-{cfg.candidates} shortlists and ranking features")
+    names = feature_names(item_feature_names(data))
+    lists = ranking_lists(
+        fit_data,
+        fit_model.user_factors,
+        fit_model.item_factors,
+        label_pos,
+        _aligned_times(data, label_pos),
+        cfg,
+    )
+    users = np.array(sorted(lists))
+    rng.shuffle(users)
+    n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
+    valid_users, train_users = users[:n_valid], users[n_valid:]
+    say(f"fitting LambdaRank on {len(train_users):,} users, early stop on {len(valid_users):,}")
+    ranker = train_ranker(
+        _stack(lists, train_users), _stack(lists, valid_users), names, RankerConfig(seed=cfg.seed)
+    )
+    x_val, y_val, g_val = _stack(lists, valid_users)
+    retrieval_ndcg = mean_list_ndcg(-x_val[:, 1], y_val, g_val, lists, valid_users)
+    ranker_ndcg = mean_list_ndcg(score(ranker, x_val), y_val, g_val, lists, valid_users)
+
+    say("training the serving model on all likes")
+    model = MFBPR(model_cfg)
+    report = model.fit(data)
+    coo = data.positives.tocoo()
+    foldin = calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col)
+    bundle = Bundle(
+        version=new_version(),
+        users=data.users,
+        items=data.items,
+        user_vectors=model.user_factors,
+        item_vectors=model.item_factors,
+        index=build_index(model.item_factors, cfg.index),
+        likes=data.positives,
+        dislikes=data.negatives,
+        recent_likes=recent_likes(data.positives, data.timestamps, cfg.recent_likes),
+        popularity=item_popularity(data),
+        item_features=item_feature_table(data),
+        item_feature_names=item_feature_names(data),
+        foldin=foldin,
+        ranker=ranker,
+        manifest={
+            "dataset_fingerprint": data.fingerprint(),
+            "model": MFBPR.name,
+            "config": asdict(cfg),
+            "code_version": code_version(),
+            "feature_names": names,
+            "metrics": {
+                "ranker_valid_users": int(len(valid_users)),
+                "retrieval_order_ndcg@20": round(retrieval_ndcg, 4),
+                "ranker_ndcg@20": round(ranker_ndcg, 4),
+                "train_seconds": round(time.perf_counter() - started, 2),
+                "final_model_seconds": round(report.seconds, 2),
+            },
+        },
+    )
+    return bundle
+
+
+def holdout_split(
+    positives: sp.csr_matrix, share: float, rng: np.random.Generator, min_likes: int = 5
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Per-user random holdout of `share` of the likes (only users with >= min_likes)."""
+    csr = positives.tocsr()
+    counts = np.diff(csr.indptr)
+    row_of = np.repeat(np.arange(csr.shape[0]), counts)
+    held = (rng.random(csr.nnz) < share) & (counts[row_of] >= min_likes)
+    keep = csr.copy()
+    keep.data = np.where(held, 0, csr.data).astype(np.float32)
+    keep.eliminate_zeros()
+    label = csr.copy()
+    label.data = np.where(held, csr.data, 0).astype(np.float32)
+    label.eliminate_zeros()
+    return keep, label
+
+
+def _aligned_times(data: Interactions, part: sp.csr_matrix) -> np.ndarray | None:
+    """Timestamps of `part` (a subset of data.positives), aligned with part.data."""
+    if data.timestamps is None:
+        return None
+    times = data.positives.copy()
+    times.data = data.timestamps.astype(np.float64)
+    mask = part.copy()
+    mask.data = np.ones_like(mask.data)
+    sub = times.multiply(mask).tocsr()
+    sub.sort_indices()
+    return sub.data.astype(np.int64)
+
+
+def recent_likes(positives: sp.csr_matrix, timestamps: np.ndarray | None, n: int) -> sp.csr_matrix:
+    """Each user's `n` latest likes (by time when known) as a binary CSR matrix."""
+    csr = positives.tocsr()
+    counts = np.diff(csr.indptr)
+    rows = np.repeat(np.arange(csr.shape[0]), counts)
+    ts = timestamps if timestamps is not None else np.zeros(csr.nnz)
+    order = np.lexsort((-ts, rows))  # by user, newest first
+    rank = np.arange(csr.nnz) - csr.indptr[rows[order]]
+    pick = order[rank < n]
+    return sp.csr_matrix(
+        (np.ones(len(pick), np.float32), (rows[pick], csr.indices[pick])), shape=csr.shape
+    )
+
+
+def item_feature_names(data: Interactions) -> list[str]:
+    return [n for n, v in sorted(data.item_features.items()) if v.ndim == 1]
+
+
+def item_feature_table(data: Interactions) -> np.ndarray:
+    cols = [data.item_features[n] for n in item_feature_names(data)]
+    if not cols:
+        return np.zeros((data.n_items, 0), np.float32)
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def ranking_lists(
+    fit: Interactions,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    labels: sp.csr_matrix,
+    label_times: np.ndarray | None,
+    cfg: TrainConfig,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per user with held-out likes: (feature rows, binary labels) over the top-N shortlist."""
+    seen = ((fit.positives + fit.negatives) > 0).tocsr()
+    recent = recent_likes(fit.positives, fit.timestamps, cfg.recent_likes)
+    popularity = item_popularity(fit)
+    activity = np.diff(fit.positives.indptr)
+    table = item_feature_table(fit)
+    no_live = np.zeros(cfg.candidates, np.float32)
+    users = np.flatnonzero(np.diff(labels.indptr) > 0)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    n = min(cfg.candidates, fit.n_items)
+    for lo in range(0, len(users), 1024):
+        batch = users[lo : lo + 1024]
+        scores = user_vectors[batch] @ item_vectors.T
+        seen_rows = seen[batch].tocoo()
+        scores[seen_rows.row, seen_rows.col] = -np.inf
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        for row, u in enumerate(batch):
+            cand = top[row][np.argsort(-scores[row, top[row]])]
+            y = labels[u].toarray().ravel()[cand]
+            if y.sum() == 0:
+                continue
+            start, end = labels.indptr[u], labels.indptr[u + 1]
+            ctx = (
+                context_at(label_times[start:end].min())
+                if label_times is not None
+                else (RequestContext())
+            )
+            signals = UserSignals(
+                activity=float(activity[u]),
+                recent_likes=recent[u].indices,
+                recent_dislikes=fit.negatives[u].indices,
+            )
+            x = build_features(
+                cand,
+                scores[row, cand],
+                signals,
+                ctx,
+                item_vectors,
+                popularity,
+                no_live[: len(cand)],
+                table,
+            )
+            out[int(u)] = (x, y.astype(np.float32))
+    return out
+
+
+def _stack(lists, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs = [lists[u][0] for u in users]
+    ys = [lists[u][1] for u in users]
+    return np.vstack(xs), np.concatenate(ys), np.array([len(y) for y in ys])
+
+
+def mean_list_ndcg(scores, labels, groups, lists, users, k: int = 20) -> float:
+    """Mean NDCG@k of the lists ordered by `scores` (binary labels within each list)."""
+    out, lo = [], 0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for g in groups:
+        s, y = scores[lo : lo + g], labels[lo : lo + g]
+        lo += g
+        ranked = y[np.argsort(-s, kind="stable")][:k]
+        ideal = discounts[: min(k, int(y.sum()))].sum()
+        out.append(float((ranked * discounts[: len(ranked)]).sum() / ideal))
+    return float(np.mean(out))

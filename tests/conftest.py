@@ -1,0 +1,118 @@
+"""Shared fixtures: a small trained bundle, a real Redis, and a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from shortlist.artifacts import Bundle, load_bundle, save_bundle
+from shortlist.data.synthetic import generate
+from shortlist.stack import port_open, tansu_binary, wait_for
+from shortlist.training import TrainConfig, train_bundle
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory) -> Path:
+    """A bundle trained on small built-in data (seconds on 2 cores)."""
+    data = generate(n_users=300, n_items=200, n_topics=5, likes_per_user=20, seed=3)
+    root = tmp_path_factory.mktemp("artifacts")
+    save_bundle(train_bundle(data, TrainConfig(dim=16, epochs=15, candidates=100)), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir) -> Bundle:
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"tests need a real Redis at {REDIS_URL} (.ci/run starts one): {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url) -> str:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"sltest:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+class Broker:
+    """A tansu broker process (memory storage) on a free port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        url = f"tcp://{self.bootstrap}"
+        self.proc = subprocess.Popen(
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port), 15, "tansu broker")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+            wait_for(lambda: not port_open("127.0.0.1", self.port), 10, "tansu shutdown")
+
+
+@pytest.fixture(scope="session")
+def broker() -> Broker:
+    b = Broker()
+    b.start()
+    yield b
+    b.stop()
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def eventually(check, timeout_s: float = 30, interval: float = 0.05):
+    """Poll `check` until it returns a truthy value; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met after {timeout_s}s (last value {value!r})")

@@ -1,0 +1,140 @@
+"""Unit tests of the skeleton's model parts: data, MF-BPR, fold-in, index, features, bundle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from shortlist.artifacts import load_bundle
+from shortlist.data.synthetic import generate
+from shortlist.events import Kind
+from shortlist.features import (
+    BASE_FEATURES,
+    RequestContext,
+    UserSignals,
+    build_features,
+    parse_context,
+)
+from shortlist.foldin import FoldInTargets, fold_in
+from shortlist.index import build_index, search
+from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
+from shortlist.training import holdout_split, recent_likes
+
+
+def hit_rate(user_vecs, item_vecs, train, test_items) -> float:
+    scores = user_vecs @ item_vecs.T
+    scores[train.nonzero()] = -np.inf
+    top = np.argsort(-scores, axis=1)[:, :10]
+    return float(np.mean([t in top[u] for u, t in test_items.items()]))
+
+
+def test_synthetic_data_is_reproducible_with_planted_topics():
+    a, b = generate(n_users=50, n_items=40, seed=1), generate(n_users=50, n_items=40, seed=1)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != generate(n_users=50, n_items=40, seed=2).fingerprint()
+    assert a.negatives.multiply(a.positives).nnz == 0  # never liked and disliked at once
+    assert len(a.timestamps) == a.nnz
+
+
+def test_mf_bpr_learns_planted_structure_better_than_popularity():
+    data = generate(n_users=400, n_items=200, n_topics=5, seed=5)
+    rng = np.random.default_rng(0)
+    fit, held = holdout_split(data.positives, 0.1, rng)
+    test_items = {u: held[u].indices[0] for u in range(data.n_users) if held[u].nnz}
+    model = MFBPR(MFBPRConfig(dim=16, epochs=20))
+    model.fit(data.with_positives(fit))
+    learned = hit_rate(model.user_factors, model.item_factors, fit, test_items)
+    pop = np.asarray(fit.sum(axis=0)).ravel()
+    popularity = hit_rate(np.ones((data.n_users, 1)), pop[:, None], fit, test_items)
+    assert learned > popularity + 0.05, (learned, popularity)
+
+
+def test_holdout_split_partitions_the_likes():
+    data = generate(n_users=100, n_items=80, seed=2)
+    fit, held = holdout_split(data.positives, 0.3, np.random.default_rng(0))
+    assert fit.nnz + held.nnz == data.nnz
+    assert fit.multiply(held).nnz == 0
+
+
+def test_recent_likes_keeps_the_newest():
+    data = generate(n_users=20, n_items=60, likes_per_user=15, seed=4)
+    recent = recent_likes(data.positives, data.timestamps, 3)
+    u = 0
+    row = slice(data.positives.indptr[u], data.positives.indptr[u + 1])
+    newest = data.positives.indices[row][np.argsort(-data.timestamps[row])[:3]]
+    assert sorted(recent[u].indices) == sorted(newest)
+
+
+def test_fold_in_moves_toward_likes_and_away_from_dislikes():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 8))
+    cluster = np.arange(50) % 5
+    items = (centers[cluster] + 0.3 * rng.normal(size=(50, 8))).astype(np.float32)
+    targets = FoldInTargets(like=1.0, dislike=0.0, prior_strength=0.1)
+    v = fold_in(items, [1, 6, 11], [Kind.LIKE] * 3, targets)  # all in cluster 1
+    top = np.argsort(-(items @ v))[:10]
+    assert np.mean(cluster[top] == 1) >= 0.8
+    with_dislike = fold_in(items, [1, 2, 3, 4], [Kind.LIKE] * 3 + [Kind.DISLIKE], targets)
+    assert items[4] @ with_dislike < items[4] @ fold_in(items, [1, 2, 3], [Kind.LIKE] * 3, targets)
+    prior = rng.normal(size=8).astype(np.float32)
+    strong = FoldInTargets(like=1.0, dislike=0.0, prior_strength=1e6)
+    np.testing.assert_allclose(fold_in(items, [1], [Kind.LIKE], strong, prior), prior, atol=1e-4)
+    np.testing.assert_array_equal(fold_in(items, [1], [Kind.VIEW], targets, prior), prior)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_index_search_excludes_and_matches_exact(kind):
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(500, 16)).astype(np.float32)
+    query = rng.normal(size=16).astype(np.float32)
+    exact = np.argsort(-(items @ query))
+    idx, scores = search(build_index(items, kind), query, 10, exclude=exact[:3])
+    assert list(idx) == list(exact[3:13])
+    assert np.all(np.diff(scores) <= 1e-6)
+
+
+def test_parse_context_validates_known_keys():
+    ctx = parse_context({"hour": "21", "day_of_week": "6", "device": "iOS", "app": "x"})
+    assert (ctx.hour, ctx.day_of_week, ctx.device) == (21.0, 6.0, 0.0)
+    assert math.isnan(parse_context({}).hour)
+    with pytest.raises(ValueError, match="'hour'"):
+        parse_context({"hour": "25"})
+    with pytest.raises(ValueError, match="'day_of_week'"):
+        parse_context({"day_of_week": "monday"})
+
+
+def test_build_features_columns():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(10, 4)).astype(np.float32)
+    pop = np.arange(10, dtype=np.float32)
+    user = UserSignals(activity=3, recent_likes=np.array([1, 2]), recent_dislikes=np.array([3]))
+    x = build_features(
+        np.array([5, 6]),
+        np.array([0.9, 0.5]),
+        user,
+        RequestContext(hour=7),
+        vecs,
+        pop,
+        np.array([2.0, 0.0]),
+        np.ones((10, 1)),
+    )
+    col = {n: i for i, n in enumerate(BASE_FEATURES)}
+    assert x.shape == (2, len(BASE_FEATURES) + 1)
+    assert list(x[:, col["retrieval_rank"]]) == [0, 1]
+    assert x[0, col["item_log_popularity"]] == pytest.approx(math.log1p(5))
+    assert x[0, col["sim_recent_likes"]] == pytest.approx(vecs[5] @ vecs[[1, 2]].mean(0), rel=1e-5)
+    assert x[1, col["max_sim_dislikes"]] == pytest.approx(vecs[6] @ vecs[3], rel=1e-5)
+    assert x[0, col["ctx_hour"]] == 7 and math.isnan(x[0, col["ctx_device"]])
+
+
+def test_bundle_round_trip(bundle_dir, bundle):
+    again = load_bundle(bundle_dir)
+    assert again.version == bundle.version
+    assert again.manifest["dataset_fingerprint"] == bundle.manifest["dataset_fingerprint"]
+    np.testing.assert_array_equal(again.item_vectors, bundle.item_vectors)
+    assert again.index.ntotal == len(bundle.items)
+    assert again.ranker is not None and again.ranker.num_trees() > 0
+    metrics = bundle.manifest["metrics"]
+    assert metrics["ranker_ndcg@20"] > metrics["retrieval_order_ndcg@20"]
