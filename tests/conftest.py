@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -13,16 +11,10 @@ import redis
 
 from shortlist.artifacts import Bundle, load_bundle, save_bundle
 from shortlist.data.synthetic import generate
-from shortlist.stack import port_open, tansu_binary, wait_for
+from shortlist.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
 from shortlist.training import TrainConfig, train_bundle
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -60,43 +52,9 @@ def redis_prefix(redis_url) -> str:
         client.delete(*keys)
 
 
-class Broker:
-    """A tansu broker process (memory storage) on a free port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        url = f"tcp://{self.bootstrap}"
-        self.proc = subprocess.Popen(
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: port_open("127.0.0.1", self.port), 15, "tansu broker")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-            wait_for(lambda: not port_open("127.0.0.1", self.port), 10, "tansu shutdown")
-
-
 @pytest.fixture(scope="session")
-def broker() -> Broker:
-    b = Broker()
+def broker() -> TansuBroker:
+    b = TansuBroker()
     b.start()
     yield b
     b.stop()

@@ -69,7 +69,9 @@ class KafkaEventPublisher:
 
 
 class KafkaEventConsumer:
-    def __init__(self, bootstrap: str, topic: str, group_id: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, group_id: str, fetch_max_wait_ms: int = 10
+    ) -> None:
         self._consumer = KafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -77,6 +79,8 @@ class KafkaEventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             reconnect_backoff_max_ms=1000,
+            # Short fetch waits: an idle long-poll otherwise delays fresh events (freshness).
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
