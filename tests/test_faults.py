@@ -1,0 +1,179 @@
+"""Faults on the real parts: a feedback process killed mid-stream, Redis and broker restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from services.launch import start_inprocess_stack
+from shortlist.bench.feedback import redis_audit, synthetic_events
+from shortlist.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.config import Settings
+from shortlist.events import Kind
+from shortlist.grpc_server import client_channel
+from shortlist.stack import TansuBroker, free_port, port_open, wait_for
+from shortlist.stores import RedisStateStore
+from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import eventually, unique
+
+pytestmark = pytest.mark.integration
+
+
+def spawn_feedback(settings: Settings, bundle_dir) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "SHORTLIST_BUNDLE": str(bundle_dir),
+        "SHORTLIST_FEEDBACK_ADDR": f"127.0.0.1:{free_port()}",
+        "SHORTLIST_FEEDBACK_METRICS_PORT": str(free_port()),
+    }
+    argv = [sys.executable, "-m", "shortlist.cli", "serve", "feedback"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_killed_feedback_processes_apply_every_acknowledged_event_once(
+    broker, redis_url, redis_prefix, bundle, bundle_dir
+):
+    settings = Settings.from_env(
+        {},
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        kafka_bootstrap=broker.bootstrap,
+        feedback_topic=unique("faults"),
+        feedback_group=unique("faults"),
+        feedback_batch=200,
+    )
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 4)
+    events = synthetic_events(bundle, 4000, np.random.default_rng(7))
+    likes = sum(e.kind == Kind.LIKE for e in events)
+    publisher = KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
+    publisher.publish(events[:2000], timeout_s=30)  # acknowledged by the broker
+
+    first = spawn_feedback(settings, bundle_dir)
+    try:
+        eventually(lambda: redis_audit(redis_url, redis_prefix)["marks"] > 0, 60)
+        first.send_signal(signal.SIGKILL)  # mid-stream: no clean shutdown, no final commit
+        first.wait(10)
+        partial = redis_audit(redis_url, redis_prefix)["marks"]
+        publisher.publish(events[2000:], timeout_s=30)
+        # Two processes now share the group's partitions; replays must be no-ops.
+        pair = [spawn_feedback(settings, bundle_dir) for _ in range(2)]
+        try:
+            eventually(lambda: redis_audit(redis_url, redis_prefix)["marks"] >= 4000, 120, 0.5)
+            time.sleep(1.0)  # let any replay of an uncommitted batch land before auditing
+            audit = redis_audit(redis_url, redis_prefix)
+        finally:
+            for p in pair:
+                p.terminate()
+                p.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        publisher.close()
+    assert partial < 4000
+    assert audit == {"marks": 4000, "user_likes": likes}
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, so that it can be stopped and restarted."""
+    port = free_port()
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
+    argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    class OwnRedis:
+        url = f"redis://127.0.0.1:{port}/0"
+        proc: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+            wait_for(lambda: port_open("127.0.0.1", port), 10, "redis-server")
+
+        def stop(self) -> None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    server = OwnRedis()
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+def like(user: str, item: str) -> gateway_pb2.SendFeedbackRequest:
+    event = common_pb2.FeedbackEvent(user_id=user, item_id=item, kind=common_pb2.FEEDBACK_KIND_LIKE)
+    return gateway_pb2.SendFeedbackRequest(events=[event])
+
+
+def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
+    broker = TansuBroker()
+    broker.start()
+    settings = Settings.from_env(
+        {},
+        redis_url=own_redis.url,
+        kafka_bootstrap=broker.bootstrap,
+        feedback_topic=unique("restart"),
+        feedback_group=unique("restart"),
+        publish_timeout_ms=1500,
+        retrieval_timeout_ms=500,
+        ranking_timeout_ms=500,
+    )
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
+    stack = start_inprocess_stack(
+        settings,
+        bundle,
+        RedisStateStore(settings.redis_url, settings.redis_prefix, timeout_s=0.2),
+        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic, max_block_s=1.0),
+        KafkaEventConsumer(settings.kafka_bootstrap, settings.feedback_topic, unique("g")),
+    )
+    user, item = bundle.users.id(5), bundle.items.id(3)
+    request = gateway_pb2.RecommendRequest(user_id=user, k=5)
+    try:
+        with client_channel(stack.gateway_target) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            assert not stub.Recommend(request, timeout=5).fallback_used
+
+            own_redis.stop()
+            started = time.perf_counter()
+            reply = stub.Recommend(request, timeout=5)
+            assert time.perf_counter() - started < 2.0
+            assert reply.fallback_used and reply.fallback_reason.startswith("state_unavailable")
+            assert len(reply.items) == 5
+            # The broker still takes feedback; the worker holds it until Redis is back.
+            stub.SendFeedback(like(user, item), timeout=10)
+
+            own_redis.start()
+            eventually(lambda: not stub.Recommend(request, timeout=5).fallback_used, 30)
+            store = redis.Redis.from_url(own_redis.url)
+            seen = f"{settings.redis_prefix}u:{user}:seen"
+            eventually(lambda: store.sismember(seen, item), 30)
+
+            broker.stop()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.SendFeedback(like(user, bundle.items.id(4)), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert len(stub.Recommend(request, timeout=5).items) == 5
+
+            broker.start()  # same port, empty storage: the producer reconnects by itself
+            ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
+
+            def accepted() -> bool:
+                try:
+                    stub.SendFeedback(like(user, bundle.items.id(6)), timeout=10)
+                    return True
+                except grpc.RpcError:
+                    return False
+
+            eventually(accepted, 60, 0.5)
+    finally:
+        stack.stop()
+        broker.stop()
