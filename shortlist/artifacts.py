@@ -2,7 +2,8 @@
 
 Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
 item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
-recent_likes.npz, popularity.npy, item_features.npy, ranker.txt.
+recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, item_encoder.npy (linear
+models only).
 `<root>/LATEST` names the newest version.
 """
 
@@ -45,6 +46,9 @@ class Bundle:
     item_feature_names: list[str]
     foldin: FoldInTargets
     ranker: lgb.Booster | None = None
+    # Linear models (the spectral filter): user vector = sum of encoder rows of their likes,
+    # which makes fold-in exact. None: ridge fold-in on the item vectors.
+    item_encoder: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,6 +117,8 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
     save_index(bundle.index, tmp / "index.faiss")
     if bundle.ranker is not None:
         bundle.ranker.save_model(str(tmp / "ranker.txt"))
+    if bundle.item_encoder is not None:
+        np.save(tmp / "item_encoder.npy", bundle.item_encoder.astype(np.float32))
     os.replace(tmp, final)
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(bundle.version + "\n")
@@ -135,6 +141,7 @@ def load_bundle(path: Path) -> Bundle:
     directory = resolve_bundle_dir(Path(path))
     manifest = json.loads((directory / "manifest.json").read_text())
     ranker_path = directory / "ranker.txt"
+    encoder_path = directory / "item_encoder.npy"
     fold = manifest["foldin"]
     return Bundle(
         version=manifest["version"],
@@ -151,5 +158,6 @@ def load_bundle(path: Path) -> Bundle:
         item_feature_names=list(manifest["item_feature_names"]),
         foldin=FoldInTargets(fold["like"], fold["dislike"], fold["prior_strength"]),
         ranker=lgb.Booster(model_file=str(ranker_path)) if ranker_path.exists() else None,
+        item_encoder=np.load(encoder_path) if encoder_path.exists() else None,
         manifest=manifest,
     )

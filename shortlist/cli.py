@@ -21,22 +21,44 @@ console = Console()
 @app.command()
 def train(
     out: Path = typer.Option(Path("artifacts"), help="Bundle root; LATEST points at the new one."),
+    data: Path | None = typer.Option(
+        None, help="A LightGCN-format directory (train/valid/test.txt); default: built-in data."
+    ),
+    model: str = typer.Option("mf-bpr", help="Retrieval model: mf-bpr, spectral, lightgcn, ..."),
+    options: str = typer.Option("", help="Retrieval model options as JSON."),
     users: int = typer.Option(1000, help="Users in the built-in dataset."),
     items: int = typer.Option(600, help="Items in the built-in dataset."),
     epochs: int = typer.Option(30),
     dim: int = typer.Option(32),
+    index: str = typer.Option("auto", help="FAISS index: auto, flat, hnsw or ivf."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train retrieval and ranker on the built-in data and write a versioned bundle."""
+    """Train retrieval and ranker and write a versioned bundle the services load."""
+    import json
+
     from shortlist.artifacts import save_bundle
-    from shortlist.data.synthetic import generate
     from shortlist.training import TrainConfig, train_bundle
 
-    data = generate(n_users=users, n_items=items, seed=7 + seed)
+    if data is None:
+        from shortlist.data.synthetic import generate
+
+        interactions = generate(n_users=users, n_items=items, seed=7 + seed)
+    else:
+        from shortlist.data.loaders import load_lightgcn_dir
+
+        if not data.is_dir():
+            raise typer.BadParameter(f"no dataset directory at {data}", param_hint="--data")
+        interactions = load_lightgcn_dir(data).train_valid()
+    config = TrainConfig(
+        dim=dim,
+        epochs=epochs,
+        seed=seed,
+        index=index,
+        model=model,
+        model_options=json.loads(options) if options else None,
+    )
     with console.status("training"):
-        bundle = train_bundle(
-            data, TrainConfig(dim=dim, epochs=epochs, seed=seed), progress=console.log
-        )
+        bundle = train_bundle(interactions, config, progress=console.log)
         path = save_bundle(bundle, out)
     table = Table(title=f"bundle {bundle.version} -> {path}", title_justify="left")
     table.add_column("metric")

@@ -55,6 +55,30 @@ def fold_in(
     return np.linalg.solve(a, b).astype(np.float32)
 
 
+# Signed weights of the linear (encoder) fold-in: dislikes push the vector away.
+LINEAR_WEIGHTS: dict[Kind, float] = {
+    Kind.LIKE: 1.0,
+    Kind.DISLIKE: -1.0,
+    Kind.SKIP: -0.3,
+    Kind.VIEW: 0.0,
+}
+
+
+def linear_fold_in(
+    encoder: np.ndarray,
+    items: Sequence[int],
+    kinds: Sequence[Kind],
+    prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """For linear models: the trained vector plus the signed encoder rows of new feedback.
+
+    For likes alone this is exactly the vector training gives a user with those likes.
+    """
+    w = np.array([LINEAR_WEIGHTS[k] for k in kinds], np.float32)
+    v = w @ encoder[np.asarray(items, np.int64)]
+    return v if prior is None else prior + v
+
+
 def calibrate_targets(
     user_vectors: np.ndarray,
     item_vectors: np.ndarray,

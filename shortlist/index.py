@@ -11,8 +11,18 @@ import numpy as np
 EXACT_MAX_ITEMS = 20_000
 
 
-def build_index(item_vectors: np.ndarray, kind: str = "auto", hnsw_m: int = 32) -> faiss.Index:
-    """An inner-product index over the item vectors ("flat" exact, "hnsw" or "auto")."""
+def build_index(
+    item_vectors: np.ndarray,
+    kind: str = "auto",
+    hnsw_m: int = 32,
+    nlist: int | None = None,
+    nprobe: int = 32,
+    ef_search: int = 256,
+) -> faiss.Index:
+    """An inner-product index over the item vectors: "flat" (exact), "hnsw", "ivf" or "auto".
+
+    `shortlist bench index` measures recall against exact search and latency per query.
+    """
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     n, dim = vectors.shape
     if kind == "auto":
@@ -22,9 +32,15 @@ def build_index(item_vectors: np.ndarray, kind: str = "auto", hnsw_m: int = 32) 
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 200
-        index.hnsw.efSearch = 256
+        index.hnsw.efSearch = ef_search
+    elif kind == "ivf":
+        nlist = nlist or int(max(16, 4 * np.sqrt(n)))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = nprobe
     else:
-        raise ValueError(f"unknown index kind {kind!r}: use flat, hnsw or auto")
+        raise ValueError(f"unknown index kind {kind!r}: use flat, hnsw, ivf or auto")
     index.add(vectors)
     return index
 

@@ -14,7 +14,7 @@ import numpy as np
 from shortlist.artifacts import Bundle
 from shortlist.events import Kind
 from shortlist.features import RequestContext, UserSignals, build_features
-from shortlist.foldin import fold_in
+from shortlist.foldin import fold_in, linear_fold_in
 from shortlist.index import search
 from shortlist.ranker import score
 from shortlist.stores.base import RankingSignals, UserState
@@ -127,6 +127,11 @@ def folded_vectors(
             continue
         u = bundle.users.get(user)
         prior = bundle.user_vectors[u] if u is not None else None
+        if bundle.item_encoder is not None:
+            out[user] = linear_fold_in(
+                bundle.item_encoder, list(latest), list(latest.values()), prior
+            )
+            continue
         out[user] = fold_in(
             bundle.item_vectors, list(latest), list(latest.values()), bundle.foldin, prior
         )

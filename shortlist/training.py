@@ -27,7 +27,7 @@ from shortlist.features import (
 )
 from shortlist.foldin import calibrate_targets
 from shortlist.index import build_index
-from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
+from shortlist.models import registry
 from shortlist.models.popularity import item_popularity
 from shortlist.ranker import RankerConfig, score, train_ranker
 
@@ -44,6 +44,17 @@ class TrainConfig:
     ranker_valid_share: float = 0.25
     index: str = "auto"
     seed: int = 0
+    model: str = "mf-bpr"
+    # Options of the retrieval model (registry names); dim/epochs/seed above apply to MF-BPR.
+    model_options: dict | None = None
+
+
+def retrieval_options(cfg: TrainConfig) -> dict:
+    if cfg.model_options is not None:
+        return dict(cfg.model_options)
+    if cfg.model == "mf-bpr":
+        return {"dim": cfg.dim, "epochs": cfg.epochs, "seed": cfg.seed}
+    return {}
 
 
 def train_bundle(
@@ -53,7 +64,7 @@ def train_bundle(
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
-    model_cfg = MFBPRConfig(dim=cfg.dim, epochs=cfg.epochs, seed=cfg.seed)
+    options = retrieval_options(cfg)
 
     say("splitting likes into model-fit and ranker-label parts")
     fit_pos, label_pos = holdout_split(data.positives, cfg.label_share, rng)
@@ -61,8 +72,8 @@ def train_bundle(
     fit_data = data.with_positives(fit_pos)
     fit_data.timestamps = fit_ts
 
-    say(f"training {MFBPR.name} on the fit part ({fit_pos.nnz:,} likes)")
-    fit_model = MFBPR(model_cfg)
+    say(f"training {cfg.model} on the fit part ({fit_pos.nnz:,} likes)")
+    fit_model = registry.build(cfg.model, options)
     fit_model.fit(fit_data)
 
     say(f"building top-{cfg.candidates} shortlists and ranking features")
@@ -88,7 +99,7 @@ def train_bundle(
     ranker_ndcg = mean_list_ndcg(score(ranker, x_val), y_val, g_val, lists, valid_users)
 
     say("training the serving model on all likes")
-    model = MFBPR(model_cfg)
+    model = registry.build(cfg.model, options)
     report = model.fit(data)
     coo = data.positives.tocoo()
     foldin = calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col)
@@ -107,9 +118,11 @@ def train_bundle(
         item_feature_names=item_feature_names(data),
         foldin=foldin,
         ranker=ranker,
+        item_encoder=getattr(model, "item_encoder", None),
         manifest={
             "dataset_fingerprint": data.fingerprint(),
-            "model": MFBPR.name,
+            "model": cfg.model,
+            "model_options": options,
             "config": asdict(cfg),
             "code_version": code_version(),
             "feature_names": names,
@@ -251,3 +264,25 @@ def mean_list_ndcg(scores, labels, groups, lists, users, k: int = 20) -> float:
         ideal = discounts[: min(k, int(y.sum()))].sum()
         out.append(float((ranked * discounts[: len(ranked)]).sum() / ideal))
     return float(np.mean(out))
+
+
+def retrieval_bundle(data: Interactions, model, index: str = "auto") -> Bundle:
+    """A bundle around an already fitted retrieval model, without a ranker (benchmarks)."""
+    coo = data.positives.tocoo()
+    return Bundle(
+        version=new_version(),
+        users=data.users,
+        items=data.items,
+        user_vectors=model.user_factors,
+        item_vectors=model.item_factors,
+        index=build_index(model.item_factors, index),
+        likes=data.positives,
+        dislikes=data.negatives,
+        recent_likes=recent_likes(data.positives, data.timestamps, 20),
+        popularity=item_popularity(data),
+        item_features=item_feature_table(data),
+        item_feature_names=item_feature_names(data),
+        foldin=calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col),
+        item_encoder=getattr(model, "item_encoder", None),
+        manifest={"dataset_fingerprint": data.fingerprint(), "model": model.name},
+    )
