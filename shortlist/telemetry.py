@@ -49,6 +49,21 @@ EVENTS_DUPLICATE = Counter(
 EVENTS_MALFORMED = Counter(
     "shortlist_feedback_events_malformed_total", "Topic records that are not valid events"
 )
+CONSUMER_LAG = Gauge(
+    "shortlist_feedback_consumer_lag",
+    "Records in the feedback topic not yet consumed by this process's partitions",
+)
+KAFKA_PRODUCE_LATENCY = Histogram(
+    "shortlist_kafka_produce_latency_seconds",
+    "Time until the broker acknowledged a SendFeedback batch",
+    buckets=LATENCY_BUCKETS,
+)
+REDIS_LATENCY = Histogram(
+    "shortlist_redis_latency_seconds",
+    "Redis round trips, by operation",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
 MODEL_INFO = Info("shortlist_model", "Artifact bundle served by this process")
 READY = Gauge("shortlist_ready", "1 when the service is serving", ["service"])
 

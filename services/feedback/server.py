@@ -21,6 +21,7 @@ from shortlist.config import Settings
 from shortlist.events import Event
 from shortlist.stores.base import StateStore, StoreUnavailable
 from shortlist.telemetry import (
+    CONSUMER_LAG,
     EVENTS_APPLIED,
     EVENTS_DUPLICATE,
     EVENTS_MALFORMED,
@@ -63,6 +64,7 @@ class FeedbackWorker:
         self._apply_until_done(events)
         self.consumer.commit()
         self.batches += 1
+        CONSUMER_LAG.set(self.consumer.lag())
         return len(records)
 
     def _apply_until_done(self, events: list[Event]) -> None:

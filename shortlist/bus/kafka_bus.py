@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -12,6 +13,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shortlist.bus.base import BusUnavailable, Record
 from shortlist.events import Event
+from shortlist.telemetry import KAFKA_PRODUCE_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class KafkaEventPublisher:
             return self._producer
 
     def publish(self, events: Sequence[Event], timeout_s: float) -> None:
+        start = time.perf_counter()
         try:
             producer = self._get_producer()
             futures = [
@@ -60,6 +63,7 @@ class KafkaEventPublisher:
             producer.flush(timeout=timeout_s)
             for f in futures:
                 f.get(timeout=timeout_s)
+            KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - start)
         except KafkaError as exc:
             raise BusUnavailable(f"kafka: {exc}") from exc
 
@@ -94,6 +98,14 @@ class KafkaEventConsumer:
 
     def has_assignment(self) -> bool:
         return bool(self._consumer.assignment())
+
+    def lag(self) -> int:
+        total = 0
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                total += max(0, end - self._consumer.position(tp))
+        return total
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -64,5 +64,9 @@ class _Consumer:
     def has_assignment(self) -> bool:
         return True
 
+    def lag(self) -> int:
+        with self._bus._cond:
+            return len(self._bus._log) - self._position
+
     def close(self) -> None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from shortlist.stores.base import (
     decode_history,
     encode_history,
 )
+from shortlist.telemetry import REDIS_LATENCY
 
 
 class RedisStateStore:
@@ -38,11 +40,14 @@ class RedisStateStore:
     def _u(self, user_id: str, what: str) -> str:
         return f"{self.prefix}u:{user_id}:{what}"
 
-    def _run(self, pipe: redis.client.Pipeline) -> list:
+    def _run(self, pipe: redis.client.Pipeline, operation: str) -> list:
+        start = time.perf_counter()
         try:
             return pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+        finally:
+            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
 
     def ping(self) -> None:
         try:
@@ -55,7 +60,7 @@ class RedisStateStore:
         pipe.get(self._u(user_id, f"vec:{version}"))
         pipe.smembers(self._u(user_id, "seen"))
         pipe.smembers(self._u(user_id, "dis"))
-        raw_vec, seen, disliked = self._run(pipe)
+        raw_vec, seen, disliked = self._run(pipe, "user_state")
         return UserState(
             vector=None if raw_vec is None else np.frombuffer(raw_vec, np.float32).copy(),
             seen={s.decode() for s in seen},
@@ -68,7 +73,7 @@ class RedisStateStore:
         pipe.get(self._u(user_id, "likes"))
         if item_ids:
             pipe.hmget(f"{self.prefix}i:likes", list(item_ids))
-        results = self._run(pipe)
+        results = self._run(pipe, "ranking_signals")
         hist, likes = results[0], results[1]
         counts = results[2] if item_ids else []
         return RankingSignals(
@@ -84,7 +89,7 @@ class RedisStateStore:
             pipe.exists(f"{self.prefix}ev:{e.event_id}")
         for u in users:
             pipe.lrange(self._u(u, "hist"), 0, -1)
-        results = self._run(pipe)
+        results = self._run(pipe, "prepare")
         exists, hists = results[: len(events)], results[len(events) :]
         return PendingBatch(
             new=[not x for x in exists],
@@ -109,7 +114,7 @@ class RedisStateStore:
             pipe.ltrim(self._u(user, "hist"), 0, HISTORY_LENGTH - 1)
         for user, vec in vectors.items():
             pipe.set(self._u(user, f"vec:{version}"), np.asarray(vec, np.float32).tobytes())
-        self._run(pipe)
+        self._run(pipe, "apply")
 
     def close(self) -> None:
         self._redis.close()
