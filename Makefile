@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
 STAMP   := $(VENV)/.installed
 
-.PHONY: install proto demo up down test test-unit lint train bench clean
+.PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-index \
+	bench-feedback bench-serving clean
 
 install: $(STAMP) proto
 
@@ -43,8 +44,24 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install
-	$(BIN)/shortlist bench all
+# Benchmarks print figures; the datasets in ../shared/data are used when present.
+DATA    ?= ../shared/data
+REPORTS ?= reports
+
+bench: bench-quality bench-index bench-feedback bench-serving
+
+bench-quality: install
+	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench quality --data $(DATA)/gowalla \
+		--protocol A --report $(REPORTS)/quality; else echo "absent: $(DATA)/gowalla"; fi
+	@if [ -d $(DATA)/lastfm ]; then $(BIN)/shortlist bench quality --data $(DATA)/lastfm \
+		--protocol B --report $(REPORTS)/quality; else echo "absent: $(DATA)/lastfm"; fi
+
+bench-index: install
+	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench index --data $(DATA)/gowalla; \
+		else echo "absent: $(DATA)/gowalla"; fi
+
+bench-feedback: install
+	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla
 
 clean:
 	rm -rf shortlist/v1 artifacts .run .pytest_cache

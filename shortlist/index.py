@@ -7,8 +7,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-# Below this many items exact search is already fast; above it HNSW pays off.
+# Below this many items exact search is already fast. Above it, IVF: on the Gowalla spectral
+# item vectors (41k x 1280) `shortlist bench index` measured IVF nprobe=96 at recall@100
+# 0.983 of exact and 5.6x less time per query, while HNSW on inner product stayed <= 0.90.
 EXACT_MAX_ITEMS = 20_000
+IVF_NPROBE = 96
 
 
 def build_index(
@@ -16,7 +19,7 @@ def build_index(
     kind: str = "auto",
     hnsw_m: int = 32,
     nlist: int | None = None,
-    nprobe: int = 32,
+    nprobe: int = IVF_NPROBE,
     ef_search: int = 256,
 ) -> faiss.Index:
     """An inner-product index over the item vectors: "flat" (exact), "hnsw", "ivf" or "auto".
@@ -26,7 +29,7 @@ def build_index(
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
     n, dim = vectors.shape
     if kind == "auto":
-        kind = "flat" if n <= EXACT_MAX_ITEMS else "hnsw"
+        kind = "flat" if n <= EXACT_MAX_ITEMS else "ivf"
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
