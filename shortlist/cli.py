@@ -142,6 +142,64 @@ def settings() -> None:
     console.print_json(json.dumps(Settings.from_env().to_env()))
 
 
+@app.command()
+def loadtest(
+    target: str = typer.Option(..., help="Gateway address, HOST:PORT."),
+    rate: float = typer.Option(..., help="Arrivals per second (open loop: fixed schedule)."),
+    duration: float = typer.Option(..., help="Measured seconds (after the warm-up)."),
+    warmup: float = typer.Option(2.0, help="Seconds sent at the same rate but not counted."),
+    users: Path | None = typer.Option(
+        None, help="User ids, one a line; default user-0000 .. (see --n-users)."
+    ),
+    n_users: int = typer.Option(1000, help="Users when no --users file is given."),
+    zipf: float = typer.Option(0.8, help="Skew of the user mix: weight of rank r ~ 1/r**zipf."),
+    unknown_share: float = typer.Option(0.05, help="Share of Recommend calls for unknown users."),
+    feedback_share: float = typer.Option(
+        0.0, help="Share of arrivals that are SendFeedback (like/dislike of a shown item)."
+    ),
+    k: int = typer.Option(20, help="Items per Recommend call."),
+    concurrency: int = typer.Option(
+        0, help="Max calls in flight (0: unbounded); waits count in the latency."
+    ),
+    timeout: float = typer.Option(2.0, help="Deadline per call in seconds."),
+    seed: int = typer.Option(0),
+    plot: Path | None = typer.Option(None, help="Write latency-over-time to this PNG."),
+) -> None:
+    """Open-loop load test of Gateway/Recommend; the last stdout line is a JSON summary."""
+    from shortlist import loadtest as lt
+
+    user_ids = None
+    if users is not None:
+        if not users.is_file():
+            raise typer.BadParameter(f"no file at {users}", param_hint="--users")
+        user_ids = lt.read_users(users)
+    config = lt.LoadConfig(
+        target=target,
+        rate=rate,
+        duration_s=duration,
+        warmup_s=warmup,
+        users=user_ids,
+        n_users=n_users,
+        zipf=zipf,
+        unknown_share=unknown_share,
+        feedback_share=feedback_share,
+        k=k,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        seed=seed,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(
+        f"loadtest {target}: {rate:g}/s for {warmup:g}s warm-up + {duration:g}s, k={k}, "
+        f"feedback share {feedback_share:g}"
+    )
+    result = lt.run(config, on_progress=None)
+    lt.main_report(result, console, plot)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
