@@ -60,6 +60,19 @@ bench-index: install
 	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench index --data $(DATA)/gowalla; \
 		else echo "absent: $(DATA)/gowalla"; fi
 
+# The local stack (Redis, tansu, four service processes) on a Gowalla-sized bundle, under
+# an open-loop load of $(RATE)/s; the stack is stopped whatever the outcome.
+RATE    ?= 500
+SERVING := $(REPORTS)/serving
+bench-serving: install
+	mkdir -p $(SERVING)
+	if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist train --out $(SERVING)/artifacts \
+		--data $(DATA)/gowalla --model spectral; else $(BIN)/shortlist train \
+		--out $(SERVING)/artifacts --users 29858 --items 40981; fi
+	SHORTLIST_BUNDLE=$(SERVING)/artifacts $(BIN)/shortlist up
+	$(BIN)/shortlist loadtest --target 127.0.0.1:50051 --rate $(RATE) --duration 30 \
+		--plot $(SERVING)/latency.png; rc=$$?; $(BIN)/shortlist down; exit $$rc
+
 bench-feedback: install
 	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla
 

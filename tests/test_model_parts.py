@@ -84,7 +84,7 @@ def test_fold_in_moves_toward_likes_and_away_from_dislikes():
     np.testing.assert_array_equal(fold_in(items, [1], [Kind.VIEW], targets, prior), prior)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_index_search_excludes_and_matches_exact(kind):
     rng = np.random.default_rng(1)
     items = rng.normal(size=(500, 16)).astype(np.float32)
@@ -138,3 +138,24 @@ def test_bundle_round_trip(bundle_dir, bundle):
     assert again.ranker is not None and again.ranker.num_trees() > 0
     metrics = bundle.manifest["metrics"]
     assert metrics["ranker_ndcg@20"] > metrics["retrieval_order_ndcg@20"]
+
+
+def test_linear_fold_in_of_a_new_user_equals_the_trained_vector(tmp_path):
+    """Spectral bundles fold users in exactly: likes alone give the trained user vector."""
+    from shortlist.artifacts import save_bundle
+    from shortlist.models.spectral import SpectralCF, SpectralConfig
+    from shortlist.serving import folded_vectors
+    from shortlist.training import retrieval_bundle
+
+    data = generate(n_users=200, n_items=120, n_topics=4, likes_per_user=10, seed=5)
+    model = SpectralCF(SpectralConfig(rank=32, ideal_rank=8))
+    model.fit(data)
+    bundle = load_bundle(save_bundle(retrieval_bundle(data, model), tmp_path))
+    assert bundle.item_encoder is not None
+    liked = data.positives[3].indices
+    history = [(bundle.items.id(int(i)), Kind.LIKE) for i in liked]
+    vec = folded_vectors(bundle, {"someone-new": history})["someone-new"]
+    np.testing.assert_allclose(vec, model.user_factors[3], rtol=1e-4, atol=1e-5)
+    # A dislike pushes the vector away from that item's encoder row.
+    with_dislike = folded_vectors(bundle, {"n": [*history, (bundle.items.id(0), Kind.DISLIKE)]})
+    assert with_dislike["n"] @ bundle.item_vectors[0] < vec @ bundle.item_vectors[0]

@@ -1,5 +1,165 @@
 """`shortlist bench` sub-commands."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
 
 bench_app = typer.Typer(help="Benchmarks that print figures (quality, serving, feedback).")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_config(text: str | None) -> dict[str, Any]:
+    """`--config` is a JSON object, inline or in a file."""
+    if not text:
+        return {}
+    source = text
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        source = Path(text).read_text()
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        _fail(f"--config is not a JSON object nor a JSON file: {exc}")
+    if not isinstance(value, dict):
+        _fail("--config must be a JSON object, e.g. '{\"epochs\": 20}'")
+    return value
+
+
+@bench_app.command("quality")
+def quality(
+    data: Path = typer.Option(
+        ..., "--data", help="Directory in the LightGCN text format (train/valid/test.txt)."
+    ),
+    protocol: str = typer.Option(
+        ..., "--protocol", help="A: train on train+valid. B: train on train, select on valid."
+    ),
+    model: str = typer.Option(None, "--model", help="Retrieval model (default: spectral)."),
+    config: str = typer.Option(
+        None, "--config", help="Model options as a JSON object (inline or a file path)."
+    ),
+    report: Path = typer.Option(
+        None, "--report", help="Directory for the markdown report and validation-curve plot."
+    ),
+    pipeline: str = typer.Option("retrieval", "--pipeline", help="What is evaluated."),
+) -> None:
+    """Train a retrieval model under protocol A or B and print its test metrics.
+
+    The last stdout line is one JSON object (dataset, protocol, model, recall@20, ...).
+    """
+    from shortlist.bench import quality as bench_quality
+    from shortlist.models import registry
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    if not (data / "train.txt").is_file() or not (data / "test.txt").is_file():
+        _fail(f"{data} is not in the LightGCN text format (needs train.txt and test.txt)")
+    protocol = protocol.upper()
+    if protocol not in {"A", "B"}:
+        _fail(f"--protocol must be A or B, got {protocol!r}")
+    if protocol == "B" and not (data / "valid.txt").is_file():
+        _fail(f"protocol B needs {data / 'valid.txt'}")
+    model = model or bench_quality.DEFAULT_MODEL
+    if model not in registry.model_names():
+        _fail(f"unknown model {model!r}; choose from {', '.join(registry.model_names())}")
+    if pipeline not in bench_quality.PIPELINES:
+        _fail(f"unknown pipeline {pipeline!r}; choose from {', '.join(bench_quality.PIPELINES)}")
+    options = _parse_config(config)
+    try:
+        bench_quality.main(
+            str(data),
+            protocol,
+            model=model,
+            config=options,
+            report_dir=str(report) if report else None,
+            pipeline=pipeline,
+        )
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def _emit(result: dict[str, Any], title: str) -> None:
+    """A readable table of the flat figures, then the JSON line (always the last line)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def rows(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                rows(f"{prefix}{k}.", v)
+        elif not isinstance(value, list):
+            table.add_row(prefix.rstrip("."), str(value))
+
+    rows("", result)
+    Console().print(table)
+    print(json.dumps(result), flush=True)
+
+
+@bench_app.command("feedback")
+def feedback(
+    trials: int = typer.Option(200, help="Like -> Recommend freshness trials."),
+    events: int = typer.Option(50_000, help="Events for the single-consumer throughput run."),
+    batch: int = typer.Option(2000, help="Records per consumer poll / Redis transaction."),
+    foldin_data: list[Path] = typer.Option(
+        [], "--foldin-data", help="LightGCN-format dirs for the fold-in quality run (repeatable)."
+    ),
+    foldin_model: str = typer.Option("spectral", help="Retrieval model for fold-in quality."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+) -> None:
+    """Freshness, ingestion throughput and fold-in quality over tansu and a real Redis."""
+    from shortlist.bench import feedback as bench_feedback
+    from shortlist.bench import foldin_bench
+
+    cfg = bench_feedback.FeedbackBenchConfig(
+        trials=trials, events=events, batch=batch, redis_url=redis_url
+    )
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    result = bench_feedback.run(cfg, progress=say)
+    result["foldin"] = []
+    for directory in foldin_data:
+        if not directory.is_dir():
+            say(f"fold-in: {directory} absent, skipped")
+            continue
+        result["foldin"].append(
+            foldin_bench.run(str(directory), foldin_model, redis_url=redis_url, progress=say)
+        )
+    for row in result["foldin"]:
+        result[f"foldin_{row['dataset']}"] = {
+            k: row[k] for k in ("heldout_recall@20", "trained_recall@20", "recall_ratio")
+        }
+    _emit(result, "feedback loop")
+
+
+@bench_app.command("index")
+def index(
+    data: Path = typer.Option(..., "--data", help="LightGCN-format directory (protocol A)."),
+    model: str = typer.Option("spectral", help="Retrieval model whose item vectors are indexed."),
+    queries: int = typer.Option(1000, help="User vectors used as queries."),
+) -> None:
+    """Recall@100 against exact search and per-query latency of FAISS index candidates."""
+    from shortlist.bench import index_bench
+    from shortlist.data.loaders import load_lightgcn_dir
+    from shortlist.models import registry
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    split = load_lightgcn_dir(data)
+    fitted = registry.build(model, registry.preset(model, split.name))
+    typer.echo(f"training {model} on {split.name} (protocol A data)", err=True)
+    fitted.fit(split.train_valid())
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    result = index_bench.measure(
+        fitted.item_factors, fitted.user_factors, n_queries=queries, progress=say
+    )
+    result.update({"dataset": split.name, "model": model})
+    _emit(result, f"FAISS index on {split.name} {model} item vectors")

@@ -190,9 +190,10 @@ def delete_prefix(url: str, prefix: str) -> None:
         client.delete(*keys[lo : lo + 5000])
 
 
-def run(cfg: FeedbackBenchConfig, progress=print) -> dict[str, Any]:
-    progress(f"training a bench bundle ({cfg.n_users} users, {cfg.n_items} items)")
-    bundle = bench_bundle(cfg)
+def run(cfg: FeedbackBenchConfig, progress=print, bundle: Bundle | None = None) -> dict[str, Any]:
+    if bundle is None:
+        progress(f"training a bench bundle ({cfg.n_users} users, {cfg.n_items} items)")
+        bundle = bench_bundle(cfg)
     broker = TansuBroker()
     broker.start()
     run_id = uuid.uuid4().hex[:8]

@@ -1,8 +1,8 @@
 """`shortlist bench quality`: train a retrieval model under protocol A or B, print metrics.
 
 Prints a rich table and, as the last stdout line, one JSON object. With `report_dir`
-it also writes a markdown report (and a PNG of the validation curve when matplotlib is
-installed) — see `bench/quality_report.py` for the several-dataset report.
+it also merges the run into a markdown report (and a PNG of the validation curve when
+matplotlib is installed): see `shortlist/bench/report.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from shortlist.models import registry
 
 # The default model per dataset and protocol (the measured best; see the closing notes).
 DEFAULT_MODEL = "spectral"
+PIPELINES = ("retrieval",)
 
 
 def run_quality(
@@ -65,17 +66,22 @@ def main(
     model: str = DEFAULT_MODEL,
     config: dict[str, Any] | None = None,
     report_dir: str | None = None,
+    pipeline: str = "retrieval",
 ) -> dict[str, Any]:
+    """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
     console = Console(stderr=False)
     if not Path(data_dir).is_dir():
         raise FileNotFoundError(f"no dataset at {data_dir}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
     result = run_quality(data_dir, protocol, model, config)
     render(result, console)
-    summary = result.summary()
+    summary = {**result.summary(), "pipeline": pipeline}
     if report_dir:
-        from bench.quality_report import write_report  # noqa: PLC0415
+        from shortlist.bench.report import write_report
 
-        path = write_report([result], Path(report_dir))
+        path = write_report([result], Path(report_dir), pipeline=pipeline)
         console.print(f"report: {path}")
+    console.file.flush()
     print(json.dumps(summary), flush=True)
     return summary

@@ -7,6 +7,7 @@ dense indices. Splits that come as separate files share one id space (the union)
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,13 @@ class SplitData:
         merged = (self.train.positives + self.valid.positives).tocsr()
         merged.data[:] = 1.0
         return self.train.with_positives(merged)
+
+    def fingerprint(self) -> str:
+        """A content hash of all parts (train, valid, test), ids and dislikes included."""
+        h = hashlib.sha256()
+        for part in (self.train, self.valid, self.test):
+            h.update((part.fingerprint() if part is not None else "-").encode())
+        return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- LightGCN text format
@@ -88,6 +96,27 @@ def load_lightgcn_dir(directory: str | Path) -> SplitData:
         for name, (u, i) in raw.items()
     }
     return SplitData(directory.name, parts["train"], parts.get("valid"), parts["test"])
+
+
+def write_lightgcn_dir(split: SplitData, directory: str | Path) -> Path:
+    """Write a split in the LightGCN text format (likes only; users without likes skipped).
+
+    External ids are written as they are, so they must not contain whitespace.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = {"train": split.train, "valid": split.valid, "test": split.test}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        pos = part.positives.tocsr()
+        pos.sort_indices()
+        with open(directory / f"{name}.txt", "w") as fh:
+            for u in range(pos.shape[0]):
+                row = pos.indices[pos.indptr[u] : pos.indptr[u + 1]]
+                if len(row):
+                    fh.write(" ".join([part.users.id(u), *part.items.ids(row)]) + "\n")
+    return directory
 
 
 # ---------------------------------------------------------------------- MovieLens

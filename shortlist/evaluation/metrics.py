@@ -60,9 +60,15 @@ def top_k(
     exclude: sp.csr_matrix | None = None,
     batch_size: int = 1024,
 ) -> np.ndarray:
-    """The `k` best items per user by dot product, with `exclude` items (training) removed."""
+    """The `k` best items per user by dot product, with `exclude` items (training) removed.
+
+    Excluded items never appear: where fewer than `k` items are left (tiny catalogues) the
+    remaining slots hold -1.
+    """
     items = torch.from_numpy(np.ascontiguousarray(item_factors, dtype=np.float32))
-    out = np.empty((len(users), k), dtype=np.int64)
+    users = np.asarray(users, dtype=np.int64)
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    width = min(k, items.shape[0])
     excl = exclude.tocsr() if exclude is not None else None
     for lo in range(0, len(users), batch_size):
         b = users[lo : lo + batch_size]
@@ -74,8 +80,32 @@ def top_k(
             scores[
                 torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))
             ] = -torch.inf
-        out[lo : lo + len(b)] = torch.topk(scores, k, dim=1, sorted=True).indices.numpy()
+        idx, vals = _top_with_ties_by_index(scores, width)
+        out[lo : lo + len(b), :width] = np.where(np.isneginf(vals.numpy()), -1, idx.numpy())
     return out
+
+
+def _top_with_ties_by_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top `k` per row, sorted by score, equal scores in item-index order.
+
+    `torch.topk` breaks ties arbitrarily (and differently for different k), which makes
+    e.g. recall@20 depend on whether @50 was asked for too; tied scores are common with
+    popularity-like models. Rows whose k-th score is tied beyond the cut get the tied
+    items with the lowest indices.
+    """
+    vals, idx = torch.topk(scores, k, dim=1, sorted=True)
+    thr = vals[:, -1:]
+    ambiguous = torch.nonzero((scores >= thr).sum(1) > k).ravel()
+    if len(ambiguous):
+        sub, t = scores[ambiguous], thr[ambiguous]
+        greater, tie = sub > t, sub == t
+        need = k - greater.sum(1, keepdim=True)
+        chosen = greater | (tie & (tie.cumsum(1, dtype=torch.int32) <= need))
+        idx[ambiguous] = torch.nonzero(chosen)[:, 1].view(len(ambiguous), k)
+    idx = torch.sort(idx, dim=1).values
+    vals = scores.gather(1, idx)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return idx.gather(1, order), vals.gather(1, order)
 
 
 def long_tail_items(popularity: np.ndarray, head_share: float = 0.2) -> np.ndarray:
@@ -104,6 +134,9 @@ def evaluate(
     n_rel = np.diff(test.indptr)
     users = np.flatnonzero(n_rel > 0)
     max_k = max(ks)
+    if len(users) == 0:
+        names = ("recall", "ndcg", "precision", "hitrate", "coverage", "longtail")
+        return {**{f"{m}@{k}": 0.0 for k in ks for m in names}, "users": 0}
     top = top_k(user_factors, item_factors, users, max_k, exclude=train, batch_size=batch_size)
     hits = hit_matrix(top, test, users)
     per_user = per_user_metrics(hits, n_rel[users], ks)
@@ -111,7 +144,9 @@ def evaluate(
     tail = long_tail_items(np.asarray(train.sum(axis=0)).ravel())
     n_items = item_factors.shape[0]
     for k in ks:
-        result[f"coverage@{k}"] = float(len(np.unique(top[:, :k])) / n_items)
-        result[f"longtail@{k}"] = float(tail[top[:, :k]].mean())
+        shown = top[:, :k]
+        shown = shown[shown >= 0]
+        result[f"coverage@{k}"] = float(len(np.unique(shown)) / max(n_items, 1))
+        result[f"longtail@{k}"] = float(tail[shown].mean()) if len(shown) else 0.0
     result["users"] = int(len(users))
     return result

@@ -108,7 +108,7 @@ def run_protocol(
         metrics=metrics,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
-        fingerprint=train.fingerprint(),
+        fingerprint=split.fingerprint(),
         config={k: v for k, v in vars(getattr(model, "config", None) or object()).items()}
         if getattr(model, "config", None) is not None
         else {},

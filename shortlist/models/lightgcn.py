@@ -18,6 +18,7 @@ batch for ~1,000 epochs, would take days):
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,12 +60,15 @@ class LightGCNConfig:
 def _csr_tensor(m: sp.csr_matrix) -> torch.Tensor:
     m = m.tocsr().astype(np.float32)
     m.sort_indices()
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(m.indptr.astype(np.int64)),
-        torch.from_numpy(m.indices.astype(np.int64)),
-        torch.from_numpy(m.data),
-        size=m.shape,
-    )
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" on every call
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.data),
+            size=m.shape,
+            check_invariants=False,
+        )
 
 
 class _SpMM(torch.autograd.Function):
@@ -173,8 +177,9 @@ class LightGCN:
                     opt.zero_grad()
                     (loss + reg).backward()
                     opt.step()
-                    total += float(loss) * len(b)
-                    bar.update(task, advance=1, epoch=epoch, loss=float(loss))
+                    step_loss = loss.item()
+                    total += step_loss * len(b)
+                    bar.update(task, advance=1, epoch=epoch, loss=step_loss)
                 row: dict[str, float] = {"epoch": epoch, "loss": total / n}
                 last = epoch == cfg.epochs
                 if valid is not None and (epoch % cfg.eval_every == 0 or last):

@@ -116,7 +116,7 @@ class TwoTower:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total += float(loss) * len(b)
+                    total += loss.item() * len(b)
                 row: dict[str, float] = {"epoch": epoch, "loss": total / n}
                 if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                     vectors = self._vectors(data)

@@ -1,0 +1,1 @@
+"""Offline pipeline tests: metrics, loaders, splits, models and the quality bench."""
