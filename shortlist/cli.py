@@ -55,7 +55,7 @@ def train(
         seed=seed,
         index=index,
         model=model,
-        model_options=json.loads(options) if options else None,
+        model_options=json.loads(options) if options else _preset(model, data),
     )
     with console.status("training"):
         bundle = train_bundle(interactions, config, progress=console.log)
@@ -66,6 +66,13 @@ def train(
     for key, value in bundle.manifest["metrics"].items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _preset(model: str, data: Path | None) -> dict | None:
+    """The measured options for a model on a known benchmark dataset, if any."""
+    from shortlist.models import registry
+
+    return registry.preset(model, data.name) or None if data is not None else None
 
 
 @app.command()
