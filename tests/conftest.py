@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from services.launch import start_inprocess_stack
 from shortlist.artifacts import Bundle, load_bundle, save_bundle
+from shortlist.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.config import Settings
 from shortlist.data.synthetic import generate
 from shortlist.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
+from shortlist.stores import RedisStateStore
 from shortlist.training import TrainConfig, train_bundle
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -74,3 +78,41 @@ def eventually(check, timeout_s: float = 30, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met after {timeout_s}s (last value {value!r})")
+
+
+# The in-process stack over the real Redis and broker, one per test module that asks for it.
+@pytest.fixture(scope="module")
+def settings(redis_url, broker) -> Settings:
+    prefix = f"sltest:{uuid.uuid4().hex[:8]}:"
+    s = Settings.from_env(
+        {},
+        redis_url=redis_url,
+        redis_prefix=prefix,
+        kafka_bootstrap=broker.bootstrap,
+        feedback_topic=unique("feedback"),
+        feedback_group=unique("group"),
+        candidates=100,
+        retrieval_timeout_ms=2000,
+        ranking_timeout_ms=2000,
+    )
+    yield s
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(scope="module")
+def stack(settings, bundle):
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 2)
+    s = start_inprocess_stack(
+        settings,
+        bundle,
+        RedisStateStore(settings.redis_url, settings.redis_prefix),
+        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
+        KafkaEventConsumer(
+            settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
+        ),
+    )
+    yield s
+    s.stop()

@@ -5,60 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from services.launch import start_inprocess_stack
 from shortlist import loadtest
-from shortlist.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
-from shortlist.config import Settings
 from shortlist.stack import free_port
-from shortlist.stores import RedisStateStore
-from tests.conftest import unique
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("rate", "achieved_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "errors")
 KEYS += ("duration_s", "requests", "machine")
-
-
-@pytest.fixture(scope="module")
-def settings(redis_url, broker) -> Settings:
-    prefix = f"sltest:{uuid.uuid4().hex[:8]}:"
-    yield Settings.from_env(
-        {},
-        redis_url=redis_url,
-        redis_prefix=prefix,
-        kafka_bootstrap=broker.bootstrap,
-        feedback_topic=unique("feedback"),
-        feedback_group=unique("group"),
-        candidates=100,
-        retrieval_timeout_ms=2000,
-        ranking_timeout_ms=2000,
-    )
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def stack(settings, bundle):
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 2)
-    s = start_inprocess_stack(
-        settings,
-        bundle,
-        RedisStateStore(settings.redis_url, settings.redis_prefix),
-        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
-        KafkaEventConsumer(
-            settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
-        ),
-    )
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,61 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from services.launch import start_inprocess_stack, start_service
-from shortlist.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
-from shortlist.config import Settings
+from services.launch import start_service
+from shortlist.bus import KafkaEventPublisher
 from shortlist.grpc_server import client_channel
-from shortlist.stores import RedisStateStore
 from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually, unique
 
 LIKE, DISLIKE = common_pb2.FEEDBACK_KIND_LIKE, common_pb2.FEEDBACK_KIND_DISLIKE
-
-
-@pytest.fixture(scope="module")
-def settings(redis_url, broker) -> Settings:
-    prefix = f"sltest:{uuid.uuid4().hex[:8]}:"
-    s = Settings.from_env(
-        {},
-        redis_url=redis_url,
-        redis_prefix=prefix,
-        kafka_bootstrap=broker.bootstrap,
-        feedback_topic=unique("feedback"),
-        feedback_group=unique("group"),
-        candidates=100,
-        retrieval_timeout_ms=2000,
-        ranking_timeout_ms=2000,
-    )
-    yield s
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-
-
-@pytest.fixture(scope="module")
-def stack(settings, bundle):
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 2)
-    s = start_inprocess_stack(
-        settings,
-        bundle,
-        RedisStateStore(settings.redis_url, settings.redis_prefix),
-        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
-        KafkaEventConsumer(
-            settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
-        ),
-    )
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +84,9 @@ def test_replayed_event_id_is_applied_once(gateway, admin, bundle):
             s.duplicates_skipped - start.duplicates_skipped,
         ) == (1, 2)
 
-    eventually(done, timeout_s=60)
+    assert eventually(done, timeout_s=60)
+    final = admin.Status(feedback_pb2.FeedbackStatusRequest())
+    assert final.events_applied - start.events_applied == 1
 
 
 def test_new_user_gets_fallback_then_personal_results(gateway, admin, bundle):
