@@ -3,7 +3,7 @@
 Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
 item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
 recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, item_encoder.npy (linear
-models only).
+models only), user_features.npy and recent_popularity.npy (ranking features).
 `<root>/LATEST` names the newest version.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shortlist import __version__
+from shortlist.features import item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
 from shortlist.index import load_index, save_index
@@ -50,12 +51,27 @@ class Bundle:
     # which makes fold-in exact. None: ridge fold-in on the item vectors.
     item_encoder: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    user_features: np.ndarray | None = None  # users x n attribute columns
+    user_feature_names: list[str] = field(default_factory=list)
+    recent_popularity: np.ndarray | None = None  # time-decayed likes per item (NaN: no times)
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.
         self.seen = ((self.likes + self.dislikes) > 0).tocsr()
         self.activity = np.diff(self.likes.indptr).astype(np.float32)
         self._pop_order = np.argsort(-self.popularity, kind="stable")
+        if self.recent_popularity is None:
+            self.recent_popularity = np.full(len(self.popularity), np.nan, np.float32)
+        # What the ranking features read of the items, built once per bundle.
+        self.item_side = item_side(
+            self.likes,
+            self.item_vectors,
+            self.popularity,
+            self.recent_popularity,
+            self.item_features,
+            self.item_feature_names,
+            self.user_feature_names if self.user_features is not None else [],
+        )
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
         order = self._pop_order
@@ -97,6 +113,7 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
         "n_items": len(bundle.items),
         "dim": int(bundle.item_vectors.shape[1]),
         "item_feature_names": bundle.item_feature_names,
+        "user_feature_names": bundle.user_feature_names,
         "foldin": {
             "like": bundle.foldin.like,
             "dislike": bundle.foldin.dislike,
@@ -119,6 +136,9 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
         bundle.ranker.save_model(str(tmp / "ranker.txt"))
     if bundle.item_encoder is not None:
         np.save(tmp / "item_encoder.npy", bundle.item_encoder.astype(np.float32))
+    if bundle.user_features is not None:
+        np.save(tmp / "user_features.npy", bundle.user_features.astype(np.float32))
+    np.save(tmp / "recent_popularity.npy", np.asarray(bundle.recent_popularity, np.float32))
     os.replace(tmp, final)
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(bundle.version + "\n")
@@ -160,4 +180,11 @@ def load_bundle(path: Path) -> Bundle:
         ranker=lgb.Booster(model_file=str(ranker_path)) if ranker_path.exists() else None,
         item_encoder=np.load(encoder_path) if encoder_path.exists() else None,
         manifest=manifest,
+        user_features=_optional(directory / "user_features.npy"),
+        user_feature_names=list(manifest.get("user_feature_names", [])),
+        recent_popularity=_optional(directory / "recent_popularity.npy"),
     )
+
+
+def _optional(path: Path) -> np.ndarray | None:
+    return np.load(path) if path.exists() else None

@@ -2,7 +2,8 @@
 
 Every feature row describes one (user, candidate, request context) triple. The same
 function assembles rows in the offline pipeline and in the ranking service, which is what
-keeps offline and online scores equal.
+keeps offline and online scores equal. Missing signals are NaN (LightGBM's missing value),
+never a made-up default.
 """
 
 from __future__ import annotations
@@ -12,20 +13,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 BASE_FEATURES = [
     "retrieval_score",
     "retrieval_rank",
+    "retrieval_score_gap",  # score minus the shortlist's best score
     "item_log_popularity",
+    "item_log_recent_popularity",  # time-decayed like count (NaN without timestamps)
     "item_log_live_likes",
     "user_log_activity",
-    "sim_recent_likes",
+    "cooc_sum_likes",  # item-item cosine co-occurrence with the user's recent likes
+    "cooc_max_likes",
+    "cooc_second_likes",
+    "cooc_max_dislikes",
+    "sim_recent_likes",  # embedding similarity to the centroid of recent likes
     "max_sim_dislikes",
+    "attr_affinity",  # cosine of item attributes with the user's liked-attribute profile
     "ctx_hour",
     "ctx_day_of_week",
     "ctx_device",
 ]
 DEVICES = ("ios", "android", "web", "tv")
+HALF_LIFE_DAYS = 30.0
+RECENT_ITEMS = 50  # likes and dislikes (newest first) the similarity features look at
+DENSE_COOC_ITEMS = 5000  # up to this many items the item-item cosines are kept dense
 
 
 @dataclass(frozen=True)
@@ -38,8 +50,8 @@ class RequestContext:
 
 
 def parse_context(context: Mapping[str, str]) -> RequestContext:
-    """Validate the known context keys; ValueError names the bad key. Unknown keys are kept
-    by the caller for logging but carry no feature yet."""
+    """Validate the known context keys; ValueError names the bad key. Other keys are
+    accepted and carry no feature (the ranker was never trained on them)."""
     hour = _int_in(context, "hour", 0, 23)
     dow = _int_in(context, "day_of_week", 0, 6)
     device = math.nan
@@ -70,15 +82,87 @@ def context_at(timestamp_s: float) -> RequestContext:
 
 @dataclass
 class UserSignals:
-    """What the ranker knows of the user: how active, and what they liked/disliked lately."""
+    """What the ranker knows of the user: how active, what they liked/disliked lately, and
+    their attributes (NaN-filled when unknown)."""
 
     activity: float
-    recent_likes: np.ndarray  # item indices
+    recent_likes: np.ndarray  # item indices, newest first
     recent_dislikes: np.ndarray  # item indices
+    attributes: np.ndarray | None = None
 
 
-def feature_names(item_feature_names: list[str]) -> list[str]:
-    return BASE_FEATURES + [f"item_{n}" for n in item_feature_names]
+@dataclass
+class ItemSide:
+    """Per-item data the features read; built from training likes by `item_side`."""
+
+    vectors: np.ndarray  # items x d retrieval vectors
+    log_popularity: np.ndarray
+    log_recent_popularity: np.ndarray
+    cooc: sp.csc_matrix  # users x items likes, each column scaled to unit norm
+    attributes: np.ndarray  # items x A
+    attribute_names: list[str]
+    user_attribute_names: list[str]
+    cooc_dense: np.ndarray | None = None  # items x items cosines, for small catalogues
+
+
+def recent_popularity(
+    likes: sp.csr_matrix, timestamps: np.ndarray | None, half_life_days: float = HALF_LIFE_DAYS
+) -> np.ndarray:
+    """Likes per item weighted by exp decay from the newest like (NaN without timestamps)."""
+    if timestamps is None or len(timestamps) == 0:
+        return np.full(likes.shape[1], np.nan, np.float32)
+    coo = likes.tocoo()
+    age_days = (float(np.max(timestamps)) - np.asarray(timestamps, np.float64)) / 86400.0
+    weights = np.exp2(-age_days / half_life_days)
+    return np.bincount(coo.col, weights=weights, minlength=likes.shape[1]).astype(np.float32)
+
+
+def item_side(
+    likes: sp.csr_matrix,
+    vectors: np.ndarray,
+    popularity: np.ndarray,
+    recent: np.ndarray,
+    attributes: np.ndarray,
+    attribute_names: list[str],
+    user_attribute_names: list[str] | None = None,
+) -> ItemSide:
+    x = likes.tocsr().astype(np.float32)
+    norms = np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))
+    cooc = (x @ sp.diags(1.0 / norms)).tocsc()
+    cooc.sort_indices()
+    small = x.shape[1] <= DENSE_COOC_ITEMS
+    return ItemSide(
+        vectors=vectors,
+        log_popularity=np.log1p(popularity).astype(np.float32),
+        log_recent_popularity=np.log1p(recent).astype(np.float32),
+        cooc=cooc,
+        cooc_dense=(cooc.T @ cooc).toarray().astype(np.float32) if small else None,
+        attributes=attributes.astype(np.float32),
+        attribute_names=list(attribute_names),
+        user_attribute_names=list(user_attribute_names or []),
+    )
+
+
+def recent_in_order(recent: sp.csr_matrix, user: int) -> np.ndarray:
+    """The user's row of a `recent_likes` matrix (newest first: data holds the age rank)."""
+    lo, hi = recent.indptr[user], recent.indptr[user + 1]
+    return recent.indices[lo:hi][np.argsort(recent.data[lo:hi], kind="stable")]
+
+
+def feature_names(item_attribute_names: list[str], user_attribute_names: list[str]) -> list[str]:
+    return (
+        BASE_FEATURES
+        + [f"item_{n}" for n in item_attribute_names]
+        + [f"user_{n}" for n in user_attribute_names]
+    )
+
+
+def _cooc(items: ItemSide, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Cosine co-occurrence, len(rows) x len(candidates)."""
+    if items.cooc_dense is not None:
+        return items.cooc_dense[np.ix_(rows, candidates)]
+    c = items.cooc
+    return (c[:, rows].T @ c[:, candidates]).toarray()
 
 
 def build_features(
@@ -86,31 +170,48 @@ def build_features(
     retrieval_scores: np.ndarray,
     user: UserSignals,
     context: RequestContext,
-    item_vectors: np.ndarray,
-    popularity: np.ndarray,
+    items: ItemSide,
     live_likes: np.ndarray,
-    item_features: np.ndarray,
 ) -> np.ndarray:
-    """One float32 row per candidate, columns in `feature_names` order."""
+    """One float32 row per candidate (in shortlist order), columns in `feature_names` order."""
     n = len(candidates)
-    cand_vecs = item_vectors[candidates]
-    rows = np.empty((n, len(BASE_FEATURES) + item_features.shape[1]), np.float32)
-    rows[:, 0] = retrieval_scores
-    rows[:, 1] = np.arange(n)
-    rows[:, 2] = np.log1p(popularity[candidates])
-    rows[:, 3] = np.log1p(live_likes)
-    rows[:, 4] = math.log1p(user.activity)
-    if len(user.recent_likes):
-        centroid = item_vectors[user.recent_likes].mean(axis=0)
-        rows[:, 5] = cand_vecs @ centroid
-    else:
-        rows[:, 5] = np.nan
-    if len(user.recent_dislikes):
-        rows[:, 6] = (cand_vecs @ item_vectors[user.recent_dislikes].T).max(axis=1)
-    else:
-        rows[:, 6] = np.nan
-    rows[:, 7] = context.hour
-    rows[:, 8] = context.day_of_week
-    rows[:, 9] = context.device
-    rows[:, len(BASE_FEATURES) :] = item_features[candidates]
+    n_item_attr = items.attributes.shape[1]
+    n_user_attr = len(items.user_attribute_names)
+    rows = np.full((n, len(BASE_FEATURES) + n_item_attr + n_user_attr), np.nan, np.float32)
+    col = {name: i for i, name in enumerate(BASE_FEATURES)}
+    scores = np.asarray(retrieval_scores, np.float32)
+    rows[:, col["retrieval_score"]] = scores
+    rows[:, col["retrieval_rank"]] = np.arange(n)
+    if n:
+        rows[:, col["retrieval_score_gap"]] = scores - scores.max()
+    rows[:, col["item_log_popularity"]] = items.log_popularity[candidates]
+    rows[:, col["item_log_recent_popularity"]] = items.log_recent_popularity[candidates]
+    rows[:, col["item_log_live_likes"]] = np.log1p(live_likes)
+    rows[:, col["user_log_activity"]] = math.log1p(user.activity)
+    cand_vecs = items.vectors[candidates]
+    likes, dislikes = user.recent_likes[:RECENT_ITEMS], user.recent_dislikes[:RECENT_ITEMS]
+    cooc = _cooc(items, np.concatenate([likes, dislikes]).astype(np.int64), candidates)
+    if len(likes):
+        sim = cooc[: len(likes)]
+        rows[:, col["cooc_sum_likes"]] = sim.sum(axis=0)
+        rows[:, col["cooc_max_likes"]] = sim.max(axis=0)
+        if len(likes) > 1:
+            rows[:, col["cooc_second_likes"]] = np.partition(sim, len(likes) - 2, axis=0)[-2]
+        rows[:, col["sim_recent_likes"]] = cand_vecs @ items.vectors[likes].mean(axis=0)
+        if n_item_attr:
+            profile = items.attributes[likes].mean(axis=0)
+            attrs = items.attributes[candidates]
+            denom = np.linalg.norm(attrs, axis=1) * np.linalg.norm(profile)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rows[:, col["attr_affinity"]] = np.where(denom > 0, attrs @ profile / denom, 0.0)
+    if len(dislikes):
+        rows[:, col["cooc_max_dislikes"]] = cooc[len(likes) :].max(axis=0)
+        rows[:, col["max_sim_dislikes"]] = (cand_vecs @ items.vectors[dislikes].T).max(axis=1)
+    rows[:, col["ctx_hour"]] = context.hour
+    rows[:, col["ctx_day_of_week"]] = context.day_of_week
+    rows[:, col["ctx_device"]] = context.device
+    base = len(BASE_FEATURES)
+    rows[:, base : base + n_item_attr] = items.attributes[candidates]
+    if n_user_attr and user.attributes is not None:
+        rows[:, base + n_item_attr :] = user.attributes[None, :]
     return rows

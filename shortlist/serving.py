@@ -13,13 +13,17 @@ import numpy as np
 
 from shortlist.artifacts import Bundle
 from shortlist.events import Kind
-from shortlist.features import RequestContext, UserSignals, build_features
+from shortlist.features import (
+    RECENT_ITEMS,
+    RequestContext,
+    UserSignals,
+    build_features,
+    recent_in_order,
+)
 from shortlist.foldin import fold_in, linear_fold_in
 from shortlist.index import search
 from shortlist.ranker import score
 from shortlist.stores.base import RankingSignals, UserState
-
-RECENT_LIKES = 20
 
 
 @dataclass
@@ -70,14 +74,18 @@ def user_signals(bundle: Bundle, user_id: str, live: RankingSignals) -> UserSign
     dislikes = list(bundle.items.indices(live_dislikes))
     activity = float(live.likes)
     u = bundle.users.get(user_id)
+    attributes = None
     if u is not None:
-        likes += bundle.recent_likes[u].indices.tolist()
+        likes += recent_in_order(bundle.recent_likes, u).tolist()
         dislikes += bundle.dislikes[u].indices.tolist()
         activity += float(bundle.activity[u])
+        if bundle.user_features is not None and bundle.user_features.shape[1]:
+            attributes = bundle.user_features[u]
     return UserSignals(
         activity=activity,
-        recent_likes=np.array(_unique(likes)[:RECENT_LIKES], np.int64),
-        recent_dislikes=np.array(_unique(dislikes), np.int64),
+        recent_likes=np.array(_unique(likes)[:RECENT_ITEMS], np.int64),
+        recent_dislikes=np.array(_unique(dislikes)[:RECENT_ITEMS], np.int64),
+        attributes=attributes,
     )
 
 
@@ -102,10 +110,8 @@ def rank(
         retrieval_scores,
         user_signals(bundle, user_id, live),
         context,
-        bundle.item_vectors,
-        bundle.popularity,
+        bundle.item_side,
         live.live_likes,
-        bundle.item_features,
     )
     scores = score(bundle.ranker, features)
     order = np.argsort(-scores, kind="stable")[:k]

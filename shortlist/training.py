@@ -19,11 +19,15 @@ import scipy.sparse as sp
 from shortlist.artifacts import Bundle, code_version, new_version
 from shortlist.data.interactions import Interactions
 from shortlist.features import (
+    ItemSide,
     RequestContext,
     UserSignals,
     build_features,
     context_at,
     feature_names,
+    item_side,
+    recent_in_order,
+    recent_popularity,
 )
 from shortlist.foldin import calibrate_targets
 from shortlist.index import build_index
@@ -40,7 +44,7 @@ class TrainConfig:
     epochs: int = 30
     candidates: int = 200
     label_share: float = 0.2
-    recent_likes: int = 20
+    recent_likes: int = 50
     ranker_valid_share: float = 0.25
     index: str = "auto"
     seed: int = 0
@@ -77,7 +81,7 @@ def train_bundle(
     fit_model.fit(fit_data)
 
     say(f"building top-{cfg.candidates} shortlists and ranking features")
-    names = feature_names(item_feature_names(data))
+    names = feature_names(attribute_names(data.item_features), attribute_names(data.user_features))
     lists = ranking_lists(
         fit_data,
         fit_model.user_factors,
@@ -114,8 +118,11 @@ def train_bundle(
         dislikes=data.negatives,
         recent_likes=recent_likes(data.positives, data.timestamps, cfg.recent_likes),
         popularity=item_popularity(data),
-        item_features=item_feature_table(data),
-        item_feature_names=item_feature_names(data),
+        item_features=attribute_table(data.item_features, data.n_items),
+        item_feature_names=attribute_names(data.item_features),
+        user_features=attribute_table(data.user_features, data.n_users),
+        user_feature_names=attribute_names(data.user_features),
+        recent_popularity=recent_popularity(data.positives, data.timestamps),
         foldin=foldin,
         ranker=ranker,
         item_encoder=getattr(model, "item_encoder", None),
@@ -169,7 +176,7 @@ def _aligned_times(data: Interactions, part: sp.csr_matrix) -> np.ndarray | None
 
 
 def recent_likes(positives: sp.csr_matrix, timestamps: np.ndarray | None, n: int) -> sp.csr_matrix:
-    """Each user's `n` latest likes (by time when known) as a binary CSR matrix."""
+    """Each user's `n` latest likes (by time when known); data = 1 for the newest, 2, ..."""
     csr = positives.tocsr()
     counts = np.diff(csr.indptr)
     rows = np.repeat(np.arange(csr.shape[0]), counts)
@@ -178,19 +185,37 @@ def recent_likes(positives: sp.csr_matrix, timestamps: np.ndarray | None, n: int
     rank = np.arange(csr.nnz) - csr.indptr[rows[order]]
     pick = order[rank < n]
     return sp.csr_matrix(
-        (np.ones(len(pick), np.float32), (rows[pick], csr.indices[pick])), shape=csr.shape
+        ((rank[rank < n] + 1).astype(np.float32), (rows[pick], csr.indices[pick])),
+        shape=csr.shape,
     )
 
 
-def item_feature_names(data: Interactions) -> list[str]:
-    return [n for n, v in sorted(data.item_features.items()) if v.ndim == 1]
+def attribute_names(table: dict[str, np.ndarray]) -> list[str]:
+    """Column names of the flattened attribute table: `name` or `name_j` for 2-d ones."""
+    out = []
+    for name, values in sorted(table.items()):
+        out += [name] if values.ndim == 1 else [f"{name}_{j}" for j in range(values.shape[1])]
+    return out
 
 
-def item_feature_table(data: Interactions) -> np.ndarray:
-    cols = [data.item_features[n] for n in item_feature_names(data)]
+def attribute_table(table: dict[str, np.ndarray], n_rows: int) -> np.ndarray:
+    cols = [v.reshape(len(v), -1) for _, v in sorted(table.items())]
     if not cols:
-        return np.zeros((data.n_items, 0), np.float32)
-    return np.stack(cols, axis=1).astype(np.float32)
+        return np.zeros((n_rows, 0), np.float32)
+    return np.hstack(cols).astype(np.float32)
+
+
+def fit_item_side(data: Interactions, item_vectors: np.ndarray) -> ItemSide:
+    """The item-side feature data of a training set (what a bundle of it would serve)."""
+    return item_side(
+        data.positives,
+        item_vectors,
+        item_popularity(data),
+        recent_popularity(data.positives, data.timestamps),
+        attribute_table(data.item_features, data.n_items),
+        attribute_names(data.item_features),
+        attribute_names(data.user_features),
+    )
 
 
 def ranking_lists(
@@ -200,16 +225,24 @@ def ranking_lists(
     labels: sp.csr_matrix,
     label_times: np.ndarray | None,
     cfg: TrainConfig,
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per user with held-out likes: (feature rows, binary labels) over the top-N shortlist."""
-    seen = ((fit.positives + fit.negatives) > 0).tocsr()
+    exclude: sp.csr_matrix | None = None,
+    users: np.ndarray | None = None,
+    keep_empty: bool = False,
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per user with labels: (candidates, feature rows, binary labels) over the top-N shortlist.
+
+    `exclude` (default: the fit data's likes and dislikes) is never in a shortlist. Lists
+    without a positive are dropped unless `keep_empty` (evaluation keeps them).
+    """
+    seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
     recent = recent_likes(fit.positives, fit.timestamps, cfg.recent_likes)
-    popularity = item_popularity(fit)
     activity = np.diff(fit.positives.indptr)
-    table = item_feature_table(fit)
+    items = fit_item_side(fit, item_vectors)
+    user_attrs = attribute_table(fit.user_features, fit.n_users)
     no_live = np.zeros(cfg.candidates, np.float32)
-    users = np.flatnonzero(np.diff(labels.indptr) > 0)
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if users is None:
+        users = np.flatnonzero(np.diff(labels.indptr) > 0)
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     n = min(cfg.candidates, fit.n_items)
     for lo in range(0, len(users), 1024):
         batch = users[lo : lo + 1024]
@@ -218,38 +251,30 @@ def ranking_lists(
         scores[seen_rows.row, seen_rows.col] = -np.inf
         top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         for row, u in enumerate(batch):
-            cand = top[row][np.argsort(-scores[row, top[row]])]
+            cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
             y = labels[u].toarray().ravel()[cand]
-            if y.sum() == 0:
+            if y.sum() == 0 and not keep_empty:
                 continue
             start, end = labels.indptr[u], labels.indptr[u + 1]
             ctx = (
                 context_at(label_times[start:end].min())
-                if label_times is not None
-                else (RequestContext())
+                if label_times is not None and end > start
+                else RequestContext()
             )
             signals = UserSignals(
                 activity=float(activity[u]),
-                recent_likes=recent[u].indices,
+                recent_likes=recent_in_order(recent, u),
                 recent_dislikes=fit.negatives[u].indices,
+                attributes=user_attrs[u] if user_attrs.shape[1] else None,
             )
-            x = build_features(
-                cand,
-                scores[row, cand],
-                signals,
-                ctx,
-                item_vectors,
-                popularity,
-                no_live[: len(cand)],
-                table,
-            )
-            out[int(u)] = (x, y.astype(np.float32))
+            x = build_features(cand, scores[row, cand], signals, ctx, items, no_live[: len(cand)])
+            out[int(u)] = (cand, x, y.astype(np.float32))
     return out
 
 
 def _stack(lists, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    xs = [lists[u][0] for u in users]
-    ys = [lists[u][1] for u in users]
+    xs = [lists[u][1] for u in users]
+    ys = [lists[u][2] for u in users]
     return np.vstack(xs), np.concatenate(ys), np.array([len(y) for y in ys])
 
 
@@ -278,10 +303,13 @@ def retrieval_bundle(data: Interactions, model, index: str = "auto") -> Bundle:
         index=build_index(model.item_factors, index),
         likes=data.positives,
         dislikes=data.negatives,
-        recent_likes=recent_likes(data.positives, data.timestamps, 20),
+        recent_likes=recent_likes(data.positives, data.timestamps, 50),
         popularity=item_popularity(data),
-        item_features=item_feature_table(data),
-        item_feature_names=item_feature_names(data),
+        item_features=attribute_table(data.item_features, data.n_items),
+        item_feature_names=attribute_names(data.item_features),
+        user_features=attribute_table(data.user_features, data.n_users),
+        user_feature_names=attribute_names(data.user_features),
+        recent_popularity=recent_popularity(data.positives, data.timestamps),
         foldin=calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col),
         item_encoder=getattr(model, "item_encoder", None),
         manifest={"dataset_fingerprint": data.fingerprint(), "model": model.name},

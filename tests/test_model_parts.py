@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from shortlist.artifacts import load_bundle
 from shortlist.data.synthetic import generate
@@ -15,7 +16,10 @@ from shortlist.features import (
     RequestContext,
     UserSignals,
     build_features,
+    feature_names,
+    item_side,
     parse_context,
+    recent_popularity,
 )
 from shortlist.foldin import FoldInTargets, fold_in
 from shortlist.index import build_index, search
@@ -109,24 +113,46 @@ def test_build_features_columns():
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(10, 4)).astype(np.float32)
     pop = np.arange(10, dtype=np.float32)
-    user = UserSignals(activity=3, recent_likes=np.array([1, 2]), recent_dislikes=np.array([3]))
-    x = build_features(
-        np.array([5, 6]),
-        np.array([0.9, 0.5]),
-        user,
-        RequestContext(hour=7),
-        vecs,
-        pop,
-        np.array([2.0, 0.0]),
-        np.ones((10, 1)),
+    # 4 users x 10 items of training likes: item 5 co-occurs with 1 (users 0, 1) and 2 (user 0)
+    likes = sp.csr_matrix(
+        (np.ones(7, np.float32), ([0, 0, 0, 1, 1, 2, 3], [1, 2, 5, 1, 5, 6, 3])), shape=(4, 10)
     )
-    col = {n: i for i, n in enumerate(BASE_FEATURES)}
-    assert x.shape == (2, len(BASE_FEATURES) + 1)
+    attrs = np.zeros((10, 2), np.float32)
+    attrs[[1, 2, 5], 0] = 1.0
+    attrs[6, 1] = 1.0
+    items = item_side(likes, vecs, pop, np.full(10, np.nan), attrs, ["a", "b"], ["age"])
+    user = UserSignals(
+        activity=3,
+        recent_likes=np.array([1, 2]),
+        recent_dislikes=np.array([3]),
+        attributes=np.array([0.5], np.float32),
+    )
+    x = build_features(
+        np.array([5, 6]), np.array([0.9, 0.5]), user, RequestContext(hour=7), items, np.zeros(2)
+    )
+    col = {n: i for i, n in enumerate(feature_names(["a", "b"], ["age"]))}
+    assert x.shape == (2, len(BASE_FEATURES) + 3)
     assert list(x[:, col["retrieval_rank"]]) == [0, 1]
+    assert x[1, col["retrieval_score_gap"]] == pytest.approx(-0.4)
     assert x[0, col["item_log_popularity"]] == pytest.approx(math.log1p(5))
+    assert math.isnan(x[0, col["item_log_recent_popularity"]])
+    # cosine co-occurrence: |users(5) & users(1)| / sqrt(2 * 2) = 1, with item 2: 1 / sqrt(2)
+    assert x[0, col["cooc_max_likes"]] == pytest.approx(1.0)
+    assert x[0, col["cooc_second_likes"]] == pytest.approx(1 / math.sqrt(2))
+    assert x[0, col["cooc_sum_likes"]] == pytest.approx(1 + 1 / math.sqrt(2))
+    assert x[1, col["cooc_sum_likes"]] == 0 and x[1, col["cooc_max_dislikes"]] == 0
     assert x[0, col["sim_recent_likes"]] == pytest.approx(vecs[5] @ vecs[[1, 2]].mean(0), rel=1e-5)
     assert x[1, col["max_sim_dislikes"]] == pytest.approx(vecs[6] @ vecs[3], rel=1e-5)
+    assert x[0, col["attr_affinity"]] == pytest.approx(1.0) and x[1, col["attr_affinity"]] == 0
+    assert list(x[:, col["item_a"]]) == [1, 0] and list(x[:, col["user_age"]]) == [0.5, 0.5]
     assert x[0, col["ctx_hour"]] == 7 and math.isnan(x[0, col["ctx_device"]])
+
+
+def test_recent_popularity_decays_with_age():
+    likes = sp.csr_matrix((np.ones(3, np.float32), ([0, 0, 1], [0, 1, 1])), shape=(2, 2))
+    day = 86400
+    pop = recent_popularity(likes, np.array([0, 30 * day, 30 * day]), half_life_days=30)
+    assert pop == pytest.approx([0.5, 2.0])
 
 
 def test_bundle_round_trip(bundle_dir, bundle):

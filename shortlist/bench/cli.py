@@ -58,12 +58,16 @@ def quality(
 
     if not data.is_dir():
         _fail(f"dataset directory not found: {data}")
-    if not (data / "train.txt").is_file() or not (data / "test.txt").is_file():
-        _fail(f"{data} is not in the LightGCN text format (needs train.txt and test.txt)")
+    movielens = (data / "u.data").is_file()
+    if not movielens and (not (data / "train.txt").is_file() or not (data / "test.txt").is_file()):
+        _fail(
+            f"{data} is neither in the LightGCN text format (train.txt, test.txt) nor "
+            "MovieLens-100K (u.data)"
+        )
     protocol = protocol.upper()
     if protocol not in {"A", "B"}:
         _fail(f"--protocol must be A or B, got {protocol!r}")
-    if protocol == "B" and not (data / "valid.txt").is_file():
+    if protocol == "B" and not movielens and not (data / "valid.txt").is_file():
         _fail(f"protocol B needs {data / 'valid.txt'}")
     model = model or bench_quality.DEFAULT_MODEL
     if model not in registry.model_names():
@@ -163,3 +167,37 @@ def index(
     )
     result.update({"dataset": split.name, "model": model})
     _emit(result, f"FAISS index on {split.name} {model} item vectors")
+
+
+@bench_app.command("dislikes")
+def dislikes(
+    data: Path = typer.Option(..., "--data", help="MovieLens-100K directory (u.data, u.item)."),
+    seeds: int = typer.Option(3, help="Seeds per arm (0..seeds-1)."),
+    config: str = typer.Option(None, "--config", help="LightGCN options as a JSON object."),
+) -> None:
+    """LightGCN with and without the negative graph of dislikes on MovieLens-100K."""
+    from shortlist.bench import dislikes as bench_dislikes
+
+    if not (data / "u.data").is_file():
+        _fail(f"{data} has no u.data (MovieLens-100K expected)")
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    result = bench_dislikes.run(data, range(seeds), _parse_config(config), progress=say)
+    _emit(result, "LightGCN on MovieLens-100K: dislikes as a negative graph or not")
+
+
+@bench_app.command("ranking")
+def ranking(
+    bundle: Path = typer.Option(Path("artifacts"), "--bundle", help="Artifact bundle (or root)."),
+    requests: int = typer.Option(2000, help="Rank calls to time."),
+    candidates: int = typer.Option(200, help="Shortlist size per call."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+) -> None:
+    """Latency of the ranking service alone over gRPC: features + LightGBM on a shortlist."""
+    from shortlist.bench import ranking_bench
+
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        result = ranking_bench.run(bundle, requests, candidates, redis_url=redis_url, progress=say)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _emit(result, "ranking service over gRPC")

@@ -35,7 +35,13 @@ class SplitData:
             return self.train
         merged = (self.train.positives + self.valid.positives).tocsr()
         merged.data[:] = 1.0
-        return self.train.with_positives(merged)
+        out = self.train.with_positives(merged)
+        if self.train.timestamps is not None and self.valid.timestamps is not None:
+            # the parts are disjoint, so summing time matrices aligns times with `merged`
+            times = _times_matrix(self.train) + _times_matrix(self.valid)
+            times.sort_indices()
+            out.timestamps = (times.data - 1.0).astype(np.int64)
+        return out
 
     def fingerprint(self) -> str:
         """A content hash of all parts (train, valid, test), ids and dislikes included."""
@@ -43,6 +49,15 @@ class SplitData:
         for part in (self.train, self.valid, self.test):
             h.update((part.fingerprint() if part is not None else "-").encode())
         return h.hexdigest()[:16]
+
+
+def _times_matrix(part: Interactions) -> sp.csr_matrix:
+    """Like times (+1, so that time 0 is kept) as a matrix shaped like the likes."""
+    pos = part.positives.tocsr()
+    pos.sort_indices()
+    return sp.csr_matrix(
+        (np.asarray(part.timestamps, np.float64) + 1.0, pos.indices, pos.indptr), shape=pos.shape
+    )
 
 
 # ---------------------------------------------------------------- LightGCN text format

@@ -1,7 +1,8 @@
 """Graph-filter model (GF-CF family) with an explicit low-rank dot-product factorisation.
 
 With R~ = D_U^-a R D_I^-b and its truncated SVD R~ ~ U S V^T, a spectral filter scores
-user u by `r_u V h(S) V^T` (h(s) = s^p; p = 2 is the GF-CF linear filter R~^T R~), plus
+user u by `r_u V h(S) V^T` (h(s) = s^p; p = 2 is the GF-CF linear filter R~^T R~; an optional
+BSPM-like sharpening factor 1 - beta (s/s_max)^2 damps the most popular directions), plus
 GF-CF's ideal low-pass term `w * r_u D_I^-1/2 V_k V_k^T D_I^1/2`. Both are dot products:
 
     user vector = [r_u V h(S),  w * r_u D_I^-1/2 V_k]    item vector = [V,  D_I^1/2 V_k]
@@ -26,7 +27,8 @@ from shortlist.models.base import FitReport
 @dataclass
 class SpectralConfig:
     rank: int = 1024  # singular vectors in the filtered term
-    power: float = 2.0  # h(s) = s ** power
+    power: float = 2.0  # h(s) = s ** power * (1 - sharpen * (s / s_max) ** 2)
+    sharpen: float = 0.0  # BSPM-style sharpening: damps the lowest frequencies (0 = off)
     user_exp: float = 0.5  # a in D_U^-a
     item_exp: float = 0.5  # b in D_I^-b
     ideal_rank: int = 256  # k of the ideal low-pass term (0 = off)
@@ -99,7 +101,7 @@ class SpectralCF:
         s, v = randomized_svd(norm.tocsr(), rank, cfg.power_iters, seed=cfg.seed)
         rank = min(cfg.rank, len(s))
         k = min(cfg.ideal_rank, len(s)) if cfg.ideal_weight else 0
-        h = (s[:rank] ** cfg.power).astype(np.float32)
+        h = (s[:rank] ** cfg.power * (1 - cfg.sharpen * (s[:rank] / s[0]) ** 2)).astype(np.float32)
         item_in = [v[:, :rank] * h]
         item_out = [v[:, :rank]]
         if k:

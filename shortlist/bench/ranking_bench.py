@@ -1,0 +1,95 @@
+"""`shortlist bench ranking`: the ranking service alone, over gRPC, on real shortlists.
+
+Starts the ranking service on a free port over the real Redis (features: bundle + one
+pipelined Redis round trip per request), takes each sampled user's real retrieval shortlist
+(FAISS top-N of their trained vector), sends one Rank request at a time with a request
+context, and prints latency percentiles. One request at a time measures the service's own
+time, not queueing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shortlist.artifacts import load_bundle
+from shortlist.config import Settings
+from shortlist.grpc_server import client_channel
+from shortlist.index import search
+from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
+
+
+def run(
+    bundle_dir: str | Path,
+    requests: int = 2000,
+    candidates: int = 200,
+    k: int = 20,
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    from services.launch import start_service
+    from shortlist.stores import RedisStateStore
+
+    say = progress or (lambda _m: None)
+    bundle = load_bundle(Path(bundle_dir))
+    if bundle.ranker is None:
+        raise ValueError(f"bundle {bundle.version} has no ranker")
+    prefix = f"slbench:{uuid.uuid4().hex[:8]}:"
+    settings = Settings.from_env({}, redis_url=redis_url, redis_prefix=prefix)
+    store = RedisStateStore(redis_url, prefix)
+    started = start_service("ranking", settings, bundle, "127.0.0.1:0", store)
+    rng = np.random.default_rng(0)
+    users = rng.choice(len(bundle.users), size=min(requests, len(bundle.users)), replace=False)
+    say(f"building {len(users)} shortlists of {candidates} from the bundle's index")
+    payloads = []
+    for u in users:
+        exclude = bundle.seen.indices[bundle.seen.indptr[u] : bundle.seen.indptr[u + 1]]
+        idx, scores = search(bundle.index, bundle.user_vectors[u], candidates, exclude)
+        payloads.append(
+            ranking_pb2.RankRequest(
+                user_id=bundle.users.id(int(u)),
+                candidates=[
+                    common_pb2.ScoredItem(item_id=i, score=float(s))
+                    for i, s in zip(bundle.items.ids(idx), scores)
+                ],
+                context={"hour": str(int(u) % 24), "device": "ios"},
+                k=k,
+            )
+        )
+    latencies = []
+    try:
+        with client_channel(f"127.0.0.1:{started.server.port}") as channel:
+            rank = ranking_pb2_grpc.RankingStub(channel).Rank
+            for p in payloads[:50]:  # warm-up
+                rank(p, timeout=5)
+            say(f"timing {requests} Rank calls, one at a time")
+            for n in range(requests):
+                p = payloads[n % len(payloads)]
+                start = time.perf_counter()
+                reply = rank(p, timeout=5)
+                latencies.append(time.perf_counter() - start)
+                if len(reply.items) != min(k, len(p.candidates)):
+                    raise RuntimeError(f"Rank returned {len(reply.items)} items")
+    finally:
+        started.stop()
+        store.close()
+    ms = np.array(latencies) * 1000
+    return {
+        "bundle": bundle.version,
+        "items": len(bundle.items),
+        "candidates": candidates,
+        "k": k,
+        "requests": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "max_ms": round(float(ms.max()), 3),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
+    }

@@ -1,0 +1,188 @@
+"""The served two-stage pipeline evaluated offline: retrieval shortlist, then the ranker.
+
+Stage 1 fits the retrieval model on `train` only; its top-N shortlists with labels from
+`valid` train LambdaRank (early stopping on a separate slice of users). Test is touched
+only to report. Protocol A then refits retrieval on train+valid and ranks its shortlists;
+protocol B keeps the train-only model (valid likes are excluded from the test ranking).
+Retrieval-only and two-stage figures come from the same users and the same shortlists:
+the retrieval order of a top-N shortlist is the retrieval model's own top-20.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from shortlist.data.loaders import SplitData
+from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
+from shortlist.features import feature_names
+from shortlist.models import registry
+from shortlist.ranker import RankerConfig, score, train_ranker
+from shortlist.training import TrainConfig, _stack, attribute_names, ranking_lists
+
+Progress = Callable[[str], None]
+KS = (10, 20)
+
+
+@dataclass
+class TwoStageResult:
+    dataset: str
+    protocol: str
+    model: str
+    retrieval: dict[str, float]
+    two_stage: dict[str, float]
+    timings: dict[str, float]
+    ranker_valid: dict[str, float]
+    importance: dict[str, float] = field(default_factory=dict)
+    users: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "model": self.model,
+            "pipeline": "two-stage",
+        }
+        out.update({k: round(v, 6) for k, v in self.two_stage.items()})
+        out.update({f"retrieval_{k}": round(v, 6) for k, v in self.retrieval.items()})
+        base = self.retrieval["ndcg@20"]
+        out["ndcg@20_lift"] = round(self.two_stage["ndcg@20"] / base - 1, 4) if base else 0.0
+        out["users"] = self.users
+        out.update({f"{k}_seconds": round(v, 2) for k, v in self.timings.items()})
+        out.update({f"ranker_valid_{k}": round(v, 4) for k, v in self.ranker_valid.items()})
+        return out
+
+
+def _list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
+    """Metrics of each user's shortlist ordered by `order_by(features)`, against all test likes."""
+    k_max = max(KS)
+    top = np.full((len(users), k_max), -1, np.int64)
+    for r, u in enumerate(users):
+        cand, x, _ = lists[int(u)]
+        ranked = cand[np.argsort(-order_by(x), kind="stable")][:k_max]
+        top[r, : len(ranked)] = ranked
+    n_rel = np.diff(test.indptr)[users]
+    per_user = per_user_metrics(hit_matrix(top, test, users), n_rel, KS)
+    return {name: float(v.mean()) for name, v in per_user.items()}
+
+
+def _fit(name: str, options: dict[str, Any], data) -> Any:
+    model = registry.build(name, options)
+    model.fit(data)
+    return model
+
+
+def run_two_stage(
+    split: SplitData,
+    protocol: str,
+    model_name: str,
+    options: dict[str, Any] | None = None,
+    cfg: TrainConfig | None = None,
+    ranker_cfg: RankerConfig | None = None,
+    progress: Progress | None = None,
+) -> TwoStageResult:
+    say = progress or (lambda _m: None)
+    cfg = cfg or TrainConfig(model=model_name)
+    options = dict(options or {})
+    protocol = protocol.upper()
+    if split.valid is None:
+        raise ValueError("the two-stage pipeline needs a valid split for the ranker's labels")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    say(f"stage 1: {model_name} on train ({split.train.nnz:,} likes)")
+    fit_model = _fit(model_name, options, split.train)
+    timings["retrieval_fit"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    say(f"stage 1: top-{cfg.candidates} shortlists with valid labels, features")
+    lists = ranking_lists(
+        split.train,
+        fit_model.user_factors,
+        fit_model.item_factors,
+        split.valid.positives,
+        split.valid.timestamps,
+        cfg,
+    )
+    names = feature_names(
+        attribute_names(split.train.item_features), attribute_names(split.train.user_features)
+    )
+    users = np.array(sorted(lists))
+    np.random.default_rng(cfg.seed).shuffle(users)
+    n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
+    valid_users, train_users = users[:n_valid], users[n_valid:]
+    timings["ranker_features"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    say(f"LambdaRank on {len(train_users):,} lists, early stop on {len(valid_users):,}")
+    ranker = train_ranker(
+        _stack(lists, train_users),
+        _stack(lists, valid_users),
+        names,
+        ranker_cfg or RankerConfig(seed=cfg.seed),
+    )
+    timings["ranker_fit"] = time.perf_counter() - clock
+    valid_sorted = np.sort(valid_users)
+    ranker_valid = {
+        "retrieval_ndcg@20": _list_metrics(
+            lists, lambda x: -x[:, 1], split.valid.positives, valid_sorted
+        )["ndcg@20"],
+        "ranker_ndcg@20": _list_metrics(
+            lists, lambda x: score(ranker, x), split.valid.positives, valid_sorted
+        )["ndcg@20"],
+    }
+    del lists
+
+    clock = time.perf_counter()
+    if protocol == "A":
+        final_train = split.train_valid()
+        say(f"final: {model_name} on train+valid ({final_train.nnz:,} likes)")
+        final_model = _fit(model_name, options, final_train)
+        exclude = final_train.positives
+    else:
+        final_train, final_model = split.train, fit_model
+        exclude = ((split.train.positives + split.valid.positives) > 0).tocsr()
+    timings["final_fit"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    test = split.test.positives.tocsr()
+    test_users = np.flatnonzero(np.diff(test.indptr) > 0)
+    say(f"test: shortlists and features for {len(test_users):,} users")
+    test_lists = ranking_lists(
+        final_train,
+        final_model.user_factors,
+        final_model.item_factors,
+        test,
+        split.test.timestamps,
+        cfg,
+        exclude=exclude,
+        users=test_users,
+        keep_empty=True,
+    )
+    timings["test_features"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    retrieval = _list_metrics(test_lists, lambda x: -x[:, 1], test, test_users)
+    two_stage = _list_metrics(test_lists, lambda x: score(ranker, x), test, test_users)
+    timings["evaluate"] = time.perf_counter() - clock
+    timings["total"] = sum(timings.values())
+    return TwoStageResult(
+        dataset=split.name,
+        protocol=protocol,
+        model=model_name,
+        retrieval=retrieval,
+        two_stage=two_stage,
+        timings=timings,
+        ranker_valid=ranker_valid,
+        importance=importance(ranker, names),
+        users=len(test_users),
+    )
+
+
+def importance(ranker: lgb.Booster, names: list[str]) -> dict[str, float]:
+    """Share of total split gain per feature, largest first."""
+    gain = ranker.feature_importance("gain")
+    total = float(gain.sum()) or 1.0
+    pairs = sorted(zip(names, gain), key=lambda p: -p[1])
+    return {n: round(float(g) / total, 4) for n, g in pairs if g > 0}
