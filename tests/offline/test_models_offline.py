@@ -193,6 +193,20 @@ def _last_json(output: str) -> dict:
     return json.loads(lines[-1])
 
 
+def test_bench_quality_two_stage_cli(tiny_dir):
+    """Retrieval-only and two-stage figures on the same users, as one JSON line."""
+    args = ["bench", "quality", "--data", str(tiny_dir), "--protocol", "A"]
+    args += ["--pipeline", "two-stage", "--config", '{"rank": 32}']
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = _last_json(result.stdout)
+    assert summary["pipeline"] == "two-stage" and summary["users"] > 0
+    for key in ("recall@20", "ndcg@20", "retrieval_recall@20", "retrieval_ndcg@20"):
+        assert 0 <= summary[key] <= 1
+    assert summary["total_seconds"] >= summary["ranker_fit_seconds"] > 0
+    assert "retrieval @20" in result.stdout and "two-stage @20" in result.stdout
+
+
 def test_bench_quality_cli(tiny_dir, tmp_path):
     config = json.dumps({**FAST["lightgcn"], "epochs": 4, "eval_every": 1})
     report = tmp_path / "report"
@@ -227,7 +241,7 @@ def test_bench_quality_cli(tiny_dir, tmp_path):
         (["--protocol", "A", "--model", "nope"], "unknown model"),
         (["--protocol", "A", "--config", "{bad"], "JSON"),
         (["--protocol", "A", "--config", '{"nope": 1}'], "unknown spectral options"),
-        (["--protocol", "A", "--pipeline", "two-stage"], "unknown pipeline"),
+        (["--protocol", "A", "--pipeline", "three-stage"], "unknown pipeline"),
     ],
 )
 def test_bench_quality_cli_errors(tiny_dir, args, message):
