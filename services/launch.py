@@ -79,14 +79,22 @@ def start_service(
         servicer = RetrievalServicer(bundle, store or redis_store(settings), settings)
         return Started(
             start_server(
-                name, retrieval_server.register(servicer), retrieval_server.SERVICE_NAMES, address
+                name,
+                retrieval_server.register(servicer),
+                retrieval_server.SERVICE_NAMES,
+                address,
+                settings=settings,
             )
         )
     if name == "ranking":
         servicer = RankingServicer(bundle, store or redis_store(settings), settings)
         return Started(
             start_server(
-                name, ranking_server.register(servicer), ranking_server.SERVICE_NAMES, address
+                name,
+                ranking_server.register(servicer),
+                ranking_server.SERVICE_NAMES,
+                address,
+                settings=settings,
             )
         )
     if name == "feedback":
@@ -100,19 +108,24 @@ def start_service(
             feedback_server.SERVICE_NAMES,
             address,
             workers=2,
+            settings=settings,
         )
         return Started(server, worker)
     if name == "gateway":
         servicer = GatewayServicer(
             bundle,
-            client_channel(retrieval_target or settings.retrieval_addr),
-            client_channel(ranking_target or settings.ranking_addr),
+            client_channel(retrieval_target or settings.retrieval_addr, settings=settings),
+            client_channel(ranking_target or settings.ranking_addr, settings=settings),
             publisher or kafka_publisher(settings),
             settings,
         )
         return Started(
             start_server(
-                name, gateway_server.register(servicer), gateway_server.SERVICE_NAMES, address
+                name,
+                gateway_server.register(servicer),
+                gateway_server.SERVICE_NAMES,
+                address,
+                settings=settings,
             )
         )
     raise ValueError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
