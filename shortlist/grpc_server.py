@@ -17,6 +17,32 @@ from shortlist.telemetry import READY, MetricsInterceptor
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+class DecodeErrorInterceptor(grpc.ServerInterceptor):
+    """Undecodable request bytes are a client mistake: INVALID_ARGUMENT with the parser's
+    message, where grpcio itself would answer INTERNAL ("Exception deserializing request!").
+    Requests are parsed inside the handler instead of by grpcio."""
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, inner = handler.request_deserializer, handler.unary_unary
+
+        def parsed(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except Exception as exc:  # protobuf DecodeError, or a non-UTF-8 string field
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request is not a valid {handler_call_details.method} message: {exc}",
+                )
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            parsed, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+
+
 @dataclass
 class RunningServer:
     server: grpc.Server
@@ -61,6 +87,7 @@ def start_server(
             security.check_gateway_policy(settings, address)
         credentials = security.server_credentials(settings)
         interceptors += security.server_interceptors(metrics_name, settings)
+    interceptors.append(DecodeErrorInterceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=metrics_name),
         interceptors=interceptors,
