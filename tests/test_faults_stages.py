@@ -349,3 +349,46 @@ def test_broker_restart_applies_acknowledged_events_exactly_once(bundle, redis_u
     assert acknowledged == 200
     assert audit["marks"] == acknowledged + acknowledged_after  # one mark per applied id
     assert worker.applied == acknowledged + acknowledged_after
+
+
+def test_service_process_reloads_on_sighup(settings, bundle, bundle_dir, tmp_path):
+    """`shortlist serve` as its own process: a bundle published under the root it serves is
+    picked up on SIGHUP (polling turned off here, so the signal is what triggers it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from shortlist.stack import free_port, grpc_serving
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(bundle_dir, root)
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "SHORTLIST_BUNDLE": str(root),
+        "SHORTLIST_RETRIEVAL_ADDR": address,
+        "SHORTLIST_RETRIEVAL_METRICS_PORT": str(free_port()),
+        "SHORTLIST_BUNDLE_POLL_MS": "0",
+    }
+    argv = [sys.executable, "-m", "shortlist.cli", "serve", "retrieval"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    request = common_pb2.SimilarItemsRequest(item_id=bundle.items.id(3), k=3)
+    try:
+        eventually(lambda: grpc_serving(address), 90, 0.3)
+        with client_channel(address) as channel:
+            from shortlist.v1 import retrieval_pb2_grpc
+
+            stub = retrieval_pb2_grpc.RetrievalStub(channel)
+            assert stub.SimilarItems(request, timeout=5).model_version == bundle.version
+            save_bundle(dataclasses.replace(bundle, version=bundle.version + "-hup"), root)
+            time.sleep(0.5)
+            assert stub.SimilarItems(request, timeout=5).model_version == bundle.version
+            proc.send_signal(signal.SIGHUP)
+            eventually(
+                lambda: stub.SimilarItems(request, timeout=5).model_version.endswith("-hup"), 30
+            )
+    finally:
+        proc.terminate()
+        proc.wait(15)
