@@ -164,7 +164,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 "missing API key: send metadata 'authorization: Bearer <key>' or 'x-api-key'",
             )
         if self.check.client_of(key) is None:
-            log.info("rejected a call to %s with an unknown API key", details.method)
+            log.debug("rejected a call to %s with an unknown API key", details.method)
             return _abort_handler(
                 handler, grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key"
             )
