@@ -6,7 +6,7 @@ PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
 STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-index \
-	bench-feedback bench-serving clean
+	bench-feedback bench-serving bench-soak clean
 
 install: $(STAMP) proto
 
@@ -72,6 +72,16 @@ bench-serving: install
 	SHORTLIST_BUNDLE=$(SERVING)/artifacts $(BIN)/shortlist up
 	$(BIN)/shortlist loadtest --target 127.0.0.1:50051 --rate $(RATE) --duration 30 \
 		--plot $(SERVING)/latency.png; rc=$$?; $(BIN)/shortlist down; exit $$rc
+
+# The local stack on its own free ports under a steady mixed load (Recommend + 20%
+# SendFeedback) for $(SOAK_SECONDS)s: errors, p50/p99 per minute, RSS of every process and
+# its slope; fails when a bound breaks (any error, RSS growth >= 10% after the warm-up).
+SOAK_SECONDS ?= 600
+SOAK_RATE    ?= 100
+bench-soak: install
+	mkdir -p $(REPORTS)/soak
+	$(BIN)/shortlist bench soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \
+		--feedback-share 0.2 --report $(REPORTS)/soak/soak.json
 
 bench-feedback: install
 	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla

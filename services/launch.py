@@ -20,7 +20,7 @@ from services.ranking import server as ranking_server
 from services.ranking.server import RankingServicer
 from services.retrieval import server as retrieval_server
 from services.retrieval.server import RetrievalServicer
-from shortlist.artifacts import Bundle, load_bundle
+from shortlist.artifacts import Bundle, BundleWatcher, latest_version, load_bundle
 from shortlist.bus import (
     EventConsumer,
     EventPublisher,
@@ -56,6 +56,13 @@ def kafka_consumer(settings: Settings) -> EventConsumer:
 class Started:
     server: RunningServer
     worker: FeedbackWorker | None = None
+    servicer: object | None = None  # holds `.bundle`, swapped on hot reload
+
+    def swap_bundle(self, bundle: Bundle) -> None:
+        """Serve `bundle` from now on: one reference assignment per holder."""
+        for holder in (self.servicer, self.worker):
+            if holder is not None:
+                holder.bundle = bundle
 
     def stop(self) -> None:
         if self.worker:
@@ -79,15 +86,25 @@ def start_service(
         servicer = RetrievalServicer(bundle, store or redis_store(settings), settings)
         return Started(
             start_server(
-                name, retrieval_server.register(servicer), retrieval_server.SERVICE_NAMES, address
-            )
+                name,
+                retrieval_server.register(servicer),
+                retrieval_server.SERVICE_NAMES,
+                address,
+                settings=settings,
+            ),
+            servicer=servicer,
         )
     if name == "ranking":
         servicer = RankingServicer(bundle, store or redis_store(settings), settings)
         return Started(
             start_server(
-                name, ranking_server.register(servicer), ranking_server.SERVICE_NAMES, address
-            )
+                name,
+                ranking_server.register(servicer),
+                ranking_server.SERVICE_NAMES,
+                address,
+                settings=settings,
+            ),
+            servicer=servicer,
         )
     if name == "feedback":
         worker = FeedbackWorker(
@@ -100,20 +117,26 @@ def start_service(
             feedback_server.SERVICE_NAMES,
             address,
             workers=2,
+            settings=settings,
         )
         return Started(server, worker)
     if name == "gateway":
         servicer = GatewayServicer(
             bundle,
-            client_channel(retrieval_target or settings.retrieval_addr),
-            client_channel(ranking_target or settings.ranking_addr),
+            client_channel(retrieval_target or settings.retrieval_addr, settings=settings),
+            client_channel(ranking_target or settings.ranking_addr, settings=settings),
             publisher or kafka_publisher(settings),
             settings,
         )
         return Started(
             start_server(
-                name, gateway_server.register(servicer), gateway_server.SERVICE_NAMES, address
-            )
+                name,
+                gateway_server.register(servicer),
+                gateway_server.SERVICE_NAMES,
+                address,
+                settings=settings,
+            ),
+            servicer=servicer,
         )
     raise ValueError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
 
@@ -125,12 +148,31 @@ def serve(name: str, settings: Settings) -> None:
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
     started = start_service(name, settings, bundle, getattr(settings, f"{name}_addr"))
     log.info("%s serving bundle %s on port %d", name, bundle.version, started.server.port)
+    watcher = watch_bundle(settings, bundle, started.swap_bundle)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
     log.info("%s stopping", name)
+    if watcher:
+        watcher.stop()
     started.stop()
+
+
+def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | None:
+    """Hot reload when the bundle root's LATEST changes (polled) or on SIGHUP."""
+    root = Path(settings.bundle)
+    if latest_version(root) is None:
+        return None  # a bundle directory itself: nothing newer can be published there
+
+    def swapped(new: Bundle) -> None:
+        swap(new)
+        MODEL_INFO.info({"version": new.version, "model": str(new.manifest.get("model"))})
+
+    watcher = BundleWatcher(root, bundle.version, swapped, settings.bundle_poll_ms / 1000)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: watcher.request_reload())
+    return watcher.start()
 
 
 @dataclass
@@ -145,6 +187,10 @@ class InProcessStack:
 
     def target(self, name: str) -> str:
         return f"127.0.0.1:{self.services[name].server.port}"
+
+    def swap_bundle(self, bundle: Bundle) -> None:
+        for started in self.services.values():
+            started.swap_bundle(bundle)
 
     def stop(self) -> None:
         for name in reversed(list(self.services)):

@@ -145,8 +145,31 @@ def down() -> None:
 
 @app.command()
 def settings() -> None:
-    """Print the effective settings as environment variables."""
-    console.print_json(json.dumps(Settings.from_env().to_env()))
+    """Print the effective settings as environment variables (secrets masked)."""
+    values = Settings.from_env().to_env()
+    for name in ("SHORTLIST_INTERNAL_TOKEN",):
+        if values.get(name):
+            values[name] = "***"
+    console.print_json(json.dumps(values))
+
+
+@app.command("hash-key")
+def hash_key(
+    key: str = typer.Argument(
+        ..., help="The API key or internal token; '-' reads it from standard input."
+    ),
+) -> None:
+    """Print the sha256 hex digest to put in SHORTLIST_API_KEY_HASHES (or
+    SHORTLIST_INTERNAL_TOKEN_HASH); only the digest is ever configured on the servers."""
+    import sys
+
+    from shortlist.security import hash_key as digest
+
+    if key == "-":
+        key = sys.stdin.readline().rstrip("\n")
+    if not key:
+        raise typer.BadParameter("the key must not be empty", param_hint="KEY")
+    print(digest(key))
 
 
 @app.command()

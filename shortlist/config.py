@@ -45,6 +45,19 @@ class Settings:
     publish_timeout_ms: int = 3000
     feedback_batch: int = 500
     log_format: str = "text"
+    # Security (shortlist.security). Plaintext and keyless serving of the gateway are allowed
+    # on loopback addresses or with insecure=1 only.
+    insecure: int = 0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set: clients must present a certificate signed by it
+    internal_ca_file: str = ""  # gateway: verify internal services over TLS with this CA
+    api_key_hashes: str = ""  # sha256 hex of each accepted API key, comma-separated
+    internal_token: str = ""  # gateway: the credential it sends to internal services
+    internal_token_hash: str = ""  # internal services: sha256 hex of the accepted token
+    rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit
+    rate_limit_burst: int = 0  # bucket size; 0: the same as rate_limit_per_s
+    bundle_poll_ms: int = 2000  # reload when <bundle>/LATEST changes; 0: only on SIGHUP
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -95,9 +95,10 @@ class FeedbackWorker:
         for e in fresh:  # oldest first in the batch: prepend to make newest first
             histories[e.user_id].insert(0, (e.item_id, e.kind))
         touched = {e.user_id for e in fresh}
-        vectors = serving.folded_vectors(self.bundle, {u: histories[u] for u in touched})
+        bundle = self.bundle  # one bundle for the batch (hot reload swaps the attribute)
+        vectors = serving.folded_vectors(bundle, {u: histories[u] for u in touched})
         if fresh:
-            self.store.apply(fresh, vectors, self.bundle.version)
+            self.store.apply(fresh, vectors, bundle.version)
         self.applied += len(fresh)
         self.duplicates += len(events) - len(fresh)
         EVENTS_APPLIED.inc(len(fresh))

@@ -119,13 +119,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
 
     def _popular(self, request, reason: str) -> gateway_pb2.RecommendResponse:
-        exclude = self.bundle.items.indices(request.exclude_item_ids)
-        top = self.bundle.popular_items(request.k, exclude)
+        bundle = self.bundle  # one bundle for the whole call (hot reload swaps the attribute)
+        exclude = bundle.items.indices(request.exclude_item_ids)
+        top = bundle.popular_items(request.k, exclude)
         items = [
-            common_pb2.ScoredItem(item_id=i, score=float(self.bundle.popularity[j]))
-            for i, j in zip(self.bundle.items.ids(top), top)
+            common_pb2.ScoredItem(item_id=i, score=float(bundle.popularity[j]))
+            for i, j in zip(bundle.items.ids(top), top)
         ]
-        return self._respond(items, self.bundle.version, reason)
+        return self._respond(items, bundle.version, reason)
 
     def SendFeedback(self, request, context):  # noqa: N802
         s = self.settings

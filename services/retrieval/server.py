@@ -62,18 +62,19 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             require_range(request.k, "k", 1, s.max_k)
         except InvalidInput as exc:
             abort_invalid(context, exc)
-        item = self.bundle.items.get(request.item_id)
+        bundle = self.bundle  # one bundle for the whole call (hot reload swaps the attribute)
+        item = bundle.items.get(request.item_id)
         if item is None:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"item_id {request.item_id!r} is not in the catalogue"
             )
-        idx, scores = serving.similar_items(self.bundle, item, request.k)
+        idx, scores = serving.similar_items(bundle, item, request.k)
         return common_pb2.SimilarItemsResponse(
             items=[
                 common_pb2.ScoredItem(item_id=i, score=float(v))
-                for i, v in zip(self.bundle.items.ids(idx), scores)
+                for i, v in zip(bundle.items.ids(idx), scores)
             ],
-            model_version=self.bundle.version,
+            model_version=bundle.version,
         )
 
 

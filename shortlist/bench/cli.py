@@ -201,3 +201,41 @@ def ranking(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _emit(result, "ranking service over gRPC")
+
+
+@bench_app.command("soak")
+def soak(
+    seconds: float = typer.Option(600.0, "--seconds", help="Measured seconds of load."),
+    rate: float = typer.Option(100.0, "--rate", help="Arrivals per second (open loop)."),
+    feedback_share: float = typer.Option(0.2, "--feedback-share", help="Share of SendFeedback."),
+    warmup: float = typer.Option(60.0, "--warmup", help="Seconds before the memory baseline."),
+    sample: float = typer.Option(5.0, "--sample", help="Seconds between RSS samples."),
+    max_rss_growth: float = typer.Option(
+        0.10, "--max-rss-growth", help="Bound on RSS growth per service after the warm-up."
+    ),
+    bundle: str = typer.Option("artifacts", "--bundle", help="Bundle root (trained if absent)."),
+    report: Path = typer.Option(None, "--report", help="Write the JSON report here."),
+) -> None:
+    """The local stack under steady mixed load: errors, p50/p99 per minute, RSS per process.
+
+    Exits 1 when a bound is broken (any error, RSS growth past the bound, feedback
+    acknowledged but not applied). The last stdout line is a JSON summary.
+    """
+    from rich.console import Console
+
+    from shortlist.bench import soak as soak_bench
+
+    config = soak_bench.SoakConfig(
+        seconds=seconds,
+        rate=rate,
+        feedback_share=feedback_share,
+        warmup_s=warmup,
+        sample_s=sample,
+        max_rss_growth=max_rss_growth,
+        bundle=bundle,
+    )
+    result = soak_bench.run(config, Console(width=150))
+    if report is not None:
+        soak_bench.write_report(result, report)
+    if not result["passed"]:
+        raise typer.Exit(code=1)
