@@ -6,7 +6,7 @@ PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
 STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-index \
-	bench-feedback bench-serving bench-soak clean
+	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes clean
 
 install: $(STAMP) proto
 
@@ -48,7 +48,7 @@ lint: install
 DATA    ?= ../shared/data
 REPORTS ?= reports
 
-bench: bench-quality bench-index bench-feedback bench-serving
+bench: bench-quality bench-ranking bench-index bench-feedback bench-serving
 
 bench-quality: install
 	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench quality --data $(DATA)/gowalla \
@@ -78,6 +78,21 @@ bench-serving: install
 # its slope; fails when a bound breaks (any error, RSS growth >= 10% after the warm-up).
 SOAK_SECONDS ?= 600
 SOAK_RATE    ?= 100
+# The two-stage pipeline (retrieval shortlist + LambdaRank) against retrieval order on the same
+# users, then the ranking service alone over gRPC on a bundle of the built-in data.
+bench-ranking: install
+	@if [ -d $(DATA)/ml-100k ]; then $(BIN)/shortlist bench quality --data $(DATA)/ml-100k \
+		--protocol A --pipeline two-stage; else echo "absent: $(DATA)/ml-100k"; fi
+	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench quality --data $(DATA)/gowalla \
+		--protocol A --pipeline two-stage; else echo "absent: $(DATA)/gowalla"; fi
+	$(BIN)/shortlist train --out $(REPORTS)/ranking/artifacts
+	$(BIN)/shortlist bench ranking --bundle $(REPORTS)/ranking/artifacts
+
+# LightGCN on MovieLens-100K with and without the negative graph of dislikes (3 seeds).
+bench-dislikes: install
+	@if [ -d $(DATA)/ml-100k ]; then $(BIN)/shortlist bench dislikes --data $(DATA)/ml-100k; \
+		else echo "absent: $(DATA)/ml-100k"; fi
+
 bench-soak: install
 	mkdir -p $(REPORTS)/soak
 	$(BIN)/shortlist bench soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \

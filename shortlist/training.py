@@ -46,6 +46,7 @@ class TrainConfig:
     label_share: float = 0.2
     recent_likes: int = 50
     ranker_valid_share: float = 0.25
+    ranker_max_lists: int = 12_000  # lists (users) the ranker is fit and early-stopped on
     index: str = "auto"
     seed: int = 0
     model: str = "mf-bpr"

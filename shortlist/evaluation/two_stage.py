@@ -100,6 +100,11 @@ def run_two_stage(
     timings["retrieval_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     say(f"stage 1: top-{cfg.candidates} shortlists with valid labels, features")
+    labelled = np.flatnonzero(np.diff(split.valid.positives.indptr) > 0)
+    if len(labelled) > 2 * cfg.ranker_max_lists:  # lists without a positive are dropped
+        labelled = np.sort(
+            np.random.default_rng(cfg.seed).permutation(labelled)[: 2 * cfg.ranker_max_lists]
+        )
     lists = ranking_lists(
         split.train,
         fit_model.user_factors,
@@ -107,12 +112,14 @@ def run_two_stage(
         split.valid.positives,
         split.valid.timestamps,
         cfg,
+        users=labelled,
     )
     names = feature_names(
         attribute_names(split.train.item_features), attribute_names(split.train.user_features)
     )
     users = np.array(sorted(lists))
     np.random.default_rng(cfg.seed).shuffle(users)
+    users = users[: cfg.ranker_max_lists]
     n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
     valid_users, train_users = users[:n_valid], users[n_valid:]
     timings["ranker_features"] = time.perf_counter() - clock
