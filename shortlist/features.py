@@ -16,9 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 
 BASE_FEATURES = [
-    "retrieval_score",
     "retrieval_rank",
-    "retrieval_score_gap",  # score minus the shortlist's best score
+    # score over the shortlist's best: free of the model's score scale, which moves with the
+    # amount of training data (the ranker is fit on a model of less data than it serves)
+    "retrieval_score_ratio",
     "item_log_popularity",
     "item_log_recent_popularity",  # time-decayed like count (NaN without timestamps)
     "item_log_live_likes",
@@ -34,6 +35,7 @@ BASE_FEATURES = [
     "ctx_day_of_week",
     "ctx_device",
 ]
+RANK_COLUMN = BASE_FEATURES.index("retrieval_rank")  # ordering by it is the retrieval order
 DEVICES = ("ios", "android", "web", "tv")
 HALF_LIFE_DAYS = 30.0
 RECENT_ITEMS = 50  # likes and dislikes (newest first) the similarity features look at
@@ -180,10 +182,9 @@ def build_features(
     rows = np.full((n, len(BASE_FEATURES) + n_item_attr + n_user_attr), np.nan, np.float32)
     col = {name: i for i, name in enumerate(BASE_FEATURES)}
     scores = np.asarray(retrieval_scores, np.float32)
-    rows[:, col["retrieval_score"]] = scores
     rows[:, col["retrieval_rank"]] = np.arange(n)
-    if n:
-        rows[:, col["retrieval_score_gap"]] = scores - scores.max()
+    if n and scores.max() > 0:
+        rows[:, col["retrieval_score_ratio"]] = scores / scores.max()
     rows[:, col["item_log_popularity"]] = items.log_popularity[candidates]
     rows[:, col["item_log_recent_popularity"]] = items.log_recent_popularity[candidates]
     rows[:, col["item_log_live_likes"]] = np.log1p(live_likes)

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from shortlist.artifacts import Bundle, code_version, new_version
 from shortlist.data.interactions import Interactions
 from shortlist.features import (
+    RANK_COLUMN,
     ItemSide,
     RequestContext,
     UserSignals,
@@ -100,7 +101,7 @@ def train_bundle(
         _stack(lists, train_users), _stack(lists, valid_users), names, RankerConfig(seed=cfg.seed)
     )
     x_val, y_val, g_val = _stack(lists, valid_users)
-    retrieval_ndcg = mean_list_ndcg(-x_val[:, 1], y_val, g_val, lists, valid_users)
+    retrieval_ndcg = mean_list_ndcg(-x_val[:, RANK_COLUMN], y_val, g_val, lists, valid_users)
     ranker_ndcg = mean_list_ndcg(score(ranker, x_val), y_val, g_val, lists, valid_users)
 
     say("training the serving model on all likes")

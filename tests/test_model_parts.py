@@ -133,7 +133,7 @@ def test_build_features_columns():
     col = {n: i for i, n in enumerate(feature_names(["a", "b"], ["age"]))}
     assert x.shape == (2, len(BASE_FEATURES) + 3)
     assert list(x[:, col["retrieval_rank"]]) == [0, 1]
-    assert x[1, col["retrieval_score_gap"]] == pytest.approx(-0.4)
+    assert x[1, col["retrieval_score_ratio"]] == pytest.approx(0.5 / 0.9)
     assert x[0, col["item_log_popularity"]] == pytest.approx(math.log1p(5))
     assert math.isnan(x[0, col["item_log_recent_popularity"]])
     # cosine co-occurrence: |users(5) & users(1)| / sqrt(2 * 2) = 1, with item 2: 1 / sqrt(2)

@@ -20,7 +20,7 @@ import numpy as np
 
 from shortlist.data.loaders import SplitData
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
-from shortlist.features import feature_names
+from shortlist.features import RANK_COLUMN, feature_names
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score, train_ranker
 from shortlist.training import TrainConfig, _stack, attribute_names, ranking_lists
@@ -135,7 +135,7 @@ def run_two_stage(
     valid_sorted = np.sort(valid_users)
     ranker_valid = {
         "retrieval_ndcg@20": _list_metrics(
-            lists, lambda x: -x[:, 1], split.valid.positives, valid_sorted
+            lists, lambda x: -x[:, RANK_COLUMN], split.valid.positives, valid_sorted
         )["ndcg@20"],
         "ranker_ndcg@20": _list_metrics(
             lists, lambda x: score(ranker, x), split.valid.positives, valid_sorted
@@ -170,7 +170,7 @@ def run_two_stage(
     )
     timings["test_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    retrieval = _list_metrics(test_lists, lambda x: -x[:, 1], test, test_users)
+    retrieval = _list_metrics(test_lists, lambda x: -x[:, RANK_COLUMN], test, test_users)
     two_stage = _list_metrics(test_lists, lambda x: score(ranker, x), test, test_users)
     timings["evaluate"] = time.perf_counter() - clock
     timings["total"] = sum(timings.values())
