@@ -10,7 +10,6 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.feedback import server as feedback_server
 from services.feedback.server import FeedbackAdminServicer, FeedbackWorker
@@ -20,7 +19,8 @@ from services.ranking import server as ranking_server
 from services.ranking.server import RankingServicer
 from services.retrieval import server as retrieval_server
 from services.retrieval.server import RetrievalServicer
-from shortlist.artifacts import Bundle, load_bundle
+from shortlist.ab import ARM_A, ARM_B, check_arms, load_arms
+from shortlist.artifacts import Bundle
 from shortlist.bus import (
     EventConsumer,
     EventPublisher,
@@ -73,17 +73,25 @@ def start_service(
     consumer: EventConsumer | None = None,
     retrieval_target: str | None = None,
     ranking_target: str | None = None,
+    bundle_b: Bundle | None = None,
 ) -> Started:
-    """Start one service on `address`; missing backends are built from the settings."""
+    """Start one service on `address`; missing backends are built from the settings.
+
+    `bundle_b` (A/B arm "b"): retrieval and ranking load it beside `bundle` and serve the
+    one each request names by version; the gateway assigns users to arms.
+    """
+    others = () if bundle_b is None else (bundle_b,)
+    if bundle_b is not None:
+        check_arms({ARM_A: bundle, ARM_B: bundle_b})
     if name == "retrieval":
-        servicer = RetrievalServicer(bundle, store or redis_store(settings), settings)
+        servicer = RetrievalServicer(bundle, store or redis_store(settings), settings, others)
         return Started(
             start_server(
                 name, retrieval_server.register(servicer), retrieval_server.SERVICE_NAMES, address
             )
         )
     if name == "ranking":
-        servicer = RankingServicer(bundle, store or redis_store(settings), settings)
+        servicer = RankingServicer(bundle, store or redis_store(settings), settings, others)
         return Started(
             start_server(
                 name, ranking_server.register(servicer), ranking_server.SERVICE_NAMES, address
@@ -109,6 +117,7 @@ def start_service(
             client_channel(ranking_target or settings.ranking_addr),
             publisher or kafka_publisher(settings),
             settings,
+            bundle_b,
         )
         return Started(
             start_server(
@@ -120,11 +129,23 @@ def start_service(
 
 def serve(name: str, settings: Settings) -> None:
     """Run one service in this process until SIGTERM or SIGINT."""
-    bundle = load_bundle(Path(settings.bundle))
-    MODEL_INFO.info({"version": bundle.version, "model": str(bundle.manifest.get("model"))})
+    # The feedback service folds vectors in for the default bundle only (see README, A/B).
+    arms = (
+        load_arms(settings) if name != "feedback" else load_arms(settings.replace(ab_bundle_b=""))
+    )
+    for arm, b in arms.items():
+        MODEL_INFO.labels(arm).info({"version": b.version, "model": str(b.manifest.get("model"))})
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
-    started = start_service(name, settings, bundle, getattr(settings, f"{name}_addr"))
-    log.info("%s serving bundle %s on port %d", name, bundle.version, started.server.port)
+    bundle = arms[ARM_A]
+    started = start_service(
+        name, settings, bundle, getattr(settings, f"{name}_addr"), bundle_b=arms.get(ARM_B)
+    )
+    log.info(
+        "%s serving bundle(s) %s on port %d",
+        name,
+        ", ".join(f"{a}={b.version}" for a, b in arms.items()),
+        started.server.port,
+    )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -138,6 +159,7 @@ class InProcessStack:
     """The four services in one process on free local ports (demo and integration tests)."""
 
     services: dict[str, Started] = field(default_factory=dict)
+    metrics_target: str | None = None  # HOST:PORT of /metrics, when the caller started one
 
     @property
     def gateway_target(self) -> str:
@@ -157,11 +179,19 @@ def start_inprocess_stack(
     store: StateStore,
     publisher: EventPublisher,
     consumer: EventConsumer,
+    bundle_b: Bundle | None = None,
 ) -> InProcessStack:
     stack = InProcessStack()
+    for arm, b in ((ARM_A, bundle), (ARM_B, bundle_b)):
+        if b is not None:
+            MODEL_INFO.labels(arm).info(
+                {"version": b.version, "model": str(b.manifest.get("model"))}
+            )
     try:
         for name in ("retrieval", "ranking"):
-            stack.services[name] = start_service(name, settings, bundle, "127.0.0.1:0", store)
+            stack.services[name] = start_service(
+                name, settings, bundle, "127.0.0.1:0", store, bundle_b=bundle_b
+            )
         stack.services["feedback"] = start_service(
             "feedback", settings, bundle, "127.0.0.1:0", store, consumer=consumer
         )
@@ -173,6 +203,7 @@ def start_inprocess_stack(
             publisher=publisher,
             retrieval_target=stack.target("retrieval"),
             ranking_target=stack.target("ranking"),
+            bundle_b=bundle_b,
         )
     except Exception:
         stack.stop()

@@ -45,6 +45,10 @@ class Settings:
     publish_timeout_ms: int = 3000
     feedback_batch: int = 500
     log_format: str = "text"
+    # A/B test: a second bundle served to a stable ab_share_b (0..1) of users (shortlist.ab).
+    ab_bundle_b: str = ""
+    ab_share_b: float = 0.0
+    ab_salt: str = "ab1"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -60,13 +64,20 @@ class Settings:
             if raw is None:
                 continue
             try:
-                kwargs[f.name] = int(raw) if f.type in ("int", int) else raw
+                if f.type in ("int", int):
+                    kwargs[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    kwargs[f.name] = float(raw)
+                else:
+                    kwargs[f.name] = raw
             except ValueError:
-                raise ValueError(
-                    f"{PREFIX}{f.name.upper()} must be an integer, got {raw!r}"
-                ) from None
+                kind = "an integer" if f.type in ("int", int) else "a number"
+                raise ValueError(f"{PREFIX}{f.name.upper()} must be {kind}, got {raw!r}") from None
         kwargs.update(overrides)
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+        if not 0.0 <= settings.ab_share_b <= 1.0:
+            raise ValueError(f"{PREFIX}AB_SHARE_B must be in 0..1, got {settings.ab_share_b}")
+        return settings
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)
