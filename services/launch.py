@@ -30,11 +30,16 @@ from shortlist.bus import (
 )
 from shortlist.config import Settings
 from shortlist.grpc_server import RunningServer, client_channel, start_server
+from shortlist.index import limit_native_threads
 from shortlist.stores import RedisStateStore, StateStore
 from shortlist.telemetry import MODEL_INFO, start_metrics_server
 
 log = logging.getLogger(__name__)
 SERVICES = ("retrieval", "ranking", "feedback", "gateway")
+# gRPC worker threads. The handlers are CPU-bound Python holding the GIL between short
+# native calls: a few threads keep the cores busy, more only add GIL hand-offs and context
+# switches. The gateway's threads mostly wait on retrieval and ranking, so it gets more.
+WORKERS = {"retrieval": 4, "ranking": 4, "gateway": 8}
 
 
 def redis_store(settings: Settings) -> StateStore:
@@ -87,14 +92,22 @@ def start_service(
         servicer = RetrievalServicer(bundle, store or redis_store(settings), settings, others)
         return Started(
             start_server(
-                name, retrieval_server.register(servicer), retrieval_server.SERVICE_NAMES, address
+                name,
+                retrieval_server.register(servicer),
+                retrieval_server.SERVICE_NAMES,
+                address,
+                workers=WORKERS[name],
             )
         )
     if name == "ranking":
         servicer = RankingServicer(bundle, store or redis_store(settings), settings, others)
         return Started(
             start_server(
-                name, ranking_server.register(servicer), ranking_server.SERVICE_NAMES, address
+                name,
+                ranking_server.register(servicer),
+                ranking_server.SERVICE_NAMES,
+                address,
+                workers=WORKERS[name],
             )
         )
     if name == "feedback":
@@ -121,7 +134,11 @@ def start_service(
         )
         return Started(
             start_server(
-                name, gateway_server.register(servicer), gateway_server.SERVICE_NAMES, address
+                name,
+                gateway_server.register(servicer),
+                gateway_server.SERVICE_NAMES,
+                address,
+                workers=WORKERS[name],
             )
         )
     raise ValueError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
@@ -129,6 +146,7 @@ def start_service(
 
 def serve(name: str, settings: Settings) -> None:
     """Run one service in this process until SIGTERM or SIGINT."""
+    limit_native_threads(1)
     # The feedback service folds vectors in for the default bundle only (see README, A/B).
     arms = (
         load_arms(settings) if name != "feedback" else load_arms(settings.replace(ab_bundle_b=""))

@@ -15,11 +15,12 @@ from shortlist.artifacts import Bundle
 from shortlist.events import Kind
 from shortlist.features import RequestContext, UserSignals, build_features
 from shortlist.foldin import fold_in, linear_fold_in
-from shortlist.index import search
+from shortlist.index import RefinedIndex, search, served_index
 from shortlist.ranker import score
 from shortlist.stores.base import RankingSignals, UserState
 
 RECENT_LIKES = 20
+CHECK_QUERIES = 200  # users whose exact top-200 decides whether the compressed index serves
 
 
 @dataclass
@@ -27,6 +28,18 @@ class Shortlist:
     items: np.ndarray  # item indices, best first
     scores: np.ndarray
     user_source: str  # "trained", "folded_in" or "popularity"
+
+
+def prepare_for_retrieval(bundle: Bundle) -> Bundle:
+    """Swap the bundle's index for its served form (`shortlist.index.served_index`): same
+    results interface, a compressed scan plus exact re-scoring for large IVF indexes, taken
+    only when it keeps the recall of the bundle's own index on a sample of its users."""
+    if not isinstance(bundle.index, RefinedIndex):
+        rng = np.random.default_rng(0)
+        users = bundle.user_vectors
+        sample = users[rng.choice(len(users), min(len(users), CHECK_QUERIES), replace=False)]
+        bundle.index = served_index(bundle.index, bundle.item_vectors, queries=sample)
+    return bundle
 
 
 def excluded_items(

@@ -41,6 +41,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         self.store = store
         self.settings = settings
         self.by_version = {b.version: (b, arm) for b, arm in zip((bundle, *others), "ab")}
+        self.item_ids = {b.version: b.items.to_list() for b in (bundle, *others)}
+        self.item_index = {v: {s: n for n, s in enumerate(ids)} for v, ids in self.item_ids.items()}
 
     def Rank(self, request, context):  # noqa: N802 (gRPC method name)
         s = self.settings
@@ -68,14 +70,15 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         ids = [c.item_id for c in request.candidates]
-        idx = np.array([bundle.items.get(i) if i in bundle.items else -1 for i in ids])
+        get = self.item_index[bundle.version].get
+        idx = np.array([get(i, -1) for i in ids], np.int64)
         if (idx < 0).any():
             bad = ids[int(np.flatnonzero(idx < 0)[0])]
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
             )
-        scores = np.array([c.score for c in request.candidates], np.float32)
+        scores = np.fromiter((c.score for c in request.candidates), np.float32, len(ids))
         start = time.perf_counter()
         try:
             live = self.store.ranking_signals(request.user_id, ids)
@@ -85,10 +88,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         start = time.perf_counter()
         top, top_scores = serving.rank(bundle, request.user_id, idx, scores, live, ctx, request.k)
         STAGE_LATENCY.labels(SERVICE, "scoring", arm).observe(time.perf_counter() - start)
+        names = self.item_ids[bundle.version]
+        item = common_pb2.ScoredItem
         return ranking_pb2.RankResponse(
             items=[
-                common_pb2.ScoredItem(item_id=i, score=float(v))
-                for i, v in zip(bundle.items.ids(top), top_scores)
+                item(item_id=names[i], score=v) for i, v in zip(top.tolist(), top_scores.tolist())
             ],
             model_version=bundle.version,
         )

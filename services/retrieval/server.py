@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from shortlist.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from shortlist.validation import InvalidInput, abort_invalid, require_id, require_ids, require_range
 
 SERVICE = "retrieval"
+log = logging.getLogger(__name__)
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
@@ -29,10 +31,15 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         settings: Settings,
         others: Sequence[Bundle] = (),
     ) -> None:
+        for b in (bundle, *others):
+            serving.prepare_for_retrieval(b)
+            recall = getattr(b.index, "recall", None)
+            log.info("bundle %s: serving %s %s", b.version, type(b.index).__name__, recall or "")
         self.bundle = bundle
         self.store = store
         self.settings = settings
         self.by_version = {b.version: (b, arm) for b, arm in zip((bundle, *others), "ab")}
+        self.item_ids = {b.version: b.items.to_list() for b in (bundle, *others)}
 
     def _bundle(self, version: str, context: grpc.ServicerContext) -> tuple[Bundle, str]:
         found = self.by_version.get(version) if version else (self.bundle, "a")
@@ -67,10 +74,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         )
         STAGE_LATENCY.labels(SERVICE, "ann", arm).observe(time.perf_counter() - start)
         CANDIDATES.labels(SERVICE, arm).observe(len(result.items))
-        ids = bundle.items.ids(result.items)
+        ids = self.item_ids[bundle.version]
+        item = common_pb2.ScoredItem
         return retrieval_pb2.RetrieveResponse(
             candidates=[
-                common_pb2.ScoredItem(item_id=i, score=float(v)) for i, v in zip(ids, result.scores)
+                item(item_id=ids[i], score=v)
+                for i, v in zip(result.items.tolist(), result.scores.tolist())
             ],
             model_version=bundle.version,
             user_source=result.user_source,
