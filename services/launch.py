@@ -36,10 +36,6 @@ from shortlist.telemetry import MODEL_INFO, start_metrics_server
 
 log = logging.getLogger(__name__)
 SERVICES = ("retrieval", "ranking", "feedback", "gateway")
-# gRPC worker threads. The handlers are CPU-bound Python holding the GIL between short
-# native calls: a few threads keep the cores busy, more only add GIL hand-offs and context
-# switches. The gateway's threads mostly wait on retrieval and ranking, so it gets more.
-WORKERS = {"retrieval": 4, "ranking": 4, "gateway": 8}
 
 
 def redis_store(settings: Settings) -> StateStore:
@@ -96,7 +92,6 @@ def start_service(
                 retrieval_server.register(servicer),
                 retrieval_server.SERVICE_NAMES,
                 address,
-                workers=WORKERS[name],
             )
         )
     if name == "ranking":
@@ -107,7 +102,6 @@ def start_service(
                 ranking_server.register(servicer),
                 ranking_server.SERVICE_NAMES,
                 address,
-                workers=WORKERS[name],
             )
         )
     if name == "feedback":
@@ -138,7 +132,6 @@ def start_service(
                 gateway_server.register(servicer),
                 gateway_server.SERVICE_NAMES,
                 address,
-                workers=WORKERS[name],
             )
         )
     raise ValueError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
