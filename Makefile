@@ -1,4 +1,5 @@
 # Shortlist: see README.md. Every target runs from a fresh clone.
+SHELL   := /bin/bash
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -61,17 +62,27 @@ bench-index: install
 		else echo "absent: $(DATA)/gowalla"; fi
 
 # The local stack (Redis, tansu, four service processes) on a Gowalla-sized bundle, under
-# an open-loop load of $(RATE)/s; the stack is stopped whatever the outcome.
+# an open-loop load of $(RATE)/s from the bundle's own users (5% unknown ones); the bundle
+# is trained once (delete $(SERVING)/artifacts to retrain) and the stack is stopped whatever
+# the outcome. The report gives CPU ms per call of every process and the load average.
 RATE    ?= 500
+DURATION ?= 30
 SERVING := $(REPORTS)/serving
 bench-serving: install
 	mkdir -p $(SERVING)
-	if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist train --out $(SERVING)/artifacts \
+	if [ -e $(SERVING)/artifacts/LATEST ]; then echo "reusing $(SERVING)/artifacts"; \
+	elif [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist train --out $(SERVING)/artifacts \
 		--data $(DATA)/gowalla --model spectral; else $(BIN)/shortlist train \
 		--out $(SERVING)/artifacts --users 29858 --items 40981; fi
+	$(BIN)/python -c "import json, pathlib, sys; r = pathlib.Path(sys.argv[1]); \
+		v = (r / 'LATEST').read_text().strip(); \
+		print(chr(10).join(json.loads((r / v / 'users.json').read_text())))" \
+		$(SERVING)/artifacts > $(SERVING)/users.txt
 	SHORTLIST_BUNDLE=$(SERVING)/artifacts $(BIN)/shortlist up
-	$(BIN)/shortlist loadtest --target 127.0.0.1:50051 --rate $(RATE) --duration 30 \
-		--plot $(SERVING)/latency.png; rc=$$?; $(BIN)/shortlist down; exit $$rc
+	$(BIN)/shortlist loadtest --target $${SHORTLIST_GATEWAY_ADDR:-127.0.0.1:50051} \
+		--rate $(RATE) --duration $(DURATION) \
+		--users $(SERVING)/users.txt --plot $(SERVING)/latency.png \
+		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; $(BIN)/shortlist down; exit $$rc
 
 # The local stack on its own free ports under a steady mixed load (Recommend + 20%
 # SendFeedback) for $(SOAK_SECONDS)s: errors, p50/p99 per minute, RSS of every process and

@@ -10,7 +10,6 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from services.feedback import server as feedback_server
 from services.feedback.server import FeedbackAdminServicer, FeedbackWorker
@@ -20,7 +19,8 @@ from services.ranking import server as ranking_server
 from services.ranking.server import RankingServicer
 from services.retrieval import server as retrieval_server
 from services.retrieval.server import RetrievalServicer
-from shortlist.artifacts import Bundle, BundleWatcher, latest_version, load_bundle
+from shortlist.ab import ARM_A, ARM_B, check_arms, load_arms
+from shortlist.artifacts import Bundle, BundleWatcher, latest_version
 from shortlist.bus import (
     EventConsumer,
     EventPublisher,
@@ -30,6 +30,7 @@ from shortlist.bus import (
 )
 from shortlist.config import Settings
 from shortlist.grpc_server import RunningServer, client_channel, start_server
+from shortlist.index import limit_native_threads
 from shortlist.stores import RedisStateStore, StateStore
 from shortlist.telemetry import MODEL_INFO, start_metrics_server
 
@@ -61,7 +62,9 @@ class Started:
     def swap_bundle(self, bundle: Bundle) -> None:
         """Serve `bundle` from now on: one reference assignment per holder."""
         for holder in (self.servicer, self.worker):
-            if holder is not None:
+            if hasattr(holder, "use_bundle"):
+                holder.use_bundle(bundle)  # servicers that keep per-bundle lookups
+            elif holder is not None:
                 holder.bundle = bundle
 
     def stop(self) -> None:
@@ -80,10 +83,18 @@ def start_service(
     consumer: EventConsumer | None = None,
     retrieval_target: str | None = None,
     ranking_target: str | None = None,
+    bundle_b: Bundle | None = None,
 ) -> Started:
-    """Start one service on `address`; missing backends are built from the settings."""
+    """Start one service on `address`; missing backends are built from the settings.
+
+    `bundle_b` (A/B arm "b"): retrieval and ranking load it beside `bundle` and serve the
+    one each request names by version; the gateway assigns users to arms.
+    """
+    others = () if bundle_b is None else (bundle_b,)
+    if bundle_b is not None:
+        check_arms({ARM_A: bundle, ARM_B: bundle_b})
     if name == "retrieval":
-        servicer = RetrievalServicer(bundle, store or redis_store(settings), settings)
+        servicer = RetrievalServicer(bundle, store or redis_store(settings), settings, others)
         return Started(
             start_server(
                 name,
@@ -95,7 +106,7 @@ def start_service(
             servicer=servicer,
         )
     if name == "ranking":
-        servicer = RankingServicer(bundle, store or redis_store(settings), settings)
+        servicer = RankingServicer(bundle, store or redis_store(settings), settings, others)
         return Started(
             start_server(
                 name,
@@ -127,6 +138,7 @@ def start_service(
             client_channel(ranking_target or settings.ranking_addr, settings=settings),
             publisher or kafka_publisher(settings),
             settings,
+            bundle_b,
         )
         return Started(
             start_server(
@@ -143,12 +155,25 @@ def start_service(
 
 def serve(name: str, settings: Settings) -> None:
     """Run one service in this process until SIGTERM or SIGINT."""
-    bundle = load_bundle(Path(settings.bundle))
-    MODEL_INFO.info({"version": bundle.version, "model": str(bundle.manifest.get("model"))})
+    limit_native_threads(1)
+    # The feedback service folds vectors in for the default bundle only (see README, A/B).
+    arms = (
+        load_arms(settings) if name != "feedback" else load_arms(settings.replace(ab_bundle_b=""))
+    )
+    for arm, b in arms.items():
+        MODEL_INFO.labels(arm).info({"version": b.version, "model": str(b.manifest.get("model"))})
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
-    started = start_service(name, settings, bundle, getattr(settings, f"{name}_addr"))
-    log.info("%s serving bundle %s on port %d", name, bundle.version, started.server.port)
-    watcher = watch_bundle(settings, bundle, started.swap_bundle)
+    bundle = arms[ARM_A]
+    started = start_service(
+        name, settings, bundle, getattr(settings, f"{name}_addr"), bundle_b=arms.get(ARM_B)
+    )
+    log.info(
+        "%s serving bundle(s) %s on port %d",
+        name,
+        ", ".join(f"{a}={b.version}" for a, b in arms.items()),
+        started.server.port,
+    )
+    watcher = watch_bundle(settings, bundle, started.swap_bundle)  # hot swap of arm a
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -167,7 +192,7 @@ def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | No
 
     def swapped(new: Bundle) -> None:
         swap(new)
-        MODEL_INFO.info({"version": new.version, "model": str(new.manifest.get("model"))})
+        MODEL_INFO.labels(ARM_A).info({"version": new.version, "model": str(new.manifest.get("model"))})
 
     watcher = BundleWatcher(root, bundle.version, swapped, settings.bundle_poll_ms / 1000)
     if threading.current_thread() is threading.main_thread():
@@ -180,6 +205,7 @@ class InProcessStack:
     """The four services in one process on free local ports (demo and integration tests)."""
 
     services: dict[str, Started] = field(default_factory=dict)
+    metrics_target: str | None = None  # HOST:PORT of /metrics, when the caller started one
 
     @property
     def gateway_target(self) -> str:
@@ -203,11 +229,19 @@ def start_inprocess_stack(
     store: StateStore,
     publisher: EventPublisher,
     consumer: EventConsumer,
+    bundle_b: Bundle | None = None,
 ) -> InProcessStack:
     stack = InProcessStack()
+    for arm, b in ((ARM_A, bundle), (ARM_B, bundle_b)):
+        if b is not None:
+            MODEL_INFO.labels(arm).info(
+                {"version": b.version, "model": str(b.manifest.get("model"))}
+            )
     try:
         for name in ("retrieval", "ranking"):
-            stack.services[name] = start_service(name, settings, bundle, "127.0.0.1:0", store)
+            stack.services[name] = start_service(
+                name, settings, bundle, "127.0.0.1:0", store, bundle_b=bundle_b
+            )
         stack.services["feedback"] = start_service(
             "feedback", settings, bundle, "127.0.0.1:0", store, consumer=consumer
         )
@@ -219,6 +253,7 @@ def start_inprocess_stack(
             publisher=publisher,
             retrieval_target=stack.target("retrieval"),
             ranking_target=stack.target("ranking"),
+            bundle_b=bundle_b,
         )
     except Exception:
         stack.stop()

@@ -194,9 +194,13 @@ def loadtest(
     timeout: float = typer.Option(2.0, help="Deadline per call in seconds."),
     seed: int = typer.Option(0),
     plot: Path | None = typer.Option(None, help="Write latency-over-time to this PNG."),
+    watch_stack: bool = typer.Option(
+        True, help="Report CPU per call of the `shortlist up` processes (.run/pids.json)."
+    ),
 ) -> None:
     """Open-loop load test of Gateway/Recommend; the last stdout line is a JSON summary."""
     from shortlist import loadtest as lt
+    from shortlist.stack import PIDS
 
     user_ids = None
     if users is not None:
@@ -217,6 +221,7 @@ def loadtest(
         concurrency=concurrency,
         timeout_s=timeout,
         seed=seed,
+        watch_pids=json.loads(PIDS.read_text()) if watch_stack and PIDS.exists() else None,
     )
     try:
         config.validate()

@@ -58,6 +58,10 @@ class Settings:
     rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit
     rate_limit_burst: int = 0  # bucket size; 0: the same as rate_limit_per_s
     bundle_poll_ms: int = 2000  # reload when <bundle>/LATEST changes; 0: only on SIGHUP
+    # A/B test: a second bundle served to a stable ab_share_b (0..1) of users (shortlist.ab).
+    ab_bundle_b: str = ""
+    ab_share_b: float = 0.0
+    ab_salt: str = "ab1"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -73,13 +77,20 @@ class Settings:
             if raw is None:
                 continue
             try:
-                kwargs[f.name] = int(raw) if f.type in ("int", int) else raw
+                if f.type in ("int", int):
+                    kwargs[f.name] = int(raw)
+                elif f.type in ("float", float):
+                    kwargs[f.name] = float(raw)
+                else:
+                    kwargs[f.name] = raw
             except ValueError:
-                raise ValueError(
-                    f"{PREFIX}{f.name.upper()} must be an integer, got {raw!r}"
-                ) from None
+                kind = "an integer" if f.type in ("int", int) else "a number"
+                raise ValueError(f"{PREFIX}{f.name.upper()} must be {kind}, got {raw!r}") from None
         kwargs.update(overrides)
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+        if not 0.0 <= settings.ab_share_b <= 1.0:
+            raise ValueError(f"{PREFIX}AB_SHARE_B must be in 0..1, got {settings.ab_share_b}")
+        return settings
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)

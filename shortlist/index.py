@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import glob
+import os
 from pathlib import Path
 
 import faiss
@@ -12,6 +15,115 @@ import numpy as np
 # 0.983 of exact and 5.6x less time per query, while HNSW on inner product stayed <= 0.90.
 EXACT_MAX_ITEMS = 20_000
 IVF_NPROBE = 96
+# The served form of a large IVF index (`served_index`): the same inverted lists with 4-bit
+# fast-scan PQ codes (4 dimensions per sub-quantizer: 64x less memory to scan than float32),
+# more lists probed, and the `SERVED_REFINE` x over-fetched candidates re-scored exactly on
+# the float vectors. On the Gowalla spectral bundle (41k x 1280) this measured recall@200
+# 0.947 of exact search at 1.3 ms per query against 0.943 at 2.3 ms for IVF-Flat nprobe=96.
+SERVED_NPROBE = 192
+SERVED_REFINE = 2
+SERVED_DIMS_PER_CODE = 4
+PQ_TRAIN_SAMPLE = 20_000
+
+
+def limit_native_threads(n: int = 1) -> None:
+    """One thread for FAISS's OpenMP and numpy's OpenBLAS in a serving process: it answers
+    one small query per request, and pools of native threads waking (and spinning) beside
+    the gRPC threads cost far more CPU than they save. (OpenBLAS goes multi-threaded from
+    a few hundred rows: re-scoring 400 candidates took 4 ms instead of 0.2 ms.)"""
+    faiss.omp_set_num_threads(n)
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*")
+    for path in glob.glob(libs):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(n))
+                break
+
+
+class RefinedIndex:
+    """Candidates from a compressed index, re-scored exactly: the FAISS `search` interface
+    (one or more queries, top-k, -1 padding) over `coarse` and the float `vectors`."""
+
+    def __init__(
+        self, coarse: faiss.Index, vectors: np.ndarray, refine: int, keep: object = None
+    ) -> None:
+        self.coarse = coarse
+        self._keep = keep  # owner of the coarse index's quantizer
+        self.vectors = vectors
+        self.refine = refine
+        self.ntotal = coarse.ntotal
+        self.recall: dict[str, float] = {}  # measured by served_index when it had queries
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fetch = min(self.ntotal, k * self.refine)
+        _, coarse_idx = self.coarse.search(queries, fetch)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        idx = np.full((len(queries), k), -1, np.int64)
+        for row, (q, cand) in enumerate(zip(queries, coarse_idx)):
+            cand = cand[cand >= 0]
+            exact = self.vectors[cand] @ q
+            top = np.argsort(-exact, kind="stable")[:k]
+            scores[row, : len(top)] = exact[top]
+            idx[row, : len(top)] = cand[top]
+        return scores, idx
+
+
+def served_index(
+    index: faiss.Index,
+    item_vectors: np.ndarray,
+    queries: np.ndarray | None = None,
+    nprobe: int = SERVED_NPROBE,
+    refine: int = SERVED_REFINE,
+    k: int = 200,
+    tolerance: float = 0.005,
+    seed: int = 0,
+) -> faiss.Index | RefinedIndex:
+    """What the retrieval service searches: a large inner-product IVF-Flat index becomes the
+    same lists with fast-scan PQ codes plus exact re-scoring (`RefinedIndex`); any other index
+    (exact search on small catalogues, HNSW) is served as it is. Built at load in seconds:
+    the coarse quantizer is reused, only the 16-centroid sub-quantizers are trained.
+
+    How much 4-bit codes lose depends on the vectors, so with sample `queries` (e.g. some
+    users' vectors) the compressed form is only taken when its recall@k of exact search is
+    within `tolerance` of the IVF-Flat index's; `recall` on the result says what was measured.
+    """
+    ivf = faiss.downcast_index(index)
+    if not isinstance(ivf, faiss.IndexIVFFlat) or ivf.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return index
+    dim = ivf.d
+    if dim % SERVED_DIMS_PER_CODE or (dim // SERVED_DIMS_PER_CODE) % 2:
+        return index
+    vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    pq = faiss.IndexIVFPQFastScan(
+        quantizer, dim, ivf.nlist, dim // SERVED_DIMS_PER_CODE, 4, faiss.METRIC_INNER_PRODUCT
+    )
+    pq.by_residual = False
+    rng = np.random.default_rng(seed)
+    sample = vectors
+    if len(vectors) > PQ_TRAIN_SAMPLE:
+        sample = vectors[np.sort(rng.choice(len(vectors), PQ_TRAIN_SAMPLE, replace=False))]
+    pq.train(sample)
+    pq.add(vectors)
+    pq.nprobe = nprobe
+    served = RefinedIndex(pq, vectors, refine, keep=index)
+    if queries is not None and len(queries):
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        exact = np.argpartition(-(q @ vectors.T), k, axis=1)[:, :k]
+        served.recall = {
+            "ivf_flat": _recall(index.search(q, k)[1], exact),
+            "served": _recall(served.search(q, k)[1], exact),
+        }
+        if served.recall["served"] < served.recall["ivf_flat"] - tolerance:
+            return index
+    return served
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    hits = sum(len(set(f.tolist()) & set(e.tolist())) for f, e in zip(found, exact))
+    return round(hits / exact.size, 4)
 
 
 def build_index(

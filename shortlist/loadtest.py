@@ -65,6 +65,8 @@ class LoadConfig:
     concurrency: int = 0  # max calls in flight; 0 = unbounded (pure open loop)
     timeout_s: float = 2.0
     seed: int = 0
+    # Processes whose CPU time is reported per request (name -> pid), e.g. the local stack's.
+    watch_pids: dict[str, int] | None = None
 
     def validate(self) -> None:
         if self.rate <= 0:
@@ -362,13 +364,56 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (and its reaped children) from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def cpu_per_request(
+    before: dict[str, float | None], after: dict[str, float | None], calls: int
+) -> dict[str, float]:
+    """CPU milliseconds per call by process (the whole run, warm-up included), and the sum."""
+    out = {}
+    for name, start in before.items():
+        end = after.get(name)
+        if start is not None and end is not None and calls:
+            out[name] = round(1000.0 * (end - start) / calls, 3)
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
 def run(config: LoadConfig, on_progress: Callable[[str], None] | None = None) -> LoadResult:
     """Run one load test (blocking; starts and closes its own event loop)."""
     config.validate()
+    watched = dict(config.watch_pids or {})
+
+    def snapshot() -> dict[str, float | None]:
+        cpu = {name: process_cpu_seconds(pid) for name, pid in watched.items()}
+        return {**cpu, "loadgen": _cpu_seconds()}
+
+    load0 = load_average()
+    before = snapshot()
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     samples = asyncio.run(_drive(config, on_progress))
     cpu_s, wall_s = _cpu_seconds() - cpu0, time.perf_counter() - wall0
-    return LoadResult(config, samples, summarize(config, samples, cpu_s, wall_s))
+    after = snapshot()
+    summary = summarize(config, samples, cpu_s, wall_s)
+    summary["cpu_ms_per_request"] = cpu_per_request(before, after, len(samples.code))
+    summary["load_average_before"] = load0
+    summary["load_average_after"] = load_average()
+    return LoadResult(config, samples, summary)
 
 
 def per_second(result: LoadResult) -> dict[str, list[float]]:
@@ -472,6 +517,11 @@ def print_report(summary: dict[str, Any], console) -> None:
         ("loadgen_cpu_percent", "generator CPU (%)"),
     ):
         table.add_row(label, fmt(summary[key]))
+    for name, ms in summary.get("cpu_ms_per_request", {}).items():
+        table.add_row(f"CPU per call, {name} (ms)", fmt(ms))
+    for key in ("load_average_before", "load_average_after"):
+        if summary.get(key):
+            table.add_row(key.replace("_", " ") + " (1/5/15 min)", " ".join(map(str, summary[key])))
     if summary["feedback_requests"]:
         table.add_row("SendFeedback p50 (ms)", fmt(summary["feedback"]["p50_ms"]))
         table.add_row("SendFeedback p99 (ms)", fmt(summary["feedback"]["p99_ms"]))

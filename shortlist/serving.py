@@ -21,9 +21,11 @@ from shortlist.features import (
     recent_in_order,
 )
 from shortlist.foldin import fold_in, linear_fold_in
-from shortlist.index import search
+from shortlist.index import RefinedIndex, search, served_index
 from shortlist.ranker import score
 from shortlist.stores.base import RankingSignals, UserState
+
+CHECK_QUERIES = 200  # users whose exact top-200 decides whether the compressed index serves
 
 
 @dataclass
@@ -31,6 +33,18 @@ class Shortlist:
     items: np.ndarray  # item indices, best first
     scores: np.ndarray
     user_source: str  # "trained", "folded_in" or "popularity"
+
+
+def prepare_for_retrieval(bundle: Bundle) -> Bundle:
+    """Swap the bundle's index for its served form (`shortlist.index.served_index`): same
+    results interface, a compressed scan plus exact re-scoring for large IVF indexes, taken
+    only when it keeps the recall of the bundle's own index on a sample of its users."""
+    if not isinstance(bundle.index, RefinedIndex):
+        rng = np.random.default_rng(0)
+        users = bundle.user_vectors
+        sample = users[rng.choice(len(users), min(len(users), CHECK_QUERIES), replace=False)]
+        bundle.index = served_index(bundle.index, bundle.item_vectors, queries=sample)
+    return bundle
 
 
 def excluded_items(

@@ -137,7 +137,10 @@ def start_broker(settings: Settings) -> int | None:
 
 
 def start_services(settings: Settings) -> dict[str, int]:
+    # One native thread per pool (OpenMP, OpenBLAS): the services run small per-request
+    # work on a few cores, where thread pools only add wake-ups and spinning.
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     pids = {}
     for name in SERVICES:
         argv = [sys.executable, "-m", "shortlist.cli", "serve", name]

@@ -16,6 +16,7 @@ from shortlist.config import Settings
 from shortlist.data.synthetic import generate
 from shortlist.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
 from shortlist.stores import RedisStateStore
+from shortlist.telemetry import start_metrics_server
 from shortlist.training import TrainConfig, train_bundle
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -116,3 +117,45 @@ def stack(settings, bundle):
     )
     yield s
     s.stop()
+
+
+# A/B: a second bundle over the same catalogue from another model, and a stack serving both.
+@pytest.fixture(scope="session")
+def bundle_b_dir(tmp_path_factory, bundle) -> Path:
+    data = generate(n_users=300, n_items=200, n_topics=5, likes_per_user=20, seed=3)
+    b = train_bundle(data, TrainConfig(dim=8, epochs=10, candidates=100, seed=7))
+    b.version = f"{bundle.version}-b"
+    root = tmp_path_factory.mktemp("artifacts-b")
+    save_bundle(b, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle_b(bundle_b_dir) -> Bundle:
+    return load_bundle(bundle_b_dir)
+
+
+@pytest.fixture(scope="module")
+def ab_settings(settings, bundle_b_dir) -> Settings:
+    return settings.replace(ab_bundle_b=str(bundle_b_dir), ab_share_b=0.5)
+
+
+@pytest.fixture(scope="module")
+def ab_stack(ab_settings, bundle, bundle_b):
+    """The in-process stack serving two arms (share 0.5), with /metrics on a free port."""
+    s = ab_settings
+    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
+    running = start_inprocess_stack(
+        s,
+        bundle,
+        RedisStateStore(s.redis_url, s.redis_prefix),
+        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
+        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
+        bundle_b=bundle_b,
+    )
+    metrics_port = free_port()
+    metrics = start_metrics_server(metrics_port)
+    running.metrics_target = f"127.0.0.1:{metrics_port}"
+    yield running
+    metrics.shutdown()
+    running.stop()

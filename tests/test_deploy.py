@@ -486,7 +486,12 @@ def test_every_queried_metric_is_exported(source):
 def test_dashboard_queries_parse_as_promql(tmp_path):
     """promtool parses every panel query (Grafana's variables replaced by sample values)."""
     promtool = require_tool("promtool")
-    grafana_vars = {"$__rate_interval": "1m", "$__interval": "15s", "$service": ".*"}
+    grafana_vars = {
+        "$__rate_interval": "1m",
+        "$__interval": "15s",
+        "$service": ".*",
+        "$arm": ".*",
+    }
     rules = []
     for i, expr in enumerate(dashboard_expressions()):
         for var, value in grafana_vars.items():

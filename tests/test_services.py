@@ -256,7 +256,7 @@ def test_health_reflection_and_metrics(stack, gateway, bundle):
     ).stdout
     assert "shortlist.v1.Gateway" in listed and "grpc.health.v1.Health" in listed
 
-    labels = {"service": "gateway", "method": "Recommend", "code": "OK"}
+    labels = {"service": "gateway", "method": "Recommend", "code": "OK", "arm": "a"}
     before = REGISTRY.get_sample_value("shortlist_rpc_requests_total", labels) or 0
     recommend(gateway, bundle.users.id(4), k=3)
     assert REGISTRY.get_sample_value("shortlist_rpc_requests_total", labels) == before + 1

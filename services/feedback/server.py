@@ -25,6 +25,7 @@ from shortlist.telemetry import (
     EVENTS_APPLIED,
     EVENTS_DUPLICATE,
     EVENTS_MALFORMED,
+    NO_ARM,
     STAGE_LATENCY,
 )
 from shortlist.v1 import feedback_pb2, feedback_pb2_grpc
@@ -103,7 +104,7 @@ class FeedbackWorker:
         self.duplicates += len(events) - len(fresh)
         EVENTS_APPLIED.inc(len(fresh))
         EVENTS_DUPLICATE.inc(len(events) - len(fresh))
-        STAGE_LATENCY.labels(SERVICE, "apply").observe(time.perf_counter() - start)
+        STAGE_LATENCY.labels(SERVICE, "apply", NO_ARM).observe(time.perf_counter() - start)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="feedback-worker", daemon=True)

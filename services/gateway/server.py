@@ -8,12 +8,13 @@ import uuid
 
 import grpc
 
+from shortlist.ab import ARM_A, ARM_B, arm_for
 from shortlist.artifacts import Bundle
 from shortlist.bus.base import BusUnavailable, EventPublisher
 from shortlist.config import Settings
 from shortlist.events import Event, Kind
 from shortlist.features import parse_context
-from shortlist.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY
+from shortlist.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY, set_arm
 from shortlist.v1 import (
     common_pb2,
     gateway_pb2,
@@ -34,6 +35,7 @@ from shortlist.validation import (
 
 SERVICE = "gateway"
 PASS_THROUGH = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+KIND_NAMES = {k.value: k.name.lower() for k in Kind}
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -44,12 +46,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         ranking: grpc.Channel,
         publisher: EventPublisher,
         settings: Settings,
+        bundle_b: Bundle | None = None,
     ) -> None:
         self.bundle = bundle  # for the popularity fallback and the catalogue check
         self.retrieval = retrieval_pb2_grpc.RetrievalStub(retrieval)
         self.ranking = ranking_pb2_grpc.RankingStub(ranking)
         self.publisher = publisher
         self.settings = settings
+        # A/B: with a second bundle, each request names its arm's bundle version to
+        # retrieval and ranking (which load both); without one, they serve their default.
+        self.arms = {ARM_A: bundle} if bundle_b is None else {ARM_A: bundle, ARM_B: bundle_b}
+        self.share_b = settings.ab_share_b if bundle_b is not None else 0.0
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        """Hot swap: `bundle` replaces arm a's (one assignment each; calls in flight keep theirs)."""
+        self.arms[ARM_A] = bundle
+        self.bundle = bundle
+
+    def arm(self, user_id: str) -> str:
+        return arm_for(user_id, self.share_b, self.settings.ab_salt)
 
     def _timeout(self, context: grpc.ServicerContext, budget_ms: int) -> float:
         """The stage budget, never beyond what is left of the caller's deadline."""
@@ -59,6 +74,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def Recommend(self, request, context):  # noqa: N802 (gRPC method name)
         s = self.settings
+        arm = self.arm(request.user_id)
+        set_arm(arm)
+        bundle = self.arms[arm]
+        version = bundle.version if len(self.arms) > 1 else ""
         try:
             require_id(request.user_id, "user_id", s.max_id_length)
             require_range(request.k, "k", 1, s.max_k)
@@ -77,17 +96,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     user_id=request.user_id,
                     n=max(s.candidates, request.k),
                     exclude_item_ids=request.exclude_item_ids,
+                    model_version=version,
                 ),
                 timeout=self._timeout(context, s.retrieval_timeout_ms),
             )
         except grpc.RpcError as exc:
-            STAGE_LATENCY.labels(SERVICE, "retrieval").observe(time.perf_counter() - start)
-            return self._popular(request, f"retrieval_unavailable:{exc.code().name}")
-        STAGE_LATENCY.labels(SERVICE, "retrieval").observe(time.perf_counter() - start)
+            STAGE_LATENCY.labels(SERVICE, "retrieval", arm).observe(time.perf_counter() - start)
+            return self._popular(request, arm, f"retrieval_unavailable:{exc.code().name}")
+        STAGE_LATENCY.labels(SERVICE, "retrieval", arm).observe(time.perf_counter() - start)
 
         if shortlist.user_source == "popularity":
             return self._respond(
-                shortlist.candidates[: request.k], shortlist.model_version, "unknown_user"
+                shortlist.candidates[: request.k], shortlist.model_version, arm, "unknown_user"
             )
         reason = "state_unavailable" if shortlist.degraded else ""
         start = time.perf_counter()
@@ -98,38 +118,46 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     candidates=shortlist.candidates,
                     context=request.context,
                     k=request.k,
+                    model_version=shortlist.model_version if version else "",
                 ),
                 timeout=self._timeout(context, s.ranking_timeout_ms),
             )
         except grpc.RpcError as exc:
-            STAGE_LATENCY.labels(SERVICE, "ranking").observe(time.perf_counter() - start)
+            STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
             return self._respond(
                 shortlist.candidates[: request.k],
                 shortlist.model_version,
+                arm,
                 f"ranking_unavailable:{exc.code().name}",
             )
-        STAGE_LATENCY.labels(SERVICE, "ranking").observe(time.perf_counter() - start)
-        return self._respond(ranked.items, ranked.model_version, reason)
+        STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
+        return self._respond(ranked.items, ranked.model_version, arm, reason)
 
-    def _respond(self, items, version: str, reason: str) -> gateway_pb2.RecommendResponse:
+    def _respond(self, items, version: str, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
         if reason:
-            FALLBACKS.labels(reason.split(":")[0]).inc()
+            FALLBACKS.labels(reason.split(":")[0], arm).inc()
         return gateway_pb2.RecommendResponse(
-            items=items, model_version=version, fallback_used=bool(reason), fallback_reason=reason
+            items=items,
+            model_version=version,
+            fallback_used=bool(reason),
+            fallback_reason=reason,
+            arm=arm,
         )
 
-    def _popular(self, request, reason: str) -> gateway_pb2.RecommendResponse:
-        bundle = self.bundle  # one bundle for the whole call (hot reload swaps the attribute)
+    def _popular(self, request, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
+        bundle = self.arms[arm]
         exclude = bundle.items.indices(request.exclude_item_ids)
         top = bundle.popular_items(request.k, exclude)
         items = [
             common_pb2.ScoredItem(item_id=i, score=float(bundle.popularity[j]))
             for i, j in zip(bundle.items.ids(top), top)
         ]
-        return self._respond(items, bundle.version, reason)
+        return self._respond(items, bundle.version, arm, reason)
 
     def SendFeedback(self, request, context):  # noqa: N802
         s = self.settings
+        if request.events:
+            set_arm(self.arm(request.events[0].user_id))
         try:
             events = self._validated_events(request)
         except InvalidInput as exc:
@@ -142,8 +170,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"feedback not accepted, the event bus is unavailable: {exc}",
             )
-        STAGE_LATENCY.labels(SERVICE, "publish").observe(time.perf_counter() - start)
-        EVENTS_PUBLISHED.inc(len(events))
+        # A batch of several users is timed under its first user's arm; events count per arm.
+        STAGE_LATENCY.labels(SERVICE, "publish", self.arm(events[0].user_id)).observe(
+            time.perf_counter() - start
+        )
+        for e in events:
+            EVENTS_PUBLISHED.labels(self.arm(e.user_id), KIND_NAMES[e.kind]).inc()
         return gateway_pb2.SendFeedbackResponse(event_ids=[e.event_id for e in events])
 
     def _validated_events(self, request) -> list[Event]:
@@ -161,7 +193,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 raise InvalidInput(
                     f"{field}.kind must be one of LIKE, DISLIKE, VIEW, SKIP, got {e.kind}"
                 )
-            if e.item_id not in self.bundle.items:
+            if not any(e.item_id in b.items for b in self.arms.values()):
                 raise InvalidInput(
                     f"{field}.item_id {e.item_id!r} is not in the catalogue",
                     grpc.StatusCode.NOT_FOUND,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
@@ -12,7 +13,7 @@ from shortlist.artifacts import Bundle
 from shortlist.config import Settings
 from shortlist.features import parse_context
 from shortlist.stores.base import RankingSignals, StateStore, StoreUnavailable
-from shortlist.telemetry import STAGE_LATENCY
+from shortlist.telemetry import STAGE_LATENCY, set_arm
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from shortlist.validation import (
     InvalidInput,
@@ -26,14 +27,46 @@ SERVICE = "ranking"
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServicer):
-    def __init__(self, bundle: Bundle, store: StateStore, settings: Settings) -> None:
+    """Ranks with the default bundle, or another loaded bundle the request names by version
+    (A/B: arm "a" is the default bundle, arm "b" the first other one)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        store: StateStore,
+        settings: Settings,
+        others: Sequence[Bundle] = (),
+    ) -> None:
         self.bundle = bundle
         self.store = store
         self.settings = settings
+        self.by_version = {b.version: (b, arm) for b, arm in zip((bundle, *others), "ab")}
+        self.item_ids = {b.version: b.items.to_list() for b in (bundle, *others)}
+        self.item_index = {v: {s: n for n, s in enumerate(ids)} for v, ids in self.item_ids.items()}
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        """Hot swap of the default bundle (arm a): lookups first, then the one reference."""
+        ids = bundle.items.to_list()
+        self.item_ids[bundle.version] = ids
+        self.item_index[bundle.version] = {s: n for n, s in enumerate(ids)}
+        self.by_version[bundle.version] = (bundle, "a")
+        self.bundle = bundle
 
     def Rank(self, request, context):  # noqa: N802 (gRPC method name)
         s = self.settings
-        bundle = self.bundle
+        found = (
+            self.by_version.get(request.model_version)
+            if request.model_version
+            else (self.bundle, "a")
+        )
+        if found is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model_version {request.model_version!r} is not loaded here "
+                f"(serving {', '.join(self.by_version)})",
+            )
+        bundle, arm = found
+        set_arm(arm)
         try:
             require_id(request.user_id, "user_id", s.max_id_length)
             require_range(request.k, "k", 1, s.max_k)
@@ -45,27 +78,29 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         ids = [c.item_id for c in request.candidates]
-        idx = np.array([bundle.items.get(i) if i in bundle.items else -1 for i in ids])
+        get = self.item_index[bundle.version].get
+        idx = np.array([get(i, -1) for i in ids], np.int64)
         if (idx < 0).any():
             bad = ids[int(np.flatnonzero(idx < 0)[0])]
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
             )
-        scores = np.array([c.score for c in request.candidates], np.float32)
+        scores = np.fromiter((c.score for c in request.candidates), np.float32, len(ids))
         start = time.perf_counter()
         try:
             live = self.store.ranking_signals(request.user_id, ids)
         except StoreUnavailable:
             live = RankingSignals(history=[], live_likes=np.zeros(len(ids), np.float32), likes=0)
-        STAGE_LATENCY.labels(SERVICE, "features").observe(time.perf_counter() - start)
+        STAGE_LATENCY.labels(SERVICE, "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         top, top_scores = serving.rank(bundle, request.user_id, idx, scores, live, ctx, request.k)
-        STAGE_LATENCY.labels(SERVICE, "scoring").observe(time.perf_counter() - start)
+        STAGE_LATENCY.labels(SERVICE, "scoring", arm).observe(time.perf_counter() - start)
+        names = self.item_ids[bundle.version]
+        item = common_pb2.ScoredItem
         return ranking_pb2.RankResponse(
             items=[
-                common_pb2.ScoredItem(item_id=i, score=float(v))
-                for i, v in zip(bundle.items.ids(top), top_scores)
+                item(item_id=names[i], score=v) for i, v in zip(top.tolist(), top_scores.tolist())
             ],
             model_version=bundle.version,
         )

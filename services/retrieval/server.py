@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 
 import grpc
 
@@ -10,18 +12,52 @@ from shortlist import serving
 from shortlist.artifacts import Bundle
 from shortlist.config import Settings
 from shortlist.stores.base import StateStore, StoreUnavailable, UserState
-from shortlist.telemetry import CANDIDATES, STAGE_LATENCY
+from shortlist.telemetry import CANDIDATES, STAGE_LATENCY, set_arm
 from shortlist.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from shortlist.validation import InvalidInput, abort_invalid, require_id, require_ids, require_range
 
 SERVICE = "retrieval"
+log = logging.getLogger(__name__)
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
-    def __init__(self, bundle: Bundle, store: StateStore, settings: Settings) -> None:
+    """Serves the default bundle, and any other loaded bundle a request names by version
+    (A/B: arm "a" is the default bundle, arm "b" the first other one)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        store: StateStore,
+        settings: Settings,
+        others: Sequence[Bundle] = (),
+    ) -> None:
+        for b in (bundle, *others):
+            serving.prepare_for_retrieval(b)
+            recall = getattr(b.index, "recall", None)
+            log.info("bundle %s: serving %s %s", b.version, type(b.index).__name__, recall or "")
         self.bundle = bundle
         self.store = store
         self.settings = settings
+        self.by_version = {b.version: (b, arm) for b, arm in zip((bundle, *others), "ab")}
+        self.item_ids = {b.version: b.items.to_list() for b in (bundle, *others)}
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        """Hot swap of the default bundle (arm a): lookups first, then the one reference."""
+        serving.prepare_for_retrieval(bundle)
+        self.item_ids[bundle.version] = bundle.items.to_list()
+        self.by_version[bundle.version] = (bundle, "a")
+        self.bundle = bundle
+
+    def _bundle(self, version: str, context: grpc.ServicerContext) -> tuple[Bundle, str]:
+        found = self.by_version.get(version) if version else (self.bundle, "a")
+        if found is None:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"model_version {version!r} is not loaded here "
+                f"(serving {', '.join(self.by_version)})",
+            )
+        set_arm(found[1])
+        return found
 
     def Retrieve(self, request, context):  # noqa: N802 (gRPC method name)
         s = self.settings
@@ -31,24 +67,26 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             require_ids(request.exclude_item_ids, "exclude_item_ids", s.max_events, s.max_id_length)
         except InvalidInput as exc:
             abort_invalid(context, exc)
-        bundle = self.bundle
+        bundle, arm = self._bundle(request.model_version, context)
         degraded = False
         start = time.perf_counter()
         try:
             state = self.store.user_state(request.user_id, bundle.version)
         except StoreUnavailable:
             state, degraded = UserState(), True
-        STAGE_LATENCY.labels(SERVICE, "state").observe(time.perf_counter() - start)
+        STAGE_LATENCY.labels(SERVICE, "state", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         result = serving.retrieve(
             bundle, request.user_id, state, request.n, request.exclude_item_ids
         )
-        STAGE_LATENCY.labels(SERVICE, "ann").observe(time.perf_counter() - start)
-        CANDIDATES.labels(SERVICE).observe(len(result.items))
-        ids = bundle.items.ids(result.items)
+        STAGE_LATENCY.labels(SERVICE, "ann", arm).observe(time.perf_counter() - start)
+        CANDIDATES.labels(SERVICE, arm).observe(len(result.items))
+        ids = self.item_ids[bundle.version]
+        item = common_pb2.ScoredItem
         return retrieval_pb2.RetrieveResponse(
             candidates=[
-                common_pb2.ScoredItem(item_id=i, score=float(v)) for i, v in zip(ids, result.scores)
+                item(item_id=ids[i], score=v)
+                for i, v in zip(result.items.tolist(), result.scores.tolist())
             ],
             model_version=bundle.version,
             user_source=result.user_source,
