@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.feedback import server as feedback_server
 from services.feedback.server import FeedbackAdminServicer, FeedbackWorker
@@ -192,7 +193,9 @@ def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | No
 
     def swapped(new: Bundle) -> None:
         swap(new)
-        MODEL_INFO.labels(ARM_A).info({"version": new.version, "model": str(new.manifest.get("model"))})
+        MODEL_INFO.labels(ARM_A).info(
+            {"version": new.version, "model": str(new.manifest.get("model"))}
+        )
 
     watcher = BundleWatcher(root, bundle.version, swapped, settings.bundle_poll_ms / 1000)
     if threading.current_thread() is threading.main_thread():

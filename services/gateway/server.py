@@ -59,7 +59,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.share_b = settings.ab_share_b if bundle_b is not None else 0.0
 
     def use_bundle(self, bundle: Bundle) -> None:
-        """Hot swap: `bundle` replaces arm a's (one assignment each; calls in flight keep theirs)."""
+        """Hot swap: `bundle` replaces arm a's; calls in flight keep the one they started with."""
         self.arms[ARM_A] = bundle
         self.bundle = bundle
 
