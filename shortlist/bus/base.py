@@ -18,6 +18,16 @@ class Record:
     value: bytes
     partition: int
     offset: int
+    key: bytes | None = None
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record the consumer could not use: parked with its original bytes and the reason."""
+
+    record: Record
+    reason: str
 
 
 class EventPublisher(Protocol):
@@ -39,6 +49,14 @@ class EventConsumer(Protocol):
 
     def lag(self) -> int:
         """Records behind the end of the assigned partitions (0 when unknown)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterPublisher(Protocol):
+    def park(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
+        """Return only once the broker has acknowledged every letter; else BusUnavailable."""
         ...
 
     def close(self) -> None: ...
