@@ -152,9 +152,19 @@ def batched_fold_in(
             idx[slot[rows[take]], pos[take]] = items[take]
             kind[slot[rows[take]], pos[take]] = kinds[take]
             q = item_vectors[idx].astype(np.float64)  # (g, L, d)
-            qw = q * RIDGE_BY_KIND[kind][..., None]
-            a = np.matmul(qw.transpose(0, 2, 1), q)
-            a[:, np.arange(dim), np.arange(dim)] += lam
-            b = np.einsum("gld,gl->gd", qw, y_by_kind[kind]) + lam * priors[part]
-            out[part] = np.linalg.solve(a, b[..., None])[..., 0]
+            w = RIDGE_BY_KIND[kind]
+            b = np.einsum("gld,gl->gd", q, w * y_by_kind[kind]) + lam * priors[part]
+            if width < dim:
+                # Woodbury: (λI + Qsᵀ Qs)⁻¹ = (I - Qsᵀ (λI + Qs Qsᵀ)⁻¹ Qs) / λ with
+                # Qs = sqrt(w) Q, so an L x L system per user instead of d x d.
+                qs = q * np.sqrt(w)[..., None]
+                m = np.matmul(qs, qs.transpose(0, 2, 1))
+                m[:, np.arange(width), np.arange(width)] += lam
+                z = np.linalg.solve(m, np.einsum("gld,gd->gl", qs, b)[..., None])[..., 0]
+                out[part] = (b - np.einsum("gld,gl->gd", qs, z)) / lam
+            else:
+                qw = q * w[..., None]
+                a = np.matmul(qw.transpose(0, 2, 1), q)
+                a[:, np.arange(dim), np.arange(dim)] += lam
+                out[part] = np.linalg.solve(a, b[..., None])[..., 0]
     return out

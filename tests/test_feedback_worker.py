@@ -242,3 +242,26 @@ def test_malformed_records_are_parked_on_the_dead_letter_topic(
     committed = [probe.committed(tp) for tp in parts]
     probe.close()
     assert sum(committed) == len(good) + len(bad)
+
+
+def test_batched_fold_in_equals_fold_in_per_user():
+    """Both solve paths (L x L Woodbury for short histories, d x d otherwise)."""
+    from shortlist.foldin import FoldInTargets, batched_fold_in, fold_in
+
+    rng = np.random.default_rng(2)
+    items = rng.normal(size=(300, 24)).astype(np.float32)
+    targets = FoldInTargets(like=1.3, dislike=0.2, prior_strength=0.7)
+    kinds_all = [Kind.LIKE, Kind.DISLIKE, Kind.SKIP]
+    users = []
+    for length in (1, 3, 8, 9, 15, 23, 24, 40, 130):
+        idx = rng.choice(300, length, replace=False)
+        users.append((idx, [kinds_all[int(k)] for k in rng.integers(3, size=length)]))
+    priors = rng.normal(size=(len(users), 24)).astype(np.float32)
+    priors[1] = 0
+    rows = np.concatenate([np.full(len(i), r) for r, (i, _) in enumerate(users)])
+    flat_items = np.concatenate([i for i, _ in users])
+    flat_kinds = np.concatenate([[int(k) for k in ks] for _, ks in users])
+    got = batched_fold_in(items, rows, flat_items, flat_kinds, targets, priors)
+    for r, (idx, kinds) in enumerate(users):
+        want = fold_in(items, idx, kinds, targets, priors[r])
+        np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=1e-4)

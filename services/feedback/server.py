@@ -13,14 +13,22 @@ make the replay a no-op; a concurrent writer (a rebalance) makes a chunk answer
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from dataclasses import dataclass, field
 
 import grpc
 
 from shortlist import serving
 from shortlist.artifacts import Bundle
-from shortlist.bus.base import BusUnavailable, DeadLetter, DeadLetterPublisher, EventConsumer
+from shortlist.bus.base import (
+    BusUnavailable,
+    DeadLetter,
+    DeadLetterPublisher,
+    EventConsumer,
+    Record,
+)
 from shortlist.config import Settings
 from shortlist.events import Event
 from shortlist.stores.base import Conflict, StateStore, StoreUnavailable
@@ -36,6 +44,13 @@ from shortlist.v1 import feedback_pb2, feedback_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE = "feedback"
 APPLY_CHUNK = 500  # events per atomic write: bounds how long one write holds Redis
+
+
+@dataclass
+class _Batch:
+    records: list[Record]
+    events: list[Event] = field(default_factory=list)
+    bad: list[DeadLetter] = field(default_factory=list)
 
 
 class FeedbackWorker:
@@ -58,32 +73,45 @@ class FeedbackWorker:
         self.parked = 0
         self.conflicts = 0
         self.batches = 0
+        self.first_records_at: float | None = None  # perf_counter of the first records
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self, timeout_ms: int = 200) -> int:
         """Poll one batch, apply it and commit; returns the number of records polled."""
+        batch = self._fetch(timeout_ms)
+        if batch is None:
+            return 0
+        self._handle(batch)
+        self.consumer.commit()
+        self.batches += 1
+        CONSUMER_LAG.set(self.consumer.lag())
+        return len(batch.records)
+
+    def _fetch(self, timeout_ms: int) -> _Batch | None:
+        """Poll and decode one batch; malformed records are counted and set aside."""
         records = self.consumer.poll(timeout_ms, self.settings.feedback_batch)
         if not records:
-            return 0
-        events: list[Event] = []
-        bad: list[DeadLetter] = []
+            return None
+        if self.first_records_at is None:
+            self.first_records_at = time.perf_counter()
+        batch = _Batch(records)
         decode = Event.decode
         for r in records:
             try:
-                events.append(decode(r.value))
+                batch.events.append(decode(r.value))
             except ValueError as exc:
                 self.malformed += 1
                 EVENTS_MALFORMED.inc()
                 log.warning("malformed record p%d@%d: %s", r.partition, r.offset, exc)
-                bad.append(DeadLetter(r, str(exc)))
-        if bad:
-            self._park_until_done(bad)
-        self._apply_until_done(events)
-        self.consumer.commit()
-        self.batches += 1
-        CONSUMER_LAG.set(self.consumer.lag())
-        return len(records)
+                batch.bad.append(DeadLetter(r, str(exc)))
+        return batch
+
+    def _handle(self, batch: _Batch) -> None:
+        """Park the malformed records and apply the events, retrying until both are done."""
+        if batch.bad:
+            self._park_until_done(batch.bad)
+        self._apply_until_done(batch.events)
 
     def _park_until_done(self, letters: list[DeadLetter]) -> None:
         """Offsets must not move past a bad record before the dead-letter topic has it."""
@@ -163,14 +191,80 @@ class FeedbackWorker:
         self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        """The service loop, pipelined: this thread polls, decodes and commits (a consumer
+        is not thread-safe) while an applier thread applies the batch before; offsets of
+        a batch are committed once the applier has finished it, in order."""
+        todo: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        done: queue.Queue[_Batch] = queue.Queue()
+        applier = threading.Thread(
+            target=self._apply_loop, args=(todo, done), name="feedback-apply", daemon=True
+        )
+        applier.start()
+        waiting: _Batch | None = None
+        try:
+            while not self._stop.is_set() and applier.is_alive():
+                self._commit_done(done)
+                if waiting is None:
+                    try:
+                        waiting = self._fetch(200)
+                    except Exception:  # the consumer reconnects by itself; keep polling
+                        log.exception("feedback poll failed; retrying")
+                        time.sleep(0.5)
+                    continue
+                try:
+                    todo.put(waiting, timeout=0.05)
+                    waiting = None
+                except queue.Full:
+                    pass
+        finally:
+            # A batch still waiting is not applied, so not committed: the group replays it.
+            while applier.is_alive():
+                try:
+                    todo.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            applier.join(timeout=10)
+            self._commit_done(done)
+
+    def _apply_loop(self, todo: queue.Queue, done: queue.Queue) -> None:
+        while (batch := todo.get()) is not None:
+            backoff = 0.5
+            while True:
+                try:
+                    self._handle(batch)
+                    break
+                except (StoreUnavailable, BusUnavailable):
+                    return  # only raised once stopping
+                except Exception:  # never skip a batch: retry it, and say so
+                    if self._stop.is_set():
+                        return
+                    log.exception("feedback batch failed; retrying it")
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            done.put(batch)
+
+    def _commit_done(self, done: queue.Queue) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        n = 0
+        while True:
             try:
-                self.run_once()
-            except StoreUnavailable:
-                return  # only raised once stopping
-            except Exception:  # keep consuming: a bad batch must not kill the worker
-                log.exception("feedback batch failed; retrying")
-                time.sleep(0.5)
+                batch = done.get_nowait()
+            except queue.Empty:
+                break
+            n += 1
+            for r in batch.records:
+                key = (r.topic, r.partition)
+                offsets[key] = max(offsets.get(key, 0), r.offset + 1)
+        if not n:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except Exception as exc:  # e.g. partitions revoked: the new owner replays, as no-ops
+            log.warning("offset commit failed (the group will replay): %s", exc)
+            return
+        self.batches += n
+        CONSUMER_LAG.set(self.consumer.lag())
 
     def stop(self) -> None:
         self._stop.set()

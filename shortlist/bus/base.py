@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,8 +41,9 @@ class EventPublisher(Protocol):
 class EventConsumer(Protocol):
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
 
-    def commit(self) -> None:
-        """Commit the position after the last polled records (call after applying them)."""
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        """Commit the position after the last polled records (call after applying them),
+        or the given next offsets by (topic, partition) when polling runs ahead."""
         ...
 
     def has_assignment(self) -> bool: ...

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from shortlist.bus.base import BusUnavailable, DeadLetter, Record
 from shortlist.events import Event
@@ -143,8 +144,13 @@ class KafkaEventConsumer:
             for r in records
         ]
 
-    def commit(self) -> None:
-        self._consumer.commit()
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        if offsets is None:
+            self._consumer.commit()
+            return
+        self._consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        )
 
     def has_assignment(self) -> bool:
         return bool(self._consumer.assignment())
