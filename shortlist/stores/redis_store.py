@@ -208,6 +208,7 @@ end
 return {1, ''}
 """.replace("@LIKE@", str(int(Kind.LIKE))).replace("@DISLIKE@", str(int(Kind.DISLIKE)))
 
+PREPARE_CHUNK = 500  # events per prepare script
 _HEADER = struct.Struct(">IIIB")
 _LENGTH = struct.Struct(">I")
 
@@ -300,33 +301,51 @@ class RedisStateStore:
     def prepare(
         self, events: Sequence[Event], version: str = "", complete: bool = False
     ) -> PendingBatch:
-        items: dict[str, dict[str, None]] = {}
-        for e in events:
-            items.setdefault(e.user_id, {})[e.item_id] = None
-        args: list = [self.prefix, version, "1" if complete else "0", len(events)]
-        args += [e.event_id for e in events]
-        for user, batch_items in items.items():
-            if complete:
-                args += [user, 0]
-            else:
-                args += [user, len(batch_items), *batch_items]
-        reply = self._eval(self._prepare_sha, PREPARE_LUA, args, "prepare")
-        n = len(events)
-        new = [c == 48 for c in reply[:n]]
-        pos, users = n, {}
-        for user, batch_items in items.items():
-            seq, n_vec, n_kinds, mode = _HEADER.unpack_from(reply, pos)
-            pos += _HEADER.size
-            vec = np.frombuffer(reply, np.float32, n_vec // 4, pos) if n_vec else None
-            pos += n_vec
-            kinds = _kinds_of(mode, reply[pos : pos + n_kinds], batch_items)
-            pos += n_kinds
-            users[user] = UserFeedback(
-                seq=seq,
-                vector=None if vec is None else vec.copy(),
-                kinds=kinds,
-                complete=vec is None,
-            )
+        # Scripts of about PREPARE_CHUNK events (whole users), sent in one round trip: a
+        # script holds Redis to itself while it runs, so none may run long.
+        by_user: dict[str, list[int]] = {}
+        for n, e in enumerate(events):
+            by_user.setdefault(e.user_id, []).append(n)
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for user, positions in by_user.items():
+            if size and size + len(positions) > PREPARE_CHUNK:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(user)
+            size += len(positions)
+        calls, plan = [], []
+        for users_of_chunk in chunks:
+            positions = [n for u in users_of_chunk for n in by_user[u]]
+            args: list = [self.prefix, version, "1" if complete else "0", len(positions)]
+            args += [events[n].event_id for n in positions]
+            items_of_chunk = []
+            for user in users_of_chunk:
+                batch_items = dict.fromkeys(events[n].item_id for n in by_user[user])
+                items_of_chunk.append(batch_items)
+                args += [user, 0] if complete else [user, len(batch_items), *batch_items]
+            calls.append(args)
+            plan.append((positions, users_of_chunk, items_of_chunk))
+        replies = self._eval_many(self._prepare_sha, PREPARE_LUA, calls, "prepare")
+        new = [False] * len(events)
+        users: dict[str, UserFeedback] = {}
+        for reply, (positions, users_of_chunk, items_of_chunk) in zip(replies, plan):
+            for n, flag in zip(positions, reply):
+                new[n] = flag == 48
+            pos = len(positions)
+            for user, batch_items in zip(users_of_chunk, items_of_chunk):
+                seq, n_vec, n_kinds, mode = _HEADER.unpack_from(reply, pos)
+                pos += _HEADER.size
+                vec = np.frombuffer(reply, np.float32, n_vec // 4, pos) if n_vec else None
+                pos += n_vec
+                kinds = _kinds_of(mode, reply[pos : pos + n_kinds], batch_items)
+                pos += n_kinds
+                users[user] = UserFeedback(
+                    seq=seq,
+                    vector=None if vec is None else vec.copy(),
+                    kinds=kinds,
+                    complete=vec is None,
+                )
         return PendingBatch(new=new, users=users)
 
     def apply(
@@ -358,32 +377,44 @@ class RedisStateStore:
             raise Conflict(reason.decode(errors="replace"))
 
     def _eval(self, sha: str, script: str, args: list, operation: str):
-        """EVALSHA on a pooled connection with a hand-packed command (loads the script on
-        NOSCRIPT, e.g. after a Redis restart). Connection trouble: StoreUnavailable."""
-        payload = _pack_command(["EVALSHA", sha, 0, *args])
+        return self._eval_many(sha, script, [args], operation)[0]
+
+    def _eval_many(self, sha: str, script: str, calls: list[list], operation: str) -> list:
+        """EVALSHA per argument list, hand-packed and pipelined on one pooled connection.
+        On NOSCRIPT (e.g. after a Redis restart; a script not found did not run) it loads
+        the script and sends the calls again. Connection trouble (or Redis loading, busy,
+        read-only, out of memory): StoreUnavailable."""
+        payload = b"".join(_pack_command(["EVALSHA", sha, 0, *args]) for args in calls)
         start = time.perf_counter()
         pool = self._redis.connection_pool
         conn = pool.get_connection()
         try:
             for attempt in range(2):
                 conn.send_packed_command([payload])
-                try:
-                    return conn.read_response()
-                except NoScriptError:
-                    if attempt:
-                        raise
-                    conn.send_command("SCRIPT", "LOAD", script)
-                    conn.read_response()
+                replies, missing = [], False
+                for _ in calls:
+                    try:
+                        replies.append(conn.read_response())
+                    except NoScriptError:
+                        missing = True
+                if not missing:
+                    return replies
+                if attempt:
+                    raise NoScriptError(f"script {sha} not loaded")
+                conn.send_command("SCRIPT", "LOAD", script)
+                conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             conn.disconnect()
             raise StoreUnavailable(f"redis: {exc}") from exc
         except redis.ResponseError as exc:
+            conn.disconnect()  # replies of the other calls may still be on the wire
             if str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM")):
                 raise StoreUnavailable(f"redis: {exc}") from exc
             raise
         finally:
             pool.release(conn)
             REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._redis.close()
