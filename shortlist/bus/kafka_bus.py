@@ -74,9 +74,11 @@ class KafkaEventPublisher:
 
 
 class KafkaDeadLetterPublisher:
-    """Parks malformed feedback records on a dead-letter topic (created on first use), with
-    the original key and bytes; headers say why and where from (`dlq.reason`,
-    `dlq.topic`, `dlq.partition`, `dlq.offset`). acks=all, like the feedback itself."""
+    """Parks malformed feedback records on a dead-letter topic (created on first use when
+    allowed), with the original key and bytes; headers say why and where from
+    (`dlq.reason`, `dlq.topic`, `dlq.partition`, `dlq.offset`). acks=all, like the
+    feedback itself; a record parked twice (a batch replayed after a crash) may appear
+    twice on the topic."""
 
     def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
         self.topic = topic
@@ -86,7 +88,10 @@ class KafkaDeadLetterPublisher:
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
-            ensure_topic(self._bootstrap, self.topic, 1)
+            try:
+                ensure_topic(self._bootstrap, self.topic, 1)
+            except KafkaError as exc:  # e.g. not allowed to create topics: it may exist
+                log.warning("could not ensure dead-letter topic %s: %s", self.topic, exc)
             self._producer = KafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",
