@@ -23,8 +23,10 @@ from services.retrieval.server import RetrievalServicer
 from shortlist.ab import ARM_A, ARM_B, check_arms, load_arms
 from shortlist.artifacts import Bundle, BundleWatcher, latest_version
 from shortlist.bus import (
+    DeadLetterPublisher,
     EventConsumer,
     EventPublisher,
+    KafkaDeadLetterPublisher,
     KafkaEventConsumer,
     KafkaEventPublisher,
     ensure_topic,
@@ -52,6 +54,13 @@ def kafka_consumer(settings: Settings) -> EventConsumer:
     return KafkaEventConsumer(
         settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
     )
+
+
+def kafka_dead_letters(settings: Settings) -> DeadLetterPublisher | None:
+    """Where malformed feedback records are parked; none on the in-memory demo bus."""
+    if settings.backend == "memory":
+        return None
+    return KafkaDeadLetterPublisher(settings.kafka_bootstrap, settings.dead_letter_topic)
 
 
 @dataclass
@@ -120,7 +129,11 @@ def start_service(
         )
     if name == "feedback":
         worker = FeedbackWorker(
-            bundle, store or redis_store(settings), consumer or kafka_consumer(settings), settings
+            bundle,
+            store or redis_store(settings),
+            consumer or kafka_consumer(settings),
+            settings,
+            kafka_dead_letters(settings),
         )
         worker.start()
         server = start_server(

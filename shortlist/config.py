@@ -25,6 +25,8 @@ class Settings:
     feedback_topic: str = "shortlist.feedback"
     feedback_group: str = "shortlist-feedback"
     feedback_partitions: int = 4
+    # Malformed feedback records are parked here; empty: "<feedback_topic>.dlq".
+    feedback_dlq_topic: str = ""
     gateway_addr: str = "127.0.0.1:50051"
     retrieval_addr: str = "127.0.0.1:50052"
     ranking_addr: str = "127.0.0.1:50053"
@@ -91,6 +93,10 @@ class Settings:
         if not 0.0 <= settings.ab_share_b <= 1.0:
             raise ValueError(f"{PREFIX}AB_SHARE_B must be in 0..1, got {settings.ab_share_b}")
         return settings
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.feedback_dlq_topic or f"{self.feedback_topic}.dlq"
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -94,3 +94,77 @@ def calibrate_targets(
     rand_items = rng.integers(0, len(item_vectors), size=len(pick))
     dislike = np.einsum("nd,nd->n", user_vectors[users[pick]], item_vectors[rand_items]).mean()
     return FoldInTargets(like=float(like), dislike=float(min(dislike, like - 1e-3)))
+
+
+def _weights(table: dict[Kind, float]) -> np.ndarray:
+    """A kind-indexed lookup array (index 0, no kind: weight 0)."""
+    out = np.zeros(max(int(k) for k in Kind) + 1, np.float64)
+    for kind, w in table.items():
+        out[int(kind)] = w
+    return out
+
+
+LINEAR_BY_KIND = _weights(LINEAR_WEIGHTS)
+RIDGE_BY_KIND = _weights(KIND_WEIGHTS)
+
+
+def linear_deltas(
+    encoder: np.ndarray, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, n_rows: int
+) -> np.ndarray:
+    """Σ weight · encoder[item] per row: (n_rows, d), one sparse product for the batch."""
+    import scipy.sparse as sp
+
+    s = sp.csr_matrix((weights, (rows, items)), shape=(n_rows, encoder.shape[0]))
+    return np.asarray(s @ encoder.astype(np.float64, copy=False))
+
+
+def batched_fold_in(
+    item_vectors: np.ndarray,
+    rows: np.ndarray,
+    items: np.ndarray,
+    kinds: np.ndarray,
+    targets: FoldInTargets,
+    priors: np.ndarray,
+) -> np.ndarray:
+    """`fold_in` for many users at once. Entry n is (user row, item index, kind as int),
+    rows ascending; priors (n_users, d). Users are grouped by padded length and each
+    group's d x d systems are built by one batched product and solved by one batched
+    solve (padding has kind 0: weight 0)."""
+    n, dim = len(priors), item_vectors.shape[1]
+    lam = targets.prior_strength
+    counts = np.bincount(rows, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(rows)) - starts[rows]
+    widths = np.maximum(8, 2 ** np.ceil(np.log2(np.maximum(counts, 1)))).astype(np.int64)
+    y_by_kind = np.full(len(RIDGE_BY_KIND), targets.dislike)
+    y_by_kind[int(Kind.LIKE)] = targets.like
+    out = np.empty((n, dim), np.float32)
+    for width in np.unique(widths):
+        group = np.flatnonzero(widths == width)
+        step = max(1, int(4_000_000 // (width * dim)))  # at most ~32 MiB of padded vectors
+        for lo in range(0, len(group), step):
+            part = group[lo : lo + step]
+            slot = np.full(n, -1, np.int64)
+            slot[part] = np.arange(len(part))
+            take = slot[rows] >= 0
+            idx = np.zeros((len(part), width), np.int64)
+            kind = np.zeros((len(part), width), np.int64)
+            idx[slot[rows[take]], pos[take]] = items[take]
+            kind[slot[rows[take]], pos[take]] = kinds[take]
+            q = item_vectors[idx].astype(np.float64)  # (g, L, d)
+            w = RIDGE_BY_KIND[kind]
+            b = np.einsum("gld,gl->gd", q, w * y_by_kind[kind]) + lam * priors[part]
+            if width < dim:
+                # Woodbury: (λI + Qsᵀ Qs)⁻¹ = (I - Qsᵀ (λI + Qs Qsᵀ)⁻¹ Qs) / λ with
+                # Qs = sqrt(w) Q, so an L x L system per user instead of d x d.
+                qs = q * np.sqrt(w)[..., None]
+                m = np.matmul(qs, qs.transpose(0, 2, 1))
+                m[:, np.arange(width), np.arange(width)] += lam
+                z = np.linalg.solve(m, np.einsum("gld,gd->gl", qs, b)[..., None])[..., 0]
+                out[part] = (b - np.einsum("gld,gl->gd", qs, z)) / lam
+            else:
+                qw = q * w[..., None]
+                a = np.matmul(qw.transpose(0, 2, 1), q)
+                a[:, np.arange(dim), np.arange(dim)] += lam
+                out[part] = np.linalg.solve(a, b[..., None])[..., 0]
+    return out

@@ -34,6 +34,11 @@ class IdMap:
         idx = [self._index[e] for e in external_ids if e in self._index]
         return np.asarray(idx, dtype=np.int64)
 
+    def positions(self, external_ids: Iterable[str]) -> np.ndarray:
+        """Index per id, -1 for unknown ones (same length as `external_ids`)."""
+        get = self._index.get
+        return np.fromiter((get(e, -1) for e in external_ids), np.int64)
+
     def id(self, index: int) -> str:
         return self._ids[int(index)]
 

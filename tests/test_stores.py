@@ -7,7 +7,7 @@ import pytest
 
 from shortlist.events import Event, Kind
 from shortlist.stores import InMemoryStateStore, RedisStateStore, StoreUnavailable
-from shortlist.stores.base import HISTORY_LENGTH
+from shortlist.stores.base import HISTORY_LENGTH, Conflict
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -32,9 +32,12 @@ def test_apply_updates_sets_history_counters_and_vector(store):
         ev(2, "u1", "b", Kind.DISLIKE),
         ev(3, "u2", "a", Kind.LIKE),
     ]
-    pending = store.prepare(events)
+    pending = store.prepare(events, "v1")
     assert pending.new == [True, True, True]
-    assert pending.histories == {"u1": [], "u2": []}
+    assert {u: (f.seq, f.vector, f.kinds, f.complete) for u, f in pending.users.items()} == {
+        "u1": (0, None, {}, True),
+        "u2": (0, None, {}, True),
+    }
     store.apply(events, {"u1": np.array([1.0, 2.0], np.float32)}, "v1")
 
     state = store.user_state("u1", "v1")
@@ -52,9 +55,10 @@ def test_apply_updates_sets_history_counters_and_vector(store):
 def test_prepare_recognises_applied_event_ids(store):
     events = [ev(1, "u1", "a", Kind.LIKE)]
     store.apply(events, {}, "v1")
-    again = store.prepare([*events, ev(2, "u1", "c", Kind.VIEW)])
+    again = store.prepare([*events, ev(2, "u1", "c", Kind.VIEW)], "v1")
     assert again.new == [False, True]
-    assert again.histories["u1"] == [("a", Kind.LIKE)]
+    assert again.users["u1"].kinds == {"a": Kind.LIKE}  # no vector yet: the whole map
+    assert again.users["u1"].complete and again.users["u1"].seq == 1
 
 
 def test_like_after_dislike_clears_the_dislike(store):
@@ -82,3 +86,48 @@ def test_redis_down_raises_store_unavailable():
         store.user_state("u", "v1")
     with pytest.raises(StoreUnavailable):
         store.ping()
+
+
+def test_prepare_reads_the_batch_items_kinds_beside_a_stored_vector(store):
+    store.apply(
+        [ev(1, "u", "a", Kind.LIKE), ev(2, "u", "b", Kind.DISLIKE), ev(3, "u", "c", Kind.SKIP)],
+        {"u": np.array([0.5, -1.0], np.float32)},
+        "v1",
+    )
+    batch = [ev(4, "u", "b", Kind.LIKE), ev(5, "u", "new", Kind.LIKE)]
+    incremental = store.prepare(batch, "v1").users["u"]
+    assert not incremental.complete and incremental.seq == 1
+    np.testing.assert_array_equal(incremental.vector, [0.5, -1.0])
+    assert incremental.kinds == {"b": Kind.DISLIKE}  # only the batch's items
+    whole = store.prepare(batch, "v1", complete=True).users["u"]
+    assert whole.complete and whole.vector is None
+    assert whole.kinds == {"a": Kind.LIKE, "b": Kind.DISLIKE, "c": Kind.SKIP}
+    # Another bundle version has no vector yet: the whole map, to compute it from scratch.
+    assert store.prepare(batch, "v2").users["u"].kinds == whole.kinds
+
+
+def test_item_ids_with_separators_survive_the_kinds_map(store):
+    odd = ["x\ny", "1:z", "", "\n"]
+    store.apply([ev(n, "u", i, Kind.LIKE) for n, i in enumerate(odd) if i], {}, "v1")
+    assert store.prepare([ev(9, "u", "q", Kind.VIEW)], "v1").users["u"].kinds == {
+        i: Kind.LIKE for i in odd if i
+    }
+
+
+def test_apply_is_all_or_nothing_on_conflict(store):
+    store.apply([ev(1, "u", "a", Kind.LIKE)], {}, "v1")
+    seq = store.prepare([ev(2, "v", "b", Kind.LIKE)], "v1").users["v"].seq
+    # An already applied event id in the chunk: nothing of the chunk is written.
+    with pytest.raises(Conflict):
+        store.apply([ev(2, "v", "b", Kind.LIKE), ev(1, "u", "a", Kind.LIKE)], {}, "v1")
+    assert store.user_state("v", "v1").seen == set()
+    assert store.ranking_signals("u", []).likes == 1
+    # A user written by someone else since prepare read its seq: nothing is written.
+    store.apply([ev(3, "v", "c", Kind.LIKE)], {}, "v1")
+    with pytest.raises(Conflict):
+        store.apply([ev(4, "v", "d", Kind.LIKE)], {"v": np.ones(2, np.float32)}, "v1", {"v": seq})
+    state = store.user_state("v", "v1")
+    assert state.seen == {"c"} and state.vector is None
+    assert store.prepare([ev(4, "v", "d", Kind.LIKE)], "v1").new == [True]
+    store.apply([ev(4, "v", "d", Kind.LIKE)], {}, "v1", {"v": seq + 1})
+    assert store.user_state("v", "v1").seen == {"c", "d"}

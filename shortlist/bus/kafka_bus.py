@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from shortlist.bus.base import BusUnavailable, Record
+from shortlist.bus.base import BusUnavailable, DeadLetter, Record
 from shortlist.events import Event
 from shortlist.telemetry import KAFKA_PRODUCE_LATENCY
 
@@ -72,6 +73,59 @@ class KafkaEventPublisher:
             self._producer.close(timeout=2)
 
 
+class KafkaDeadLetterPublisher:
+    """Parks malformed feedback records on a dead-letter topic (created on first use when
+    allowed), with the original key and bytes; headers say why and where from
+    (`dlq.reason`, `dlq.topic`, `dlq.partition`, `dlq.offset`). acks=all, like the
+    feedback itself; a record parked twice (a batch replayed after a crash) may appear
+    twice on the topic."""
+
+    def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._max_block_ms = int(max_block_s * 1000)
+        self._producer: KafkaProducer | None = None
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            try:
+                ensure_topic(self._bootstrap, self.topic, 1)
+            except KafkaError as exc:  # e.g. not allowed to create topics: it may exist
+                log.warning("could not ensure dead-letter topic %s: %s", self.topic, exc)
+            self._producer = KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                acks="all",
+                retries=5,
+                max_block_ms=self._max_block_ms,
+                request_timeout_ms=5000,
+                reconnect_backoff_max_ms=1000,
+            )
+        return self._producer
+
+    def park(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
+        try:
+            producer = self._get_producer()
+            futures = []
+            for letter in letters:
+                r = letter.record
+                headers = [
+                    ("dlq.reason", letter.reason.encode()),
+                    ("dlq.topic", r.topic.encode()),
+                    ("dlq.partition", str(r.partition).encode()),
+                    ("dlq.offset", str(r.offset).encode()),
+                ]
+                futures.append(producer.send(self.topic, key=r.key, value=r.value, headers=headers))
+            producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=timeout_s)
+        except KafkaError as exc:
+            raise BusUnavailable(f"kafka dead-letter topic {self.topic}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+
+
 class KafkaEventConsumer:
     def __init__(
         self, bootstrap: str, topic: str, group_id: str, fetch_max_wait_ms: int = 10
@@ -90,11 +144,18 @@ class KafkaEventConsumer:
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         return [
-            Record(r.value, r.partition, r.offset) for records in batches.values() for r in records
+            Record(r.value, r.partition, r.offset, r.key, r.topic)
+            for records in batches.values()
+            for r in records
         ]
 
-    def commit(self) -> None:
-        self._consumer.commit()
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        if offsets is None:
+            self._consumer.commit()
+            return
+        self._consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        )
 
     def has_assignment(self) -> bool:
         return bool(self._consumer.assignment())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from shortlist.bus.base import Record
 from shortlist.events import Event
@@ -57,9 +57,9 @@ class _Consumer:
             self._position += len(values)
             return records
 
-    def commit(self) -> None:
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
         with self._bus._cond:
-            self._bus._committed = self._position
+            self._bus._committed = max(offsets.values()) if offsets else self._position
 
     def has_assignment(self) -> bool:
         return True

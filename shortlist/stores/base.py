@@ -36,12 +36,34 @@ class RankingSignals:
     likes: int
 
 
+class Conflict(RuntimeError):
+    """`apply` found a user changed (or an event applied) since `prepare`: nothing was
+    written; prepare the events again."""
+
+
+@dataclass
+class UserFeedback:
+    """A user's feedback state as `prepare` read it, for the fold-in of new events.
+
+    `kinds` maps item id -> latest kind (an int of `Kind`): every item the user ever gave
+    feedback on when `complete`, else only those among the batch's items. It is complete
+    when asked for, and whenever no vector is stored for the bundle version (so that the
+    vector can be computed from scratch). `seq` counts the applies that touched the user;
+    `apply` writes only if it is unchanged.
+    """
+
+    seq: int = 0
+    vector: np.ndarray | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    complete: bool = True
+
+
 @dataclass
 class PendingBatch:
-    """The first half of applying a batch: which events are new, and the users' histories."""
+    """The first half of applying a batch: which events are new, and the users' state."""
 
     new: list[bool]
-    histories: dict[str, list[tuple[str, Kind]]]
+    users: dict[str, UserFeedback]
 
 
 class StateStore(Protocol):
@@ -51,13 +73,24 @@ class StateStore(Protocol):
 
     def ranking_signals(self, user_id: str, item_ids: Sequence[str]) -> RankingSignals: ...
 
-    def prepare(self, events: Sequence[Event]) -> PendingBatch: ...
+    def prepare(
+        self, events: Sequence[Event], version: str = "", complete: bool = False
+    ) -> PendingBatch:
+        """Which events are new (one read for the whole batch), and the state of their users
+        (`complete`: every user's whole item -> kind map, not only the batch's items)."""
+        ...
 
     def apply(
-        self, events: Sequence[Event], vectors: Mapping[str, np.ndarray], version: str
+        self,
+        events: Sequence[Event],
+        vectors: Mapping[str, np.ndarray],
+        version: str,
+        expected: Mapping[str, int] | None = None,
     ) -> None:
-        """Apply events that `prepare` found new, and the users' new vectors, atomically;
-        marks the event ids so that a replay is recognised by the next `prepare`."""
+        """Apply new events and the users' new vectors atomically, marking the event ids so
+        that a replay is recognised by the next `prepare`. Raises `Conflict`, having
+        written nothing, when an event id is already marked or (with `expected`) a user's
+        `seq` is no longer the one `prepare` read."""
         ...
 
     def close(self) -> None: ...

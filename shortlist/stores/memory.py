@@ -9,7 +9,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from shortlist.events import Event, Kind
-from shortlist.stores.base import HISTORY_LENGTH, PendingBatch, RankingSignals, UserState
+from shortlist.stores.base import (
+    HISTORY_LENGTH,
+    Conflict,
+    PendingBatch,
+    RankingSignals,
+    UserFeedback,
+    UserState,
+)
 
 
 class InMemoryStateStore:
@@ -22,6 +29,8 @@ class InMemoryStateStore:
         self._likes: dict[str, int] = defaultdict(int)
         self._item_likes: dict[str, int] = defaultdict(int)
         self._events: set[str] = set()
+        self._kinds: dict[str, dict[str, int]] = defaultdict(dict)
+        self._seq: dict[str, int] = defaultdict(int)
 
     def ping(self) -> None:
         return None
@@ -44,19 +53,44 @@ class InMemoryStateStore:
                 likes=self._likes.get(user_id, 0),
             )
 
-    def prepare(self, events: Sequence[Event]) -> PendingBatch:
+    def prepare(
+        self, events: Sequence[Event], version: str = "", complete: bool = False
+    ) -> PendingBatch:
         with self._lock:
-            users = {e.user_id for e in events}
-            return PendingBatch(
-                new=[e.event_id not in self._events for e in events],
-                histories={u: list(self._history.get(u, ())) for u in users},
-            )
+            items: dict[str, set[str]] = defaultdict(set)
+            for e in events:
+                items[e.user_id].add(e.item_id)
+            users: dict[str, UserFeedback] = {}
+            for user, batch_items in items.items():
+                vec = self._vectors.get((user, version))
+                whole = complete or vec is None
+                kinds = self._kinds.get(user, {})
+                if not whole:
+                    kinds = {i: kinds[i] for i in batch_items if i in kinds}
+                users[user] = UserFeedback(
+                    seq=self._seq.get(user, 0),
+                    vector=None if vec is None or complete else vec.copy(),
+                    kinds=dict(kinds),
+                    complete=whole,
+                )
+            return PendingBatch(new=[e.event_id not in self._events for e in events], users=users)
 
     def apply(
-        self, events: Sequence[Event], vectors: Mapping[str, np.ndarray], version: str
+        self,
+        events: Sequence[Event],
+        vectors: Mapping[str, np.ndarray],
+        version: str,
+        expected: Mapping[str, int] | None = None,
     ) -> None:
         with self._lock:
+            if any(e.event_id in self._events for e in events):
+                raise Conflict("an event of the batch is already applied")
+            if expected is not None and any(self._seq.get(u, 0) != n for u, n in expected.items()):
+                raise Conflict("a user changed since prepare")
+            for user in {e.user_id for e in events}:
+                self._seq[user] += 1
             for e in events:
+                self._kinds[e.user_id][e.item_id] = int(e.kind)
                 self._events.add(e.event_id)
                 self._seen[e.user_id].add(e.item_id)
                 if e.kind == Kind.DISLIKE:
