@@ -10,6 +10,7 @@ import numpy as np
 
 from shortlist import serving
 from shortlist.artifacts import Bundle
+from shortlist.bundle_set import BundleSet
 from shortlist.config import Settings
 from shortlist.features import parse_context
 from shortlist.stores.base import RankingSignals, StateStore, StoreUnavailable
@@ -37,35 +38,20 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         settings: Settings,
         others: Sequence[Bundle] = (),
     ) -> None:
-        self.bundle = bundle
+        self.bundles = BundleSet(bundle, others)
         self.store = store
         self.settings = settings
-        self.by_version = {b.version: (b, arm) for b, arm in zip((bundle, *others), "ab")}
-        self.item_ids = {b.version: b.items.to_list() for b in (bundle, *others)}
-        self.item_index = {v: {s: n for n, s in enumerate(ids)} for v, ids in self.item_ids.items()}
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.bundles.default
 
     def use_bundle(self, bundle: Bundle) -> None:
-        """Hot swap of the default bundle (arm a): lookups first, then the one reference."""
-        ids = bundle.items.to_list()
-        self.item_ids[bundle.version] = ids
-        self.item_index[bundle.version] = {s: n for n, s in enumerate(ids)}
-        self.by_version[bundle.version] = (bundle, "a")
-        self.bundle = bundle
+        self.bundles.use(bundle)
 
     def Rank(self, request, context):  # noqa: N802 (gRPC method name)
         s = self.settings
-        found = (
-            self.by_version.get(request.model_version)
-            if request.model_version
-            else (self.bundle, "a")
-        )
-        if found is None:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"model_version {request.model_version!r} is not loaded here "
-                f"(serving {', '.join(self.by_version)})",
-            )
-        bundle, arm = found
+        bundle, arm = self.bundles.find(request.model_version, context)
         set_arm(arm)
         try:
             require_id(request.user_id, "user_id", s.max_id_length)
@@ -78,7 +64,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         ids = [c.item_id for c in request.candidates]
-        get = self.item_index[bundle.version].get
+        get = self.bundles.item_index[bundle.version].get
         idx = np.array([get(i, -1) for i in ids], np.int64)
         if (idx < 0).any():
             bad = ids[int(np.flatnonzero(idx < 0)[0])]
@@ -96,7 +82,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         start = time.perf_counter()
         top, top_scores = serving.rank(bundle, request.user_id, idx, scores, live, ctx, request.k)
         STAGE_LATENCY.labels(SERVICE, "scoring", arm).observe(time.perf_counter() - start)
-        names = self.item_ids[bundle.version]
+        names = self.bundles.item_ids[bundle.version]
         item = common_pb2.ScoredItem
         return ranking_pb2.RankResponse(
             items=[

@@ -10,6 +10,7 @@ import grpc
 
 from shortlist import serving
 from shortlist.artifacts import Bundle
+from shortlist.bundle_set import BundleSet
 from shortlist.config import Settings
 from shortlist.stores.base import StateStore, StoreUnavailable, UserState
 from shortlist.telemetry import CANDIDATES, STAGE_LATENCY, set_arm
@@ -18,6 +19,12 @@ from shortlist.validation import InvalidInput, abort_invalid, require_id, requir
 
 SERVICE = "retrieval"
 log = logging.getLogger(__name__)
+
+
+def _prepare(bundle: Bundle) -> None:
+    serving.prepare_for_retrieval(bundle)
+    recall = getattr(bundle.index, "recall", None)
+    log.info("bundle %s: serving %s %s", bundle.version, type(bundle.index).__name__, recall or "")
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
@@ -31,31 +38,19 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         settings: Settings,
         others: Sequence[Bundle] = (),
     ) -> None:
-        for b in (bundle, *others):
-            serving.prepare_for_retrieval(b)
-            recall = getattr(b.index, "recall", None)
-            log.info("bundle %s: serving %s %s", b.version, type(b.index).__name__, recall or "")
-        self.bundle = bundle
+        self.bundles = BundleSet(bundle, others, prepare=_prepare)
         self.store = store
         self.settings = settings
-        self.by_version = {b.version: (b, arm) for b, arm in zip((bundle, *others), "ab")}
-        self.item_ids = {b.version: b.items.to_list() for b in (bundle, *others)}
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.bundles.default
 
     def use_bundle(self, bundle: Bundle) -> None:
-        """Hot swap of the default bundle (arm a): lookups first, then the one reference."""
-        serving.prepare_for_retrieval(bundle)
-        self.item_ids[bundle.version] = bundle.items.to_list()
-        self.by_version[bundle.version] = (bundle, "a")
-        self.bundle = bundle
+        self.bundles.use(bundle)
 
     def _bundle(self, version: str, context: grpc.ServicerContext) -> tuple[Bundle, str]:
-        found = self.by_version.get(version) if version else (self.bundle, "a")
-        if found is None:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"model_version {version!r} is not loaded here "
-                f"(serving {', '.join(self.by_version)})",
-            )
+        found = self.bundles.find(version, context)
         set_arm(found[1])
         return found
 
@@ -81,7 +76,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         )
         STAGE_LATENCY.labels(SERVICE, "ann", arm).observe(time.perf_counter() - start)
         CANDIDATES.labels(SERVICE, arm).observe(len(result.items))
-        ids = self.item_ids[bundle.version]
+        ids = self.bundles.item_ids[bundle.version]
         item = common_pb2.ScoredItem
         return retrieval_pb2.RetrieveResponse(
             candidates=[
