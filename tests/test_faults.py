@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -177,3 +178,77 @@ def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
     finally:
         stack.stop()
         broker.stop()
+
+
+def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis, bundle):
+    """Four clients call Recommend back to back while Redis goes away and comes back: no
+    call fails or outlives its deadline, calls during the outage are marked degraded, and
+    personal results return by themselves."""
+    broker = TansuBroker()
+    broker.start()
+    settings = Settings.from_env(
+        {},
+        redis_url=own_redis.url,
+        kafka_bootstrap=broker.bootstrap,
+        feedback_topic=unique("redisload"),
+        feedback_group=unique("redisload"),
+        retrieval_timeout_ms=400,
+        ranking_timeout_ms=400,
+    )
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
+    stack = start_inprocess_stack(
+        settings,
+        bundle,
+        RedisStateStore(settings.redis_url, settings.redis_prefix, timeout_s=0.2),
+        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic, max_block_s=1.0),
+        KafkaEventConsumer(settings.kafka_bootstrap, settings.feedback_topic, unique("g")),
+    )
+    deadline_s = 1.0
+    phase = {"now": "before"}
+    calls: list[tuple[str, float, str | None, str]] = []  # phase, seconds, error, fallback
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with client_channel(stack.gateway_target) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            u = 0
+            while not stop.is_set():
+                user = bundle.users.id((n * 50 + u) % len(bundle.users))
+                u += 1
+                at, started = phase["now"], time.perf_counter()
+                try:
+                    reply = stub.Recommend(
+                        gateway_pb2.RecommendRequest(user_id=user, k=5), timeout=deadline_s
+                    )
+                    calls.append((at, time.perf_counter() - started, None, reply.fallback_reason))
+                except grpc.RpcError as exc:
+                    calls.append((at, time.perf_counter() - started, exc.code().name, ""))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        phase["now"] = "stopping"
+        own_redis.stop()
+        time.sleep(0.5)
+        phase["now"] = "outage"
+        time.sleep(2.5)
+        phase["now"] = "restarting"
+        own_redis.start()
+        time.sleep(3.0)
+        phase["now"] = "after"
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        stack.stop()
+        broker.stop()
+    errors = [c for c in calls if c[2] is not None]
+    assert not errors, errors[:5]
+    assert max(c[1] for c in calls) < deadline_s
+    outage = [c for c in calls if c[0] == "outage"]
+    assert len(outage) > 20 and all(c[3].startswith("state_unavailable") for c in outage)
+    after = [c for c in calls if c[0] == "after"]
+    assert after and not any(c[3] for c in after[-10:])
