@@ -91,9 +91,11 @@ def train_bundle(
         label_pos,
         _aligned_times(data, label_pos),
         cfg,
+        users=labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed),
     )
     users = np.array(sorted(lists))
     rng.shuffle(users)
+    users = users[: cfg.ranker_max_lists]
     n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
     valid_users, train_users = users[:n_valid], users[n_valid:]
     say(f"fitting LambdaRank on {len(train_users):,} users, early stop on {len(valid_users):,}")
@@ -272,6 +274,15 @@ def ranking_lists(
             x = build_features(cand, scores[row, cand], signals, ctx, items, no_live[: len(cand)])
             out[int(u)] = (cand, x, y.astype(np.float32))
     return out
+
+
+def labelled_users(labels: sp.csr_matrix, max_lists: int, seed: int) -> np.ndarray:
+    """Users with labels, at most 2 * max_lists of them at random (lists whose shortlist
+    holds no label are dropped later, so this leaves room for about max_lists)."""
+    users = np.flatnonzero(np.diff(labels.indptr) > 0)
+    if len(users) > 2 * max_lists:
+        users = np.sort(np.random.default_rng(seed).permutation(users)[: 2 * max_lists])
+    return users
 
 
 def _stack(lists, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,7 +23,13 @@ from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.features import RANK_COLUMN, feature_names
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score, train_ranker
-from shortlist.training import TrainConfig, _stack, attribute_names, ranking_lists
+from shortlist.training import (
+    TrainConfig,
+    _stack,
+    attribute_names,
+    labelled_users,
+    ranking_lists,
+)
 
 Progress = Callable[[str], None]
 KS = (10, 20)
@@ -100,11 +106,6 @@ def run_two_stage(
     timings["retrieval_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     say(f"stage 1: top-{cfg.candidates} shortlists with valid labels, features")
-    labelled = np.flatnonzero(np.diff(split.valid.positives.indptr) > 0)
-    if len(labelled) > 2 * cfg.ranker_max_lists:  # lists without a positive are dropped
-        labelled = np.sort(
-            np.random.default_rng(cfg.seed).permutation(labelled)[: 2 * cfg.ranker_max_lists]
-        )
     lists = ranking_lists(
         split.train,
         fit_model.user_factors,
@@ -112,7 +113,7 @@ def run_two_stage(
         split.valid.positives,
         split.valid.timestamps,
         cfg,
-        users=labelled,
+        users=labelled_users(split.valid.positives, cfg.ranker_max_lists, cfg.seed),
     )
     names = feature_names(
         attribute_names(split.train.item_features), attribute_names(split.train.user_features)
