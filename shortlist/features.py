@@ -35,7 +35,8 @@ BASE_FEATURES = [
     "ctx_day_of_week",
     "ctx_device",
 ]
-RANK_COLUMN = BASE_FEATURES.index("retrieval_rank")  # ordering by it is the retrieval order
+_COLUMN = {name: i for i, name in enumerate(BASE_FEATURES)}
+RANK_COLUMN = _COLUMN["retrieval_rank"]  # ordering by it is the retrieval order
 DEVICES = ("ios", "android", "web", "tv")
 HALF_LIFE_DAYS = 30.0
 RECENT_ITEMS = 50  # likes and dislikes (newest first) the similarity features look at
@@ -180,7 +181,7 @@ def build_features(
     n_item_attr = items.attributes.shape[1]
     n_user_attr = len(items.user_attribute_names)
     rows = np.full((n, len(BASE_FEATURES) + n_item_attr + n_user_attr), np.nan, np.float32)
-    col = {name: i for i, name in enumerate(BASE_FEATURES)}
+    col = _COLUMN
     scores = np.asarray(retrieval_scores, np.float32)
     rows[:, col["retrieval_rank"]] = np.arange(n)
     if n and scores.max() > 0:
