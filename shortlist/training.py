@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
@@ -93,15 +94,7 @@ def train_bundle(
         cfg,
         users=labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed),
     )
-    users = np.array(sorted(lists))
-    rng.shuffle(users)
-    users = users[: cfg.ranker_max_lists]
-    n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
-    valid_users, train_users = users[:n_valid], users[n_valid:]
-    say(f"fitting LambdaRank on {len(train_users):,} users, early stop on {len(valid_users):,}")
-    ranker = train_ranker(
-        _stack(lists, train_users), _stack(lists, valid_users), names, RankerConfig(seed=cfg.seed)
-    )
+    ranker, valid_users = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
     x_val, y_val, g_val = _stack(lists, valid_users)
     retrieval_ndcg = mean_list_ndcg(-x_val[:, RANK_COLUMN], y_val, g_val, lists, valid_users)
     ranker_ndcg = mean_list_ndcg(score(ranker, x_val), y_val, g_val, lists, valid_users)
@@ -274,6 +267,21 @@ def ranking_lists(
             x = build_features(cand, scores[row, cand], signals, ctx, items, no_live[: len(cand)])
             out[int(u)] = (cand, x, y.astype(np.float32))
     return out
+
+
+def fit_ranker(
+    lists: dict, names: list[str], cfg: TrainConfig, ranker_cfg: RankerConfig, say: Progress
+) -> tuple[lgb.Booster, np.ndarray]:
+    """LambdaRank on at most `ranker_max_lists` random lists, early-stopped on a share of
+    them; returns the ranker and those held-out users."""
+    users = np.array(sorted(lists))
+    np.random.default_rng(cfg.seed).shuffle(users)
+    users = users[: cfg.ranker_max_lists]
+    n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
+    valid_users, train_users = users[:n_valid], users[n_valid:]
+    say(f"LambdaRank on {len(train_users):,} lists, early stop on {len(valid_users):,}")
+    ranker = train_ranker(_stack(lists, train_users), _stack(lists, valid_users), names, ranker_cfg)
+    return ranker, valid_users
 
 
 def labelled_users(labels: sp.csr_matrix, max_lists: int, seed: int) -> np.ndarray:

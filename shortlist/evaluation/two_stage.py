@@ -22,11 +22,11 @@ from shortlist.data.loaders import SplitData
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.features import RANK_COLUMN, feature_names
 from shortlist.models import registry
-from shortlist.ranker import RankerConfig, score, train_ranker
+from shortlist.ranker import RankerConfig, score
 from shortlist.training import (
     TrainConfig,
-    _stack,
     attribute_names,
+    fit_ranker,
     labelled_users,
     ranking_lists,
 )
@@ -118,19 +118,10 @@ def run_two_stage(
     names = feature_names(
         attribute_names(split.train.item_features), attribute_names(split.train.user_features)
     )
-    users = np.array(sorted(lists))
-    np.random.default_rng(cfg.seed).shuffle(users)
-    users = users[: cfg.ranker_max_lists]
-    n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
-    valid_users, train_users = users[:n_valid], users[n_valid:]
     timings["ranker_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    say(f"LambdaRank on {len(train_users):,} lists, early stop on {len(valid_users):,}")
-    ranker = train_ranker(
-        _stack(lists, train_users),
-        _stack(lists, valid_users),
-        names,
-        ranker_cfg or RankerConfig(seed=cfg.seed),
+    ranker, valid_users = fit_ranker(
+        lists, names, cfg, ranker_cfg or RankerConfig(seed=cfg.seed), say
     )
     timings["ranker_fit"] = time.perf_counter() - clock
     valid_sorted = np.sort(valid_users)
