@@ -60,6 +60,9 @@ class Settings:
     rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit
     rate_limit_burst: int = 0  # bucket size; 0: the same as rate_limit_per_s
     bundle_poll_ms: int = 2000  # reload when <bundle>/LATEST changes; 0: only on SIGHUP
+    # A plaintext port serving grpc.health.v1 only (0: none): kubelet gRPC probes cannot
+    # speak TLS, so a TLS server is probed there. It exposes nothing but health.
+    health_port: int = 0
     # A/B test: a second bundle served to a stable ab_share_b (0..1) of users (shortlist.ab).
     ab_bundle_b: str = ""
     ab_share_b: float = 0.0

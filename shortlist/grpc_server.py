@@ -49,6 +49,8 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    health_server: grpc.Server | None = None  # plaintext, grpc.health.v1 only
+    health_port: int = 0
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -61,6 +63,8 @@ class RunningServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         self.set_serving(False)
+        if self.health_server is not None:
+            self.health_server.stop(grace_s)
         self.server.stop(grace_s).wait()
 
 
@@ -112,9 +116,28 @@ def start_server(
         raise OSError(f"could not bind gRPC server to {address}")
     server.start()
     running = RunningServer(server, port, health_servicer, service_names)
+    if settings is not None and settings.health_port:
+        running.health_server, running.health_port = start_health_server(
+            health_servicer, address, settings.health_port
+        )
     running.set_serving(True)
     READY.labels(metrics_name).set(1)
     return running
+
+
+def start_health_server(
+    servicer: health.HealthServicer, address: str, port: int
+) -> tuple[grpc.Server, int]:
+    """grpc.health.v1 alone, plaintext, on `port` of the main server's host (kubelet gRPC
+    probes cannot speak TLS); it shares the main server's health states."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    host = address.rsplit(":", 1)[0]
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind the health port {host}:{port}")
+    server.start()
+    return server, bound
 
 
 def client_channel(

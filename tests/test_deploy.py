@@ -193,13 +193,15 @@ def test_service_deployment(docs, name):
     assert container["image"].split(":")[0] == f"shortlist-{name}"
     assert "command" not in container and "args" not in container
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # The gateway's API port speaks TLS: kubelet probes go to its plaintext health port.
+    probe_port = ports.pop("health", grpc_port)
     assert ports == {"grpc": grpc_port, "metrics": metrics_port}
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
     env = {e["name"]: e for e in container["env"]}
     assert env[f"SHORTLIST_{name.upper()}_ADDR"]["value"].endswith(f":{grpc_port}")
 
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == grpc_port, probe
+        assert container[probe]["grpc"]["port"] == probe_port, probe
     # Readiness asks grpc.health.v1 about the service's own gRPC service name.
     server = importlib.import_module(f"services.{name}.server")
     assert container["readinessProbe"]["grpc"]["service"] in server.SERVICE_NAMES
@@ -268,7 +270,10 @@ def test_settings_in_manifests_are_real_settings(docs):
                 if secret:  # no Secret ships with the manifests: they must be optional
                     assert secret["optional"] is True, env
             for source in c.get("envFrom", []):
-                assert source["configMapRef"]["name"] == "shortlist-settings"
+                name = source["configMapRef"]["name"]
+                assert name in {"shortlist-settings", "shortlist-gateway-security"}
+                (referenced,) = find(docs, "ConfigMap", name)
+                assert set(referenced["data"]) <= SETTING_NAMES, name
     # The client targets in the ConfigMap name the Services.
     for name in SERVICES:
         host, port = config_map["data"][f"SHORTLIST_{name.upper()}_ADDR"].rsplit(":", 1)
@@ -277,6 +282,24 @@ def test_settings_in_manifests_are_real_settings(docs):
     redis_host = re.match(r"redis://([^:/@]+)", config_map["data"]["SHORTLIST_REDIS_URL"])
     kafka_host = config_map["data"]["SHORTLIST_KAFKA_BOOTSTRAP"].split(":")[0]
     assert one(docs, "Service", redis_host.group(1)) and one(docs, "Service", kafka_host)
+
+
+def test_gateway_serves_tls_in_base_and_plaintext_only_in_dev(docs, request):
+    (security,) = find(docs, "ConfigMap", "shortlist-gateway-security")
+    gateway = one(docs, "Deployment", "gateway")
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(security["data"]["SHORTLIST_HEALTH_PORT"]) == ports["health"]
+    assert "SHORTLIST_API_KEY_HASHES" in env
+    if "dev" in request.node.callspec.id:
+        assert env["SHORTLIST_INSECURE"]["value"] == "1"
+        assert security["data"]["SHORTLIST_TLS_CERT_FILE"] == ""
+    else:
+        assert "SHORTLIST_INSECURE" not in env
+        cert = security["data"]["SHORTLIST_TLS_CERT_FILE"]
+        assert cert and str(Path(cert).parent) in mounts
 
 
 def test_training_publishes_the_bundle_the_services_read(docs):

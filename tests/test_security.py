@@ -208,6 +208,39 @@ def test_health_and_reflection_stay_open(secure, pki):
         assert "shortlist.v1.Gateway" in names
 
 
+def test_plaintext_health_port_answers_probes_and_nothing_else(bundle, pki):
+    """A TLS gateway with health_port: kubelet-style plaintext health checks succeed there;
+    the API is not on that port, and plaintext on the main port is still refused."""
+    from shortlist.stack import free_port
+
+    stack = _secure_stack(bundle, pki, health_port=free_port())
+    try:
+        server = stack.services["gateway"].server
+        with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+            health_stub = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "shortlist.v1.Gateway"):
+                reply = health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                recommend(channel, bundle)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            pytest.raises(grpc.RpcError),
+        ):
+            health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2
+            )
+        server.set_serving(False)  # the probe port follows the server's own states
+        with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        stack.stop()
+
+
 def test_revoking_a_key_is_removing_its_hash(bundle, pki):
     stack = _secure_stack(bundle, pki, api_key_hashes=hash_key(KEYS[1]))
     try:
