@@ -72,10 +72,8 @@ class Started:
     def swap_bundle(self, bundle: Bundle) -> None:
         """Serve `bundle` from now on: one reference assignment per holder."""
         for holder in (self.servicer, self.worker):
-            if hasattr(holder, "use_bundle"):
-                holder.use_bundle(bundle)  # servicers that keep per-bundle lookups
-            elif holder is not None:
-                holder.bundle = bundle
+            if holder is not None:
+                holder.use_bundle(bundle)
 
     def stop(self) -> None:
         if self.worker:

@@ -249,10 +249,10 @@ def ranking_lists(
         top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         for row, u in enumerate(batch):
             cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
-            y = labels[u].toarray().ravel()[cand]
+            start, end = labels.indptr[u], labels.indptr[u + 1]
+            y = np.isin(cand, labels.indices[start:end]).astype(np.float32)
             if y.sum() == 0 and not keep_empty:
                 continue
-            start, end = labels.indptr[u], labels.indptr[u + 1]
             ctx = (
                 context_at(label_times[start:end].min())
                 if label_times is not None and end > start

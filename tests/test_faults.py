@@ -115,18 +115,16 @@ def like(user: str, item: str) -> gateway_pb2.SendFeedbackRequest:
     return gateway_pb2.SendFeedbackRequest(events=[event])
 
 
-def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
-    broker = TansuBroker()
-    broker.start()
+def stack_on_own_redis(own_redis, bundle, broker: TansuBroker, **overrides):
+    """The in-process stack over `own_redis` and `broker`, with short store and bus
+    timeouts so that outages show quickly."""
     settings = Settings.from_env(
         {},
         redis_url=own_redis.url,
         kafka_bootstrap=broker.bootstrap,
-        feedback_topic=unique("restart"),
-        feedback_group=unique("restart"),
-        publish_timeout_ms=1500,
-        retrieval_timeout_ms=500,
-        ranking_timeout_ms=500,
+        feedback_topic=unique("fault"),
+        feedback_group=unique("fault"),
+        **overrides,
     )
     ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
     stack = start_inprocess_stack(
@@ -135,6 +133,20 @@ def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
         RedisStateStore(settings.redis_url, settings.redis_prefix, timeout_s=0.2),
         KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic, max_block_s=1.0),
         KafkaEventConsumer(settings.kafka_bootstrap, settings.feedback_topic, unique("g")),
+    )
+    return settings, stack
+
+
+def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
+    broker = TansuBroker()
+    broker.start()
+    settings, stack = stack_on_own_redis(
+        own_redis,
+        bundle,
+        broker,
+        publish_timeout_ms=1500,
+        retrieval_timeout_ms=500,
+        ranking_timeout_ms=500,
     )
     user, item = bundle.users.id(5), bundle.items.id(3)
     request = gateway_pb2.RecommendRequest(user_id=user, k=5)
@@ -186,22 +198,8 @@ def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis
     personal results return by themselves."""
     broker = TansuBroker()
     broker.start()
-    settings = Settings.from_env(
-        {},
-        redis_url=own_redis.url,
-        kafka_bootstrap=broker.bootstrap,
-        feedback_topic=unique("redisload"),
-        feedback_group=unique("redisload"),
-        retrieval_timeout_ms=400,
-        ranking_timeout_ms=400,
-    )
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
-    stack = start_inprocess_stack(
-        settings,
-        bundle,
-        RedisStateStore(settings.redis_url, settings.redis_prefix, timeout_s=0.2),
-        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic, max_block_s=1.0),
-        KafkaEventConsumer(settings.kafka_bootstrap, settings.feedback_topic, unique("g")),
+    _, stack = stack_on_own_redis(
+        own_redis, bundle, broker, retrieval_timeout_ms=400, ranking_timeout_ms=400
     )
     deadline_s = 1.0
     phase = {"now": "before"}

@@ -78,6 +78,10 @@ class FeedbackWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def use_bundle(self, bundle: Bundle) -> None:
+        """Hot swap: the next batch folds in with `bundle` (the current one keeps its own)."""
+        self.bundle = bundle
+
     def run_once(self, timeout_ms: int = 200) -> int:
         """Poll one batch, apply it and commit; returns the number of records polled."""
         batch = self._fetch(timeout_ms)

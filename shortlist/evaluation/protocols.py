@@ -59,7 +59,8 @@ def _fit(model: EmbeddingModel, train: Interactions, valid: Interactions | None)
     return model.fit(train)
 
 
-def _mask(a: Interactions, b: Interactions | None) -> Any:
+def union_likes(a: Interactions, b: Interactions | None) -> Any:
+    """The likes of `a` and `b` as one binary matrix (the items a test ranking excludes)."""
     if b is None:
         return a.positives
     m = (a.positives + b.positives).tocsr()
@@ -88,7 +89,7 @@ def run_protocol(
         if split.valid is None:
             raise ValueError("protocol B needs a valid split")
         train, fit_valid = split.train, split.valid
-        exclude = _mask(split.train, split.valid)
+        exclude = union_likes(split.train, split.valid)
     start = time.perf_counter()
     report = _fit(model, train, fit_valid)
     train_seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ import numpy as np
 
 from shortlist.data.loaders import SplitData
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
+from shortlist.evaluation.protocols import union_likes
 from shortlist.features import RANK_COLUMN, feature_names
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score
@@ -143,7 +144,7 @@ def run_two_stage(
         exclude = final_train.positives
     else:
         final_train, final_model = split.train, fit_model
-        exclude = ((split.train.positives + split.valid.positives) > 0).tocsr()
+        exclude = union_likes(split.train, split.valid)
     timings["final_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     test = split.test.positives.tocsr()
