@@ -28,6 +28,8 @@ from tests.conftest import eventually, unique
 
 pytestmark = pytest.mark.integration
 
+DEGRADED_REASONS = ("state_unavailable", "retrieval_unavailable:", "ranking_unavailable:")
+
 
 def spawn_feedback(settings: Settings, bundle_dir) -> subprocess.Popen:
     env = {
@@ -247,6 +249,11 @@ def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis
     assert not errors, errors[:5]
     assert max(c[1] for c in calls) < deadline_s
     outage = [c for c in calls if c[0] == "outage"]
-    assert len(outage) > 20 and all(c[3].startswith("state_unavailable") for c in outage)
+    # Every outage call is marked degraded. Most say the user state was unavailable; on a
+    # loaded machine a stage may also miss its budget and be marked as such (CI saw one).
+    unmarked = [c for c in outage if not c[3].startswith(DEGRADED_REASONS)]
+    assert len(outage) > 20 and not unmarked, unmarked[:5]
+    state_marked = sum(c[3].startswith("state_unavailable") for c in outage)
+    assert state_marked >= 0.9 * len(outage), (state_marked, len(outage))
     after = [c for c in calls if c[0] == "after"]
     assert after and not any(c[3] for c in after[-10:])
