@@ -28,8 +28,6 @@ from tests.conftest import eventually, unique
 
 pytestmark = pytest.mark.integration
 
-DEGRADED_REASONS = ("state_unavailable", "retrieval_unavailable:", "ranking_unavailable:")
-
 
 def spawn_feedback(settings: Settings, bundle_dir) -> subprocess.Popen:
     env = {
@@ -216,13 +214,16 @@ def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis
                 user = bundle.users.id((n * 50 + u) % len(bundle.users))
                 u += 1
                 at, started = phase["now"], time.perf_counter()
+                error, reason = None, ""
                 try:
-                    reply = stub.Recommend(
+                    reason = stub.Recommend(
                         gateway_pb2.RecommendRequest(user_id=user, k=5), timeout=deadline_s
-                    )
-                    calls.append((at, time.perf_counter() - started, None, reply.fallback_reason))
+                    ).fallback_reason
                 except grpc.RpcError as exc:
-                    calls.append((at, time.perf_counter() - started, exc.code().name, ""))
+                    error = exc.code().name
+                # A call that spans a phase change (Redis back mid-call, say) is in neither.
+                at = at if phase["now"] == at else "boundary"
+                calls.append((at, time.perf_counter() - started, error, reason))
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
     try:
@@ -249,11 +250,7 @@ def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis
     assert not errors, errors[:5]
     assert max(c[1] for c in calls) < deadline_s
     outage = [c for c in calls if c[0] == "outage"]
-    # Every outage call is marked degraded. Most say the user state was unavailable; on a
-    # loaded machine a stage may also miss its budget and be marked as such (CI saw one).
-    unmarked = [c for c in outage if not c[3].startswith(DEGRADED_REASONS)]
+    unmarked = [c for c in outage if not c[3].startswith("state_unavailable")]
     assert len(outage) > 20 and not unmarked, unmarked[:5]
-    state_marked = sum(c[3].startswith("state_unavailable") for c in outage)
-    assert state_marked >= 0.9 * len(outage), (state_marked, len(outage))
     after = [c for c in calls if c[0] == "after"]
     assert after and not any(c[3] for c in after[-10:])
