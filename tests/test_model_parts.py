@@ -17,6 +17,7 @@ from shortlist.features import (
     UserSignals,
     build_features,
     feature_names,
+    item_neighbours,
     item_side,
     parse_context,
     recent_popularity,
@@ -185,3 +186,19 @@ def test_linear_fold_in_of_a_new_user_equals_the_trained_vector(tmp_path):
     # A dislike pushes the vector away from that item's encoder row.
     with_dislike = folded_vectors(bundle, {"n": [*history, (bundle.items.id(0), Kind.DISLIKE)]})
     assert with_dislike["n"] @ bundle.item_vectors[0] < vec @ bundle.item_vectors[0]
+
+
+def test_item_neighbours_keep_each_rows_largest_exact_cosines():
+    likes = sp.random(300, 40, density=0.2, format="csr", random_state=3)
+    likes.data[:] = 1.0
+    x = likes.toarray()
+    counts = x.sum(axis=0)
+    exact = (x.T @ x) / np.sqrt(np.outer(np.maximum(counts, 1), np.maximum(counts, 1)))
+    full = item_neighbours(likes).toarray()
+    np.testing.assert_allclose(full, exact, rtol=1e-5)
+    cut = item_neighbours(likes, keep=5)
+    assert (np.diff(cut.indptr) == 5).all()
+    for row in range(40):
+        kept = cut.indices[cut.indptr[row] : cut.indptr[row + 1]]
+        np.testing.assert_allclose(np.sort(full[row, kept]), np.sort(exact[row])[-5:], rtol=1e-5)
+        np.testing.assert_allclose(cut[row].toarray().ravel()[kept], exact[row, kept], rtol=1e-5)
