@@ -45,31 +45,23 @@ def limit_native_threads(n: int = 1) -> None:
 
 
 class RefinedIndex:
-    """Candidates from a compressed index, re-scored exactly: the FAISS `search` interface
-    (one or more queries, top-k, -1 padding) over `coarse` and the float `vectors`."""
+    """Candidates from a compressed index (`coarse`), `refine` x over-fetched and re-scored
+    exactly on a flat copy of the float vectors (FAISS's IndexRefineFlat), behind the FAISS
+    `search` interface."""
 
     def __init__(
         self, coarse: faiss.Index, vectors: np.ndarray, refine: int, keep: object = None
     ) -> None:
-        self.coarse = coarse
-        self._keep = keep  # owner of the coarse index's quantizer
-        self.vectors = vectors
-        self.refine = refine
+        self.index = faiss.IndexRefineFlat(
+            coarse, faiss.swig_ptr(np.ascontiguousarray(vectors, np.float32))
+        )
+        self.index.k_factor = float(refine)
+        self._owners = (coarse, keep)  # FAISS does not own the coarse index nor its quantizer
         self.ntotal = coarse.ntotal
         self.recall: dict[str, float] = {}  # measured by served_index when it had queries
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        fetch = min(self.ntotal, k * self.refine)
-        _, coarse_idx = self.coarse.search(queries, fetch)
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        idx = np.full((len(queries), k), -1, np.int64)
-        for row, (q, cand) in enumerate(zip(queries, coarse_idx)):
-            cand = cand[cand >= 0]
-            exact = self.vectors[cand] @ q
-            top = np.argsort(-exact, kind="stable")[:k]
-            scores[row, : len(top)] = exact[top]
-            idx[row, : len(top)] = cand[top]
-        return scores, idx
+        return self.index.search(queries, k)
 
 
 def served_index(
