@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shortlist import __version__
-from shortlist.features import item_side
+from shortlist.features import ItemSide, item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
 from shortlist.index import load_index, save_index
@@ -66,8 +67,12 @@ class Bundle:
         self._pop_order = np.argsort(-self.popularity, kind="stable")
         if self.recent_popularity is None:
             self.recent_popularity = np.full(len(self.popularity), np.nan, np.float32)
-        # What the ranking features read of the items, built once per bundle.
-        self.item_side = item_side(
+
+    @cached_property
+    def item_side(self) -> ItemSide:
+        """What the ranking features read of the items, built on first use (only the ranking
+        service reads it; it builds it before the bundle serves, see RankingServicer)."""
+        return item_side(
             self.likes,
             self.item_vectors,
             self.popularity,

@@ -38,7 +38,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         settings: Settings,
         others: Sequence[Bundle] = (),
     ) -> None:
-        self.bundles = BundleSet(bundle, others)
+        # The item-side feature data is built before a bundle becomes reachable.
+        self.bundles = BundleSet(bundle, others, prepare=lambda b: b.item_side)
         self.store = store
         self.settings = settings
 
