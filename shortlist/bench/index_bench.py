@@ -3,6 +3,8 @@
 For each candidate index over the item vectors: recall@100 of its top-100 against exact
 inner-product search, and single-query latency (one thread, batch of one, as the
 retrieval service searches). The chosen index is the fastest with recall >= the floor.
+Candidates include the form the retrieval service actually searches for a large IVF
+index (`served`: fast-scan PQ on the IVF lists, re-scored exactly by IndexRefineFlat).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shortlist.index import build_index
+from shortlist.index import SERVED_NPROBE, SERVED_REFINE, build_index, served_index
 
 
 def exact_top(item_vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -46,7 +48,9 @@ def candidate_specs(n_items: int) -> list[dict[str, Any]]:
     nlist = int(max(16, 4 * np.sqrt(n_items)))
     for nprobe in (32, 64, 96, 128, 192):
         specs.append({"kind": "ivf", "nlist": nlist, "nprobe": nprobe})
-    return specs
+    for nprobe, refine in ((256, 3), (256, 4), (SERVED_NPROBE, SERVED_REFINE)):
+        specs.append({"kind": "served", "nlist": nlist, "nprobe": nprobe, "refine": refine})
+    return list({tuple(sorted(s.items())): s for s in specs}.values())
 
 
 def measure(
@@ -65,14 +69,17 @@ def measure(
     rows = []
     built: dict[tuple, faiss.Index] = {}
     for spec in candidate_specs(len(item_vectors)):
-        key = (spec["kind"], spec.get("m"), spec.get("nlist"))
+        kind = "ivf" if spec["kind"] == "served" else spec["kind"]
+        key = (kind, spec.get("m"), spec.get("nlist"))
         start = time.perf_counter()
         if key not in built:
             built[key] = build_index(
-                item_vectors, spec["kind"], hnsw_m=spec.get("m", 32), nlist=spec.get("nlist")
+                item_vectors, kind, hnsw_m=spec.get("m", 32), nlist=spec.get("nlist")
             )
-        build_s = time.perf_counter() - start
         index = built[key]
+        if spec["kind"] == "served":
+            index = served_index(index, item_vectors, nprobe=spec["nprobe"], refine=spec["refine"])
+        build_s = time.perf_counter() - start
         if spec["kind"] == "hnsw":
             index.hnsw.efSearch = spec["ef_search"]
         if spec["kind"] == "ivf":

@@ -3,9 +3,10 @@
 With R~ = D_U^-a R D_I^-b and its truncated SVD R~ ~ U S V^T, a spectral filter scores
 user u by `r_u V h(S) V^T` (h(s) = s^p; p = 2 is the GF-CF linear filter R~^T R~; an optional
 BSPM-like sharpening factor 1 - beta (s/s_max)^2 damps the most popular directions), plus
-GF-CF's ideal low-pass term `w * r_u D_I^-1/2 V_k V_k^T D_I^1/2`. Both are dot products:
+GF-CF's ideal low-pass term `w * r_u D_I^-1/2 V_k V_k^T D_I^1/2`; an optional popularity prior
+multiplies every item's score by d_i^c. All are dot products:
 
-    user vector = [r_u V h(S),  w * r_u D_I^-1/2 V_k]    item vector = [V,  D_I^1/2 V_k]
+    user vector = [r_u V h(S),  w * r_u D_I^-1/2 V_k]    item vector = d_i^c [V,  D_I^1/2 V_k]
 
 so FAISS serves it like any embedding model. A user's vector only needs their likes,
 which also makes fold-in of new users exact. Fitting is one randomized SVD: no epochs.
@@ -33,6 +34,7 @@ class SpectralConfig:
     item_exp: float = 0.5  # b in D_I^-b
     ideal_rank: int = 256  # k of the ideal low-pass term (0 = off)
     ideal_weight: float = 0.3  # w of the ideal low-pass term
+    pop_exp: float = 0.0  # item vectors scaled by d_i^pop_exp: a popularity prior on scores
     power_iters: int = 3
     seed: int = 0
 
@@ -103,10 +105,11 @@ class SpectralCF:
         k = min(cfg.ideal_rank, len(s)) if cfg.ideal_weight else 0
         h = (s[:rank] ** cfg.power * (1 - cfg.sharpen * (s[:rank] / s[0]) ** 2)).astype(np.float32)
         item_in = [v[:, :rank] * h]
-        item_out = [v[:, :rank]]
+        prior = di[:, None] ** cfg.pop_exp
+        item_out = [prior * v[:, :rank]]
         if k:
             item_in.append(cfg.ideal_weight * (di[:, None] ** -0.5) * v[:, :k])
-            item_out.append((di[:, None] ** 0.5) * v[:, :k])
+            item_out.append(prior * (di[:, None] ** 0.5) * v[:, :k])
         self._item_in = np.hstack(item_in).astype(np.float32)
         self.item_factors = np.hstack(item_out).astype(np.float32)
         self.user_factors = np.asarray(r @ self._item_in, dtype=np.float32)

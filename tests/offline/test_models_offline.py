@@ -120,6 +120,23 @@ def test_spectral_fold_in_matches_training(planted):
     np.testing.assert_allclose(model.fold_in(liked), model.user_factors[7], rtol=1e-4, atol=1e-5)
 
 
+def test_spectral_popularity_prior_scales_each_items_scores_only(planted):
+    _, split = planted
+    plain = SpectralCF(SpectralConfig(rank=32, ideal_rank=16))
+    prior = SpectralCF(SpectralConfig(rank=32, ideal_rank=16, pop_exp=0.3))
+    plain.fit(split.train)
+    prior.fit(split.train)
+    likes = np.maximum(np.asarray(split.train.positives.sum(axis=0)).ravel(), 1.0)
+    scores = plain.user_factors @ plain.item_factors.T
+    np.testing.assert_allclose(
+        prior.user_factors @ prior.item_factors.T, scores * likes**0.3, rtol=1e-3, atol=1e-4
+    )
+    # user vectors (and so fold-in) do not change: the prior sits on the item side
+    np.testing.assert_allclose(prior.user_factors, plain.user_factors, rtol=1e-5)
+    top_plain = np.argsort(-scores, axis=1)[:, :5]
+    assert (np.argsort(-(scores * likes**0.3), axis=1)[:, :5] != top_plain).any()
+
+
 @pytest.mark.parametrize("shape", [(40, 120), (120, 40)])
 def test_exact_and_randomized_svd_agree(shape):
     a = sp.random(*shape, density=0.15, random_state=0, format="csr", dtype=np.float32)
