@@ -40,10 +40,14 @@ RANK_COLUMN = _COLUMN["retrieval_rank"]  # ordering by it is the retrieval order
 DEVICES = ("ios", "android", "web", "tv")
 HALF_LIFE_DAYS = 30.0
 RECENT_ITEMS = 50  # likes and dislikes (newest first) the similarity features look at
-# Item-item cosines kept per item: its strongest co-occurring items (exact for items with
-# fewer). A request looks up its recent likes' rows instead of multiplying the user-item
-# matrix (Gowalla: ~2 ms a request; the full cosine matrix would hold 42M entries).
+# Item-item cosines kept per item: its strongest co-occurring items, at least
+# COOC_NEIGHBOURS and as many as COOC_ENTRIES allows over the catalogue (exact for items
+# with fewer). A request looks up its recent likes' rows instead of multiplying the
+# user-item matrix (Gowalla: ~2 ms a request; its full cosine matrix would hold 42M
+# entries, so 256 a row). Small catalogues keep every row whole: on MovieLens-100K a cut
+# to 256 lowered the two-stage NDCG@20 lift from +17.9% to +13.6%.
 COOC_NEIGHBOURS = 256
+COOC_ENTRIES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class ItemSide:
     vectors: np.ndarray  # items x d retrieval vectors
     log_popularity: np.ndarray
     log_recent_popularity: np.ndarray
-    cooc: sp.csr_matrix  # items x items cosines of co-occurrence, top COOC_NEIGHBOURS a row
+    cooc: sp.csr_matrix  # items x items cosines of co-occurrence, top neighbours_kept a row
     attributes: np.ndarray  # items x A
     attribute_names: list[str]
     user_attribute_names: list[str]
@@ -156,9 +160,14 @@ def feature_names(item_attribute_names: list[str], user_attribute_names: list[st
     )
 
 
-def item_neighbours(likes: sp.csr_matrix, keep: int = COOC_NEIGHBOURS) -> sp.csr_matrix:
+def neighbours_kept(n_items: int) -> int:
+    return max(COOC_NEIGHBOURS, COOC_ENTRIES // max(n_items, 1))
+
+
+def item_neighbours(likes: sp.csr_matrix, keep: int | None = None) -> sp.csr_matrix:
     """Items x items cosine co-occurrence |U(i) & U(j)| / sqrt(|U(i)| |U(j)|), each row cut
-    to its `keep` largest entries (the item itself included)."""
+    to its `keep` largest entries (the item itself included; default `neighbours_kept`)."""
+    keep = neighbours_kept(likes.shape[1]) if keep is None else keep
     x = likes.tocsr().astype(np.float32)
     x.data[:] = 1.0
     norms = np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))

@@ -202,3 +202,11 @@ def test_item_neighbours_keep_each_rows_largest_exact_cosines():
         kept = cut.indices[cut.indptr[row] : cut.indptr[row + 1]]
         np.testing.assert_allclose(np.sort(full[row, kept]), np.sort(exact[row])[-5:], rtol=1e-5)
         np.testing.assert_allclose(cut[row].toarray().ravel()[kept], exact[row, kept], rtol=1e-5)
+
+
+def test_rows_kept_whole_on_small_catalogues_and_bounded_on_large_ones():
+    from shortlist.features import COOC_ENTRIES, COOC_NEIGHBOURS, neighbours_kept
+
+    assert neighbours_kept(1682) >= 1682  # MovieLens-100K: exact cosines
+    assert neighbours_kept(40_981) == COOC_NEIGHBOURS  # Gowalla: 256 a row
+    assert neighbours_kept(10_000) * 10_000 <= COOC_ENTRIES
