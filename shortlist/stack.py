@@ -136,11 +136,15 @@ def start_broker(settings: Settings) -> int | None:
     return pid
 
 
+# One native thread per pool (OpenMP, OpenBLAS): the services run small per-request work on
+# a few cores, where thread pools only add wake-ups and spinning. The images set the same
+# (an OpenMP runtime reads it once, at load, and sizes its pool by the node's cores, not by
+# the container's CPU limit).
+NATIVE_THREADS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def start_services(settings: Settings) -> dict[str, int]:
-    # One native thread per pool (OpenMP, OpenBLAS): the services run small per-request
-    # work on a few cores, where thread pools only add wake-ups and spinning.
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **NATIVE_THREADS_ENV}
     pids = {}
     for name in SERVICES:
         argv = [sys.executable, "-m", "shortlist.cli", "serve", name]

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from shortlist.config import Settings
+from shortlist.stack import NATIVE_THREADS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -321,6 +322,16 @@ def test_training_publishes_the_bundle_the_services_read(docs):
         claims.add(volume["persistentVolumeClaim"]["claimName"])
     (claim,) = claims
     assert one(docs, "PersistentVolumeClaim", claim)
+
+
+def test_training_sizes_native_thread_pools_by_its_cpu_limit(docs):
+    """The retrieval image serves with one OpenMP/OpenBLAS thread; the training pod it also
+    runs must not inherit that."""
+    for doc in [*find(docs, "Job"), *find(docs, "CronJob")]:
+        (container,) = pod_spec(doc)["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        limit = container["resources"]["limits"]["cpu"]
+        assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == str(limit)
 
 
 def test_redis_and_kafka_are_stateful_with_persistent_volumes(docs):
@@ -626,6 +637,9 @@ def test_dockerfile_is_multi_stage_pinned_and_non_root(name):
         getattr(defaults, f"{name}_metrics_port"),
     }
     assert re.search(rf'SHORTLIST_{name.upper()}_ADDR="\[::\]:\d+"', text)
+    # native thread pools sized like the local stack's, not by the node's cores
+    for key, value in NATIVE_THREADS_ENV.items():
+        assert re.search(rf"^\s+{key}={value}\b", text, re.M), key
 
 
 def test_install_tools_script_is_valid_bash():
