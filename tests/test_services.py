@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
+import weakref
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from services.launch import start_service
+from services.launch import freeze_loaded_objects, start_service
 from shortlist.bus import KafkaEventPublisher
 from shortlist.grpc_server import client_channel
 from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -262,3 +264,23 @@ def test_health_reflection_and_metrics(stack, gateway, bundle):
     assert REGISTRY.get_sample_value("shortlist_rpc_requests_total", labels) == before + 1
     count = REGISTRY.get_sample_value("shortlist_rpc_latency_seconds_count", labels)
     assert count and count >= 1
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_objects_alive_at_start_up_are_left_out_of_garbage_collection():
+    kept = _Cycle()
+    alive = weakref.ref(kept)
+    try:
+        freeze_loaded_objects()
+        assert gc.get_freeze_count() > 0
+        del kept
+        gc.collect()
+        assert alive() is not None, "a full collection walked a frozen object"
+    finally:
+        gc.unfreeze()
+    gc.collect()
+    assert alive() is None
