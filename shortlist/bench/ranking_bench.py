@@ -34,7 +34,7 @@ def run(
     redis_url: str = "redis://127.0.0.1:6379/0",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    from services.launch import start_service
+    from services.launch import freeze_loaded_objects, start_service
     from shortlist.stores import RedisStateStore
 
     say = progress or (lambda _m: None)
@@ -63,6 +63,7 @@ def run(
                 k=k,
             )
         )
+    freeze_loaded_objects()  # as `shortlist serve` does once a service is up
     latencies = []
     try:
         with client_channel(f"127.0.0.1:{started.server.port}") as channel:
