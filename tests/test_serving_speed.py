@@ -38,6 +38,24 @@ def test_served_index_keeps_the_recall_of_ivf_flat_and_returns_exact_scores():
     assert np.mean(recalls) >= np.mean(ivf_recalls) - 0.05, (recalls, ivf_recalls)
 
 
+def test_served_index_skips_a_long_exclusion_list_of_the_best_items():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(64, 64)).astype(np.float32)
+    items = centers[rng.integers(0, 64, 25_000)] + 0.4 * rng.normal(size=(25_000, 64))
+    items = items.astype(np.float32)
+    served = served_index(build_index(items, kind="ivf", nprobe=48), items, nprobe=48, refine=10)
+    query = items[rng.choice(len(items), 5, replace=False)].sum(axis=0)
+    exact = items @ query
+    exclude = np.argsort(-exact)[:800]  # a heavy user: the 800 best items already seen
+    idx, scores = search(served, query, 200, exclude)
+    assert len(idx) == 200 and not set(idx.tolist()) & set(exclude.tolist())
+    np.testing.assert_allclose(scores, exact[idx], rtol=1e-5, atol=1e-5)
+    rest = exact.copy()
+    rest[exclude] = -np.inf
+    truth = set(np.argsort(-rest)[:200].tolist())
+    assert len(truth & set(idx.tolist())) / 200 >= 0.8
+
+
 def test_compressed_index_is_only_served_when_it_keeps_recall():
     rng = np.random.default_rng(2)
     centers = rng.normal(size=(64, 64)).astype(np.float32)
