@@ -57,7 +57,7 @@ class RefinedIndex:
         )
         self.index.k_factor = float(refine)
         self._owners = (coarse, keep)  # FAISS does not own the coarse index nor its quantizer
-        self.nprobe = int(faiss.downcast_index(coarse).nprobe)
+        self._coarse = faiss.downcast_index(coarse)  # its nprobe, for searches with params
         self.ntotal = coarse.ntotal
         self.recall: dict[str, float] = {}  # measured by served_index when it had queries
 
@@ -74,7 +74,7 @@ class RefinedIndex:
         ids = np.ascontiguousarray(exclude, dtype=np.int64)
         batch = faiss.IDSelectorBatch(len(ids), faiss.swig_ptr(ids))  # copies the ids
         skip = faiss.IDSelectorNot(batch)  # holds `batch` by pointer: both live till return
-        base = faiss.SearchParametersIVF(sel=skip, nprobe=self.nprobe)
+        base = faiss.SearchParametersIVF(sel=skip, nprobe=self._coarse.nprobe)
         params = faiss.IndexRefineSearchParameters(
             k_factor=self.index.k_factor, base_index_params=base
         )
@@ -190,14 +190,13 @@ def search(
     """
     n_excl = 0 if exclude is None else len(exclude)
     q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-    if n_excl and isinstance(index, RefinedIndex):
+    skipped_inside = n_excl > 0 and isinstance(index, RefinedIndex)
+    if skipped_inside:
         scores, idx = index.search_excluding(q, min(index.ntotal, n), exclude)
-        keep = idx[0] >= 0
-        return idx[0][keep], scores[0][keep]
-    fetch = min(index.ntotal, n + n_excl)
-    scores, idx = index.search(q, fetch)
+    else:
+        scores, idx = index.search(q, min(index.ntotal, n + n_excl))
     idx, scores = idx[0], scores[0]
     keep = idx >= 0
-    if n_excl:
+    if n_excl and not skipped_inside:
         keep &= ~np.isin(idx, exclude)
     return idx[keep][:n], scores[keep][:n]

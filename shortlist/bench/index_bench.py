@@ -48,9 +48,9 @@ def candidate_specs(n_items: int) -> list[dict[str, Any]]:
     nlist = int(max(16, 4 * np.sqrt(n_items)))
     for nprobe in (32, 64, 96, 128, 192):
         specs.append({"kind": "ivf", "nlist": nlist, "nprobe": nprobe})
-    for nprobe, refine in ((256, 3), (256, 4), (SERVED_NPROBE, SERVED_REFINE)):
+    for nprobe, refine in dict.fromkeys(((256, 3), (256, 4), (SERVED_NPROBE, SERVED_REFINE))):
         specs.append({"kind": "served", "nlist": nlist, "nprobe": nprobe, "refine": refine})
-    return list({tuple(sorted(s.items())): s for s in specs}.values())
+    return specs
 
 
 def measure(
