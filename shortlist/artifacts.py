@@ -3,7 +3,8 @@
 Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
 item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
 recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, item_encoder.npy (linear
-models only), user_features.npy and recent_popularity.npy (ranking features).
+models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
+features; the manifest's context_values name each table's rows).
 `<root>/LATEST` names the newest version.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shortlist import __version__
-from shortlist.features import ItemSide, item_side
+from shortlist.features import ContextCounts, ItemSide, item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
 from shortlist.index import load_index, save_index
@@ -59,6 +60,8 @@ class Bundle:
     user_features: np.ndarray | None = None  # users x n attribute columns
     user_feature_names: list[str] = field(default_factory=list)
     recent_popularity: np.ndarray | None = None  # time-decayed likes per item (NaN: no times)
+    # free-form context key -> (its values, values x items likes recorded with each value)
+    context_counts: ContextCounts = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.
@@ -80,6 +83,7 @@ class Bundle:
             self.item_features,
             self.item_feature_names,
             self.user_feature_names if self.user_features is not None else [],
+            self.context_counts,
         )
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -129,6 +133,7 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
             "prior_strength": bundle.foldin.prior_strength,
         },
         "has_ranker": bundle.ranker is not None,
+        "context_values": {key: values for key, (values, _) in bundle.context_counts.items()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     (tmp / "users.json").write_text(json.dumps(bundle.users.to_list()))
@@ -148,6 +153,7 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
     if bundle.user_features is not None:
         np.save(tmp / "user_features.npy", bundle.user_features.astype(np.float32))
     np.save(tmp / "recent_popularity.npy", np.asarray(bundle.recent_popularity, np.float32))
+    np.savez(tmp / "context_counts.npz", **{k: t for k, (_, t) in bundle.context_counts.items()})
     os.replace(tmp, final)
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(bundle.version + "\n")
@@ -192,7 +198,15 @@ def load_bundle(path: Path) -> Bundle:
         user_features=_optional(directory / "user_features.npy"),
         user_feature_names=list(manifest.get("user_feature_names", [])),
         recent_popularity=_optional(directory / "recent_popularity.npy"),
+        context_counts=_context_counts(directory, manifest.get("context_values", {})),
     )
+
+
+def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCounts:
+    if not values:
+        return {}
+    with np.load(directory / "context_counts.npz") as tables:
+        return {key: (list(names), tables[key]) for key, names in sorted(values.items())}
 
 
 def _optional(path: Path) -> np.ndarray | None:

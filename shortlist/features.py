@@ -9,8 +9,9 @@ never a made-up default.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,6 +49,14 @@ RECENT_ITEMS = 50  # likes and dislikes (newest first) the similarity features l
 # to 256 lowered the two-stage NDCG@20 lift from +17.9% to +13.6%.
 COOC_NEIGHBOURS = 256
 COOC_ENTRIES = 10_000_000
+# Free-form context: a key the training likes record (Interactions.context) becomes the
+# feature ctx_<key>_item_lift, log P(value | item) - log P(value), with P(value | item)
+# pulled towards P(value) by CONTEXT_PRIOR pseudo-likes (0 for an item without likes). Its
+# CONTEXT_VALUES most frequent values are kept; any other value carries no feature (NaN).
+KNOWN_CONTEXT = ("hour", "day_of_week", "device")
+CONTEXT_VALUES = 64
+CONTEXT_PRIOR = 10.0
+_CONTEXT_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -57,18 +66,21 @@ class RequestContext:
     hour: float = math.nan
     day_of_week: float = math.nan
     device: float = math.nan
+    extra: Mapping[str, str] = field(default_factory=dict)  # free-form keys and their values
 
 
 def parse_context(context: Mapping[str, str]) -> RequestContext:
-    """Validate the known context keys; ValueError names the bad key. Other keys are
-    accepted and carry no feature (the ranker was never trained on them)."""
+    """Validate the known context keys; ValueError names the bad key. Other keys are kept
+    as free-form: a bundle whose training likes recorded a key turns it into a feature,
+    any other key carries none."""
     hour = _int_in(context, "hour", 0, 23)
     dow = _int_in(context, "day_of_week", 0, 6)
     device = math.nan
     if "device" in context:
         name = context["device"].strip().lower()
         device = float(DEVICES.index(name)) if name in DEVICES else float(len(DEVICES))
-    return RequestContext(hour=hour, day_of_week=dow, device=device)
+    extra = {k: v for k, v in context.items() if k not in KNOWN_CONTEXT}
+    return RequestContext(hour=hour, day_of_week=dow, device=device, extra=extra)
 
 
 def _int_in(context: Mapping[str, str], key: str, lo: int, hi: int) -> float:
@@ -84,10 +96,50 @@ def _int_in(context: Mapping[str, str], key: str, lo: int, hi: int) -> float:
     return float(value)
 
 
-def context_at(timestamp_s: float) -> RequestContext:
+def context_at(timestamp_s: float, extra: Mapping[str, str] | None = None) -> RequestContext:
     """The context a request at this unix time would carry (used offline)."""
     days, seconds = divmod(int(timestamp_s), 86400)
-    return RequestContext(hour=float(seconds // 3600), day_of_week=float((days + 3) % 7))
+    return RequestContext(
+        hour=float(seconds // 3600), day_of_week=float((days + 3) % 7), extra=extra or {}
+    )
+
+
+ContextCounts = dict[str, tuple[list[str], np.ndarray]]  # key -> (values, values x items likes)
+
+
+def context_counts(likes: sp.csr_matrix, context: Mapping[str, np.ndarray]) -> ContextCounts:
+    """Per free-form key (sorted): its most frequent recorded values and each value's likes
+    per item. `context` is aligned with the data of `likes` (sorted CSR); "" = not recorded."""
+    cols = likes.tocsr().indices
+    n_items = likes.shape[1]
+    out: ContextCounts = {}
+    for key in sorted(context):
+        if key in KNOWN_CONTEXT or not _CONTEXT_KEY.fullmatch(key):
+            raise ValueError(
+                f"context key {key!r} must match [A-Za-z0-9_]{{1,64}} and not be "
+                f"one of {', '.join(KNOWN_CONTEXT)}"
+            )
+        values = np.asarray(context[key]).astype(str)
+        recorded = values != ""
+        names, codes, counts = np.unique(values[recorded], return_inverse=True, return_counts=True)
+        kept = np.argsort(-counts, kind="stable")[:CONTEXT_VALUES]
+        row_of = np.full(len(names), -1, np.int64)
+        row_of[kept] = np.arange(len(kept))
+        rows = row_of[codes]
+        at = rows >= 0
+        flat = rows[at] * n_items + cols[recorded][at]
+        table = np.bincount(flat, minlength=len(kept) * n_items).astype(np.float32)
+        out[key] = ([str(names[k]) for k in kept], table.reshape(len(kept), n_items))
+    return out
+
+
+def context_lift(counts: np.ndarray) -> np.ndarray:
+    """log P(value | item) - log P(value), values x items (see CONTEXT_PRIOR)."""
+    overall = counts.sum(axis=1) / max(float(counts.sum()), 1.0)
+    per_item = counts.sum(axis=0)
+    with np.errstate(divide="ignore"):
+        p = (counts + CONTEXT_PRIOR * overall[:, None]) / (per_item + CONTEXT_PRIOR)[None, :]
+        return (np.log(p) - np.log(overall)[:, None]).astype(np.float32)
 
 
 @dataclass
@@ -112,6 +164,8 @@ class ItemSide:
     attributes: np.ndarray  # items x A
     attribute_names: list[str]
     user_attribute_names: list[str]
+    # free-form context key -> (value -> row, values x items context_lift)
+    context: dict[str, tuple[dict[str, int], np.ndarray]] = field(default_factory=dict)
 
 
 def recent_popularity(
@@ -134,6 +188,7 @@ def item_side(
     attributes: np.ndarray,
     attribute_names: list[str],
     user_attribute_names: list[str] | None = None,
+    counts: ContextCounts | None = None,
 ) -> ItemSide:
     return ItemSide(
         vectors=vectors,
@@ -143,6 +198,10 @@ def item_side(
         attributes=attributes.astype(np.float32),
         attribute_names=list(attribute_names),
         user_attribute_names=list(user_attribute_names or []),
+        context={
+            key: ({v: n for n, v in enumerate(values)}, context_lift(table))
+            for key, (values, table) in sorted((counts or {}).items())
+        },
     )
 
 
@@ -152,11 +211,16 @@ def recent_in_order(recent: sp.csr_matrix, user: int) -> np.ndarray:
     return recent.indices[lo:hi][np.argsort(recent.data[lo:hi], kind="stable")]
 
 
-def feature_names(item_attribute_names: list[str], user_attribute_names: list[str]) -> list[str]:
+def feature_names(
+    item_attribute_names: list[str],
+    user_attribute_names: list[str],
+    context_keys: list[str] | tuple[str, ...] = (),
+) -> list[str]:
     return (
         BASE_FEATURES
         + [f"item_{n}" for n in item_attribute_names]
         + [f"user_{n}" for n in user_attribute_names]
+        + [f"ctx_{key}_item_lift" for key in sorted(context_keys)]
     )
 
 
@@ -213,7 +277,8 @@ def build_features(
     n = len(candidates)
     n_item_attr = items.attributes.shape[1]
     n_user_attr = len(items.user_attribute_names)
-    rows = np.full((n, len(BASE_FEATURES) + n_item_attr + n_user_attr), np.nan, np.float32)
+    width = len(BASE_FEATURES) + n_item_attr + n_user_attr + len(items.context)
+    rows = np.full((n, width), np.nan, np.float32)
     col = _COLUMN
     scores = np.asarray(retrieval_scores, np.float32)
     rows[:, col["retrieval_rank"]] = np.arange(n)
@@ -248,5 +313,10 @@ def build_features(
     base = len(BASE_FEATURES)
     rows[:, base : base + n_item_attr] = items.attributes[candidates]
     if n_user_attr and user.attributes is not None:
-        rows[:, base + n_item_attr :] = user.attributes[None, :]
+        rows[:, base + n_item_attr : base + n_item_attr + n_user_attr] = user.attributes[None, :]
+    ctx_base = base + n_item_attr + n_user_attr
+    for j, (key, (row_of, lift)) in enumerate(items.context.items()):
+        row = row_of.get(context.extra.get(key, ""), -1)
+        if row >= 0:
+            rows[:, ctx_base + j] = lift[row, candidates]
     return rows

@@ -26,6 +26,7 @@ from shortlist.features import (
     UserSignals,
     build_features,
     context_at,
+    context_counts,
     feature_names,
     item_side,
     recent_in_order,
@@ -75,24 +76,23 @@ def train_bundle(
 
     say("splitting likes into model-fit and ranker-label parts")
     fit_pos, label_pos = holdout_split(data.positives, cfg.label_share, rng)
-    fit_ts = _aligned_times(data, fit_pos)
-    fit_data = data.with_positives(fit_pos)
-    fit_data.timestamps = fit_ts
+    fit_data, label_data = aligned_part(data, fit_pos), aligned_part(data, label_pos)
 
     say(f"training {cfg.model} on the fit part ({fit_pos.nnz:,} likes)")
     fit_model = registry.build(cfg.model, options)
     fit_model.fit(fit_data)
 
     say(f"building top-{cfg.candidates} shortlists and ranking features")
-    names = feature_names(attribute_names(data.item_features), attribute_names(data.user_features))
+    names = data_feature_names(data)
     lists = ranking_lists(
         fit_data,
         fit_model.user_factors,
         fit_model.item_factors,
         label_pos,
-        _aligned_times(data, label_pos),
+        label_data.timestamps,
         cfg,
         users=labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed),
+        label_context=label_data.context,
     )
     ranker, valid_users = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
     x_val, y_val, g_val = _stack(lists, valid_users)
@@ -120,6 +120,7 @@ def train_bundle(
         user_features=attribute_table(data.user_features, data.n_users),
         user_feature_names=attribute_names(data.user_features),
         recent_popularity=recent_popularity(data.positives, data.timestamps),
+        context_counts=context_counts(data.positives, data.context),
         foldin=foldin,
         ranker=ranker,
         item_encoder=getattr(model, "item_encoder", None),
@@ -159,17 +160,28 @@ def holdout_split(
     return keep, label
 
 
-def _aligned_times(data: Interactions, part: sp.csr_matrix) -> np.ndarray | None:
-    """Timestamps of `part` (a subset of data.positives), aligned with part.data."""
-    if data.timestamps is None:
-        return None
-    times = data.positives.copy()
-    times.data = data.timestamps.astype(np.float64)
+def aligned_part(data: Interactions, part: sp.csr_matrix) -> Interactions:
+    """`part` (a subset of data.positives) with data's ids, dislikes and attributes, and its
+    likes' timestamps and context aligned with part.data."""
+    at = data.positives.copy()
+    at.data = np.arange(1, at.nnz + 1, dtype=np.float64)  # where each like sits, + 1
     mask = part.copy()
-    mask.data = np.ones_like(mask.data)
-    sub = times.multiply(mask).tocsr()
+    mask.data = np.ones(mask.nnz, np.float64)
+    sub = at.multiply(mask).tocsr()
     sub.sort_indices()
-    return sub.data.astype(np.int64)
+    where = sub.data.astype(np.int64) - 1
+    out = data.with_positives(part)
+    if data.timestamps is not None:
+        out.timestamps = np.asarray(data.timestamps)[where]
+    out.context = {key: np.asarray(values)[where] for key, values in data.context.items()}
+    return out
+
+
+def data_feature_names(data: Interactions) -> list[str]:
+    """The ranker's feature columns for a dataset (its attributes and context keys)."""
+    return feature_names(
+        attribute_names(data.item_features), attribute_names(data.user_features), list(data.context)
+    )
 
 
 def recent_likes(positives: sp.csr_matrix, timestamps: np.ndarray | None, n: int) -> sp.csr_matrix:
@@ -212,6 +224,7 @@ def fit_item_side(data: Interactions, item_vectors: np.ndarray) -> ItemSide:
         attribute_table(data.item_features, data.n_items),
         attribute_names(data.item_features),
         attribute_names(data.user_features),
+        context_counts(data.positives, data.context),
     )
 
 
@@ -225,11 +238,14 @@ def ranking_lists(
     exclude: sp.csr_matrix | None = None,
     users: np.ndarray | None = None,
     keep_empty: bool = False,
+    label_context: dict[str, np.ndarray] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per user with labels: (candidates, feature rows, binary labels) over the top-N shortlist.
 
     `exclude` (default: the fit data's likes and dislikes) is never in a shortlist. Lists
-    without a positive are dropped unless `keep_empty` (evaluation keeps them).
+    without a positive are dropped unless `keep_empty` (evaluation keeps them). A list's
+    request context is that of the user's first label like (the earliest, with times):
+    its hour and day, and its free-form values from `label_context` (aligned with labels).
     """
     seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
     recent = recent_likes(fit.positives, fit.timestamps, cfg.recent_likes)
@@ -253,10 +269,18 @@ def ranking_lists(
             y = np.isin(cand, labels.indices[start:end]).astype(np.float32)
             if y.sum() == 0 and not keep_empty:
                 continue
+            first = start
+            if label_times is not None and end > start:
+                first = start + int(np.argmin(label_times[start:end]))
+            extra = {
+                key: str(values[first])
+                for key, values in (label_context or {}).items()
+                if end > start and values[first] != ""
+            }
             ctx = (
-                context_at(label_times[start:end].min())
+                context_at(label_times[first], extra)
                 if label_times is not None and end > start
-                else RequestContext()
+                else RequestContext(extra=extra)
             )
             signals = UserSignals(
                 activity=float(activity[u]),
@@ -331,6 +355,7 @@ def retrieval_bundle(data: Interactions, model, index: str = "auto") -> Bundle:
         user_features=attribute_table(data.user_features, data.n_users),
         user_feature_names=attribute_names(data.user_features),
         recent_popularity=recent_popularity(data.positives, data.timestamps),
+        context_counts=context_counts(data.positives, data.context),
         foldin=calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col),
         item_encoder=getattr(model, "item_encoder", None),
         manifest={"dataset_fingerprint": data.fingerprint(), "model": model.name},

@@ -103,6 +103,7 @@ def test_index_search_excludes_and_matches_exact(kind):
 def test_parse_context_validates_known_keys():
     ctx = parse_context({"hour": "21", "day_of_week": "6", "device": "iOS", "app": "x"})
     assert (ctx.hour, ctx.day_of_week, ctx.device) == (21.0, 6.0, 0.0)
+    assert ctx.extra == {"app": "x"}  # free-form, a feature only where training recorded it
     assert math.isnan(parse_context({}).hour)
     with pytest.raises(ValueError, match="'hour'"):
         parse_context({"hour": "25"})

@@ -39,7 +39,8 @@ def test_online_rank_equals_offline_features_and_scores(stack, bundle):
     assert bundle.ranker is not None and bundle.user_features is not None
     assert bundle.user_features.shape[1] > 0 and np.isfinite(bundle.recent_popularity).any()
     rng = np.random.default_rng(0)
-    context = {"hour": "21", "day_of_week": "5", "device": "ios", "campaign": "x"}
+    # "moment" is recorded with the built-in data's likes; "campaign" never was
+    context = {"hour": "21", "day_of_week": "5", "device": "ios", "moment": "home", "campaign": "x"}
     with client_channel(stack.target("ranking")) as channel:
         rank = ranking_pb2_grpc.RankingStub(channel).Rank
         for user in (3, 17, 42):
@@ -60,6 +61,9 @@ def test_online_rank_equals_offline_features_and_scores(stack, bundle):
             )
             x, offline = offline_scores(bundle, user, cand, retrieval, context)
             assert np.isfinite(x[:, :3]).all()
+            assert np.isfinite(
+                x[:, bundle.ranker.feature_name().index("ctx_moment_item_lift")]
+            ).all()
             order = np.argsort(-offline, kind="stable")
             assert [i.item_id for i in reply.items] == bundle.items.ids(cand[order])
             np.testing.assert_allclose(

@@ -17,6 +17,8 @@ class Interactions:
 
     `timestamps` (optional) holds, aligned with `positives.data`, the unix time of each like.
     `user_features` / `item_features` are optional dense numeric attribute tables.
+    `context` (optional) holds, per request-context key a client sends (e.g. "moment"), the
+    value recorded with each like, aligned with `positives.data` ("" where none was).
     """
 
     users: IdMap
@@ -26,6 +28,7 @@ class Interactions:
     timestamps: np.ndarray | None = None
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
+    context: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = (len(self.users), len(self.items))
@@ -70,3 +73,15 @@ class Interactions:
             user_features=self.user_features,
             item_features=self.item_features,
         )
+
+
+def merged_values(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> np.ndarray:
+    """Per-like values of disjoint like matrices, aligned with the data of their sum."""
+    rows, cols, values = [], [], []
+    for matrix, vals in parts:
+        coo = matrix.tocsr().tocoo()
+        rows.append(coo.row)
+        cols.append(coo.col)
+        values.append(np.asarray(vals))
+    order = np.lexsort((np.concatenate(cols), np.concatenate(rows)))
+    return np.concatenate(values)[order]

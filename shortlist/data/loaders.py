@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from shortlist.data.interactions import Interactions
+from shortlist.data.interactions import Interactions, merged_values
 from shortlist.ids import IdMap
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -41,6 +41,13 @@ class SplitData:
             times = _times_matrix(self.train) + _times_matrix(self.valid)
             times.sort_indices()
             out.timestamps = (times.data - 1.0).astype(np.int64)
+        out.context = {
+            key: merged_values(
+                [(self.train.positives, values), (self.valid.positives, self.valid.context[key])]
+            )
+            for key, values in self.train.context.items()
+            if key in self.valid.context
+        }
         return out
 
     def fingerprint(self) -> str:

@@ -14,7 +14,7 @@ from shortlist.data.loaders import SplitData
 
 
 def _part(data: Interactions, mask: np.ndarray) -> Interactions:
-    """The likes selected by `mask` (aligned with positives.data), timestamps kept."""
+    """The likes selected by `mask` (aligned with positives.data), times and context kept."""
     pos = data.positives.tocsr()
     rows = np.repeat(np.arange(pos.shape[0]), np.diff(pos.indptr))
     m = sp.csr_matrix(
@@ -25,6 +25,7 @@ def _part(data: Interactions, mask: np.ndarray) -> Interactions:
     if data.timestamps is not None:
         # rows/indices of pos are sorted, so the masked order matches the new CSR order.
         part.timestamps = np.asarray(data.timestamps)[mask]
+    part.context = {key: np.asarray(values)[mask] for key, values in data.context.items()}
     return part
 
 

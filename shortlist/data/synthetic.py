@@ -2,7 +2,10 @@
 
 Items belong to topics ("jazz", "rock", ...) and have Zipf-like popularity; each user
 prefers one or two topics. Likes are drawn from preferred topics, dislikes from others,
-so a model that learns anything at all beats popularity on held-out likes.
+so a model that learns anything at all beats popularity on held-out likes. Each like
+records the free-form request context "moment" ("commute" or "home"): items lean to one or
+the other, so a ranker that reads the request's moment can tell which of a user's likely
+items fit it.
 """
 
 from __future__ import annotations
@@ -77,6 +80,11 @@ def generate(
     tmat.sort_indices()
     timestamps = tmat.data.astype(np.int64)
     neg = sp.csr_matrix((np.ones(len(neg_rows), np.float32), (neg_rows, neg_cols)), shape=shape)
+    # Drawn from their own generator, so the likes are those of a dataset without context.
+    ctx_rng = np.random.default_rng(seed + 1)
+    commute_share = ctx_rng.choice(np.array([0.1, 0.5, 0.9]), size=n_items)
+    commute = ctx_rng.random(pos.nnz) < commute_share[pos.indices]
+    moment = np.where(commute, "commute", "home")
 
     width = len(str(n_items))
     item_ids = [f"{TOPICS[t]}-{i:0{width}d}" for i, t in enumerate(item_topic)]
@@ -90,4 +98,5 @@ def generate(
         timestamps=timestamps,
         item_features={"topic": item_topic.astype(np.float32), "topic_onehot": topic_onehot},
         user_features={"main_topic": main.astype(np.float32)},
+        context={"moment": moment},
     )

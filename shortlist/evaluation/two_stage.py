@@ -21,12 +21,12 @@ import numpy as np
 from shortlist.data.loaders import SplitData
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import union_likes
-from shortlist.features import RANK_COLUMN, feature_names
+from shortlist.features import RANK_COLUMN
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score
 from shortlist.training import (
     TrainConfig,
-    attribute_names,
+    data_feature_names,
     fit_ranker,
     labelled_users,
     ranking_lists,
@@ -115,10 +115,9 @@ def run_two_stage(
         split.valid.timestamps,
         cfg,
         users=labelled_users(split.valid.positives, cfg.ranker_max_lists, cfg.seed),
+        label_context=split.valid.context,
     )
-    names = feature_names(
-        attribute_names(split.train.item_features), attribute_names(split.train.user_features)
-    )
+    names = data_feature_names(split.train)
     timings["ranker_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
     ranker, valid_users = fit_ranker(
@@ -160,6 +159,7 @@ def run_two_stage(
         exclude=exclude,
         users=test_users,
         keep_empty=True,
+        label_context=split.test.context,
     )
     timings["test_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
