@@ -25,6 +25,8 @@ from shortlist.grpc_server import client_channel
 from shortlist.index import search
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 
+MOMENTS = ("commute", "home")
+
 
 def run(
     bundle_dir: str | Path,
@@ -59,7 +61,8 @@ def run(
                     common_pb2.ScoredItem(item_id=i, score=float(s))
                     for i, s in zip(bundle.items.ids(idx), scores)
                 ],
-                context={"hour": str(int(u) % 24), "device": "ios"},
+                # "moment" is a feature only of bundles whose training likes recorded it
+                context={"hour": str(int(u) % 24), "device": "ios", "moment": MOMENTS[u % 2]},
                 k=k,
             )
         )

@@ -159,10 +159,12 @@ def _from_events(
     times: np.ndarray | None,
     user_ids: list[str] | None = None,
     item_ids: list[str] | None = None,
+    context: dict[str, list[str]] | None = None,
 ) -> Interactions:
     """Build `Interactions` from events; label 1 = like, -1 = dislike, 0 = ignored.
 
-    Repeated (user, item) events keep the last one in time (or file) order.
+    Repeated (user, item) events keep the last one in time (or file) order. `context`: per
+    free-form key, the value each event recorded ("" for none).
     """
     umap = IdMap(user_ids if user_ids is not None else _sorted_ids(set(users)))
     imap = IdMap(item_ids if item_ids is not None else _sorted_ids(set(items)))
@@ -182,12 +184,17 @@ def _from_events(
     tmat = sp.csr_matrix((t[like].astype(np.float64) + 1.0, (u[like], i[like])), shape=shape)
     tmat.sort_indices()
     neg = sp.csr_matrix((np.ones(dis.sum(), np.float32), (u[dis], i[dis])), shape=shape)
+    in_csr_order = np.lexsort((i[like], u[like]))  # the kept likes, as pos.data holds them
     return Interactions(
         users=umap,
         items=imap,
         positives=pos,
         negatives=neg,
         timestamps=(tmat.data - 1.0).astype(np.int64) if times is not None else None,
+        context={
+            key: np.asarray(values, dtype=str)[keep][like][in_csr_order]
+            for key, values in (context or {}).items()
+        },
     )
 
 
@@ -267,20 +274,28 @@ def load_csv(
     thresholds: RatingThresholds | None = None,
     delimiter: str = ",",
 ) -> Interactions:
-    """`user,item[,label][,timestamp]`, with or without a header line.
+    """`user,item[,label][,timestamp][,key...]`, with or without a header line.
 
     Without a label every row is a like. A label is a rating compared with `thresholds`
-    (default like >= 1, dislike <= -1, so 1/-1/0 labels work as they are).
+    (default like >= 1, dislike <= -1, so 1/-1/0 labels work as they are). Columns after
+    the fourth, named in the header, are free-form request context recorded with each
+    event (`Interactions.context`; empty = not recorded).
     """
     th = thresholds or RatingThresholds(like=1.0, dislike=-1.0)
     users, items, labels, times = [], [], [], []
+    keys: list[str] = []
+    context: dict[str, list[str]] = {}
     has_time = False
     with open(path, newline="") as fh:
         for n, row in enumerate(csv.reader(fh, delimiter=delimiter)):
             if not row or row[0].startswith("#"):
                 continue
             if n == 0 and row[0].strip().lower() in {"user", "user_id", "userid"}:
+                keys = [k.strip() for k in row[4:]]
+                context = {k: [] for k in keys}
                 continue
+            for j, key in enumerate(keys):
+                context[key].append(row[4 + j].strip() if len(row) > 4 + j else "")
             users.append(row[0].strip())
             items.append(row[1].strip())
             value = float(row[2]) if len(row) > 2 and row[2].strip() else th.like
@@ -290,4 +305,10 @@ def load_csv(
                 times.append(int(float(row[3])))
             else:
                 times.append(0)
-    return _from_events(users, items, np.asarray(labels), np.asarray(times) if has_time else None)
+    return _from_events(
+        users,
+        items,
+        np.asarray(labels),
+        np.asarray(times) if has_time else None,
+        context=context,
+    )

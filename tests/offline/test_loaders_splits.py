@@ -174,6 +174,27 @@ def test_csv_labels_and_timestamps(tmp_path):
     assert sorted(data.timestamps.tolist()) == [1, 30]
 
 
+def test_csv_context_columns_follow_their_likes(tmp_path):
+    path = tmp_path / "context.csv"
+    path.write_text(
+        "user,item,label,timestamp,moment,country\n"
+        "u2,b,1,9,home,DE\nu1,c,1,3,commute\nu1,a,1,1,home,FR\nu1,a,1,8,commute,FR\n"
+        "u2,a,-1,2,home,DE\n"
+    )
+    data = load_csv(path)
+    pos = data.positives.tocoo()
+    got = {
+        (data.users.id(int(r)), data.items.id(int(c))): (m, k)
+        for r, c, m, k in zip(pos.row, pos.col, data.context["moment"], data.context["country"])
+    }
+    # u1 liked a twice: the later like (commute) is the one kept; missing columns are ""
+    assert got == {
+        ("u1", "a"): ("commute", "FR"),
+        ("u1", "c"): ("commute", ""),
+        ("u2", "b"): ("home", "DE"),
+    }
+
+
 def test_csv_ratings_with_thresholds(tmp_path):
     path = tmp_path / "ratings.csv"
     path.write_text("user_id;item_id;rating\n1;a;5\n1;b;2\n1;c;3\n")
