@@ -61,12 +61,17 @@ bench-index: install
 	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench index --data $(DATA)/gowalla; \
 		else echo "absent: $(DATA)/gowalla"; fi
 
-# The local stack (Redis, tansu, four service processes) on a Gowalla-sized bundle, under
+# The local stack (Redis, tansu, the services) on a Gowalla-sized bundle, under
 # an open-loop load of $(RATE)/s from the bundle's own users (5% unknown ones); the bundle
 # is trained once (delete $(SERVING)/artifacts to retrain) and the stack is stopped whatever
 # the outcome. The report gives CPU ms per call of every process and the load average.
 RATE    ?= 500
 DURATION ?= 30
+CONNECTIONS ?= 64
+# Co-located by default: gateway processes that run retrieval and ranking themselves (the
+# measured best on 2 cores); COLOCATE=0 GATEWAY_WORKERS=1 runs the four-service topology.
+COLOCATE ?= 1
+GATEWAY_WORKERS ?= 2
 SERVING := $(REPORTS)/serving
 bench-serving: install
 	mkdir -p $(SERVING)
@@ -78,9 +83,10 @@ bench-serving: install
 		v = (r / 'LATEST').read_text().strip(); \
 		print(chr(10).join(json.loads((r / v / 'users.json').read_text())))" \
 		$(SERVING)/artifacts > $(SERVING)/users.txt
-	SHORTLIST_BUNDLE=$(SERVING)/artifacts $(BIN)/shortlist up
+	SHORTLIST_BUNDLE=$(SERVING)/artifacts SHORTLIST_COLOCATE=$(COLOCATE) \
+		SHORTLIST_GATEWAY_WORKERS=$(GATEWAY_WORKERS) $(BIN)/shortlist up
 	$(BIN)/shortlist loadtest --target $${SHORTLIST_GATEWAY_ADDR:-127.0.0.1:50051} \
-		--rate $(RATE) --duration $(DURATION) \
+		--rate $(RATE) --duration $(DURATION) --connections $(CONNECTIONS) \
 		--users $(SERVING)/users.txt --plot $(SERVING)/latency.png \
 		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; $(BIN)/shortlist down; exit $$rc
 

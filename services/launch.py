@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from services.feedback import server as feedback_server
 from services.feedback.server import FeedbackAdminServicer, FeedbackWorker
 from services.gateway import server as gateway_server
@@ -35,6 +37,7 @@ from shortlist.bus import (
 from shortlist.config import Settings
 from shortlist.grpc_server import RunningServer, client_channel, start_server
 from shortlist.index import limit_native_threads
+from shortlist.inprocess import LocalStub
 from shortlist.stores import RedisStateStore, StateStore
 from shortlist.telemetry import MODEL_INFO, start_metrics_server
 
@@ -145,13 +148,21 @@ def start_service(
         )
         return Started(server, worker)
     if name == "gateway":
+        if settings.colocate:
+            local = store or redis_store(settings)
+            retrieval: grpc.Channel | LocalStub = LocalStub(
+                RetrievalServicer(bundle, local, settings, others)
+            )
+            ranking: grpc.Channel | LocalStub = LocalStub(
+                RankingServicer(bundle, local, settings, others)
+            )
+        else:
+            retrieval = client_channel(
+                retrieval_target or settings.retrieval_addr, settings=settings
+            )
+            ranking = client_channel(ranking_target or settings.ranking_addr, settings=settings)
         servicer = GatewayServicer(
-            bundle,
-            client_channel(retrieval_target or settings.retrieval_addr, settings=settings),
-            client_channel(ranking_target or settings.ranking_addr, settings=settings),
-            publisher or kafka_publisher(settings),
-            settings,
-            bundle_b,
+            bundle, retrieval, ranking, publisher or kafka_publisher(settings), settings, bundle_b
         )
         return Started(
             start_server(
@@ -160,6 +171,7 @@ def start_service(
                 gateway_server.SERVICE_NAMES,
                 address,
                 settings=settings,
+                share_port=settings.gateway_workers > 1,
             ),
             servicer=servicer,
         )

@@ -118,13 +118,17 @@ def up() -> None:
         "kafka (tansu)", settings.kafka_bootstrap, "", str(pids.get("tansu", "(already running)"))
     )
     for name in stack.SERVICES:
-        port = getattr(settings, f"{name}_metrics_port")
-        table.add_row(
-            name,
-            getattr(settings, f"{name}_addr"),
-            f"http://{settings.metrics_host}:{port}/metrics",
-            str(pids[name]),
-        )
+        if name not in pids:
+            table.add_row(name, "(in the gateway: colocate=1)", "", "")
+            continue
+        for worker in range(settings.gateway_workers if name == "gateway" else 1):
+            port = getattr(settings, f"{name}_metrics_port") + worker
+            table.add_row(
+                name if worker == 0 else f"{name}-{worker}",
+                getattr(settings, f"{name}_addr"),
+                f"http://{settings.metrics_host}:{port}/metrics",
+                str(pids[name if worker == 0 else f"{name}-{worker}"]),
+            )
     console.print(table)
     console.print(
         f"try: grpcurl -plaintext {settings.gateway_addr} list\n"
@@ -191,6 +195,9 @@ def loadtest(
     concurrency: int = typer.Option(
         0, help="Max calls in flight (0: unbounded); waits count in the latency."
     ),
+    connections: int = typer.Option(
+        1, help="TCP connections, used in turn (several gateway processes share a port)."
+    ),
     timeout: float = typer.Option(2.0, help="Deadline per call in seconds."),
     seed: int = typer.Option(0),
     plot: Path | None = typer.Option(None, help="Write latency-over-time to this PNG."),
@@ -219,6 +226,7 @@ def loadtest(
         feedback_share=feedback_share,
         k=k,
         concurrency=concurrency,
+        connections=connections,
         timeout_s=timeout,
         seed=seed,
         watch_pids=json.loads(PIDS.read_text()) if watch_stack and PIDS.exists() else None,

@@ -36,6 +36,12 @@ class Settings:
     retrieval_metrics_port: int = 9102
     ranking_metrics_port: int = 9103
     feedback_metrics_port: int = 9104
+    # 1: the gateway runs retrieval and ranking in its own process and calls them without
+    # gRPC (one node, few cores: two hops' serialization and transport saved per call).
+    colocate: int = 0
+    # Gateway processes `shortlist up` starts on the one gateway port (SO_REUSEPORT; the
+    # kernel spreads connections over them); worker w serves metrics on port + w.
+    gateway_workers: int = 1
     max_k: int = 100
     candidates: int = 200
     max_candidates: int = 1000

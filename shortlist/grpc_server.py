@@ -76,13 +76,16 @@ def start_server(
     workers: int = 16,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     settings: Any = None,
+    share_port: bool = False,
 ) -> RunningServer:
     """Start a server on `address` ("host:port", port 0 picks a free one) and mark it SERVING.
 
     With `settings`, the server gets TLS (and mutual TLS) from its certificate files and the
     access control of service `metrics_name` (API keys and rate limits on the gateway, the
     internal token elsewhere); a gateway that would be plaintext or keyless beyond loopback
-    without `insecure=1` refuses to start (see shortlist.security).
+    without `insecure=1` refuses to start (see shortlist.security). `share_port`: other
+    processes may bind the same port (SO_REUSEPORT, gateway workers); otherwise a port in
+    use is an error.
     """
     credentials = None
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics_name)]
@@ -98,7 +101,7 @@ def start_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(share_port)),
         ],
         maximum_concurrent_rpcs=workers * 16,
     )

@@ -4,7 +4,8 @@ Requests are issued on a fixed schedule, request i at ``t0 + i / rate``, whateve
 do (open loop, not closed loop), and every latency is measured from the *scheduled* send
 time, so a slow server or a lagging generator shows up in the percentiles instead of quietly
 lowering the offered load (no coordinated omission). One asyncio event loop drives all calls
-over one `grpc.aio` channel.
+over `connections` `grpc.aio` channels (TCP connections), request i on channel i mod n: a
+server of several processes on one port (SO_REUSEPORT) spreads connections, not calls.
 
 The first ``warmup_s`` seconds are sent but not counted. Users are drawn with a Zipf-like skew
 from a list (``--users FILE`` or ``user-0000``.. ``user-NNNN``), plus a share of never-seen
@@ -63,6 +64,7 @@ class LoadConfig:
     feedback_share: float = 0.0  # share of arrivals that are SendFeedback calls
     k: int = 20
     concurrency: int = 0  # max calls in flight; 0 = unbounded (pure open loop)
+    connections: int = 1
     timeout_s: float = 2.0
     seed: int = 0
     # Processes whose CPU time is reported per request (name -> pid), e.g. the local stack's.
@@ -87,6 +89,8 @@ class LoadConfig:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.concurrency < 0:
             raise ValueError(f"concurrency must be >= 0, got {self.concurrency}")
+        if self.connections < 1:
+            raise ValueError(f"connections must be >= 1, got {self.connections}")
 
 
 @dataclass
@@ -221,20 +225,25 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
     workload = _Workload(config, total)
     samples = Samples()
     loop = asyncio.get_running_loop()
-    channel = grpc.aio.insecure_channel(
-        config.target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
-    stub = gateway_pb2_grpc.GatewayStub(channel)
+    channels = [
+        grpc.aio.insecure_channel(
+            config.target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.use_local_subchannel_pool", 1),  # a connection of its own each
+            ],
+        )
+        for _ in range(config.connections)
+    ]
+    stubs = [gateway_pb2_grpc.GatewayStub(channel) for channel in channels]
     limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None
     pending: set[asyncio.Task] = set()
     timeout = config.timeout_s
 
     async def call(i: int, scheduled: float, t0: float) -> None:
         kind, request, user = workload.request(i)
+        stub = stubs[i % len(stubs)]
         if limit is not None:
             await limit.acquire()
         sent = loop.time()
@@ -283,7 +292,8 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
         for task in list(pending):
             task.cancel()
     finally:
-        await channel.close()
+        for channel in channels:
+            await channel.close()
     return samples
 
 
@@ -352,6 +362,7 @@ def summarize(config: LoadConfig, samples: Samples, cpu_s: float, wall_s: float)
         "zipf": config.zipf,
         "users": len(config.users) if config.users is not None else config.n_users,
         "concurrency": config.concurrency,
+        "connections": config.connections,
         "timeout_s": config.timeout_s,
         "loadgen_cpu_percent": round(100.0 * cpu_s / wall_s, 1) if wall_s > 0 else None,
         "machine": machine_info(),

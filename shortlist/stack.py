@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -143,14 +144,39 @@ def start_broker(settings: Settings) -> int | None:
 NATIVE_THREADS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def metrics_ready(host: str, port: int, service: str) -> bool:
+    """Whether the /metrics at host:port reports `service` serving (shortlist_ready 1)."""
+    try:
+        with urlopen(f"http://{host}:{port}/metrics", timeout=1) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return False
+    return f'shortlist_ready{{service="{service}"}} 1.0' in text
+
+
 def start_services(settings: Settings) -> dict[str, int]:
+    """Each service as a process (co-located: feedback and the gateway, which runs retrieval
+    and ranking itself), `gateway_workers` gateway processes; returns name -> pid."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **NATIVE_THREADS_ENV}
     pids = {}
-    for name in SERVICES:
+    for name in ("feedback", "gateway") if settings.colocate else SERVICES:
         argv = [sys.executable, "-m", "shortlist.cli", "serve", name]
-        pids[name] = _spawn(name, argv, env)
         target = getattr(settings, f"{name}_addr")
-        wait_for(lambda t=target: grpc_serving(t), 90, f"{name} on {target}", interval=0.3)
+        for worker in range(settings.gateway_workers if name == "gateway" else 1):
+            if worker == 0:
+                pids[name] = _spawn(name, argv, env)
+                wait_for(lambda t=target: grpc_serving(t), 90, f"{name} on {target}", 0.3)
+                continue
+            # the port already answers; this worker is known ready by its own metrics
+            port = settings.gateway_metrics_port + worker
+            worker_env = {**env, "SHORTLIST_GATEWAY_METRICS_PORT": str(port)}
+            pids[f"{name}-{worker}"] = _spawn(f"{name}-{worker}", argv, worker_env)
+            wait_for(
+                lambda p=port: metrics_ready(settings.metrics_host, p, "gateway"),
+                90,
+                f"{name} worker {worker} (metrics port {port})",
+                0.3,
+            )
     return pids
 
 

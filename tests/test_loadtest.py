@@ -71,6 +71,8 @@ def test_cli_prints_tables_json_last_and_writes_the_plot(stack, tmp_path):
             "300",
             "--k",
             "20",
+            "--connections",
+            "3",
             "--plot",
             str(png),
         ],
@@ -84,6 +86,7 @@ def test_cli_prints_tables_json_last_and_writes_the_plot(stack, tmp_path):
     summary = json.loads(lines[-1])
     assert set(KEYS) <= set(summary)
     assert summary["rate"] == 100 and summary["duration_s"] == 3
+    assert summary["connections"] == 3
     assert abs(summary["achieved_rps"] - 100) <= 10, summary
     assert summary["errors"] == {}, summary["errors"]
     assert summary["p99_ms"] > 0 and summary["max_ms"] >= summary["p99_ms"]
@@ -111,3 +114,5 @@ def test_config_is_validated():
         loadtest.LoadConfig(target="x:1", rate=0, duration_s=1).validate()
     with pytest.raises(ValueError, match="feedback_share"):
         loadtest.LoadConfig(target="x:1", rate=1, duration_s=1, feedback_share=2).validate()
+    with pytest.raises(ValueError, match="connections"):
+        loadtest.LoadConfig(target="x:1", rate=1, duration_s=1, connections=0).validate()

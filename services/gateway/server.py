@@ -14,6 +14,7 @@ from shortlist.bus.base import BusUnavailable, EventPublisher
 from shortlist.config import Settings
 from shortlist.events import Event, Kind
 from shortlist.features import parse_context
+from shortlist.inprocess import LocalStub
 from shortlist.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY, set_arm
 from shortlist.v1 import (
     common_pb2,
@@ -42,15 +43,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
         self,
         bundle: Bundle,
-        retrieval: grpc.Channel,
-        ranking: grpc.Channel,
+        retrieval: grpc.Channel | LocalStub,
+        ranking: grpc.Channel | LocalStub,
         publisher: EventPublisher,
         settings: Settings,
         bundle_b: Bundle | None = None,
     ) -> None:
+        """`retrieval` and `ranking`: channels to those services, or (co-located) stubs of
+        their servicers in this process."""
         self.bundle = bundle  # for the popularity fallback and the catalogue check
-        self.retrieval = retrieval_pb2_grpc.RetrievalStub(retrieval)
-        self.ranking = ranking_pb2_grpc.RankingStub(ranking)
+        self.retrieval = (
+            retrieval
+            if isinstance(retrieval, LocalStub)
+            else retrieval_pb2_grpc.RetrievalStub(retrieval)
+        )
+        self.ranking = (
+            ranking if isinstance(ranking, LocalStub) else ranking_pb2_grpc.RankingStub(ranking)
+        )
         self.publisher = publisher
         self.settings = settings
         # A/B: with a second bundle, each request names its arm's bundle version to
@@ -59,7 +68,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.share_b = settings.ab_share_b if bundle_b is not None else 0.0
 
     def use_bundle(self, bundle: Bundle) -> None:
-        """Hot swap: `bundle` replaces arm a's; calls in flight keep the one they started with."""
+        """Hot swap: `bundle` replaces arm a's; calls in flight keep the one they started with.
+        Co-located retrieval and ranking swap first, so arm a never names a bundle they lack."""
+        for stub in (self.retrieval, self.ranking):
+            if isinstance(stub, LocalStub):
+                stub.servicer.use_bundle(bundle)
         self.arms[ARM_A] = bundle
         self.bundle = bundle
 

@@ -1,0 +1,122 @@
+"""The co-located gateway (colocate=1): retrieval and ranking called in its own process."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from services.launch import start_service
+from shortlist.bus import KafkaEventPublisher
+from shortlist.grpc_server import client_channel
+from shortlist.inprocess import LocalStub
+from shortlist.stores import RedisStateStore
+from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+
+class Servicer:
+    def Echo(self, request, context):  # noqa: N802
+        return request
+
+    def Missing(self, request, context):  # noqa: N802
+        context.abort(grpc.StatusCode.NOT_FOUND, f"no {request}")
+
+    def Broken(self, request, context):  # noqa: N802
+        raise ValueError("bad state")
+
+    def Slow(self, request, context):  # noqa: N802
+        time.sleep(0.05)
+        return request
+
+
+def test_local_stub_keeps_the_stub_contract():
+    stub = LocalStub(Servicer())
+    assert stub.Echo("x", timeout=1) == "x"
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.Missing("item-1")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert missing.value.details() == "no item-1"
+    with pytest.raises(grpc.RpcError) as broken:
+        stub.Broken("x")
+    assert broken.value.code() == grpc.StatusCode.INTERNAL and "bad state" in broken.value.details()
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Slow("x", timeout=0.01)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stub.Slow("x", timeout=5) == "x"
+
+
+@pytest.fixture
+def colocated(settings, bundle, stack):
+    started = start_service(
+        "gateway",
+        settings.replace(colocate=1),
+        bundle,
+        "127.0.0.1:0",
+        store=RedisStateStore(settings.redis_url, settings.redis_prefix),
+        publisher=KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
+    )
+    yield started
+    started.stop()
+
+
+def _recommend(target: str, user_id: str, k: int = 10):
+    with client_channel(target) as channel:
+        return gateway_pb2_grpc.GatewayStub(channel).Recommend(
+            gateway_pb2.RecommendRequest(user_id=user_id, k=k, context={"moment": "home"}),
+            timeout=10,
+        )
+
+
+def _similar(target: str, item_id: str) -> list[str]:
+    with client_channel(target) as channel:
+        reply = gateway_pb2_grpc.GatewayStub(channel).SimilarItems(
+            common_pb2.SimilarItemsRequest(item_id=item_id, k=5), timeout=10
+        )
+    return [i.item_id for i in reply.items]
+
+
+def test_colocated_gateway_answers_as_the_four_service_stack(colocated, stack, bundle):
+    target = f"127.0.0.1:{colocated.server.port}"
+    for user in range(8):
+        mine = _recommend(target, bundle.users.id(user))
+        theirs = _recommend(stack.gateway_target, bundle.users.id(user))
+        assert [i.item_id for i in mine.items] == [i.item_id for i in theirs.items]
+        assert [i.score for i in mine.items] == pytest.approx([i.score for i in theirs.items])
+        assert not mine.fallback_used and mine.model_version == bundle.version
+    assert _recommend(target, "never-seen").fallback_reason == "unknown_user"
+    with pytest.raises(grpc.RpcError) as bad:
+        _recommend(target, bundle.users.id(0), k=0)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    item = bundle.items.id(5)
+    assert _similar(target, item) == _similar(stack.gateway_target, item)
+
+
+def test_colocated_stage_failures_take_the_same_fallbacks(colocated, bundle, monkeypatch):
+    target = f"127.0.0.1:{colocated.server.port}"
+    gateway = colocated.servicer
+    user = bundle.users.id(1)
+    with pytest.raises(grpc.RpcError) as unknown_item:
+        _similar(target, "no-such-item")
+    assert unknown_item.value.code() == grpc.StatusCode.NOT_FOUND
+    ranked = _recommend(target, user)
+
+    def broken(request, context):
+        raise RuntimeError("ranker lost")
+
+    monkeypatch.setattr(gateway.ranking.servicer, "Rank", broken)
+    fallback = _recommend(target, user)
+    assert fallback.fallback_reason == "ranking_unavailable:INTERNAL"
+    assert len(fallback.items) == len(ranked.items)  # retrieval order instead
+    monkeypatch.setattr(gateway.retrieval.servicer, "Retrieve", broken)
+    popular = _recommend(target, user)
+    assert popular.fallback_reason == "retrieval_unavailable:INTERNAL" and popular.items
+
+
+def test_colocated_hot_swap_reaches_retrieval_and_ranking(colocated, bundle, bundle_b):
+    gateway = colocated.servicer
+    colocated.swap_bundle(bundle_b)
+    assert gateway.retrieval.servicer.bundle is bundle_b
+    assert gateway.ranking.servicer.bundle is bundle_b
+    reply = _recommend(f"127.0.0.1:{colocated.server.port}", bundle.users.id(2))
+    assert reply.model_version == bundle_b.version and not reply.fallback_used
