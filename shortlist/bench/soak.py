@@ -22,7 +22,7 @@ import numpy as np
 
 from shortlist import loadtest as lt
 from shortlist.config import Settings
-from shortlist.stack import free_port
+from shortlist.stack import free_port, free_ports
 
 MIB = 1024 * 1024
 
@@ -142,6 +142,7 @@ def soak_settings(base: Settings) -> Settings:
     """Free ports for the four services, their metrics and the broker; an own key prefix."""
     ports = {f"{n}_addr": f"127.0.0.1:{free_port()}" for n in lt_services()}
     metrics = {f"{n}_metrics_port": free_port() for n in lt_services()}
+    metrics["gateway_metrics_port"] = free_ports(base.gateway_workers)
     return base.replace(
         **ports,
         **metrics,
@@ -170,7 +171,8 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
     )
     pids = stack.up(settings)
     try:
-        procs = {n: p for n, p in pids.items() if n in (*stack.SERVICES, "tansu")}
+        # every service process (gateway workers "gateway-1", ... included) and the broker
+        procs = {n: p for n, p in pids.items() if n != "redis"}
         procs["loadgen"] = psutil.Process().pid
         sampler = MemorySampler(procs, config.sample_s).start()
         result = lt.run(
@@ -183,6 +185,7 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
                 k=config.k,
                 timeout_s=config.timeout_s,
                 seed=1,
+                connections=16,  # several, so that gateway workers on one port share them
             ),
             on_progress=None,
         )
