@@ -64,7 +64,8 @@ bench-index: install
 # The local stack (Redis, tansu, the services) on a Gowalla-sized bundle, under
 # an open-loop load of $(RATE)/s from the bundle's own users (5% unknown ones); the bundle
 # is trained once (delete $(SERVING)/artifacts to retrain) and the stack is stopped whatever
-# the outcome. The report gives CPU ms per call of every process and the load average.
+# the outcome. The report gives CPU ms per call of every process and the load average, then
+# each stage's latency from the services' histograms (`shortlist bench stages`).
 RATE    ?= 500
 DURATION ?= 30
 CONNECTIONS ?= 64
@@ -88,7 +89,10 @@ bench-serving: install
 	$(BIN)/shortlist loadtest --target $${SHORTLIST_GATEWAY_ADDR:-127.0.0.1:50051} \
 		--rate $(RATE) --duration $(DURATION) --connections $(CONNECTIONS) \
 		--users $(SERVING)/users.txt --plot $(SERVING)/latency.png \
-		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; $(BIN)/shortlist down; exit $$rc
+		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; \
+		SHORTLIST_COLOCATE=$(COLOCATE) SHORTLIST_GATEWAY_WORKERS=$(GATEWAY_WORKERS) \
+		$(BIN)/shortlist bench stages | tee $(SERVING)/stages.txt; \
+		$(BIN)/shortlist down; exit $$rc
 
 # The local stack on its own free ports under a steady mixed load (Recommend + 20%
 # SendFeedback) for $(SOAK_SECONDS)s: errors, p50/p99 per minute, RSS of every process and

@@ -239,3 +239,32 @@ def soak(
         soak_bench.write_report(result, report)
     if not result["passed"]:
         raise typer.Exit(code=1)
+
+
+@bench_app.command("stages")
+def stages() -> None:
+    """Per-stage latency of the running local stack (`shortlist up`, same settings), from
+    its processes' stage histograms since they started. The last stdout line is JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shortlist.bench import stages as bench_stages
+    from shortlist.config import Settings
+
+    urls = bench_stages.metrics_urls(Settings.from_env())
+    found, missing = bench_stages.scrape(urls)
+    if len(missing) == len(urls):
+        _fail(f"no stack metrics answered at {', '.join(urls)}")
+    rows = bench_stages.summary(found)
+    table = Table(title="stage latency (histograms summed over processes and arms)")
+    for col in ("service", "stage", "count", "mean_ms", "p50_ms", "p99_ms"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            *(str(row[c]) for c in ("service", "stage", "count", "mean_ms", "p50_ms", "p99_ms"))
+        )
+    console = Console(width=120)
+    console.print(table)
+    for url in missing:
+        console.print(f"no answer: {url}")
+    typer.echo(json.dumps({"stages": rows, "missing": missing}))
