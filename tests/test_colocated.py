@@ -60,10 +60,10 @@ def colocated(settings, bundle, stack):
     started.stop()
 
 
-def _recommend(target: str, user_id: str, k: int = 10):
+def _recommend(target: str, user_id: str, k: int = 10, context: dict | None = None):
     with client_channel(target) as channel:
         return gateway_pb2_grpc.GatewayStub(channel).Recommend(
-            gateway_pb2.RecommendRequest(user_id=user_id, k=k, context={"moment": "home"}),
+            gateway_pb2.RecommendRequest(user_id=user_id, k=k, context=context or {}),
             timeout=10,
         )
 
@@ -79,8 +79,8 @@ def _similar(target: str, item_id: str) -> list[str]:
 def test_colocated_gateway_answers_as_the_four_service_stack(colocated, stack, bundle):
     target = f"127.0.0.1:{colocated.server.port}"
     for user in range(8):
-        mine = _recommend(target, bundle.users.id(user))
-        theirs = _recommend(stack.gateway_target, bundle.users.id(user))
+        mine = _recommend(target, bundle.users.id(user), context={"moment": "home"})
+        theirs = _recommend(stack.gateway_target, bundle.users.id(user), context={"moment": "home"})
         assert [i.item_id for i in mine.items] == [i.item_id for i in theirs.items]
         assert [i.score for i in mine.items] == pytest.approx([i.score for i in theirs.items])
         assert not mine.fallback_used and mine.model_version == bundle.version
@@ -120,3 +120,36 @@ def test_colocated_hot_swap_reaches_retrieval_and_ranking(colocated, bundle, bun
     assert gateway.ranking.servicer.bundle is bundle_b
     reply = _recommend(f"127.0.0.1:{colocated.server.port}", bundle.users.id(2))
     assert reply.model_version == bundle_b.version and not reply.fallback_used
+
+
+def test_colocated_ab_arms_serve_their_own_bundles(ab_settings, bundle, bundle_b, stack):
+    from shortlist.ab import ARM_A, ARM_B, arm_for
+    from tests.test_ab import expected_items
+
+    started = start_service(
+        "gateway",
+        ab_settings.replace(colocate=1),
+        bundle,
+        "127.0.0.1:0",
+        store=RedisStateStore(ab_settings.redis_url, ab_settings.redis_prefix),
+        publisher=KafkaEventPublisher(ab_settings.kafka_bootstrap, ab_settings.feedback_topic),
+        bundle_b=bundle_b,
+    )
+    try:
+        versions = {ARM_A: bundle.version, ARM_B: bundle_b.version}
+        seen = set()
+        for u in range(40):
+            user = bundle.users.id(u)
+            reply = _recommend(f"127.0.0.1:{started.server.port}", user)
+            arm = arm_for(user, ab_settings.ab_share_b, ab_settings.ab_salt)
+            mine = bundle if arm == ARM_A else bundle_b
+            assert reply.arm == arm and reply.model_version == versions[arm]
+            assert not reply.fallback_used
+            # exactly that arm's bundle's retrieve-then-rank result (no context sent)
+            assert [i.item_id for i in reply.items] == expected_items(
+                mine, user, 10, ab_settings.candidates
+            )
+            seen.add(arm)
+        assert seen == {ARM_A, ARM_B}
+    finally:
+        started.stop()
