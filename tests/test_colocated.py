@@ -104,11 +104,12 @@ def test_colocated_stage_failures_take_the_same_fallbacks(colocated, bundle, mon
     def broken(request, context):
         raise RuntimeError("ranker lost")
 
-    monkeypatch.setattr(gateway.ranking.servicer, "Rank", broken)
+    assert gateway.colocated  # the shortlist is handed over as indices, not messages
+    monkeypatch.setattr(gateway.ranking.servicer, "rank_shortlist", broken)
     fallback = _recommend(target, user)
     assert fallback.fallback_reason == "ranking_unavailable:INTERNAL"
     assert len(fallback.items) == len(ranked.items)  # retrieval order instead
-    monkeypatch.setattr(gateway.retrieval.servicer, "Retrieve", broken)
+    monkeypatch.setattr(gateway.retrieval.servicer, "shortlist", broken)
     popular = _recommend(target, user)
     assert popular.fallback_reason == "retrieval_unavailable:INTERNAL" and popular.items
 

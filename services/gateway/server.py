@@ -8,6 +8,7 @@ import uuid
 
 import grpc
 
+from services.ranking.server import LocalRankRequest
 from shortlist.ab import ARM_A, ARM_B, arm_for
 from shortlist.artifacts import Bundle
 from shortlist.bus.base import BusUnavailable, EventPublisher
@@ -60,6 +61,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self.ranking = (
             ranking if isinstance(ranking, LocalStub) else ranking_pb2_grpc.RankingStub(ranking)
         )
+        # Co-located: the shortlist reaches ranking as item indices, not 200 messages.
+        self.colocated = isinstance(retrieval, LocalStub) and isinstance(ranking, LocalStub)
         self.publisher = publisher
         self.settings = settings
         # A/B: with a second bundle, each request names its arm's bundle version to
@@ -103,8 +106,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
         start = time.perf_counter()
+        retrieve = self.retrieval.shortlist if self.colocated else self.retrieval.Retrieve
         try:
-            shortlist = self.retrieval.Retrieve(
+            shortlist = retrieve(
                 retrieval_pb2.RetrieveRequest(
                     user_id=request.user_id,
                     n=max(s.candidates, request.k),
@@ -124,17 +128,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             )
         reason = "state_unavailable" if shortlist.degraded else ""
         start = time.perf_counter()
+        timeout = self._timeout(context, s.ranking_timeout_ms)
         try:
-            ranked = self.ranking.Rank(
-                ranking_pb2.RankRequest(
-                    user_id=request.user_id,
-                    candidates=shortlist.candidates,
-                    context=request.context,
-                    k=request.k,
-                    model_version=shortlist.model_version if version else "",
-                ),
-                timeout=self._timeout(context, s.ranking_timeout_ms),
-            )
+            if self.colocated:
+                ranked = self.ranking.rank_shortlist(
+                    LocalRankRequest(request.user_id, shortlist, request.context, request.k),
+                    timeout=timeout,
+                )
+            else:
+                ranked = self.ranking.Rank(
+                    ranking_pb2.RankRequest(
+                        user_id=request.user_id,
+                        candidates=shortlist.candidates,
+                        context=request.context,
+                        k=request.k,
+                        model_version=shortlist.model_version if version else "",
+                    ),
+                    timeout=timeout,
+                )
         except grpc.RpcError as exc:
             STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
             return self._respond(

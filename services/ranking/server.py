@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -12,7 +13,7 @@ from shortlist import serving
 from shortlist.artifacts import Bundle
 from shortlist.bundle_set import BundleSet
 from shortlist.config import Settings
-from shortlist.features import parse_context
+from shortlist.features import RequestContext, parse_context
 from shortlist.stores.base import RankingSignals, StateStore, StoreUnavailable
 from shortlist.telemetry import STAGE_LATENCY, set_arm
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
@@ -25,6 +26,17 @@ from shortlist.validation import (
 )
 
 SERVICE = "ranking"
+
+
+@dataclass
+class LocalRankRequest:
+    """Rank's request handed over in process (co-located gateway): the retrieval shortlist
+    as item indices of the bundle it names, instead of 200 candidate messages."""
+
+    user_id: str
+    shortlist: object  # services.retrieval.server.LocalShortlist
+    context: Mapping[str, str]
+    k: int
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServicer):
@@ -74,14 +86,43 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
                 f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
             )
         scores = np.fromiter((c.score for c in request.candidates), np.float32, len(ids))
+        return self._ranked(bundle, arm, request.user_id, ids, idx, scores, ctx, request.k)
+
+    def rank_shortlist(self, request: LocalRankRequest, context) -> ranking_pb2.RankResponse:
+        """Rank over a shortlist handed over in process; the gateway has validated the
+        request's user, k and context."""
+        found = request.shortlist
+        bundle, arm = self.bundles.find(found.model_version, context)
+        set_arm(arm)
+        try:
+            ctx = parse_context(request.context)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        names = self.bundles.item_ids[bundle.version]
+        ids = [names[i] for i in found.items.tolist()]
+        scores = np.asarray(found.scores, np.float32)
+        return self._ranked(bundle, arm, request.user_id, ids, found.items, scores, ctx, request.k)
+
+    def _ranked(
+        self,
+        bundle: Bundle,
+        arm: str,
+        user_id: str,
+        ids: list[str],
+        idx: np.ndarray,
+        scores: np.ndarray,
+        ctx: RequestContext,
+        k: int,
+    ) -> ranking_pb2.RankResponse:
+        """Live signals from the store (one round trip), features, ranker, the reply."""
         start = time.perf_counter()
         try:
-            live = self.store.ranking_signals(request.user_id, ids)
+            live = self.store.ranking_signals(user_id, ids)
         except StoreUnavailable:
             live = RankingSignals(history=[], live_likes=np.zeros(len(ids), np.float32), likes=0)
         STAGE_LATENCY.labels(SERVICE, "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
-        top, top_scores = serving.rank(bundle, request.user_id, idx, scores, live, ctx, request.k)
+        top, top_scores = serving.rank(bundle, user_id, idx, scores, live, ctx, k)
         STAGE_LATENCY.labels(SERVICE, "scoring", arm).observe(time.perf_counter() - start)
         names = self.bundles.item_ids[bundle.version]
         item = common_pb2.ScoredItem

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from shortlist import serving
 from shortlist.artifacts import Bundle
@@ -19,6 +21,32 @@ from shortlist.validation import InvalidInput, abort_invalid, require_id, requir
 
 SERVICE = "retrieval"
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalShortlist:
+    """A shortlist handed over in process (co-located gateway): item indices of `bundle`,
+    no reply message; `candidates` builds the messages only for a fallback that needs them."""
+
+    bundle: Bundle
+    item_ids: list[str]  # the bundle's ids by item index
+    items: np.ndarray
+    scores: np.ndarray
+    user_source: str
+    degraded: bool
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def candidates(self) -> list[common_pb2.ScoredItem]:
+        return scored_items(self.item_ids, self.items, self.scores)
+
+
+def scored_items(ids: list[str], items: np.ndarray, scores: np.ndarray) -> list:
+    item = common_pb2.ScoredItem
+    return [item(item_id=ids[i], score=v) for i, v in zip(items.tolist(), scores.tolist())]
 
 
 def _prepare(bundle: Bundle) -> None:
@@ -55,6 +83,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         return found
 
     def Retrieve(self, request, context):  # noqa: N802 (gRPC method name)
+        found = self.shortlist(request, context)
+        return retrieval_pb2.RetrieveResponse(
+            candidates=found.candidates,
+            model_version=found.model_version,
+            user_source=found.user_source,
+            degraded=found.degraded,
+        )
+
+    def shortlist(self, request, context) -> LocalShortlist:
+        """What Retrieve answers, before it becomes a reply message."""
         s = self.settings
         try:
             require_id(request.user_id, "user_id", s.max_id_length)
@@ -76,16 +114,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         )
         STAGE_LATENCY.labels(SERVICE, "ann", arm).observe(time.perf_counter() - start)
         CANDIDATES.labels(SERVICE, arm).observe(len(result.items))
-        ids = self.bundles.item_ids[bundle.version]
-        item = common_pb2.ScoredItem
-        return retrieval_pb2.RetrieveResponse(
-            candidates=[
-                item(item_id=ids[i], score=v)
-                for i, v in zip(result.items.tolist(), result.scores.tolist())
-            ],
-            model_version=bundle.version,
-            user_source=result.user_source,
-            degraded=degraded,
+        return LocalShortlist(
+            bundle,
+            self.bundles.item_ids[bundle.version],
+            result.items,
+            result.scores,
+            result.user_source,
+            degraded,
         )
 
     def SimilarItems(self, request, context):  # noqa: N802
