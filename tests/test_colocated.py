@@ -8,11 +8,13 @@ import grpc
 import pytest
 
 from services.launch import start_service
+from shortlist.ab import ARM_A, ARM_B, arm_for
 from shortlist.bus import KafkaEventPublisher
 from shortlist.grpc_server import client_channel
 from shortlist.inprocess import LocalStub
 from shortlist.stores import RedisStateStore
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.test_ab import expected_items
 
 
 class Servicer:
@@ -46,16 +48,22 @@ def test_local_stub_keeps_the_stub_contract():
     assert stub.Slow("x", timeout=5) == "x"
 
 
-@pytest.fixture
-def colocated(settings, bundle, stack):
-    started = start_service(
+def start_colocated(settings, bundle, bundle_b=None):
+    """A co-located gateway over the real Redis and broker, on a free port."""
+    return start_service(
         "gateway",
         settings.replace(colocate=1),
         bundle,
         "127.0.0.1:0",
         store=RedisStateStore(settings.redis_url, settings.redis_prefix),
         publisher=KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
+        bundle_b=bundle_b,
     )
+
+
+@pytest.fixture
+def colocated(settings, bundle, stack):
+    started = start_colocated(settings, bundle)
     yield started
     started.stop()
 
@@ -124,18 +132,7 @@ def test_colocated_hot_swap_reaches_retrieval_and_ranking(colocated, bundle, bun
 
 
 def test_colocated_ab_arms_serve_their_own_bundles(ab_settings, bundle, bundle_b, stack):
-    from shortlist.ab import ARM_A, ARM_B, arm_for
-    from tests.test_ab import expected_items
-
-    started = start_service(
-        "gateway",
-        ab_settings.replace(colocate=1),
-        bundle,
-        "127.0.0.1:0",
-        store=RedisStateStore(ab_settings.redis_url, ab_settings.redis_prefix),
-        publisher=KafkaEventPublisher(ab_settings.kafka_bootstrap, ab_settings.feedback_topic),
-        bundle_b=bundle_b,
-    )
+    started = start_colocated(ab_settings, bundle, bundle_b)
     try:
         versions = {ARM_A: bundle.version, ARM_B: bundle_b.version}
         seen = set()
