@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from services.launch import start_service
+from services.ranking.server import LocalRankRequest
+from services.retrieval.server import LocalShortlist
 from shortlist.ab import ARM_A, ARM_B, arm_for
 from shortlist.bus import KafkaEventPublisher
 from shortlist.grpc_server import client_channel
@@ -151,3 +154,15 @@ def test_colocated_ab_arms_serve_their_own_bundles(ab_settings, bundle, bundle_b
         assert seen == {ARM_A, ARM_B}
     finally:
         started.stop()
+
+
+def test_an_empty_shortlist_is_refused_as_over_grpc(colocated, bundle):
+    empty = LocalShortlist(
+        bundle, [], np.zeros(0, np.int64), np.zeros(0, np.float32), "trained", False
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        colocated.servicer.ranking.rank_shortlist(
+            LocalRankRequest(bundle.users.id(0), empty, {}, 5), timeout=5
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "candidates (count)" in refused.value.details()

@@ -95,7 +95,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         bundle, arm = self.bundles.find(found.model_version, context)
         set_arm(arm)
         try:
+            # as Rank checks it, so that both paths answer an empty shortlist alike
+            require_range(len(found.items), "candidates (count)", 1, self.settings.max_candidates)
             ctx = parse_context(request.context)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         names = self.bundles.item_ids[bundle.version]
