@@ -123,11 +123,12 @@ def up() -> None:
             continue
         for worker in range(settings.gateway_workers if name == "gateway" else 1):
             port = getattr(settings, f"{name}_metrics_port") + worker
+            process = stack.worker_name(name, worker)
             table.add_row(
-                name if worker == 0 else f"{name}-{worker}",
+                process,
                 getattr(settings, f"{name}_addr"),
                 f"http://{settings.metrics_host}:{port}/metrics",
-                str(pids[name if worker == 0 else f"{name}-{worker}"]),
+                str(pids[process]),
             )
     console.print(table)
     console.print(

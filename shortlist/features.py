@@ -137,9 +137,8 @@ def context_lift(counts: np.ndarray) -> np.ndarray:
     """log P(value | item) - log P(value), values x items (see CONTEXT_PRIOR)."""
     overall = counts.sum(axis=1) / max(float(counts.sum()), 1.0)
     per_item = counts.sum(axis=0)
-    with np.errstate(divide="ignore"):
-        p = (counts + CONTEXT_PRIOR * overall[:, None]) / (per_item + CONTEXT_PRIOR)[None, :]
-        return (np.log(p) - np.log(overall)[:, None]).astype(np.float32)
+    p = (counts + CONTEXT_PRIOR * overall[:, None]) / (per_item + CONTEXT_PRIOR)[None, :]
+    return (np.log(p) - np.log(overall)[:, None]).astype(np.float32)
 
 
 @dataclass

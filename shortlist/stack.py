@@ -162,6 +162,11 @@ def metrics_ready(host: str, port: int, service: str) -> bool:
     return f'shortlist_ready{{service="{service}"}} 1.0' in text
 
 
+def worker_name(name: str, worker: int) -> str:
+    """A service process's name in pids.json: `gateway`, then `gateway-1`, `gateway-2`, ..."""
+    return name if worker == 0 else f"{name}-{worker}"
+
+
 def start_services(settings: Settings) -> dict[str, int]:
     """Each service as a process (co-located: feedback and the gateway, which runs retrieval
     and ranking itself), `gateway_workers` gateway processes; returns name -> pid."""
@@ -178,7 +183,7 @@ def start_services(settings: Settings) -> dict[str, int]:
             # the port already answers; this worker is known ready by its own metrics
             port = settings.gateway_metrics_port + worker
             worker_env = {**env, "SHORTLIST_GATEWAY_METRICS_PORT": str(port)}
-            pids[f"{name}-{worker}"] = _spawn(f"{name}-{worker}", argv, worker_env)
+            pids[worker_name(name, worker)] = _spawn(worker_name(name, worker), argv, worker_env)
             wait_for(
                 lambda p=port: metrics_ready(settings.metrics_host, p, "gateway"),
                 90,

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 from shortlist.artifacts import Bundle, code_version, new_version
 from shortlist.data.interactions import Interactions
+from shortlist.data.splits import select_likes
 from shortlist.features import (
     RANK_COLUMN,
     ItemSide,
@@ -75,8 +76,9 @@ def train_bundle(
     options = retrieval_options(cfg)
 
     say("splitting likes into model-fit and ranker-label parts")
-    fit_pos, label_pos = holdout_split(data.positives, cfg.label_share, rng)
-    fit_data, label_data = aligned_part(data, fit_pos), aligned_part(data, label_pos)
+    held = holdout_mask(data.positives, cfg.label_share, rng)
+    fit_data, label_data = select_likes(data, ~held), select_likes(data, held)
+    fit_pos, label_pos = fit_data.positives, label_data.positives
 
     say(f"training {cfg.model} on the fit part ({fit_pos.nnz:,} likes)")
     fit_model = registry.build(cfg.model, options)
@@ -143,38 +145,28 @@ def train_bundle(
     return bundle
 
 
+def holdout_mask(
+    positives: sp.csr_matrix, share: float, rng: np.random.Generator, min_likes: int = 5
+) -> np.ndarray:
+    """Per-user random holdout of `share` of the likes (only users with >= min_likes), as a
+    mask aligned with the data of `positives` (sorted CSR)."""
+    counts = np.diff(positives.indptr)
+    row_of = np.repeat(np.arange(positives.shape[0]), counts)
+    return (rng.random(positives.nnz) < share) & (counts[row_of] >= min_likes)
+
+
 def holdout_split(
     positives: sp.csr_matrix, share: float, rng: np.random.Generator, min_likes: int = 5
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Per-user random holdout of `share` of the likes (only users with >= min_likes)."""
+    """`holdout_mask` as the (kept, held-out) like matrices."""
     csr = positives.tocsr()
-    counts = np.diff(csr.indptr)
-    row_of = np.repeat(np.arange(csr.shape[0]), counts)
-    held = (rng.random(csr.nnz) < share) & (counts[row_of] >= min_likes)
-    keep = csr.copy()
+    held = holdout_mask(csr, share, rng, min_likes)
+    keep, label = csr.copy(), csr.copy()
     keep.data = np.where(held, 0, csr.data).astype(np.float32)
-    keep.eliminate_zeros()
-    label = csr.copy()
     label.data = np.where(held, csr.data, 0).astype(np.float32)
+    keep.eliminate_zeros()
     label.eliminate_zeros()
     return keep, label
-
-
-def aligned_part(data: Interactions, part: sp.csr_matrix) -> Interactions:
-    """`part` (a subset of data.positives) with data's ids, dislikes and attributes, and its
-    likes' timestamps and context aligned with part.data."""
-    at = data.positives.copy()
-    at.data = np.arange(1, at.nnz + 1, dtype=np.float64)  # where each like sits, + 1
-    mask = part.copy()
-    mask.data = np.ones(mask.nnz, np.float64)
-    sub = at.multiply(mask).tocsr()
-    sub.sort_indices()
-    where = sub.data.astype(np.int64) - 1
-    out = data.with_positives(part)
-    if data.timestamps is not None:
-        out.timestamps = np.asarray(data.timestamps)[where]
-    out.context = {key: np.asarray(values)[where] for key, values in data.context.items()}
-    return out
 
 
 def data_feature_names(data: Interactions) -> list[str]:

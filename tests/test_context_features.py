@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from shortlist.artifacts import load_bundle
-from shortlist.data.splits import temporal_leave_last_out
+from shortlist.data.splits import select_likes, temporal_leave_last_out
 from shortlist.data.synthetic import generate
 from shortlist.evaluation.two_stage import run_two_stage
 from shortlist.features import (
@@ -23,7 +23,7 @@ from shortlist.features import (
     item_side,
     parse_context,
 )
-from shortlist.training import TrainConfig, aligned_part, holdout_split
+from shortlist.training import TrainConfig, holdout_mask
 
 
 def _likes_with_moment():
@@ -104,8 +104,8 @@ def test_splits_and_holdouts_keep_each_likes_context():
     split = temporal_leave_last_out(data, n_test=2, n_valid=2, min_train=3)
     for part in (split.train, split.valid, split.test, split.train_valid()):
         check(part)
-    fit, label = holdout_split(data.positives, 0.3, np.random.default_rng(0))
-    for part in (aligned_part(data, fit), aligned_part(data, label)):
+    held = holdout_mask(data.positives, 0.3, np.random.default_rng(0))
+    for part in (select_likes(data, ~held), select_likes(data, held)):
         check(part)
         assert part.timestamps is not None and len(part.timestamps) == part.positives.nnz
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shortlist.evaluation.protocols import union_likes
-from shortlist.evaluation.two_stage import _list_metrics
+from shortlist.evaluation.two_stage import list_metrics
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score
 from shortlist.training import (
@@ -42,8 +42,8 @@ def _columns(lists: dict, keep: list[int]) -> dict:
 
 
 def _lift(ranker, lists, labels, users, rank_col: int) -> tuple[float, float]:
-    base = _list_metrics(lists, lambda x: -x[:, rank_col], labels, users)["ndcg@20"]
-    ranked = _list_metrics(lists, lambda x: score(ranker, x), labels, users)["ndcg@20"]
+    base = list_metrics(lists, lambda x: -x[:, rank_col], labels, users)["ndcg@20"]
+    ranked = list_metrics(lists, lambda x: score(ranker, x), labels, users)["ndcg@20"]
     return base, ranked
 
 

@@ -37,10 +37,12 @@ class SplitData:
         merged.data[:] = 1.0
         out = self.train.with_positives(merged)
         if self.train.timestamps is not None and self.valid.timestamps is not None:
-            # the parts are disjoint, so summing time matrices aligns times with `merged`
-            times = _times_matrix(self.train) + _times_matrix(self.valid)
-            times.sort_indices()
-            out.timestamps = (times.data - 1.0).astype(np.int64)
+            out.timestamps = merged_values(
+                [
+                    (self.train.positives, self.train.timestamps),
+                    (self.valid.positives, self.valid.timestamps),
+                ]
+            ).astype(np.int64)
         out.context = {
             key: merged_values(
                 [(self.train.positives, values), (self.valid.positives, self.valid.context[key])]
@@ -56,15 +58,6 @@ class SplitData:
         for part in (self.train, self.valid, self.test):
             h.update((part.fingerprint() if part is not None else "-").encode())
         return h.hexdigest()[:16]
-
-
-def _times_matrix(part: Interactions) -> sp.csr_matrix:
-    """Like times (+1, so that time 0 is kept) as a matrix shaped like the likes."""
-    pos = part.positives.tocsr()
-    pos.sort_indices()
-    return sp.csr_matrix(
-        (np.asarray(part.timestamps, np.float64) + 1.0, pos.indices, pos.indptr), shape=pos.shape
-    )
 
 
 # ---------------------------------------------------------------- LightGCN text format

@@ -13,7 +13,7 @@ from shortlist.data.interactions import Interactions
 from shortlist.data.loaders import SplitData
 
 
-def _part(data: Interactions, mask: np.ndarray) -> Interactions:
+def select_likes(data: Interactions, mask: np.ndarray) -> Interactions:
     """The likes selected by `mask` (aligned with positives.data), times and context kept."""
     pos = data.positives.tocsr()
     rows = np.repeat(np.arange(pos.shape[0]), np.diff(pos.indptr))
@@ -31,9 +31,9 @@ def _part(data: Interactions, mask: np.ndarray) -> Interactions:
 
 def _assign(data: Interactions, part_of: np.ndarray, name: str) -> SplitData:
     """0 = train, 1 = valid, 2 = test, per like."""
-    train = _part(data, part_of == 0)
-    valid = _part(data, part_of == 1) if (part_of == 1).any() else None
-    test = _part(data, part_of == 2)
+    train = select_likes(data, part_of == 0)
+    valid = select_likes(data, part_of == 1) if (part_of == 1).any() else None
+    test = select_likes(data, part_of == 2)
     return SplitData(name, train, valid, test)
 
 

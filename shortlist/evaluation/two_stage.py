@@ -65,7 +65,7 @@ class TwoStageResult:
         return out
 
 
-def _list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
+def list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
     """Metrics of each user's shortlist ordered by `order_by(features)`, against all test likes."""
     k_max = max(KS)
     top = np.full((len(users), k_max), -1, np.int64)
@@ -126,10 +126,10 @@ def run_two_stage(
     timings["ranker_fit"] = time.perf_counter() - clock
     valid_sorted = np.sort(valid_users)
     ranker_valid = {
-        "retrieval_ndcg@20": _list_metrics(
+        "retrieval_ndcg@20": list_metrics(
             lists, lambda x: -x[:, RANK_COLUMN], split.valid.positives, valid_sorted
         )["ndcg@20"],
-        "ranker_ndcg@20": _list_metrics(
+        "ranker_ndcg@20": list_metrics(
             lists, lambda x: score(ranker, x), split.valid.positives, valid_sorted
         )["ndcg@20"],
     }
@@ -163,8 +163,8 @@ def run_two_stage(
     )
     timings["test_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    retrieval = _list_metrics(test_lists, lambda x: -x[:, RANK_COLUMN], test, test_users)
-    two_stage = _list_metrics(test_lists, lambda x: score(ranker, x), test, test_users)
+    retrieval = list_metrics(test_lists, lambda x: -x[:, RANK_COLUMN], test, test_users)
+    two_stage = list_metrics(test_lists, lambda x: score(ranker, x), test, test_users)
     timings["evaluate"] = time.perf_counter() - clock
     timings["total"] = sum(timings.values())
     return TwoStageResult(
