@@ -56,7 +56,10 @@ def kafka_publisher(settings: Settings) -> EventPublisher:
 def kafka_consumer(settings: Settings) -> EventConsumer:
     ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
     return KafkaEventConsumer(
-        settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
+        settings.kafka_bootstrap,
+        settings.feedback_topic,
+        settings.feedback_group,
+        settings.feedback_fetch_wait_ms,
     )
 
 

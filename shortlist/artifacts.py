@@ -32,6 +32,7 @@ from shortlist.features import ContextCounts, ItemSide, item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
 from shortlist.index import load_index, save_index
+from shortlist.ranker import compiled_scorer
 
 LATEST = "LATEST"
 log = logging.getLogger(__name__)
@@ -85,6 +86,12 @@ class Bundle:
             self.user_feature_names if self.user_features is not None else [],
             self.context_counts,
         )
+
+    @cached_property
+    def scorer(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The ranker compiled for serving (compiled on first use; the ranking service does
+        it before the bundle serves); None without a ranker."""
+        return None if self.ranker is None else compiled_scorer(self.ranker)
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
         order = self._pop_order

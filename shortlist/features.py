@@ -204,6 +204,12 @@ def item_side(
     )
 
 
+def row_items(matrix: sp.csr_matrix, user: int) -> np.ndarray:
+    """The column indices of one CSR row, as `matrix[user].indices` (without building a
+    1-row matrix: ~30 us a request)."""
+    return matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]
+
+
 def recent_in_order(recent: sp.csr_matrix, user: int) -> np.ndarray:
     """The user's row of a `recent_likes` matrix (newest first: data holds the age rank)."""
     lo, hi = recent.indptr[user], recent.indptr[user + 1]

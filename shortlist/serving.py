@@ -19,6 +19,7 @@ from shortlist.features import (
     UserSignals,
     build_features,
     recent_in_order,
+    row_items,
 )
 from shortlist.foldin import (
     LINEAR_BY_KIND,
@@ -29,7 +30,7 @@ from shortlist.foldin import (
     linear_fold_in,
 )
 from shortlist.index import RefinedIndex, search, served_index
-from shortlist.ranker import score
+from shortlist.search_memo import SearchMemo
 from shortlist.stores.base import RankingSignals, UserFeedback, UserState
 
 CHECK_QUERIES = 200  # users whose exact top-200 decides whether the compressed index serves
@@ -40,6 +41,7 @@ class Shortlist:
     items: np.ndarray  # item indices, best first
     scores: np.ndarray
     user_source: str  # "trained", "folded_in" or "popularity"
+    memo_hit: bool = False  # answered by the search memo
 
 
 def prepare_for_retrieval(bundle: Bundle) -> Bundle:
@@ -61,15 +63,19 @@ def excluded_items(
     live = bundle.items.indices([*state.seen, *state.disliked, *extra])
     if user_index is None:
         return np.unique(live)
-    trained = bundle.seen.indices[
-        bundle.seen.indptr[user_index] : bundle.seen.indptr[user_index + 1]
-    ]
+    trained = row_items(bundle.seen, user_index)
     return np.unique(np.concatenate([trained, live]))
 
 
 def retrieve(
-    bundle: Bundle, user_id: str, state: UserState, n: int, extra_exclude: Sequence[str] = ()
+    bundle: Bundle,
+    user_id: str,
+    state: UserState,
+    n: int,
+    extra_exclude: Sequence[str] = (),
+    memo: SearchMemo | None = None,
 ) -> Shortlist:
+    """Top-n for the user; `memo` (over `bundle.index`) answers repeated searches."""
     user_index = bundle.users.get(user_id)
     exclude = excluded_items(bundle, user_index, state, extra_exclude)
     if state.vector is not None and state.vector.shape == (bundle.item_vectors.shape[1],):
@@ -79,8 +85,10 @@ def retrieve(
     else:
         top = bundle.popular_items(n, exclude)
         return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity")
-    idx, scores = search(bundle.index, vector, n, exclude)
-    return Shortlist(idx, scores, source)
+    if memo is None:
+        return Shortlist(*search(bundle.index, vector, n, exclude), source)
+    idx, scores, hit = memo.search(vector, n, exclude)
+    return Shortlist(idx, scores, source, hit)
 
 
 def similar_items(bundle: Bundle, item_index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +106,7 @@ def user_signals(bundle: Bundle, user_id: str, live: RankingSignals) -> UserSign
     attributes = None
     if u is not None:
         likes += recent_in_order(bundle.recent_likes, u).tolist()
-        dislikes += bundle.dislikes[u].indices.tolist()
+        dislikes += row_items(bundle.dislikes, u).tolist()
         activity += float(bundle.activity[u])
         if bundle.user_features is not None and bundle.user_features.shape[1]:
             attributes = bundle.user_features[u]
@@ -124,7 +132,7 @@ def rank(
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the candidates by the ranker (retrieval order when the bundle has none)."""
-    if bundle.ranker is None:
+    if bundle.scorer is None:
         return candidates[:k], retrieval_scores[:k]
     features = build_features(
         candidates,
@@ -134,7 +142,7 @@ def rank(
         bundle.item_side,
         live.live_likes,
     )
-    scores = score(bundle.ranker, features)
+    scores = bundle.scorer(features)
     order = np.argsort(-scores, kind="stable")[:k]
     return candidates[order], scores[order]
 

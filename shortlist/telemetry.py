@@ -43,6 +43,11 @@ CANDIDATES = Histogram(
     ["service", "arm"],
     buckets=(0, 10, 20, 50, 100, 200, 500, 1000),
 )
+SEARCH_MEMO = Counter(
+    "shortlist_search_memo_lookups_total",
+    "ANN searches by whether the search memo answered them (result: hit or miss)",
+    ["service", "result", "arm"],
+)
 EVENTS_PUBLISHED = Counter(
     "shortlist_feedback_events_published_total",
     "Feedback events acknowledged by the broker, by the A/B arm of the event's user",

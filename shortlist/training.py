@@ -32,6 +32,7 @@ from shortlist.features import (
     item_side,
     recent_in_order,
     recent_popularity,
+    row_items,
 )
 from shortlist.foldin import calibrate_targets
 from shortlist.index import build_index
@@ -277,7 +278,7 @@ def ranking_lists(
             signals = UserSignals(
                 activity=float(activity[u]),
                 recent_likes=recent_in_order(recent, u),
-                recent_dislikes=fit.negatives[u].indices,
+                recent_dislikes=row_items(fit.negatives, u),
                 attributes=user_attrs[u] if user_attrs.shape[1] else None,
             )
             x = build_features(cand, scores[row, cand], signals, ctx, items, no_live[: len(cand)])

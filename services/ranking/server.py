@@ -50,8 +50,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         settings: Settings,
         others: Sequence[Bundle] = (),
     ) -> None:
-        # The item-side feature data is built before a bundle becomes reachable.
-        self.bundles = BundleSet(bundle, others, prepare=lambda b: b.item_side)
+        # The item-side feature data is built, and the ranker compiled, before a bundle
+        # becomes reachable.
+        self.bundles = BundleSet(bundle, others, prepare=lambda b: (b.item_side, b.scorer))
         self.store = store
         self.settings = settings
 

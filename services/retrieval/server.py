@@ -14,8 +14,9 @@ from shortlist import serving
 from shortlist.artifacts import Bundle
 from shortlist.bundle_set import BundleSet
 from shortlist.config import Settings
+from shortlist.search_memo import SearchMemo
 from shortlist.stores.base import StateStore, StoreUnavailable, UserState
-from shortlist.telemetry import CANDIDATES, STAGE_LATENCY, set_arm
+from shortlist.telemetry import CANDIDATES, SEARCH_MEMO, STAGE_LATENCY, set_arm
 from shortlist.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from shortlist.validation import InvalidInput, abort_invalid, require_id, require_ids, require_range
 
@@ -49,12 +50,6 @@ def scored_items(ids: list[str], items: np.ndarray, scores: np.ndarray) -> list:
     return [item(item_id=ids[i], score=v) for i, v in zip(items.tolist(), scores.tolist())]
 
 
-def _prepare(bundle: Bundle) -> None:
-    serving.prepare_for_retrieval(bundle)
-    recall = getattr(bundle.index, "recall", None)
-    log.info("bundle %s: serving %s %s", bundle.version, type(bundle.index).__name__, recall or "")
-
-
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
     """Serves the default bundle, and any other loaded bundle a request names by version
     (A/B: arm "a" is the default bundle, arm "b" the first other one)."""
@@ -66,9 +61,20 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         settings: Settings,
         others: Sequence[Bundle] = (),
     ) -> None:
-        self.bundles = BundleSet(bundle, others, prepare=_prepare)
         self.store = store
         self.settings = settings
+        self.memos: dict[str, SearchMemo] = {}  # by bundle version
+        self.bundles = BundleSet(bundle, others, prepare=self._prepare)
+
+    def _prepare(self, bundle: Bundle) -> None:
+        serving.prepare_for_retrieval(bundle)
+        recall = getattr(bundle.index, "recall", None)
+        log.info(
+            "bundle %s: serving %s %s", bundle.version, type(bundle.index).__name__, recall or ""
+        )
+        entries = self.settings.retrieval_memo_entries
+        if entries > 0:
+            self.memos[bundle.version] = SearchMemo(bundle.index, entries)
 
     @property
     def bundle(self) -> Bundle:
@@ -109,10 +115,13 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             state, degraded = UserState(), True
         STAGE_LATENCY.labels(SERVICE, "state", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
+        memo = self.memos.get(bundle.version)
         result = serving.retrieve(
-            bundle, request.user_id, state, request.n, request.exclude_item_ids
+            bundle, request.user_id, state, request.n, request.exclude_item_ids, memo
         )
         STAGE_LATENCY.labels(SERVICE, "ann", arm).observe(time.perf_counter() - start)
+        if memo is not None and result.user_source != "popularity":
+            SEARCH_MEMO.labels(SERVICE, "hit" if result.memo_hit else "miss", arm).inc()
         CANDIDATES.labels(SERVICE, arm).observe(len(result.items))
         return LocalShortlist(
             bundle,

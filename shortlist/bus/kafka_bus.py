@@ -128,8 +128,9 @@ class KafkaDeadLetterPublisher:
 
 class KafkaEventConsumer:
     def __init__(
-        self, bootstrap: str, topic: str, group_id: str, fetch_max_wait_ms: int = 10
+        self, bootstrap: str, topic: str, group_id: str, fetch_max_wait_ms: int = 40
     ) -> None:
+        """`fetch_max_wait_ms`: see Settings.feedback_fetch_wait_ms."""
         self._consumer = KafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -137,7 +138,6 @@ class KafkaEventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             reconnect_backoff_max_ms=1000,
-            # Short fetch waits: an idle long-poll otherwise delays fresh events (freshness).
             fetch_max_wait_ms=fetch_max_wait_ms,
         )
 
