@@ -3,8 +3,9 @@
 The search result is a function of the query vector, n and the exclusions alone, so a user
 who asks again before their state changes (an app reopened, a refresh, the next page) can
 be answered without scanning the index; any feedback that moves their vector or adds to
-their seen/disliked items changes the key. Under the load test's Zipf user mix about 40%
-of Recommend calls repeat a user within 30 s.
+their seen/disliked items changes the key. Under the load test's Zipf user mix, 42% of
+9,000 Recommend calls (30 s at 300/s) repeat a user; with two gateway workers, each with
+its own memo, it answered 34.9% of the searches.
 """
 
 from __future__ import annotations
