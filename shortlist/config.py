@@ -46,7 +46,7 @@ class Settings:
     candidates: int = 200
     # Search results the retrieval service keeps per bundle (shortlist.search_memo; exact:
     # a user's feedback changes the key); 0 turns the memo off.
-    retrieval_memo_entries: int = 10_000
+    retrieval_memo_entries: int = 4_096
     max_candidates: int = 1000
     max_events: int = 1000
     max_id_length: int = 256

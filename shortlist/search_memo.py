@@ -18,13 +18,14 @@ import numpy as np
 
 from shortlist.index import search
 
-# ~2.5 KB a result at n=200 (int64 indices, float32 scores) plus a 16-byte key.
-DEFAULT_ENTRIES = 10_000
+# ~2 KB a result at n=200 (stored as int32 indices and float32 scores, with the key and the
+# dict's own share): 4,096 hold about 8 MB, and the 30 s load test's repeats per worker.
+DEFAULT_ENTRIES = 4_096
 
 
 class SearchMemo:
     """Least-recently-used memo of `shortlist.index.search` over one index. Keys are 128-bit
-    BLAKE2b digests of (query, n, exclusions); results are returned read-only."""
+    BLAKE2b digests of (query, n, exclusions); scores are returned read-only."""
 
     def __init__(self, index: object, entries: int = DEFAULT_ENTRIES) -> None:
         self.index = index
@@ -49,13 +50,12 @@ class SearchMemo:
             found = self._results.get(key)
             if found is not None:
                 self._results.move_to_end(key)
-                return *found, True
+                return found[0].astype(np.int64), found[1], True
         idx, scores = search(self.index, q, n, ex)
-        idx.flags.writeable = False
         scores.flags.writeable = False
         if self.entries > 0:
             with self._lock:
-                self._results[key] = (idx, scores)
+                self._results[key] = (idx.astype(np.int32), scores)
                 while len(self._results) > self.entries:
                     self._results.popitem(last=False)
         return idx, scores, False
