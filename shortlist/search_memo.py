@@ -18,16 +18,13 @@ import numpy as np
 
 from shortlist.index import search
 
-# ~2 KB a result at n=200 (stored as int32 indices and float32 scores, with the key and the
-# dict's own share): 4,096 hold about 8 MB, and the 30 s load test's repeats per worker.
-DEFAULT_ENTRIES = 4_096
-
 
 class SearchMemo:
     """Least-recently-used memo of `shortlist.index.search` over one index. Keys are 128-bit
-    BLAKE2b digests of (query, n, exclusions); scores are returned read-only."""
+    BLAKE2b digests of (query, n, exclusions); scores are returned read-only. A result takes
+    ~2 KB at n=200 (int32 indices and float32 scores, with the key and the dict's share)."""
 
-    def __init__(self, index: object, entries: int = DEFAULT_ENTRIES) -> None:
+    def __init__(self, index: object, entries: int) -> None:
         self.index = index
         self.entries = entries
         self._results: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -53,9 +50,8 @@ class SearchMemo:
                 return found[0].astype(np.int64), found[1], True
         idx, scores = search(self.index, q, n, ex)
         scores.flags.writeable = False
-        if self.entries > 0:
-            with self._lock:
-                self._results[key] = (idx.astype(np.int32), scores)
-                while len(self._results) > self.entries:
-                    self._results.popitem(last=False)
+        with self._lock:
+            self._results[key] = (idx.astype(np.int32), scores)
+            while len(self._results) > self.entries:
+                self._results.popitem(last=False)
         return idx, scores, False
