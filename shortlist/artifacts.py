@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shortlist import __version__
-from shortlist.features import ContextCounts, ItemSide, item_side
+from shortlist.features import ContextCounts, ItemSide, feature_names, item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
 from shortlist.index import load_index, save_index
@@ -185,7 +185,7 @@ def load_bundle(path: Path) -> Bundle:
     ranker_path = directory / "ranker.txt"
     encoder_path = directory / "item_encoder.npy"
     fold = manifest["foldin"]
-    return Bundle(
+    bundle = Bundle(
         version=manifest["version"],
         users=IdMap(json.loads((directory / "users.json").read_text())),
         items=IdMap(json.loads((directory / "items.json").read_text())),
@@ -207,6 +207,25 @@ def load_bundle(path: Path) -> Bundle:
         recent_popularity=_optional(directory / "recent_popularity.npy"),
         context_counts=_context_counts(directory, manifest.get("context_values", {})),
     )
+    _check_ranker_features(bundle)
+    return bundle
+
+
+def _check_ranker_features(bundle: Bundle) -> None:
+    """A ranker scores the columns it was trained on, so a bundle from code that computed
+    other features would be scored silently wrong: refuse it."""
+    if bundle.ranker is None:
+        return
+    expected = feature_names(
+        bundle.item_feature_names,
+        bundle.user_feature_names if bundle.user_features is not None else [],
+        list(bundle.context_counts),
+    )
+    if bundle.ranker.feature_name() != expected:
+        raise ValueError(
+            f"bundle {bundle.version}: its ranker was trained on the features "
+            f"{bundle.ranker.feature_name()}, this code computes {expected}; retrain the bundle"
+        )
 
 
 def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCounts:

@@ -48,6 +48,9 @@ class Settings:
     # a user's feedback changes the key); 4,096 take about 8 MB and hold the repeats a
     # worker sees in the 30 s load test; 0 turns the memo off.
     retrieval_memo_entries: int = 4_096
+    # How often the ranking service reads the items' live like counts (shortlist.item_likes;
+    # the features lag feedback by about this much); 0 reads them on every request.
+    item_likes_refresh_ms: int = 1000
     max_candidates: int = 1000
     max_events: int = 1000
     max_id_length: int = 256

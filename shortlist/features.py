@@ -21,9 +21,8 @@ BASE_FEATURES = [
     # score over the shortlist's best: free of the model's score scale, which moves with the
     # amount of training data (the ranker is fit on a model of less data than it serves)
     "retrieval_score_ratio",
-    "item_log_popularity",
+    "item_log_popularity",  # training likes plus live ones (none offline)
     "item_log_recent_popularity",  # time-decayed like count (NaN without timestamps)
-    "item_log_live_likes",
     "user_log_activity",
     "cooc_sum_likes",  # item-item cosine co-occurrence with the user's recent likes
     "cooc_max_likes",
@@ -157,7 +156,7 @@ class ItemSide:
     """Per-item data the features read; built from training likes by `item_side`."""
 
     vectors: np.ndarray  # items x d retrieval vectors
-    log_popularity: np.ndarray
+    popularity: np.ndarray  # training like counts
     log_recent_popularity: np.ndarray
     cooc: sp.csr_matrix  # items x items cosines of co-occurrence, top neighbours_kept a row
     attributes: np.ndarray  # items x A
@@ -191,7 +190,7 @@ def item_side(
 ) -> ItemSide:
     return ItemSide(
         vectors=vectors,
-        log_popularity=np.log1p(popularity).astype(np.float32),
+        popularity=np.asarray(popularity, np.float64),
         log_recent_popularity=np.log1p(recent).astype(np.float32),
         cooc=item_neighbours(likes),
         attributes=attributes.astype(np.float32),
@@ -289,9 +288,8 @@ def build_features(
     rows[:, col["retrieval_rank"]] = np.arange(n)
     if n and scores.max() > 0:
         rows[:, col["retrieval_score_ratio"]] = scores / scores.max()
-    rows[:, col["item_log_popularity"]] = items.log_popularity[candidates]
+    rows[:, col["item_log_popularity"]] = np.log1p(items.popularity[candidates] + live_likes)
     rows[:, col["item_log_recent_popularity"]] = items.log_recent_popularity[candidates]
-    rows[:, col["item_log_live_likes"]] = np.log1p(live_likes)
     rows[:, col["user_log_activity"]] = math.log1p(user.activity)
     cand_vecs = items.vectors[candidates]
     likes, dislikes = user.recent_likes[:RECENT_ITEMS], user.recent_dislikes[:RECENT_ITEMS]

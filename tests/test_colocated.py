@@ -16,6 +16,7 @@ from shortlist.bus import KafkaEventPublisher
 from shortlist.grpc_server import client_channel
 from shortlist.inprocess import LocalStub
 from shortlist.stores import RedisStateStore
+from shortlist.stores.base import UserState
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.test_ab import expected_items
 
@@ -158,7 +159,7 @@ def test_colocated_ab_arms_serve_their_own_bundles(ab_settings, bundle, bundle_b
 
 def test_an_empty_shortlist_is_refused_as_over_grpc(colocated, bundle):
     empty = LocalShortlist(
-        bundle, [], np.zeros(0, np.int64), np.zeros(0, np.float32), "trained", False
+        bundle, [], np.zeros(0, np.int64), np.zeros(0, np.float32), "trained", False, UserState()
     )
     with pytest.raises(grpc.RpcError) as refused:
         colocated.servicer.ranking.rank_shortlist(

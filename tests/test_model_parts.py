@@ -130,13 +130,19 @@ def test_build_features_columns():
         attributes=np.array([0.5], np.float32),
     )
     x = build_features(
-        np.array([5, 6]), np.array([0.9, 0.5]), user, RequestContext(hour=7), items, np.zeros(2)
+        np.array([5, 6]),
+        np.array([0.9, 0.5]),
+        user,
+        RequestContext(hour=7),
+        items,
+        np.array([0, 3], np.float32),  # live likes add to the training ones
     )
     col = {n: i for i, n in enumerate(feature_names(["a", "b"], ["age"]))}
     assert x.shape == (2, len(BASE_FEATURES) + 3)
     assert list(x[:, col["retrieval_rank"]]) == [0, 1]
     assert x[1, col["retrieval_score_ratio"]] == pytest.approx(0.5 / 0.9)
     assert x[0, col["item_log_popularity"]] == pytest.approx(math.log1p(5))
+    assert x[1, col["item_log_popularity"]] == pytest.approx(math.log1p(pop[6] + 3))
     assert math.isnan(x[0, col["item_log_recent_popularity"]])
     # cosine co-occurrence: |users(5) & users(1)| / sqrt(2 * 2) = 1, with item 2: 1 / sqrt(2)
     assert x[0, col["cooc_max_likes"]] == pytest.approx(1.0)
@@ -166,6 +172,22 @@ def test_bundle_round_trip(bundle_dir, bundle):
     assert again.ranker is not None and again.ranker.num_trees() > 0
     metrics = bundle.manifest["metrics"]
     assert metrics["ranker_ndcg@20"] > metrics["retrieval_order_ndcg@20"]
+
+
+def test_a_ranker_trained_on_other_features_is_refused(bundle_dir, tmp_path):
+    import shutil
+
+    from shortlist.artifacts import resolve_bundle_dir
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle_dir(bundle_dir), copy)
+    ranker = copy / "ranker.txt"
+    # as a bundle trained when the features had one more column would read
+    text = ranker.read_text()
+    assert "feature_names=retrieval_rank " in text
+    ranker.write_text(text.replace("feature_names=retrieval_rank ", "feature_names=old_one ", 1))
+    with pytest.raises(ValueError, match="retrain the bundle"):
+        load_bundle(copy)
 
 
 def test_linear_fold_in_of_a_new_user_equals_the_trained_vector(tmp_path):

@@ -46,10 +46,10 @@ def test_apply_updates_sets_history_counters_and_vector(store):
     np.testing.assert_array_equal(state.vector, [1.0, 2.0])
     assert store.user_state("u1", "v2").vector is None  # vectors belong to one bundle version
 
-    signals = store.ranking_signals("u1", ["a", "b", "zzz"])
-    assert signals.history == [("b", Kind.DISLIKE), ("a", Kind.LIKE)]
-    np.testing.assert_array_equal(signals.live_likes, [2, 0, 0])
-    assert signals.likes == 1
+    assert state.history == [("b", Kind.DISLIKE), ("a", Kind.LIKE)]  # newest first
+    assert state.likes == 1
+    assert store.user_state("u2", "v1").likes == 1
+    assert store.item_likes() == {"a": 2}  # items without a live like are absent
 
 
 def test_prepare_recognises_applied_event_ids(store):
@@ -70,7 +70,7 @@ def test_like_after_dislike_clears_the_dislike(store):
 def test_history_is_bounded(store):
     events = [ev(n, "u", f"i{n}", Kind.VIEW) for n in range(HISTORY_LENGTH + 25)]
     store.apply(events, {}, "v1")
-    history = store.ranking_signals("u", []).history
+    history = store.user_state("u", "v1").history
     assert len(history) == HISTORY_LENGTH
     assert history[0] == (f"i{HISTORY_LENGTH + 24}", Kind.VIEW)  # newest first
 
@@ -78,6 +78,7 @@ def test_history_is_bounded(store):
 def test_unknown_user_has_empty_state(store):
     state = store.user_state("nobody", "v1")
     assert state.vector is None and state.seen == set() and state.disliked == set()
+    assert state.history == [] and state.likes == 0
 
 
 def test_redis_down_raises_store_unavailable():
@@ -121,7 +122,7 @@ def test_apply_is_all_or_nothing_on_conflict(store):
     with pytest.raises(Conflict):
         store.apply([ev(2, "v", "b", Kind.LIKE), ev(1, "u", "a", Kind.LIKE)], {}, "v1")
     assert store.user_state("v", "v1").seen == set()
-    assert store.ranking_signals("u", []).likes == 1
+    assert store.user_state("u", "v1").likes == 1
     # A user written by someone else since prepare read its seq: nothing is written.
     store.apply([ev(3, "v", "c", Kind.LIKE)], {}, "v1")
     with pytest.raises(Conflict):

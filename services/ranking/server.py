@@ -14,7 +14,8 @@ from shortlist.artifacts import Bundle
 from shortlist.bundle_set import BundleSet
 from shortlist.config import Settings
 from shortlist.features import RequestContext, parse_context
-from shortlist.stores.base import RankingSignals, StateStore, StoreUnavailable
+from shortlist.item_likes import LiveItemLikes
+from shortlist.stores.base import RankingSignals, StateStore, StoreUnavailable, UserState
 from shortlist.telemetry import STAGE_LATENCY, set_arm
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 from shortlist.validation import (
@@ -55,6 +56,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         self.bundles = BundleSet(bundle, others, prepare=lambda b: (b.item_side, b.scorer))
         self.store = store
         self.settings = settings
+        self.item_likes = LiveItemLikes(store, settings.item_likes_refresh_ms / 1000)
+        self.item_likes.refresh()
 
     @property
     def bundle(self) -> Bundle:
@@ -87,11 +90,12 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
                 f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
             )
         scores = np.fromiter((c.score for c in request.candidates), np.float32, len(ids))
-        return self._ranked(bundle, arm, request.user_id, ids, idx, scores, ctx, request.k)
+        return self._ranked(bundle, arm, request.user_id, ids, idx, scores, ctx, request.k, None)
 
     def rank_shortlist(self, request: LocalRankRequest, context) -> ranking_pb2.RankResponse:
-        """Rank over a shortlist handed over in process; the gateway has validated the
-        request's user, k and context."""
+        """Rank over a shortlist handed over in process, with the user's state retrieval
+        read (no second round trip); the gateway has validated the request's user, k and
+        context."""
         found = request.shortlist
         bundle, arm = self.bundles.find(found.model_version, context)
         set_arm(arm)
@@ -106,7 +110,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         names = self.bundles.item_ids[bundle.version]
         ids = [names[i] for i in found.items.tolist()]
         scores = np.asarray(found.scores, np.float32)
-        return self._ranked(bundle, arm, request.user_id, ids, found.items, scores, ctx, request.k)
+        return self._ranked(
+            bundle, arm, request.user_id, ids, found.items, scores, ctx, request.k, found.state
+        )
 
     def _ranked(
         self,
@@ -118,13 +124,17 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         scores: np.ndarray,
         ctx: RequestContext,
         k: int,
+        state: UserState | None,
     ) -> ranking_pb2.RankResponse:
-        """Live signals from the store (one round trip), features, ranker, the reply."""
+        """Live signals (the user's state from the store in one round trip unless given; the
+        items' live likes from the in-process counts), features, ranker, the reply."""
         start = time.perf_counter()
-        try:
-            live = self.store.ranking_signals(user_id, ids)
-        except StoreUnavailable:
-            live = RankingSignals(history=[], live_likes=np.zeros(len(ids), np.float32), likes=0)
+        if state is None:
+            try:
+                state = self.store.user_state(user_id, bundle.version)
+            except StoreUnavailable:
+                state = UserState()
+        live = RankingSignals(state.history, self.item_likes.counts(bundle)[idx], state.likes)
         STAGE_LATENCY.labels(SERVICE, "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         top, top_scores = serving.rank(bundle, user_id, idx, scores, live, ctx, k)

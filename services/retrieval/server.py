@@ -35,6 +35,7 @@ class LocalShortlist:
     scores: np.ndarray
     user_source: str
     degraded: bool
+    state: UserState  # the user's state as read for this shortlist; ranking reuses it
 
     @property
     def model_version(self) -> str:
@@ -130,6 +131,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             result.scores,
             result.user_source,
             degraded,
+            state,
         )
 
     def SimilarItems(self, request, context):  # noqa: N802

@@ -20,16 +20,19 @@ class StoreUnavailable(RuntimeError):
 
 @dataclass
 class UserState:
-    """What retrieval needs of a user, fetched in one round trip."""
+    """What a request needs of a user (retrieval and ranking), fetched in one round trip."""
 
     vector: np.ndarray | None = None
     seen: set[str] = field(default_factory=set)
     disliked: set[str] = field(default_factory=set)
+    history: list[tuple[str, Kind]] = field(default_factory=list)  # newest first
+    likes: int = 0  # live likes of the user
 
 
 @dataclass
 class RankingSignals:
-    """What ranking needs: recent history (newest first), live like counts, activity."""
+    """What ranking needs live: the user's recent history (newest first) and like count
+    (from their `UserState`), the candidates' live like counts (`shortlist.item_likes`)."""
 
     history: list[tuple[str, Kind]]
     live_likes: np.ndarray
@@ -71,7 +74,9 @@ class StateStore(Protocol):
 
     def user_state(self, user_id: str, version: str) -> UserState: ...
 
-    def ranking_signals(self, user_id: str, item_ids: Sequence[str]) -> RankingSignals: ...
+    def item_likes(self) -> dict[str, int]:
+        """Live like counts of every item liked since the bundle was trained."""
+        ...
 
     def prepare(
         self, events: Sequence[Event], version: str = "", complete: bool = False

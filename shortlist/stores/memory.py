@@ -13,7 +13,6 @@ from shortlist.stores.base import (
     HISTORY_LENGTH,
     Conflict,
     PendingBatch,
-    RankingSignals,
     UserFeedback,
     UserState,
 )
@@ -42,16 +41,13 @@ class InMemoryStateStore:
                 vector=None if vec is None else vec.copy(),
                 seen=set(self._seen.get(user_id, ())),
                 disliked=set(self._disliked.get(user_id, ())),
-            )
-
-    def ranking_signals(self, user_id: str, item_ids: Sequence[str]) -> RankingSignals:
-        with self._lock:
-            live = np.array([self._item_likes.get(i, 0) for i in item_ids], np.float32)
-            return RankingSignals(
                 history=list(self._history.get(user_id, ())),
-                live_likes=live,
                 likes=self._likes.get(user_id, 0),
             )
+
+    def item_likes(self) -> dict[str, int]:
+        with self._lock:
+            return {i: n for i, n in self._item_likes.items() if n}
 
     def prepare(
         self, events: Sequence[Event], version: str = "", complete: bool = False

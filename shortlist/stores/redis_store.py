@@ -1,4 +1,5 @@
-"""Redis state store. Every call is one round trip: reads are pipelined, the feedback
+"""Redis state store. Every call is one round trip: a user's state is one read-only Lua
+script (sent hand-packed: a request's whole read costs one command), the feedback
 worker's `prepare` and `apply` are one Lua script each (`apply` atomic, all or nothing),
 sent hand-packed and answered compactly, since a batch has thousands of arguments.
 
@@ -23,13 +24,25 @@ from shortlist.stores.base import (
     HISTORY_LENGTH,
     Conflict,
     PendingBatch,
-    RankingSignals,
     StoreUnavailable,
     UserFeedback,
     UserState,
     decode_history,
 )
 from shortlist.telemetry import REDIS_LATENCY
+
+# What a request needs of a user: vector (for the bundle version), seen and disliked sets,
+# recent history, live like count. ARGV: prefix, user id, version.
+STATE_LUA = """#!lua flags=no-writes
+local base = ARGV[1] .. 'u:' .. ARGV[2] .. ':'
+return {
+  redis.call('GET', base .. 'vec:' .. ARGV[3]),
+  redis.call('SMEMBERS', base .. 'seen'),
+  redis.call('SMEMBERS', base .. 'dis'),
+  redis.call('LRANGE', base .. 'hist', 0, -1),
+  redis.call('GET', base .. 'likes'),
+}
+"""
 
 # Scripts build key names from the prefix. A user's `kinds` hash maps item id -> latest
 # kind, and field "" (never an item id: ids are non-empty) counts the applies that touched
@@ -252,6 +265,7 @@ class RedisStateStore:
         )
         self._prepare_sha = hashlib.sha1(PREPARE_LUA.encode()).hexdigest()
         self._apply_sha = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
+        self._state_sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
 
     def _u(self, user_id: str, what: str) -> str:
         return f"{self.prefix}u:{user_id}:{what}"
@@ -272,31 +286,22 @@ class RedisStateStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     def user_state(self, user_id: str, version: str) -> UserState:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(self._u(user_id, f"vec:{version}"))
-        pipe.smembers(self._u(user_id, "seen"))
-        pipe.smembers(self._u(user_id, "dis"))
-        raw_vec, seen, disliked = self._run(pipe, "user_state")
+        raw_vec, seen, disliked, hist, likes = self._eval(
+            self._state_sha, STATE_LUA, [self.prefix, user_id, version], "user_state"
+        )
         return UserState(
             vector=None if raw_vec is None else np.frombuffer(raw_vec, np.float32).copy(),
             seen={s.decode() for s in seen},
             disliked={s.decode() for s in disliked},
-        )
-
-    def ranking_signals(self, user_id: str, item_ids: Sequence[str]) -> RankingSignals:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.lrange(self._u(user_id, "hist"), 0, -1)
-        pipe.get(self._u(user_id, "likes"))
-        if item_ids:
-            pipe.hmget(f"{self.prefix}i:likes", list(item_ids))
-        results = self._run(pipe, "ranking_signals")
-        hist, likes = results[0], results[1]
-        counts = results[2] if item_ids else []
-        return RankingSignals(
             history=[decode_history(h) for h in hist],
-            live_likes=np.array([int(c) if c else 0 for c in counts], np.float32),
             likes=int(likes or 0),
         )
+
+    def item_likes(self) -> dict[str, int]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(f"{self.prefix}i:likes")
+        (counts,) = self._run(pipe, "item_likes")
+        return {item.decode(): int(n) for item, n in counts.items()}
 
     def prepare(
         self, events: Sequence[Event], version: str = "", complete: bool = False
@@ -387,7 +392,11 @@ class RedisStateStore:
         payload = b"".join(_pack_command(["EVALSHA", sha, 0, *args]) for args in calls)
         start = time.perf_counter()
         pool = self._redis.connection_pool
-        conn = pool.get_connection()
+        try:
+            conn = pool.get_connection()  # connects when the pool has no idle connection
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
+            raise StoreUnavailable(f"redis: {exc}") from exc
         try:
             for attempt in range(2):
                 conn.send_packed_command([payload])
