@@ -257,7 +257,8 @@ def item_neighbours(likes: sp.csr_matrix, keep: int | None = None) -> sp.csr_mat
 def _cooc(items: ItemSide, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Cosine co-occurrence, len(rows) x len(candidates) (0 beyond a row's neighbours)."""
     c = items.cooc
-    starts, lengths = c.indptr[rows], np.diff(c.indptr)[rows]
+    starts = c.indptr[rows]
+    lengths = c.indptr[rows + 1] - starts
     first = np.cumsum(lengths) - lengths  # where each row's entries start in `at`
     at = np.arange(lengths.sum()) + np.repeat(starts - first, lengths)
     where = np.full(c.shape[1], -1, np.int32)

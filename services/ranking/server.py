@@ -90,7 +90,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
                 f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
             )
         scores = np.fromiter((c.score for c in request.candidates), np.float32, len(ids))
-        return self._ranked(bundle, arm, request.user_id, ids, idx, scores, ctx, request.k, None)
+        return self._ranked(bundle, arm, request.user_id, idx, scores, ctx, request.k, None)
 
     def rank_shortlist(self, request: LocalRankRequest, context) -> ranking_pb2.RankResponse:
         """Rank over a shortlist handed over in process, with the user's state retrieval
@@ -107,11 +107,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
             abort_invalid(context, exc)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        names = self.bundles.item_ids[bundle.version]
-        ids = [names[i] for i in found.items.tolist()]
         scores = np.asarray(found.scores, np.float32)
         return self._ranked(
-            bundle, arm, request.user_id, ids, found.items, scores, ctx, request.k, found.state
+            bundle, arm, request.user_id, found.items, scores, ctx, request.k, found.state
         )
 
     def _ranked(
@@ -119,7 +117,6 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
         bundle: Bundle,
         arm: str,
         user_id: str,
-        ids: list[str],
         idx: np.ndarray,
         scores: np.ndarray,
         ctx: RequestContext,
