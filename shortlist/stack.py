@@ -167,30 +167,43 @@ def worker_name(name: str, worker: int) -> str:
     return name if worker == 0 else f"{name}-{worker}"
 
 
-def start_services(settings: Settings) -> dict[str, int]:
+def start_services(settings: Settings, pids: dict[str, int]) -> None:
     """Each service as a process (co-located: feedback and the gateway, which runs retrieval
-    and ranking itself), `gateway_workers` gateway processes; returns name -> pid."""
+    and ranking itself), `gateway_workers` gateway processes, each recorded in `pids`
+    (name -> pid) as soon as it is spawned, so that a later failure can stop it."""
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **NATIVE_THREADS_ENV}
-    pids = {}
     for name in ("feedback", "gateway") if settings.colocate else SERVICES:
         argv = [sys.executable, "-m", "shortlist.cli", "serve", name]
         target = getattr(settings, f"{name}_addr")
         for worker in range(settings.gateway_workers if name == "gateway" else 1):
+            process = worker_name(name, worker)
             if worker == 0:
-                pids[name] = _spawn(name, argv, env)
-                wait_for(lambda t=target: grpc_serving(t), 90, f"{name} on {target}", 0.3)
+                pids[process] = _spawn(process, argv, env)
+                _wait_started(process, pids[process], lambda t=target: grpc_serving(t), target)
                 continue
             # the port already answers; this worker is known ready by its own metrics
             port = settings.gateway_metrics_port + worker
             worker_env = {**env, "SHORTLIST_GATEWAY_METRICS_PORT": str(port)}
-            pids[worker_name(name, worker)] = _spawn(worker_name(name, worker), argv, worker_env)
-            wait_for(
+            pids[process] = _spawn(process, argv, worker_env)
+            _wait_started(
+                process,
+                pids[process],
                 lambda p=port: metrics_ready(settings.metrics_host, p, "gateway"),
-                90,
-                f"{name} worker {worker} (metrics port {port})",
-                0.3,
+                f"metrics port {port}",
             )
-    return pids
+
+
+def _wait_started(process: str, pid: int, ready, where: str) -> None:
+    """Until `ready()`; a child that exits first fails the start at once, naming its log."""
+
+    def check() -> bool:
+        if not _alive(pid):
+            raise RuntimeError(
+                f"{process} exited while starting ({where}); see {RUN_DIR / 'logs'}/{process}.log"
+            )
+        return ready()
+
+    wait_for(check, 90, f"{process} ({where})", 0.3)
 
 
 def up(settings: Settings) -> dict[str, int]:
@@ -209,9 +222,8 @@ def up(settings: Settings) -> dict[str, int]:
         ensure_topic(
             settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions
         )
-        for name, pid in start_services(settings).items():
-            pids[name] = pid
-            PIDS.write_text(json.dumps(pids))
+        start_services(settings, pids)
+        PIDS.write_text(json.dumps(pids))
     except Exception:
         PIDS.write_text(json.dumps(pids))
         down()

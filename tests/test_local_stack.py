@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -91,7 +92,7 @@ def test_up_serves_grpcurl_and_down_stops_everything(
                     got = gateway_pb2_grpc.GatewayStub(channel).Recommend(
                         gateway_pb2.RecommendRequest(user_id=bundle.users.id(n), k=3), timeout=10
                     )
-                assert len(got.items) == 3 and not got.fallback_used
+                assert len(got.items) == 3 and not got.fallback_used, got.fallback_reason
             calls = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
             assert min(calls) >= 1 and sum(calls) == 25, calls
     finally:
@@ -103,3 +104,51 @@ def test_up_serves_grpcurl_and_down_stops_everything(
         )
     assert not port_open("127.0.0.1", ports["gateway"])
     assert not (tmp_path / ".run" / "pids.json").exists()
+
+
+def test_a_worker_that_cannot_start_fails_up_and_leaves_nothing_running(
+    tmp_path, bundle_dir, redis_url
+):
+    """Gateway worker 1's metrics port is taken: `up` fails at once, naming the worker's
+    log, and stops what it had started (broker, feedback, worker 0)."""
+    ports = {name: free_port() for name in ("gateway", "kafka")}
+    first = free_ports(2)
+    env = {
+        **os.environ,
+        "SHORTLIST_BUNDLE": str(bundle_dir),
+        "SHORTLIST_REDIS_URL": redis_url,
+        "SHORTLIST_REDIS_PREFIX": f"sltest:{uuid.uuid4().hex[:8]}:",
+        "SHORTLIST_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
+        "SHORTLIST_GATEWAY_ADDR": f"127.0.0.1:{ports['gateway']}",
+        "SHORTLIST_FEEDBACK_ADDR": f"127.0.0.1:{free_port()}",
+        "SHORTLIST_FEEDBACK_METRICS_PORT": str(free_port()),
+        "SHORTLIST_GATEWAY_METRICS_PORT": str(first),
+        "SHORTLIST_COLOCATE": "1",
+        "SHORTLIST_GATEWAY_WORKERS": "2",
+    }
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first + 1))
+        taken.listen()
+        up = subprocess.run([SHORTLIST, "up"], **run)
+    assert up.returncode != 0
+    assert "gateway-1 exited while starting" in up.stdout + up.stderr
+    assert not (tmp_path / ".run" / "pids.json").exists()
+    assert not port_open("127.0.0.1", ports["gateway"])  # worker 0 was stopped
+    assert not port_open("127.0.0.1", ports["kafka"])  # and the broker
+
+
+def test_worker_metrics_ports_may_not_take_another_services():
+    from shortlist.config import Settings
+
+    colocated = {"SHORTLIST_COLOCATE": "1"}
+    # co-located, retrieval and ranking run in the gateway: their ports are free for workers
+    assert Settings.from_env({**colocated, "SHORTLIST_GATEWAY_WORKERS": "3"}).gateway_workers == 3
+    with pytest.raises(ValueError, match="FEEDBACK_METRICS_PORT 9104"):
+        Settings.from_env({**colocated, "SHORTLIST_GATEWAY_WORKERS": "4"})
+    with pytest.raises(ValueError, match="RETRIEVAL_METRICS_PORT 9102"):
+        Settings.from_env({"SHORTLIST_GATEWAY_WORKERS": "2"})
+    moved = Settings.from_env(
+        {**colocated, "SHORTLIST_GATEWAY_WORKERS": "4", "SHORTLIST_GATEWAY_METRICS_PORT": "9201"}
+    )
+    assert moved.gateway_workers == 4
