@@ -112,24 +112,7 @@ class Settings:
         settings = cls(**kwargs)
         if not 0.0 <= settings.ab_share_b <= 1.0:
             raise ValueError(f"{PREFIX}AB_SHARE_B must be in 0..1, got {settings.ab_share_b}")
-        settings._check_worker_metrics_ports()
         return settings
-
-    def _check_worker_metrics_ports(self) -> None:
-        """Gateway worker w serves metrics on gateway_metrics_port + w: none of those ports
-        may be the metrics port of another service that runs (co-located: feedback only)."""
-        first = self.gateway_metrics_port
-        workers = range(first + 1, first + self.gateway_workers) if first else range(0)
-        others = ("feedback",) if self.colocate else ("retrieval", "ranking", "feedback")
-        for name in others:
-            port = getattr(self, f"{name}_metrics_port")
-            if port in workers:
-                raise ValueError(
-                    f"{PREFIX}GATEWAY_WORKERS={self.gateway_workers} puts the workers' metrics "
-                    f"on ports {first}..{first + self.gateway_workers - 1}, which takes "
-                    f"{PREFIX}{name.upper()}_METRICS_PORT {port}; move "
-                    f"{PREFIX}GATEWAY_METRICS_PORT (e.g. to {first + 100})"
-                )
 
     @property
     def dead_letter_topic(self) -> str:

