@@ -173,9 +173,9 @@ def worker_metrics_ports(settings: Settings) -> list[int]:
     first = settings.gateway_metrics_port
     ports = [first + w for w in range(settings.gateway_workers)]
     others = ("feedback",) if settings.colocate else ("retrieval", "ranking", "feedback")
-    for name in others:
+    for name in others if first else ():
         port = getattr(settings, f"{name}_metrics_port")
-        if first and port in ports[1:]:
+        if port in ports[1:]:
             raise ValueError(
                 f"SHORTLIST_GATEWAY_WORKERS={settings.gateway_workers} puts the workers' "
                 f"metrics on ports {first}..{ports[-1]}, which takes "
