@@ -6,6 +6,7 @@ in-process stack (demo and integration tests) start the same servicers the same 
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import signal
@@ -218,9 +219,21 @@ def freeze_loaded_objects() -> None:
     collector's reach, so that a full collection on the request path no longer walks it
     (a ranking process with the Gowalla bundle: a full collection 40-43 ms, 0.002 ms once
     frozen). Frozen objects are still freed by reference counting; a hot-swapped bundle
-    is not frozen."""
+    is not frozen. Then the heap pages that start-up freed go back to the system: a loaded
+    FAISS index frees its many list buffers into glibc's heap, which keeps them otherwise
+    (a co-located gateway worker with the Gowalla bundle: 1,059 -> 889 MB resident)."""
     gc.collect()
     gc.freeze()
+    release_free_heap()
+
+
+def release_free_heap() -> None:
+    """glibc's malloc_trim(0), where the C library has it (not musl, not macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(ctypes.c_size_t(0))
 
 
 def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | None:

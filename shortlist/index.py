@@ -61,6 +61,15 @@ class RefinedIndex:
         self.ntotal = coarse.ntotal
         self.recall: dict[str, float] = {}  # measured by served_index when it had queries
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """The float vectors the index re-scores on: a read-only view of FAISS's own copy
+        (items x dim), which can stand for the caller's array instead of a second copy."""
+        flat = faiss.downcast_index(self.index.refine_index)
+        view = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+        view.flags.writeable = False
+        return view
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(queries, k)
 
@@ -107,7 +116,9 @@ def served_index(
     if dim % SERVED_DIMS_PER_CODE or (dim // SERVED_DIMS_PER_CODE) % 2:
         return index
     vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
-    quantizer = faiss.downcast_index(ivf.quantizer)
+    # A copy of the coarse quantizer (nlist x dim, a few MB), so that the IVF-Flat index and
+    # its float lists (items x dim) need not stay in memory beside the served form.
+    quantizer = faiss.clone_index(faiss.downcast_index(ivf.quantizer))
     pq = faiss.IndexIVFPQFastScan(
         quantizer, dim, ivf.nlist, dim // SERVED_DIMS_PER_CODE, 4, faiss.METRIC_INNER_PRODUCT
     )
@@ -119,7 +130,7 @@ def served_index(
     pq.train(sample)
     pq.add(vectors)
     pq.nprobe = nprobe
-    served = RefinedIndex(pq, vectors, refine, keep=index)
+    served = RefinedIndex(pq, vectors, refine, keep=quantizer)
     if queries is not None and len(queries):
         q = np.ascontiguousarray(queries, dtype=np.float32)
         exact = np.argpartition(-(q @ vectors.T), k, axis=1)[:, :k]

@@ -47,12 +47,16 @@ class Shortlist:
 def prepare_for_retrieval(bundle: Bundle) -> Bundle:
     """Swap the bundle's index for its served form (`shortlist.index.served_index`): same
     results interface, a compressed scan plus exact re-scoring for large IVF indexes, taken
-    only when it keeps the recall of the bundle's own index on a sample of its users."""
+    only when it keeps the recall of the bundle's own index on a sample of its users.
+    The bundle's item vectors then become a view of the re-scoring copy, and the IVF-Flat
+    index is dropped: two fewer items x dim float arrays in memory (Gowalla: 2 x 210 MB)."""
     if not isinstance(bundle.index, RefinedIndex):
         rng = np.random.default_rng(0)
         users = bundle.user_vectors
         sample = users[rng.choice(len(users), min(len(users), CHECK_QUERIES), replace=False)]
         bundle.index = served_index(bundle.index, bundle.item_vectors, queries=sample)
+        if isinstance(bundle.index, RefinedIndex):
+            bundle.item_vectors = bundle.index.vectors
     return bundle
 
 

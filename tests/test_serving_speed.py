@@ -70,6 +70,51 @@ def test_compressed_index_is_only_served_when_it_keeps_recall():
     assert kept.recall["served"] >= kept.recall["ivf_flat"] - 0.05
 
 
+def test_served_index_outlives_the_ivf_flat_index_and_shares_its_vectors():
+    """The served form keeps its own quantizer, so the IVF-Flat index (and its float lists)
+    can be freed; its re-scoring copy stands for the caller's item vectors."""
+    import gc
+
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(32, 32)).astype(np.float32)
+    items = (centers[rng.integers(0, 32, 22_000)] + 0.4 * rng.normal(size=(22_000, 32))).astype(
+        np.float32
+    )
+    ivf = build_index(items, kind="ivf", nprobe=24)
+    served = served_index(ivf, items, nprobe=24, refine=10)
+    query = items[:5].sum(axis=0)
+    before = search(served, query, 50, np.arange(3))
+    del ivf
+    gc.collect()
+    after = search(served, query, 50, np.arange(3))
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    view = served.vectors
+    np.testing.assert_array_equal(view, items)
+    assert not view.flags.writeable
+
+
+def test_prepared_bundle_reads_item_vectors_from_the_served_index():
+    from types import SimpleNamespace
+
+    from shortlist.serving import prepare_for_retrieval
+
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(32, 32)).astype(np.float32)
+    items = (centers[rng.integers(0, 32, 22_000)] + 0.4 * rng.normal(size=(22_000, 32))).astype(
+        np.float32
+    )
+    users = np.stack([items[rng.choice(len(items), 5)].sum(axis=0) for _ in range(100)])
+    bundle = SimpleNamespace(
+        index=build_index(items, kind="ivf", nprobe=24), item_vectors=items, user_vectors=users
+    )
+    prepare_for_retrieval(bundle)
+    assert isinstance(bundle.index, RefinedIndex)
+    assert bundle.item_vectors is not items
+    assert np.shares_memory(bundle.item_vectors, bundle.index.vectors)
+    np.testing.assert_array_equal(bundle.item_vectors, items)
+
+
 def test_small_or_exact_indexes_are_served_as_they_are():
     items = np.random.default_rng(1).normal(size=(500, 16)).astype(np.float32)
     flat = build_index(items, kind="flat")
