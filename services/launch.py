@@ -7,6 +7,7 @@ in-process stack (demo and integration tests) start the same servicers the same 
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import logging
 import signal
@@ -25,7 +26,7 @@ from services.ranking.server import RankingServicer
 from services.retrieval import server as retrieval_server
 from services.retrieval.server import RetrievalServicer
 from shortlist.ab import ARM_A, ARM_B, check_arms, load_arms
-from shortlist.artifacts import Bundle, BundleWatcher, latest_version
+from shortlist.artifacts import Bundle, BundleWatcher, latest_version, load_bundle
 from shortlist.bus import (
     DeadLetterPublisher,
     EventConsumer,
@@ -186,9 +187,8 @@ def serve(name: str, settings: Settings) -> None:
     """Run one service in this process until SIGTERM or SIGINT."""
     limit_native_threads(1)
     # The feedback service folds vectors in for the default bundle only (see README, A/B).
-    arms = (
-        load_arms(settings) if name != "feedback" else load_arms(settings.replace(ab_bundle_b=""))
-    )
+    arms_of = settings if name != "feedback" else settings.replace(ab_bundle_b="")
+    arms = load_arms(arms_of, with_index=searches(name, settings))
     for arm, b in arms.items():
         MODEL_INFO.labels(arm).info({"version": b.version, "model": str(b.manifest.get("model"))})
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
@@ -203,7 +203,7 @@ def serve(name: str, settings: Settings) -> None:
         started.server.port,
     )
     freeze_loaded_objects()
-    watcher = watch_bundle(settings, bundle, started.swap_bundle)  # hot swap of arm a
+    watcher = watch_bundle(settings, bundle, started.swap_bundle, searches(name, settings))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -236,8 +236,15 @@ def release_free_heap() -> None:
     trim(ctypes.c_size_t(0))
 
 
-def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | None:
-    """Hot reload when the bundle root's LATEST changes (polled) or on SIGHUP."""
+def searches(name: str, settings: Settings) -> bool:
+    """Whether service `name` searches the FAISS index (the others load bundles without it)."""
+    return name == "retrieval" or (name == "gateway" and settings.colocate)
+
+
+def watch_bundle(
+    settings: Settings, bundle: Bundle, swap, with_index: bool = True
+) -> BundleWatcher | None:
+    """Hot reload of arm a when the bundle root's LATEST changes (polled) or on SIGHUP."""
     root = Path(settings.bundle)
     if latest_version(root) is None:
         return None  # a bundle directory itself: nothing newer can be published there
@@ -248,7 +255,13 @@ def watch_bundle(settings: Settings, bundle: Bundle, swap) -> BundleWatcher | No
             {"version": new.version, "model": str(new.manifest.get("model"))}
         )
 
-    watcher = BundleWatcher(root, bundle.version, swapped, settings.bundle_poll_ms / 1000)
+    watcher = BundleWatcher(
+        root,
+        bundle.version,
+        swapped,
+        settings.bundle_poll_ms / 1000,
+        loader=functools.partial(load_bundle, with_index=with_index),
+    )
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda *_: watcher.request_reload())
     return watcher.start()

@@ -34,11 +34,13 @@ def ab_enabled(settings: Settings) -> bool:
     return bool(settings.ab_bundle_b)
 
 
-def load_arms(settings: Settings, bundle: Bundle | None = None) -> dict[str, Bundle]:
+def load_arms(
+    settings: Settings, bundle: Bundle | None = None, with_index: bool = True
+) -> dict[str, Bundle]:
     """{"a": default bundle} plus {"b": ab_bundle_b} when an experiment is configured."""
-    arms = {ARM_A: bundle or load_bundle(Path(settings.bundle))}
+    arms = {ARM_A: bundle or load_bundle(Path(settings.bundle), with_index)}
     if ab_enabled(settings):
-        arms[ARM_B] = load_bundle(Path(settings.ab_bundle_b))
+        arms[ARM_B] = load_bundle(Path(settings.ab_bundle_b), with_index)
         check_arms(arms)
     return arms
 

@@ -45,7 +45,7 @@ class Bundle:
     items: IdMap
     user_vectors: np.ndarray
     item_vectors: np.ndarray
-    index: faiss.Index
+    index: faiss.Index | None  # None: loaded without it, for a service that never searches
     likes: sp.csr_matrix  # training likes
     dislikes: sp.csr_matrix  # training dislikes
     recent_likes: sp.csr_matrix  # the last likes per user, for similarity features
@@ -179,7 +179,10 @@ def resolve_bundle_dir(path: Path) -> Path:
     raise FileNotFoundError(f"no artifact bundle at {path} (run `shortlist train` first)")
 
 
-def load_bundle(path: Path) -> Bundle:
+def load_bundle(path: Path, with_index: bool = True) -> Bundle:
+    """The bundle in `path` (a bundle directory, or a root whose LATEST names one).
+    `with_index=False` leaves the FAISS index on disk (index None): the ranking, feedback
+    and four-service gateway processes never search, and the Gowalla index is 210 MB."""
     directory = resolve_bundle_dir(Path(path))
     manifest = json.loads((directory / "manifest.json").read_text())
     ranker_path = directory / "ranker.txt"
@@ -191,7 +194,7 @@ def load_bundle(path: Path) -> Bundle:
         items=IdMap(json.loads((directory / "items.json").read_text())),
         user_vectors=np.load(directory / "user_vectors.npy"),
         item_vectors=np.load(directory / "item_vectors.npy"),
-        index=load_index(directory / "index.faiss"),
+        index=load_index(directory / "index.faiss") if with_index else None,
         likes=sp.load_npz(directory / "likes.npz").tocsr(),
         dislikes=sp.load_npz(directory / "dislikes.npz").tocsr(),
         recent_likes=sp.load_npz(directory / "recent_likes.npz").tocsr(),

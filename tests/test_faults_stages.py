@@ -392,3 +392,30 @@ def test_service_process_reloads_on_sighup(settings, bundle, bundle_dir, tmp_pat
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_services_that_never_search_load_and_hot_swap_bundles_without_the_index(
+    bundle, bundle_dir, tmp_path, settings
+):
+    from services.launch import searches, watch_bundle
+
+    assert searches("retrieval", settings)
+    assert not searches("ranking", settings) and not searches("feedback", settings)
+    assert searches("gateway", settings.replace(colocate=True))
+    assert not searches("gateway", settings.replace(colocate=False))
+    lean = load_bundle(bundle_dir, with_index=False)
+    assert lean.index is None and bundle.index is not None
+    assert lean.version == bundle.version
+    assert (lean.item_vectors == bundle.item_vectors).all()
+    assert lean.scorer is not None  # what ranking needs is all there
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(bundle_dir, root)
+    swapped = []
+    watcher = watch_bundle(settings.replace(bundle=str(root)), bundle, swapped.append, False)
+    assert watcher is not None
+    save_bundle(dataclasses.replace(bundle, version="v-lean"), root)
+    watcher.request_reload()
+    eventually(lambda: swapped, 10)
+    watcher.stop()
+    assert swapped[0].version == "v-lean" and swapped[0].index is None
