@@ -208,7 +208,7 @@ def loadtest(
 ) -> None:
     """Open-loop load test of Gateway/Recommend; the last stdout line is a JSON summary."""
     from shortlist import loadtest as lt
-    from shortlist.stack import PIDS
+    from shortlist.stack import watched_processes
 
     user_ids = None
     if users is not None:
@@ -230,7 +230,7 @@ def loadtest(
         connections=connections,
         timeout_s=timeout,
         seed=seed,
-        watch_pids=json.loads(PIDS.read_text()) if watch_stack and PIDS.exists() else None,
+        watch_pids=watched_processes(Settings.from_env()) if watch_stack else None,
     )
     try:
         config.validate()

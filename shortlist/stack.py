@@ -250,6 +250,30 @@ def up(settings: Settings) -> dict[str, int]:
     return pids
 
 
+def watched_processes(settings: Settings) -> dict[str, int]:
+    """What `up` started (by name) plus the Redis it uses when that one was already running
+    on this host, so that a load test's CPU per call counts Redis too."""
+    pids: dict[str, int] = json.loads(PIDS.read_text()) if PIDS.exists() else {}
+    if pids and "redis" not in pids:
+        pid = local_redis_pid(settings.redis_url)
+        if pid is not None:
+            pids["redis"] = pid
+    return pids
+
+
+def local_redis_pid(redis_url: str) -> int | None:
+    """The pid of the Redis at `redis_url` when it runs on this host, else None."""
+    import redis
+
+    if urlparse(redis_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        pid = int(redis.Redis.from_url(redis_url, socket_timeout=1).info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}/stat").exists() else None
+
+
 def down() -> list[str]:
     """Stop what `up` started, services first; returns the names stopped."""
     if not PIDS.exists():

@@ -153,3 +153,25 @@ def test_worker_metrics_ports_may_not_take_another_services():
         ports(GATEWAY_WORKERS="2")
     moved = ports(COLOCATE="1", GATEWAY_WORKERS="4", GATEWAY_METRICS_PORT="9201")
     assert moved == [9201, 9202, 9203, 9204]
+
+
+def test_load_test_watches_the_local_redis_the_stack_did_not_start(
+    tmp_path, monkeypatch, redis_url
+):
+    from shortlist import stack
+    from shortlist.config import Settings
+
+    pid = stack.local_redis_pid(redis_url)
+    assert pid is not None
+    assert "redis" in Path(f"/proc/{pid}/comm").read_text()
+    assert stack.local_redis_pid("redis://192.0.2.1:6379/0") is None  # not this host
+    assert stack.local_redis_pid(f"redis://127.0.0.1:{free_port()}/0") is None  # none there
+
+    pids = tmp_path / "pids.json"
+    monkeypatch.setattr(stack, "PIDS", pids)
+    settings = Settings.from_env({}, redis_url=redis_url)
+    assert stack.watched_processes(settings) == {}  # no stack up: nothing to watch
+    pids.write_text(json.dumps({"gateway": os.getpid()}))
+    assert stack.watched_processes(settings) == {"gateway": os.getpid(), "redis": pid}
+    pids.write_text(json.dumps({"redis": 1234, "gateway": os.getpid()}))  # its own Redis
+    assert stack.watched_processes(settings)["redis"] == 1234
