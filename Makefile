@@ -73,7 +73,20 @@ CONNECTIONS ?= 64
 # measured best on 2 cores); COLOCATE=0 GATEWAY_WORKERS=1 runs the four-service topology.
 COLOCATE ?= 1
 GATEWAY_WORKERS ?= 2
+# BALANCE=workers: each gateway worker also listens on its own port (WORKER_PORT + w) and
+# the load test spreads its connections evenly over those ports, as a gRPC client's round
+# robin over the workers would; BALANCE=port: all connections to the shared port, where the
+# kernel's hash of each connection picks the worker (uneven: 40/60 splits were seen).
+BALANCE ?= workers
+WORKER_PORT ?= 50061
 SERVING := $(REPORTS)/serving
+ifeq ($(BALANCE),workers)
+SERVING_PORT := $(WORKER_PORT)
+SERVING_TARGET = $(shell $(BIN)/python -c "print(','.join('127.0.0.1:%d' % ($(WORKER_PORT) + w) for w in range($(GATEWAY_WORKERS))))")
+else
+SERVING_PORT := 0
+SERVING_TARGET = $${SHORTLIST_GATEWAY_ADDR:-127.0.0.1:50051}
+endif
 bench-serving: install
 	mkdir -p $(SERVING)
 	if [ -e $(SERVING)/artifacts/LATEST ]; then echo "reusing $(SERVING)/artifacts"; \
@@ -85,8 +98,9 @@ bench-serving: install
 		print(chr(10).join(json.loads((r / v / 'users.json').read_text())))" \
 		$(SERVING)/artifacts > $(SERVING)/users.txt
 	SHORTLIST_BUNDLE=$(SERVING)/artifacts SHORTLIST_COLOCATE=$(COLOCATE) \
-		SHORTLIST_GATEWAY_WORKERS=$(GATEWAY_WORKERS) $(BIN)/shortlist up
-	$(BIN)/shortlist loadtest --target $${SHORTLIST_GATEWAY_ADDR:-127.0.0.1:50051} \
+		SHORTLIST_GATEWAY_WORKERS=$(GATEWAY_WORKERS) \
+		SHORTLIST_GATEWAY_WORKER_PORT=$(SERVING_PORT) $(BIN)/shortlist up
+	$(BIN)/shortlist loadtest --target $(SERVING_TARGET) \
 		--rate $(RATE) --duration $(DURATION) --connections $(CONNECTIONS) \
 		--users $(SERVING)/users.txt --plot $(SERVING)/latency.png \
 		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; \

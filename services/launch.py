@@ -177,6 +177,7 @@ def start_service(
                 address,
                 settings=settings,
                 share_port=settings.gateway_workers > 1,
+                own_port=settings.gateway_worker_port,
             ),
             servicer=servicer,
         )

@@ -179,7 +179,11 @@ def hash_key(
 
 @app.command()
 def loadtest(
-    target: str = typer.Option(..., help="Gateway address, HOST:PORT."),
+    target: str = typer.Option(
+        ...,
+        help="Gateway address, HOST:PORT; or several, comma-separated (e.g. the gateway "
+        "workers' own ports), which the connections are spread over evenly.",
+    ),
     rate: float = typer.Option(..., help="Arrivals per second (open loop: fixed schedule)."),
     duration: float = typer.Option(..., help="Measured seconds (after the warm-up)."),
     warmup: float = typer.Option(2.0, help="Seconds sent at the same rate but not counted."),

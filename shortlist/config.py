@@ -42,6 +42,10 @@ class Settings:
     # Gateway processes `shortlist up` starts on the one gateway port (SO_REUSEPORT; the
     # kernel spreads connections over them); worker w serves metrics on port + w.
     gateway_workers: int = 1
+    # Non-zero: worker w also listens on its own port gateway_worker_port + w, so that a
+    # client can spread calls evenly over the workers (gRPC round robin over addresses)
+    # instead of relying on how the kernel hashes connections to the shared port.
+    gateway_worker_port: int = 0
     max_k: int = 100
     candidates: int = 200
     # Search results the retrieval service keeps per bundle (shortlist.search_memo; exact:

@@ -77,6 +77,7 @@ def start_server(
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     settings: Any = None,
     share_port: bool = False,
+    own_port: int = 0,
 ) -> RunningServer:
     """Start a server on `address` ("host:port", port 0 picks a free one) and mark it SERVING.
 
@@ -85,7 +86,8 @@ def start_server(
     internal token elsewhere); a gateway that would be plaintext or keyless beyond loopback
     without `insecure=1` refuses to start (see shortlist.security). `share_port`: other
     processes may bind the same port (SO_REUSEPORT, gateway workers); otherwise a port in
-    use is an error.
+    use is an error. `own_port`: one more port on the same host for this process alone (a
+    gateway worker's, see Settings.gateway_worker_port).
     """
     credentials = None
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics_name)]
@@ -117,6 +119,15 @@ def start_server(
         port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {address}")
+    if own_port:
+        own = f"{address.rsplit(':', 1)[0]}:{own_port}"
+        bound = (
+            server.add_insecure_port(own)
+            if credentials is None
+            else server.add_secure_port(own, credentials)
+        )
+        if bound == 0:
+            raise OSError(f"could not bind gRPC server to {own}")
     server.start()
     running = RunningServer(server, port, health_servicer, service_names)
     if settings is not None and settings.health_port:

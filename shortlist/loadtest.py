@@ -5,7 +5,11 @@ do (open loop, not closed loop), and every latency is measured from the *schedul
 time, so a slow server or a lagging generator shows up in the percentiles instead of quietly
 lowering the offered load (no coordinated omission). One asyncio event loop drives all calls
 over `connections` `grpc.aio` channels (TCP connections), request i on channel i mod n: a
-server of several processes on one port (SO_REUSEPORT) spreads connections, not calls.
+server of several processes on one port (SO_REUSEPORT) spreads connections, not calls, and
+the kernel's hash of the connections decides each process's share. A target of several
+comma-separated addresses (the gateway workers' own ports) puts channel c on address
+c mod n instead, so that each address gets the same share of the calls (within one
+connection's, when the connections are not a multiple of the addresses).
 
 The first ``warmup_s`` seconds are sent but not counted. Users are drawn with a Zipf-like skew
 from a list (``--users FILE`` or ``user-0000``.. ``user-NNNN``), plus a share of never-seen
@@ -91,6 +95,19 @@ class LoadConfig:
             raise ValueError(f"concurrency must be >= 0, got {self.concurrency}")
         if self.connections < 1:
             raise ValueError(f"connections must be >= 1, got {self.connections}")
+        targets = self.targets
+        if not all(targets):
+            raise ValueError(f"target has an empty address: {self.target!r}")
+        if self.connections < len(targets):
+            raise ValueError(
+                f"connections ({self.connections}) must be >= the {len(targets)} target "
+                "addresses, one at least for each"
+            )
+
+    @property
+    def targets(self) -> list[str]:
+        """The addresses of `target` ("HOST:PORT" or a comma-separated list of them)."""
+        return [t.strip() for t in self.target.split(",")]
 
 
 @dataclass
@@ -225,16 +242,17 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
     workload = _Workload(config, total)
     samples = Samples()
     loop = asyncio.get_running_loop()
+    targets = config.targets
     channels = [
         grpc.aio.insecure_channel(
-            config.target,
+            targets[c % len(targets)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.use_local_subchannel_pool", 1),  # a connection of its own each
             ],
         )
-        for _ in range(config.connections)
+        for c in range(config.connections)
     ]
     stubs = [gateway_pb2_grpc.GatewayStub(channel) for channel in channels]
     limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None

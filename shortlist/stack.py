@@ -203,6 +203,10 @@ def start_services(settings: Settings, pids: dict[str, int]) -> None:
             # the port already answers; this worker is known ready by its own metrics
             port = metrics_ports[worker]
             worker_env = {**env, "SHORTLIST_GATEWAY_METRICS_PORT": str(port)}
+            if settings.gateway_worker_port:
+                worker_env["SHORTLIST_GATEWAY_WORKER_PORT"] = str(
+                    settings.gateway_worker_port + worker
+                )
             pids[process] = _spawn(process, argv, worker_env)
             _wait_started(
                 process,

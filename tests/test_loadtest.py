@@ -116,3 +116,10 @@ def test_config_is_validated():
         loadtest.LoadConfig(target="x:1", rate=1, duration_s=1, feedback_share=2).validate()
     with pytest.raises(ValueError, match="connections"):
         loadtest.LoadConfig(target="x:1", rate=1, duration_s=1, connections=0).validate()
+    with pytest.raises(ValueError, match="empty address"):
+        loadtest.LoadConfig(target="x:1,", rate=1, duration_s=1).validate()
+    with pytest.raises(ValueError, match="one at least for each"):
+        loadtest.LoadConfig(target="x:1,x:2,x:3", rate=1, duration_s=1, connections=2).validate()
+    spread = loadtest.LoadConfig(target="x:1, x:2", rate=1, duration_s=1, connections=4)
+    spread.validate()
+    assert spread.targets == ["x:1", "x:2"]

@@ -50,8 +50,13 @@ def test_up_serves_grpcurl_and_down_stops_everything(
         },
         **{f"SHORTLIST_{n.upper()}_METRICS_PORT": str(p) for n, p in metrics.items()},
     }
+    own = free_ports(2)  # the colocated workers' own ports
     if colocate:
-        env |= {"SHORTLIST_COLOCATE": "1", "SHORTLIST_GATEWAY_WORKERS": "2"}
+        env |= {
+            "SHORTLIST_COLOCATE": "1",
+            "SHORTLIST_GATEWAY_WORKERS": "2",
+            "SHORTLIST_GATEWAY_WORKER_PORT": str(own),
+        }
     run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     up = subprocess.run([SHORTLIST, "up"], **run)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -95,6 +100,19 @@ def test_up_serves_grpcurl_and_down_stops_everything(
                 assert len(got.items) == 3 and not got.fallback_used, got.fallback_reason
             calls = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
             assert min(calls) >= 1 and sum(calls) == 25, calls
+            # Each worker's own port reaches that worker alone: the load test's connections
+            # spread over both give each exactly half of the calls.
+            targets = f"127.0.0.1:{own},127.0.0.1:{own + 1}"
+            load = subprocess.run(
+                [SHORTLIST, "loadtest", "--target", targets, "--rate", "40", "--duration", "1"]
+                + ["--warmup", "0", "--connections", "4", "--no-watch-stack"],
+                **run,
+            )
+            assert load.returncode == 0, load.stdout + load.stderr
+            summary = json.loads(load.stdout.strip().splitlines()[-1])
+            assert summary["requests"] == 40 and summary["errors"] == {}, summary
+            after = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
+            assert [a - c for a, c in zip(after, calls)] == [20, 20], (calls, after)
     finally:
         down = subprocess.run([SHORTLIST, "down"], **run)
     assert down.returncode == 0, down.stderr
