@@ -67,7 +67,7 @@ def run(console: Console | None = None, user: str = "user-0007", k: int = 10) ->
     metrics = bundle.manifest["metrics"]
     console.print(
         f"bundle {bundle.version}: ranker NDCG@20 {metrics['ranker_ndcg@20']:.3f} vs retrieval "
-        f"order {metrics['retrieval_order_ndcg@20']:.3f} on held-out likes "
+        f"order {metrics['retrieval_order_ndcg@20']:.3f} on held-out likes, out of fold "
         f"({metrics['train_seconds']:.1f}s)"
     )
     store, bus = InMemoryStateStore(), InMemoryBus()

@@ -17,20 +17,23 @@ class RankerConfig:
     num_leaves: int = 31
     learning_rate: float = 0.05
     rounds: int = 300
-    early_stopping: int = 30
+    # Patience over the folds' mean NDCG@20: long, as the curve can dip early and peak later
+    # (one MovieLens-100K seed: 0.198 at round 6, 0.192 at 10, 0.201 at 97).
+    early_stopping: int = 100
     min_data_in_leaf: int = 50
+    folds: int = 4
     seed: int = 0
 
 
-def train_ranker(
-    train: tuple[np.ndarray, np.ndarray, np.ndarray],
-    valid: tuple[np.ndarray, np.ndarray, np.ndarray],
-    feature_names: list[str],
-    config: RankerConfig | None = None,
-) -> lgb.Booster:
-    """Fit on (features, labels, group sizes); stop early on the validation users' NDCG@20."""
-    cfg = config or RankerConfig()
-    params = {
+@dataclass
+class RankerFit:
+    booster: lgb.Booster  # fit on every list with `rounds` rounds
+    rounds: int
+    held_out_scores: np.ndarray  # each row scored by the fold model that did not see its list
+
+
+def _params(cfg: RankerConfig) -> dict:
+    return {
         "objective": "lambdarank",
         "metric": "ndcg",
         "eval_at": [20],
@@ -42,15 +45,53 @@ def train_ranker(
         "num_threads": 2,
         "verbosity": -1,
     }
-    dtrain = lgb.Dataset(train[0], train[1], group=train[2], feature_name=feature_names)
-    dvalid = lgb.Dataset(valid[0], valid[1], group=valid[2], reference=dtrain)
-    return lgb.train(
+
+
+def list_folds(groups: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, held-out rows) per fold, whole lists to a fold: list g goes to fold
+    g mod n_folds (the caller has shuffled the lists)."""
+    fold_of_row = np.repeat(np.arange(len(groups)) % n_folds, groups)
+    return [
+        (np.flatnonzero(fold_of_row != f), np.flatnonzero(fold_of_row == f)) for f in range(n_folds)
+    ]
+
+
+def train_ranker(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    feature_names: list[str],
+    config: RankerConfig | None = None,
+) -> RankerFit:
+    """LambdaRank on (features, labels, list sizes), cross-validated: the number of rounds
+    is where the folds' mean held-out NDCG@20 peaks, then one model is fit on every list
+    with that many rounds. Early-stopped on a single held-out quarter instead, the round
+    count followed that quarter's noise: on MovieLens-100K six seeds gave NDCG@20 lifts
+    from +1.2% to +18.4% (mean +12.4%); cross-validated over the whole curve, +13.9% to
+    +18.8% (mean +17.1%)."""
+    cfg = config or RankerConfig()
+    x, y, groups = data
+    if len(groups) < 2:
+        raise ValueError(f"cross-validating the ranker needs at least 2 lists, got {len(groups)}")
+    params = _params(cfg)
+    folds = list_folds(groups, min(cfg.folds, len(groups)))
+    result = lgb.cv(
         params,
-        dtrain,
+        lgb.Dataset(x, y, group=groups, feature_name=feature_names, free_raw_data=False),
         num_boost_round=cfg.rounds,
-        valid_sets=[dvalid],
+        folds=folds,
         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)],
+        return_cvbooster=True,
     )
+    cv = result["cvbooster"]
+    rounds = int(cv.best_iteration) if cv.best_iteration > 0 else cfg.rounds
+    held_out = np.empty(len(y), np.float32)
+    for booster, (_, rows) in zip(cv.boosters, folds):
+        held_out[rows] = booster.predict(x[rows], num_iteration=rounds, num_threads=1)
+    final = lgb.train(
+        params,
+        lgb.Dataset(x, y, group=groups, feature_name=feature_names),
+        num_boost_round=rounds,
+    )
+    return RankerFit(final, rounds, held_out)
 
 
 def score(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 
@@ -38,7 +37,7 @@ from shortlist.foldin import calibrate_targets
 from shortlist.index import build_index
 from shortlist.models import registry
 from shortlist.models.popularity import item_popularity
-from shortlist.ranker import RankerConfig, score, train_ranker
+from shortlist.ranker import RankerConfig, RankerFit, train_ranker
 
 Progress = Callable[[str], None]
 
@@ -50,8 +49,7 @@ class TrainConfig:
     candidates: int = 200
     label_share: float = 0.2
     recent_likes: int = 50
-    ranker_valid_share: float = 0.25
-    ranker_max_lists: int = 12_000  # lists (users) the ranker is fit and early-stopped on
+    ranker_max_lists: int = 12_000  # lists (users) the ranker is cross-validated and fit on
     index: str = "auto"
     seed: int = 0
     model: str = "mf-bpr"
@@ -97,10 +95,12 @@ def train_bundle(
         users=labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed),
         label_context=label_data.context,
     )
-    ranker, valid_users = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
-    x_val, y_val, g_val = _stack(lists, valid_users)
-    retrieval_ndcg = mean_list_ndcg(-x_val[:, RANK_COLUMN], y_val, g_val, lists, valid_users)
-    ranker_ndcg = mean_list_ndcg(score(ranker, x_val), y_val, g_val, lists, valid_users)
+    fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
+    ranker = fit.booster
+    x_all, y_all, g_all = _stack(lists, fit.users)
+    retrieval_ndcg = mean_list_ndcg(-x_all[:, RANK_COLUMN], y_all, g_all)
+    ranker_ndcg = mean_list_ndcg(fit.held_out_scores, y_all, g_all)
+    del x_all
 
     say("training the serving model on all likes")
     model = registry.build(cfg.model, options)
@@ -135,7 +135,9 @@ def train_bundle(
             "code_version": code_version(),
             "feature_names": names,
             "metrics": {
-                "ranker_valid_users": int(len(valid_users)),
+                # over the ranker's lists, each scored by a fold model that did not see it
+                "ranker_lists": int(len(fit.users)),
+                "ranker_rounds": fit.rounds,
                 "retrieval_order_ndcg@20": round(retrieval_ndcg, 4),
                 "ranker_ndcg@20": round(ranker_ndcg, 4),
                 "train_seconds": round(time.perf_counter() - started, 2),
@@ -286,19 +288,28 @@ def ranking_lists(
     return out
 
 
+@dataclass
+class FittedRanker(RankerFit):
+    users: np.ndarray  # whose lists the ranker was fit on, in the order of held_out_scores
+    sizes: np.ndarray  # their lengths
+
+    def held_out_by_user(self) -> dict[int, np.ndarray]:
+        parts = np.split(self.held_out_scores, np.cumsum(self.sizes)[:-1])
+        return {int(u): p for u, p in zip(self.users, parts)}
+
+
 def fit_ranker(
     lists: dict, names: list[str], cfg: TrainConfig, ranker_cfg: RankerConfig, say: Progress
-) -> tuple[lgb.Booster, np.ndarray]:
-    """LambdaRank on at most `ranker_max_lists` random lists, early-stopped on a share of
-    them; returns the ranker and those held-out users."""
+) -> FittedRanker:
+    """LambdaRank cross-validated on at most `ranker_max_lists` random lists (their users in
+    `users`, in the order of `held_out_scores`)."""
     users = np.array(sorted(lists))
     np.random.default_rng(cfg.seed).shuffle(users)
     users = users[: cfg.ranker_max_lists]
-    n_valid = max(1, int(len(users) * cfg.ranker_valid_share))
-    valid_users, train_users = users[:n_valid], users[n_valid:]
-    say(f"LambdaRank on {len(train_users):,} lists, early stop on {len(valid_users):,}")
-    ranker = train_ranker(_stack(lists, train_users), _stack(lists, valid_users), names, ranker_cfg)
-    return ranker, valid_users
+    say(f"LambdaRank on {len(users):,} lists, {ranker_cfg.folds}-fold cross-validated")
+    x, y, sizes = _stack(lists, users)
+    fit = train_ranker((x, y, sizes), names, ranker_cfg)
+    return FittedRanker(fit.booster, fit.rounds, fit.held_out_scores, users, sizes)
 
 
 def labelled_users(labels: sp.csr_matrix, max_lists: int, seed: int) -> np.ndarray:
@@ -316,7 +327,7 @@ def _stack(lists, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.vstack(xs), np.concatenate(ys), np.array([len(y) for y in ys])
 
 
-def mean_list_ndcg(scores, labels, groups, lists, users, k: int = 20) -> float:
+def mean_list_ndcg(scores, labels, groups, k: int = 20) -> float:
     """Mean NDCG@k of the lists ordered by `scores` (binary labels within each list)."""
     out, lo = [], 0
     discounts = 1.0 / np.log2(np.arange(2, k + 2))

@@ -297,7 +297,7 @@ def ranker_transfer(
     except ValueError as exc:
         _fail(str(exc))
     table = Table(title=f"{split.name}: ranker lift over retrieval order (NDCG@20)")
-    for col in ("features", "fit on", "valid", "valid lift", "test", "test lift", "trees"):
+    for col in ("features", "fit on", "valid", "valid lift", "test", "test lift", "rounds"):
         table.add_column(col)
     for r in result["rows"]:
         table.add_row(
@@ -307,7 +307,7 @@ def ranker_transfer(
             "" if r["valid_lift"] is None else f"{r['valid_lift']:+.1%}",
             " -> ".join(map(str, r["test_ndcg@20"])),
             f"{r['test_lift']:+.1%}",
-            str(r["trees"]),
+            str(r["rounds"]),
         )
     Console(width=130).print(table)
     typer.echo(json.dumps(result))

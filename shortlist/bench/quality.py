@@ -131,7 +131,7 @@ def two_stage_main(
     top = ", ".join(f"{n} {v:.3f}" for n, v in list(result.importance.items())[:8])
     console.print(f"feature importance (gain share): {top}")
     console.print(
-        "ranker on held-out valid lists: ndcg@20 "
+        "ranker on its valid lists, out of fold: ndcg@20 "
         f"{result.ranker_valid['retrieval_ndcg@20']:.4f} (retrieval order) -> "
         f"{result.ranker_valid['ranker_ndcg@20']:.4f}"
     )

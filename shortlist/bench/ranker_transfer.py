@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from shortlist.evaluation.protocols import union_likes
-from shortlist.evaluation.two_stage import list_metrics
+from shortlist.evaluation.two_stage import held_out_lift, list_metrics
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score
 from shortlist.training import (
@@ -98,20 +98,20 @@ def run(
     for label, subset in subsets.items():
         keep = [names.index(n) for n in subset]
         fit_lists, test_lists = _columns(valid, keep), _columns(tests, keep)
-        ranker, held_out = fit_ranker(fit_lists, subset, cfg, RankerConfig(seed=seed), say)
-        rank_col = subset.index("retrieval_rank")
-        v0, v1 = _lift(ranker, fit_lists, split.valid.positives, np.sort(held_out), rank_col)
-        t0, t1 = _lift(ranker, test_lists, test, users, rank_col)
-        rows.append(_row(label, "valid labels", v0, v1, t0, t1, ranker.best_iteration))
+        fit = fit_ranker(fit_lists, subset, cfg, RankerConfig(seed=seed), say)
+        held_out = held_out_lift(
+            fit_lists, fit, split.valid.positives, subset.index("retrieval_rank")
+        )
+        v0, v1 = held_out["retrieval_ndcg@20"], held_out["ranker_ndcg@20"]
+        t0, t1 = _lift(fit.booster, test_lists, test, users, subset.index("retrieval_rank"))
+        rows.append(_row(label, "valid labels", v0, v1, t0, t1, fit.rounds))
     # Fit on half of the test users' lists, score the other half (diagnosis only).
     order = rng.permutation(users)
     fit_half, other_half = order[: len(order) // 2], np.sort(order[len(order) // 2 :])
     half = {int(u): tests[int(u)] for u in fit_half if tests[int(u)][2].sum() > 0}
-    ranker, _ = fit_ranker(half, names, cfg, RankerConfig(seed=seed), say)
-    t0, t1 = _lift(ranker, tests, test, other_half, names.index("retrieval_rank"))
-    rows.append(
-        _row("all features", "half of the test users", None, None, t0, t1, ranker.best_iteration)
-    )
+    fit = fit_ranker(half, names, cfg, RankerConfig(seed=seed), say)
+    t0, t1 = _lift(fit.booster, tests, test, other_half, names.index("retrieval_rank"))
+    rows.append(_row("all features", "half of the test users", None, None, t0, t1, fit.rounds))
     return {
         "dataset": split.name,
         "model": model,
@@ -121,7 +121,7 @@ def run(
     }
 
 
-def _row(features, fit_on, v0, v1, t0, t1, trees) -> dict[str, Any]:
+def _row(features, fit_on, v0, v1, t0, t1, rounds) -> dict[str, Any]:
     def lift(a, b):
         return None if a is None else round(b / a - 1, 4)
 
@@ -132,5 +132,5 @@ def _row(features, fit_on, v0, v1, t0, t1, trees) -> dict[str, Any]:
         "valid_lift": lift(v0, v1),
         "test_ndcg@20": [round(t0, 4), round(t1, 4)],
         "test_lift": lift(t0, t1),
-        "trees": int(trees),
+        "rounds": int(rounds),
     }

@@ -25,6 +25,7 @@ from shortlist.features import RANK_COLUMN
 from shortlist.models import registry
 from shortlist.ranker import RankerConfig, score
 from shortlist.training import (
+    FittedRanker,
     TrainConfig,
     data_feature_names,
     fit_ranker,
@@ -78,6 +79,21 @@ def list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
     return {name: float(v.mean()) for name, v in per_user.items()}
 
 
+def held_out_lift(
+    lists, fit: FittedRanker, labels, rank_column: int = RANK_COLUMN
+) -> dict[str, float]:
+    """NDCG@20 of the ranker's lists, against all of `labels`, in retrieval order and as
+    scored out of fold (each list by the fold model that did not see it)."""
+    users = np.sort(fit.users)
+    scored = {u: (lists[u][0], s[:, None], None) for u, s in fit.held_out_by_user().items()}
+    return {
+        "retrieval_ndcg@20": list_metrics(lists, lambda x: -x[:, rank_column], labels, users)[
+            "ndcg@20"
+        ],
+        "ranker_ndcg@20": list_metrics(scored, lambda s: s[:, 0], labels, users)["ndcg@20"],
+    }
+
+
 def _fit(name: str, options: dict[str, Any], data) -> Any:
     model = registry.build(name, options)
     model.fit(data)
@@ -120,19 +136,10 @@ def run_two_stage(
     names = data_feature_names(split.train)
     timings["ranker_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    ranker, valid_users = fit_ranker(
-        lists, names, cfg, ranker_cfg or RankerConfig(seed=cfg.seed), say
-    )
+    fit = fit_ranker(lists, names, cfg, ranker_cfg or RankerConfig(seed=cfg.seed), say)
+    ranker = fit.booster
     timings["ranker_fit"] = time.perf_counter() - clock
-    valid_sorted = np.sort(valid_users)
-    ranker_valid = {
-        "retrieval_ndcg@20": list_metrics(
-            lists, lambda x: -x[:, RANK_COLUMN], split.valid.positives, valid_sorted
-        )["ndcg@20"],
-        "ranker_ndcg@20": list_metrics(
-            lists, lambda x: score(ranker, x), split.valid.positives, valid_sorted
-        )["ndcg@20"],
-    }
+    ranker_valid = held_out_lift(lists, fit, split.valid.positives)
     del lists
 
     clock = time.perf_counter()
