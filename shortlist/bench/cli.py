@@ -48,6 +48,9 @@ def quality(
         None, "--report", help="Directory for the markdown report and validation-curve plot."
     ),
     pipeline: str = typer.Option("retrieval", "--pipeline", help="What is evaluated."),
+    ranker_seeds: int = typer.Option(
+        1, "--ranker-seeds", min=1, help="two-stage: also run seeds 1..N-1, print each lift."
+    ),
 ) -> None:
     """Train a retrieval model under protocol A or B and print its test metrics.
 
@@ -83,6 +86,7 @@ def quality(
             config=options,
             report_dir=str(report) if report else None,
             pipeline=pipeline,
+            ranker_seeds=ranker_seeds,
         )
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -53,12 +53,14 @@ def run(
     options: dict[str, Any],
     test_users: int = 8000,
     seed: int = 0,
+    ranker_cfg: RankerConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     if split.valid is None:
         raise ValueError("the diagnosis needs a valid split")
     cfg = TrainConfig(model=model, seed=seed)
+    ranker_cfg = ranker_cfg or RankerConfig(seed=seed)
     say(f"{model} on train ({split.train.nnz:,} likes)")
     fitted = registry.build(model, options)
     fitted.fit(split.train)
@@ -98,7 +100,7 @@ def run(
     for label, subset in subsets.items():
         keep = [names.index(n) for n in subset]
         fit_lists, test_lists = _columns(valid, keep), _columns(tests, keep)
-        fit = fit_ranker(fit_lists, subset, cfg, RankerConfig(seed=seed), say)
+        fit = fit_ranker(fit_lists, subset, cfg, ranker_cfg, say)
         held_out = held_out_lift(
             fit_lists, fit, split.valid.positives, subset.index("retrieval_rank")
         )
@@ -109,7 +111,7 @@ def run(
     order = rng.permutation(users)
     fit_half, other_half = order[: len(order) // 2], np.sort(order[len(order) // 2 :])
     half = {int(u): tests[int(u)] for u in fit_half if tests[int(u)][2].sum() > 0}
-    fit = fit_ranker(half, names, cfg, RankerConfig(seed=seed), say)
+    fit = fit_ranker(half, names, cfg, ranker_cfg, say)
     t0, t1 = _lift(fit.booster, tests, test, other_half, names.index("retrieval_rank"))
     rows.append(_row("all features", "half of the test users", None, None, t0, t1, fit.rounds))
     return {

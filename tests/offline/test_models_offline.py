@@ -222,6 +222,18 @@ def test_bench_quality_two_stage_cli(tiny_dir):
         assert 0 <= summary[key] <= 1
     assert summary["total_seconds"] >= summary["ranker_fit_seconds"] > 0
     assert "retrieval @20" in result.stdout and "two-stage @20" in result.stdout
+    assert "ndcg@20_lift_by_seed" not in summary
+
+
+def test_bench_quality_two_stage_cli_over_ranker_seeds(tiny_dir):
+    args = ["bench", "quality", "--data", str(tiny_dir), "--protocol", "A"]
+    args += ["--pipeline", "two-stage", "--config", '{"rank": 32}', "--ranker-seeds", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = _last_json(result.stdout)
+    lifts = summary["ndcg@20_lift_by_seed"]
+    assert len(lifts) == 2 and lifts[0] == summary["ndcg@20_lift"]
+    assert "seed 1: ndcg@20" in result.stdout and "lift over 2 seeds" in result.stdout
 
 
 def test_bench_quality_cli(tiny_dir, tmp_path):

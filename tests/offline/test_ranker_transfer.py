@@ -7,6 +7,7 @@ import pytest
 from shortlist.bench import ranker_transfer
 from shortlist.data.splits import temporal_leave_last_out
 from shortlist.data.synthetic import generate
+from shortlist.ranker import RankerConfig
 
 
 @pytest.mark.timeout(120)
@@ -14,7 +15,11 @@ def test_rows_for_each_feature_group_and_the_test_half_fit():
     data = generate(n_users=500, n_items=300, seed=2)
     split = temporal_leave_last_out(data, n_test=3, n_valid=3, min_train=5, name="generated")
     result = ranker_transfer.run(
-        split, "mf-bpr", {"dim": 16, "epochs": 10, "seed": 0}, test_users=400
+        split,
+        "mf-bpr",
+        {"dim": 16, "epochs": 10, "seed": 0},
+        test_users=400,
+        ranker_cfg=RankerConfig(rounds=100, early_stopping=30),  # 5 cross-validated fits
     )
     rows = {(r["features"], r["fit_on"]): r for r in result["rows"]}
     assert set(rows) == {
