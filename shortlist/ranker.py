@@ -65,7 +65,7 @@ def train_ranker(
     is where the folds' mean held-out NDCG@20 peaks, then one model is fit on every list
     with that many rounds. Early-stopped on a single held-out quarter instead, the round
     count followed that quarter's noise: on MovieLens-100K six seeds gave NDCG@20 lifts
-    from +1.2% to +18.4% (mean +12.4%); cross-validated over the whole curve, +13.9% to
+    from +1.2% to +18.4% (mean +12.4%); cross-validated, +13.9% to
     +18.8% (mean +17.1%)."""
     cfg = config or RankerConfig()
     x, y, groups = data
