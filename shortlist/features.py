@@ -48,6 +48,10 @@ RECENT_ITEMS = 50  # likes and dislikes (newest first) the similarity features l
 # to 256 lowered the two-stage NDCG@20 lift from +17.9% to +13.6%.
 COOC_NEIGHBOURS = 256
 COOC_ENTRIES = 10_000_000
+# Up to this many items the cosines are also held dense (items x items float32: 16 MB at
+# most), where a request's lookup is one fancy index: 200 candidates x 30 likes on the
+# built-in 600-item catalogue took 50 us instead of the sparse rows' 410-480 us.
+COOC_DENSE_MAX_ITEMS = 2048
 # Free-form context: a key the training likes record (Interactions.context) becomes the
 # feature ctx_<key>_item_lift, log P(value | item) - log P(value), with P(value | item)
 # pulled towards P(value) by CONTEXT_PRIOR pseudo-likes (0 for an item without likes). Its
@@ -164,6 +168,11 @@ class ItemSide:
     user_attribute_names: list[str]
     # free-form context key -> (value -> row, values x items context_lift)
     context: dict[str, tuple[dict[str, int], np.ndarray]] = field(default_factory=dict)
+    cooc_dense: np.ndarray | None = None  # `cooc` as an array, on small catalogues
+
+    def __post_init__(self) -> None:
+        if self.cooc_dense is None and self.cooc.shape[1] <= COOC_DENSE_MAX_ITEMS:
+            self.cooc_dense = self.cooc.toarray()
 
 
 def recent_popularity(
@@ -256,6 +265,8 @@ def item_neighbours(likes: sp.csr_matrix, keep: int | None = None) -> sp.csr_mat
 
 def _cooc(items: ItemSide, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Cosine co-occurrence, len(rows) x len(candidates) (0 beyond a row's neighbours)."""
+    if items.cooc_dense is not None:
+        return items.cooc_dense[np.ix_(rows, candidates)]
     c = items.cooc
     starts = c.indptr[rows]
     lengths = c.indptr[rows + 1] - starts

@@ -233,3 +233,26 @@ def test_rows_kept_whole_on_small_catalogues_and_bounded_on_large_ones():
     assert neighbours_kept(1682) >= 1682  # MovieLens-100K: exact cosines
     assert neighbours_kept(40_981) == COOC_NEIGHBOURS  # Gowalla: 256 a row
     assert neighbours_kept(10_000) * 10_000 <= COOC_ENTRIES
+
+
+def test_dense_and_sparse_cooccurrence_give_the_same_features():
+    from dataclasses import replace
+
+    from shortlist.features import COOC_DENSE_MAX_ITEMS
+
+    rng = np.random.default_rng(4)
+    likes = sp.random(200, 60, density=0.15, format="csr", random_state=4)
+    likes.data[:] = 1.0
+    vecs = rng.normal(size=(60, 8)).astype(np.float32)
+    dense = item_side(likes, vecs, np.ones(60), np.ones(60), np.zeros((60, 0)), [])
+    assert COOC_DENSE_MAX_ITEMS >= 60 and dense.cooc_dense is not None
+    sparse = replace(dense, cooc_dense=None)
+    sparse.cooc_dense = None  # __post_init__ rebuilt it: force the sparse lookup
+    user = UserSignals(2, recent_likes=np.array([3, 7, 11, 40]), recent_dislikes=np.array([5, 9]))
+    candidates = rng.choice(60, 30, replace=False)
+    args = (candidates, np.linspace(1, 0.1, 30), user, RequestContext())
+    got = build_features(*args, dense, np.zeros(30, np.float32))
+    want = build_features(*args, sparse, np.zeros(30, np.float32))
+    np.testing.assert_array_equal(got, want)
+    col = BASE_FEATURES.index("cooc_sum_likes")
+    assert np.count_nonzero(got[:, col]) > 5  # co-occurrence is there to compare
