@@ -170,10 +170,6 @@ class ItemSide:
     context: dict[str, tuple[dict[str, int], np.ndarray]] = field(default_factory=dict)
     cooc_dense: np.ndarray | None = None  # `cooc` as an array, on small catalogues
 
-    def __post_init__(self) -> None:
-        if self.cooc_dense is None and self.cooc.shape[1] <= COOC_DENSE_MAX_ITEMS:
-            self.cooc_dense = self.cooc.toarray()
-
 
 def recent_popularity(
     likes: sp.csr_matrix, timestamps: np.ndarray | None, half_life_days: float = HALF_LIFE_DAYS
@@ -197,11 +193,13 @@ def item_side(
     user_attribute_names: list[str] | None = None,
     counts: ContextCounts | None = None,
 ) -> ItemSide:
+    cooc = item_neighbours(likes)
     return ItemSide(
         vectors=vectors,
         popularity=np.asarray(popularity, np.float64),
         log_recent_popularity=np.log1p(recent).astype(np.float32),
-        cooc=item_neighbours(likes),
+        cooc=cooc,
+        cooc_dense=cooc.toarray() if cooc.shape[1] <= COOC_DENSE_MAX_ITEMS else None,
         attributes=attributes.astype(np.float32),
         attribute_names=list(attribute_names),
         user_attribute_names=list(user_attribute_names or []),

@@ -73,9 +73,11 @@ def train_ranker(
         raise ValueError(f"cross-validating the ranker needs at least 2 lists, got {len(groups)}")
     params = _params(cfg)
     folds = list_folds(groups, min(cfg.folds, len(groups)))
+    # one Dataset, binned once, for the folds and the final fit
+    dataset = lgb.Dataset(x, y, group=groups, feature_name=feature_names, free_raw_data=False)
     result = lgb.cv(
         params,
-        lgb.Dataset(x, y, group=groups, feature_name=feature_names, free_raw_data=False),
+        dataset,
         num_boost_round=cfg.rounds,
         folds=folds,
         callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)],
@@ -86,11 +88,7 @@ def train_ranker(
     held_out = np.empty(len(y), np.float32)
     for booster, (_, rows) in zip(cv.boosters, folds):
         held_out[rows] = booster.predict(x[rows], num_iteration=rounds, num_threads=1)
-    final = lgb.train(
-        params,
-        lgb.Dataset(x, y, group=groups, feature_name=feature_names),
-        num_boost_round=rounds,
-    )
+    final = lgb.train(params, dataset, num_boost_round=rounds)
     return RankerFit(final, rounds, held_out)
 
 

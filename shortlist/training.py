@@ -20,7 +20,6 @@ from shortlist.artifacts import Bundle, code_version, new_version
 from shortlist.data.interactions import Interactions
 from shortlist.data.splits import select_likes
 from shortlist.features import (
-    RANK_COLUMN,
     ItemSide,
     RequestContext,
     UserSignals,
@@ -97,10 +96,8 @@ def train_bundle(
     )
     fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
     ranker = fit.booster
-    x_all, y_all, g_all = _stack(lists, fit.users)
-    retrieval_ndcg = mean_list_ndcg(-x_all[:, RANK_COLUMN], y_all, g_all)
-    ranker_ndcg = mean_list_ndcg(fit.held_out_scores, y_all, g_all)
-    del x_all
+    retrieval_ndcg = mean_list_ndcg(-fit.retrieval_rank, fit.labels, fit.sizes)
+    ranker_ndcg = mean_list_ndcg(fit.held_out_scores, fit.labels, fit.sizes)
 
     say("training the serving model on all likes")
     model = registry.build(cfg.model, options)
@@ -292,9 +289,12 @@ def ranking_lists(
 class FittedRanker(RankerFit):
     users: np.ndarray  # whose lists the ranker was fit on, in the order of held_out_scores
     sizes: np.ndarray  # their lengths
+    labels: np.ndarray  # and, row by row, the labels and retrieval ranks
+    retrieval_rank: np.ndarray
 
-    def held_out_by_user(self) -> dict[int, np.ndarray]:
-        parts = np.split(self.held_out_scores, np.cumsum(self.sizes)[:-1])
+    def by_user(self, rows: np.ndarray) -> dict[int, np.ndarray]:
+        """A row-aligned array (held_out_scores, labels, retrieval_rank) cut into lists."""
+        parts = np.split(rows, np.cumsum(self.sizes)[:-1])
         return {int(u): p for u, p in zip(self.users, parts)}
 
 
@@ -309,7 +309,8 @@ def fit_ranker(
     say(f"LambdaRank on {len(users):,} lists, {ranker_cfg.folds}-fold cross-validated")
     x, y, sizes = _stack(lists, users)
     fit = train_ranker((x, y, sizes), names, ranker_cfg)
-    return FittedRanker(fit.booster, fit.rounds, fit.held_out_scores, users, sizes)
+    rank = x[:, names.index("retrieval_rank")]
+    return FittedRanker(fit.booster, fit.rounds, fit.held_out_scores, users, sizes, y, rank)
 
 
 def labelled_users(labels: sp.csr_matrix, max_lists: int, seed: int) -> np.ndarray:

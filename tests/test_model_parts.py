@@ -246,8 +246,7 @@ def test_dense_and_sparse_cooccurrence_give_the_same_features():
     vecs = rng.normal(size=(60, 8)).astype(np.float32)
     dense = item_side(likes, vecs, np.ones(60), np.ones(60), np.zeros((60, 0)), [])
     assert COOC_DENSE_MAX_ITEMS >= 60 and dense.cooc_dense is not None
-    sparse = replace(dense, cooc_dense=None)
-    sparse.cooc_dense = None  # __post_init__ rebuilt it: force the sparse lookup
+    sparse = replace(dense, cooc_dense=None)  # the lookup larger catalogues take
     user = UserSignals(2, recent_likes=np.array([3, 7, 11, 40]), recent_dislikes=np.array([5, 9]))
     candidates = rng.choice(60, 30, replace=False)
     args = (candidates, np.linspace(1, 0.1, 30), user, RequestContext())

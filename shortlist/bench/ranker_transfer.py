@@ -101,9 +101,7 @@ def run(
         keep = [names.index(n) for n in subset]
         fit_lists, test_lists = _columns(valid, keep), _columns(tests, keep)
         fit = fit_ranker(fit_lists, subset, cfg, ranker_cfg, say)
-        held_out = held_out_lift(
-            fit_lists, fit, split.valid.positives, subset.index("retrieval_rank")
-        )
+        held_out = held_out_lift(fit_lists, fit, split.valid.positives)
         v0, v1 = held_out["retrieval_ndcg@20"], held_out["ranker_ndcg@20"]
         t0, t1 = _lift(fit.booster, test_lists, test, users, subset.index("retrieval_rank"))
         rows.append(_row(label, "valid labels", v0, v1, t0, t1, fit.rounds))

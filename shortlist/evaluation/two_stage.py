@@ -79,18 +79,18 @@ def list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
     return {name: float(v.mean()) for name, v in per_user.items()}
 
 
-def held_out_lift(
-    lists, fit: FittedRanker, labels, rank_column: int = RANK_COLUMN
-) -> dict[str, float]:
+def held_out_lift(lists, fit: FittedRanker, labels) -> dict[str, float]:
     """NDCG@20 of the ranker's lists, against all of `labels`, in retrieval order and as
     scored out of fold (each list by the fold model that did not see it)."""
     users = np.sort(fit.users)
-    scored = {u: (lists[u][0], s[:, None], None) for u, s in fit.held_out_by_user().items()}
+
+    def ordered_by(rows: np.ndarray) -> dict[str, float]:
+        scored = {u: (lists[u][0], v[:, None], None) for u, v in fit.by_user(rows).items()}
+        return list_metrics(scored, lambda v: v[:, 0], labels, users)["ndcg@20"]
+
     return {
-        "retrieval_ndcg@20": list_metrics(lists, lambda x: -x[:, rank_column], labels, users)[
-            "ndcg@20"
-        ],
-        "ranker_ndcg@20": list_metrics(scored, lambda s: s[:, 0], labels, users)["ndcg@20"],
+        "retrieval_ndcg@20": ordered_by(-fit.retrieval_rank),
+        "ranker_ndcg@20": ordered_by(fit.held_out_scores),
     }
 
 
