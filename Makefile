@@ -52,7 +52,8 @@ REPORTS ?= reports
 bench: bench-quality bench-ranking bench-index bench-feedback bench-serving
 
 bench-quality: install
-	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench quality --data $(DATA)/gowalla \
+	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench recency --data $(DATA)/gowalla && \
+		$(BIN)/shortlist bench quality --data $(DATA)/gowalla \
 		--protocol A --report $(REPORTS)/quality; else echo "absent: $(DATA)/gowalla"; fi
 	@if [ -d $(DATA)/lastfm ]; then $(BIN)/shortlist bench quality --data $(DATA)/lastfm \
 		--protocol B --report $(REPORTS)/quality; else echo "absent: $(DATA)/lastfm"; fi
@@ -118,8 +119,10 @@ SOAK_RATE    ?= 100
 bench-ranking: install
 	@if [ -d $(DATA)/ml-100k ]; then $(BIN)/shortlist bench quality --data $(DATA)/ml-100k \
 		--protocol A --pipeline two-stage --ranker-seeds 6; else echo "absent: $(DATA)/ml-100k"; fi
-	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench quality --data $(DATA)/gowalla \
-		--protocol A --pipeline two-stage; else echo "absent: $(DATA)/gowalla"; fi
+	@if [ -d $(DATA)/gowalla ]; then for labels in valid latest; do \
+		$(BIN)/shortlist bench quality --data $(DATA)/gowalla --protocol A \
+		--pipeline two-stage --ranker-labels $$labels || exit 1; done; \
+		else echo "absent: $(DATA)/gowalla"; fi
 	$(BIN)/shortlist train --out $(REPORTS)/ranking/artifacts
 	$(BIN)/shortlist bench ranking --bundle $(REPORTS)/ranking/artifacts
 

@@ -72,7 +72,8 @@ def linear_fold_in(
 ) -> np.ndarray:
     """For linear models: the trained vector plus the signed encoder rows of new feedback.
 
-    For likes alone this is exactly the vector training gives a user with those likes.
+    For likes alone this is exactly the vector training gives a user with those likes (with
+    a spectral model's recency weighting, every new like counts as the newest).
     """
     w = np.array([LINEAR_WEIGHTS[k] for k in kinds], np.float32)
     v = w @ encoder[np.asarray(items, np.int64)]

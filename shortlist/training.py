@@ -113,7 +113,7 @@ def train_bundle(
         index=build_index(model.item_factors, cfg.index),
         likes=data.positives,
         dislikes=data.negatives,
-        recent_likes=recent_likes(data.positives, data.timestamps, cfg.recent_likes),
+        recent_likes=recent_likes(data.positives, data.recency(), cfg.recent_likes),
         popularity=item_popularity(data),
         item_features=attribute_table(data.item_features, data.n_items),
         item_feature_names=attribute_names(data.item_features),
@@ -176,15 +176,16 @@ def data_feature_names(data: Interactions) -> list[str]:
     )
 
 
-def recent_likes(positives: sp.csr_matrix, timestamps: np.ndarray | None, n: int) -> sp.csr_matrix:
-    """Each user's `n` latest likes (by time when known); data = 1 for the newest, 2, ..."""
+def recent_likes(positives: sp.csr_matrix, order: np.ndarray | None, n: int) -> sp.csr_matrix:
+    """Each user's `n` latest likes (by `Interactions.recency` when known); data = 1 for the
+    newest, 2, ..."""
     csr = positives.tocsr()
     counts = np.diff(csr.indptr)
     rows = np.repeat(np.arange(csr.shape[0]), counts)
-    ts = timestamps if timestamps is not None else np.zeros(csr.nnz)
-    order = np.lexsort((-ts, rows))  # by user, newest first
-    rank = np.arange(csr.nnz) - csr.indptr[rows[order]]
-    pick = order[rank < n]
+    key = order if order is not None else np.zeros(csr.nnz)
+    newest_first = np.lexsort((-key, rows))
+    rank = np.arange(csr.nnz) - csr.indptr[rows[newest_first]]
+    pick = newest_first[rank < n]
     return sp.csr_matrix(
         ((rank[rank < n] + 1).astype(np.float32), (rows[pick], csr.indices[pick])),
         shape=csr.shape,
@@ -240,7 +241,7 @@ def ranking_lists(
     its hour and day, and its free-form values from `label_context` (aligned with labels).
     """
     seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
-    recent = recent_likes(fit.positives, fit.timestamps, cfg.recent_likes)
+    recent = recent_likes(fit.positives, fit.recency(), cfg.recent_likes)
     activity = np.diff(fit.positives.indptr)
     items = fit_item_side(fit, item_vectors)
     user_attrs = attribute_table(fit.user_features, fit.n_users)
@@ -353,7 +354,7 @@ def retrieval_bundle(data: Interactions, model, index: str = "auto") -> Bundle:
         index=build_index(model.item_factors, index),
         likes=data.positives,
         dislikes=data.negatives,
-        recent_likes=recent_likes(data.positives, data.timestamps, 50),
+        recent_likes=recent_likes(data.positives, data.recency(), 50),
         popularity=item_popularity(data),
         item_features=attribute_table(data.item_features, data.n_items),
         item_feature_names=attribute_names(data.item_features),

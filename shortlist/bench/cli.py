@@ -51,6 +51,11 @@ def quality(
     ranker_seeds: int = typer.Option(
         1, "--ranker-seeds", min=1, help="two-stage: also run seeds 1..N-1, print each lift."
     ),
+    ranker_labels: str = typer.Option(
+        "valid",
+        "--ranker-labels",
+        help="two-stage: the ranker's labels, valid or the latest 20% of each user's likes.",
+    ),
 ) -> None:
     """Train a retrieval model under protocol A or B and print its test metrics.
 
@@ -77,6 +82,8 @@ def quality(
         _fail(f"unknown model {model!r}; choose from {', '.join(registry.model_names())}")
     if pipeline not in bench_quality.PIPELINES:
         _fail(f"unknown pipeline {pipeline!r}; choose from {', '.join(bench_quality.PIPELINES)}")
+    if ranker_labels not in {"valid", "latest"}:
+        _fail(f"--ranker-labels must be valid or latest, got {ranker_labels!r}")
     options = _parse_config(config)
     try:
         bench_quality.main(
@@ -87,6 +94,7 @@ def quality(
             report_dir=str(report) if report else None,
             pipeline=pipeline,
             ranker_seeds=ranker_seeds,
+            ranker_labels=ranker_labels,
         )
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -272,6 +280,33 @@ def stages() -> None:
     for url in missing:
         console.print(f"no answer: {url}")
     typer.echo(json.dumps({"stages": rows, "missing": missing}))
+
+
+@bench_app.command("recency")
+def recency(
+    data: Path = typer.Option(..., "--data", help="A dataset whose likes have an order."),
+    config: str = typer.Option(None, "--config", help="Spectral options as a JSON object."),
+    share: float = typer.Option(0.2, "--share", min=0.01, max=0.9, help="Latest share held out."),
+) -> None:
+    """Choose the spectral model's recency weighting and popularity prior on the latest
+    share of each user's train+valid likes (protocol A data; test is never read)."""
+    from shortlist.bench import recency as bench_recency
+    from shortlist.bench.quality import load_split
+    from shortlist.models import registry
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    split = load_split(data)
+    options = registry.preset("spectral", split.name)
+    options.update(_parse_config(config))
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        result = bench_recency.run(split.train_valid(), options, share, progress=say)
+    except ValueError as exc:
+        _fail(str(exc))
+    for row in result["tried"]:
+        typer.echo(f"{row['options']}  recall@20 {row['recall@20']}  ndcg@20 {row['ndcg@20']}")
+    typer.echo(json.dumps(result))
 
 
 @bench_app.command("ranker-transfer")

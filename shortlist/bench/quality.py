@@ -83,6 +83,7 @@ def main(
     report_dir: str | None = None,
     pipeline: str = "retrieval",
     ranker_seeds: int = 1,
+    ranker_labels: str = "valid",
 ) -> dict[str, Any]:
     """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
     console = Console(stderr=False)
@@ -91,7 +92,9 @@ def main(
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
     if pipeline == "two-stage":
-        return two_stage_main(data_dir, protocol, model, config, console, ranker_seeds)
+        return two_stage_main(
+            data_dir, protocol, model, config, console, ranker_seeds, ranker_labels
+        )
     result = run_quality(data_dir, protocol, model, config)
     render(result, console)
     summary = {**result.summary(), "pipeline": pipeline}
@@ -112,6 +115,7 @@ def two_stage_main(
     config: dict[str, Any] | None,
     console: Console,
     ranker_seeds: int = 1,
+    ranker_labels: str = "valid",
 ) -> dict[str, Any]:
     """Retrieval-only and two-stage figures side by side on the same users. With
     `ranker_seeds` > 1 the pipeline runs again with seeds 1.. (which lists the ranker is fit
@@ -125,7 +129,9 @@ def two_stage_main(
     options = registry.preset(model, split.name)
     options.update(config or {})
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
-    result = run_two_stage(split, protocol, model, options, progress=say)
+    result = run_two_stage(
+        split, protocol, model, options, progress=say, ranker_labels=ranker_labels
+    )
     table = Table(title=f"{split.name} · protocol {result.protocol} · {model} + LambdaRank")
     table.add_column("metric")
     for k in KS:
@@ -141,17 +147,20 @@ def two_stage_main(
     top = ", ".join(f"{n} {v:.3f}" for n, v in list(result.importance.items())[:8])
     console.print(f"feature importance (gain share): {top}")
     console.print(
-        "ranker on its valid lists, out of fold: ndcg@20 "
+        f"ranker on its {ranker_labels} lists, out of fold: ndcg@20 "
         f"{result.ranker_valid['retrieval_ndcg@20']:.4f} (retrieval order) -> "
         f"{result.ranker_valid['ranker_ndcg@20']:.4f}"
     )
     summary = result.summary()
     summary["importance"] = result.importance
+    summary["ranker_labels"] = ranker_labels
     if ranker_seeds > 1:
         lifts = [summary["ndcg@20_lift"]]
         for seed in range(1, ranker_seeds):
             cfg = TrainConfig(model=model, seed=seed)
-            again = run_two_stage(split, protocol, model, options, cfg=cfg).summary()
+            again = run_two_stage(
+                split, protocol, model, options, cfg=cfg, ranker_labels=ranker_labels
+            ).summary()
             lifts.append(again["ndcg@20_lift"])
             console.print(f"seed {seed}: ndcg@20 {again['ndcg@20']:.4f} lift {lifts[-1]:+.1%}")
         console.print(

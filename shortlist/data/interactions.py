@@ -16,6 +16,9 @@ class Interactions:
     """Likes (`positives`) and explicit dislikes (`negatives`) as CSR matrices users x items.
 
     `timestamps` (optional) holds, aligned with `positives.data`, the unix time of each like.
+    `sequence` (optional, same alignment) holds each like's position in its user's history
+    where a source lists likes in order but without times (1 = oldest; 0 = position unknown,
+    counted as older than any); `recency()` gives whichever of the two orders likes in time.
     `user_features` / `item_features` are optional dense numeric attribute tables.
     `context` (optional) holds, per request-context key a client sends (e.g. "moment"), the
     value recorded with each like, aligned with `positives.data` ("" where none was).
@@ -26,6 +29,7 @@ class Interactions:
     positives: sp.csr_matrix
     negatives: sp.csr_matrix | None = None
     timestamps: np.ndarray | None = None
+    sequence: np.ndarray | None = None
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
     context: dict[str, np.ndarray] = field(default_factory=dict)
@@ -50,6 +54,10 @@ class Interactions:
     @property
     def nnz(self) -> int:
         return int(self.positives.nnz)
+
+    def recency(self) -> np.ndarray | None:
+        """Per like, a key that orders each user's likes oldest to newest (None: unknown)."""
+        return self.timestamps if self.timestamps is not None else self.sequence
 
     def fingerprint(self) -> str:
         """A content hash of the matrices and id maps, recorded in every artifact."""

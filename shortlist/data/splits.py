@@ -25,6 +25,8 @@ def select_likes(data: Interactions, mask: np.ndarray) -> Interactions:
     if data.timestamps is not None:
         # rows/indices of pos are sorted, so the masked order matches the new CSR order.
         part.timestamps = np.asarray(data.timestamps)[mask]
+    if data.sequence is not None:
+        part.sequence = np.asarray(data.sequence)[mask]
     part.context = {key: np.asarray(values)[mask] for key, values in data.context.items()}
     return part
 
@@ -63,6 +65,30 @@ def temporal_leave_last_out(
         if n_valid:
             part_of[order[len(order) - n_test - n_valid : len(order) - n_test]] = 1
     return _assign(data, part_of, name or "temporal")
+
+
+def latest_share_holdout(
+    data: Interactions, share: float = 0.2, min_likes: int = 5, name: str = ""
+) -> SplitData:
+    """Per user with at least `min_likes` likes, the latest `share` of them (by
+    `Interactions.recency`, ties by item index) go to test; no valid part.
+
+    A validation split made of training data alone that looks ahead in time as a test split
+    of later likes does; a random slice of training likes does not.
+    """
+    order = data.recency()
+    if order is None:
+        raise ValueError("the likes have no order (neither timestamps nor sequence)")
+    pos = data.positives.tocsr()
+    pos.sort_indices()
+    counts = np.diff(pos.indptr)
+    rows = np.repeat(np.arange(pos.shape[0]), counts)
+    by_time = np.lexsort((pos.indices, np.asarray(order, np.float64), rows))
+    rank_from_newest = np.empty(pos.nnz, np.int64)
+    rank_from_newest[by_time] = pos.indptr[rows[by_time] + 1] - np.arange(pos.nnz)
+    n_held = np.where(counts >= min_likes, np.round(counts * share), 0)[rows]
+    part_of = np.where(rank_from_newest <= n_held, 2, 0).astype(np.int8)
+    return _assign(data, part_of, name or "latest-share")
 
 
 def random_holdout(

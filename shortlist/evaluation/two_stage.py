@@ -1,11 +1,14 @@
 """The served two-stage pipeline evaluated offline: retrieval shortlist, then the ranker.
 
 Stage 1 fits the retrieval model on `train` only; its top-N shortlists with labels from
-`valid` train LambdaRank (early stopping on a separate slice of users). Test is touched
-only to report. Protocol A then refits retrieval on train+valid and ranks its shortlists;
-protocol B keeps the train-only model (valid likes are excluded from the test ranking).
-Retrieval-only and two-stage figures come from the same users and the same shortlists:
-the retrieval order of a top-N shortlist is the retrieval model's own top-20.
+`valid` train LambdaRank (early stopping on a separate slice of users). With
+`ranker_labels="latest"` the labels are instead the latest share of each user's likes in
+the data the final model is fit on (train+valid for protocol A, train for B), and stage 1
+fits on the rest: labels that look ahead in time, where valid is a random slice of train.
+Test is touched only to report. Protocol A then refits retrieval on train+valid and ranks
+its shortlists; protocol B keeps the train-only model (valid likes are excluded from the
+test ranking). Retrieval-only and two-stage figures come from the same users and the same
+shortlists: the retrieval order of a top-N shortlist is the retrieval model's own top-20.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import lightgbm as lgb
 import numpy as np
 
 from shortlist.data.loaders import SplitData
+from shortlist.data.splits import latest_share_holdout
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import union_likes
 from shortlist.features import RANK_COLUMN
@@ -108,6 +112,7 @@ def run_two_stage(
     cfg: TrainConfig | None = None,
     ranker_cfg: RankerConfig | None = None,
     progress: Progress | None = None,
+    ranker_labels: str = "valid",
 ) -> TwoStageResult:
     say = progress or (lambda _m: None)
     cfg = cfg or TrainConfig(model=model_name)
@@ -115,31 +120,40 @@ def run_two_stage(
     protocol = protocol.upper()
     if split.valid is None:
         raise ValueError("the two-stage pipeline needs a valid split for the ranker's labels")
+    if ranker_labels == "valid":
+        stage1, labels = split.train, split.valid
+    elif ranker_labels == "latest":
+        held = latest_share_holdout(
+            split.train_valid() if protocol == "A" else split.train, cfg.label_share
+        )
+        stage1, labels = held.train, held.test
+    else:
+        raise ValueError(f"ranker labels must be 'valid' or 'latest', got {ranker_labels!r}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    say(f"stage 1: {model_name} on train ({split.train.nnz:,} likes)")
-    fit_model = _fit(model_name, options, split.train)
+    say(f"stage 1: {model_name} on {stage1.nnz:,} likes")
+    fit_model = _fit(model_name, options, stage1)
     timings["retrieval_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    say(f"stage 1: top-{cfg.candidates} shortlists with valid labels, features")
+    say(f"stage 1: top-{cfg.candidates} shortlists with {ranker_labels} labels, features")
     lists = ranking_lists(
-        split.train,
+        stage1,
         fit_model.user_factors,
         fit_model.item_factors,
-        split.valid.positives,
-        split.valid.timestamps,
+        labels.positives,
+        labels.timestamps,
         cfg,
-        users=labelled_users(split.valid.positives, cfg.ranker_max_lists, cfg.seed),
-        label_context=split.valid.context,
+        users=labelled_users(labels.positives, cfg.ranker_max_lists, cfg.seed),
+        label_context=labels.context,
     )
-    names = data_feature_names(split.train)
+    names = data_feature_names(stage1)
     timings["ranker_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
     fit = fit_ranker(lists, names, cfg, ranker_cfg or RankerConfig(seed=cfg.seed), say)
     ranker = fit.booster
     timings["ranker_fit"] = time.perf_counter() - clock
-    ranker_valid = held_out_lift(lists, fit, split.valid.positives)
+    ranker_valid = held_out_lift(lists, fit, labels.positives)
     del lists
 
     clock = time.perf_counter()
@@ -149,7 +163,10 @@ def run_two_stage(
         final_model = _fit(model_name, options, final_train)
         exclude = final_train.positives
     else:
-        final_train, final_model = split.train, fit_model
+        final_train = split.train
+        final_model = (
+            fit_model if ranker_labels == "valid" else _fit(model_name, options, split.train)
+        )
         exclude = union_likes(split.train, split.valid)
     timings["final_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()

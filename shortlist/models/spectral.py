@@ -10,6 +10,10 @@ multiplies every item's score by d_i^c. All are dot products:
 
 so FAISS serves it like any embedding model. A user's vector only needs their likes,
 which also makes fold-in of new users exact. Fitting is one randomized SVD: no epochs.
+
+Optional recency: where the data orders each user's likes (times, or line positions), the
+user vector weights a like by 1 + recency * t^recency_power, t = its rank in the user's
+history over its length (1 = newest). The filter itself is fit on the unweighted likes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class SpectralConfig:
     ideal_rank: int = 256  # k of the ideal low-pass term (0 = off)
     ideal_weight: float = 0.3  # w of the ideal low-pass term
     pop_exp: float = 0.0  # item vectors scaled by d_i^pop_exp: a popularity prior on scores
+    recency: float = 0.0  # extra weight of a user's newest like in their vector (0 = off)
+    recency_power: float = 8.0  # how fast that extra weight falls off towards older likes
     power_iters: int = 3
     seed: int = 0
 
@@ -91,6 +97,7 @@ class SpectralCF:
         self.user_factors = np.zeros((0, 0), np.float32)
         self.item_factors = np.zeros((0, 0), np.float32)
         self._item_in: np.ndarray | None = None  # maps a like-vector to a user vector
+        self._ordered = False  # whether the fit weighted likes by recency
 
     def fit(self, data: Interactions) -> FitReport:
         cfg = self.config
@@ -112,16 +119,48 @@ class SpectralCF:
             item_out.append(prior * (di[:, None] ** 0.5) * v[:, :k])
         self._item_in = np.hstack(item_in).astype(np.float32)
         self.item_factors = np.hstack(item_out).astype(np.float32)
-        self.user_factors = np.asarray(r @ self._item_in, dtype=np.float32)
+        order = data.recency()
+        self._ordered = bool(cfg.recency) and order is not None
+        weighted = r.copy()
+        if self._ordered:
+            weighted.data = recency_weights(r, order, cfg.recency, cfg.recency_power)
+        self.user_factors = np.asarray(weighted @ self._item_in, dtype=np.float32)
         return FitReport(epochs=1, seconds=time.perf_counter() - start)
 
     @property
     def item_encoder(self) -> np.ndarray | None:
-        """Items x dim: a user's vector is the sum of the rows of the items they liked."""
-        return self._item_in
+        """Items x dim: a user's vector is the sum of the rows of the items they liked.
+
+        With recency, the rows carry the weight of a newest like, the weight a like arriving
+        as feedback has: older likes keep the weight they had (a refit would lower it).
+        """
+        if self._item_in is None or not self._ordered:
+            return self._item_in
+        return (1.0 + self.config.recency) * self._item_in
 
     def fold_in(self, liked_items: np.ndarray) -> np.ndarray:
-        """A user vector from liked item indices, identical to what training would give."""
+        """A user vector from liked item indices (oldest first), identical to what training
+        would give."""
         if self._item_in is None:
             raise RuntimeError("fit first")
-        return self._item_in[np.asarray(liked_items, np.int64)].sum(axis=0)
+        liked = np.asarray(liked_items, np.int64)
+        rows = self._item_in[liked]
+        if not self._ordered:
+            return rows.sum(axis=0)
+        t = np.arange(1, len(liked) + 1) / max(len(liked), 1)
+        w = 1.0 + self.config.recency * t**self.config.recency_power
+        return (w[:, None] * rows).sum(axis=0).astype(np.float32)
+
+
+def recency_weights(
+    likes: sp.csr_matrix, order: np.ndarray, recency: float, power: float
+) -> np.ndarray:
+    """Per like (aligned with `likes.data`): 1 + recency * (rank / n)^power, where rank
+    counts the user's n likes oldest (1) to newest (n) by `order`, ties by item index."""
+    counts = np.diff(likes.indptr)
+    rows = np.repeat(np.arange(likes.shape[0]), counts)
+    by_time = np.lexsort((likes.indices, np.asarray(order, np.float64), rows))
+    rank = np.empty(likes.nnz, np.float64)
+    rank[by_time] = np.arange(likes.nnz) - likes.indptr[rows[by_time]] + 1
+    t = rank / np.maximum(counts[rows], 1)
+    return (1.0 + recency * t**power).astype(np.float32)

@@ -15,7 +15,12 @@ from shortlist.data.loaders import (
     load_lightgcn_dir,
     load_movielens,
 )
-from shortlist.data.splits import check_no_leakage, random_holdout, temporal_leave_last_out
+from shortlist.data.splits import (
+    check_no_leakage,
+    latest_share_holdout,
+    random_holdout,
+    temporal_leave_last_out,
+)
 from shortlist.data.synthetic import generate
 
 
@@ -77,6 +82,32 @@ def test_lightgcn_dir_without_valid_and_missing_files(tmp_path):
     assert s.train_valid().nnz == 2
     with pytest.raises(FileNotFoundError):
         load_lightgcn_dir(tmp_path / "nothing-here")
+
+
+def test_lightgcn_train_lines_keep_their_order(tmp_path):
+    d = _write_lightgcn(
+        tmp_path / "order",
+        {"train": {0: [5, 3, 9], 1: [7, 2, 2]}, "valid": {0: [1]}, "test": {0: [4]}},
+    )
+    s = load_lightgcn_dir(d)
+    items = s.train.items
+    pos = s.train.positives
+    by_item = {
+        (u, items.id(i)): int(p)
+        for u in range(2)
+        for i, p in zip(
+            pos.indices[pos.indptr[u] : pos.indptr[u + 1]],
+            s.train.sequence[pos.indptr[u] : pos.indptr[u + 1]],
+        )
+    }
+    # positions in the line, aligned with the CSR data; a repeated item keeps its last one
+    assert by_item == {(0, "5"): 1, (0, "3"): 2, (0, "9"): 3, (1, "7"): 1, (1, "2"): 3}
+    assert s.train.recency() is s.train.sequence
+    merged = s.train_valid()
+    row = merged.positives[0]
+    seq = dict(zip((items.id(i) for i in row.indices), merged.sequence[: row.nnz]))
+    assert seq == {"1": 0, "3": 2, "5": 1, "9": 3}  # the valid like: position unknown
+    assert s.valid.sequence is None and s.test.sequence is None
 
 
 def test_lightgcn_duplicates_collapse(tmp_path):
@@ -326,3 +357,31 @@ def test_fingerprint_changes_with_the_data(synthetic, tmp_path):
     assert load_lightgcn_dir(d).fingerprint() == first
     (d / "test.txt").write_text("0 3\n")
     assert load_lightgcn_dir(d).fingerprint() != first
+
+
+def test_latest_share_holdout_takes_each_users_newest_likes():
+    data = generate(n_users=60, n_items=80, n_topics=4, likes_per_user=12, seed=5)
+    data.timestamps = None
+    data.sequence = np.random.default_rng(1).permutation(data.nnz)
+    split = latest_share_holdout(data, share=0.25, min_likes=5)
+    check_no_leakage(split)
+    assert split.valid is None
+    pos = data.positives
+    held, kept = split.test.positives, split.train.positives
+    checked = 0
+    for u in range(data.n_users):
+        lo, hi = pos.indptr[u], pos.indptr[u + 1]
+        seq = dict(zip(pos.indices[lo:hi], data.sequence[lo:hi]))
+        test_items, train_items = held[u].indices, kept[u].indices
+        assert len(test_items) + len(train_items) == hi - lo
+        expected = int(round((hi - lo) * 0.25)) if hi - lo >= 5 else 0
+        assert len(test_items) == expected
+        if expected and len(train_items):
+            assert min(seq[i] for i in test_items) > max(seq[i] for i in train_items)
+            checked += 1
+    assert checked > 50
+    # the train part keeps its order for the model fit on it
+    assert split.train.sequence is not None and len(split.train.sequence) == kept.nnz
+    data.sequence = None
+    with pytest.raises(ValueError, match="no order"):
+        latest_share_holdout(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -120,6 +121,37 @@ def test_spectral_fold_in_matches_training(planted):
     np.testing.assert_allclose(model.fold_in(liked), model.user_factors[7], rtol=1e-4, atol=1e-5)
 
 
+def test_spectral_recency_weights_newer_likes_and_folds_in_alike(planted):
+    _, split = planted
+    pos = split.train.positives
+    order = np.random.default_rng(3).permutation(pos.nnz)  # any per-user order
+    data = dataclasses.replace(split.train, timestamps=None, sequence=order)
+    plain = SpectralCF(SpectralConfig(rank=32, ideal_rank=16))
+    recent = SpectralCF(SpectralConfig(rank=32, ideal_rank=16, recency=4.0, recency_power=2.0))
+    plain.fit(data)
+    recent.fit(data)
+    np.testing.assert_allclose(recent.item_factors, plain.item_factors)
+    u = 7
+    lo, hi = pos.indptr[u], pos.indptr[u + 1]
+    oldest_first = pos.indices[lo:hi][np.argsort(data.sequence[lo:hi])]
+    np.testing.assert_allclose(
+        recent.fold_in(oldest_first), recent.user_factors[u], rtol=1e-4, atol=1e-5
+    )
+    # the newest like weighs 1 + 4 = 5 times a like of its own in the plain model, the
+    # oldest about 1 time; feedback folds likes in with the newest weight
+    weights = np.linalg.lstsq(
+        plain.item_encoder[oldest_first].T, recent.user_factors[u], rcond=None
+    )[0]
+    assert weights[-1] == pytest.approx(5.0, rel=1e-3)
+    assert weights[0] == pytest.approx(1.0 + 4.0 / len(oldest_first) ** 2, rel=1e-3)
+    np.testing.assert_allclose(recent.item_encoder, 5.0 * plain.item_encoder, rtol=1e-6)
+    unordered = SpectralCF(SpectralConfig(rank=32, ideal_rank=16, recency=4.0))
+    unordered.fit(dataclasses.replace(data, sequence=None))  # no order: no change
+    np.testing.assert_allclose(unordered.user_factors, plain.user_factors, rtol=1e-5)
+    assert unordered.item_encoder is not None
+    np.testing.assert_allclose(unordered.item_encoder, plain.item_encoder)
+
+
 def test_spectral_popularity_prior_scales_each_items_scores_only(planted):
     _, split = planted
     plain = SpectralCF(SpectralConfig(rank=32, ideal_rank=16))
@@ -225,6 +257,20 @@ def test_bench_quality_two_stage_cli(tiny_dir):
     assert "ndcg@20_lift_by_seed" not in summary
 
 
+@pytest.mark.parametrize("protocol", ["A", "B"])
+def test_bench_quality_two_stage_on_the_latest_likes_as_labels(tiny_dir, protocol):
+    args = ["bench", "quality", "--data", str(tiny_dir), "--protocol", protocol]
+    args += ["--pipeline", "two-stage", "--config", '{"rank": 32}', "--ranker-labels", "latest"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = _last_json(result.stdout)
+    assert summary["ranker_labels"] == "latest" and summary["users"] > 0
+    assert 0 < summary["ranker_valid_ranker_ndcg@20"] <= 1
+    assert "ranker on its latest lists" in result.stdout
+    bad = CliRunner().invoke(app, args[:-1] + ["newest"])
+    assert bad.exit_code == 2 and "--ranker-labels must be valid or latest" in bad.output
+
+
 def test_bench_quality_two_stage_cli_over_ranker_seeds(tiny_dir):
     args = ["bench", "quality", "--data", str(tiny_dir), "--protocol", "A"]
     args += ["--pipeline", "two-stage", "--config", '{"rank": 32}', "--ranker-seeds", "2"]
@@ -234,6 +280,22 @@ def test_bench_quality_two_stage_cli_over_ranker_seeds(tiny_dir):
     lifts = summary["ndcg@20_lift_by_seed"]
     assert len(lifts) == 2 and lifts[0] == summary["ndcg@20_lift"]
     assert "seed 1: ndcg@20" in result.stdout and "lift over 2 seeds" in result.stdout
+
+
+def test_bench_recency_cli_searches_on_the_latest_likes(tiny_dir):
+    args = ["bench", "recency", "--data", str(tiny_dir), "--config", '{"rank": 32}']
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = _last_json(result.stdout)
+    tried = summary["tried"]
+    assert 3 <= len(tried) <= 3 + 4 + 3 + 3
+    assert summary["chosen"] in tried
+    assert summary["chosen"]["ndcg@20"] == max(row["ndcg@20"] for row in tried)
+    assert {"pop_exp", "recency", "recency_power"} == set(summary["chosen"]["options"])
+    split = load_lightgcn_dir(tiny_dir)
+    assert 0 < summary["held_out_likes"] < split.train_valid().nnz
+    bad = CliRunner().invoke(app, ["bench", "recency", "--data", str(tiny_dir / "nope")])
+    assert bad.exit_code == 2 and "not found" in bad.output
 
 
 def test_bench_quality_cli(tiny_dir, tmp_path):
