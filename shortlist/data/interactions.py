@@ -83,6 +83,16 @@ class Interactions:
         )
 
 
+def rank_in_user(likes: sp.csr_matrix, order: np.ndarray) -> np.ndarray:
+    """Per like (aligned with `likes.data`), its rank among its user's likes by `order`:
+    1 for the oldest, the user's count for the newest; ties by item index."""
+    rows = np.repeat(np.arange(likes.shape[0]), np.diff(likes.indptr))
+    by_time = np.lexsort((likes.indices, np.asarray(order, np.float64), rows))
+    rank = np.empty(likes.nnz, np.int64)
+    rank[by_time] = np.arange(likes.nnz) - likes.indptr[rows[by_time]] + 1
+    return rank
+
+
 def merged_values(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> np.ndarray:
     """Per-like values of disjoint like matrices, aligned with the data of their sum."""
     rows, cols, values = [], [], []

@@ -94,9 +94,15 @@ def _sorted_ids(values: set[str]) -> list[str]:
     return sorted(values)
 
 
-def _matrix(rows: list[str], cols: list[str], users: IdMap, items: IdMap) -> sp.csr_matrix:
+def _indices(
+    rows: list[str], cols: list[str], users: IdMap, items: IdMap
+) -> tuple[np.ndarray, np.ndarray]:
     r = np.fromiter((users.index(u) for u in rows), np.int64, len(rows))
     c = np.fromiter((items.index(i) for i in cols), np.int64, len(cols))
+    return r, c
+
+
+def _matrix(r: np.ndarray, c: np.ndarray, users: IdMap, items: IdMap) -> sp.csr_matrix:
     m = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(users), len(items)))
     m.sum_duplicates()
     m.data[:] = 1.0
@@ -104,11 +110,9 @@ def _matrix(rows: list[str], cols: list[str], users: IdMap, items: IdMap) -> sp.
     return m
 
 
-def line_positions(rows: list[str], cols: list[str], users: IdMap, items: IdMap) -> np.ndarray:
+def line_positions(r: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Each like's 1-based position in its user's line, aligned with `_matrix`'s data (the
     last position where a line repeats an item)."""
-    r = np.fromiter((users.index(u) for u in rows), np.int64, len(rows))
-    c = np.fromiter((items.index(i) for i in cols), np.int64, len(cols))
     starts = np.r_[True, r[1:] != r[:-1]] if len(r) else np.zeros(0, bool)
     run = np.cumsum(starts) - 1
     pos = np.arange(len(r)) - np.flatnonzero(starts)[run] + 1
@@ -138,11 +142,12 @@ def load_lightgcn_dir(directory: str | Path) -> SplitData:
     all_users = set().union(*(set(u) for u, _ in raw.values()))
     all_items = set().union(*(set(i) for _, i in raw.values()))
     users, items = IdMap(_sorted_ids(all_users)), IdMap(_sorted_ids(all_items))
+    pairs = {name: _indices(u, i, users, items) for name, (u, i) in raw.items()}
     parts = {
-        name: Interactions(users, items, _matrix(u, i, users, items))
-        for name, (u, i) in raw.items()
+        name: Interactions(users, items, _matrix(r, c, users, items))
+        for name, (r, c) in pairs.items()
     }
-    parts["train"].sequence = line_positions(*raw["train"], users, items)
+    parts["train"].sequence = line_positions(*pairs["train"])
     return SplitData(directory.name, parts["train"], parts.get("valid"), parts["test"])
 
 

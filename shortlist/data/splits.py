@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from shortlist.data.interactions import Interactions
+from shortlist.data.interactions import Interactions, rank_in_user
 from shortlist.data.loaders import SplitData
 
 
@@ -81,12 +81,9 @@ def latest_share_holdout(
         raise ValueError("the likes have no order (neither timestamps nor sequence)")
     pos = data.positives.tocsr()
     pos.sort_indices()
-    counts = np.diff(pos.indptr)
-    rows = np.repeat(np.arange(pos.shape[0]), counts)
-    by_time = np.lexsort((pos.indices, np.asarray(order, np.float64), rows))
-    rank_from_newest = np.empty(pos.nnz, np.int64)
-    rank_from_newest[by_time] = pos.indptr[rows[by_time] + 1] - np.arange(pos.nnz)
-    n_held = np.where(counts >= min_likes, np.round(counts * share), 0)[rows]
+    counts = np.repeat(np.diff(pos.indptr), np.diff(pos.indptr))
+    rank_from_newest = counts - rank_in_user(pos, order) + 1
+    n_held = np.where(counts >= min_likes, np.round(counts * share), 0)
     part_of = np.where(rank_from_newest <= n_held, 2, 0).astype(np.int8)
     return _assign(data, part_of, name or "latest-share")
 

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from shortlist.data.interactions import Interactions
+from shortlist.data.interactions import Interactions, rank_in_user
 from shortlist.models.base import FitReport
 
 
@@ -158,9 +158,5 @@ def recency_weights(
     """Per like (aligned with `likes.data`): 1 + recency * (rank / n)^power, where rank
     counts the user's n likes oldest (1) to newest (n) by `order`, ties by item index."""
     counts = np.diff(likes.indptr)
-    rows = np.repeat(np.arange(likes.shape[0]), counts)
-    by_time = np.lexsort((likes.indices, np.asarray(order, np.float64), rows))
-    rank = np.empty(likes.nnz, np.float64)
-    rank[by_time] = np.arange(likes.nnz) - likes.indptr[rows[by_time]] + 1
-    t = rank / np.maximum(counts[rows], 1)
+    t = rank_in_user(likes, order) / np.repeat(counts, counts)
     return (1.0 + recency * t**power).astype(np.float32)
