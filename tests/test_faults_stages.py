@@ -66,13 +66,16 @@ def load(stub, bundle, seconds: float, threads: int = 6, timeout: float = 2.0):
     return [r for rs in load_per_thread(stub, bundle, seconds, threads, timeout) for r in rs]
 
 
-def load_per_thread(stub, bundle, seconds: float, threads: int = 6, timeout: float = 2.0):
+def load_per_thread(
+    stub, bundle, seconds: float, threads: int = 6, timeout: float = 2.0, until=None
+):
+    """Recommend calls from `threads` clients for `seconds`, or until `until()` is true."""
     stop = time.monotonic() + seconds
 
     def client(n: int):
         out = []
         i = 0
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and not (until is not None and until()):
             user = bundle.users.id((n * 37 + i) % len(bundle.users))
             out.append(
                 timed(stub.Recommend, gateway_pb2.RecommendRequest(user_id=user, k=10), timeout)
@@ -227,7 +230,18 @@ def test_bundle_published_under_load_is_switched_without_failed_requests(
 
             side = threading.Thread(target=feedback)
             side.start()
-            per_thread = load_per_thread(stub, bundle, 4.0, threads=4)
+            # The swap compiles the new ranker under load (seconds on 2 cores): load until
+            # a second after it, at most 30 s.
+            swapped: list[float] = []
+
+            def a_second_after_the_swap() -> bool:
+                if watcher.swaps and not swapped:
+                    swapped.append(time.monotonic())
+                return bool(swapped) and time.monotonic() > swapped[0] + 1.0
+
+            per_thread = load_per_thread(
+                stub, bundle, 30.0, threads=4, until=a_second_after_the_swap
+            )
             results = [r for rs in per_thread for r in rs]
             side.join()
             publisher.join()

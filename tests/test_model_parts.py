@@ -25,7 +25,7 @@ from shortlist.features import (
 from shortlist.foldin import FoldInTargets, fold_in
 from shortlist.index import build_index, search
 from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
-from shortlist.training import holdout_split, recent_likes
+from shortlist.training import holdout_split, label_kind, label_mask, recent_likes
 
 
 def hit_rate(user_vecs, item_vecs, train, test_items) -> float:
@@ -255,3 +255,28 @@ def test_dense_and_sparse_cooccurrence_give_the_same_features():
     np.testing.assert_array_equal(got, want)
     col = BASE_FEATURES.index("cooc_sum_likes")
     assert np.count_nonzero(got[:, col]) > 5  # co-occurrence is there to compare
+
+
+def test_ranker_labels_are_each_users_latest_likes_where_likes_are_ordered():
+    data = generate(n_users=80, n_items=60, seed=4)
+    rng = np.random.default_rng(0)
+    assert label_kind(data, "auto") == "latest"  # the built-in data has times
+    held = label_mask(data, "latest", 0.2, rng)
+    pos, times = data.positives, np.asarray(data.timestamps)
+    checked = 0
+    for u in range(data.n_users):
+        lo, hi = pos.indptr[u], pos.indptr[u + 1]
+        h = held[lo:hi]
+        if h.any() and (~h).any():
+            assert times[lo:hi][h].min() >= times[lo:hi][~h].max()
+            checked += 1
+    assert checked > 60
+    unordered = data.with_positives(data.positives)
+    unordered.timestamps, unordered.sequence = None, None
+    assert label_kind(unordered, "auto") == "random"
+    with pytest.raises(ValueError, match="ordered likes"):
+        label_kind(unordered, "latest")
+    with pytest.raises(ValueError, match="auto, latest or random"):
+        label_kind(data, "newest")
+    random_held = label_mask(data, "random", 0.2, rng)
+    assert 0.1 < random_held.mean() < 0.3 and (random_held != held).any()

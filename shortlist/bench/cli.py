@@ -203,13 +203,18 @@ def ranking(
     requests: int = typer.Option(2000, help="Rank calls to time."),
     candidates: int = typer.Option(200, help="Shortlist size per call."),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="Serve from the benchmark's own process (one GIL)."
+    ),
 ) -> None:
     """Latency of the ranking service alone over gRPC: features + LightGBM on a shortlist."""
     from shortlist.bench import ranking_bench
 
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
-        result = ranking_bench.run(bundle, requests, candidates, redis_url=redis_url, progress=say)
+        result = ranking_bench.run(
+            bundle, requests, candidates, redis_url=redis_url, progress=say, in_process=in_process
+        )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _emit(result, "ranking service over gRPC")

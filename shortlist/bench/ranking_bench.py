@@ -5,12 +5,18 @@ pipelined Redis round trip per request), takes each sampled user's real retrieva
 (FAISS top-N of their trained vector), sends one Rank request at a time with a request
 context, and prints latency percentiles. One request at a time measures the service's own
 time, not queueing.
+
+By default the service runs as its own process (`shortlist serve ranking`), as it is
+deployed; `in_process=True` serves it from the benchmark's process, where the client's and
+the server's threads share one GIL (measured there until 2026-12-03).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -35,8 +41,10 @@ def run(
     k: int = 20,
     redis_url: str = "redis://127.0.0.1:6379/0",
     progress: Callable[[str], None] | None = None,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     from services.launch import freeze_loaded_objects, start_service
+    from shortlist.stack import NATIVE_THREADS_ENV, free_port, grpc_serving, wait_for
     from shortlist.stores import RedisStateStore
 
     say = progress or (lambda _m: None)
@@ -46,7 +54,24 @@ def run(
     prefix = f"slbench:{uuid.uuid4().hex[:8]}:"
     settings = Settings.from_env({}, redis_url=redis_url, redis_prefix=prefix)
     store = RedisStateStore(redis_url, prefix)
-    started = start_service("ranking", settings, bundle, "127.0.0.1:0", store)
+    if in_process:
+        started = start_service("ranking", settings, bundle, "127.0.0.1:0", store)
+        target, stop = f"127.0.0.1:{started.server.port}", started.stop
+    else:
+        target = f"127.0.0.1:{free_port()}"
+        env = settings.replace(
+            bundle=str(bundle_dir), ranking_addr=target, ranking_metrics_port=0, bundle_poll_ms=0
+        ).to_env()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "shortlist.cli", "serve", "ranking"],
+            env={**os.environ, **env, **NATIVE_THREADS_ENV},
+            stdout=subprocess.DEVNULL,
+        )
+
+        def stop() -> None:
+            server.terminate()
+            server.wait(30)
+
     rng = np.random.default_rng(0)
     users = rng.choice(len(bundle.users), size=min(requests, len(bundle.users)), replace=False)
     say(f"building {len(users)} shortlists of {candidates} from the bundle's index")
@@ -69,7 +94,10 @@ def run(
     freeze_loaded_objects()  # as `shortlist serve` does once a service is up
     latencies = []
     try:
-        with client_channel(f"127.0.0.1:{started.server.port}") as channel:
+        if not in_process:
+            say(f"waiting for the ranking service on {target}")
+            wait_for(lambda: grpc_serving(target), 120, f"ranking service on {target}")
+        with client_channel(target) as channel:
             rank = ranking_pb2_grpc.RankingStub(channel).Rank
             for p in payloads[:50]:  # warm-up
                 rank(p, timeout=5)
@@ -82,7 +110,7 @@ def run(
                 if len(reply.items) != min(k, len(p.candidates)):
                     raise RuntimeError(f"Rank returned {len(reply.items)} items")
     finally:
-        started.stop()
+        stop()
         store.close()
     ms = np.array(latencies) * 1000
     return {
@@ -95,5 +123,6 @@ def run(
         "p95_ms": round(float(np.percentile(ms, 95)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "max_ms": round(float(ms.max()), 3),
+        "server": "in_process" if in_process else "process",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
     }

@@ -67,15 +67,9 @@ def temporal_leave_last_out(
     return _assign(data, part_of, name or "temporal")
 
 
-def latest_share_holdout(
-    data: Interactions, share: float = 0.2, min_likes: int = 5, name: str = ""
-) -> SplitData:
-    """Per user with at least `min_likes` likes, the latest `share` of them (by
-    `Interactions.recency`, ties by item index) go to test; no valid part.
-
-    A validation split made of training data alone that looks ahead in time as a test split
-    of later likes does; a random slice of training likes does not.
-    """
+def latest_share_mask(data: Interactions, share: float = 0.2, min_likes: int = 5) -> np.ndarray:
+    """Per user with at least `min_likes` likes, their latest `share` of them (by
+    `Interactions.recency`, ties by item index), as a mask aligned with positives.data."""
     order = data.recency()
     if order is None:
         raise ValueError("the likes have no order (neither timestamps nor sequence)")
@@ -84,7 +78,18 @@ def latest_share_holdout(
     counts = np.repeat(np.diff(pos.indptr), np.diff(pos.indptr))
     rank_from_newest = counts - rank_in_user(pos, order) + 1
     n_held = np.where(counts >= min_likes, np.round(counts * share), 0)
-    part_of = np.where(rank_from_newest <= n_held, 2, 0).astype(np.int8)
+    return rank_from_newest <= n_held
+
+
+def latest_share_holdout(
+    data: Interactions, share: float = 0.2, min_likes: int = 5, name: str = ""
+) -> SplitData:
+    """`latest_share_mask`'s likes go to test, the rest to train; no valid part.
+
+    A validation split made of training data alone that looks ahead in time as a test split
+    of later likes does; a random slice of training likes does not.
+    """
+    part_of = np.where(latest_share_mask(data, share, min_likes), 2, 0).astype(np.int8)
     return _assign(data, part_of, name or "latest-share")
 
 
