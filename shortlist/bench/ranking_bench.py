@@ -57,6 +57,7 @@ def run(
     if in_process:
         started = start_service("ranking", settings, bundle, "127.0.0.1:0", store)
         target, stop = f"127.0.0.1:{started.server.port}", started.stop
+        ready = lambda: True  # noqa: E731
     else:
         target = f"127.0.0.1:{free_port()}"
         env = settings.replace(
@@ -71,6 +72,11 @@ def run(
         def stop() -> None:
             server.terminate()
             server.wait(30)
+
+        def ready() -> bool:
+            if server.poll() is not None:
+                raise RuntimeError(f"the ranking service exited with code {server.returncode}")
+            return grpc_serving(target)
 
     rng = np.random.default_rng(0)
     users = rng.choice(len(bundle.users), size=min(requests, len(bundle.users)), replace=False)
@@ -91,12 +97,12 @@ def run(
                 k=k,
             )
         )
-    freeze_loaded_objects()  # as `shortlist serve` does once a service is up
+    if in_process:
+        freeze_loaded_objects()  # as `shortlist serve` does once a service is up
     latencies = []
     try:
-        if not in_process:
-            say(f"waiting for the ranking service on {target}")
-            wait_for(lambda: grpc_serving(target), 120, f"ranking service on {target}")
+        say(f"waiting for the ranking service on {target}")
+        wait_for(ready, 120, f"ranking service on {target}")
         with client_channel(target) as channel:
             rank = ranking_pb2_grpc.RankingStub(channel).Rank
             for p in payloads[:50]:  # warm-up
