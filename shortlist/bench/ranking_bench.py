@@ -97,8 +97,9 @@ def run(
                 k=k,
             )
         )
-    if in_process:
-        freeze_loaded_objects()  # as `shortlist serve` does once a service is up
+    # as `shortlist serve` does once a service is up; the client's own collections of what
+    # it loaded would otherwise add to the latencies too
+    freeze_loaded_objects()
     latencies = []
     try:
         say(f"waiting for the ranking service on {target}")
