@@ -190,15 +190,14 @@ def start_services(settings: Settings, pids: dict[str, int]) -> None:
     and ranking itself), `gateway_workers` gateway processes, each recorded in `pids`
     (name -> pid) as soon as it is spawned, so that a later failure can stop it."""
     metrics_ports = worker_metrics_ports(settings)
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **NATIVE_THREADS_ENV}
+    env = service_env(settings)
     for name in ("feedback", "gateway") if settings.colocate else SERVICES:
-        argv = [sys.executable, "-m", "shortlist.cli", "serve", name]
-        target = getattr(settings, f"{name}_addr")
+        argv = _serve_argv(name)
         for worker in range(settings.gateway_workers if name == "gateway" else 1):
             process = worker_name(name, worker)
             if worker == 0:
                 pids[process] = _spawn(process, argv, env)
-                _wait_started(process, pids[process], lambda t=target: grpc_serving(t), target)
+                wait_serving(process, pids[process], getattr(settings, f"{name}_addr"))
                 continue
             # the port already answers; this worker is known ready by its own metrics
             port = metrics_ports[worker]
@@ -214,6 +213,46 @@ def start_services(settings: Settings, pids: dict[str, int]) -> None:
                 lambda p=port: metrics_ready(settings.metrics_host, p, "gateway"),
                 f"metrics port {port}",
             )
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment of a service process: `settings`, one native thread."""
+    return {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **NATIVE_THREADS_ENV}
+
+
+def _serve_argv(name: str) -> list[str]:
+    return [sys.executable, "-m", "shortlist.cli", "serve", name]
+
+
+def serve_process(name: str, settings: Settings, process: str | None = None) -> int:
+    """`shortlist serve <name>` as a child process (log: .run/logs/<process>.log), returned
+    as its pid once it answers on its address; one that exits first fails at once."""
+    process = process or name
+    pid = _spawn(process, _serve_argv(name), service_env(settings))
+    try:
+        wait_serving(process, pid, getattr(settings, f"{name}_addr"))
+    except BaseException:
+        stop_process(pid)
+        raise
+    return pid
+
+
+def wait_serving(process: str, pid: int, target: str) -> None:
+    _wait_started(process, pid, lambda: grpc_serving(target), target)
+
+
+def stop_process(pid: int, grace_s: float = 10.0) -> bool:
+    """SIGTERM, then SIGKILL after `grace_s`; False when it was already gone."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
 
 
 def _wait_started(process: str, pid: int, ready, where: str) -> None:
@@ -285,17 +324,8 @@ def down() -> list[str]:
     pids: dict[str, int] = json.loads(PIDS.read_text())
     stopped = []
     for name in reversed(list(pids)):
-        pid = pids[name]
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        stopped.append(name)
+        if stop_process(pids[name]):
+            stopped.append(name)
     PIDS.unlink()
     return stopped
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -44,7 +42,7 @@ def run(
     in_process: bool = False,
 ) -> dict[str, Any]:
     from services.launch import freeze_loaded_objects, start_service
-    from shortlist.stack import NATIVE_THREADS_ENV, free_port, grpc_serving, wait_for
+    from shortlist.stack import free_port, serve_process, stop_process
     from shortlist.stores import RedisStateStore
 
     say = progress or (lambda _m: None)
@@ -54,30 +52,6 @@ def run(
     prefix = f"slbench:{uuid.uuid4().hex[:8]}:"
     settings = Settings.from_env({}, redis_url=redis_url, redis_prefix=prefix)
     store = RedisStateStore(redis_url, prefix)
-    if in_process:
-        started = start_service("ranking", settings, bundle, "127.0.0.1:0", store)
-        target, stop = f"127.0.0.1:{started.server.port}", started.stop
-        ready = lambda: True  # noqa: E731
-    else:
-        target = f"127.0.0.1:{free_port()}"
-        env = settings.replace(
-            bundle=str(bundle_dir), ranking_addr=target, ranking_metrics_port=0, bundle_poll_ms=0
-        ).to_env()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "shortlist.cli", "serve", "ranking"],
-            env={**os.environ, **env, **NATIVE_THREADS_ENV},
-            stdout=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            server.terminate()
-            server.wait(30)
-
-        def ready() -> bool:
-            if server.poll() is not None:
-                raise RuntimeError(f"the ranking service exited with code {server.returncode}")
-            return grpc_serving(target)
-
     rng = np.random.default_rng(0)
     users = rng.choice(len(bundle.users), size=min(requests, len(bundle.users)), replace=False)
     say(f"building {len(users)} shortlists of {candidates} from the bundle's index")
@@ -97,13 +71,22 @@ def run(
                 k=k,
             )
         )
+    if in_process:
+        started = start_service("ranking", settings, bundle, "127.0.0.1:0", store)
+        target, stop = f"127.0.0.1:{started.server.port}", started.stop
+    else:
+        target = f"127.0.0.1:{free_port()}"
+        say(f"starting the ranking service on {target}")
+        served = settings.replace(
+            bundle=str(bundle_dir), ranking_addr=target, ranking_metrics_port=0, bundle_poll_ms=0
+        )
+        pid = serve_process("ranking", served, "bench-ranking")
+        stop = lambda: stop_process(pid)  # noqa: E731
     # as `shortlist serve` does once a service is up; the client's own collections of what
     # it loaded would otherwise add to the latencies too
     freeze_loaded_objects()
     latencies = []
     try:
-        say(f"waiting for the ranking service on {target}")
-        wait_for(ready, 120, f"ranking service on {target}")
         with client_channel(target) as channel:
             rank = ranking_pb2_grpc.RankingStub(channel).Rank
             for p in payloads[:50]:  # warm-up
