@@ -70,6 +70,10 @@ bench-index: install
 RATE    ?= 500
 DURATION ?= 30
 CONNECTIONS ?= 64
+# Share of the arrivals that are SendFeedback (a like of a returned item): those users'
+# vectors are folded in, so their next Recommend searches the index instead of the
+# bundle's precomputed shortlist.
+FEEDBACK_SHARE ?= 0
 # Co-located by default: gateway processes that run retrieval and ranking themselves (the
 # measured best on 2 cores); COLOCATE=0 GATEWAY_WORKERS=1 runs the four-service topology.
 COLOCATE ?= 1
@@ -103,6 +107,7 @@ bench-serving: install
 		SHORTLIST_GATEWAY_WORKER_PORT=$(SERVING_PORT) $(BIN)/shortlist up
 	$(BIN)/shortlist loadtest --target $(SERVING_TARGET) \
 		--rate $(RATE) --duration $(DURATION) --connections $(CONNECTIONS) \
+		--feedback-share $(FEEDBACK_SHARE) \
 		--users $(SERVING)/users.txt --plot $(SERVING)/latency.png \
 		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; \
 		SHORTLIST_COLOCATE=$(COLOCATE) SHORTLIST_GATEWAY_WORKERS=$(GATEWAY_WORKERS) \

@@ -4,7 +4,8 @@ Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vecto
 item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
 recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, item_encoder.npy (linear
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
-features; the manifest's context_values name each table's rows).
+features; the manifest's context_values name each table's rows), shortlist_items.npy and
+shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.precomputed).
 `<root>/LATEST` names the newest version.
 """
 
@@ -32,6 +33,7 @@ from shortlist.features import ContextCounts, ItemSide, feature_names, item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
 from shortlist.index import load_index, save_index
+from shortlist.precomputed import PrecomputedShortlists
 from shortlist.ranker import compiled_scorer
 
 LATEST = "LATEST"
@@ -63,6 +65,8 @@ class Bundle:
     recent_popularity: np.ndarray | None = None  # time-decayed likes per item (NaN: no times)
     # free-form context key -> (its values, values x items likes recorded with each value)
     context_counts: ContextCounts = field(default_factory=dict)
+    # Each trained user's top-N by exact search, served until feedback moves their vector.
+    precomputed: PrecomputedShortlists | None = None
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.
@@ -161,6 +165,8 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
         np.save(tmp / "user_features.npy", bundle.user_features.astype(np.float32))
     np.save(tmp / "recent_popularity.npy", np.asarray(bundle.recent_popularity, np.float32))
     np.savez(tmp / "context_counts.npz", **{k: t for k, (_, t) in bundle.context_counts.items()})
+    if bundle.precomputed is not None:
+        bundle.precomputed.save(tmp)
     os.replace(tmp, final)
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(bundle.version + "\n")
@@ -209,6 +215,7 @@ def load_bundle(path: Path, with_index: bool = True) -> Bundle:
         user_feature_names=list(manifest.get("user_feature_names", [])),
         recent_popularity=_optional(directory / "recent_popularity.npy"),
         context_counts=_context_counts(directory, manifest.get("context_values", {})),
+        precomputed=PrecomputedShortlists.load(directory),
     )
     _check_ranker_features(bundle)
     return bundle

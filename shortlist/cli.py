@@ -31,6 +31,9 @@ def train(
     epochs: int = typer.Option(30),
     dim: int = typer.Option(32),
     index: str = typer.Option("auto", help="FAISS index: auto, flat, hnsw or ivf."),
+    precomputed: int = typer.Option(
+        256, help="Width of each user's precomputed shortlist (0: none, always search)."
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Train retrieval and ranker and write a versioned bundle the services load."""
@@ -54,6 +57,7 @@ def train(
         epochs=epochs,
         seed=seed,
         index=index,
+        precomputed=precomputed,
         model=model,
         model_options=json.loads(options) if options else _preset(model, data),
     )
@@ -107,7 +111,15 @@ def up() -> None:
         not (Path(settings.bundle) / "LATEST").exists()
         and not Path(settings.bundle, "manifest.json").exists()
     ):
-        train(out=Path(settings.bundle), users=1000, items=600, epochs=30, dim=32, seed=0)
+        train(
+            out=Path(settings.bundle),
+            users=1000,
+            items=600,
+            epochs=30,
+            dim=32,
+            precomputed=256,
+            seed=0,
+        )
     with console.status("starting the local stack"):
         pids = stack.up(settings)
     table = Table(title="Shortlist local stack is up", title_justify="left")

@@ -52,6 +52,9 @@ class Settings:
     # a user's feedback changes the key); 4,096 take about 8 MB and hold the repeats a
     # worker sees in the 30 s load test; 0 turns the memo off.
     retrieval_memo_entries: int = 4_096
+    # 1: a trained user whose vector feedback has not moved is answered from the bundle's
+    # precomputed shortlist (shortlist.precomputed) instead of an ANN search; 0: always search.
+    retrieval_precomputed: int = 1
     # How often the ranking service reads the items' live like counts (shortlist.item_likes;
     # the features lag feedback by about this much); 0 reads them on every request.
     item_likes_refresh_ms: int = 1000

@@ -41,7 +41,9 @@ class Shortlist:
     items: np.ndarray  # item indices, best first
     scores: np.ndarray
     user_source: str  # "trained", "folded_in" or "popularity"
-    memo_hit: bool = False  # answered by the search memo
+    # how it was found: "precomputed" (the bundle's shortlist of a trained user), "memo"
+    # (the search memo), "search" (the ANN index) or "popularity"
+    answer: str = "search"
 
 
 def prepare_for_retrieval(bundle: Bundle) -> Bundle:
@@ -60,15 +62,9 @@ def prepare_for_retrieval(bundle: Bundle) -> Bundle:
     return bundle
 
 
-def excluded_items(
-    bundle: Bundle, user_index: int | None, state: UserState, extra: Sequence[str]
-) -> np.ndarray:
-    """Training interactions, live seen and disliked items, and the request's exclusions."""
-    live = bundle.items.indices([*state.seen, *state.disliked, *extra])
-    if user_index is None:
-        return np.unique(live)
-    trained = row_items(bundle.seen, user_index)
-    return np.unique(np.concatenate([trained, live]))
+def live_exclusions(bundle: Bundle, state: UserState, extra: Sequence[str]) -> np.ndarray:
+    """Live seen and disliked items and the request's exclusions, as item indices."""
+    return np.unique(bundle.items.indices([*state.seen, *state.disliked, *extra]))
 
 
 def retrieve(
@@ -78,21 +74,34 @@ def retrieve(
     n: int,
     extra_exclude: Sequence[str] = (),
     memo: SearchMemo | None = None,
+    precomputed: bool = True,
 ) -> Shortlist:
-    """Top-n for the user; `memo` (over `bundle.index`) answers repeated searches."""
+    """Top-n for the user, never an item of their training interactions, live seen or
+    disliked items, or `extra_exclude`. A trained user without a folded-in vector is
+    answered from the bundle's precomputed shortlist when `precomputed` and it holds
+    enough; `memo` (over `bundle.index`) answers repeated searches."""
     user_index = bundle.users.get(user_id)
-    exclude = excluded_items(bundle, user_index, state, extra_exclude)
-    if state.vector is not None and state.vector.shape == (bundle.item_vectors.shape[1],):
+    live = live_exclusions(bundle, state, extra_exclude)
+    folded = state.vector is not None and state.vector.shape == (bundle.item_vectors.shape[1],)
+    if not folded and user_index is not None and precomputed and bundle.precomputed is not None:
+        found = bundle.precomputed.take(user_index, n, live)
+        if found is not None:
+            return Shortlist(*found, "trained", "precomputed")
+    if user_index is not None:
+        exclude = np.union1d(row_items(bundle.seen, user_index), live)
+    else:
+        exclude = live
+    if folded:
         vector, source = state.vector, "folded_in"
     elif user_index is not None:
         vector, source = bundle.user_vectors[user_index], "trained"
     else:
         top = bundle.popular_items(n, exclude)
-        return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity")
+        return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity", "popularity")
     if memo is None:
         return Shortlist(*search(bundle.index, vector, n, exclude), source)
     idx, scores, hit = memo.search(vector, n, exclude)
-    return Shortlist(idx, scores, source, hit)
+    return Shortlist(idx, scores, source, "memo" if hit else "search")
 
 
 def similar_items(bundle: Bundle, item_index: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,10 +43,11 @@ CANDIDATES = Histogram(
     ["service", "arm"],
     buckets=(0, 10, 20, 50, 100, 200, 500, 1000),
 )
-SEARCH_MEMO = Counter(
-    "shortlist_search_memo_lookups_total",
-    "ANN searches by whether the search memo answered them (result: hit or miss)",
-    ["service", "result", "arm"],
+RETRIEVAL_ANSWERS = Counter(
+    "shortlist_retrieval_answers_total",
+    "Shortlists by how they were found (answer: precomputed, the bundle's shortlist of a "
+    "trained user; memo, the search memo; search, the ANN index; popularity)",
+    ["service", "answer", "arm"],
 )
 EVENTS_PUBLISHED = Counter(
     "shortlist_feedback_events_published_total",

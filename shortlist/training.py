@@ -37,6 +37,7 @@ from shortlist.foldin import calibrate_targets
 from shortlist.index import build_index
 from shortlist.models import registry
 from shortlist.models.popularity import item_popularity
+from shortlist.precomputed import PrecomputedShortlists
 from shortlist.ranker import RankerConfig, RankerFit, train_ranker
 
 Progress = Callable[[str], None]
@@ -56,6 +57,9 @@ class TrainConfig:
     recent_likes: int = 50
     ranker_max_lists: int = 12_000  # lists (users) the ranker is cross-validated and fit on
     index: str = "auto"
+    # Width of each trained user's precomputed shortlist (shortlist.precomputed): the
+    # served N (200) plus room for live exclusions; 0: none, retrieval always searches.
+    precomputed: int = 256
     seed: int = 0
     model: str = "mf-bpr"
     # Options of the retrieval model (registry names); dim/epochs/seed above apply to MF-BPR.
@@ -111,6 +115,14 @@ def train_bundle(
     report = model.fit(data)
     coo = data.positives.tocoo()
     foldin = calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col)
+    precomputed, precomputed_seconds = None, 0.0
+    if cfg.precomputed > 0:
+        say(f"precomputing every user's top-{cfg.precomputed} by exact search")
+        precomputed_seconds = -time.perf_counter()
+        precomputed = PrecomputedShortlists.compute(
+            model.user_factors, model.item_factors, data.positives + data.negatives, cfg.precomputed
+        )
+        precomputed_seconds += time.perf_counter()
     bundle = Bundle(
         version=new_version(),
         users=data.users,
@@ -131,6 +143,7 @@ def train_bundle(
         foldin=foldin,
         ranker=ranker,
         item_encoder=getattr(model, "item_encoder", None),
+        precomputed=precomputed,
         manifest={
             "dataset_fingerprint": data.fingerprint(),
             "model": cfg.model,
@@ -147,6 +160,7 @@ def train_bundle(
                 "ranker_ndcg@20": round(ranker_ndcg, 4),
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "final_model_seconds": round(report.seconds, 2),
+                "precomputed_seconds": round(precomputed_seconds, 2),
             },
         },
     )

@@ -57,10 +57,10 @@ def test_memo_keeps_the_most_recently_used_entries_only(items):
     assert not off.search(items[0], 5, none)[2] and len(off) == 0
 
 
-def memo_lookups(result: str) -> float:
+def memo_lookups(answer: str) -> float:
     value = REGISTRY.get_sample_value(
-        "shortlist_search_memo_lookups_total",
-        {"service": "retrieval", "result": result, "arm": "a"},
+        "shortlist_retrieval_answers_total",
+        {"service": "retrieval", "answer": answer, "arm": "a"},
     )
     return value or 0.0
 
@@ -68,19 +68,22 @@ def memo_lookups(result: str) -> float:
 def test_retrieval_repeats_from_the_memo_until_the_users_state_changes(
     bundle, redis_url, redis_prefix
 ):
-    settings = Settings.from_env({}, redis_url=redis_url, redis_prefix=redis_prefix)
+    # searches only: the bundle's precomputed shortlists would answer trained users
+    settings = Settings.from_env(
+        {}, redis_url=redis_url, redis_prefix=redis_prefix, retrieval_precomputed=0
+    )
     retrieval = LocalStub(
         RetrievalServicer(bundle, RedisStateStore(redis_url, redis_prefix), settings)
     )
     user = bundle.users.id(4)
     ask = retrieval_pb2.RetrieveRequest(user_id=user, n=30)
-    hits, misses = memo_lookups("hit"), memo_lookups("miss")
+    hits, misses = memo_lookups("memo"), memo_lookups("search")
     first = [c.item_id for c in retrieval.Retrieve(ask, timeout=5).candidates]
     second = [c.item_id for c in retrieval.Retrieve(ask, timeout=5).candidates]
     assert second == first and len(first) == 30
-    assert memo_lookups("miss") == misses + 1 and memo_lookups("hit") == hits + 1
+    assert memo_lookups("search") == misses + 1 and memo_lookups("memo") == hits + 1
     # The user has now seen the best item (as the feedback service records it).
     redis.Redis.from_url(redis_url).sadd(f"{redis_prefix}u:{user}:seen", first[0])
     after = [c.item_id for c in retrieval.Retrieve(ask, timeout=5).candidates]
     assert first[0] not in after and after[:29] == first[1:]
-    assert memo_lookups("miss") == misses + 2
+    assert memo_lookups("search") == misses + 2

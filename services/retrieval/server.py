@@ -16,7 +16,7 @@ from shortlist.bundle_set import BundleSet
 from shortlist.config import Settings
 from shortlist.search_memo import SearchMemo
 from shortlist.stores.base import StateStore, StoreUnavailable, UserState
-from shortlist.telemetry import CANDIDATES, SEARCH_MEMO, STAGE_LATENCY, set_arm
+from shortlist.telemetry import CANDIDATES, RETRIEVAL_ANSWERS, STAGE_LATENCY, set_arm
 from shortlist.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from shortlist.validation import InvalidInput, abort_invalid, require_id, require_ids, require_range
 
@@ -118,11 +118,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
         start = time.perf_counter()
         memo = self.memos.get(bundle.version)
         result = serving.retrieve(
-            bundle, request.user_id, state, request.n, request.exclude_item_ids, memo
+            bundle,
+            request.user_id,
+            state,
+            request.n,
+            request.exclude_item_ids,
+            memo,
+            precomputed=bool(s.retrieval_precomputed),
         )
         STAGE_LATENCY.labels(SERVICE, "ann", arm).observe(time.perf_counter() - start)
-        if memo is not None and result.user_source != "popularity":
-            SEARCH_MEMO.labels(SERVICE, "hit" if result.memo_hit else "miss", arm).inc()
+        RETRIEVAL_ANSWERS.labels(SERVICE, result.answer, arm).inc()
         CANDIDATES.labels(SERVICE, arm).observe(len(result.items))
         return LocalShortlist(
             bundle,
