@@ -112,11 +112,15 @@ RIDGE_BY_KIND = _weights(KIND_WEIGHTS)
 def linear_deltas(
     encoder: np.ndarray, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, n_rows: int
 ) -> np.ndarray:
-    """Σ weight · encoder[item] per row: (n_rows, d), one sparse product for the batch."""
+    """Σ weight · encoder[item] per row: (n_rows, d), one sparse product for the batch,
+    in float64 over the encoder rows the batch names only (the whole float32 encoder in
+    float64 was a 420 MB copy per batch on the Gowalla bundle: 13 ms of CPU per event when
+    events come a few per batch)."""
     import scipy.sparse as sp
 
-    s = sp.csr_matrix((weights, (rows, items)), shape=(n_rows, encoder.shape[0]))
-    return np.asarray(s @ encoder.astype(np.float64, copy=False))
+    used, local = np.unique(items, return_inverse=True)
+    s = sp.csr_matrix((weights, (rows, local.ravel())), shape=(n_rows, len(used)))
+    return np.asarray(s @ encoder[used].astype(np.float64))
 
 
 def batched_fold_in(

@@ -22,7 +22,7 @@ from shortlist.features import (
     parse_context,
     recent_popularity,
 )
-from shortlist.foldin import FoldInTargets, fold_in
+from shortlist.foldin import FoldInTargets, fold_in, linear_deltas
 from shortlist.index import build_index, search
 from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
 from shortlist.training import holdout_split, label_kind, label_mask, recent_likes
@@ -209,6 +209,20 @@ def test_linear_fold_in_of_a_new_user_equals_the_trained_vector(tmp_path):
     # A dislike pushes the vector away from that item's encoder row.
     with_dislike = folded_vectors(bundle, {"n": [*history, (bundle.items.id(0), Kind.DISLIKE)]})
     assert with_dislike["n"] @ bundle.item_vectors[0] < vec @ bundle.item_vectors[0]
+
+
+def test_linear_deltas_sum_weighted_encoder_rows_per_user_in_float64():
+    rng = np.random.default_rng(4)
+    encoder = rng.normal(size=(50, 6)).astype(np.float32)
+    rows = np.array([0, 0, 0, 2, 2])
+    items = np.array([7, 31, 7, 49, 3])  # item 7 twice for user 0; user 1 has nothing
+    weights = np.array([1.0, -0.5, 2.0, 1.0, 0.25])
+    want = np.zeros((3, 6))
+    for r, i, w in zip(rows, items, weights):
+        want[r] += w * encoder[i].astype(np.float64)
+    got = linear_deltas(encoder, rows, items, weights, 3)
+    assert got.dtype == np.float64 and got.shape == (3, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_item_neighbours_keep_each_rows_largest_exact_cosines():
