@@ -5,7 +5,8 @@ item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions
 recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, item_encoder.npy (linear
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
 features; the manifest's context_values name each table's rows), shortlist_items.npy and
-shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.precomputed).
+shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.precomputed),
+sequence.npz (item co-occurrence in like order, where likes were ordered).
 `<root>/LATEST` names the newest version.
 """
 
@@ -67,6 +68,9 @@ class Bundle:
     context_counts: ContextCounts = field(default_factory=dict)
     # Each trained user's top-N by exact search, served until feedback moves their vector.
     precomputed: PrecomputedShortlists | None = None
+    # items x items co-occurrence in like order (features.sequence_neighbours); None when
+    # the training likes had no order
+    sequence: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.
@@ -89,6 +93,7 @@ class Bundle:
             self.item_feature_names,
             self.user_feature_names if self.user_features is not None else [],
             self.context_counts,
+            self.sequence,
         )
 
     @cached_property
@@ -167,6 +172,8 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
     np.savez(tmp / "context_counts.npz", **{k: t for k, (_, t) in bundle.context_counts.items()})
     if bundle.precomputed is not None:
         bundle.precomputed.save(tmp)
+    if bundle.sequence is not None:
+        sp.save_npz(tmp / "sequence.npz", bundle.sequence.tocsr())
     os.replace(tmp, final)
     latest_tmp = root / f".{LATEST}.tmp"
     latest_tmp.write_text(bundle.version + "\n")
@@ -216,6 +223,7 @@ def load_bundle(path: Path, with_index: bool = True) -> Bundle:
         recent_popularity=_optional(directory / "recent_popularity.npy"),
         context_counts=_context_counts(directory, manifest.get("context_values", {})),
         precomputed=PrecomputedShortlists.load(directory),
+        sequence=_optional_sparse(directory / "sequence.npz"),
     )
     _check_ranker_features(bundle)
     return bundle
@@ -247,6 +255,10 @@ def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCou
 
 def _optional(path: Path) -> np.ndarray | None:
     return np.load(path) if path.exists() else None
+
+
+def _optional_sparse(path: Path) -> sp.csr_matrix | None:
+    return sp.load_npz(path).tocsr() if path.exists() else None
 
 
 def latest_version(root: Path) -> str | None:

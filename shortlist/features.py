@@ -28,6 +28,9 @@ BASE_FEATURES = [
     "cooc_max_likes",
     "cooc_second_likes",
     "cooc_max_dislikes",
+    # co-occurrence within a few places of each other in users' like order (check-ins one
+    # after another are near each other), with the user's recent likes, newest weighted most
+    "seq_cooc_likes",
     "sim_recent_likes",  # embedding similarity to the centroid of recent likes
     "max_sim_dislikes",
     "attr_affinity",  # cosine of item attributes with the user's liked-attribute profile
@@ -52,6 +55,14 @@ COOC_ENTRIES = 10_000_000
 # most), where a request's lookup is one fancy index: 200 candidates x 30 likes on the
 # built-in 600-item catalogue took 50 us instead of the sparse rows' 410-480 us.
 COOC_DENSE_MAX_ITEMS = 2048
+# Sequence co-occurrence (`sequence_neighbours`): two likes of one user count when they are
+# at most SEQUENCE_WINDOW places apart in the user's order, weighted 1 / distance; each row
+# is normalised to sum 1. A request sums the rows of its recent likes (newest first)
+# weighted SEQUENCE_DECAY ** age. Chosen on Gowalla's train+valid alone (fit on all but each
+# user's latest 20%, scored on those; the served spectral order blended with the feature):
+# NDCG@20 +4.7% with a window of 3, +5.2% with 5, +5.5% with 10, at decay .9 over 50 likes.
+SEQUENCE_WINDOW = 10
+SEQUENCE_DECAY = 0.9
 # Free-form context: a key the training likes record (Interactions.context) becomes the
 # feature ctx_<key>_item_lift, log P(value | item) - log P(value), with P(value | item)
 # pulled towards P(value) by CONTEXT_PRIOR pseudo-likes (0 for an item without likes). Its
@@ -169,6 +180,9 @@ class ItemSide:
     # free-form context key -> (value -> row, values x items context_lift)
     context: dict[str, tuple[dict[str, int], np.ndarray]] = field(default_factory=dict)
     cooc_dense: np.ndarray | None = None  # `cooc` as an array, on small catalogues
+    # items x items `sequence_neighbours` (None: the likes had no order) and its dense form
+    sequence: sp.csr_matrix | None = None
+    sequence_dense: np.ndarray | None = None
 
 
 def recent_popularity(
@@ -192,6 +206,7 @@ def item_side(
     attribute_names: list[str],
     user_attribute_names: list[str] | None = None,
     counts: ContextCounts | None = None,
+    sequence: sp.csr_matrix | None = None,
 ) -> ItemSide:
     cooc = item_neighbours(likes)
     return ItemSide(
@@ -199,7 +214,9 @@ def item_side(
         popularity=np.asarray(popularity, np.float64),
         log_recent_popularity=np.log1p(recent).astype(np.float32),
         cooc=cooc,
-        cooc_dense=cooc.toarray() if cooc.shape[1] <= COOC_DENSE_MAX_ITEMS else None,
+        cooc_dense=_dense_if_small(cooc),
+        sequence=sequence,
+        sequence_dense=None if sequence is None else _dense_if_small(sequence),
         attributes=attributes.astype(np.float32),
         attribute_names=list(attribute_names),
         user_attribute_names=list(user_attribute_names or []),
@@ -208,6 +225,10 @@ def item_side(
             for key, (values, table) in sorted((counts or {}).items())
         },
     )
+
+
+def _dense_if_small(matrix: sp.csr_matrix) -> np.ndarray | None:
+    return matrix.toarray() if matrix.shape[1] <= COOC_DENSE_MAX_ITEMS else None
 
 
 def row_items(matrix: sp.csr_matrix, user: int) -> np.ndarray:
@@ -247,25 +268,65 @@ def item_neighbours(likes: sp.csr_matrix, keep: int | None = None) -> sp.csr_mat
     x.data[:] = 1.0
     norms = np.sqrt(np.maximum(np.asarray(x.sum(axis=0)).ravel(), 1.0))
     x = (x @ sp.diags(1.0 / norms)).tocsc()
-    cos = (x.T @ x).tocsr()
-    lengths = np.diff(cos.indptr)
+    return _keep_largest((x.T @ x).tocsr(), keep)
+
+
+def sequence_neighbours(
+    likes: sp.csr_matrix,
+    order: np.ndarray | None,
+    window: int = SEQUENCE_WINDOW,
+    keep: int | None = None,
+) -> sp.csr_matrix | None:
+    """Items x items: Σ 1 / distance over pairs of one user's likes at most `window` places
+    apart in `order` (aligned with likes.data; None: unordered likes, no matrix), symmetric,
+    each row normalised to sum 1, then cut to its `keep` largest (default
+    `neighbours_kept`)."""
+    if order is None or window < 1:
+        return None
+    csr = likes.tocsr()
+    n = csr.shape[1]
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    by_order = np.lexsort((csr.indices, np.asarray(order, np.float64), rows))
+    items, owner = csr.indices[by_order], rows[by_order]
+    pairs = sp.csr_matrix((n, n), dtype=np.float32)
+    for gap in range(1, window + 1):
+        same = owner[gap:] == owner[:-gap]
+        weight = np.full(int(same.sum()), 1.0 / gap, np.float32)
+        pairs = pairs + sp.csr_matrix((weight, (items[:-gap][same], items[gap:][same])), (n, n))
+    pairs = (pairs + pairs.T).tocsr()  # likes are unique per user: no item pairs with itself
+    totals = np.asarray(pairs.sum(axis=1)).ravel()
+    pairs = (sp.diags(1.0 / np.maximum(totals, 1e-12)) @ pairs).tocsr()
+    return _keep_largest(pairs, neighbours_kept(n) if keep is None else keep)
+
+
+def _keep_largest(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """Each row cut to its `keep` largest entries, indices sorted, float32."""
+    lengths = np.diff(matrix.indptr)
     if lengths.max(initial=0) > keep:
-        mask = np.ones(cos.nnz, bool)
+        mask = np.ones(matrix.nnz, bool)
         for r in np.flatnonzero(lengths > keep):
-            lo, hi = cos.indptr[r], cos.indptr[r + 1]
+            lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
             mask[lo:hi] = False
-            mask[lo + np.argpartition(-cos.data[lo:hi], keep - 1)[:keep]] = True
-        rows = np.repeat(np.arange(cos.shape[0]), lengths)[mask]
-        cos = sp.csr_matrix((cos.data[mask], (rows, cos.indices[mask])), shape=cos.shape)
-    cos.sort_indices()
-    return cos.astype(np.float32)
+            mask[lo + np.argpartition(-matrix.data[lo:hi], keep - 1)[:keep]] = True
+        rows = np.repeat(np.arange(matrix.shape[0]), lengths)[mask]
+        matrix = sp.csr_matrix(
+            (matrix.data[mask], (rows, matrix.indices[mask])), shape=matrix.shape
+        )
+    matrix.sort_indices()
+    return matrix.astype(np.float32)
 
 
 def _cooc(items: ItemSide, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Cosine co-occurrence, len(rows) x len(candidates) (0 beyond a row's neighbours)."""
-    if items.cooc_dense is not None:
-        return items.cooc_dense[np.ix_(rows, candidates)]
-    c = items.cooc
+    return _entries(items.cooc, items.cooc_dense, rows, candidates)
+
+
+def _entries(
+    c: sp.csr_matrix, dense: np.ndarray | None, rows: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """c[rows][:, candidates] as an array, from `dense` when held (small catalogues)."""
+    if dense is not None:
+        return dense[np.ix_(rows, candidates)]
     starts = c.indptr[rows]
     lengths = c.indptr[rows + 1] - starts
     first = np.cumsum(lengths) - lengths  # where each row's entries start in `at`
@@ -317,6 +378,10 @@ def build_features(
             denom = np.linalg.norm(attrs, axis=1) * np.linalg.norm(profile)
             with np.errstate(invalid="ignore", divide="ignore"):
                 rows[:, col["attr_affinity"]] = np.where(denom > 0, attrs @ profile / denom, 0.0)
+    if len(likes) and items.sequence is not None:
+        seq = _entries(items.sequence, items.sequence_dense, likes.astype(np.int64), candidates)
+        weights = SEQUENCE_DECAY ** np.arange(len(likes), dtype=np.float32)
+        rows[:, col["seq_cooc_likes"]] = weights @ seq
     if len(dislikes):
         rows[:, col["cooc_max_dislikes"]] = cooc[len(likes) :].max(axis=0)
         rows[:, col["max_sim_dislikes"]] = (cand_vecs @ items.vectors[dislikes].T).max(axis=1)

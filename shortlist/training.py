@@ -21,6 +21,7 @@ from shortlist.artifacts import Bundle, code_version, new_version
 from shortlist.data.interactions import Interactions
 from shortlist.data.splits import latest_share_mask, select_likes
 from shortlist.features import (
+    SEQUENCE_WINDOW,
     ItemSide,
     RequestContext,
     UserSignals,
@@ -32,6 +33,7 @@ from shortlist.features import (
     recent_in_order,
     recent_popularity,
     row_items,
+    sequence_neighbours,
 )
 from shortlist.foldin import calibrate_targets
 from shortlist.index import build_index
@@ -55,6 +57,9 @@ class TrainConfig:
     # likes (two-stage NDCG@20 -0.2% against -9.6% with a random slice; README, Measured).
     labels: str = "auto"
     recent_likes: int = 50
+    # Places apart in a user's like order within which two likes co-occur for the
+    # seq_cooc_likes feature (features.sequence_neighbours); 0: no such feature (NaN).
+    sequence_window: int = SEQUENCE_WINDOW
     ranker_max_lists: int = 12_000  # lists (users) the ranker is cross-validated and fit on
     index: str = "auto"
     # Width of each trained user's precomputed shortlist (shortlist.precomputed): the
@@ -140,6 +145,7 @@ def train_bundle(
         user_feature_names=attribute_names(data.user_features),
         recent_popularity=recent_popularity(data.positives, data.timestamps),
         context_counts=context_counts(data.positives, data.context),
+        sequence=sequence_neighbours(data.positives, data.recency(), cfg.sequence_window),
         foldin=foldin,
         ranker=ranker,
         item_encoder=getattr(model, "item_encoder", None),
@@ -249,7 +255,9 @@ def attribute_table(table: dict[str, np.ndarray], n_rows: int) -> np.ndarray:
     return np.hstack(cols).astype(np.float32)
 
 
-def fit_item_side(data: Interactions, item_vectors: np.ndarray) -> ItemSide:
+def fit_item_side(
+    data: Interactions, item_vectors: np.ndarray, sequence_window: int = SEQUENCE_WINDOW
+) -> ItemSide:
     """The item-side feature data of a training set (what a bundle of it would serve)."""
     return item_side(
         data.positives,
@@ -260,6 +268,7 @@ def fit_item_side(data: Interactions, item_vectors: np.ndarray) -> ItemSide:
         attribute_names(data.item_features),
         attribute_names(data.user_features),
         context_counts(data.positives, data.context),
+        sequence_neighbours(data.positives, data.recency(), sequence_window),
     )
 
 
@@ -285,7 +294,7 @@ def ranking_lists(
     seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
     recent = recent_likes(fit.positives, fit.recency(), cfg.recent_likes)
     activity = np.diff(fit.positives.indptr)
-    items = fit_item_side(fit, item_vectors)
+    items = fit_item_side(fit, item_vectors, cfg.sequence_window)
     user_attrs = attribute_table(fit.user_features, fit.n_users)
     no_live = np.zeros(cfg.candidates, np.float32)
     if users is None:

@@ -13,6 +13,7 @@ from shortlist.data.synthetic import generate
 from shortlist.events import Kind
 from shortlist.features import (
     BASE_FEATURES,
+    SEQUENCE_DECAY,
     RequestContext,
     UserSignals,
     build_features,
@@ -21,6 +22,7 @@ from shortlist.features import (
     item_side,
     parse_context,
     recent_popularity,
+    sequence_neighbours,
 )
 from shortlist.foldin import FoldInTargets, fold_in, linear_deltas
 from shortlist.index import build_index, search
@@ -154,6 +156,42 @@ def test_build_features_columns():
     assert x[0, col["attr_affinity"]] == pytest.approx(1.0) and x[1, col["attr_affinity"]] == 0
     assert list(x[:, col["item_a"]]) == [1, 0] and list(x[:, col["user_age"]]) == [0.5, 0.5]
     assert x[0, col["ctx_hour"]] == 7 and math.isnan(x[0, col["ctx_device"]])
+    assert math.isnan(x[0, col["seq_cooc_likes"]])  # built without a like order
+
+
+def test_sequence_neighbours_count_likes_near_each_other_in_a_users_order():
+    # user 0 likes items 3, 0, 2 in that order (order values 5, 7, 9); user 1 likes 2 then 1
+    likes = sp.csr_matrix(
+        (np.ones(5, np.float32), ([0, 0, 0, 1, 1], [0, 2, 3, 1, 2])), shape=(2, 4)
+    )
+    order = np.array([7, 9, 5, 2, 1])  # aligned with likes.data: (0,0) (0,2) (0,3) (1,1) (1,2)
+    assert sequence_neighbours(likes, None) is None
+    assert sequence_neighbours(likes, order, window=0) is None
+    one = sequence_neighbours(likes, order, window=1).toarray()
+    # pairs one place apart: 3-0 and 0-2 (user 0), 1-2 (user 1); rows sum to 1
+    want = np.zeros((4, 4))
+    for a, b in ((3, 0), (0, 2), (2, 1)):
+        want[a, b] = want[b, a] = 1
+    np.testing.assert_allclose(one, want / want.sum(1, keepdims=True))
+    two = sequence_neighbours(likes, order, window=2).toarray()
+    assert two[3, 2] == pytest.approx(0.5 / 1.5)  # 3 and 2 are two places apart
+    assert two[3, 0] == pytest.approx(1 / 1.5)
+    # the feature: each recent like's row at the candidates, newest weighted most
+    items = item_side(
+        likes,
+        np.eye(4, dtype=np.float32),
+        np.ones(4),
+        np.ones(4),
+        np.zeros((4, 0)),
+        [],
+        sequence=sequence_neighbours(likes, order, window=2),
+    )
+    user = UserSignals(activity=3, recent_likes=np.array([2, 0]), recent_dislikes=np.array([]))
+    x = build_features(
+        np.array([1, 3]), np.array([1.0, 0.5]), user, RequestContext(), items, np.zeros(2)
+    )
+    seq = x[:, BASE_FEATURES.index("seq_cooc_likes")]
+    np.testing.assert_allclose(seq, two[2, [1, 3]] + SEQUENCE_DECAY * two[0, [1, 3]], rtol=1e-6)
 
 
 def test_recent_popularity_decays_with_age():
