@@ -30,10 +30,6 @@ class PrecomputedShortlists:
     items: np.ndarray
     scores: np.ndarray
 
-    @property
-    def width(self) -> int:
-        return int(self.items.shape[1])
-
     @classmethod
     def compute(
         cls,
