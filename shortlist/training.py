@@ -61,9 +61,9 @@ class TrainConfig:
     # seq_cooc_likes feature (features.sequence_neighbours); 0: no such feature (NaN).
     sequence_window: int = SEQUENCE_WINDOW
     # Lists (users) the ranker is cross-validated and fit on. Gowalla with seq_cooc_likes:
-    # 24,000 gave test NDCG@20 +4.7% against +4.1% (out of fold +7.0% against +5.8%), with
-    # 157 trees against 129, twice the fit time, and serving runs at 500/s of p99 12.2 and
-    # 17.8 ms against 7.95 (not told apart from the host's noise): kept at 12,000 for now
+    # 24,000 gave test NDCG@20 +4.7% against +4.1% (out of fold +7.0% against +5.8%) for
+    # twice the fit time, but its bundle served 500/s at 3.08-3.09 ms CPU per call against
+    # 2.73-2.74, p99 26.5-31.5 ms against 10.9-16.0 (alternating runs): kept at 12,000
     ranker_max_lists: int = 12_000
     index: str = "auto"
     # Width of each trained user's precomputed shortlist (shortlist.precomputed): the
