@@ -288,12 +288,18 @@ def sequence_neighbours(
     rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
     by_order = np.lexsort((csr.indices, np.asarray(order, np.float64), rows))
     items, owner = csr.indices[by_order], rows[by_order]
-    pairs = sp.csr_matrix((n, n), dtype=np.float32)
+    first, second, weight = [], [], []
     for gap in range(1, window + 1):
         same = owner[gap:] == owner[:-gap]
-        weight = np.full(int(same.sum()), 1.0 / gap, np.float32)
-        pairs = pairs + sp.csr_matrix((weight, (items[:-gap][same], items[gap:][same])), (n, n))
-    pairs = (pairs + pairs.T).tocsr()  # likes are unique per user: no item pairs with itself
+        first.append(items[:-gap][same])
+        second.append(items[gap:][same])
+        weight.append(np.full(int(same.sum()), 1.0 / gap, np.float32))
+    a, b = np.concatenate(first), np.concatenate(second)
+    # both directions at once; repeated pairs are summed. Likes are unique per user, so no
+    # item is paired with itself.
+    pairs = sp.csr_matrix(
+        (np.tile(np.concatenate(weight), 2), (np.r_[a, b], np.r_[b, a])), shape=(n, n)
+    )
     totals = np.asarray(pairs.sum(axis=1)).ravel()
     pairs = (sp.diags(1.0 / np.maximum(totals, 1e-12)) @ pairs).tocsr()
     return _keep_largest(pairs, neighbours_kept(n) if keep is None else keep)
@@ -316,15 +322,11 @@ def _keep_largest(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     return matrix.astype(np.float32)
 
 
-def _cooc(items: ItemSide, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Cosine co-occurrence, len(rows) x len(candidates) (0 beyond a row's neighbours)."""
-    return _entries(items.cooc, items.cooc_dense, rows, candidates)
-
-
 def _entries(
     c: sp.csr_matrix, dense: np.ndarray | None, rows: np.ndarray, candidates: np.ndarray
 ) -> np.ndarray:
-    """c[rows][:, candidates] as an array, from `dense` when held (small catalogues)."""
+    """c[rows][:, candidates] as an array (0 beyond a row's kept neighbours), from `dense`
+    when held (small catalogues)."""
     if dense is not None:
         return dense[np.ix_(rows, candidates)]
     starts = c.indptr[rows]
@@ -364,7 +366,8 @@ def build_features(
     rows[:, col["user_log_activity"]] = math.log1p(user.activity)
     cand_vecs = items.vectors[candidates]
     likes, dislikes = user.recent_likes[:RECENT_ITEMS], user.recent_dislikes[:RECENT_ITEMS]
-    cooc = _cooc(items, np.concatenate([likes, dislikes]).astype(np.int64), candidates)
+    recent = np.concatenate([likes, dislikes]).astype(np.int64)  # likes first
+    cooc = _entries(items.cooc, items.cooc_dense, recent, candidates)
     if len(likes):
         sim = cooc[: len(likes)]
         rows[:, col["cooc_sum_likes"]] = sim.sum(axis=0)
@@ -379,7 +382,7 @@ def build_features(
             with np.errstate(invalid="ignore", divide="ignore"):
                 rows[:, col["attr_affinity"]] = np.where(denom > 0, attrs @ profile / denom, 0.0)
     if len(likes) and items.sequence is not None:
-        seq = _entries(items.sequence, items.sequence_dense, likes.astype(np.int64), candidates)
+        seq = _entries(items.sequence, items.sequence_dense, recent[: len(likes)], candidates)
         weights = SEQUENCE_DECAY ** np.arange(len(likes), dtype=np.float32)
         rows[:, col["seq_cooc_likes"]] = weights @ seq
     if len(dislikes):

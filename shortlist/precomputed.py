@@ -41,18 +41,11 @@ class PrecomputedShortlists:
     ) -> PrecomputedShortlists:
         """Exact top-`width` by dot product for every user, `exclude` (their training
         items) left out; equal scores in item order."""
-        users = np.arange(len(user_vectors))
         # torch only here, offline: the serving processes never import it
-        from shortlist.evaluation.metrics import top_k
+        from shortlist.evaluation.metrics import scored_top_k
 
-        items = top_k(user_vectors, item_vectors, users, width, exclude, batch_size)
-        vectors = np.asarray(item_vectors, np.float32)
-        scores = np.zeros(items.shape, np.float32)
-        for lo in range(0, len(users), batch_size):
-            rows = items[lo : lo + batch_size]
-            all_items = np.asarray(user_vectors[lo : lo + batch_size], np.float32) @ vectors.T
-            s = np.take_along_axis(all_items, np.maximum(rows, 0), axis=1)
-            scores[lo : lo + len(rows)] = np.where(rows >= 0, s, 0.0)
+        users = np.arange(len(user_vectors))
+        items, scores = scored_top_k(user_vectors, item_vectors, users, width, exclude, batch_size)
         return cls(items.astype(np.int32), scores)
 
     def take(self, user: int, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

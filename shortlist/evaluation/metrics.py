@@ -65,9 +65,22 @@ def top_k(
     Excluded items never appear: where fewer than `k` items are left (tiny catalogues) the
     remaining slots hold -1.
     """
+    return scored_top_k(user_factors, item_factors, users, k, exclude, batch_size)[0]
+
+
+def scored_top_k(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`top_k` and the dot products of its items (float32; 0 in the -1 slots)."""
     items = torch.from_numpy(np.ascontiguousarray(item_factors, dtype=np.float32))
     users = np.asarray(users, dtype=np.int64)
     out = np.full((len(users), k), -1, dtype=np.int64)
+    out_scores = np.zeros((len(users), k), dtype=np.float32)
     width = min(k, items.shape[0])
     excl = exclude.tocsr() if exclude is not None else None
     for lo in range(0, len(users), batch_size):
@@ -81,8 +94,10 @@ def top_k(
                 torch.from_numpy(rows), torch.from_numpy(sub.indices.astype(np.int64))
             ] = -torch.inf
         idx, vals = _top_with_ties_by_index(scores, width)
-        out[lo : lo + len(b), :width] = np.where(np.isneginf(vals.numpy()), -1, idx.numpy())
-    return out
+        missing = np.isneginf(vals.numpy())
+        out[lo : lo + len(b), :width] = np.where(missing, -1, idx.numpy())
+        out_scores[lo : lo + len(b), :width] = np.where(missing, 0.0, vals.numpy())
+    return out, out_scores
 
 
 def _top_with_ties_by_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
