@@ -322,24 +322,36 @@ def _keep_largest(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     return matrix.astype(np.float32)
 
 
+def _positions(n_items: int, candidates: np.ndarray) -> np.ndarray:
+    """Each item's place in `candidates`, -1 for the others (int16 while it fits: a smaller
+    table to fill and to look up)."""
+    dtype = np.int16 if len(candidates) <= np.iinfo(np.int16).max else np.int32
+    where = np.full(n_items, -1, dtype)
+    where[candidates] = np.arange(len(candidates))
+    return where
+
+
 def _entries(
-    c: sp.csr_matrix, dense: np.ndarray | None, rows: np.ndarray, candidates: np.ndarray
+    c: sp.csr_matrix,
+    dense: np.ndarray | None,
+    rows: np.ndarray,
+    candidates: np.ndarray,
+    where: np.ndarray,
 ) -> np.ndarray:
     """c[rows][:, candidates] as an array (0 beyond a row's kept neighbours), from `dense`
-    when held (small catalogues)."""
+    when held (small catalogues); `where` is `_positions(c.shape[1], candidates)`."""
     if dense is not None:
         return dense[np.ix_(rows, candidates)]
     starts = c.indptr[rows]
     lengths = c.indptr[rows + 1] - starts
     first = np.cumsum(lengths) - lengths  # where each row's entries start in `at`
     at = np.arange(lengths.sum()) + np.repeat(starts - first, lengths)
-    where = np.full(c.shape[1], -1, np.int32)
-    where[candidates] = np.arange(len(candidates))
     col = where[c.indices[at]]
-    hit = col >= 0
-    out = np.zeros((len(rows), len(candidates)), np.float32)
-    out[np.repeat(np.arange(len(rows)), lengths)[hit], col[hit]] = c.data[at[hit]]
-    return out
+    hit = np.flatnonzero(col >= 0)
+    n = len(candidates)
+    out = np.zeros(len(rows) * n, np.float32)
+    out[np.repeat(np.arange(len(rows)) * n, lengths)[hit] + col[hit]] = c.data[at[hit]]
+    return out.reshape(len(rows), n)
 
 
 def build_features(
@@ -367,7 +379,8 @@ def build_features(
     cand_vecs = items.vectors[candidates]
     likes, dislikes = user.recent_likes[:RECENT_ITEMS], user.recent_dislikes[:RECENT_ITEMS]
     recent = np.concatenate([likes, dislikes]).astype(np.int64)  # likes first
-    cooc = _entries(items.cooc, items.cooc_dense, recent, candidates)
+    where = _positions(items.cooc.shape[1], candidates)
+    cooc = _entries(items.cooc, items.cooc_dense, recent, candidates, where)
     if len(likes):
         sim = cooc[: len(likes)]
         rows[:, col["cooc_sum_likes"]] = sim.sum(axis=0)
@@ -382,7 +395,9 @@ def build_features(
             with np.errstate(invalid="ignore", divide="ignore"):
                 rows[:, col["attr_affinity"]] = np.where(denom > 0, attrs @ profile / denom, 0.0)
     if len(likes) and items.sequence is not None:
-        seq = _entries(items.sequence, items.sequence_dense, recent[: len(likes)], candidates)
+        seq = _entries(
+            items.sequence, items.sequence_dense, recent[: len(likes)], candidates, where
+        )
         weights = SEQUENCE_DECAY ** np.arange(len(likes), dtype=np.float32)
         rows[:, col["seq_cooc_likes"]] = weights @ seq
     if len(dislikes):

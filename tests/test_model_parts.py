@@ -296,17 +296,23 @@ def test_dense_and_sparse_cooccurrence_give_the_same_features():
     likes = sp.random(200, 60, density=0.15, format="csr", random_state=4)
     likes.data[:] = 1.0
     vecs = rng.normal(size=(60, 8)).astype(np.float32)
-    dense = item_side(likes, vecs, np.ones(60), np.ones(60), np.zeros((60, 0)), [])
+    order = rng.permutation(likes.nnz)  # an order of each user's likes
+    sequence = sequence_neighbours(likes, order, window=3)
+    dense = item_side(
+        likes, vecs, np.ones(60), np.ones(60), np.zeros((60, 0)), [], sequence=sequence
+    )
     assert COOC_DENSE_MAX_ITEMS >= 60 and dense.cooc_dense is not None
-    sparse = replace(dense, cooc_dense=None)  # the lookup larger catalogues take
+    assert dense.sequence_dense is not None
+    # the lookups larger catalogues take
+    sparse = replace(dense, cooc_dense=None, sequence_dense=None)
     user = UserSignals(2, recent_likes=np.array([3, 7, 11, 40]), recent_dislikes=np.array([5, 9]))
     candidates = rng.choice(60, 30, replace=False)
     args = (candidates, np.linspace(1, 0.1, 30), user, RequestContext())
     got = build_features(*args, dense, np.zeros(30, np.float32))
     want = build_features(*args, sparse, np.zeros(30, np.float32))
     np.testing.assert_array_equal(got, want)
-    col = BASE_FEATURES.index("cooc_sum_likes")
-    assert np.count_nonzero(got[:, col]) > 5  # co-occurrence is there to compare
+    for name in ("cooc_sum_likes", "seq_cooc_likes"):  # there to compare
+        assert np.count_nonzero(got[:, BASE_FEATURES.index(name)]) > 5, name
 
 
 def test_ranker_labels_are_each_users_latest_likes_where_likes_are_ordered():
