@@ -10,7 +10,7 @@ from shortlist.data.synthetic import generate
 from shortlist.ranker import RankerConfig
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # 5 LightGBM fits: 120 s ran out with a second fit beside it
 def test_rows_for_each_feature_group_and_the_test_half_fit():
     data = generate(n_users=500, n_items=300, seed=2)
     split = temporal_leave_last_out(data, n_test=3, n_valid=3, min_train=5, name="generated")
