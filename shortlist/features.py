@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+# Features also given relative to the shortlist: value over the list's largest (NaN when
+# that is not positive) and place among the list's values (0 = largest; ties share the
+# smaller place). The raw values move with how much the user has liked and where they
+# are; a list-relative one says which candidates stand out for this request. Chosen on
+# Gowalla's train+valid alone (latest 20% of each user as the test, never the test split):
+# the ranker's NDCG@20 lift over retrieval went +5.4% -> +5.9% with 12,000 lists.
+LIST_RELATIVE = ("seq_cooc_likes", "cooc_sum_likes", "sim_recent_likes", "cooc_max_likes")
 BASE_FEATURES = [
     "retrieval_rank",
     # score over the shortlist's best: free of the model's score scale, which moves with the
@@ -34,6 +41,8 @@ BASE_FEATURES = [
     "sim_recent_likes",  # embedding similarity to the centroid of recent likes
     "max_sim_dislikes",
     "attr_affinity",  # cosine of item attributes with the user's liked-attribute profile
+    # the same signals relative to the rest of the shortlist (see LIST_RELATIVE)
+    *[f"{name}_{kind}" for name in LIST_RELATIVE for kind in ("list_ratio", "list_rank")],
     "ctx_hour",
     "ctx_day_of_week",
     "ctx_device",
@@ -354,6 +363,19 @@ def _entries(
     return out.reshape(len(rows), n)
 
 
+def _relative_to_list(rows: np.ndarray, source: int, ratio: int, rank: int) -> None:
+    """Fill the list-relative columns of one feature (see LIST_RELATIVE); left NaN where the
+    feature is (no likes)."""
+    values = rows[:, source]
+    if not len(values) or np.isnan(values).all():
+        return
+    top = values.max()
+    if top > 0:
+        rows[:, ratio] = values / top
+    ordered = np.sort(values)
+    rows[:, rank] = len(values) - np.searchsorted(ordered, values, side="right")
+
+
 def build_features(
     candidates: np.ndarray,
     retrieval_scores: np.ndarray,
@@ -403,6 +425,8 @@ def build_features(
     if len(dislikes):
         rows[:, col["cooc_max_dislikes"]] = cooc[len(likes) :].max(axis=0)
         rows[:, col["max_sim_dislikes"]] = (cand_vecs @ items.vectors[dislikes].T).max(axis=1)
+    for name in LIST_RELATIVE:
+        _relative_to_list(rows, col[name], col[f"{name}_list_ratio"], col[f"{name}_list_rank"])
     rows[:, col["ctx_hour"]] = context.hour
     rows[:, col["ctx_day_of_week"]] = context.day_of_week
     rows[:, col["ctx_device"]] = context.device

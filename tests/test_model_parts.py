@@ -159,6 +159,38 @@ def test_build_features_columns():
     assert math.isnan(x[0, col["seq_cooc_likes"]])  # built without a like order
 
 
+def test_list_relative_features_compare_each_candidate_with_the_rest_of_its_shortlist():
+    likes = sp.csr_matrix(
+        (np.ones(7, np.float32), ([0, 0, 0, 1, 1, 2, 3], [1, 2, 5, 1, 5, 6, 3])), shape=(4, 10)
+    )
+    col = {n: i for i, n in enumerate(BASE_FEATURES)}
+    cand = np.array([5, 6, 0, 3])
+
+    def features(recent_likes: list[int], cand_sims: list[float]) -> np.ndarray:
+        vecs = np.zeros((10, 2), np.float32)
+        vecs[[1, 2], 0] = 1.0  # the likes' centroid is (1, 0): a candidate's similarity is x
+        vecs[cand, 0] = cand_sims
+        items = item_side(likes, vecs, np.ones(10), np.ones(10), np.zeros((10, 0)), [])
+        user = UserSignals(3, np.array(recent_likes, np.int64), np.array([], np.int64))
+        return build_features(cand, np.ones(4), user, RequestContext(), items, np.zeros(4))
+
+    x = features([1, 2], [0.5, 2.0, -1.0, 1.0])
+    # cooc_sum_likes: 5 scores 1 + 1/sqrt(2), 6, 0 and 3 never share a user with 1 or 2
+    np.testing.assert_allclose(x[:, col["cooc_sum_likes_list_ratio"]], [1, 0, 0, 0])
+    assert list(x[:, col["cooc_sum_likes_list_rank"]]) == [0, 1, 1, 1]  # ties share a place
+    np.testing.assert_allclose(x[:, col["sim_recent_likes_list_ratio"]], [0.25, 1, -0.5, 0.5])
+    assert list(x[:, col["sim_recent_likes_list_rank"]]) == [2, 0, 3, 1]
+    # a largest value that is not positive gives no ratio; the places still hold
+    y = features([1, 2], [-0.5, -2.0, -0.25, -1.0])
+    assert np.isnan(y[:, col["sim_recent_likes_list_ratio"]]).all()
+    assert list(y[:, col["sim_recent_likes_list_rank"]]) == [1, 3, 0, 2]
+    # no likes: the signals are missing, and so is where they stand in the list
+    none = features([], [0.5, 2.0, -1.0, 1.0])
+    for name in ("cooc_sum_likes", "sim_recent_likes", "cooc_max_likes", "seq_cooc_likes"):
+        assert np.isnan(none[:, col[f"{name}_list_ratio"]]).all()
+        assert np.isnan(none[:, col[f"{name}_list_rank"]]).all()
+
+
 def test_sequence_neighbours_count_likes_near_each_other_in_a_users_order():
     # user 0 likes items 3, 0, 2 in that order (order values 5, 7, 9); user 1 likes 2 then 1
     likes = sp.csr_matrix(

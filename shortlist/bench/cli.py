@@ -56,6 +56,9 @@ def quality(
         "--ranker-labels",
         help="two-stage: the ranker's labels, valid or the latest 20% of each user's likes.",
     ),
+    ranker_lists: int = typer.Option(
+        None, "--ranker-lists", min=100, help="two-stage: most lists the ranker is fit on."
+    ),
 ) -> None:
     """Train a retrieval model under protocol A or B and print its test metrics.
 
@@ -95,6 +98,7 @@ def quality(
             pipeline=pipeline,
             ranker_seeds=ranker_seeds,
             ranker_labels=ranker_labels,
+            ranker_lists=ranker_lists,
         )
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -84,6 +84,7 @@ def main(
     pipeline: str = "retrieval",
     ranker_seeds: int = 1,
     ranker_labels: str = "valid",
+    ranker_lists: int | None = None,
 ) -> dict[str, Any]:
     """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
     console = Console(stderr=False)
@@ -93,7 +94,7 @@ def main(
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
     if pipeline == "two-stage":
         return two_stage_main(
-            data_dir, protocol, model, config, console, ranker_seeds, ranker_labels
+            data_dir, protocol, model, config, console, ranker_seeds, ranker_labels, ranker_lists
         )
     result = run_quality(data_dir, protocol, model, config)
     render(result, console)
@@ -116,6 +117,7 @@ def two_stage_main(
     console: Console,
     ranker_seeds: int = 1,
     ranker_labels: str = "valid",
+    ranker_lists: int | None = None,
 ) -> dict[str, Any]:
     """Retrieval-only and two-stage figures side by side on the same users. With
     `ranker_seeds` > 1 the pipeline runs again with seeds 1.. (which lists the ranker is fit
@@ -129,8 +131,16 @@ def two_stage_main(
     options = registry.preset(model, split.name)
     options.update(config or {})
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    lists = {} if ranker_lists is None else {"ranker_max_lists": ranker_lists}
+    cfg = TrainConfig(model=model, **lists)
     result = run_two_stage(
-        split, protocol, model, options, progress=say, ranker_labels=ranker_labels
+        split,
+        protocol,
+        model,
+        options,
+        cfg=cfg,
+        progress=say,
+        ranker_labels=ranker_labels,
     )
     table = Table(title=f"{split.name} · protocol {result.protocol} · {model} + LambdaRank")
     table.add_column("metric")
@@ -154,10 +164,11 @@ def two_stage_main(
     summary = result.summary()
     summary["importance"] = result.importance
     summary["ranker_labels"] = ranker_labels
+    summary["ranker_max_lists"] = cfg.ranker_max_lists
     if ranker_seeds > 1:
         lifts = [summary["ndcg@20_lift"]]
         for seed in range(1, ranker_seeds):
-            cfg = TrainConfig(model=model, seed=seed)
+            cfg = TrainConfig(model=model, seed=seed, **lists)
             again = run_two_stage(
                 split, protocol, model, options, cfg=cfg, ranker_labels=ranker_labels
             ).summary()

@@ -19,6 +19,7 @@ from shortlist.evaluation.protocols import random_scores_baseline, run_protocol
 from shortlist.models import registry
 from shortlist.models.lightgcn import LightGCN, LightGCNConfig
 from shortlist.models.spectral import SpectralCF, SpectralConfig, exact_svd, randomized_svd
+from shortlist.training import TrainConfig
 
 FAST = {
     "lightgcn": dict(dim=32, epochs=8, batch_size=1024, negatives=128, lr=0.01, progress=False),
@@ -255,16 +256,19 @@ def test_bench_quality_two_stage_cli(tiny_dir):
     assert summary["total_seconds"] >= summary["ranker_fit_seconds"] > 0
     assert "retrieval @20" in result.stdout and "two-stage @20" in result.stdout
     assert "ndcg@20_lift_by_seed" not in summary
+    assert summary["ranker_max_lists"] == TrainConfig().ranker_max_lists
 
 
 @pytest.mark.parametrize("protocol", ["A", "B"])
 def test_bench_quality_two_stage_on_the_latest_likes_as_labels(tiny_dir, protocol):
     args = ["bench", "quality", "--data", str(tiny_dir), "--protocol", protocol]
-    args += ["--pipeline", "two-stage", "--config", '{"rank": 32}', "--ranker-labels", "latest"]
+    args += ["--pipeline", "two-stage", "--config", '{"rank": 32}', "--ranker-lists", "150"]
+    args += ["--ranker-labels", "latest"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = _last_json(result.stdout)
     assert summary["ranker_labels"] == "latest" and summary["users"] > 0
+    assert summary["ranker_max_lists"] == 150
     assert 0 < summary["ranker_valid_ranker_ndcg@20"] <= 1
     assert "ranker on its latest lists" in result.stdout
     bad = CliRunner().invoke(app, args[:-1] + ["newest"])
