@@ -60,11 +60,12 @@ class TrainConfig:
     # Places apart in a user's like order within which two likes co-occur for the
     # seq_cooc_likes feature (features.sequence_neighbours); 0: no such feature (NaN).
     sequence_window: int = SEQUENCE_WINDOW
-    # Lists (users) the ranker is cross-validated and fit on. Gowalla with seq_cooc_likes:
-    # 24,000 gave test NDCG@20 +4.7% against +4.1% (out of fold +7.0% against +5.8%) for
-    # twice the fit time, but its bundle served 500/s at 3.08-3.09 ms CPU per call against
-    # 2.73-2.74, p99 26.5-31.5 ms against 10.9-16.0 (alternating runs): kept at 12,000
-    ranker_max_lists: int = 12_000
+    # Lists (users) the ranker is cross-validated and fit on. Gowalla protocol A with the
+    # list-relative features (2026-12-04, one host): test NDCG@20 lift +4.9% on 12,000
+    # lists (whole pipeline 12 min), +5.5% on 18,000 (27 min), +5.5% on 24,000 (34 min,
+    # over the 30-minute bound). With 24,000 an earlier bundle also served 500/s at more
+    # CPU per call (3.08 against 2.73 ms).
+    ranker_max_lists: int = 18_000
     index: str = "auto"
     # Width of each trained user's precomputed shortlist (shortlist.precomputed): the
     # served N (200) plus room for live exclusions; 0: none, retrieval always searches.
