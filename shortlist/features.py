@@ -363,15 +363,20 @@ def _entries(
     return out.reshape(len(rows), n)
 
 
+def _fill_over_largest(rows: np.ndarray, column: int, values: np.ndarray) -> None:
+    """rows[:, column] = values over their largest, left NaN unless that is positive."""
+    top = values.max() if len(values) else 0.0
+    if top > 0:
+        rows[:, column] = values / top
+
+
 def _relative_to_list(rows: np.ndarray, source: int, ratio: int, rank: int) -> None:
     """Fill the list-relative columns of one feature (see LIST_RELATIVE); left NaN where the
     feature is (no likes)."""
     values = rows[:, source]
     if not len(values) or np.isnan(values).all():
         return
-    top = values.max()
-    if top > 0:
-        rows[:, ratio] = values / top
+    _fill_over_largest(rows, ratio, values)
     ordered = np.sort(values)
     rows[:, rank] = len(values) - np.searchsorted(ordered, values, side="right")
 
@@ -393,8 +398,7 @@ def build_features(
     col = _COLUMN
     scores = np.asarray(retrieval_scores, np.float32)
     rows[:, col["retrieval_rank"]] = np.arange(n)
-    if n and scores.max() > 0:
-        rows[:, col["retrieval_score_ratio"]] = scores / scores.max()
+    _fill_over_largest(rows, col["retrieval_score_ratio"], scores)
     rows[:, col["item_log_popularity"]] = np.log1p(items.popularity[candidates] + live_likes)
     rows[:, col["item_log_recent_popularity"]] = items.log_recent_popularity[candidates]
     rows[:, col["user_log_activity"]] = math.log1p(user.activity)

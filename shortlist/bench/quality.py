@@ -131,8 +131,8 @@ def two_stage_main(
     options = registry.preset(model, split.name)
     options.update(config or {})
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
-    lists = {} if ranker_lists is None else {"ranker_max_lists": ranker_lists}
-    cfg = TrainConfig(model=model, **lists)
+    lists = ranker_lists or TrainConfig().ranker_max_lists
+    cfg = TrainConfig(model=model, ranker_max_lists=lists)
     result = run_two_stage(
         split,
         protocol,
@@ -168,7 +168,7 @@ def two_stage_main(
     if ranker_seeds > 1:
         lifts = [summary["ndcg@20_lift"]]
         for seed in range(1, ranker_seeds):
-            cfg = TrainConfig(model=model, seed=seed, **lists)
+            cfg = TrainConfig(model=model, seed=seed, ranker_max_lists=lists)
             again = run_two_stage(
                 split, protocol, model, options, cfg=cfg, ranker_labels=ranker_labels
             ).summary()
