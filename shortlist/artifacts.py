@@ -2,7 +2,8 @@
 
 Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
 item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
-recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, item_encoder.npy (linear
+recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, deep_ranker.npz (the
+DeepFM ranker served blended with it; shortlist.deep_ranker), item_encoder.npy (linear
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
 features; the manifest's context_values name each table's rows), shortlist_items.npy and
 shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.precomputed),
@@ -30,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shortlist import __version__
+from shortlist.deep_ranker import DeepFMWeights, blended
 from shortlist.features import ContextCounts, ItemSide, feature_names, item_side
 from shortlist.foldin import FoldInTargets
 from shortlist.ids import IdMap
@@ -57,6 +59,8 @@ class Bundle:
     item_feature_names: list[str]
     foldin: FoldInTargets
     ranker: lgb.Booster | None = None
+    # served blended with `ranker` when present (shortlist.deep_ranker)
+    deep_ranker: DeepFMWeights | None = None
     # Linear models (the spectral filter): user vector = sum of encoder rows of their likes,
     # which makes fold-in exact. None: ridge fold-in on the item vectors.
     item_encoder: np.ndarray | None = None
@@ -98,9 +102,13 @@ class Bundle:
 
     @cached_property
     def scorer(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        """The ranker compiled for serving (compiled on first use; the ranking service does
-        it before the bundle serves); None without a ranker."""
-        return None if self.ranker is None else compiled_scorer(self.ranker)
+        """The ranker compiled for serving, blended with the DeepFM ranker when the bundle
+        has one (compiled on first use; the ranking service does it before the bundle
+        serves); None without a ranker."""
+        if self.ranker is None:
+            return None
+        lambdarank = compiled_scorer(self.ranker)
+        return lambdarank if self.deep_ranker is None else blended(lambdarank, self.deep_ranker)
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
         order = self._pop_order
@@ -149,6 +157,7 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
             "prior_strength": bundle.foldin.prior_strength,
         },
         "has_ranker": bundle.ranker is not None,
+        "has_deep_ranker": bundle.deep_ranker is not None,
         "context_values": {key: values for key, (values, _) in bundle.context_counts.items()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -164,6 +173,8 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
     save_index(bundle.index, tmp / "index.faiss")
     if bundle.ranker is not None:
         bundle.ranker.save_model(str(tmp / "ranker.txt"))
+    if bundle.deep_ranker is not None:
+        bundle.deep_ranker.save(tmp / "deep_ranker.npz")
     if bundle.item_encoder is not None:
         np.save(tmp / "item_encoder.npy", bundle.item_encoder.astype(np.float32))
     if bundle.user_features is not None:
@@ -200,6 +211,7 @@ def load_bundle(path: Path, with_index: bool = True) -> Bundle:
     manifest = json.loads((directory / "manifest.json").read_text())
     ranker_path = directory / "ranker.txt"
     encoder_path = directory / "item_encoder.npy"
+    deep_path = directory / "deep_ranker.npz"
     fold = manifest["foldin"]
     bundle = Bundle(
         version=manifest["version"],
@@ -216,6 +228,7 @@ def load_bundle(path: Path, with_index: bool = True) -> Bundle:
         item_feature_names=list(manifest["item_feature_names"]),
         foldin=FoldInTargets(fold["like"], fold["dislike"], fold["prior_strength"]),
         ranker=lgb.Booster(model_file=str(ranker_path)) if ranker_path.exists() else None,
+        deep_ranker=DeepFMWeights.load(deep_path) if deep_path.exists() else None,
         item_encoder=np.load(encoder_path) if encoder_path.exists() else None,
         manifest=manifest,
         user_features=_optional(directory / "user_features.npy"),
@@ -243,6 +256,12 @@ def _check_ranker_features(bundle: Bundle) -> None:
         raise ValueError(
             f"bundle {bundle.version}: its ranker was trained on the features "
             f"{bundle.ranker.feature_name()}, this code computes {expected}; retrain the bundle"
+        )
+    deep = bundle.deep_ranker
+    if deep is not None and len(deep.scaling.mean) != len(expected):
+        raise ValueError(
+            f"bundle {bundle.version}: its DeepFM ranker takes {len(deep.scaling.mean)} "
+            f"features, its LambdaRank ranker {len(expected)}; retrain the bundle"
         )
 
 

@@ -92,6 +92,19 @@ def train_ranker(
     return RankerFit(final, rounds, held_out)
 
 
+def mean_list_ndcg(scores, labels, groups, k: int = 20) -> float:
+    """Mean NDCG@k of the lists ordered by `scores` (binary labels within each list)."""
+    out, lo = [], 0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    for g in groups:
+        s, y = scores[lo : lo + g], labels[lo : lo + g]
+        lo += g
+        ranked = y[np.argsort(-s, kind="stable")][:k]
+        ideal = discounts[: min(k, int(y.sum()))].sum()
+        out.append(float((ranked * discounts[: len(ranked)]).sum() / ideal))
+    return float(np.mean(out))
+
+
 def score(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:
     return booster.predict(features, num_threads=1).astype(np.float32)
 

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from shortlist.data.splits import temporal_leave_last_out
 from shortlist.data.synthetic import generate
+from shortlist.deep_ranker import blended
 from shortlist.evaluation.two_stage import run_two_stage
 from shortlist.features import UserSignals, build_features, parse_context, recent_in_order
 from shortlist.grpc_server import client_channel
@@ -32,11 +33,13 @@ def offline_scores(bundle, user: int, candidates: np.ndarray, retrieval: np.ndar
         bundle.item_side,
         np.zeros(len(candidates)),
     )
-    return x, score(bundle.ranker, x)
+    lambdarank = lambda rows: score(bundle.ranker, rows)  # noqa: E731
+    return x, blended(lambdarank, bundle.deep_ranker)(x)
 
 
 def test_online_rank_equals_offline_features_and_scores(stack, bundle):
     assert bundle.ranker is not None and bundle.user_features is not None
+    assert bundle.deep_ranker is not None  # served blended with LambdaRank
     assert bundle.user_features.shape[1] > 0 and np.isfinite(bundle.recent_popularity).any()
     rng = np.random.default_rng(0)
     # "moment" is recorded with the built-in data's likes; "campaign" never was

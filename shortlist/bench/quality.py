@@ -142,7 +142,7 @@ def two_stage_main(
         progress=say,
         ranker_labels=ranker_labels,
     )
-    table = Table(title=f"{split.name} · protocol {result.protocol} · {model} + LambdaRank")
+    table = Table(title=f"{split.name} · protocol {result.protocol} · {model} + ranker")
     table.add_column("metric")
     for k in KS:
         table.add_column(f"retrieval @{k}", justify="right")
@@ -161,6 +161,12 @@ def two_stage_main(
         f"{result.ranker_valid['retrieval_ndcg@20']:.4f} (retrieval order) -> "
         f"{result.ranker_valid['ranker_ndcg@20']:.4f}"
     )
+    alone = result.rankers_alone
+    if alone:
+        console.print(
+            "two-stage is the blend of LambdaRank and DeepFM; alone, test ndcg@20 "
+            f"LambdaRank {alone['lambdarank_ndcg@20']:.4f}, DeepFM {alone['deepfm_ndcg@20']:.4f}"
+        )
     summary = result.summary()
     summary["importance"] = result.importance
     summary["ranker_labels"] = ranker_labels

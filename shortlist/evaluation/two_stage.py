@@ -9,6 +9,8 @@ Test is touched only to report. Protocol A then refits retrieval on train+valid 
 its shortlists; protocol B keeps the train-only model (valid likes are excluded from the
 test ranking). Retrieval-only and two-stage figures come from the same users and the same
 shortlists: the retrieval order of a top-N shortlist is the retrieval model's own top-20.
+With `TrainConfig.deep_ranker` the two-stage order is the served blend of LambdaRank and
+DeepFM; each alone is reported beside it (`lambdarank_*`, `deepfm_*`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from shortlist.data.loaders import SplitData
 from shortlist.data.splits import latest_share_holdout
+from shortlist.deep_ranker import blended
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import union_likes
 from shortlist.features import RANK_COLUMN
@@ -52,6 +55,8 @@ class TwoStageResult:
     ranker_valid: dict[str, float]
     importance: dict[str, float] = field(default_factory=dict)
     users: int = 0
+    # test metrics @20 of LambdaRank and DeepFM each alone, when two-stage is their blend
+    rankers_alone: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +72,7 @@ class TwoStageResult:
         out["users"] = self.users
         out.update({f"{k}_seconds": round(v, 2) for k, v in self.timings.items()})
         out.update({f"ranker_valid_{k}": round(v, 4) for k, v in self.ranker_valid.items()})
+        out.update({k: round(v, 6) for k, v in self.rankers_alone.items()})
         return out
 
 
@@ -188,7 +194,21 @@ def run_two_stage(
     timings["test_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
     retrieval = list_metrics(test_lists, lambda x: -x[:, RANK_COLUMN], test, test_users)
-    two_stage = list_metrics(test_lists, lambda x: score(ranker, x), test, test_users)
+    lambdarank = lambda x: score(ranker, x)  # noqa: E731
+    two_stage = list_metrics(
+        test_lists,
+        lambdarank if fit.deep is None else blended(lambdarank, fit.deep),
+        test,
+        test_users,
+    )
+    alone = {}
+    if fit.deep is not None:  # each ranker alone, for comparison with the blend
+        alone = {
+            f"{name}_{m}": v
+            for name, order_by in (("lambdarank", lambdarank), ("deepfm", fit.deep.score))
+            for m, v in list_metrics(test_lists, order_by, test, test_users).items()
+            if m.endswith("@20")
+        }
     timings["evaluate"] = time.perf_counter() - clock
     timings["total"] = sum(timings.values())
     return TwoStageResult(
@@ -200,6 +220,7 @@ def run_two_stage(
         timings=timings,
         ranker_valid=ranker_valid,
         importance=importance(ranker, names),
+        rankers_alone=alone,
         users=len(test_users),
     )
 
