@@ -5,10 +5,10 @@ of its shortlist), early-stopped on a held-out share of the lists. Serving runs 
 forward pass in numpy from the exported weights (`DeepFMWeights`): the ranking service
 then needs no torch, and offline evaluation scores with the very code that serves.
 
-Why a blend: on the same lists (protocol A, latest labels, one seed) DeepFM alone beat
-LambdaRank on Gowalla (test NDCG@20 .1739 against .1728) and lost on MovieLens-100K (.1390,
-.1470, .1443 over three seeds against .1459); the sum of the two per-list z-scored scores
-beat both (Gowalla .1752, MovieLens-100K .1469/.1501/.1499).
+Why a blend: on the same lists (protocol A, latest labels) DeepFM alone beat LambdaRank on
+Gowalla (test NDCG@20 .1742 against .1728) and lost on MovieLens-100K (.1400 against
+.1459); the sum of their per-list standardised scores beat both (.1748, .1478). README,
+"The second ranker".
 """
 
 from __future__ import annotations
