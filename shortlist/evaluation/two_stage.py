@@ -25,7 +25,7 @@ import numpy as np
 
 from shortlist.data.loaders import SplitData
 from shortlist.data.splits import latest_share_holdout
-from shortlist.deep_ranker import blended
+from shortlist.deep_ranker import blend
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import union_likes
 from shortlist.features import RANK_COLUMN
@@ -89,14 +89,19 @@ def list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
     return {name: float(v.mean()) for name, v in per_user.items()}
 
 
+def scored_metrics(lists, scores: dict[int, np.ndarray], test, users) -> dict[str, float]:
+    """`list_metrics` of shortlists already scored (user -> one score per candidate)."""
+    scored = {u: (lists[u][0], v[:, None], None) for u, v in scores.items()}
+    return list_metrics(scored, lambda v: v[:, 0], test, users)
+
+
 def held_out_lift(lists, fit: FittedRanker, labels) -> dict[str, float]:
     """NDCG@20 of the ranker's lists, against all of `labels`, in retrieval order and as
     scored out of fold (each list by the fold model that did not see it)."""
     users = np.sort(fit.users)
 
     def ordered_by(rows: np.ndarray) -> dict[str, float]:
-        scored = {u: (lists[u][0], v[:, None], None) for u, v in fit.by_user(rows).items()}
-        return list_metrics(scored, lambda v: v[:, 0], labels, users)["ndcg@20"]
+        return scored_metrics(lists, fit.by_user(rows), labels, users)["ndcg@20"]
 
     return {
         "retrieval_ndcg@20": ordered_by(-fit.retrieval_rank),
@@ -194,21 +199,17 @@ def run_two_stage(
     timings["test_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
     retrieval = list_metrics(test_lists, lambda x: -x[:, RANK_COLUMN], test, test_users)
-    lambdarank = lambda x: score(ranker, x)  # noqa: E731
-    two_stage = list_metrics(
-        test_lists,
-        lambdarank if fit.deep is None else blended(lambdarank, fit.deep),
-        test,
-        test_users,
-    )
+    # each list scored once by each ranker; the blend and each alone are ordered from those
+    lambdarank = {u: score(ranker, x) for u, (_, x, _) in test_lists.items()}
+    two_stage = scored_metrics(test_lists, lambdarank, test, test_users)
     alone = {}
-    if fit.deep is not None:  # each ranker alone, for comparison with the blend
-        alone = {
-            f"{name}_{m}": v
-            for name, order_by in (("lambdarank", lambdarank), ("deepfm", fit.deep.score))
-            for m, v in list_metrics(test_lists, order_by, test, test_users).items()
-            if m.endswith("@20")
-        }
+    if fit.deep is not None:
+        deep = {u: fit.deep.score(x) for u, (_, x, _) in test_lists.items()}
+        deep_metrics = scored_metrics(test_lists, deep, test, test_users)
+        alone = {f"lambdarank_{m}": v for m, v in two_stage.items() if m.endswith("@20")}
+        alone |= {f"deepfm_{m}": v for m, v in deep_metrics.items() if m.endswith("@20")}
+        served = {u: blend(lambdarank[u], deep[u]) for u in lambdarank}
+        two_stage = scored_metrics(test_lists, served, test, test_users)
     timings["evaluate"] = time.perf_counter() - clock
     timings["total"] = sum(timings.values())
     return TwoStageResult(
