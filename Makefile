@@ -38,8 +38,14 @@ down:
 train: install
 	$(BIN)/shortlist train
 
+# All tests: tests/unit (no services), tests/integration (real Redis, the broker, sockets),
+# tests/deploy (manifests, alert rules, the container recipe).
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fast ones only: no Redis or broker needed, no offline pipeline runs.
+test-unit: install
+	$(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

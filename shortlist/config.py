@@ -48,15 +48,17 @@ class Settings:
     gateway_worker_port: int = 0
     max_k: int = 100
     candidates: int = 200
-    # Search results the retrieval service keeps per bundle (shortlist.search_memo; exact:
+    # Search results the retrieval service keeps per bundle (shortlist.retrieval.memo; exact:
     # a user's feedback changes the key); 4,096 take about 8 MB and hold the repeats a
     # worker sees in the 30 s load test; 0 turns the memo off.
     retrieval_memo_entries: int = 4_096
     # 1: a trained user whose vector feedback has not moved is answered from the bundle's
-    # precomputed shortlist (shortlist.precomputed) instead of an ANN search; 0: always search.
+    # precomputed shortlist (shortlist.retrieval.precomputed) instead of an ANN search;
+    # 0: always search.
     retrieval_precomputed: int = 1
-    # How often the ranking service reads the items' live like counts (shortlist.item_likes;
-    # the features lag feedback by about this much); 0 reads them on every request.
+    # How often the ranking service reads the items' live like counts
+    # (shortlist.ranking.item_likes; the features lag feedback by about this much); 0 reads
+    # them on every request.
     item_likes_refresh_ms: int = 1000
     max_candidates: int = 1000
     max_events: int = 1000
@@ -67,11 +69,11 @@ class Settings:
     publish_timeout_ms: int = 3000
     feedback_batch: int = 500
     # How long the broker may hold an empty fetch. tansu holds it the whole time even when
-    # events arrive, so this bounds freshness (40: p99 23 ms); shorter waits cost idle CPU
-    # (10: 9% of a core for tansu and the consumer, 40: 5%).
+    # events arrive, so this bounds freshness; shorter waits cost idle CPU for tansu and the
+    # consumer (docs/decisions/0014-feedback-fetch-wait.md).
     feedback_fetch_wait_ms: int = 40
     log_format: str = "text"
-    # Security (shortlist.security). Plaintext and keyless serving of the gateway are allowed
+    # Security (shortlist.rpc.security). Plaintext and keyless serving of the gateway are allowed
     # on loopback addresses or with insecure=1 only.
     insecure: int = 0
     tls_cert_file: str = ""
@@ -87,7 +89,7 @@ class Settings:
     # A plaintext port serving grpc.health.v1 only (0: none): kubelet gRPC probes cannot
     # speak TLS, so a TLS server is probed there. It exposes nothing but health.
     health_port: int = 0
-    # A/B test: a second bundle served to a stable ab_share_b (0..1) of users (shortlist.ab).
+    # A/B test: a second bundle served to a stable ab_share_b (0..1) of users (shortlist.bundle.ab).
     ab_bundle_b: str = ""
     ab_share_b: float = 0.0
     ab_salt: str = "ab1"

@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.launch import start_inprocess_stack
-from shortlist.artifacts import Bundle, load_bundle, save_bundle
-from shortlist.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.bundle.bundle import Bundle
+from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.config import Settings
 from shortlist.data.synthetic import generate
-from shortlist.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
-from shortlist.stores import RedisStateStore
-from shortlist.telemetry import start_metrics_server
-from shortlist.training import TrainConfig, train_bundle
+from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.feedback.stores import RedisStateStore
+from shortlist.rpc.telemetry import start_metrics_server
+from shortlist.services.launch import start_inprocess_stack
+from shortlist.tools.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
+from shortlist.training.pipeline import TrainConfig, train_bundle
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -159,3 +160,11 @@ def ab_stack(ab_settings, bundle, bundle_b):
     yield running
     metrics.shutdown()
     running.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration is marked `integration` (real Redis, the broker,
+    sockets); tests/unit needs none of them."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)

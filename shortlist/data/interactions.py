@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from shortlist.ids import IdMap
+from shortlist.data.ids import IdMap
 
 
 @dataclass
@@ -103,3 +103,9 @@ def merged_values(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> np.ndarray:
         values.append(np.asarray(vals))
     order = np.lexsort((np.concatenate(cols), np.concatenate(rows)))
     return np.concatenate(values)[order]
+
+
+def row_items(matrix: sp.csr_matrix, user: int) -> np.ndarray:
+    """The column indices of one CSR row, as `matrix[user].indices` (without building a
+    1-row matrix, which costs more than the read; docs/decisions/0017-tried-and-not-kept.md)."""
+    return matrix.indices[matrix.indptr[user] : matrix.indptr[user + 1]]

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.data.ids import IdMap
 from shortlist.data.interactions import Interactions, merged_values
-from shortlist.ids import IdMap
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -126,8 +126,8 @@ def load_lightgcn_dir(directory: str | Path) -> SplitData:
     """`train.txt`, optional `valid.txt`, `test.txt`; each line `user item item ...`.
 
     The format has no times, but a train line lists a user's items in their original order:
-    on Gowalla the items at the end of a line are the most like that user's test items (mean
-    item-item cosine .051 in the last tenth against .039 in the first), so train likes keep
+    on Gowalla the items at the end of a line are the most like that user's test items
+    (docs/decisions/0008-recency-weighted-retrieval.md), so train likes keep
     their line position as `sequence`. The valid part of these splits is a random sample of
     the original training lines, so its likes get no position.
     """

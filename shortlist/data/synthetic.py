@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.data.ids import IdMap
 from shortlist.data.interactions import Interactions
-from shortlist.ids import IdMap
 
 TOPICS = (
     "jazz",

@@ -1,5 +1,5 @@
 """Offline evaluation: top-K metrics and the two benchmark protocols."""
 
-from shortlist.evaluation.metrics import evaluate, per_user_metrics, top_k
+from shortlist.evaluation.metrics import evaluate, per_user_metrics
 
-__all__ = ["evaluate", "per_user_metrics", "top_k"]
+__all__ = ["evaluate", "per_user_metrics"]

@@ -1,4 +1,4 @@
-"""The two benchmark protocols of `data/README.md`.
+"""The two benchmark protocols of the datasets' `../shared/data/README.md`.
 
 A (LightGCN paper, BARS): train on train+valid with fixed settings, report test.
 B (LightGCN++): train on train, choose the epoch / setting by valid NDCG@20, report test.
@@ -19,7 +19,7 @@ from shortlist.data.interactions import Interactions
 from shortlist.data.loaders import SplitData
 from shortlist.evaluation.metrics import evaluate
 from shortlist.models import registry
-from shortlist.models.base import EmbeddingModel, FitReport
+from shortlist.models.base import EmbeddingModel, FitReport, Validator
 
 
 @dataclass
@@ -54,9 +54,14 @@ class ProtocolResult:
 
 
 def _fit(model: EmbeddingModel, train: Interactions, valid: Interactions | None) -> FitReport:
-    if valid is not None and "valid" in inspect.signature(model.fit).parameters:
-        return model.fit(train, valid=valid)  # type: ignore[call-arg]
+    if valid is not None and "validate" in inspect.signature(model.fit).parameters:
+        return model.fit(train, validate=validator(train, valid))  # type: ignore[call-arg]
     return model.fit(train)
+
+
+def validator(train: Interactions, valid: Interactions) -> Validator:
+    """Early stopping on `valid`'s likes, `train`'s excluded from the ranking."""
+    return lambda users, items, k: evaluate(users, items, train.positives, valid.positives, ks=(k,))
 
 
 def union_likes(a: Interactions, b: Interactions | None) -> Any:

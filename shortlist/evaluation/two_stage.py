@@ -25,13 +25,13 @@ import numpy as np
 
 from shortlist.data.loaders import SplitData
 from shortlist.data.splits import latest_share_holdout
-from shortlist.deep_ranker import blend
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import union_likes
-from shortlist.features import RANK_COLUMN
 from shortlist.models import registry
-from shortlist.ranker import RankerConfig, score
-from shortlist.training import (
+from shortlist.ranking.features import RANK_COLUMN
+from shortlist.ranking.lambdarank import RankerConfig, score
+from shortlist.ranking.scorer import blend
+from shortlist.training.pipeline import (
     FittedRanker,
     TrainConfig,
     data_feature_names,

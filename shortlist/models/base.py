@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from shortlist.data.interactions import Interactions
+
+# Early stopping: (user_factors, item_factors, k) -> held-out metrics with "ndcg@k" and
+# "recall@k"; the caller builds it (offline evaluation), so models never import it.
+Validator = Callable[[np.ndarray, np.ndarray, int], dict[str, float]]
 
 
 @dataclass

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shortlist.data.interactions import Interactions
-from shortlist.evaluation.metrics import evaluate
-from shortlist.models.base import FitReport
+from shortlist.models.base import FitReport, Validator
 
 
 @dataclass
@@ -122,8 +121,8 @@ class LightGCN:
         return eu.detach().numpy().copy(), ei.detach().numpy().copy()
 
     # ------------------------------------------------------------------- training
-    def fit(self, data: Interactions, valid: Interactions | None = None) -> FitReport:
-        """Train on `data.positives` (+ `data.negatives`); early-stop on `valid` if given."""
+    def fit(self, data: Interactions, validate: Validator | None = None) -> FitReport:
+        """Train on `data.positives` (+ `data.negatives`); early-stop on `validate` if given."""
         cfg = self.config
         torch.set_num_threads(max(1, cfg.threads))
         torch.manual_seed(cfg.seed)
@@ -182,10 +181,10 @@ class LightGCN:
                     bar.update(task, advance=1, epoch=epoch, loss=step_loss)
                 row: dict[str, float] = {"epoch": epoch, "loss": total / n}
                 last = epoch == cfg.epochs
-                if valid is not None and (epoch % cfg.eval_every == 0 or last):
+                if validate is not None and (epoch % cfg.eval_every == 0 or last):
                     with torch.no_grad():
                         uf, itf = self._export(*self._propagate(user_emb, item_emb))
-                    m = evaluate(uf, itf, data.positives, valid.positives, ks=(cfg.eval_k,))
+                    m = validate(uf, itf, cfg.eval_k)
                     k = cfg.eval_k
                     row.update({f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]})
                     bar.update(task, val=f"val ndcg@{k} {m[f'ndcg@{k}']:.4f}")
@@ -197,7 +196,7 @@ class LightGCN:
                 row["seconds"] = time.perf_counter() - start
                 report.history.append(row)
                 report.epochs = epoch
-                if valid is not None and bad_evals >= cfg.patience:
+                if validate is not None and bad_evals >= cfg.patience:
                     break
 
         if best_vectors is None:

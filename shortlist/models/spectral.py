@@ -69,7 +69,7 @@ def exact_svd(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]
     """Exact top singular values and right vectors through the smaller Gram matrix.
 
     An eigendecomposition of the (min side)^2 Gram matrix in float64: seconds where a dense
-    SVD of the whole matrix (e.g. 1.9k x 17k for LastFM) takes minutes.
+    SVD of the whole matrix (thousands of users x tens of thousands of items) takes minutes.
     """
     a = matrix.tocsr().astype(np.float64)
     n_rows, n_cols = a.shape

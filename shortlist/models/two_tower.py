@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 
 from shortlist.data.interactions import Interactions
-from shortlist.evaluation.metrics import evaluate
-from shortlist.models.base import FitReport
+from shortlist.models.base import FitReport, Validator
 
 
 @dataclass
@@ -77,7 +76,7 @@ class TwoTower:
         self.user_factors = np.zeros((0, self.config.dim), np.float32)
         self.item_factors = np.zeros((0, self.config.dim), np.float32)
 
-    def fit(self, data: Interactions, valid: Interactions | None = None) -> FitReport:
+    def fit(self, data: Interactions, validate: Validator | None = None) -> FitReport:
         cfg = self.config
         torch.set_num_threads(max(1, cfg.threads))
         torch.manual_seed(cfg.seed)
@@ -118,9 +117,9 @@ class TwoTower:
                     opt.step()
                     total += loss.item() * len(b)
                 row: dict[str, float] = {"epoch": epoch, "loss": total / n}
-                if valid is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                     vectors = self._vectors(data)
-                    m = evaluate(*vectors, data.positives, valid.positives, ks=(20,))
+                    m = validate(*vectors, 20)
                     row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
                     if m["ndcg@20"] > best:
                         best, best_vectors, bad = m["ndcg@20"], vectors, 0
@@ -130,7 +129,7 @@ class TwoTower:
                 report.history.append(row)
                 report.epochs = epoch
                 bar.update(task, advance=1)
-                if valid is not None and bad >= cfg.patience:
+                if validate is not None and bad >= cfg.patience:
                     break
         self.user_factors, self.item_factors = best_vectors or self._vectors(data)
         report.seconds = time.perf_counter() - start

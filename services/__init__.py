@@ -1,1 +1,0 @@
-"""The four gRPC services: thin servers over the `shortlist` package."""

@@ -1,1 +1,0 @@
-"""The feedback service."""

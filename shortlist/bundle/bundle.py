@@ -1,0 +1,92 @@
+"""The bundle: everything a trained model serves from, as one object (`shortlist.bundle.files`
+writes and reads it as a versioned directory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import faiss
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist.data.ids import IdMap
+from shortlist.feedback.foldin import FoldInTargets
+from shortlist.ranking.context import ContextCounts
+from shortlist.ranking.deepfm import DeepFMWeights
+from shortlist.ranking.item_side import ItemSide, item_side
+from shortlist.ranking.scorer import Scorer, serving_scorer
+from shortlist.retrieval.precomputed import PrecomputedShortlists
+
+
+@dataclass
+class Bundle:
+    version: str
+    users: IdMap
+    items: IdMap
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    index: faiss.Index | None  # None: loaded without it, for a service that never searches
+    likes: sp.csr_matrix  # training likes
+    dislikes: sp.csr_matrix  # training dislikes
+    recent_likes: sp.csr_matrix  # the last likes per user, for similarity features
+    popularity: np.ndarray  # likes per item in training
+    item_features: np.ndarray  # items x n attribute columns
+    item_feature_names: list[str]
+    foldin: FoldInTargets
+    ranker: lgb.Booster | None = None
+    # served blended with `ranker` when present (shortlist.ranking.deepfm)
+    deep_ranker: DeepFMWeights | None = None
+    # Linear models (the spectral filter): user vector = sum of encoder rows of their likes,
+    # which makes fold-in exact. None: ridge fold-in on the item vectors.
+    item_encoder: np.ndarray | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    user_features: np.ndarray | None = None  # users x n attribute columns
+    user_feature_names: list[str] = field(default_factory=list)
+    recent_popularity: np.ndarray | None = None  # time-decayed likes per item (NaN: no times)
+    # free-form context key -> (its values, values x items likes recorded with each value)
+    context_counts: ContextCounts = field(default_factory=dict)
+    # Each trained user's top-N by exact search, served until feedback moves their vector.
+    precomputed: PrecomputedShortlists | None = None
+    # items x items co-occurrence in like order (features.sequence_neighbours); None when
+    # the training likes had no order
+    sequence: sp.csr_matrix | None = None
+
+    def __post_init__(self) -> None:
+        # Items a user interacted with in training are never recommended again.
+        self.seen = ((self.likes + self.dislikes) > 0).tocsr()
+        self.activity = np.diff(self.likes.indptr).astype(np.float32)
+        self._pop_order = np.argsort(-self.popularity, kind="stable")
+        if self.recent_popularity is None:
+            self.recent_popularity = np.full(len(self.popularity), np.nan, np.float32)
+
+    @cached_property
+    def item_side(self) -> ItemSide:
+        """What the ranking features read of the items, built on first use (only the ranking
+        service reads it; it builds it before the bundle serves, see RankingServicer)."""
+        return item_side(
+            self.likes,
+            self.item_vectors,
+            self.popularity,
+            self.recent_popularity,
+            self.item_features,
+            self.item_feature_names,
+            self.user_feature_names if self.user_features is not None else [],
+            self.context_counts,
+            self.sequence,
+        )
+
+    @cached_property
+    def scorer(self) -> Scorer | None:
+        """The ranker compiled for serving, blended with the DeepFM ranker when the bundle
+        has one (compiled on first use; the ranking service does it before the bundle
+        serves); None without a ranker."""
+        return None if self.ranker is None else serving_scorer(self.ranker, self.deep_ranker)
+
+    def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        order = self._pop_order
+        if exclude is not None and len(exclude):
+            order = order[~np.isin(order, exclude)]
+        return order[:n]

@@ -1,0 +1,208 @@
+"""Versioned artifact bundles: everything the services load, written by the offline pipeline.
+
+Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
+item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
+recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, deep_ranker.npz (the
+DeepFM ranker served blended with it; shortlist.ranking.deepfm), item_encoder.npy (linear
+models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
+features; the manifest's context_values name each table's rows), shortlist_items.npy and
+shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.retrieval.precomputed),
+sequence.npz (item co-occurrence in like order, where likes were ordered).
+`<root>/LATEST` names the newest version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist import __version__
+from shortlist.bundle.bundle import Bundle
+from shortlist.data.ids import IdMap
+from shortlist.feedback.foldin import FoldInTargets
+from shortlist.ranking.context import ContextCounts
+from shortlist.ranking.deepfm import DeepFMWeights
+from shortlist.ranking.features import feature_names
+from shortlist.retrieval.index import load_index, save_index
+from shortlist.retrieval.precomputed import PrecomputedShortlists
+
+LATEST = "LATEST"
+
+
+def new_version() -> str:
+    return time.strftime("v%Y%m%d-%H%M%S", time.gmtime())
+
+
+def code_version() -> str:
+    """Package version plus the git commit when run from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def save_bundle(bundle: Bundle, root: Path) -> Path:
+    """Write root/version (renamed into place when complete) and point LATEST at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / bundle.version
+    tmp = root / f".{bundle.version}.tmp"
+    tmp.mkdir(parents=True, exist_ok=False)
+    manifest = {
+        **bundle.manifest,
+        "version": bundle.version,
+        "code_version": bundle.manifest.get("code_version", code_version()),
+        "n_users": len(bundle.users),
+        "n_items": len(bundle.items),
+        "dim": int(bundle.item_vectors.shape[1]),
+        "item_feature_names": bundle.item_feature_names,
+        "user_feature_names": bundle.user_feature_names,
+        "foldin": {
+            "like": bundle.foldin.like,
+            "dislike": bundle.foldin.dislike,
+            "prior_strength": bundle.foldin.prior_strength,
+        },
+        "has_ranker": bundle.ranker is not None,
+        "has_deep_ranker": bundle.deep_ranker is not None,
+        "context_values": {key: values for key, (values, _) in bundle.context_counts.items()},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (tmp / "users.json").write_text(json.dumps(bundle.users.to_list()))
+    (tmp / "items.json").write_text(json.dumps(bundle.items.to_list()))
+    np.save(tmp / "user_vectors.npy", bundle.user_vectors.astype(np.float32))
+    np.save(tmp / "item_vectors.npy", bundle.item_vectors.astype(np.float32))
+    np.save(tmp / "popularity.npy", bundle.popularity.astype(np.float32))
+    np.save(tmp / "item_features.npy", bundle.item_features.astype(np.float32))
+    sp.save_npz(tmp / "likes.npz", bundle.likes.tocsr())
+    sp.save_npz(tmp / "dislikes.npz", bundle.dislikes.tocsr())
+    sp.save_npz(tmp / "recent_likes.npz", bundle.recent_likes.tocsr())
+    save_index(bundle.index, tmp / "index.faiss")
+    if bundle.ranker is not None:
+        bundle.ranker.save_model(str(tmp / "ranker.txt"))
+    if bundle.deep_ranker is not None:
+        bundle.deep_ranker.save(tmp / "deep_ranker.npz")
+    if bundle.item_encoder is not None:
+        np.save(tmp / "item_encoder.npy", bundle.item_encoder.astype(np.float32))
+    if bundle.user_features is not None:
+        np.save(tmp / "user_features.npy", bundle.user_features.astype(np.float32))
+    np.save(tmp / "recent_popularity.npy", np.asarray(bundle.recent_popularity, np.float32))
+    np.savez(tmp / "context_counts.npz", **{k: t for k, (_, t) in bundle.context_counts.items()})
+    if bundle.precomputed is not None:
+        bundle.precomputed.save(tmp)
+    if bundle.sequence is not None:
+        sp.save_npz(tmp / "sequence.npz", bundle.sequence.tocsr())
+    os.replace(tmp, final)
+    latest_tmp = root / f".{LATEST}.tmp"
+    latest_tmp.write_text(bundle.version + "\n")
+    os.replace(latest_tmp, root / LATEST)
+    bundle.manifest = manifest
+    return final
+
+
+def resolve_bundle_dir(path: Path) -> Path:
+    """A bundle directory itself, or a root whose LATEST names one."""
+    if (path / "manifest.json").exists():
+        return path
+    latest = path / LATEST
+    if latest.exists():
+        return path / latest.read_text().strip()
+    raise FileNotFoundError(f"no artifact bundle at {path} (run `shortlist train` first)")
+
+
+def load_bundle(path: Path, with_index: bool = True) -> Bundle:
+    """The bundle in `path` (a bundle directory, or a root whose LATEST names one).
+    `with_index=False` leaves the FAISS index on disk (index None): the ranking, feedback
+    and four-service gateway processes never search, and a large catalogue's index is about
+    the size of its item vectors (docs/decisions/0007-served-index.md)."""
+    directory = resolve_bundle_dir(Path(path))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    ranker_path = directory / "ranker.txt"
+    encoder_path = directory / "item_encoder.npy"
+    deep_path = directory / "deep_ranker.npz"
+    fold = manifest["foldin"]
+    bundle = Bundle(
+        version=manifest["version"],
+        users=IdMap(json.loads((directory / "users.json").read_text())),
+        items=IdMap(json.loads((directory / "items.json").read_text())),
+        user_vectors=np.load(directory / "user_vectors.npy"),
+        item_vectors=np.load(directory / "item_vectors.npy"),
+        index=load_index(directory / "index.faiss") if with_index else None,
+        likes=sp.load_npz(directory / "likes.npz").tocsr(),
+        dislikes=sp.load_npz(directory / "dislikes.npz").tocsr(),
+        recent_likes=sp.load_npz(directory / "recent_likes.npz").tocsr(),
+        popularity=np.load(directory / "popularity.npy"),
+        item_features=np.load(directory / "item_features.npy"),
+        item_feature_names=list(manifest["item_feature_names"]),
+        foldin=FoldInTargets(fold["like"], fold["dislike"], fold["prior_strength"]),
+        ranker=lgb.Booster(model_file=str(ranker_path)) if ranker_path.exists() else None,
+        deep_ranker=DeepFMWeights.load(deep_path) if deep_path.exists() else None,
+        item_encoder=np.load(encoder_path) if encoder_path.exists() else None,
+        manifest=manifest,
+        user_features=_optional(directory / "user_features.npy"),
+        user_feature_names=list(manifest.get("user_feature_names", [])),
+        recent_popularity=_optional(directory / "recent_popularity.npy"),
+        context_counts=_context_counts(directory, manifest.get("context_values", {})),
+        precomputed=PrecomputedShortlists.load(directory),
+        sequence=_optional_sparse(directory / "sequence.npz"),
+    )
+    _check_ranker_features(bundle)
+    return bundle
+
+
+def _check_ranker_features(bundle: Bundle) -> None:
+    """A ranker scores the columns it was trained on, so a bundle from code that computed
+    other features would be scored silently wrong: refuse it."""
+    if bundle.ranker is None:
+        return
+    expected = feature_names(
+        bundle.item_feature_names,
+        bundle.user_feature_names if bundle.user_features is not None else [],
+        list(bundle.context_counts),
+    )
+    if bundle.ranker.feature_name() != expected:
+        raise ValueError(
+            f"bundle {bundle.version}: its ranker was trained on the features "
+            f"{bundle.ranker.feature_name()}, this code computes {expected}; retrain the bundle"
+        )
+    deep = bundle.deep_ranker
+    if deep is not None and len(deep.scaling.mean) != len(expected):
+        raise ValueError(
+            f"bundle {bundle.version}: its DeepFM ranker takes {len(deep.scaling.mean)} "
+            f"features, its LambdaRank ranker {len(expected)}; retrain the bundle"
+        )
+
+
+def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCounts:
+    if not values:
+        return {}
+    with np.load(directory / "context_counts.npz") as tables:
+        return {key: (list(names), tables[key]) for key, names in sorted(values.items())}
+
+
+def _optional(path: Path) -> np.ndarray | None:
+    return np.load(path) if path.exists() else None
+
+
+def _optional_sparse(path: Path) -> sp.csr_matrix | None:
+    return sp.load_npz(path).tocsr() if path.exists() else None
+
+
+def latest_version(root: Path) -> str | None:
+    """The version `<root>/LATEST` names, or None when `root` has no LATEST."""
+    try:
+        return (Path(root) / LATEST).read_text().strip() or None
+    except OSError:
+        return None

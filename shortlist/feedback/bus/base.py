@@ -1,0 +1,63 @@
+"""Interfaces of the feedback bus."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shortlist.feedback.events import Event
+
+
+class BusUnavailable(RuntimeError):
+    """The broker did not acknowledge in time: the client must not be told OK."""
+
+
+@dataclass(frozen=True)
+class Record:
+    value: bytes
+    partition: int
+    offset: int
+    key: bytes | None = None
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record the consumer could not use: parked with its original bytes and the reason."""
+
+    record: Record
+    reason: str
+
+
+class EventPublisher(Protocol):
+    def publish(self, events: Sequence[Event], timeout_s: float) -> None:
+        """Return only once the broker has acknowledged every event; else BusUnavailable."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EventConsumer(Protocol):
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]: ...
+
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        """Commit the position after the last polled records (call after applying them),
+        or the given next offsets by (topic, partition) when polling runs ahead."""
+        ...
+
+    def has_assignment(self) -> bool: ...
+
+    def lag(self) -> int:
+        """Records behind the end of the assigned partitions (0 when unknown)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterPublisher(Protocol):
+    def park(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
+        """Return only once the broker has acknowledged every letter; else BusUnavailable."""
+        ...
+
+    def close(self) -> None: ...

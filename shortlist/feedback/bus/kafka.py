@@ -1,0 +1,172 @@
+"""Kafka publisher and consumer (kafka-python), keyed by user so a user's events stay ordered."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from shortlist.feedback.bus.base import BusUnavailable, DeadLetter, Record
+from shortlist.feedback.events import Event
+from shortlist.rpc.telemetry import KAFKA_PRODUCE_LATENCY
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 4, timeout_s: float = 10) -> None:
+    """Create the topic when it does not exist (local stack and tests; k8s pre-creates it)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+class KafkaEventPublisher:
+    """Created lazily, so the gateway starts (and answers UNAVAILABLE) while the broker is down."""
+
+    def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._max_block_ms = int(max_block_s * 1000)
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self._bootstrap,
+                    acks="all",
+                    retries=5,
+                    linger_ms=0,
+                    max_block_ms=self._max_block_ms,
+                    request_timeout_ms=5000,
+                    reconnect_backoff_max_ms=1000,
+                )
+            return self._producer
+
+    def publish(self, events: Sequence[Event], timeout_s: float) -> None:
+        start = time.perf_counter()
+        try:
+            producer = self._get_producer()
+            futures = [
+                producer.send(self.topic, key=e.user_id.encode(), value=e.encode()) for e in events
+            ]
+            producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=timeout_s)
+            KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - start)
+        except KafkaError as exc:
+            raise BusUnavailable(f"kafka: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+
+
+class KafkaDeadLetterPublisher:
+    """Parks malformed feedback records on a dead-letter topic (created on first use when
+    allowed), with the original key and bytes; headers say why and where from
+    (`dlq.reason`, `dlq.topic`, `dlq.partition`, `dlq.offset`). acks=all, like the
+    feedback itself; a record parked twice (a batch replayed after a crash) may appear
+    twice on the topic."""
+
+    def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._max_block_ms = int(max_block_s * 1000)
+        self._producer: KafkaProducer | None = None
+
+    def _get_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            try:
+                ensure_topic(self._bootstrap, self.topic, 1)
+            except KafkaError as exc:  # e.g. not allowed to create topics: it may exist
+                log.warning("could not ensure dead-letter topic %s: %s", self.topic, exc)
+            self._producer = KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                acks="all",
+                retries=5,
+                max_block_ms=self._max_block_ms,
+                request_timeout_ms=5000,
+                reconnect_backoff_max_ms=1000,
+            )
+        return self._producer
+
+    def park(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
+        try:
+            producer = self._get_producer()
+            futures = []
+            for letter in letters:
+                r = letter.record
+                headers = [
+                    ("dlq.reason", letter.reason.encode()),
+                    ("dlq.topic", r.topic.encode()),
+                    ("dlq.partition", str(r.partition).encode()),
+                    ("dlq.offset", str(r.offset).encode()),
+                ]
+                futures.append(producer.send(self.topic, key=r.key, value=r.value, headers=headers))
+            producer.flush(timeout=timeout_s)
+            for f in futures:
+                f.get(timeout=timeout_s)
+        except KafkaError as exc:
+            raise BusUnavailable(f"kafka dead-letter topic {self.topic}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=2)
+
+
+class KafkaEventConsumer:
+    def __init__(
+        self, bootstrap: str, topic: str, group_id: str, fetch_max_wait_ms: int = 40
+    ) -> None:
+        """`fetch_max_wait_ms`: see Settings.feedback_fetch_wait_ms."""
+        self._consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            reconnect_backoff_max_ms=1000,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            Record(r.value, r.partition, r.offset, r.key, r.topic)
+            for records in batches.values()
+            for r in records
+        ]
+
+    def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
+        if offsets is None:
+            self._consumer.commit()
+            return
+        self._consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        )
+
+    def has_assignment(self) -> bool:
+        return bool(self._consumer.assignment())
+
+    def lag(self) -> int:
+        total = 0
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                total += max(0, end - self._consumer.position(tp))
+        return total
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

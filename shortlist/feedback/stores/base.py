@@ -1,0 +1,111 @@
+"""The state-store interface shared by the Redis and in-memory backends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from shortlist.feedback.events import Event, Kind
+
+HISTORY_LENGTH = 200  # bounded recent-history list per user
+DEDUP_TTL_S = 7 * 86400  # how long an event id is remembered for deduplication
+
+
+class StoreUnavailable(RuntimeError):
+    """The backend could not be reached; callers fall back or report UNAVAILABLE."""
+
+
+@dataclass
+class UserState:
+    """What a request needs of a user (retrieval and ranking), fetched in one round trip."""
+
+    vector: np.ndarray | None = None
+    seen: set[str] = field(default_factory=set)
+    disliked: set[str] = field(default_factory=set)
+    history: list[tuple[str, Kind]] = field(default_factory=list)  # newest first
+    likes: int = 0  # live likes of the user
+
+
+@dataclass
+class RankingSignals:
+    """What ranking needs live: the user's recent history (newest first) and like count
+    (from their `UserState`), the candidates' live like counts (`shortlist.ranking.item_likes`)."""
+
+    history: list[tuple[str, Kind]]
+    live_likes: np.ndarray
+    likes: int
+
+
+class Conflict(RuntimeError):
+    """`apply` found a user changed (or an event applied) since `prepare`: nothing was
+    written; prepare the events again."""
+
+
+@dataclass
+class UserFeedback:
+    """A user's feedback state as `prepare` read it, for the fold-in of new events.
+
+    `kinds` maps item id -> latest kind (an int of `Kind`): every item the user ever gave
+    feedback on when `complete`, else only those among the batch's items. It is complete
+    when asked for, and whenever no vector is stored for the bundle version (so that the
+    vector can be computed from scratch). `seq` counts the applies that touched the user;
+    `apply` writes only if it is unchanged.
+    """
+
+    seq: int = 0
+    vector: np.ndarray | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    complete: bool = True
+
+
+@dataclass
+class PendingBatch:
+    """The first half of applying a batch: which events are new, and the users' state."""
+
+    new: list[bool]
+    users: dict[str, UserFeedback]
+
+
+class StateStore(Protocol):
+    def ping(self) -> None: ...
+
+    def user_state(self, user_id: str, version: str) -> UserState: ...
+
+    def item_likes(self) -> dict[str, int]:
+        """Live like counts of every item liked since the bundle was trained."""
+        ...
+
+    def prepare(
+        self, events: Sequence[Event], version: str = "", complete: bool = False
+    ) -> PendingBatch:
+        """Which events are new (one read for the whole batch), and the state of their users
+        (`complete`: every user's whole item -> kind map, not only the batch's items)."""
+        ...
+
+    def apply(
+        self,
+        events: Sequence[Event],
+        vectors: Mapping[str, np.ndarray],
+        version: str,
+        expected: Mapping[str, int] | None = None,
+    ) -> None:
+        """Apply new events and the users' new vectors atomically, marking the event ids so
+        that a replay is recognised by the next `prepare`. Raises `Conflict`, having
+        written nothing, when an event id is already marked or (with `expected`) a user's
+        `seq` is no longer the one `prepare` read."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def encode_history(item_id: str, kind: Kind) -> str:
+    return f"{int(kind)}:{item_id}"
+
+
+def decode_history(entry: str | bytes) -> tuple[str, Kind]:
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    kind, _, item = text.partition(":")
+    return item, Kind(int(kind))

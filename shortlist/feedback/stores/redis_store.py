@@ -1,0 +1,429 @@
+"""Redis state store. Every call is one round trip: a user's state is one read-only Lua
+script (sent hand-packed: a request's whole read costs one command), the feedback
+worker's `prepare` and `apply` are one Lua script each (`apply` atomic, all or nothing),
+sent hand-packed and answered compactly, since a batch has thousands of arguments.
+
+Lua scripts build key names from the prefix, so the store needs a single Redis (or one
+hash slot), as the MULTI/EXEC it replaced did; `#!lua` flags need Redis >= 7.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import redis
+from redis.exceptions import NoScriptError
+
+from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.stores.base import (
+    DEDUP_TTL_S,
+    HISTORY_LENGTH,
+    Conflict,
+    PendingBatch,
+    StoreUnavailable,
+    UserFeedback,
+    UserState,
+    decode_history,
+)
+from shortlist.rpc.telemetry import REDIS_LATENCY
+
+# What a request needs of a user: vector (for the bundle version), seen and disliked sets,
+# recent history, live like count. ARGV: prefix, user id, version.
+STATE_LUA = """#!lua flags=no-writes
+local base = ARGV[1] .. 'u:' .. ARGV[2] .. ':'
+return {
+  redis.call('GET', base .. 'vec:' .. ARGV[3]),
+  redis.call('SMEMBERS', base .. 'seen'),
+  redis.call('SMEMBERS', base .. 'dis'),
+  redis.call('LRANGE', base .. 'hist', 0, -1),
+  redis.call('GET', base .. 'likes'),
+}
+"""
+
+# Scripts build key names from the prefix. A user's `kinds` hash maps item id -> latest
+# kind, and field "" (never an item id: ids are non-empty) counts the applies that touched
+# the user (its `seq`).
+
+# Read half of a batch, one round trip, answered as one string: a flag byte per event id
+# ("1": already applied), then per user a header (seq, vector length, kinds length, kinds
+# mode: 4+4+4+1 bytes, big-endian), the stored vector (empty when absent or when the whole
+# state is asked for) and the kinds: with a vector, one character per batch item ("0":
+# none), mode 0; else all of them, as "<kind><item>" lines (mode 1) or, when an item id
+# holds a newline, as <item length (4 bytes)><kind><item> entries (mode 2).
+# ARGV: prefix, version, complete ("1"/"0"), n events, event ids..., then per user:
+# user id, n items, items...
+PREPARE_LUA = """#!lua flags=no-writes
+local p, ver, complete = ARGV[1], ARGV[2], ARGV[3] == '1'
+local n = tonumber(ARGV[4])
+local out, keys = {}, {}
+for lo = 1, n, 500 do
+  local hi = math.min(lo + 499, n)
+  for j = lo, hi do
+    keys[j - lo + 1] = p .. 'ev:' .. ARGV[4 + j]
+  end
+  local marks = redis.call('MGET', unpack(keys, 1, hi - lo + 1))
+  for j = 1, hi - lo + 1 do
+    out[lo + j - 1] = marks[j] and '1' or '0'
+  end
+end
+local i = 5 + n
+while i <= #ARGV do
+  local m = tonumber(ARGV[i + 1])
+  local base = p .. 'u:' .. ARGV[i] .. ':'
+  local vec = false
+  if not complete then
+    vec = redis.call('GET', base .. 'vec:' .. ver)
+  end
+  local seq, kinds, mode = '0', nil, 0
+  if vec then
+    local chars = {}
+    for lo = 1, m, 500 do
+      local hi = math.min(lo + 499, m)
+      local part = redis.call('HMGET', base .. 'kinds', '', unpack(ARGV, i + 1 + lo, i + 1 + hi))
+      seq = part[1] or '0'
+      for j = 2, #part do
+        chars[#chars + 1] = part[j] or '0'
+      end
+    end
+    kinds = table.concat(chars)
+  else
+    vec = ''
+    local all = redis.call('HGETALL', base .. 'kinds')
+    local lines = {}
+    mode = 1
+    for j = 1, #all, 2 do
+      if all[j] == '' then
+        seq = all[j + 1]
+      else
+        if string.find(all[j], '\\n', 1, true) then
+          mode = 2
+        end
+        lines[#lines + 1] = all[j + 1] .. all[j]
+      end
+    end
+    if mode == 1 then
+      kinds = table.concat(lines, '\\n')
+    else
+      for j = 1, #lines do
+        lines[j] = struct.pack('>I4', #lines[j] - 1) .. lines[j]
+      end
+      kinds = table.concat(lines)
+    end
+  end
+  out[#out + 1] = struct.pack('>I4I4I4B', tonumber(seq), #vec, #kinds, mode)
+  out[#out + 1] = vec
+  out[#out + 1] = kinds
+  i = i + 2 + m
+end
+return table.concat(out)
+"""
+
+# Write half, atomic: a script runs to the end before Redis serves anyone else, and it
+# checks everything before its first write, so it either applies the whole chunk (marks,
+# sets, history, counters, kinds, vectors, seqs) or writes nothing and answers a conflict.
+# With seqs to check, an unchanged seq means nobody applied anything for the user since
+# prepare found the events new; without, every event id is checked.
+# ARGV: prefix, version, dedup ttl, history length, check seqs ("1"/"0"), then per user:
+# user id, expected seq, vector bytes ("" leaves it), n events, then per event: id, item, kind
+APPLY_LUA = """#!lua
+local p, ver, ttl = ARGV[1], ARGV[2], ARGV[3]
+local keep, check = tonumber(ARGV[4]), ARGV[5] == '1'
+local LIKE, DISLIKE = '@LIKE@', '@DISLIKE@'
+local function many(cmd, key, values, step)
+  local r
+  for lo = 1, #values, step do
+    r = redis.call(cmd, key, unpack(values, lo, math.min(lo + step - 1, #values)))
+  end
+  return r
+end
+local i = 6
+while i <= #ARGV do
+  local user, m = ARGV[i], tonumber(ARGV[i + 3])
+  if check then
+    local seq = redis.call('HGET', p .. 'u:' .. user .. ':kinds', '') or '0'
+    if seq ~= ARGV[i + 1] then
+      return {0, 'user ' .. user .. ' changed since prepare'}
+    end
+  else
+    for k = i + 4, i + 3 + 3 * m, 3 do
+      if redis.call('EXISTS', p .. 'ev:' .. ARGV[k]) == 1 then
+        return {0, 'event ' .. ARGV[k] .. ' is already applied'}
+      end
+    end
+  end
+  i = i + 4 + 3 * m
+end
+local liked, liked_order = {}, {}
+i = 6
+while i <= #ARGV do
+  local expected, vec, m = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local base = p .. 'u:' .. ARGV[i] .. ':'
+  local items, hist, kinds, disliked, order, likes = {}, {}, {}, {}, {}, 0
+  for k = i + 4, i + 3 + 3 * m, 3 do
+    local item, kind = ARGV[k + 1], ARGV[k + 2]
+    redis.call('SET', p .. 'ev:' .. ARGV[k], 1, 'EX', ttl)
+    items[#items + 1] = item
+    hist[#hist + 1] = kind .. ':' .. item
+    kinds[#kinds + 1] = item
+    kinds[#kinds + 1] = kind
+    if kind == DISLIKE or kind == LIKE then
+      if disliked[item] == nil then
+        order[#order + 1] = item
+      end
+      disliked[item] = kind == DISLIKE
+    end
+    if kind == LIKE then
+      likes = likes + 1
+      if liked[item] == nil then
+        liked[item] = 0
+        liked_order[#liked_order + 1] = item
+      end
+      liked[item] = liked[item] + 1
+    end
+  end
+  local add, remove = {}, {}
+  for _, item in ipairs(order) do
+    if disliked[item] then
+      add[#add + 1] = item
+    else
+      remove[#remove + 1] = item
+    end
+  end
+  many('SADD', base .. 'seen', items, 500)
+  many('SADD', base .. 'dis', add, 500)
+  many('SREM', base .. 'dis', remove, 500)
+  if m > 0 and many('LPUSH', base .. 'hist', hist, 500) > keep then
+    redis.call('LTRIM', base .. 'hist', 0, keep - 1)
+  end
+  if check then
+    kinds[#kinds + 1] = ''
+    kinds[#kinds + 1] = tostring(tonumber(expected) + 1)
+  else
+    redis.call('HINCRBY', base .. 'kinds', '', 1)
+  end
+  many('HSET', base .. 'kinds', kinds, 500)
+  if likes > 0 then
+    redis.call('INCRBY', base .. 'likes', likes)
+  end
+  if vec ~= '' then
+    redis.call('SET', base .. 'vec:' .. ver, vec)
+  end
+  i = i + 4 + 3 * m
+end
+local ilikes = p .. 'i:likes'
+for _, item in ipairs(liked_order) do
+  redis.call('HINCRBY', ilikes, item, liked[item])
+end
+return {1, ''}
+""".replace("@LIKE@", str(int(Kind.LIKE))).replace("@DISLIKE@", str(int(Kind.DISLIKE)))
+
+PREPARE_CHUNK = 500  # events per prepare script
+_HEADER = struct.Struct(">IIIB")
+_LENGTH = struct.Struct(">I")
+
+
+def _pack_command(args: Sequence[bytes | str | int]) -> bytes:
+    """RESP encoding of one command (what redis-py does per argument, far cheaper)."""
+    raw = [a if type(a) is bytes else str(a).encode() for a in args]
+    return b"*%d\r\n" % len(raw) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in raw])
+
+
+def _kinds_of(mode: int, blob: bytes, batch_items) -> dict[str, int]:
+    """Item -> kind from the prepare script's answer for one user (see PREPARE_LUA)."""
+    if mode == 0:
+        return {i: k - 48 for i, k in zip(batch_items, blob) if k != 48}
+    if not blob:
+        return {}
+    if mode == 1:
+        return {line[1:].decode(): line[0] - 48 for line in blob.split(b"\n")}
+    out, pos = {}, 0
+    while pos < len(blob):
+        (size,) = _LENGTH.unpack_from(blob, pos)
+        out[blob[pos + 5 : pos + 5 + size].decode()] = blob[pos + 4] - 48
+        pos += 5 + size
+    return out
+
+
+class RedisStateStore:
+    """Keys (under `prefix`): u:{user}:seen / :dis (sets), :hist (list), :vec:{version}
+    (float32 bytes), :likes (counter), :kinds (hash item -> latest kind, and "" -> applies
+    so far); i:likes (hash item -> live likes); ev:{id} (dedup mark)."""
+
+    def __init__(
+        self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "sl:", timeout_s: float = 0.5
+    ) -> None:
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        self._prepare_sha = hashlib.sha1(PREPARE_LUA.encode()).hexdigest()
+        self._apply_sha = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
+        self._state_sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
+
+    def _u(self, user_id: str, what: str) -> str:
+        return f"{self.prefix}u:{user_id}:{what}"
+
+    def _run(self, pipe: redis.client.Pipeline, operation: str) -> list:
+        start = time.perf_counter()
+        try:
+            return pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        finally:
+            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
+
+    def ping(self) -> None:
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    def user_state(self, user_id: str, version: str) -> UserState:
+        raw_vec, seen, disliked, hist, likes = self._eval(
+            self._state_sha, STATE_LUA, [self.prefix, user_id, version], "user_state"
+        )
+        return UserState(
+            vector=None if raw_vec is None else np.frombuffer(raw_vec, np.float32).copy(),
+            seen={s.decode() for s in seen},
+            disliked={s.decode() for s in disliked},
+            history=[decode_history(h) for h in hist],
+            likes=int(likes or 0),
+        )
+
+    def item_likes(self) -> dict[str, int]:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(f"{self.prefix}i:likes")
+        (counts,) = self._run(pipe, "item_likes")
+        return {item.decode(): int(n) for item, n in counts.items()}
+
+    def prepare(
+        self, events: Sequence[Event], version: str = "", complete: bool = False
+    ) -> PendingBatch:
+        # Scripts of about PREPARE_CHUNK events (whole users), sent in one round trip: a
+        # script holds Redis to itself while it runs, so none may run long.
+        by_user: dict[str, list[int]] = {}
+        for n, e in enumerate(events):
+            by_user.setdefault(e.user_id, []).append(n)
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for user, positions in by_user.items():
+            if size and size + len(positions) > PREPARE_CHUNK:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(user)
+            size += len(positions)
+        calls, plan = [], []
+        for users_of_chunk in chunks:
+            positions = [n for u in users_of_chunk for n in by_user[u]]
+            args: list = [self.prefix, version, "1" if complete else "0", len(positions)]
+            args += [events[n].event_id for n in positions]
+            items_of_chunk = []
+            for user in users_of_chunk:
+                batch_items = dict.fromkeys(events[n].item_id for n in by_user[user])
+                items_of_chunk.append(batch_items)
+                args += [user, 0] if complete else [user, len(batch_items), *batch_items]
+            calls.append(args)
+            plan.append((positions, users_of_chunk, items_of_chunk))
+        replies = self._eval_many(self._prepare_sha, PREPARE_LUA, calls, "prepare")
+        new = [False] * len(events)
+        users: dict[str, UserFeedback] = {}
+        for reply, (positions, users_of_chunk, items_of_chunk) in zip(replies, plan):
+            for n, flag in zip(positions, reply):
+                new[n] = flag == 48
+            pos = len(positions)
+            for user, batch_items in zip(users_of_chunk, items_of_chunk):
+                seq, n_vec, n_kinds, mode = _HEADER.unpack_from(reply, pos)
+                pos += _HEADER.size
+                vec = np.frombuffer(reply, np.float32, n_vec // 4, pos) if n_vec else None
+                pos += n_vec
+                kinds = _kinds_of(mode, reply[pos : pos + n_kinds], batch_items)
+                pos += n_kinds
+                users[user] = UserFeedback(
+                    seq=seq,
+                    vector=None if vec is None else vec.copy(),
+                    kinds=kinds,
+                    complete=vec is None,
+                )
+        return PendingBatch(new=new, users=users)
+
+    def apply(
+        self,
+        events: Sequence[Event],
+        vectors: Mapping[str, np.ndarray],
+        version: str,
+        expected: Mapping[str, int] | None = None,
+    ) -> None:
+        by_user: dict[str, list[Event]] = {u: [] for u in vectors}
+        for e in events:
+            by_user.setdefault(e.user_id, []).append(e)
+        if not by_user:
+            return
+        args: list = [self.prefix, version, DEDUP_TTL_S, HISTORY_LENGTH]
+        args.append("0" if expected is None else "1")
+        for user, user_events in by_user.items():
+            vec = vectors.get(user)
+            args += [
+                user,
+                0 if expected is None else expected.get(user, 0),
+                b"" if vec is None else np.asarray(vec, np.float32).tobytes(),
+                len(user_events),
+            ]
+            for e in user_events:
+                args += [e.event_id, e.item_id, int(e.kind)]
+        ok, reason = self._eval(self._apply_sha, APPLY_LUA, args, "apply")
+        if not ok:
+            raise Conflict(reason.decode(errors="replace"))
+
+    def _eval(self, sha: str, script: str, args: list, operation: str):
+        return self._eval_many(sha, script, [args], operation)[0]
+
+    def _eval_many(self, sha: str, script: str, calls: list[list], operation: str) -> list:
+        """EVALSHA per argument list, hand-packed and pipelined on one pooled connection.
+        On NOSCRIPT (e.g. after a Redis restart; a script not found did not run) it loads
+        the script and sends the calls again. Connection trouble (or Redis loading, busy,
+        read-only, out of memory): StoreUnavailable."""
+        payload = b"".join(_pack_command(["EVALSHA", sha, 0, *args]) for args in calls)
+        start = time.perf_counter()
+        pool = self._redis.connection_pool
+        try:
+            conn = pool.get_connection()  # connects when the pool has no idle connection
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        try:
+            for attempt in range(2):
+                conn.send_packed_command([payload])
+                replies, missing = [], False
+                for _ in calls:
+                    try:
+                        replies.append(conn.read_response())
+                    except NoScriptError:
+                        missing = True
+                if not missing:
+                    return replies
+                if attempt:
+                    raise NoScriptError(f"script {sha} not loaded")
+                conn.send_command("SCRIPT", "LOAD", script)
+                conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            conn.disconnect()
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        except redis.ResponseError as exc:
+            conn.disconnect()  # replies of the other calls may still be on the wire
+            if str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM")):
+                raise StoreUnavailable(f"redis: {exc}") from exc
+            raise
+        finally:
+            pool.release(conn)
+            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,153 @@
+"""New user vectors from feedback (fold-in), without retraining: what the feedback worker
+writes to the state store and retrieval then searches with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from shortlist.data.ids import IdMap
+from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.foldin import (
+    LINEAR_BY_KIND,
+    RIDGE_BY_KIND,
+    FoldInTargets,
+    batched_fold_in,
+    fold_in,
+    linear_deltas,
+    linear_fold_in,
+)
+from shortlist.feedback.stores.base import UserFeedback
+
+
+class FoldInData(Protocol):
+    """What fold-in reads of a bundle (`shortlist.bundle.Bundle` has it all)."""
+
+    version: str
+    users: IdMap
+    items: IdMap
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    item_encoder: np.ndarray | None
+    foldin: FoldInTargets
+
+
+def folded_vectors(
+    bundle: FoldInData, histories: dict[str, list[tuple[str, Kind]]]
+) -> dict[str, np.ndarray]:
+    """New vectors for users from their (newest-first) feedback histories."""
+    out = {}
+    for user, history in histories.items():
+        latest: dict[int, Kind] = {}
+        for item_id, kind in history:
+            i = bundle.items.get(item_id)
+            if i is not None and i not in latest:
+                latest[i] = kind
+        if not latest:
+            continue
+        u = bundle.users.get(user)
+        prior = bundle.user_vectors[u] if u is not None else None
+        if bundle.item_encoder is not None:
+            out[user] = linear_fold_in(
+                bundle.item_encoder, list(latest), list(latest.values()), prior
+            )
+            continue
+        out[user] = fold_in(
+            bundle.item_vectors, list(latest), list(latest.values()), bundle.foldin, prior
+        )
+    return out
+
+
+def updated_vectors(
+    bundle: FoldInData, users: dict[str, UserFeedback], fresh: Sequence[Event]
+) -> dict[str, np.ndarray]:
+    """New vectors for the users of `fresh` (new events, oldest first) from the state
+    `prepare` read; the same vectors `folded_vectors` gives over the users' whole feedback
+    (the latest kind per item counts), without a history cap.
+
+    Linear (encoder) bundles: a stored vector moves by the signed encoder rows of what
+    changed (new weight minus the item's previous weight), else it is computed from the
+    user's whole item -> kind map. Other bundles: the ridge fold-in over the whole map,
+    all users solved as one batch. Users without any item the bundle knows get none.
+    """
+    by_user: dict[str, list[Event]] = {}
+    for e in fresh:
+        by_user.setdefault(e.user_id, []).append(e)
+    items = bundle.items
+    if bundle.item_encoder is None:
+        names, ids, kinds, lengths = [], [], [], []
+        for user, events in by_user.items():
+            latest = users[user].kinds  # complete: prepare was asked for every item
+            for e in events:
+                latest[e.item_id] = int(e.kind)
+            names.append(user)
+            ids.extend(latest)
+            kinds.extend(latest.values())
+            lengths.append(len(latest))
+        rows = np.repeat(np.arange(len(names)), lengths)
+        idx = items.positions(ids)
+        kind = np.asarray(kinds, np.int64)
+        known = idx >= 0
+        # Users with no item the bundle knows get no vector; the others are folded in
+        # from the items whose kind has a weight.
+        has = np.bincount(rows[known], minlength=len(names)) > 0
+        keep = known & (RIDGE_BY_KIND[kind] > 0) & has[rows]
+        renumber = np.cumsum(has) - 1
+        names = [u for u, h in zip(names, has) if h]
+        priors = np.stack([_prior(bundle, u) for u in names]) if names else np.zeros((0, 1))
+        solved = batched_fold_in(
+            bundle.item_vectors, renumber[rows[keep]], idx[keep], kind[keep], bundle.foldin, priors
+        )
+        return dict(zip(names, solved))
+
+    names, bases, rows, cols, weights = [], [], [], [], []
+    for user, events in by_user.items():
+        state = users[user]
+        kinds = state.kinds
+        r = len(names)
+        if state.complete:  # from scratch over the whole map
+            for e in events:
+                kinds[e.item_id] = int(e.kind)
+            n = len(rows)
+            for item_id, kind in kinds.items():
+                i = items.get(item_id)
+                if i is not None:
+                    rows.append(r)
+                    cols.append(i)
+                    weights.append(LINEAR_BY_KIND[kind])
+            if len(rows) == n:
+                continue  # nothing the bundle knows: no vector
+            base = _prior(bundle, user)
+        else:  # incremental: what each new event changed
+            for e in events:
+                kind = int(e.kind)
+                old = kinds.get(e.item_id, 0)
+                kinds[e.item_id] = kind
+                i = items.get(e.item_id)
+                if i is not None and kind != old:
+                    rows.append(r)
+                    cols.append(i)
+                    weights.append(LINEAR_BY_KIND[kind] - LINEAR_BY_KIND[old])
+            base = state.vector
+        names.append(user)
+        bases.append(base)
+    if not names:
+        return {}
+    delta = linear_deltas(
+        bundle.item_encoder,
+        np.asarray(rows, np.int64),
+        np.asarray(cols, np.int64),
+        np.asarray(weights, np.float64),
+        len(names),
+    )
+    vectors = (np.stack(bases).astype(np.float64) + delta).astype(np.float32)
+    return dict(zip(names, vectors))
+
+
+def _prior(bundle: FoldInData, user_id: str) -> np.ndarray:
+    u = bundle.users.get(user_id)
+    if u is None:
+        return np.zeros(bundle.item_vectors.shape[1], np.float32)
+    return bundle.user_vectors[u]

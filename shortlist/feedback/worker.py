@@ -1,0 +1,295 @@
+"""The feedback consumer: events from the bus applied to the state store, exactly once.
+
+Per batch: decode (malformed records are counted and parked on the dead-letter topic),
+read which event ids are new and the state of their users (one round trip), fold the
+users' vectors in (incrementally for linear bundles, one batched solve otherwise), apply
+the new events in chunks of whole users, each one atomic script that writes only if
+neither its event ids nor its users changed since the read, and only then commit the
+offsets. A crash anywhere before the commit replays the batch, and the event-id marks
+make the replay a no-op; a concurrent writer (a rebalance) makes a chunk answer
+`Conflict` and the rest of the batch is read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from shortlist.config import Settings
+from shortlist.feedback.bus.base import (
+    BusUnavailable,
+    DeadLetter,
+    DeadLetterPublisher,
+    EventConsumer,
+    Record,
+)
+from shortlist.feedback.events import Event
+from shortlist.feedback.stores.base import Conflict, StateStore, StoreUnavailable
+from shortlist.feedback.vectors import FoldInData, updated_vectors
+from shortlist.rpc.telemetry import (
+    CONSUMER_LAG,
+    EVENTS_APPLIED,
+    EVENTS_DUPLICATE,
+    EVENTS_MALFORMED,
+    NO_ARM,
+    STAGE_LATENCY,
+)
+
+log = logging.getLogger(__name__)
+SERVICE = "feedback"
+APPLY_CHUNK = 500  # events per atomic write: bounds how long one write holds Redis
+
+
+@dataclass
+class _Batch:
+    records: list[Record]
+    events: list[Event] = field(default_factory=list)
+    bad: list[DeadLetter] = field(default_factory=list)
+
+
+class FeedbackWorker:
+    def __init__(
+        self,
+        bundle: FoldInData,
+        store: StateStore,
+        consumer: EventConsumer,
+        settings: Settings,
+        dead_letters: DeadLetterPublisher | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.store = store
+        self.consumer = consumer
+        self.settings = settings
+        self.dead_letters = dead_letters
+        self.applied = 0
+        self.duplicates = 0
+        self.malformed = 0
+        self.parked = 0
+        self.conflicts = 0
+        self.batches = 0
+        self.first_records_at: float | None = None  # perf_counter of the first records
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def use_bundle(self, bundle: FoldInData) -> None:
+        """Hot swap: the next batch folds in with `bundle` (the current one keeps its own)."""
+        self.bundle = bundle
+
+    def run_once(self, timeout_ms: int = 200) -> int:
+        """Poll one batch, apply it and commit; returns the number of records polled."""
+        batch = self._fetch(timeout_ms)
+        if batch is None:
+            return 0
+        self._handle(batch)
+        self.consumer.commit()
+        self.batches += 1
+        CONSUMER_LAG.set(self.consumer.lag())
+        return len(batch.records)
+
+    def _fetch(self, timeout_ms: int) -> _Batch | None:
+        """Poll and decode one batch; malformed records are counted and set aside."""
+        records = self.consumer.poll(timeout_ms, self.settings.feedback_batch)
+        if not records:
+            return None
+        if self.first_records_at is None:
+            self.first_records_at = time.perf_counter()
+        batch = _Batch(records)
+        decode = Event.decode
+        for r in records:
+            try:
+                batch.events.append(decode(r.value))
+            except ValueError as exc:
+                self.malformed += 1
+                EVENTS_MALFORMED.inc()
+                log.warning("malformed record p%d@%d: %s", r.partition, r.offset, exc)
+                batch.bad.append(DeadLetter(r, str(exc)))
+        return batch
+
+    def _handle(self, batch: _Batch) -> None:
+        """Park the malformed records and apply the events, retrying until both are done."""
+        if batch.bad:
+            self._park_until_done(batch.bad)
+        self._apply_until_done(batch.events)
+
+    def _park_until_done(self, letters: list[DeadLetter]) -> None:
+        """Offsets must not move past a bad record before the dead-letter topic has it."""
+        if self.dead_letters is None:
+            return  # no dead-letter topic (in-memory demo bus): counted and logged only
+        backoff = 0.05
+        while True:
+            try:
+                self.dead_letters.park(letters, self.settings.publish_timeout_ms / 1000)
+                self.parked += len(letters)
+                return
+            except BusUnavailable as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("dead-letter topic unavailable, retrying: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _apply_until_done(self, events: list[Event]) -> None:
+        """Retry while the store is away: offsets must not move past unapplied events."""
+        backoff = 0.05
+        remaining = events
+        while remaining:
+            try:
+                remaining = self._apply(remaining)
+            except StoreUnavailable as exc:
+                remaining = getattr(exc, "rest", remaining)
+                if self._stop.is_set():
+                    raise
+                log.warning("state store unavailable, retrying batch: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _apply(self, events: list[Event]) -> list[Event]:
+        """Apply what is new among `events`; returns the events still to apply (those of
+        chunks not yet written when the store went away or answered a conflict)."""
+        if not events:
+            return []
+        start = time.perf_counter()
+        bundle = self.bundle  # one bundle for the batch (hot reload swaps the attribute)
+        linear = bundle.item_encoder is not None
+        pending = self.store.prepare(events, bundle.version, complete=not linear)
+        fresh: list[Event] = []
+        ids: set[str] = set()
+        for event, new in zip(events, pending.new):
+            if new and event.event_id not in ids:
+                fresh.append(event)
+                ids.add(event.event_id)
+        skipped = len(events) - len(fresh)
+        self.duplicates += skipped
+        EVENTS_DUPLICATE.inc(skipped)
+        vectors = updated_vectors(bundle, pending.users, fresh)
+        chunks = _chunks_of_whole_users(fresh, APPLY_CHUNK)
+        for n, chunk in enumerate(chunks):
+            users = {e.user_id for e in chunk}
+            try:
+                self.store.apply(
+                    chunk,
+                    {u: vectors[u] for u in users if u in vectors},
+                    bundle.version,
+                    {u: pending.users[u].seq for u in users},
+                )
+            except StoreUnavailable as exc:
+                # This chunk may or may not have been written: the next prepare tells.
+                exc.rest = [e for c in chunks[n:] for e in c]
+                raise
+            except Conflict as exc:
+                self.conflicts += 1
+                log.warning("feedback batch conflicts with another writer, rereading: %s", exc)
+                return [e for c in chunks[n:] for e in c]
+            self.applied += len(chunk)
+            EVENTS_APPLIED.inc(len(chunk))
+        STAGE_LATENCY.labels(SERVICE, "apply", NO_ARM).observe(time.perf_counter() - start)
+        return []
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="feedback-worker", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        """The service loop, pipelined: this thread polls, decodes and commits (a consumer
+        is not thread-safe) while an applier thread applies the batch before; offsets of
+        a batch are committed once the applier has finished it, in order."""
+        todo: queue.Queue[_Batch | None] = queue.Queue(maxsize=1)
+        done: queue.Queue[_Batch] = queue.Queue()
+        applier = threading.Thread(
+            target=self._apply_loop, args=(todo, done), name="feedback-apply", daemon=True
+        )
+        applier.start()
+        waiting: _Batch | None = None
+        try:
+            while not self._stop.is_set() and applier.is_alive():
+                self._commit_done(done)
+                if waiting is None:
+                    try:
+                        waiting = self._fetch(200)
+                    except Exception:  # the consumer reconnects by itself; keep polling
+                        log.exception("feedback poll failed; retrying")
+                        time.sleep(0.5)
+                    continue
+                try:
+                    todo.put(waiting, timeout=0.05)
+                    waiting = None
+                except queue.Full:
+                    pass
+        finally:
+            # A batch still waiting is not applied, so not committed: the group replays it.
+            while applier.is_alive():
+                try:
+                    todo.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            applier.join(timeout=10)
+            self._commit_done(done)
+
+    def _apply_loop(self, todo: queue.Queue, done: queue.Queue) -> None:
+        while (batch := todo.get()) is not None:
+            backoff = 0.5
+            while True:
+                try:
+                    self._handle(batch)
+                    break
+                except (StoreUnavailable, BusUnavailable):
+                    return  # only raised once stopping
+                except Exception:  # never skip a batch: retry it, and say so
+                    if self._stop.is_set():
+                        return
+                    log.exception("feedback batch failed; retrying it")
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+            done.put(batch)
+
+    def _commit_done(self, done: queue.Queue) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        n = 0
+        while True:
+            try:
+                batch = done.get_nowait()
+            except queue.Empty:
+                break
+            n += 1
+            for r in batch.records:
+                key = (r.topic, r.partition)
+                offsets[key] = max(offsets.get(key, 0), r.offset + 1)
+        if not n:
+            return
+        try:
+            self.consumer.commit(offsets)
+        except Exception as exc:  # e.g. partitions revoked: the new owner replays, as no-ops
+            log.warning("offset commit failed (the group will replay): %s", exc)
+            return
+        self.batches += n
+        CONSUMER_LAG.set(self.consumer.lag())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self.consumer.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()
+
+
+def _chunks_of_whole_users(events: list[Event], size: int) -> list[list[Event]]:
+    """Consecutive chunks of about `size` events, a user's events never split (its vector
+    and seq are written with all of them); events keep their order within a user."""
+    by_user: dict[str, list[Event]] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e)
+    chunks: list[list[Event]] = []
+    current: list[Event] = []
+    for user_events in by_user.values():
+        if current and len(current) + len(user_events) > size:
+            chunks.append(current)
+            current = []
+        current.extend(user_events)
+    if current:
+        chunks.append(current)
+    return chunks

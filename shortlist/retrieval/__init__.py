@@ -1,0 +1,1 @@
+"""The retrieval stage: FAISS index, precomputed shortlists, search memo and `retrieve()`."""

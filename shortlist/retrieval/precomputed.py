@@ -1,0 +1,77 @@
+"""Each trained user's shortlist, computed offline by exact search and served from the bundle.
+
+A trained user's vector only changes when feedback folds it in, and then retrieval searches
+the index as before. Until then their top-N is fixed by the bundle, so `shortlist train`
+computes it once for every user (exact inner product over all items, training items
+excluded), a little wider than the served N so that the live seen/disliked items and the
+request's exclusions can be taken out of it at request time. The search this replaces was
+the largest share of a Recommend's CPU (docs/decisions/0001-precomputed-shortlists.md), and
+exact search is also at least as good as the ANN index it stands in for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+ITEMS_FILE = "shortlist_items.npy"
+SCORES_FILE = "shortlist_scores.npy"
+
+
+@dataclass
+class PrecomputedShortlists:
+    """users x width best items (int32, best first) and their scores (float32). A row
+    shorter than width (tiny catalogues) is padded with -1 and is then the user's whole
+    list of candidates."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def compute(
+        cls,
+        user_vectors: np.ndarray,
+        item_vectors: np.ndarray,
+        exclude: sp.csr_matrix,
+        width: int,
+        batch_size: int = 1024,
+    ) -> PrecomputedShortlists:
+        """Exact top-`width` by dot product for every user, `exclude` (their training
+        items) left out; equal scores in item order."""
+        # torch only here, offline: the serving processes never import it
+        from shortlist.models.topk import scored_top_k
+
+        users = np.arange(len(user_vectors))
+        items, scores = scored_top_k(user_vectors, item_vectors, users, width, exclude, batch_size)
+        return cls(items.astype(np.int32), scores)
+
+    def take(self, user: int, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The user's top-n without the `exclude`d item indices, or None when the stored
+        row cannot tell (fewer than n left of a row that was cut at width)."""
+        row = self.items[user]
+        keep = row >= 0
+        complete = not keep[-1]
+        if len(exclude):
+            keep &= ~np.isin(row, exclude)
+        picked = np.flatnonzero(keep)[:n]
+        if len(picked) < n and not complete:
+            return None
+        return row[picked].astype(np.int64), np.array(self.scores[user, picked])
+
+    def save(self, directory: Path) -> None:
+        np.save(directory / ITEMS_FILE, self.items)
+        np.save(directory / SCORES_FILE, self.scores)
+
+    @classmethod
+    def load(cls, directory: Path) -> PrecomputedShortlists | None:
+        """Memory-mapped (processes serving one bundle share its pages); None when the
+        bundle has none."""
+        if not (directory / ITEMS_FILE).exists():
+            return None
+        return cls(
+            np.load(directory / ITEMS_FILE, mmap_mode="r"),
+            np.load(directory / SCORES_FILE, mmap_mode="r"),
+        )

@@ -1,0 +1,227 @@
+"""Gateway: the public API. Orchestrates retrieval and ranking with deadlines and fallbacks,
+and hands feedback to the bus, acknowledging only what the broker acknowledged."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+
+from shortlist.bundle.ab import ARM_A, ARM_B, arm_for
+from shortlist.bundle.bundle import Bundle
+from shortlist.config import Settings
+from shortlist.feedback.bus.base import BusUnavailable, EventPublisher
+from shortlist.feedback.events import Event, Kind
+from shortlist.rpc.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY, set_arm
+from shortlist.rpc.validation import (
+    InvalidInput,
+    abort_invalid,
+    require_id,
+    require_ids,
+    require_range,
+)
+from shortlist.services.inputs import parsed_context
+from shortlist.services.stages import Ranker, Retriever
+from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+SERVICE = "gateway"
+PASS_THROUGH = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+KIND_NAMES = {k.value: k.name.lower() for k in Kind}
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(
+        self,
+        bundle: Bundle,
+        retriever: Retriever,
+        ranker: Ranker,
+        publisher: EventPublisher,
+        settings: Settings,
+        bundle_b: Bundle | None = None,
+    ) -> None:
+        """`retriever` and `ranker`: the stages in this process or in their own services
+        (`shortlist.services.local` or `.remote`); the gateway calls both alike."""
+        self.bundle = bundle  # for the popularity fallback and the catalogue check
+        self.retriever = retriever
+        self.ranker = ranker
+        self.publisher = publisher
+        self.settings = settings
+        # A/B: with a second bundle, each request names its arm's bundle version to
+        # retrieval and ranking (which load both); without one, they serve their default.
+        self.arms = {ARM_A: bundle} if bundle_b is None else {ARM_A: bundle, ARM_B: bundle_b}
+        self.share_b = settings.ab_share_b if bundle_b is not None else 0.0
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        """Hot swap: `bundle` replaces arm a's; calls in flight keep the one they started with.
+        Stages in this process swap first, so arm a never names a bundle they lack."""
+        self.retriever.use_bundle(bundle)
+        self.ranker.use_bundle(bundle)
+        self.arms[ARM_A] = bundle
+        self.bundle = bundle
+
+    def arm(self, user_id: str) -> str:
+        return arm_for(user_id, self.share_b, self.settings.ab_salt)
+
+    def _timeout(self, context: grpc.ServicerContext, budget_ms: int) -> float:
+        """The stage budget, never beyond what is left of the caller's deadline."""
+        remaining = context.time_remaining()
+        budget = budget_ms / 1000
+        return budget if remaining is None else max(0.001, min(budget, remaining - 0.002))
+
+    def Recommend(self, request, context):  # noqa: N802 (gRPC method name)
+        s = self.settings
+        arm = self.arm(request.user_id)
+        set_arm(arm)
+        bundle = self.arms[arm]
+        version = bundle.version if len(self.arms) > 1 else ""
+        try:
+            require_id(request.user_id, "user_id", s.max_id_length)
+            require_range(request.k, "k", 1, s.max_k)
+            require_ids(request.exclude_item_ids, "exclude_item_ids", s.max_events, s.max_id_length)
+            request_context = parsed_context(request.context, s)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+
+        start = time.perf_counter()
+        try:
+            candidates = self.retriever.retrieve(
+                request.user_id,
+                max(s.candidates, request.k),
+                request.exclude_item_ids,
+                version,
+                self._timeout(context, s.retrieval_timeout_ms),
+            )
+        except grpc.RpcError as exc:
+            STAGE_LATENCY.labels(SERVICE, "retrieval", arm).observe(time.perf_counter() - start)
+            return self._popular(request, arm, f"retrieval_unavailable:{exc.code().name}")
+        STAGE_LATENCY.labels(SERVICE, "retrieval", arm).observe(time.perf_counter() - start)
+
+        if candidates.user_source == "popularity":
+            return self._respond(
+                candidates.scored(request.k), candidates.model_version, arm, "unknown_user"
+            )
+        reason = "state_unavailable" if candidates.degraded else ""
+        start = time.perf_counter()
+        try:
+            ranked = self.ranker.rank(
+                request.user_id,
+                candidates,
+                request_context,
+                request.context,
+                request.k,
+                self._timeout(context, s.ranking_timeout_ms),
+            )
+        except grpc.RpcError as exc:
+            STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
+            return self._respond(
+                candidates.scored(request.k),
+                candidates.model_version,
+                arm,
+                f"ranking_unavailable:{exc.code().name}",
+            )
+        STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
+        return self._respond(ranked.items, ranked.model_version, arm, reason)
+
+    def _respond(self, items, version: str, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
+        if reason:
+            FALLBACKS.labels(reason.split(":")[0], arm).inc()
+        return gateway_pb2.RecommendResponse(
+            items=items,
+            model_version=version,
+            fallback_used=bool(reason),
+            fallback_reason=reason,
+            arm=arm,
+        )
+
+    def _popular(self, request, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
+        bundle = self.arms[arm]
+        exclude = bundle.items.indices(request.exclude_item_ids)
+        top = bundle.popular_items(request.k, exclude)
+        items = [
+            common_pb2.ScoredItem(item_id=i, score=float(bundle.popularity[j]))
+            for i, j in zip(bundle.items.ids(top), top)
+        ]
+        return self._respond(items, bundle.version, arm, reason)
+
+    def SendFeedback(self, request, context):  # noqa: N802
+        s = self.settings
+        if request.events:
+            set_arm(self.arm(request.events[0].user_id))
+        try:
+            events = self._validated_events(request)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+        start = time.perf_counter()
+        try:
+            self.publisher.publish(events, self._timeout(context, s.publish_timeout_ms))
+        except BusUnavailable as exc:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"feedback not accepted, the event bus is unavailable: {exc}",
+            )
+        # A batch of several users is timed under its first user's arm; events count per arm.
+        STAGE_LATENCY.labels(SERVICE, "publish", self.arm(events[0].user_id)).observe(
+            time.perf_counter() - start
+        )
+        for e in events:
+            EVENTS_PUBLISHED.labels(self.arm(e.user_id), KIND_NAMES[e.kind]).inc()
+        return gateway_pb2.SendFeedbackResponse(event_ids=[e.event_id for e in events])
+
+    def _validated_events(self, request) -> list[Event]:
+        s = self.settings
+        require_range(len(request.events), "events (count)", 1, s.max_events)
+        now_ms = int(time.time() * 1000)
+        events = []
+        for n, e in enumerate(request.events):
+            field = f"events[{n}]"
+            require_id(e.user_id, f"{field}.user_id", s.max_id_length)
+            require_id(e.item_id, f"{field}.item_id", s.max_id_length)
+            if e.event_id:
+                require_id(e.event_id, f"{field}.event_id", s.max_id_length)
+            if e.kind not in {k.value for k in Kind}:
+                raise InvalidInput(
+                    f"{field}.kind must be one of LIKE, DISLIKE, VIEW, SKIP, got {e.kind}"
+                )
+            if not any(e.item_id in b.items for b in self.arms.values()):
+                raise InvalidInput(
+                    f"{field}.item_id {e.item_id!r} is not in the catalogue",
+                    grpc.StatusCode.NOT_FOUND,
+                )
+            if e.timestamp_ms < 0:
+                raise InvalidInput(f"{field}.timestamp_ms must not be negative")
+            events.append(
+                Event(
+                    event_id=e.event_id or uuid.uuid4().hex,
+                    user_id=e.user_id,
+                    item_id=e.item_id,
+                    kind=Kind(e.kind),
+                    timestamp_ms=e.timestamp_ms or now_ms,
+                )
+            )
+        return events
+
+    def SimilarItems(self, request, context):  # noqa: N802
+        s = self.settings
+        try:
+            require_id(request.item_id, "item_id", s.max_id_length)
+            require_range(request.k, "k", 1, s.max_k)
+        except InvalidInput as exc:
+            abort_invalid(context, exc)
+        try:
+            return self.retriever.similar_items(
+                request.item_id, request.k, self._timeout(context, s.retrieval_timeout_ms)
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if exc.code() in PASS_THROUGH else grpc.StatusCode.UNAVAILABLE
+            context.abort(code, f"similar items: {exc.details()}")
+
+
+def register(servicer: GatewayServicer):
+    def _register(server: grpc.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, server)
+
+    return _register
+
+
+SERVICE_NAMES = (gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,)

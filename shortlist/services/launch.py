@@ -1,0 +1,344 @@
+"""Wiring: build backends from settings, start one service as a process, or all four in one.
+
+`shortlist serve <name>` (one process per service, as in containers and `make up`) and the
+in-process stack (demo and integration tests) start the same servicers the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import gc
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shortlist.bundle.ab import ARM_A, ARM_B, check_arms, load_arms
+from shortlist.bundle.bundle import Bundle
+from shortlist.bundle.files import latest_version, load_bundle
+from shortlist.bundle.watcher import BundleWatcher
+from shortlist.config import Settings
+from shortlist.feedback.bus import (
+    DeadLetterPublisher,
+    EventConsumer,
+    EventPublisher,
+    KafkaDeadLetterPublisher,
+    KafkaEventConsumer,
+    KafkaEventPublisher,
+    ensure_topic,
+)
+from shortlist.feedback.stores import RedisStateStore, StateStore
+from shortlist.feedback.worker import FeedbackWorker
+from shortlist.retrieval.index import limit_native_threads
+from shortlist.rpc.server import RunningServer, client_channel, start_server
+from shortlist.rpc.telemetry import MODEL_INFO, start_metrics_server
+from shortlist.services import feedback as feedback_server
+from shortlist.services import gateway as gateway_server
+from shortlist.services import ranking as ranking_server
+from shortlist.services import retrieval as retrieval_server
+from shortlist.services.feedback import FeedbackAdminServicer
+from shortlist.services.gateway import GatewayServicer
+from shortlist.services.local import LocalRanker, LocalRetriever
+from shortlist.services.ranking import RankingServicer
+from shortlist.services.remote import RemoteRanker, RemoteRetriever
+from shortlist.services.retrieval import RetrievalServicer
+from shortlist.services.stages import Ranker, Retriever
+
+log = logging.getLogger(__name__)
+SERVICES = ("retrieval", "ranking", "feedback", "gateway")
+
+
+def redis_store(settings: Settings) -> StateStore:
+    return RedisStateStore(settings.redis_url, settings.redis_prefix)
+
+
+def kafka_publisher(settings: Settings) -> EventPublisher:
+    return KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
+
+
+def kafka_consumer(settings: Settings) -> EventConsumer:
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
+    return KafkaEventConsumer(
+        settings.kafka_bootstrap,
+        settings.feedback_topic,
+        settings.feedback_group,
+        settings.feedback_fetch_wait_ms,
+    )
+
+
+def kafka_dead_letters(settings: Settings) -> DeadLetterPublisher | None:
+    """Where malformed feedback records are parked; none on the in-memory demo bus."""
+    if settings.backend == "memory":
+        return None
+    return KafkaDeadLetterPublisher(settings.kafka_bootstrap, settings.dead_letter_topic)
+
+
+@dataclass
+class Started:
+    server: RunningServer
+    worker: FeedbackWorker | None = None
+    # what hot reload swaps the bundle of (`use_bundle`): a stage or the gateway servicer
+    servicer: object | None = None
+
+    def swap_bundle(self, bundle: Bundle) -> None:
+        """Serve `bundle` from now on: one reference assignment per holder."""
+        for holder in (self.servicer, self.worker):
+            if holder is not None:
+                holder.use_bundle(bundle)
+
+    def stop(self) -> None:
+        if self.worker:
+            self.worker.stop()
+        self.server.stop()
+
+
+def start_service(
+    name: str,
+    settings: Settings,
+    bundle: Bundle,
+    address: str,
+    store: StateStore | None = None,
+    publisher: EventPublisher | None = None,
+    consumer: EventConsumer | None = None,
+    retrieval_target: str | None = None,
+    ranking_target: str | None = None,
+    bundle_b: Bundle | None = None,
+) -> Started:
+    """Start one service on `address`; missing backends are built from the settings.
+
+    `bundle_b` (A/B arm "b"): retrieval and ranking load it beside `bundle` and serve the
+    one each request names by version; the gateway assigns users to arms.
+    """
+    others = () if bundle_b is None else (bundle_b,)
+    if bundle_b is not None:
+        check_arms({ARM_A: bundle, ARM_B: bundle_b})
+    if name == "retrieval":
+        retriever = LocalRetriever(bundle, store or redis_store(settings), settings, others)
+        return Started(
+            start_server(
+                name,
+                retrieval_server.register(RetrievalServicer(retriever, settings)),
+                retrieval_server.SERVICE_NAMES,
+                address,
+                settings=settings,
+            ),
+            servicer=retriever,
+        )
+    if name == "ranking":
+        ranker = LocalRanker(bundle, store or redis_store(settings), settings, others)
+        return Started(
+            start_server(
+                name,
+                ranking_server.register(RankingServicer(ranker, settings)),
+                ranking_server.SERVICE_NAMES,
+                address,
+                settings=settings,
+            ),
+            servicer=ranker,
+        )
+    if name == "feedback":
+        worker = FeedbackWorker(
+            bundle,
+            store or redis_store(settings),
+            consumer or kafka_consumer(settings),
+            settings,
+            kafka_dead_letters(settings),
+        )
+        worker.start()
+        server = start_server(
+            name,
+            feedback_server.register(FeedbackAdminServicer(worker)),
+            feedback_server.SERVICE_NAMES,
+            address,
+            workers=2,
+            settings=settings,
+        )
+        return Started(server, worker)
+    if name == "gateway":
+        retriever, ranker = gateway_stages(
+            settings, bundle, store, others, retrieval_target, ranking_target
+        )
+        servicer = GatewayServicer(
+            bundle, retriever, ranker, publisher or kafka_publisher(settings), settings, bundle_b
+        )
+        return Started(
+            start_server(
+                name,
+                gateway_server.register(servicer),
+                gateway_server.SERVICE_NAMES,
+                address,
+                settings=settings,
+                share_port=settings.gateway_workers > 1,
+                own_port=settings.gateway_worker_port,
+            ),
+            servicer=servicer,
+        )
+    raise ValueError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
+
+
+def gateway_stages(
+    settings: Settings,
+    bundle: Bundle,
+    store: StateStore | None,
+    others: tuple[Bundle, ...],
+    retrieval_target: str | None,
+    ranking_target: str | None,
+) -> tuple[Retriever, Ranker]:
+    """The gateway's two stages: in its own process when co-located (one state store for
+    both), else clients of the retrieval and ranking services."""
+    if settings.colocate:
+        local = store or redis_store(settings)
+        return (
+            LocalRetriever(bundle, local, settings, others),
+            LocalRanker(bundle, local, settings, others),
+        )
+    retrieval = client_channel(retrieval_target or settings.retrieval_addr, settings=settings)
+    ranking = client_channel(ranking_target or settings.ranking_addr, settings=settings)
+    return RemoteRetriever(retrieval), RemoteRanker(ranking, pin_version=bool(others))
+
+
+def serve(name: str, settings: Settings) -> None:
+    """Run one service in this process until SIGTERM or SIGINT."""
+    limit_native_threads(1)
+    # The feedback service folds vectors in for the default bundle only
+    # (docs/decisions/0015-fold-in.md, Limitations).
+    arms_of = settings if name != "feedback" else settings.replace(ab_bundle_b="")
+    arms = load_arms(arms_of, with_index=searches(name, settings))
+    for arm, b in arms.items():
+        MODEL_INFO.labels(arm).info({"version": b.version, "model": str(b.manifest.get("model"))})
+    start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
+    bundle = arms[ARM_A]
+    started = start_service(
+        name, settings, bundle, getattr(settings, f"{name}_addr"), bundle_b=arms.get(ARM_B)
+    )
+    log.info(
+        "%s serving bundle(s) %s on port %d",
+        name,
+        ", ".join(f"{a}={b.version}" for a, b in arms.items()),
+        started.server.port,
+    )
+    freeze_loaded_objects()
+    watcher = watch_bundle(settings, bundle, started.swap_bundle, searches(name, settings))
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("%s stopping", name)
+    if watcher:
+        watcher.stop()
+    started.stop()
+
+
+def freeze_loaded_objects() -> None:
+    """Move what start-up made (bundles' id maps, modules, servicers) out of the garbage
+    collector's reach, so that a full collection on the request path no longer walks it
+    (docs/decisions/0006-ranking-service-speed.md). Frozen objects are still freed by
+    reference counting; a hot-swapped bundle is not frozen. Then the heap pages that
+    start-up freed go back to the system: a loaded FAISS index frees its many list buffers
+    into glibc's heap, which keeps them otherwise (docs/decisions/0007-served-index.md)."""
+    gc.collect()
+    gc.freeze()
+    release_free_heap()
+
+
+def release_free_heap() -> None:
+    """glibc's malloc_trim(0), where the C library has it (not musl, not macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(ctypes.c_size_t(0))
+
+
+def searches(name: str, settings: Settings) -> bool:
+    """Whether service `name` searches the FAISS index (the others load bundles without it)."""
+    return name == "retrieval" or (name == "gateway" and settings.colocate)
+
+
+def watch_bundle(
+    settings: Settings, bundle: Bundle, swap, with_index: bool = True
+) -> BundleWatcher | None:
+    """Hot reload of arm a when the bundle root's LATEST changes (polled) or on SIGHUP."""
+    root = Path(settings.bundle)
+    if latest_version(root) is None:
+        return None  # a bundle directory itself: nothing newer can be published there
+
+    def swapped(new: Bundle) -> None:
+        swap(new)
+        MODEL_INFO.labels(ARM_A).info(
+            {"version": new.version, "model": str(new.manifest.get("model"))}
+        )
+
+    watcher = BundleWatcher(
+        root,
+        bundle.version,
+        swapped,
+        settings.bundle_poll_ms / 1000,
+        loader=functools.partial(load_bundle, with_index=with_index),
+    )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, lambda *_: watcher.request_reload())
+    return watcher.start()
+
+
+@dataclass
+class InProcessStack:
+    """The four services in one process on free local ports (demo and integration tests)."""
+
+    services: dict[str, Started] = field(default_factory=dict)
+    metrics_target: str | None = None  # HOST:PORT of /metrics, when the caller started one
+
+    @property
+    def gateway_target(self) -> str:
+        return f"127.0.0.1:{self.services['gateway'].server.port}"
+
+    def target(self, name: str) -> str:
+        return f"127.0.0.1:{self.services[name].server.port}"
+
+    def swap_bundle(self, bundle: Bundle) -> None:
+        for started in self.services.values():
+            started.swap_bundle(bundle)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.services)):
+            self.services.pop(name).stop()
+
+
+def start_inprocess_stack(
+    settings: Settings,
+    bundle: Bundle,
+    store: StateStore,
+    publisher: EventPublisher,
+    consumer: EventConsumer,
+    bundle_b: Bundle | None = None,
+) -> InProcessStack:
+    stack = InProcessStack()
+    for arm, b in ((ARM_A, bundle), (ARM_B, bundle_b)):
+        if b is not None:
+            MODEL_INFO.labels(arm).info(
+                {"version": b.version, "model": str(b.manifest.get("model"))}
+            )
+    try:
+        for name in ("retrieval", "ranking"):
+            stack.services[name] = start_service(
+                name, settings, bundle, "127.0.0.1:0", store, bundle_b=bundle_b
+            )
+        stack.services["feedback"] = start_service(
+            "feedback", settings, bundle, "127.0.0.1:0", store, consumer=consumer
+        )
+        stack.services["gateway"] = start_service(
+            "gateway",
+            settings,
+            bundle,
+            "127.0.0.1:0",
+            publisher=publisher,
+            retrieval_target=stack.target("retrieval"),
+            ranking_target=stack.target("ranking"),
+            bundle_b=bundle_b,
+        )
+    except Exception:
+        stack.stop()
+        raise
+    return stack

@@ -1,0 +1,217 @@
+"""The retrieval and ranking stages in this process: what their gRPC servicers serve, and
+what a co-located gateway calls directly (no messages, the shortlist as item indices).
+
+Each holds the bundles it serves (`BundleSet`: the default, plus arm "b" under A/B) and the
+live state store. Errors are `grpc.RpcError`s with a status code (`shortlist.rpc.inprocess`),
+as from a remote stage; a reply later than the caller's timeout is dropped as
+DEADLINE_EXCEEDED (the work cannot be interrupted, but the caller falls back as it would).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from shortlist.bundle.bundle import Bundle
+from shortlist.bundle.bundle_set import BundleSet
+from shortlist.config import Settings
+from shortlist.feedback.stores.base import RankingSignals, StateStore, StoreUnavailable, UserState
+from shortlist.ranking.context import RequestContext
+from shortlist.ranking.item_likes import LiveItemLikes
+from shortlist.ranking.rank import rank
+from shortlist.retrieval.memo import SearchMemo
+from shortlist.retrieval.retrieve import prepare_for_retrieval, retrieve, similar_items
+from shortlist.rpc.inprocess import in_process
+from shortlist.rpc.telemetry import CANDIDATES, RETRIEVAL_ANSWERS, STAGE_LATENCY, set_arm
+from shortlist.rpc.validation import InvalidInput
+from shortlist.services.stages import Candidates, Ranked
+from shortlist.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+
+class LocalRetriever:
+    """The retrieval stage: state read, precomputed shortlist / memo / ANN search."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        store: StateStore,
+        settings: Settings,
+        others: Sequence[Bundle] = (),
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.memos: dict[str, SearchMemo] = {}  # by bundle version
+        self.bundles = BundleSet(bundle, others, prepare=self._prepare)
+
+    def _prepare(self, bundle: Bundle) -> None:
+        prepare_for_retrieval(bundle)
+        recall = getattr(bundle.index, "recall", None)
+        log.info(
+            "bundle %s: serving %s %s", bundle.version, type(bundle.index).__name__, recall or ""
+        )
+        entries = self.settings.retrieval_memo_entries
+        if entries > 0:
+            self.memos[bundle.version] = SearchMemo(bundle.index, entries)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.bundles.default
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        self.bundles.use(bundle)
+
+    def retrieve(
+        self,
+        user_id: str,
+        n: int,
+        exclude: Sequence[str],
+        model_version: str,
+        timeout: float | None,
+    ) -> Candidates:
+        return in_process("Retrieve", timeout, self._retrieve, user_id, n, exclude, model_version)
+
+    def _retrieve(
+        self, user_id: str, n: int, exclude: Sequence[str], model_version: str
+    ) -> Candidates:
+        bundle, arm = self.bundles.find(model_version)
+        set_arm(arm)
+        degraded = False
+        start = time.perf_counter()
+        try:
+            state = self.store.user_state(user_id, bundle.version)
+        except StoreUnavailable:
+            state, degraded = UserState(), True
+        STAGE_LATENCY.labels("retrieval", "state", arm).observe(time.perf_counter() - start)
+        start = time.perf_counter()
+        found = retrieve(
+            bundle,
+            user_id,
+            state,
+            n,
+            exclude,
+            self.memos.get(bundle.version),
+            precomputed=bool(self.settings.retrieval_precomputed),
+        )
+        STAGE_LATENCY.labels("retrieval", "ann", arm).observe(time.perf_counter() - start)
+        RETRIEVAL_ANSWERS.labels("retrieval", found.answer, arm).inc()
+        CANDIDATES.labels("retrieval", arm).observe(len(found.items))
+        return Candidates(
+            model_version=bundle.version,
+            user_source=found.user_source,
+            degraded=degraded,
+            scores=found.scores,
+            items=found.items,
+            catalogue=self.bundles.item_ids[bundle.version],
+            state=state,
+        )
+
+    def similar_items(
+        self, item_id: str, k: int, timeout: float | None
+    ) -> common_pb2.SimilarItemsResponse:
+        return in_process("SimilarItems", timeout, self._similar_items, item_id, k)
+
+    def _similar_items(self, item_id: str, k: int) -> common_pb2.SimilarItemsResponse:
+        bundle = self.bundle  # one bundle for the whole call (hot reload swaps the attribute)
+        item = bundle.items.get(item_id)
+        if item is None:
+            raise InvalidInput(
+                f"item_id {item_id!r} is not in the catalogue", grpc.StatusCode.NOT_FOUND
+            )
+        idx, scores = similar_items(bundle, item, k)
+        return common_pb2.SimilarItemsResponse(
+            items=[
+                common_pb2.ScoredItem(item_id=i, score=float(v))
+                for i, v in zip(bundle.items.ids(idx), scores)
+            ],
+            model_version=bundle.version,
+        )
+
+
+class LocalRanker:
+    """The ranking stage: live signals, features, the bundle's scorer, top-k."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        store: StateStore,
+        settings: Settings,
+        others: Sequence[Bundle] = (),
+    ) -> None:
+        # The item-side feature data is built, and the ranker compiled, before a bundle
+        # becomes reachable.
+        self.bundles = BundleSet(bundle, others, prepare=lambda b: (b.item_side, b.scorer))
+        self.store = store
+        self.settings = settings
+        self.item_likes = LiveItemLikes(store, settings.item_likes_refresh_ms / 1000)
+        self.item_likes.refresh()
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.bundles.default
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        self.bundles.use(bundle)
+
+    def rank(
+        self,
+        user_id: str,
+        candidates: Candidates,
+        context: RequestContext,
+        raw_context: Mapping[str, str],
+        k: int,
+        timeout: float | None,
+    ) -> Ranked:
+        return in_process("Rank", timeout, self._rank, user_id, candidates, context, k)
+
+    def _rank(
+        self, user_id: str, candidates: Candidates, context: RequestContext, k: int
+    ) -> Ranked:
+        bundle, arm = self.bundles.find(candidates.model_version)
+        set_arm(arm)
+        if not 1 <= len(candidates) <= self.settings.max_candidates:
+            raise InvalidInput(
+                f"candidates (count) must be in 1..{self.settings.max_candidates}, "
+                f"got {len(candidates)}"
+            )
+        idx = self._indices(bundle, candidates)
+        start = time.perf_counter()
+        state = candidates.state
+        if state is None:
+            try:
+                state = self.store.user_state(user_id, bundle.version)
+            except StoreUnavailable:
+                state = UserState()
+        live_likes = self.item_likes.counts(bundle.version, bundle.items)[idx]
+        live = RankingSignals(state.history, live_likes, state.likes)
+        STAGE_LATENCY.labels("ranking", "features", arm).observe(time.perf_counter() - start)
+        start = time.perf_counter()
+        scores = np.asarray(candidates.scores, np.float32)
+        top, top_scores = rank(bundle, user_id, idx, scores, live, context, k)
+        STAGE_LATENCY.labels("ranking", "scoring", arm).observe(time.perf_counter() - start)
+        names = self.bundles.item_ids[bundle.version]
+        item = common_pb2.ScoredItem
+        return Ranked(
+            [item(item_id=names[i], score=v) for i, v in zip(top.tolist(), top_scores.tolist())],
+            bundle.version,
+        )
+
+    def _indices(self, bundle: Bundle, candidates: Candidates) -> np.ndarray:
+        """The candidates as item indices of `bundle`; NOT_FOUND names an unknown item."""
+        if candidates.items is not None:
+            return candidates.items
+        ids = candidates.item_ids()
+        get = self.bundles.item_index[bundle.version].get
+        idx = np.array([get(i, -1) for i in ids], np.int64)
+        if (idx < 0).any():
+            bad = ids[int(np.flatnonzero(idx < 0)[0])]
+            raise InvalidInput(
+                f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
+                grpc.StatusCode.NOT_FOUND,
+            )
+        return idx

@@ -1,0 +1,90 @@
+"""The retrieval and ranking stages in other processes, called over gRPC (the four-service
+topology); the same contract as `shortlist.services.local`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from shortlist.ranking.context import RequestContext
+from shortlist.services.stages import Candidates, Ranked
+from shortlist.v1 import (
+    common_pb2,
+    ranking_pb2,
+    ranking_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+)
+
+
+class RemoteRetriever:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = retrieval_pb2_grpc.RetrievalStub(channel)
+
+    def retrieve(
+        self,
+        user_id: str,
+        n: int,
+        exclude: Sequence[str],
+        model_version: str,
+        timeout: float | None,
+    ) -> Candidates:
+        reply = self.stub.Retrieve(
+            retrieval_pb2.RetrieveRequest(
+                user_id=user_id, n=n, exclude_item_ids=exclude, model_version=model_version
+            ),
+            timeout=timeout,
+        )
+        found = reply.candidates
+        return Candidates(
+            model_version=reply.model_version,
+            user_source=reply.user_source,
+            degraded=reply.degraded,
+            scores=np.fromiter((c.score for c in found), np.float32, len(found)),
+            ids=[c.item_id for c in found],
+        )
+
+    def similar_items(
+        self, item_id: str, k: int, timeout: float | None
+    ) -> common_pb2.SimilarItemsResponse:
+        request = common_pb2.SimilarItemsRequest(item_id=item_id, k=k)
+        return self.stub.SimilarItems(request, timeout=timeout)
+
+    def use_bundle(self, bundle: object) -> None:
+        """The retrieval service swaps its own bundle."""
+
+
+class RemoteRanker:
+    """`pin_version` (A/B): the request names the candidates' bundle, which the ranking
+    service must hold. Without it the ranking service ranks with its default bundle, so
+    that while the services hot-swap one after the other a request is still ranked."""
+
+    def __init__(self, channel: grpc.Channel, pin_version: bool = False) -> None:
+        self.stub = ranking_pb2_grpc.RankingStub(channel)
+        self.pin_version = pin_version
+
+    def rank(
+        self,
+        user_id: str,
+        candidates: Candidates,
+        context: RequestContext,
+        raw_context: Mapping[str, str],
+        k: int,
+        timeout: float | None,
+    ) -> Ranked:
+        reply = self.stub.Rank(
+            ranking_pb2.RankRequest(
+                user_id=user_id,
+                candidates=candidates.scored(),
+                context=raw_context,
+                k=k,
+                model_version=candidates.model_version if self.pin_version else "",
+            ),
+            timeout=timeout,
+        )
+        return Ranked(reply.items, reply.model_version)
+
+    def use_bundle(self, bundle: object) -> None:
+        """The ranking service swaps its own bundle."""

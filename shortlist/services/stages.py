@@ -1,0 +1,97 @@
+"""The two stages as the gateway sees them: a `Retriever` and a `Ranker`.
+
+Each has two adapters with one contract: in process (`shortlist.services.local`, the
+co-located gateway) and over gRPC (`shortlist.services.remote`). Co-location is a choice of
+adapter when the gateway is built, never a branch in the gateway. A stage that fails raises
+`grpc.RpcError` with a status code in both adapters, so the gateway's fallbacks are one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from shortlist.feedback.stores.base import UserState
+from shortlist.ranking.context import RequestContext
+from shortlist.v1 import common_pb2
+
+
+@dataclass
+class Candidates:
+    """A retrieval shortlist, best first, as the ranker takes it.
+
+    Found in process it holds item indices of the bundle `model_version` names (with that
+    bundle's ids by index) and the user's state as retrieval read it, which the ranker
+    reuses; from a remote retrieval it holds the item ids of the reply."""
+
+    model_version: str
+    user_source: str  # "trained", "folded_in" or "popularity"
+    degraded: bool  # the user's live state could not be read
+    scores: np.ndarray
+    items: np.ndarray | None = None  # item indices, in process
+    catalogue: Sequence[str] | None = None  # the bundle's item ids by index, in process
+    ids: Sequence[str] | None = None  # item ids, from a remote retrieval
+    state: UserState | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def item_ids(self) -> list[str]:
+        if self.ids is not None:
+            return list(self.ids)
+        assert self.items is not None and self.catalogue is not None
+        names = self.catalogue
+        return [names[i] for i in self.items.tolist()]
+
+    def scored(self, k: int | None = None) -> list[common_pb2.ScoredItem]:
+        """The first `k` (all by default) as reply messages."""
+        item = common_pb2.ScoredItem
+        ids = self.item_ids()[:k]
+        return [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
+
+
+@dataclass
+class Ranked:
+    items: Sequence[common_pb2.ScoredItem]  # best first
+    model_version: str
+
+
+class Retriever(Protocol):
+    def retrieve(
+        self,
+        user_id: str,
+        n: int,
+        exclude: Sequence[str],
+        model_version: str,
+        timeout: float | None,
+    ) -> Candidates:
+        """The user's top-`n` from the bundle `model_version` names ("" = the default)."""
+        ...
+
+    def similar_items(
+        self, item_id: str, k: int, timeout: float | None
+    ) -> common_pb2.SimilarItemsResponse: ...
+
+    def use_bundle(self, bundle: object) -> None:
+        """Hot swap (a no-op for a remote stage: its own process swaps)."""
+        ...
+
+
+class Ranker(Protocol):
+    def rank(
+        self,
+        user_id: str,
+        candidates: Candidates,
+        context: RequestContext,
+        raw_context: Mapping[str, str],
+        k: int,
+        timeout: float | None,
+    ) -> Ranked:
+        """The best `k` of `candidates` by the ranker of the bundle they came from;
+        `raw_context` is `context` as the client sent it (what a remote ranker parses)."""
+        ...
+
+    def use_bundle(self, bundle: object) -> None: ...

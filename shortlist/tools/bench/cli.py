@@ -1,0 +1,361 @@
+"""`shortlist bench` sub-commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks that print figures (quality, serving, feedback).")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _parse_config(text: str | None) -> dict[str, Any]:
+    """`--config` is a JSON object, inline or in a file."""
+    if not text:
+        return {}
+    source = text
+    if not text.lstrip().startswith("{") and Path(text).is_file():
+        source = Path(text).read_text()
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        _fail(f"--config is not a JSON object nor a JSON file: {exc}")
+    if not isinstance(value, dict):
+        _fail("--config must be a JSON object, e.g. '{\"epochs\": 20}'")
+    return value
+
+
+@bench_app.command("quality")
+def quality(
+    data: Path = typer.Option(
+        ..., "--data", help="Directory in the LightGCN text format (train/valid/test.txt)."
+    ),
+    protocol: str = typer.Option(
+        ..., "--protocol", help="A: train on train+valid. B: train on train, select on valid."
+    ),
+    model: str = typer.Option(None, "--model", help="Retrieval model (default: spectral)."),
+    config: str = typer.Option(
+        None, "--config", help="Model options as a JSON object (inline or a file path)."
+    ),
+    report: Path = typer.Option(
+        None, "--report", help="Directory for the markdown report and validation-curve plot."
+    ),
+    pipeline: str = typer.Option("retrieval", "--pipeline", help="What is evaluated."),
+    ranker_seeds: int = typer.Option(
+        1, "--ranker-seeds", min=1, help="two-stage: also run seeds 1..N-1, print each lift."
+    ),
+    ranker_labels: str = typer.Option(
+        "valid",
+        "--ranker-labels",
+        help="two-stage: the ranker's labels, valid or the latest 20% of each user's likes.",
+    ),
+    ranker_lists: int = typer.Option(
+        None, "--ranker-lists", min=100, help="two-stage: most lists the ranker is fit on."
+    ),
+) -> None:
+    """Train a retrieval model under protocol A or B and print its test metrics.
+
+    The last stdout line is one JSON object (dataset, protocol, model, recall@20, ...).
+    """
+    from shortlist.models import registry
+    from shortlist.tools.bench import quality as bench_quality
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    movielens = (data / "u.data").is_file()
+    if not movielens and (not (data / "train.txt").is_file() or not (data / "test.txt").is_file()):
+        _fail(
+            f"{data} is neither in the LightGCN text format (train.txt, test.txt) nor "
+            "MovieLens-100K (u.data)"
+        )
+    protocol = protocol.upper()
+    if protocol not in {"A", "B"}:
+        _fail(f"--protocol must be A or B, got {protocol!r}")
+    if protocol == "B" and not movielens and not (data / "valid.txt").is_file():
+        _fail(f"protocol B needs {data / 'valid.txt'}")
+    model = model or bench_quality.DEFAULT_MODEL
+    if model not in registry.model_names():
+        _fail(f"unknown model {model!r}; choose from {', '.join(registry.model_names())}")
+    if pipeline not in bench_quality.PIPELINES:
+        _fail(f"unknown pipeline {pipeline!r}; choose from {', '.join(bench_quality.PIPELINES)}")
+    if ranker_labels not in {"valid", "latest"}:
+        _fail(f"--ranker-labels must be valid or latest, got {ranker_labels!r}")
+    options = _parse_config(config)
+    try:
+        bench_quality.main(
+            str(data),
+            protocol,
+            model=model,
+            config=options,
+            report_dir=str(report) if report else None,
+            pipeline=pipeline,
+            ranker_seeds=ranker_seeds,
+            ranker_labels=ranker_labels,
+            ranker_lists=ranker_lists,
+        )
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def _emit(result: dict[str, Any], title: str) -> None:
+    """A readable table of the flat figures, then the JSON line (always the last line)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def rows(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                rows(f"{prefix}{k}.", v)
+        elif not isinstance(value, list):
+            table.add_row(prefix.rstrip("."), str(value))
+
+    rows("", result)
+    Console().print(table)
+    print(json.dumps(result), flush=True)
+
+
+@bench_app.command("feedback")
+def feedback(
+    trials: int = typer.Option(200, help="Like -> Recommend freshness trials."),
+    events: int = typer.Option(50_000, help="Events for the single-consumer throughput run."),
+    batch: int = typer.Option(2000, help="Records per consumer poll / Redis transaction."),
+    foldin_data: list[Path] = typer.Option(
+        [], "--foldin-data", help="LightGCN-format dirs for the fold-in quality run (repeatable)."
+    ),
+    foldin_model: str = typer.Option("spectral", help="Retrieval model for fold-in quality."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+) -> None:
+    """Freshness, ingestion throughput and fold-in quality over tansu and a real Redis."""
+    from shortlist.tools.bench import feedback as bench_feedback
+    from shortlist.tools.bench import foldin_bench
+
+    cfg = bench_feedback.FeedbackBenchConfig(
+        trials=trials, events=events, batch=batch, redis_url=redis_url
+    )
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    result = bench_feedback.run(cfg, progress=say)
+    result["foldin"] = []
+    for directory in foldin_data:
+        if not directory.is_dir():
+            say(f"fold-in: {directory} absent, skipped")
+            continue
+        result["foldin"].append(
+            foldin_bench.run(str(directory), foldin_model, redis_url=redis_url, progress=say)
+        )
+    for row in result["foldin"]:
+        result[f"foldin_{row['dataset']}"] = {
+            k: row[k] for k in ("heldout_recall@20", "trained_recall@20", "recall_ratio")
+        }
+    _emit(result, "feedback loop")
+
+
+@bench_app.command("index")
+def index(
+    data: Path = typer.Option(..., "--data", help="LightGCN-format directory (protocol A)."),
+    model: str = typer.Option("spectral", help="Retrieval model whose item vectors are indexed."),
+    queries: int = typer.Option(1000, help="User vectors used as queries."),
+) -> None:
+    """Recall@100 against exact search and per-query latency of FAISS index candidates."""
+    from shortlist.data.loaders import load_lightgcn_dir
+    from shortlist.models import registry
+    from shortlist.tools.bench import index_bench
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    split = load_lightgcn_dir(data)
+    fitted = registry.build(model, registry.preset(model, split.name))
+    typer.echo(f"training {model} on {split.name} (protocol A data)", err=True)
+    fitted.fit(split.train_valid())
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    result = index_bench.measure(
+        fitted.item_factors, fitted.user_factors, n_queries=queries, progress=say
+    )
+    result.update({"dataset": split.name, "model": model})
+    _emit(result, f"FAISS index on {split.name} {model} item vectors")
+
+
+@bench_app.command("dislikes")
+def dislikes(
+    data: Path = typer.Option(..., "--data", help="MovieLens-100K directory (u.data, u.item)."),
+    seeds: int = typer.Option(3, help="Seeds per arm (0..seeds-1)."),
+    config: str = typer.Option(None, "--config", help="LightGCN options as a JSON object."),
+) -> None:
+    """LightGCN with and without the negative graph of dislikes on MovieLens-100K."""
+    from shortlist.tools.bench import dislikes as bench_dislikes
+
+    if not (data / "u.data").is_file():
+        _fail(f"{data} has no u.data (MovieLens-100K expected)")
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    result = bench_dislikes.run(data, range(seeds), _parse_config(config), progress=say)
+    _emit(result, "LightGCN on MovieLens-100K: dislikes as a negative graph or not")
+
+
+@bench_app.command("ranking")
+def ranking(
+    bundle: Path = typer.Option(Path("artifacts"), "--bundle", help="Artifact bundle (or root)."),
+    requests: int = typer.Option(2000, help="Rank calls to time."),
+    candidates: int = typer.Option(200, help="Shortlist size per call."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+    in_process: bool = typer.Option(
+        False, "--in-process", help="Serve from the benchmark's own process (one GIL)."
+    ),
+) -> None:
+    """Latency of the ranking service alone over gRPC: features + LightGBM on a shortlist."""
+    from shortlist.tools.bench import ranking_bench
+
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        result = ranking_bench.run(
+            bundle, requests, candidates, redis_url=redis_url, progress=say, in_process=in_process
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _emit(result, "ranking service over gRPC")
+
+
+@bench_app.command("soak")
+def soak(
+    seconds: float = typer.Option(600.0, "--seconds", help="Measured seconds of load."),
+    rate: float = typer.Option(100.0, "--rate", help="Arrivals per second (open loop)."),
+    feedback_share: float = typer.Option(0.2, "--feedback-share", help="Share of SendFeedback."),
+    warmup: float = typer.Option(60.0, "--warmup", help="Seconds before the memory baseline."),
+    sample: float = typer.Option(5.0, "--sample", help="Seconds between RSS samples."),
+    max_rss_growth: float = typer.Option(
+        0.10, "--max-rss-growth", help="Bound on RSS growth per service after the warm-up."
+    ),
+    bundle: str = typer.Option("artifacts", "--bundle", help="Bundle root (trained if absent)."),
+    report: Path = typer.Option(None, "--report", help="Write the JSON report here."),
+) -> None:
+    """The local stack under steady mixed load: errors, p50/p99 per minute, RSS per process.
+
+    Exits 1 when a bound is broken (any error, RSS growth past the bound, feedback
+    acknowledged but not applied). The last stdout line is a JSON summary.
+    """
+    from rich.console import Console
+
+    from shortlist.tools.bench import soak as soak_bench
+
+    config = soak_bench.SoakConfig(
+        seconds=seconds,
+        rate=rate,
+        feedback_share=feedback_share,
+        warmup_s=warmup,
+        sample_s=sample,
+        max_rss_growth=max_rss_growth,
+        bundle=bundle,
+    )
+    result = soak_bench.run(config, Console(width=150))
+    if report is not None:
+        soak_bench.write_report(result, report)
+    if not result["passed"]:
+        raise typer.Exit(code=1)
+
+
+@bench_app.command("stages")
+def stages() -> None:
+    """Per-stage latency of the running local stack (`shortlist up`, same settings), from
+    its processes' stage histograms since they started. The last stdout line is JSON."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shortlist.config import Settings
+    from shortlist.tools.bench import stages as bench_stages
+
+    urls = bench_stages.metrics_urls(Settings.from_env())
+    found, missing = bench_stages.scrape(urls)
+    if len(missing) == len(urls):
+        _fail(f"no stack metrics answered at {', '.join(urls)}")
+    rows = bench_stages.summary(found)
+    table = Table(title="stage latency (histograms summed over processes and arms)")
+    for col in ("service", "stage", "count", "mean_ms", "p50_ms", "p99_ms"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            *(str(row[c]) for c in ("service", "stage", "count", "mean_ms", "p50_ms", "p99_ms"))
+        )
+    console = Console(width=120)
+    console.print(table)
+    for url in missing:
+        console.print(f"no answer: {url}")
+    typer.echo(json.dumps({"stages": rows, "missing": missing}))
+
+
+@bench_app.command("recency")
+def recency(
+    data: Path = typer.Option(..., "--data", help="A dataset whose likes have an order."),
+    config: str = typer.Option(None, "--config", help="Spectral options as a JSON object."),
+    share: float = typer.Option(0.2, "--share", min=0.01, max=0.9, help="Latest share held out."),
+) -> None:
+    """Choose the spectral model's recency weighting and popularity prior on the latest
+    share of each user's train+valid likes (protocol A data; test is never read)."""
+    from shortlist.models import registry
+    from shortlist.tools.bench import recency as bench_recency
+    from shortlist.tools.bench.quality import load_split
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    split = load_split(data)
+    options = registry.preset("spectral", split.name)
+    options.update(_parse_config(config))
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        result = bench_recency.run(split.train_valid(), options, share, progress=say)
+    except ValueError as exc:
+        _fail(str(exc))
+    for row in result["tried"]:
+        typer.echo(f"{row['options']}  recall@20 {row['recall@20']}  ndcg@20 {row['ndcg@20']}")
+    typer.echo(json.dumps(result))
+
+
+@bench_app.command("ranker-transfer")
+def ranker_transfer(
+    data: Path = typer.Option(..., "--data", help="A dataset with a valid split."),
+    model: str = typer.Option("spectral", "--model", help="Retrieval model."),
+    config: str = typer.Option(None, "--config", help="Model options as a JSON object."),
+    test_users: int = typer.Option(8000, "--test-users", help="Test users sampled."),
+) -> None:
+    """Diagnosis (protocol B): the ranker's lift on valid and on test lists, per feature
+    group, and when fit on half of the test users. Fits on test labels: never a result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shortlist.models import registry
+    from shortlist.tools.bench import ranker_transfer as transfer
+    from shortlist.tools.bench.quality import load_split
+
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    split = load_split(data)
+    options = registry.preset(model, split.name)
+    options.update(_parse_config(config))
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        result = transfer.run(split, model, options, test_users=test_users, progress=say)
+    except ValueError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{split.name}: ranker lift over retrieval order (NDCG@20)")
+    for col in ("features", "fit on", "valid", "valid lift", "test", "test lift", "rounds"):
+        table.add_column(col)
+    for r in result["rows"]:
+        table.add_row(
+            r["features"],
+            r["fit_on"],
+            "" if r["valid_ndcg@20"] is None else " -> ".join(map(str, r["valid_ndcg@20"])),
+            "" if r["valid_lift"] is None else f"{r['valid_lift']:+.1%}",
+            " -> ".join(map(str, r["test_ndcg@20"])),
+            f"{r['test_lift']:+.1%}",
+            str(r["rounds"]),
+        )
+    Console(width=130).print(table)
+    typer.echo(json.dumps(result))

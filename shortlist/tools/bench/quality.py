@@ -1,0 +1,190 @@
+"""`shortlist bench quality`: train a retrieval model under protocol A or B, print metrics.
+
+Prints a rich table and, as the last stdout line, one JSON object. With `report_dir`
+it also merges the run into a markdown report (and a PNG of the validation curve when
+matplotlib is installed): see `shortlist/bench/report.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from shortlist.data.loaders import SplitData, load_lightgcn_dir, load_movielens
+from shortlist.data.splits import check_no_leakage, temporal_leave_last_out
+from shortlist.evaluation.protocols import ProtocolResult, run_protocol
+from shortlist.models import registry
+
+# The default model per dataset and protocol (the measured best; docs/benchmarks.md).
+DEFAULT_MODEL = "spectral"
+PIPELINES = ("retrieval", "two-stage")
+# MovieLens directories are split per user in time: the last likes go to valid and test.
+MOVIELENS_HOLDOUT = 5
+
+
+def load_split(data_dir: str | Path) -> SplitData:
+    """A LightGCN-format directory as given, or MovieLens-100K split per user in time."""
+    path = Path(data_dir)
+    if (path / "u.data").is_file():
+        data = load_movielens(path)
+        split = temporal_leave_last_out(
+            data, n_test=MOVIELENS_HOLDOUT, n_valid=MOVIELENS_HOLDOUT, min_train=5, name=path.name
+        )
+    else:
+        split = load_lightgcn_dir(path)
+    check_no_leakage(split)
+    return split
+
+
+def run_quality(
+    data_dir: str | Path,
+    protocol: str,
+    model: str = DEFAULT_MODEL,
+    config: dict[str, Any] | None = None,
+    threads: int = 2,
+) -> ProtocolResult:
+    torch.set_num_threads(threads)
+    split = load_split(data_dir)
+    options = registry.preset(model, split.name)
+    options.update(config or {})
+    return run_protocol(split, protocol, model, options)
+
+
+def render(result: ProtocolResult, console: Console) -> None:
+    s = result.summary()
+    table = Table(title=f"{s['dataset']} · protocol {s['protocol']} · {s['model']}")
+    table.add_column("metric")
+    for k in (10, 20, 50):
+        table.add_column(f"@{k}", justify="right")
+    for metric in ("recall", "ndcg", "precision", "hitrate", "coverage", "longtail"):
+        table.add_row(
+            metric, *(f"{s.get(f'{metric}@{k}', float('nan')):.4f}" for k in (10, 20, 50))
+        )
+    console.print(table)
+    line = (
+        f"users {s['users']:,} · train {s['train_seconds']:.1f}s · eval {s['eval_seconds']:.1f}s"
+        f" · data {s['fingerprint']}"
+    )
+    if "valid_ndcg@20" in s:
+        line += f" · valid ndcg@20 {s['valid_ndcg@20']:.4f}"
+    console.print(line)
+
+
+def main(
+    data_dir: str,
+    protocol: str,
+    model: str = DEFAULT_MODEL,
+    config: dict[str, Any] | None = None,
+    report_dir: str | None = None,
+    pipeline: str = "retrieval",
+    ranker_seeds: int = 1,
+    ranker_labels: str = "valid",
+    ranker_lists: int | None = None,
+) -> dict[str, Any]:
+    """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
+    console = Console(stderr=False)
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"no dataset at {data_dir}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    if pipeline == "two-stage":
+        return two_stage_main(
+            data_dir, protocol, model, config, console, ranker_seeds, ranker_labels, ranker_lists
+        )
+    result = run_quality(data_dir, protocol, model, config)
+    render(result, console)
+    summary = {**result.summary(), "pipeline": pipeline}
+    if report_dir:
+        from shortlist.tools.bench.report import write_report
+
+        path = write_report([result], Path(report_dir), pipeline=pipeline)
+        console.print(f"report: {path}")
+    console.file.flush()
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def two_stage_main(
+    data_dir: str,
+    protocol: str,
+    model: str,
+    config: dict[str, Any] | None,
+    console: Console,
+    ranker_seeds: int = 1,
+    ranker_labels: str = "valid",
+    ranker_lists: int | None = None,
+) -> dict[str, Any]:
+    """Retrieval-only and two-stage figures side by side on the same users. With
+    `ranker_seeds` > 1 the pipeline runs again with seeds 1.. (which lists the ranker is fit
+    on and how they fall into folds) and the lift of each seed is printed; the figures and
+    the summary are seed 0's, with `ndcg@20_lift_by_seed` added."""
+    from shortlist.evaluation.two_stage import KS, run_two_stage
+    from shortlist.training.pipeline import TrainConfig
+
+    torch.set_num_threads(2)
+    split = load_split(data_dir)
+    options = registry.preset(model, split.name)
+    options.update(config or {})
+    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    lists = ranker_lists or TrainConfig().ranker_max_lists
+    cfg = TrainConfig(model=model, ranker_max_lists=lists)
+    result = run_two_stage(
+        split,
+        protocol,
+        model,
+        options,
+        cfg=cfg,
+        progress=say,
+        ranker_labels=ranker_labels,
+    )
+    table = Table(title=f"{split.name} · protocol {result.protocol} · {model} + ranker")
+    table.add_column("metric")
+    for k in KS:
+        table.add_column(f"retrieval @{k}", justify="right")
+        table.add_column(f"two-stage @{k}", justify="right")
+    for metric in ("recall", "ndcg", "precision", "hitrate"):
+        cells = []
+        for k in KS:
+            cells += [f"{result.retrieval[f'{metric}@{k}']:.4f}"]
+            cells += [f"{result.two_stage[f'{metric}@{k}']:.4f}"]
+        table.add_row(metric, *cells)
+    console.print(table)
+    top = ", ".join(f"{n} {v:.3f}" for n, v in list(result.importance.items())[:8])
+    console.print(f"feature importance (gain share): {top}")
+    console.print(
+        f"ranker on its {ranker_labels} lists, out of fold: ndcg@20 "
+        f"{result.ranker_valid['retrieval_ndcg@20']:.4f} (retrieval order) -> "
+        f"{result.ranker_valid['ranker_ndcg@20']:.4f}"
+    )
+    alone = result.rankers_alone
+    if alone:
+        console.print(
+            "two-stage is the blend of LambdaRank and DeepFM; alone, test ndcg@20 "
+            f"LambdaRank {alone['lambdarank_ndcg@20']:.4f}, DeepFM {alone['deepfm_ndcg@20']:.4f}"
+        )
+    summary = result.summary()
+    summary["importance"] = result.importance
+    summary["ranker_labels"] = ranker_labels
+    summary["ranker_max_lists"] = cfg.ranker_max_lists
+    if ranker_seeds > 1:
+        lifts = [summary["ndcg@20_lift"]]
+        for seed in range(1, ranker_seeds):
+            cfg = TrainConfig(model=model, seed=seed, ranker_max_lists=lists)
+            again = run_two_stage(
+                split, protocol, model, options, cfg=cfg, ranker_labels=ranker_labels
+            ).summary()
+            lifts.append(again["ndcg@20_lift"])
+            console.print(f"seed {seed}: ndcg@20 {again['ndcg@20']:.4f} lift {lifts[-1]:+.1%}")
+        console.print(
+            f"ndcg@20 lift over {ranker_seeds} seeds: {min(lifts):+.1%} to {max(lifts):+.1%}, "
+            f"mean {sum(lifts) / len(lifts):+.1%}"
+        )
+        summary["ndcg@20_lift_by_seed"] = lifts
+    console.file.flush()
+    print(json.dumps(summary), flush=True)
+    return summary

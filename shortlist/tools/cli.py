@@ -1,0 +1,275 @@
+"""The `shortlist` command: train, serve, demo, up/down and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shortlist.config import Settings
+from shortlist.tools.bench.cli import bench_app
+
+app = typer.Typer(help="Shortlist: a two-stage recommender served over gRPC.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path("artifacts"), help="Bundle root; LATEST points at the new one."),
+    data: Path | None = typer.Option(
+        None, help="A LightGCN-format directory (train/valid/test.txt); default: built-in data."
+    ),
+    model: str = typer.Option("mf-bpr", help="Retrieval model: mf-bpr, spectral, lightgcn, ..."),
+    options: str = typer.Option("", help="Retrieval model options as JSON."),
+    users: int = typer.Option(1000, help="Users in the built-in dataset."),
+    items: int = typer.Option(600, help="Items in the built-in dataset."),
+    epochs: int = typer.Option(30),
+    dim: int = typer.Option(32),
+    index: str = typer.Option("auto", help="FAISS index: auto, flat, hnsw or ivf."),
+    precomputed: int = typer.Option(
+        256, help="Width of each user's precomputed shortlist (0: none, always search)."
+    ),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train retrieval and ranker and write a versioned bundle the services load."""
+    if data is not None and not data.is_dir():
+        raise typer.BadParameter(f"no dataset directory at {data}", param_hint="--data")
+    train_and_save(out, data, model, options, users, items, epochs, dim, index, precomputed, seed)
+
+
+def train_and_save(
+    out: Path,
+    data: Path | None = None,
+    model: str = "mf-bpr",
+    options: str = "",
+    users: int = 1000,
+    items: int = 600,
+    epochs: int = 30,
+    dim: int = 32,
+    index: str = "auto",
+    precomputed: int = 256,
+    seed: int = 0,
+) -> None:
+    """What `shortlist train` does, callable with plain values (`up` trains with the
+    defaults when no bundle exists yet)."""
+    from shortlist.bundle.files import save_bundle
+    from shortlist.training.pipeline import TrainConfig, train_bundle
+
+    if data is None:
+        from shortlist.data.synthetic import generate
+
+        interactions = generate(n_users=users, n_items=items, seed=7 + seed)
+    else:
+        from shortlist.data.loaders import load_lightgcn_dir
+
+        interactions = load_lightgcn_dir(data).train_valid()
+    config = TrainConfig(
+        dim=dim,
+        epochs=epochs,
+        seed=seed,
+        index=index,
+        precomputed=precomputed,
+        model=model,
+        model_options=json.loads(options) if options else _preset(model, data),
+    )
+    with console.status("training"):
+        bundle = train_bundle(interactions, config, progress=console.log)
+        path = save_bundle(bundle, out)
+    table = Table(title=f"bundle {bundle.version} -> {path}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in bundle.manifest["metrics"].items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _preset(model: str, data: Path | None) -> dict | None:
+    """The measured options for a model on a known benchmark dataset, if any."""
+    from shortlist.models import registry
+
+    return registry.preset(model, data.name) or None if data is not None else None
+
+
+@app.command()
+def serve(name: str = typer.Argument(..., help="retrieval | ranking | feedback | gateway")) -> None:
+    """Run one service in the foreground (settings from SHORTLIST_* environment variables);
+    the same as `python -m shortlist.services NAME`, the container entrypoint."""
+    from shortlist.services.__main__ import main as serve_main
+    from shortlist.services.launch import SERVICES
+
+    if name not in SERVICES:
+        raise typer.BadParameter(f"choose from {', '.join(SERVICES)}", param_hint="NAME")
+    raise typer.Exit(serve_main([name]))
+
+
+@app.command()
+def demo() -> None:
+    """Train on the built-in data, serve in-process, and show feedback changing results."""
+    from shortlist.tools.demo import run
+
+    run(console)
+
+
+@app.command()
+def up() -> None:
+    """Start Redis (if none answers), the tansu broker and the four services in the background."""
+    from shortlist.tools import stack
+
+    settings = Settings.from_env()
+    if (
+        not (Path(settings.bundle) / "LATEST").exists()
+        and not Path(settings.bundle, "manifest.json").exists()
+    ):
+        train_and_save(Path(settings.bundle))
+    with console.status("starting the local stack"):
+        pids = stack.up(settings)
+    table = Table(title="Shortlist local stack is up", title_justify="left")
+    for col in ("part", "address", "metrics", "pid"):
+        table.add_column(col)
+    table.add_row("redis", settings.redis_url, "", str(pids.get("redis", "(already running)")))
+    table.add_row(
+        "kafka (tansu)", settings.kafka_bootstrap, "", str(pids.get("tansu", "(already running)"))
+    )
+    for name in stack.SERVICES:
+        if name not in pids:
+            table.add_row(name, "(in the gateway: colocate=1)", "", "")
+            continue
+        for worker in range(settings.gateway_workers if name == "gateway" else 1):
+            port = getattr(settings, f"{name}_metrics_port") + worker
+            process = stack.worker_name(name, worker)
+            table.add_row(
+                process,
+                getattr(settings, f"{name}_addr"),
+                f"http://{settings.metrics_host}:{port}/metrics",
+                str(pids[process]),
+            )
+    console.print(table)
+    console.print(
+        f"try: grpcurl -plaintext {settings.gateway_addr} list\n"
+        f'     grpcurl -plaintext -d \'{{"user_id": "user-0007", "k": 5}}\' '
+        f"{settings.gateway_addr} shortlist.v1.Gateway/Recommend\n"
+        "stop: make down"
+    )
+
+
+@app.command()
+def down() -> None:
+    """Stop what `shortlist up` started."""
+    from shortlist.tools import stack
+
+    stopped = stack.down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def settings() -> None:
+    """Print the effective settings as environment variables (secrets masked)."""
+    values = Settings.from_env().to_env()
+    for name in ("SHORTLIST_INTERNAL_TOKEN",):
+        if values.get(name):
+            values[name] = "***"
+    console.print_json(json.dumps(values))
+
+
+@app.command("hash-key")
+def hash_key(
+    key: str = typer.Argument(
+        ..., help="The API key or internal token; '-' reads it from standard input."
+    ),
+) -> None:
+    """Print the sha256 hex digest to put in SHORTLIST_API_KEY_HASHES (or
+    SHORTLIST_INTERNAL_TOKEN_HASH); only the digest is ever configured on the servers."""
+    import sys
+
+    from shortlist.rpc.security import hash_key as digest
+
+    if key == "-":
+        key = sys.stdin.readline().rstrip("\n")
+    if not key:
+        raise typer.BadParameter("the key must not be empty", param_hint="KEY")
+    print(digest(key))
+
+
+@app.command()
+def loadtest(
+    target: str = typer.Option(
+        ...,
+        help="Gateway address, HOST:PORT; or several, comma-separated (e.g. the gateway "
+        "workers' own ports), which the connections are spread over evenly.",
+    ),
+    rate: float = typer.Option(..., help="Arrivals per second (open loop: fixed schedule)."),
+    duration: float = typer.Option(..., help="Measured seconds (after the warm-up)."),
+    warmup: float = typer.Option(2.0, help="Seconds sent at the same rate but not counted."),
+    users: Path | None = typer.Option(
+        None, help="User ids, one a line; default user-0000 .. (see --n-users)."
+    ),
+    n_users: int = typer.Option(1000, help="Users when no --users file is given."),
+    zipf: float = typer.Option(0.8, help="Skew of the user mix: weight of rank r ~ 1/r**zipf."),
+    unknown_share: float = typer.Option(0.05, help="Share of Recommend calls for unknown users."),
+    feedback_share: float = typer.Option(
+        0.0, help="Share of arrivals that are SendFeedback (like/dislike of a shown item)."
+    ),
+    k: int = typer.Option(20, help="Items per Recommend call."),
+    concurrency: int = typer.Option(
+        0, help="Max calls in flight (0: unbounded); waits count in the latency."
+    ),
+    connections: int = typer.Option(
+        1, help="TCP connections, used in turn (several gateway processes share a port)."
+    ),
+    timeout: float = typer.Option(2.0, help="Deadline per call in seconds."),
+    seed: int = typer.Option(0),
+    plot: Path | None = typer.Option(None, help="Write latency-over-time to this PNG."),
+    watch_stack: bool = typer.Option(
+        True, help="Report CPU per call of the `shortlist up` processes (.run/pids.json)."
+    ),
+) -> None:
+    """Open-loop load test of Gateway/Recommend; the last stdout line is a JSON summary."""
+    from shortlist.tools import loadtest as lt
+    from shortlist.tools.stack import watched_processes
+
+    user_ids = None
+    if users is not None:
+        if not users.is_file():
+            raise typer.BadParameter(f"no file at {users}", param_hint="--users")
+        user_ids = lt.read_users(users)
+    config = lt.LoadConfig(
+        target=target,
+        rate=rate,
+        duration_s=duration,
+        warmup_s=warmup,
+        users=user_ids,
+        n_users=n_users,
+        zipf=zipf,
+        unknown_share=unknown_share,
+        feedback_share=feedback_share,
+        k=k,
+        concurrency=concurrency,
+        connections=connections,
+        timeout_s=timeout,
+        seed=seed,
+        watch_pids=watched_processes(Settings.from_env()) if watch_stack else None,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(
+        f"loadtest {target}: {rate:g}/s for {warmup:g}s warm-up + {duration:g}s, k={k}, "
+        f"feedback share {feedback_share:g}"
+    )
+    result = lt.run(config, on_progress=None)
+    lt.main_report(result, console, plot)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

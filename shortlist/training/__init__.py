@@ -1,0 +1,1 @@
+"""The offline pipeline that trains retrieval and the rankers and builds a bundle."""

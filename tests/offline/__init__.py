@@ -1,1 +1,0 @@
-"""Offline pipeline tests: metrics, loaders, splits, models and the quality bench."""
