@@ -34,7 +34,20 @@ from shortlist.v1 import common_pb2
 log = logging.getLogger(__name__)
 
 
-class LocalRetriever:
+class _BundleStage:
+    """What both stages share: the bundles they serve, the default one swapped on reload."""
+
+    bundles: BundleSet
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.bundles.default
+
+    def use_bundle(self, bundle: Bundle) -> None:
+        self.bundles.use(bundle)
+
+
+class LocalRetriever(_BundleStage):
     """The retrieval stage: state read, precomputed shortlist / memo / ANN search."""
 
     def __init__(
@@ -58,13 +71,6 @@ class LocalRetriever:
         entries = self.settings.retrieval_memo_entries
         if entries > 0:
             self.memos[bundle.version] = SearchMemo(bundle.index, entries)
-
-    @property
-    def bundle(self) -> Bundle:
-        return self.bundles.default
-
-    def use_bundle(self, bundle: Bundle) -> None:
-        self.bundles.use(bundle)
 
     def retrieve(
         self,
@@ -133,7 +139,7 @@ class LocalRetriever:
         )
 
 
-class LocalRanker:
+class LocalRanker(_BundleStage):
     """The ranking stage: live signals, features, the bundle's scorer, top-k."""
 
     def __init__(
@@ -150,13 +156,6 @@ class LocalRanker:
         self.settings = settings
         self.item_likes = LiveItemLikes(store, settings.item_likes_refresh_ms / 1000)
         self.item_likes.refresh()
-
-    @property
-    def bundle(self) -> Bundle:
-        return self.bundles.default
-
-    def use_bundle(self, bundle: Bundle) -> None:
-        self.bundles.use(bundle)
 
     def rank(
         self,
