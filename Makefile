@@ -103,7 +103,7 @@ bench-serving: install
 	if [ -e $(SERVING)/artifacts/LATEST ]; then echo "reusing $(SERVING)/artifacts"; \
 	elif [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist train --out $(SERVING)/artifacts \
 		--data $(DATA)/gowalla --model spectral; else $(BIN)/shortlist train \
-		--out $(SERVING)/artifacts --users 29858 --items 40981; fi
+		--out $(SERVING)/artifacts --n-users 29858 --n-items 40981; fi
 	$(BIN)/python -c "import json, pathlib, sys; r = pathlib.Path(sys.argv[1]); \
 		v = (r / 'LATEST').read_text().strip(); \
 		print(chr(10).join(json.loads((r / v / 'users.json').read_text())))" \

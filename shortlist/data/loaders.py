@@ -6,7 +6,6 @@ dense indices. Splits that come as separate files share one id space (the union)
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +182,7 @@ class RatingThresholds:
     dislike: float = 2.0
 
 
-def _from_events(
+def events_to_interactions(
     users: list[str],
     items: list[str],
     labels: np.ndarray,
@@ -244,7 +243,7 @@ def load_movielens(
     if features and (directory / "u.item").exists() and (directory / "u.user").exists():
         item_ids, ifeat = _movielens_items(directory / "u.item")
         user_ids, ufeat = _movielens_users(directory / "u.user")
-    data = _from_events(
+    data = events_to_interactions(
         [str(x) for x in raw[:, 0]],
         [str(x) for x in raw[:, 1]],
         labels,
@@ -295,51 +294,3 @@ def _movielens_users(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         "female": np.asarray(female, np.float32),
         "occupation": occ,
     }
-
-
-# -------------------------------------------------------------------------- CSV
-
-
-def load_csv(
-    path: str | Path,
-    thresholds: RatingThresholds | None = None,
-    delimiter: str = ",",
-) -> Interactions:
-    """`user,item[,label][,timestamp][,key...]`, with or without a header line.
-
-    Without a label every row is a like. A label is a rating compared with `thresholds`
-    (default like >= 1, dislike <= -1, so 1/-1/0 labels work as they are). Columns after
-    the fourth, named in the header, are free-form request context recorded with each
-    event (`Interactions.context`; empty = not recorded).
-    """
-    th = thresholds or RatingThresholds(like=1.0, dislike=-1.0)
-    users, items, labels, times = [], [], [], []
-    keys: list[str] = []
-    context: dict[str, list[str]] = {}
-    has_time = False
-    with open(path, newline="") as fh:
-        for n, row in enumerate(csv.reader(fh, delimiter=delimiter)):
-            if not row or row[0].startswith("#"):
-                continue
-            if n == 0 and row[0].strip().lower() in {"user", "user_id", "userid"}:
-                keys = [k.strip() for k in row[4:]]
-                context = {k: [] for k in keys}
-                continue
-            for j, key in enumerate(keys):
-                context[key].append(row[4 + j].strip() if len(row) > 4 + j else "")
-            users.append(row[0].strip())
-            items.append(row[1].strip())
-            value = float(row[2]) if len(row) > 2 and row[2].strip() else th.like
-            labels.append(1 if value >= th.like else (-1 if value <= th.dislike else 0))
-            if len(row) > 3 and row[3].strip():
-                has_time = True
-                times.append(int(float(row[3])))
-            else:
-                times.append(0)
-    return _from_events(
-        users,
-        items,
-        np.asarray(labels),
-        np.asarray(times) if has_time else None,
-        context=context,
-    )

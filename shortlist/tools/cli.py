@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -12,6 +13,9 @@ from rich.table import Table
 
 from shortlist.config import Settings
 from shortlist.tools.bench.cli import bench_app
+
+if TYPE_CHECKING:
+    from shortlist.data.interactions import Interactions
 
 app = typer.Typer(help="Shortlist: a two-stage recommender served over gRPC.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -22,12 +26,22 @@ console = Console()
 def train(
     out: Path = typer.Option(Path("artifacts"), help="Bundle root; LATEST points at the new one."),
     data: Path | None = typer.Option(
-        None, help="A LightGCN-format directory (train/valid/test.txt); default: built-in data."
+        None, help="A LightGCN-format directory (train/valid/test.txt)."
     ),
+    events: list[Path] | None = typer.Option(
+        None,
+        help="An event log: Parquet (file or directory of partitions), CSV or JSON lines with "
+        "user_id, item_id, kind, timestamp and any context columns; repeat to train on several.",
+    ),
+    items: Path | None = typer.Option(
+        None, help="With --events: item_id plus attribute columns for the ranker."
+    ),
+    like_at: float = typer.Option(4.0, help="A numeric kind (rating) at least this is a like."),
+    dislike_at: float = typer.Option(2.0, help="A numeric kind at most this is a dislike."),
     model: str = typer.Option("mf-bpr", help="Retrieval model: mf-bpr, spectral, lightgcn, ..."),
     options: str = typer.Option("", help="Retrieval model options as JSON."),
-    users: int = typer.Option(1000, help="Users in the built-in dataset."),
-    items: int = typer.Option(600, help="Items in the built-in dataset."),
+    n_users: int = typer.Option(1000, help="Users in the built-in dataset (no --data/--events)."),
+    n_items: int = typer.Option(600, help="Items in the built-in dataset."),
     epochs: int = typer.Option(30),
     dim: int = typer.Option(32),
     index: str = typer.Option("auto", help="FAISS index: auto, flat, hnsw or ivf."),
@@ -36,38 +50,69 @@ def train(
     ),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train retrieval and ranker and write a versioned bundle the services load."""
+    """Train retrieval and ranker and write a versioned bundle the services load (from an
+    event log, a LightGCN-format directory, or the built-in data)."""
+    from shortlist.data.events import BadEvents, load_events
+    from shortlist.data.loaders import RatingThresholds
+
+    if data is not None and events:
+        raise typer.BadParameter("give --data or --events, not both", param_hint="--events")
+    if items is not None and not events:
+        raise typer.BadParameter("--items goes with --events", param_hint="--items")
     if data is not None and not data.is_dir():
         raise typer.BadParameter(f"no dataset directory at {data}", param_hint="--data")
-    train_and_save(out, data, model, options, users, items, epochs, dim, index, precomputed, seed)
+    if events:
+        try:
+            with console.status("reading events"):
+                interactions = load_events(events, items, RatingThresholds(like_at, dislike_at))
+        except BadEvents as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        train_and_save(out, interactions, model, options, epochs, dim, index, precomputed, seed)
+        return
+    train_and_save(
+        out,
+        _dataset(data, n_users, n_items, seed),
+        model,
+        options,
+        epochs,
+        dim,
+        index,
+        precomputed,
+        seed,
+        _preset(model, data),
+    )
+
+
+def _dataset(data: Path | None, n_users: int, n_items: int, seed: int) -> Interactions:
+    """A LightGCN-format directory's train+valid, or the built-in data."""
+    if data is None:
+        from shortlist.data.synthetic import generate
+
+        return generate(n_users=n_users, n_items=n_items, seed=7 + seed)
+    from shortlist.data.loaders import load_lightgcn_dir
+
+    return load_lightgcn_dir(data).train_valid()
 
 
 def train_and_save(
     out: Path,
-    data: Path | None = None,
+    interactions: Interactions,
     model: str = "mf-bpr",
     options: str = "",
-    users: int = 1000,
-    items: int = 600,
     epochs: int = 30,
     dim: int = 32,
     index: str = "auto",
     precomputed: int = 256,
     seed: int = 0,
+    preset: dict | None = None,
 ) -> None:
-    """What `shortlist train` does, callable with plain values (`up` trains with the
-    defaults when no bundle exists yet)."""
+    """What `shortlist train` does once the data is read, callable with plain values (`up`
+    trains the built-in data with the defaults when no bundle exists yet). The bundle is
+    written under a temporary name and renamed into place: nothing is half-written."""
     from shortlist.bundle.files import save_bundle
     from shortlist.training.pipeline import TrainConfig, train_bundle
 
-    if data is None:
-        from shortlist.data.synthetic import generate
-
-        interactions = generate(n_users=users, n_items=items, seed=7 + seed)
-    else:
-        from shortlist.data.loaders import load_lightgcn_dir
-
-        interactions = load_lightgcn_dir(data).train_valid()
     config = TrainConfig(
         dim=dim,
         epochs=epochs,
@@ -75,7 +120,7 @@ def train_and_save(
         index=index,
         precomputed=precomputed,
         model=model,
-        model_options=json.loads(options) if options else _preset(model, data),
+        model_options=json.loads(options) if options else preset,
     )
     with console.status("training"):
         bundle = train_bundle(interactions, config, progress=console.log)
@@ -125,7 +170,7 @@ def up() -> None:
         not (Path(settings.bundle) / "LATEST").exists()
         and not Path(settings.bundle, "manifest.json").exists()
     ):
-        train_and_save(Path(settings.bundle))
+        train_and_save(Path(settings.bundle), _dataset(None, 1000, 600, 0))
     with console.status("starting the local stack"):
         pids = stack.up(settings)
     table = Table(title="Shortlist local stack is up", title_justify="left")

@@ -11,7 +11,6 @@ import scipy.sparse as sp
 from shortlist.data.loaders import (
     RatingThresholds,
     SplitData,
-    load_csv,
     load_lightgcn_dir,
     load_movielens,
 )
@@ -175,63 +174,6 @@ def test_movielens_features(tmp_path):
     assert data.user_features["occupation"].shape == (3, 2)
     assert data.user_features["female"].tolist() == [1.0, 0.0, 0.0]
     assert not load_movielens(d, features=False).item_features
-
-
-# ---------------------------------------------------------------------------------- CSV
-
-
-def test_csv_plain_pairs_with_header(tmp_path):
-    path = tmp_path / "plain.csv"
-    path.write_text("user,item\nalice,x\nalice,y\nbob,x\n\nbob,x\n")
-    data = load_csv(path)
-    assert data.users.to_list() == ["alice", "bob"]
-    assert _pairs(data.positives, data.users, data.items) == {
-        ("alice", "x"),
-        ("alice", "y"),
-        ("bob", "x"),
-    }
-    assert data.negatives.nnz == 0
-    assert data.timestamps is None
-
-
-def test_csv_labels_and_timestamps(tmp_path):
-    path = tmp_path / "labelled.csv"
-    path.write_text("u1,a,1,30\nu1,b,-1,10\nu1,c,0,20\nu2,a,1,5\nu2,a,-1,7\nu2,b,1,1\n")
-    data = load_csv(path)
-    users, items = data.users, data.items
-    assert _pairs(data.positives, users, items) == {("u1", "a"), ("u2", "b")}
-    # u2 liked a at 5 and disliked it at 7: the later event wins
-    assert _pairs(data.negatives, users, items) == {("u1", "b"), ("u2", "a")}
-    assert sorted(data.timestamps.tolist()) == [1, 30]
-
-
-def test_csv_context_columns_follow_their_likes(tmp_path):
-    path = tmp_path / "context.csv"
-    path.write_text(
-        "user,item,label,timestamp,moment,country\n"
-        "u2,b,1,9,home,DE\nu1,c,1,3,commute\nu1,a,1,1,home,FR\nu1,a,1,8,commute,FR\n"
-        "u2,a,-1,2,home,DE\n"
-    )
-    data = load_csv(path)
-    pos = data.positives.tocoo()
-    got = {
-        (data.users.id(int(r)), data.items.id(int(c))): (m, k)
-        for r, c, m, k in zip(pos.row, pos.col, data.context["moment"], data.context["country"])
-    }
-    # u1 liked a twice: the later like (commute) is the one kept; missing columns are ""
-    assert got == {
-        ("u1", "a"): ("commute", "FR"),
-        ("u1", "c"): ("commute", ""),
-        ("u2", "b"): ("home", "DE"),
-    }
-
-
-def test_csv_ratings_with_thresholds(tmp_path):
-    path = tmp_path / "ratings.csv"
-    path.write_text("user_id;item_id;rating\n1;a;5\n1;b;2\n1;c;3\n")
-    data = load_csv(path, RatingThresholds(like=4, dislike=2), delimiter=";")
-    assert _pairs(data.positives, data.users, data.items) == {("1", "a")}
-    assert _pairs(data.negatives, data.users, data.items) == {("1", "b")}
 
 
 # ------------------------------------------------------------------------------- splits

@@ -1,0 +1,280 @@
+"""A team's own event log in: Parquet (a file or a directory of partitions), CSV or JSON
+lines, read with DuckDB.
+
+DuckDB reads all three formats (and hive-partitioned directories) with one engine, infers
+types, parses ISO-8601 times, and hands back Arrow columns without a copy; pyarrow alone
+would need a reader per format, and polars would add a second dataframe library. No row is
+parsed by hand here.
+
+Events: `user_id`, `item_id`, `kind` (like, dislike, view, skip; or a number, a rating
+compared with `RatingThresholds`), `timestamp` (epoch seconds or ISO-8601 text); any other
+column is request context recorded with the event (`Interactions.context`). Likes and
+dislikes train; views and skips carry no training label, so they never overwrite one. For a
+(user, item) pair the latest like or dislike wins.
+
+Items (optional): `item_id` plus attribute columns. Numbers become standardised features, a
+text column with few distinct values (`MAX_CATEGORIES`) one column per value, and free text
+(titles, descriptions) is left out of the features.
+
+Every problem raises `BadEvents`, naming the file, the row (1-based, header not counted)
+and the column.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from shortlist.data.interactions import Interactions
+from shortlist.data.loaders import RatingThresholds, events_to_interactions
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("user_id", "item_id", "kind", "timestamp")
+LABELS = {"like": 1, "dislike": -1}
+UNLABELLED = {"view", "skip"}
+NOT_CONTEXT = {"event_id"}
+# Request-context keys the ranker derives itself (from the timestamp) or reads from the
+# request only: a column of that name in the log is not a free-form context key.
+DERIVED_CONTEXT = {"hour", "day_of_week", "device"}
+CONTEXT_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
+MAX_CATEGORIES = 50
+
+
+class BadEvents(ValueError):
+    """Input that cannot be trained on; the message names file, row and column."""
+
+    def __init__(self, path: Path, message: str, row: int | None = None, column: str = ""):
+        where = str(path)
+        if row is not None:
+            where += f", row {row}"
+        if column:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {message}")
+
+
+def read_table(path: Path) -> pa.Table:
+    """The file (or directory of Parquet partitions) as an Arrow table, rows in file order.
+    CSV and JSON are read as text, so that a bad value is reported here, not guessed."""
+    path = Path(path)
+    con = duckdb.connect()
+    suffix = path.suffix.lower()
+    try:
+        if path.is_dir():
+            files = sorted(path.rglob("*.parquet"))
+            if not files:
+                raise BadEvents(path, "a directory must hold .parquet files (partitions)")
+            rel = con.read_parquet([str(f) for f in files], hive_partitioning=True)
+        elif not path.exists():
+            raise BadEvents(path, "no such file or directory")
+        elif suffix == ".parquet":
+            rel = con.read_parquet(str(path))
+        elif suffix in {".csv", ".tsv"}:
+            rel = con.read_csv(str(path), header=True, all_varchar=True)
+        elif suffix in {".jsonl", ".ndjson", ".json"}:
+            rel = con.read_json(str(path), format="newline_delimited")
+        else:
+            raise BadEvents(path, "not .parquet, .csv, .tsv, .jsonl, .ndjson or .json")
+        return rel.to_arrow_table()
+    except duckdb.Error as exc:
+        raise BadEvents(path, f"unreadable: {exc}") from None
+
+
+def _text(table: pa.Table, column: str) -> list[str | None]:
+    return [None if v is None else str(v) for v in table.column(column).to_pylist()]
+
+
+def _first_bad(path: Path, column: str, bad: np.ndarray, message: str) -> None:
+    if bad.any():
+        raise BadEvents(path, message, int(np.flatnonzero(bad)[0]) + 1, column)
+
+
+def _labels(path: Path, kinds: list[str | None], thresholds: RatingThresholds) -> np.ndarray:
+    """1 like, -1 dislike, 0 a rating between the thresholds, 2 a view or skip."""
+    out = np.zeros(len(kinds), np.int64)
+    for n, raw in enumerate(kinds):
+        kind = "" if raw is None else raw.strip().lower()
+        if kind in LABELS:
+            out[n] = LABELS[kind]
+        elif kind in UNLABELLED:
+            out[n] = 2
+        else:
+            try:
+                rating = float(kind)
+            except ValueError:
+                rating = math.nan
+            if math.isnan(rating):
+                raise BadEvents(
+                    path,
+                    f"unknown kind {raw!r}: like, dislike, view, skip or a numeric rating",
+                    n + 1,
+                    "kind",
+                )
+            out[n] = 1 if rating >= thresholds.like else (-1 if rating <= thresholds.dislike else 0)
+    return out
+
+
+def _seconds(path: Path, table: pa.Table) -> np.ndarray:
+    """Epoch seconds of the `timestamp` column: numbers as they are, text as a number or
+    ISO-8601 (parsed by DuckDB); an unparseable value names its row."""
+    column = table.column("timestamp")
+    if pa.types.is_timestamp(column.type):
+        return column.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        _first_bad(path, "timestamp", np.isnan(values), "missing timestamp")
+        return values.astype(np.int64)
+    con = duckdb.connect()
+    con.register("times", pa.table({"t": column.cast(pa.string())}))
+    seconds = con.sql(
+        "SELECT coalesce(TRY_CAST(t AS DOUBLE), epoch(TRY_CAST(t AS TIMESTAMPTZ))) AS s FROM times"
+    ).to_arrow_table()
+    values = seconds.column("s").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    _first_bad(
+        path,
+        "timestamp",
+        np.isnan(values),
+        "not a time: epoch seconds or ISO-8601 (e.g. 2026-12-06T09:30:00Z)",
+    )
+    return values.astype(np.int64)
+
+
+def read_events(
+    path: Path, thresholds: RatingThresholds
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, dict[str, list[str]]]:
+    """(users, items, labels, seconds, context) of one log; labels as `_labels`."""
+    table = read_table(path)
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise BadEvents(path, f"missing column(s) {', '.join(missing)} (needs {REQUIRED})")
+    if table.num_rows == 0:
+        raise BadEvents(path, "no events")
+    users, items = _text(table, "user_id"), _text(table, "item_id")
+    for name, values in (("user_id", users), ("item_id", items)):
+        empty = np.array([v is None or not v.strip() for v in values])
+        _first_bad(path, name, empty, "empty id")
+    labels = _labels(path, _text(table, "kind"), thresholds)
+    seconds = _seconds(path, table)
+    partitions = {d.name.split("=")[0] for d in path.rglob("*=*")} if path.is_dir() else set()
+    context = {}
+    for column in table.column_names:
+        if column in REQUIRED or column in NOT_CONTEXT or column in partitions:
+            continue
+        if column in DERIVED_CONTEXT:
+            log.info("%s: column %r is derived by the ranker, not a context key", path, column)
+            continue
+        if not CONTEXT_KEY.fullmatch(column):
+            raise BadEvents(
+                path, "a context column's name must match [A-Za-z0-9_]{1,64}", column=column
+            )
+        context[column] = ["" if v is None else v for v in _text(table, column)]
+    return [u.strip() for u in users], [i.strip() for i in items], labels, seconds, context
+
+
+def read_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Item ids and their attribute features (see the module's docstring)."""
+    table = read_table(path)
+    if "item_id" not in table.column_names:
+        raise BadEvents(path, "missing column item_id")
+    ids = _text(table, "item_id")
+    empty = np.array([v is None or not v.strip() for v in ids])
+    _first_bad(path, "item_id", empty, "empty id")
+    ids = [v.strip() for v in ids]
+    seen: set[str] = set()
+    for n, item in enumerate(ids):
+        if item in seen:
+            raise BadEvents(path, f"item {item!r} listed twice", n + 1, "item_id")
+        seen.add(item)
+    features: dict[str, np.ndarray] = {}
+    for column in table.column_names:
+        if column == "item_id":
+            continue
+        values = _text(table, column)
+        numbers = _as_numbers(values)
+        if numbers is not None:
+            mean = np.nanmean(numbers) if not np.isnan(numbers).all() else 0.0
+            filled = np.where(np.isnan(numbers), mean, numbers)
+            features[column] = ((filled - filled.mean()) / (filled.std() + 1e-6)).astype(np.float32)
+            continue
+        categories = sorted({v for v in values if v})
+        if len(categories) > MAX_CATEGORIES:
+            log.info("%s: column %r is free text, not a feature", path, column)
+            continue
+        onehot = np.zeros((len(ids), len(categories)), np.float32)
+        where = {c: k for k, c in enumerate(categories)}
+        for n, v in enumerate(values):
+            if v:
+                onehot[n, where[v]] = 1.0
+        features[column] = onehot
+    return ids, features
+
+
+def _as_numbers(values: list[str | None]) -> np.ndarray | None:
+    """The column as floats (NaN where empty), or None when any value is not a number."""
+    out = np.full(len(values), np.nan)
+    for n, v in enumerate(values):
+        if v is None or not v.strip():
+            continue
+        try:
+            out[n] = float(v)
+        except ValueError:
+            return None
+    return out
+
+
+def load_events(
+    paths: Sequence[Path],
+    items: Path | None = None,
+    thresholds: RatingThresholds | None = None,
+) -> Interactions:
+    """Interactions from one or more event logs (their union), with item attributes."""
+    th = thresholds or RatingThresholds()
+    users: list[str] = []
+    item_ids: list[str] = []
+    labels, seconds = [], []
+    contexts: list[tuple[int, dict[str, list[str]]]] = []
+    for path in paths:
+        u, i, lab, sec, ctx = read_events(Path(path), th)
+        contexts.append((len(u), ctx))
+        users += u
+        item_ids += i
+        labels.append(lab)
+        seconds.append(sec)
+    label = np.concatenate(labels)
+    keys = sorted({k for _, ctx in contexts for k in ctx})
+    context = {k: [v for n, ctx in contexts for v in ctx.get(k, [""] * n)] for k in keys}
+    catalogue, features = (None, {}) if items is None else read_items(Path(items))
+    known = sorted(set(item_ids) | set(catalogue or []))
+    trained = label != 2  # views and skips carry no training label
+    keep = np.flatnonzero(trained)
+    if not len(keep) or not (label[keep] == 1).any():
+        raise BadEvents(Path(paths[0]), "no likes to train on")
+    data = events_to_interactions(
+        [users[n] for n in keep],
+        [item_ids[n] for n in keep],
+        label[keep],
+        np.concatenate(seconds)[keep],
+        item_ids=known,
+        context={k: [v[n] for n in keep] for k, v in context.items()},
+    )
+    if catalogue is not None:
+        position = {item: n for n, item in enumerate(known)}
+        rows = np.array([position[i] for i in catalogue], np.int64)
+        data.item_features = {
+            name: _spread(table, rows, len(known)) for name, table in features.items()
+        }
+    return data
+
+
+def _spread(table: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """A per-listed-item table as a per-catalogue-item one (0 for unlisted items)."""
+    out = np.zeros((n, *table.shape[1:]), np.float32)
+    out[rows] = table
+    return out
