@@ -7,7 +7,7 @@ PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
 STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-index \
-	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes clean
+	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps clean
 
 install: $(STAMP) proto
 
@@ -146,6 +146,12 @@ bench-soak: install
 	mkdir -p $(REPORTS)/soak
 	$(BIN)/shortlist bench soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \
 		--feedback-share 0.2 --report $(REPORTS)/soak/soak.json
+
+# Resident memory of the co-located stages over 20 hot swaps of the serving bundle
+# (train it first with make bench-serving).
+SWAPS ?= 20
+bench-swaps: install
+	$(BIN)/shortlist bench swaps --bundle $(SERVING)/artifacts --swaps $(SWAPS)
 
 bench-feedback: install
 	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla

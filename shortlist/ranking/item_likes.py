@@ -53,6 +53,11 @@ class LiveItemLikes:
             self._read_at = self.clock()
             self._reading = False
 
+    def release(self, version: str) -> None:
+        """Forget the counts kept for a bundle version no longer served."""
+        with self._lock:
+            self._arrays.pop(version, None)
+
     def counts(self, version: str, items: IdMap) -> np.ndarray:
         """float32 live likes by item index of bundle `version` (its catalogue `items`);
         starts a background read when the last one is older than `refresh_s`."""

@@ -114,30 +114,18 @@ def start_service(
     others = () if bundle_b is None else (bundle_b,)
     if bundle_b is not None:
         check_arms({ARM_A: bundle, ARM_B: bundle_b})
-    if name == "retrieval":
-        retriever = LocalRetriever(bundle, store or redis_store(settings), settings, others)
-        return Started(
-            start_server(
-                name,
-                retrieval_server.register(RetrievalServicer(retriever, settings)),
-                retrieval_server.SERVICE_NAMES,
-                address,
-                settings=settings,
-            ),
-            servicer=retriever,
-        )
-    if name == "ranking":
-        ranker = LocalRanker(bundle, store or redis_store(settings), settings, others)
-        return Started(
-            start_server(
-                name,
-                ranking_server.register(RankingServicer(ranker, settings)),
-                ranking_server.SERVICE_NAMES,
-                address,
-                settings=settings,
-            ),
-            servicer=ranker,
-        )
+    if name in ("retrieval", "ranking"):
+        local = store or redis_store(settings)
+        if name == "retrieval":
+            stage: LocalRetriever | LocalRanker = LocalRetriever(bundle, local, settings, others)
+            register = retrieval_server.register(RetrievalServicer(stage, settings))
+            names = retrieval_server.SERVICE_NAMES
+        else:
+            stage = LocalRanker(bundle, local, settings, others)
+            register = ranking_server.register(RankingServicer(stage, settings))
+            names = ranking_server.SERVICE_NAMES
+        server = start_server(name, register, names, address, settings=settings)
+        return Started(server, servicer=stage)
     if name == "feedback":
         worker = FeedbackWorker(
             bundle,

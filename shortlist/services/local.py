@@ -44,7 +44,11 @@ class _BundleStage:
         return self.bundles.default
 
     def use_bundle(self, bundle: Bundle) -> None:
-        self.bundles.use(bundle)
+        for version in self.bundles.use(bundle):
+            self.release(version)
+
+    def release(self, version: str) -> None:
+        """Drop what this stage keeps per bundle version besides the bundle set."""
 
 
 class LocalRetriever(_BundleStage):
@@ -71,6 +75,9 @@ class LocalRetriever(_BundleStage):
         entries = self.settings.retrieval_memo_entries
         if entries > 0:
             self.memos[bundle.version] = SearchMemo(bundle.index, entries)
+
+    def release(self, version: str) -> None:
+        self.memos.pop(version, None)
 
     def retrieve(
         self,
@@ -156,6 +163,9 @@ class LocalRanker(_BundleStage):
         self.settings = settings
         self.item_likes = LiveItemLikes(store, settings.item_likes_refresh_ms / 1000)
         self.item_likes.refresh()
+
+    def release(self, version: str) -> None:
+        self.item_likes.release(version)
 
     def rank(
         self,

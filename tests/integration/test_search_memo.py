@@ -3,6 +3,8 @@ user's new state because the state is part of its key."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import redis
@@ -82,3 +84,14 @@ def test_retrieval_repeats_from_the_memo_until_the_users_state_changes(
     after = retrieval.retrieve(user, 30, [], "", 5).item_ids()
     assert first[0] not in after and after[:29] == first[1:]
     assert memo_lookups("search") == misses + 2
+
+
+def test_hot_swaps_release_the_memos_of_replaced_bundles(bundle, redis_url, redis_prefix):
+    settings = Settings.from_env({}, redis_url=redis_url, redis_prefix=redis_prefix)
+    retrieval = LocalRetriever(bundle, RedisStateStore(redis_url, redis_prefix), settings)
+    for n in range(1, 6):
+        retrieval.use_bundle(dataclasses.replace(bundle, version=f"{bundle.version}-{n}"))
+        found = retrieval.retrieve(bundle.users.id(3), 10, [], "", 5)
+        assert found.model_version == f"{bundle.version}-{n}" and len(found) == 10
+    kept = {f"{bundle.version}-4", f"{bundle.version}-5"}
+    assert set(retrieval.memos) == set(retrieval.bundles.by_version) == kept

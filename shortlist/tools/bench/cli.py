@@ -224,6 +224,25 @@ def ranking(
     _emit(result, "ranking service over gRPC")
 
 
+@bench_app.command("swaps")
+def swaps(
+    bundle: Path = typer.Option(Path("artifacts"), "--bundle", help="Artifact bundle (or root)."),
+    count: int = typer.Option(20, "--swaps", help="Hot swaps to make."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+) -> None:
+    """Resident memory of the co-located stages over repeated hot swaps of a bundle."""
+    from shortlist.tools.bench import swaps as bench_swaps
+
+    if count < 2:
+        _fail("--swaps must be at least 2")
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        result = bench_swaps.run(bundle, count, redis_url, progress=say)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    _emit(result, "memory over hot swaps")
+
+
 @bench_app.command("soak")
 def soak(
     seconds: float = typer.Option(600.0, "--seconds", help="Measured seconds of load."),
