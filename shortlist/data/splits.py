@@ -67,6 +67,22 @@ def temporal_leave_last_out(
     return _assign(data, part_of, name or "temporal")
 
 
+def time_slice_holdout(
+    data: Interactions, test_share: float = 0.1, valid_share: float = 0.1, name: str = ""
+) -> SplitData:
+    """The latest `test_share` of the likes in time go to test, the `valid_share` before
+    them to valid, the rest to train: the future is never trained on. Needs timestamps."""
+    if data.timestamps is None:
+        raise ValueError("a time-slice holdout needs timestamps")
+    times = np.asarray(data.timestamps, np.float64)
+    test_from = np.quantile(times, 1.0 - test_share)
+    valid_from = np.quantile(times, 1.0 - test_share - valid_share)
+    part_of = np.where(times >= test_from, 2, np.where(times >= valid_from, 1, 0)).astype(np.int8)
+    if not (part_of == 0).any() or not (part_of == 2).any():
+        raise ValueError("too few distinct times to hold out the latest slice")
+    return _assign(data, part_of, name or "events")
+
+
 def latest_share_mask(data: Interactions, share: float = 0.2, min_likes: int = 5) -> np.ndarray:
     """Per user with at least `min_likes` likes, their latest `share` of them (by
     `Interactions.recency`, ties by item index), as a mask aligned with positives.data."""

@@ -35,7 +35,13 @@ def _parse_config(text: str | None) -> dict[str, Any]:
 @bench_app.command("quality")
 def quality(
     data: Path = typer.Option(
-        ..., "--data", help="Directory in the LightGCN text format (train/valid/test.txt)."
+        None, "--data", help="Directory in the LightGCN text format (train/valid/test.txt)."
+    ),
+    events: list[Path] = typer.Option(
+        None,
+        "--events",
+        help="Event log(s), as `shortlist train --events`: the latest 10% of likes in time "
+        "are the test, the 10% before them valid.",
     ),
     protocol: str = typer.Option(
         ..., "--protocol", help="A: train on train+valid. B: train on train, select on valid."
@@ -64,21 +70,30 @@ def quality(
 
     The last stdout line is one JSON object (dataset, protocol, model, recall@20, ...).
     """
+    from shortlist.data.events import BadEvents
     from shortlist.models import registry
     from shortlist.tools.bench import quality as bench_quality
 
-    if not data.is_dir():
-        _fail(f"dataset directory not found: {data}")
-    movielens = (data / "u.data").is_file()
-    if not movielens and (not (data / "train.txt").is_file() or not (data / "test.txt").is_file()):
-        _fail(
-            f"{data} is neither in the LightGCN text format (train.txt, test.txt) nor "
-            "MovieLens-100K (u.data)"
-        )
+    if (data is None) == (not events):
+        _fail("give --data or --events (one of them)")
+    # split in time (event logs, MovieLens): protocol B always has its valid slice
+    timed = bool(events)
+    source: str | list[Path] = list(events or [])
+    if data is not None:
+        if not data.is_dir():
+            _fail(f"dataset directory not found: {data}")
+        timed = (data / "u.data").is_file()
+        lightgcn = (data / "train.txt").is_file() and (data / "test.txt").is_file()
+        if not timed and not lightgcn:
+            _fail(
+                f"{data} is neither in the LightGCN text format (train.txt, test.txt) nor "
+                "MovieLens-100K (u.data)"
+            )
+        source = str(data)
     protocol = protocol.upper()
     if protocol not in {"A", "B"}:
         _fail(f"--protocol must be A or B, got {protocol!r}")
-    if protocol == "B" and not movielens and not (data / "valid.txt").is_file():
+    if protocol == "B" and not timed and not (data / "valid.txt").is_file():
         _fail(f"protocol B needs {data / 'valid.txt'}")
     model = model or bench_quality.DEFAULT_MODEL
     if model not in registry.model_names():
@@ -90,7 +105,7 @@ def quality(
     options = _parse_config(config)
     try:
         bench_quality.main(
-            str(data),
+            source,
             protocol,
             model=model,
             config=options,
@@ -100,7 +115,7 @@ def quality(
             ranker_labels=ranker_labels,
             ranker_lists=ranker_lists,
         )
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (BadEvents, ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))
 
 

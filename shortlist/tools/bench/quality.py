@@ -8,6 +8,7 @@ matplotlib is installed): see `shortlist/bench/report.py`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from shortlist.data.events import load_events
 from shortlist.data.loaders import SplitData, load_lightgcn_dir, load_movielens
-from shortlist.data.splits import check_no_leakage, temporal_leave_last_out
+from shortlist.data.splits import check_no_leakage, temporal_leave_last_out, time_slice_holdout
 from shortlist.evaluation.protocols import ProtocolResult, run_protocol
 from shortlist.models import registry
 
@@ -27,8 +29,14 @@ PIPELINES = ("retrieval", "two-stage")
 MOVIELENS_HOLDOUT = 5
 
 
-def load_split(data_dir: str | Path) -> SplitData:
-    """A LightGCN-format directory as given, or MovieLens-100K split per user in time."""
+def load_split(data_dir: str | Path | Sequence[Path]) -> SplitData:
+    """A LightGCN-format directory as given, MovieLens-100K split per user in time, or
+    event logs (a list of paths) split in time: the latest 10% of likes test, the 10%
+    before valid (`time_slice_holdout`)."""
+    if not isinstance(data_dir, str | Path):
+        split = time_slice_holdout(load_events(list(data_dir)), name="events")
+        check_no_leakage(split)
+        return split
     path = Path(data_dir)
     if (path / "u.data").is_file():
         data = load_movielens(path)
@@ -42,7 +50,7 @@ def load_split(data_dir: str | Path) -> SplitData:
 
 
 def run_quality(
-    data_dir: str | Path,
+    data_dir: str | Path | Sequence[Path],
     protocol: str,
     model: str = DEFAULT_MODEL,
     config: dict[str, Any] | None = None,
@@ -76,7 +84,7 @@ def render(result: ProtocolResult, console: Console) -> None:
 
 
 def main(
-    data_dir: str,
+    data_dir: str | Sequence[Path],
     protocol: str,
     model: str = DEFAULT_MODEL,
     config: dict[str, Any] | None = None,
@@ -88,7 +96,7 @@ def main(
 ) -> dict[str, Any]:
     """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
     console = Console(stderr=False)
-    if not Path(data_dir).is_dir():
+    if isinstance(data_dir, str) and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"no dataset at {data_dir}")
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
@@ -110,7 +118,7 @@ def main(
 
 
 def two_stage_main(
-    data_dir: str,
+    data_dir: str | Sequence[Path],
     protocol: str,
     model: str,
     config: dict[str, Any] | None,
