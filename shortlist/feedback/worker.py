@@ -71,12 +71,35 @@ class FeedbackWorker:
         self.conflicts = 0
         self.batches = 0
         self.first_records_at: float | None = None  # perf_counter of the first records
+        self._previous_version: str | None = None  # the bundle the current one replaced
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def use_bundle(self, bundle: FoldInData) -> None:
-        """Hot swap: the next batch folds in with `bundle` (the current one keeps its own)."""
+    def use_bundle(self, bundle: FoldInData) -> threading.Thread | None:
+        """Hot swap: the next batch folds in with `bundle` (the current one keeps its own).
+        The version before the one replaced is retired: its users' vectors are deleted in
+        the background (the replaced one stays, as the services keep serving it until
+        their own swap). Returns that cleanup thread, if any."""
+        retired = self._previous_version
+        if bundle.version == self.bundle.version:
+            return None
+        self._previous_version = self.bundle.version
         self.bundle = bundle
+        if retired is None or retired == bundle.version:
+            return None
+        cleanup = threading.Thread(
+            target=self._drop_vectors, args=(retired,), name="retire-vectors", daemon=True
+        )
+        cleanup.start()
+        return cleanup
+
+    def _drop_vectors(self, version: str) -> None:
+        try:
+            dropped = self.store.drop_vectors(version)
+        except StoreUnavailable as exc:  # the keys stay; a later retirement does not see them
+            log.warning("vectors of retired bundle %s not deleted: %s", version, exc)
+            return
+        log.info("deleted %d user vectors of retired bundle %s", dropped, version)
 
     def run_once(self, timeout_ms: int = 200) -> int:
         """Poll one batch, apply it and commit; returns the number of records polled."""

@@ -4,6 +4,7 @@ the dead-letter topic without stopping the consumer."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -263,3 +264,27 @@ def test_batched_fold_in_equals_fold_in_per_user():
     for r, (idx, kinds) in enumerate(users):
         want = fold_in(items, idx, kinds, targets, priors[r])
         np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_swap_retires_the_vectors_of_the_version_before_the_replaced_one(
+    bundle, redis_url, redis_prefix
+):
+    store = RedisStateStore(redis_url, redis_prefix)
+    worker = FeedbackWorker(bundle, store, None, Settings())  # swaps only: nothing consumed
+    versions = [dataclasses.replace(bundle, version=f"{bundle.version}-{n}") for n in range(3)]
+    vector = np.ones(bundle.item_vectors.shape[1], np.float32)
+    user = bundle.users.id(0)
+    for n, b in enumerate([bundle, *versions]):
+        event = Event(f"retire-{n}", user, bundle.items.id(n), Kind.LIKE, n)
+        store.prepare([event], b.version)
+        store.apply([event], {user: vector}, b.version)
+    assert worker.use_bundle(versions[0]) is None  # nothing before the replaced one yet
+    cleanup = worker.use_bundle(versions[1])  # retires the first bundle's version
+    cleanup.join(timeout=30)
+    assert store.user_state(user, bundle.version).vector is None
+    for kept in versions:
+        assert store.user_state(user, kept.version).vector is not None
+    cleanup = worker.use_bundle(versions[2])
+    cleanup.join(timeout=30)
+    assert store.user_state(user, versions[0].version).vector is None
+    assert store.user_state(user, versions[1].version).vector is not None

@@ -132,3 +132,19 @@ def test_apply_is_all_or_nothing_on_conflict(store):
     assert store.prepare([ev(4, "v", "d", Kind.LIKE)], "v1").new == [True]
     store.apply([ev(4, "v", "d", Kind.LIKE)], {}, "v1", {"v": seq + 1})
     assert store.user_state("v", "v1").seen == {"c", "d"}
+
+
+def test_drop_vectors_deletes_one_versions_vectors_only(store):
+    vector = np.array([1.0, 2.0], np.float32)
+    versions = ["v1", "v[1]*", "v2"]  # glob characters are matched literally
+    for n, version in enumerate(versions):
+        events = [ev(10 * n + k, f"u{k}", "a", Kind.LIKE) for k in range(3)]
+        store.prepare(events, version)
+        store.apply(events, {f"u{k}": vector for k in range(3)}, version)
+    assert store.drop_vectors("v[1]*") == 3
+    assert store.user_state("u0", "v[1]*").vector is None
+    for version in ("v1", "v2"):
+        np.testing.assert_array_equal(store.user_state("u2", version).vector, vector)
+    state = store.user_state("u1", "v1")  # the rest of the user's state stays
+    assert state.seen == {"a"} and state.likes == 3  # one like per version written
+    assert store.drop_vectors("v[1]*") == 0

@@ -98,6 +98,11 @@ class StateStore(Protocol):
         `seq` is no longer the one `prepare` read."""
         ...
 
+    def drop_vectors(self, version: str) -> int:
+        """Delete every user's folded-in vector for a bundle version no longer served;
+        returns how many were deleted."""
+        ...
+
     def close(self) -> None: ...
 
 

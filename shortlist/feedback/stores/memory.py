@@ -45,6 +45,13 @@ class InMemoryStateStore:
                 likes=self._likes.get(user_id, 0),
             )
 
+    def drop_vectors(self, version: str) -> int:
+        with self._lock:
+            gone = [key for key in self._vectors if key[1] == version]
+            for key in gone:
+                del self._vectors[key]
+            return len(gone)
+
     def item_likes(self) -> dict[str, int]:
         with self._lock:
             return {i: n for i, n in self._item_likes.items() if n}

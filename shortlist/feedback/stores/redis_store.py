@@ -297,6 +297,23 @@ class RedisStateStore:
             likes=int(likes or 0),
         )
 
+    def drop_vectors(self, version: str) -> int:
+        """SCAN for `u:*:vec:{version}` and UNLINK in batches: never one long command."""
+        pattern = f"{_glob_escape(self.prefix)}u:*:vec:{_glob_escape(version)}"
+        dropped = 0
+        try:
+            batch = []
+            for key in self._redis.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) == 1000:
+                    dropped += self._redis.unlink(*batch)
+                    batch = []
+            if batch:
+                dropped += self._redis.unlink(*batch)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return dropped
+
     def item_likes(self) -> dict[str, int]:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(f"{self.prefix}i:likes")
@@ -427,3 +444,8 @@ class RedisStateStore:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally by a Redis glob pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
