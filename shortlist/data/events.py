@@ -23,7 +23,6 @@ and the column.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shortlist.data.interactions import Interactions
 from shortlist.data.loaders import RatingThresholds, events_to_interactions
@@ -96,29 +96,31 @@ def _first_bad(path: Path, column: str, bad: np.ndarray, message: str) -> None:
         raise BadEvents(path, message, int(np.flatnonzero(bad)[0]) + 1, column)
 
 
-def _labels(path: Path, kinds: list[str | None], thresholds: RatingThresholds) -> np.ndarray:
+def _labels(path: Path, table: pa.Table, thresholds: RatingThresholds) -> np.ndarray:
     """1 like, -1 dislike, 0 a rating between the thresholds, 2 a view or skip."""
-    out = np.zeros(len(kinds), np.int64)
-    for n, raw in enumerate(kinds):
-        kind = "" if raw is None else raw.strip().lower()
-        if kind in LABELS:
-            out[n] = LABELS[kind]
-        elif kind in UNLABELLED:
-            out[n] = 2
-        else:
-            try:
-                rating = float(kind)
-            except ValueError:
-                rating = math.nan
-            if math.isnan(rating):
-                raise BadEvents(
-                    path,
-                    f"unknown kind {raw!r}: like, dislike, view, skip or a numeric rating",
-                    n + 1,
-                    "kind",
-                )
-            out[n] = 1 if rating >= thresholds.like else (-1 if rating <= thresholds.dislike else 0)
-    return out
+    con = duckdb.connect()
+    con.register("kinds", pa.table({"k": table.column("kind").cast(pa.string())}))
+    parsed = con.sql(
+        "SELECT lower(trim(k)) AS name, TRY_CAST(k AS DOUBLE) AS rating FROM kinds"
+    ).to_arrow_table()
+    name = np.asarray(parsed.column("name").to_pylist(), dtype=object)
+    rating = parsed.column("rating").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    known = np.isin(name, [*LABELS, *UNLABELLED])
+    bad = ~known & np.isnan(rating)
+    if bad.any():
+        n = int(np.flatnonzero(bad)[0])
+        raw = table.column("kind")[n].as_py()
+        raise BadEvents(
+            path,
+            f"unknown kind {raw!r}: like, dislike, view, skip or a numeric rating",
+            n + 1,
+            "kind",
+        )
+    by_rating = np.where(
+        rating >= thresholds.like, 1, np.where(rating <= thresholds.dislike, -1, 0)
+    )
+    by_name = np.select([name == "like", name == "dislike"], [1, -1], 2)
+    return np.where(known, by_name, by_rating).astype(np.int64)
 
 
 def _seconds(path: Path, table: pa.Table) -> np.ndarray:
@@ -141,7 +143,7 @@ def _seconds(path: Path, table: pa.Table) -> np.ndarray:
         path,
         "timestamp",
         np.isnan(values),
-        "not a time: epoch seconds or ISO-8601 (e.g. 2026-12-06T09:30:00Z)",
+        "not a time: epoch seconds or ISO-8601 (YYYY-MM-DDTHH:MM:SSZ)",
     )
     return values.astype(np.int64)
 
@@ -160,7 +162,7 @@ def read_events(
     for name, values in (("user_id", users), ("item_id", items)):
         empty = np.array([v is None or not v.strip() for v in values])
         _first_bad(path, name, empty, "empty id")
-    labels = _labels(path, _text(table, "kind"), thresholds)
+    labels = _labels(path, table, thresholds)
     seconds = _seconds(path, table)
     partitions = {d.name.split("=")[0] for d in path.rglob("*=*")} if path.is_dir() else set()
     context = {}
@@ -196,13 +198,13 @@ def read_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     for column in table.column_names:
         if column == "item_id":
             continue
-        values = _text(table, column)
-        numbers = _as_numbers(values)
+        numbers = _as_numbers(table.column(column))
         if numbers is not None:
             mean = np.nanmean(numbers) if not np.isnan(numbers).all() else 0.0
             filled = np.where(np.isnan(numbers), mean, numbers)
             features[column] = ((filled - filled.mean()) / (filled.std() + 1e-6)).astype(np.float32)
             continue
+        values = _text(table, column)
         categories = sorted({v for v in values if v})
         if len(categories) > MAX_CATEGORIES:
             log.info("%s: column %r is free text, not a feature", path, column)
@@ -216,17 +218,14 @@ def read_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     return ids, features
 
 
-def _as_numbers(values: list[str | None]) -> np.ndarray | None:
+def _as_numbers(column: pa.ChunkedArray) -> np.ndarray | None:
     """The column as floats (NaN where empty), or None when any value is not a number."""
-    out = np.full(len(values), np.nan)
-    for n, v in enumerate(values):
-        if v is None or not v.strip():
-            continue
-        try:
-            out[n] = float(v)
-        except ValueError:
-            return None
-    return out
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = pc.if_else(pc.equal(pc.utf8_trim_whitespace(column), ""), None, column)
+    try:
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def load_events(

@@ -118,8 +118,8 @@ class LocalRetriever(_BundleStage):
             model_version=bundle.version,
             user_source=found.user_source,
             degraded=degraded,
-            scores=found.scores,
             items=found.items,
+            scores=found.scores,
             catalogue=self.bundles.item_ids[bundle.version],
             state=state,
         )
@@ -200,7 +200,7 @@ class LocalRanker(_BundleStage):
         live = RankingSignals(state.history, live_likes, state.likes)
         STAGE_LATENCY.labels("ranking", "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
-        scores = np.asarray(candidates.scores, np.float32)
+        scores = candidates.item_scores()
         top, top_scores = rank(bundle, user_id, idx, scores, live, context, k)
         STAGE_LATENCY.labels("ranking", "scoring", arm).observe(time.perf_counter() - start)
         names = self.bundles.item_ids[bundle.version]

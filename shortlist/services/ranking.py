@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
 from shortlist.config import Settings
 from shortlist.rpc.inprocess import status_on_error
@@ -25,13 +24,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
             require_id(request.user_id, "user_id", s.max_id_length)
             require_range(request.k, "k", 1, s.max_k)
             ctx = parsed_context(request.context, s)
-            candidates = request.candidates
             found = Candidates(
-                model_version=request.model_version,
-                user_source="",
-                degraded=False,
-                scores=np.fromiter((c.score for c in candidates), np.float32, len(candidates)),
-                ids=[c.item_id for c in candidates],
+                request.model_version, user_source="", degraded=False, messages=request.candidates
             )
             ranked = self.ranker.rank(request.user_id, found, ctx, request.context, request.k, None)
         return ranking_pb2.RankResponse(items=ranked.items, model_version=ranked.model_version)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
-import numpy as np
 
 from shortlist.ranking.context import RequestContext
 from shortlist.services.stages import Candidates, Ranked
@@ -37,13 +36,11 @@ class RemoteRetriever:
             ),
             timeout=timeout,
         )
-        found = reply.candidates
         return Candidates(
             model_version=reply.model_version,
             user_source=reply.user_source,
             degraded=reply.degraded,
-            scores=np.fromiter((c.score for c in found), np.float32, len(found)),
-            ids=[c.item_id for c in found],
+            messages=reply.candidates,
         )
 
     def similar_items(

@@ -23,31 +23,38 @@ from shortlist.v1 import common_pb2
 class Candidates:
     """A retrieval shortlist, best first, as the ranker takes it.
 
-    Found in process it holds item indices of the bundle `model_version` names (with that
-    bundle's ids by index) and the user's state as retrieval read it, which the ranker
-    reuses; from a remote retrieval it holds the item ids of the reply."""
+    Found in process it holds item indices of the bundle `model_version` names, their
+    scores, that bundle's ids by index, and the user's state as retrieval read it (which the
+    ranker reuses). Received over gRPC it holds the messages as they came: a remote ranker
+    sends them on without decoding and encoding them again."""
 
     model_version: str
     user_source: str  # "trained", "folded_in" or "popularity"
     degraded: bool  # the user's live state could not be read
-    scores: np.ndarray
     items: np.ndarray | None = None  # item indices, in process
+    scores: np.ndarray | None = None  # their scores, in process
     catalogue: Sequence[str] | None = None  # the bundle's item ids by index, in process
-    ids: Sequence[str] | None = None  # item ids, from a remote retrieval
+    messages: Sequence[common_pb2.ScoredItem] | None = None  # as received over gRPC
     state: UserState | None = None
 
     def __len__(self) -> int:
-        return len(self.scores)
+        return len(self.messages) if self.messages is not None else len(self.items)
 
     def item_ids(self) -> list[str]:
-        if self.ids is not None:
-            return list(self.ids)
-        assert self.items is not None and self.catalogue is not None
+        if self.messages is not None:
+            return [m.item_id for m in self.messages]
         names = self.catalogue
         return [names[i] for i in self.items.tolist()]
 
-    def scored(self, k: int | None = None) -> list[common_pb2.ScoredItem]:
+    def item_scores(self) -> np.ndarray:
+        if self.messages is not None:
+            return np.fromiter((m.score for m in self.messages), np.float32, len(self.messages))
+        return np.asarray(self.scores, np.float32)
+
+    def scored(self, k: int | None = None) -> Sequence[common_pb2.ScoredItem]:
         """The first `k` (all by default) as reply messages."""
+        if self.messages is not None:
+            return self.messages[:k]
         item = common_pb2.ScoredItem
         ids = self.item_ids()[:k]
         return [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]

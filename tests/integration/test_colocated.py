@@ -156,7 +156,12 @@ def test_colocated_ab_arms_serve_their_own_bundles(ab_settings, bundle, bundle_b
 
 def test_an_empty_shortlist_is_refused_as_over_grpc(colocated, bundle):
     empty = Candidates(
-        bundle.version, "trained", False, np.zeros(0, np.float32), np.zeros(0, np.int64), []
+        bundle.version,
+        "trained",
+        False,
+        items=np.zeros(0, np.int64),
+        scores=np.zeros(0, np.float32),
+        catalogue=[],
     )
     with pytest.raises(grpc.RpcError) as refused:
         colocated.servicer.ranker.rank(bundle.users.id(0), empty, RequestContext(), {}, 5, 5)
