@@ -15,6 +15,8 @@ class Kind(enum.IntEnum):
     DISLIKE = common_pb2.FEEDBACK_KIND_DISLIKE
     VIEW = common_pb2.FEEDBACK_KIND_VIEW
     SKIP = common_pb2.FEEDBACK_KIND_SKIP
+    # internal only: the user's data deleted (FeedbackAdmin.DeleteUser); item_id is empty
+    FORGET = common_pb2.FEEDBACK_KIND_FORGET
 
 
 @dataclass(frozen=True)
