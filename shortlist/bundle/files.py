@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from shortlist import __version__
 from shortlist.bundle.bundle import Bundle
+from shortlist.bundle.promotion import LATEST, promote
 from shortlist.data.ids import IdMap
 from shortlist.feedback.foldin import FoldInTargets
 from shortlist.ranking.context import ContextCounts
@@ -32,8 +33,6 @@ from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.features import feature_names
 from shortlist.retrieval.index import load_index, save_index
 from shortlist.retrieval.precomputed import PrecomputedShortlists
-
-LATEST = "LATEST"
 
 
 def new_version() -> str:
@@ -55,8 +54,11 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
-def save_bundle(bundle: Bundle, root: Path) -> Path:
-    """Write root/version (renamed into place when complete) and point LATEST at it."""
+def save_bundle(
+    bundle: Bundle, root: Path, promote_it: bool = True, reason: str = "trained"
+) -> Path:
+    """Write root/version (renamed into place when complete) and, with `promote_it`, point
+    LATEST at it (shortlist.bundle.promotion)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / bundle.version
     tmp = root / f".{bundle.version}.tmp"
@@ -105,9 +107,8 @@ def save_bundle(bundle: Bundle, root: Path) -> Path:
     if bundle.sequence is not None:
         sp.save_npz(tmp / "sequence.npz", bundle.sequence.tocsr())
     os.replace(tmp, final)
-    latest_tmp = root / f".{LATEST}.tmp"
-    latest_tmp.write_text(bundle.version + "\n")
-    os.replace(latest_tmp, root / LATEST)
+    if promote_it:
+        promote(root, bundle.version, reason)
     bundle.manifest = manifest
     return final
 
@@ -198,11 +199,3 @@ def _optional(path: Path) -> np.ndarray | None:
 
 def _optional_sparse(path: Path) -> sp.csr_matrix | None:
     return sp.load_npz(path).tocsr() if path.exists() else None
-
-
-def latest_version(root: Path) -> str | None:
-    """The version `<root>/LATEST` names, or None when `root` has no LATEST."""
-    try:
-        return (Path(root) / LATEST).read_text().strip() or None
-    except OSError:
-        return None

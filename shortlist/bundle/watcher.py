@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shortlist.bundle.bundle import Bundle
-from shortlist.bundle.files import latest_version, load_bundle
+from shortlist.bundle.files import load_bundle
+from shortlist.bundle.promotion import latest_version
 
 log = logging.getLogger(__name__)
 

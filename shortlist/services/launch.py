@@ -17,7 +17,8 @@ from pathlib import Path
 
 from shortlist.bundle.ab import ARM_A, ARM_B, check_arms, load_arms
 from shortlist.bundle.bundle import Bundle
-from shortlist.bundle.files import latest_version, load_bundle
+from shortlist.bundle.files import load_bundle
+from shortlist.bundle.promotion import latest_version
 from shortlist.bundle.watcher import BundleWatcher
 from shortlist.config import Settings
 from shortlist.feedback.bus import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,23 @@ def train(
         256, help="Width of each user's precomputed shortlist (0: none, always search)."
     ),
     seed: int = typer.Option(0),
+    gate: bool = typer.Option(
+        True,
+        help="When a bundle already serves from OUT: train on all but the latest slice, "
+        "compare with the serving bundle on that slice, move LATEST only if not worse.",
+    ),
+    gate_share: float = typer.Option(
+        0.05, help="Share of the likes (the latest) the gate holds out."
+    ),
+    gate_margin: float = typer.Option(
+        0.02, help="How far (relative NDCG@20) the candidate may fall below the serving bundle."
+    ),
+    refit: bool = typer.Option(
+        True, help="Once the gate passes, retrain on all events (the slice included)."
+    ),
+    keep: int = typer.Option(
+        5, help="Bundles kept on disk (the serving one and its rollback target always)."
+    ),
 ) -> None:
     """Train retrieval and ranker and write a versioned bundle the services load (from an
     event log, a LightGCN-format directory, or the built-in data)."""
@@ -61,6 +79,17 @@ def train(
         raise typer.BadParameter("--items goes with --events", param_hint="--items")
     if data is not None and not data.is_dir():
         raise typer.BadParameter(f"no dataset directory at {data}", param_hint="--data")
+    if not 0.0 < gate_share < 0.5:
+        raise typer.BadParameter(
+            f"must be in (0, 0.5), got {gate_share}", param_hint="--gate-share"
+        )
+    if not 0.0 <= gate_margin < 1.0:
+        raise typer.BadParameter(
+            f"must be in [0, 1), got {gate_margin}", param_hint="--gate-margin"
+        )
+    if keep < 1:
+        raise typer.BadParameter(f"must be at least 1, got {keep}", param_hint="--keep")
+    promotion = Promotion(gate, gate_share, gate_margin, refit, keep)
     if events:
         try:
             with console.status("reading events"):
@@ -68,7 +97,19 @@ def train(
         except BadEvents as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-        train_and_save(out, interactions, model, options, epochs, dim, index, precomputed, seed)
+        train_and_save(
+            out,
+            interactions,
+            model,
+            options,
+            epochs,
+            dim,
+            index,
+            precomputed,
+            seed,
+            None,
+            promotion,
+        )
         return
     train_and_save(
         out,
@@ -81,6 +122,7 @@ def train(
         precomputed,
         seed,
         _preset(model, data),
+        promotion,
     )
 
 
@@ -106,12 +148,17 @@ def train_and_save(
     precomputed: int = 256,
     seed: int = 0,
     preset: dict | None = None,
+    promotion: Promotion | None = None,
 ) -> None:
     """What `shortlist train` does once the data is read, callable with plain values (`up`
     trains the built-in data with the defaults when no bundle exists yet). The bundle is
-    written under a temporary name and renamed into place: nothing is half-written."""
+    written under a temporary name and renamed into place: nothing is half-written. When a
+    bundle serves from `out`, the candidate passes the promotion gate first."""
     from shortlist.bundle.files import save_bundle
+    from shortlist.bundle.promotion import latest_version, prune
     from shortlist.training.pipeline import TrainConfig, train_bundle
+
+    promotion = promotion or Promotion()
 
     config = TrainConfig(
         dim=dim,
@@ -122,15 +169,88 @@ def train_and_save(
         model=model,
         model_options=json.loads(options) if options else preset,
     )
-    with console.status("training"):
-        bundle = train_bundle(interactions, config, progress=console.log)
+    if promotion.gate and latest_version(out) is not None:
+        bundle, promoted = _gated(out, interactions, config, promotion)
+        path = save_bundle(bundle, out, promote_it=promoted, reason="gate")
+    else:
+        with console.status("training"):
+            bundle = train_bundle(interactions, config, progress=console.log)
         path = save_bundle(bundle, out)
+    deleted = prune(out, promotion.keep)
+    if deleted:
+        console.log(f"deleted old bundles (keeping {promotion.keep}): {', '.join(deleted)}")
     table = Table(title=f"bundle {bundle.version} -> {path}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in bundle.manifest["metrics"].items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@dataclass
+class Promotion:
+    """How a new bundle replaces the serving one (`shortlist train --gate ...`)."""
+
+    gate: bool = True
+    share: float = 0.05
+    margin: float = 0.02
+    refit: bool = True
+    keep: int = 5
+
+
+def _gated(out: Path, interactions: Interactions, config, promotion: Promotion):
+    """Train a candidate without the latest slice and gate it against the serving bundle
+    (shortlist.evaluation.gate); returns the bundle to save and whether it is promoted.
+    Both figures are printed and written to `<out>/gate.prom` (Prometheus textfile format)
+    whatever the outcome."""
+    from shortlist.bundle.files import load_bundle
+    from shortlist.evaluation.gate import gate, recent_slice, write_metrics
+    from shortlist.training.pipeline import train_bundle
+
+    history, recent = recent_slice(interactions, promotion.share)
+    with console.status("training the candidate without the latest slice"):
+        candidate = train_bundle(history, config, progress=console.log)
+    with console.status("gate: candidate and serving bundle on the latest slice"):
+        result = gate(candidate, load_bundle(out), history, recent, promotion.margin)
+    console.print(result.summary())
+    write_metrics(result, out / "gate.prom")
+    bundle = candidate
+    if result.promoted and promotion.refit:
+        with console.status("refitting on all events"):
+            bundle = train_bundle(interactions, config, progress=console.log)
+    bundle.manifest["gate"] = result.as_dict()
+    return bundle, result.promoted
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="The bundle version to serve (a folder of OUT)."),
+    out: Path = typer.Option(Path("artifacts"), help="Bundle root."),
+) -> None:
+    """Serve VERSION: point OUT/LATEST at it (the services swap within seconds)."""
+    from shortlist.bundle.promotion import PromotionError
+    from shortlist.bundle.promotion import promote as point_at
+
+    try:
+        point_at(out, version, "promote")
+    except PromotionError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"serving {version} from {out}")
+
+
+@app.command()
+def rollback(out: Path = typer.Option(Path("artifacts"), help="Bundle root.")) -> None:
+    """Serve again the bundle that served before the current one."""
+    from shortlist.bundle.promotion import PromotionError
+    from shortlist.bundle.promotion import rollback as roll_back
+
+    try:
+        version = roll_back(out)
+    except PromotionError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"rolled back: serving {version} from {out}")
 
 
 def _preset(model: str, data: Path | None) -> dict | None:

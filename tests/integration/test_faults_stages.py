@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from shortlist.bundle.files import latest_version, load_bundle, save_bundle
+from shortlist.bundle.files import load_bundle, save_bundle
+from shortlist.bundle.promotion import latest_version
 from shortlist.bundle.watcher import BundleWatcher
 from shortlist.config import Settings
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
