@@ -72,6 +72,15 @@ class Settings:
     # events arrive, so this bounds freshness; shorter waits cost idle CPU for tansu and the
     # consumer (docs/decisions/0014-feedback-fetch-wait.md).
     feedback_fetch_wait_ms: int = 40
+    # The feedback archive (shortlist.feedback.archive): the archiver's own consumer group,
+    # where its Parquet files go, and when a file is written: after this many events or
+    # this long since the first unwritten one, whichever comes first.
+    archive_group: str = "shortlist-archive"
+    archive_path: str = ".run/archive"
+    archive_file_events: int = 100_000
+    archive_flush_ms: int = 60_000
+    archiver_addr: str = "127.0.0.1:50055"  # grpc.health.v1 only
+    archiver_metrics_port: int = 9105
     log_format: str = "text"
     # Security (shortlist.rpc.security). Plaintext and keyless serving of the gateway are allowed
     # on loopback addresses or with insecure=1 only.

@@ -12,6 +12,12 @@ column is request context recorded with the event (`Interactions.context`). Like
 dislikes train; views and skips carry no training label, so they never overwrite one. For a
 (user, item) pair the latest like or dislike wins.
 
+The feedback archive (shortlist.feedback.archive, Parquet partitioned by `date=`) reads as
+any log, with two more rules that apply across all the logs read together: rows that share
+an `event_id` are one event (the archive is written at least once), and a `forget` row
+(a deleted user's tombstone, no item) drops every event of that user at or before its time,
+in every log; tombstones never train.
+
 Items (optional): `item_id` plus attribute columns. Numbers become standardised features, a
 text column with few distinct values (`MAX_CATEGORIES`) one column per value, and free text
 (titles, descriptions) is left out of the features.
@@ -41,6 +47,9 @@ REQUIRED = ("user_id", "item_id", "kind", "timestamp")
 LABELS = {"like": 1, "dislike": -1}
 UNLABELLED = {"view", "skip"}
 NOT_CONTEXT = {"event_id"}
+FORGET = 3  # the label of a tombstone (kind `forget`)
+# read_events' columns before the context ones
+COLUMNS = ("user_id", "item_id", "label", "seconds", "event_id")
 # Request-context keys the ranker derives itself (from the timestamp) or reads from the
 # request only: a column of that name in the log is not a free-form context key.
 DERIVED_CONTEXT = {"hour", "day_of_week", "device"}
@@ -71,7 +80,9 @@ def read_table(path: Path) -> pa.Table:
             files = sorted(path.rglob("*.parquet"))
             if not files:
                 raise BadEvents(path, "a directory must hold .parquet files (partitions)")
-            rel = con.read_parquet([str(f) for f in files], hive_partitioning=True)
+            rel = con.read_parquet(
+                [str(f) for f in files], hive_partitioning=True, union_by_name=True
+            )
         elif not path.exists():
             raise BadEvents(path, "no such file or directory")
         elif suffix == ".parquet":
@@ -97,7 +108,8 @@ def _first_bad(path: Path, column: str, bad: np.ndarray, message: str) -> None:
 
 
 def _labels(path: Path, table: pa.Table, thresholds: RatingThresholds) -> np.ndarray:
-    """1 like, -1 dislike, 0 a rating between the thresholds, 2 a view or skip."""
+    """1 like, -1 dislike, 0 a rating between the thresholds, 2 a view or skip, 3 (FORGET)
+    a tombstone."""
     con = duckdb.connect()
     con.register("kinds", pa.table({"k": table.column("kind").cast(pa.string())}))
     parsed = con.sql(
@@ -105,34 +117,35 @@ def _labels(path: Path, table: pa.Table, thresholds: RatingThresholds) -> np.nda
     ).to_arrow_table()
     name = np.asarray(parsed.column("name").to_pylist(), dtype=object)
     rating = parsed.column("rating").cast(pa.float64()).to_numpy(zero_copy_only=False)
-    known = np.isin(name, [*LABELS, *UNLABELLED])
+    known = np.isin(name, [*LABELS, *UNLABELLED, "forget"])
     bad = ~known & np.isnan(rating)
     if bad.any():
         n = int(np.flatnonzero(bad)[0])
         raw = table.column("kind")[n].as_py()
         raise BadEvents(
             path,
-            f"unknown kind {raw!r}: like, dislike, view, skip or a numeric rating",
+            f"unknown kind {raw!r}: like, dislike, view, skip, forget or a numeric rating",
             n + 1,
             "kind",
         )
     by_rating = np.where(
         rating >= thresholds.like, 1, np.where(rating <= thresholds.dislike, -1, 0)
     )
-    by_name = np.select([name == "like", name == "dislike"], [1, -1], 2)
+    by_name = np.select([name == "like", name == "dislike", name == "forget"], [1, -1, FORGET], 2)
     return np.where(known, by_name, by_rating).astype(np.int64)
 
 
 def _seconds(path: Path, table: pa.Table) -> np.ndarray:
-    """Epoch seconds of the `timestamp` column: numbers as they are, text as a number or
+    """Epoch seconds (float) of `timestamp`: numbers as they are, text as a number or
     ISO-8601 (parsed by DuckDB); an unparseable value names its row."""
     column = table.column("timestamp")
     if pa.types.is_timestamp(column.type):
-        return column.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        millis = column.cast(pa.timestamp("ms")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return millis / 1000
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         _first_bad(path, "timestamp", np.isnan(values), "missing timestamp")
-        return values.astype(np.int64)
+        return values
     con = duckdb.connect()
     con.register("times", pa.table({"t": column.cast(pa.string())}))
     seconds = con.sql(
@@ -145,27 +158,34 @@ def _seconds(path: Path, table: pa.Table) -> np.ndarray:
         np.isnan(values),
         "not a time: epoch seconds or ISO-8601 (YYYY-MM-DDTHH:MM:SSZ)",
     )
-    return values.astype(np.int64)
+    return values
 
 
-def read_events(
-    path: Path, thresholds: RatingThresholds
-) -> tuple[list[str], list[str], np.ndarray, np.ndarray, dict[str, list[str]]]:
-    """(users, items, labels, seconds, context) of one log; labels as `_labels`."""
+def read_events(path: Path, thresholds: RatingThresholds) -> pa.Table:
+    """One log as columns user_id, item_id, label (as `_labels`), seconds (float),
+    event_id (null where the log has none) and its context columns (text)."""
     table = read_table(path)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise BadEvents(path, f"missing column(s) {', '.join(missing)} (needs {REQUIRED})")
     if table.num_rows == 0:
         raise BadEvents(path, "no events")
+    labels = _labels(path, table, thresholds)
     users, items = _text(table, "user_id"), _text(table, "item_id")
     for name, values in (("user_id", users), ("item_id", items)):
         empty = np.array([v is None or not v.strip() for v in values])
+        if name == "item_id":
+            empty &= labels != FORGET  # a tombstone names no item
         _first_bad(path, name, empty, "empty id")
-    labels = _labels(path, table, thresholds)
     seconds = _seconds(path, table)
     partitions = {d.name.split("=")[0] for d in path.rglob("*=*")} if path.is_dir() else set()
-    context = {}
+    columns: dict[str, pa.Array | list | np.ndarray] = {
+        "user_id": [u.strip() for u in users],
+        "item_id": ["" if i is None else i.strip() for i in items],
+        "label": labels,
+        "seconds": seconds,
+        "event_id": _event_ids(table),
+    }
     for column in table.column_names:
         if column in REQUIRED or column in NOT_CONTEXT or column in partitions:
             continue
@@ -176,8 +196,45 @@ def read_events(
             raise BadEvents(
                 path, "a context column's name must match [A-Za-z0-9_]{1,64}", column=column
             )
-        context[column] = ["" if v is None else v for v in _text(table, column)]
-    return [u.strip() for u in users], [i.strip() for i in items], labels, seconds, context
+        columns[column] = ["" if v is None else v for v in _text(table, column)]
+    return pa.table(columns)
+
+
+def _event_ids(table: pa.Table) -> pa.Array:
+    """The `event_id` column as text, null where empty or absent (such rows are distinct)."""
+    if "event_id" not in table.column_names:
+        return pa.nulls(table.num_rows, pa.string())
+    ids = pc.utf8_trim_whitespace(table.column("event_id").cast(pa.string()))
+    return pc.if_else(pc.equal(ids, ""), None, ids).combine_chunks()
+
+
+def read_logs(paths: Sequence[Path], thresholds: RatingThresholds | None = None) -> pa.Table:
+    """The events training sees in these logs, in log and row order: one row per event id
+    (the first), and no tombstone nor any event of its user at or before its time, across
+    all the logs. Columns as `read_events`; a context column a log lacks is ""."""
+    th = thresholds or RatingThresholds()
+    logs = pa.concat_tables([read_events(Path(p), th) for p in paths], promote_options="default")
+    logs = logs.append_column("n", pa.array(np.arange(logs.num_rows, dtype=np.int64)))
+    con = duckdb.connect()
+    con.register("logs", logs)
+    kept = con.sql(
+        f"""
+        WITH unique_events AS (
+            SELECT * FROM logs
+            QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY event_id ORDER BY n) = 1
+        ), forgotten AS (
+            SELECT user_id, max(seconds) AS until FROM unique_events
+            WHERE label = {FORGET} GROUP BY user_id
+        )
+        SELECT e.* EXCLUDE (n) FROM unique_events e LEFT JOIN forgotten f USING (user_id)
+        WHERE e.label <> {FORGET} AND (f.until IS NULL OR e.seconds > f.until)
+        ORDER BY e.n
+        """
+    ).to_arrow_table()
+    for name in kept.column_names[len(COLUMNS) :]:  # context columns: "" where a log has none
+        where = kept.column_names.index(name)
+        kept = kept.set_column(where, name, pc.fill_null(kept.column(name), ""))
+    return kept
 
 
 def read_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -233,35 +290,26 @@ def load_events(
     items: Path | None = None,
     thresholds: RatingThresholds | None = None,
 ) -> Interactions:
-    """Interactions from one or more event logs (their union), with item attributes."""
-    th = thresholds or RatingThresholds()
-    users: list[str] = []
-    item_ids: list[str] = []
-    labels, seconds = [], []
-    contexts: list[tuple[int, dict[str, list[str]]]] = []
-    for path in paths:
-        u, i, lab, sec, ctx = read_events(Path(path), th)
-        contexts.append((len(u), ctx))
-        users += u
-        item_ids += i
-        labels.append(lab)
-        seconds.append(sec)
-    label = np.concatenate(labels)
-    keys = sorted({k for _, ctx in contexts for k in ctx})
-    context = {k: [v for n, ctx in contexts for v in ctx.get(k, [""] * n)] for k in keys}
+    """Interactions from one or more event logs (`read_logs`: their union, duplicates and
+    deleted users removed), with item attributes."""
+    events = read_logs(paths, thresholds)
+    item_ids = events.column("item_id").to_pylist()
     catalogue, features = (None, {}) if items is None else read_items(Path(items))
     known = sorted(set(item_ids) | set(catalogue or []))
-    trained = label != 2  # views and skips carry no training label
-    keep = np.flatnonzero(trained)
+    label = events.column("label").to_numpy()
+    keep = np.flatnonzero(label != 2)  # views and skips carry no training label
     if not len(keep) or not (label[keep] == 1).any():
         raise BadEvents(Path(paths[0]), "no likes to train on")
+    trained = events.take(pa.array(keep))
     data = events_to_interactions(
-        [users[n] for n in keep],
-        [item_ids[n] for n in keep],
+        trained.column("user_id").to_pylist(),
+        trained.column("item_id").to_pylist(),
         label[keep],
-        np.concatenate(seconds)[keep],
+        np.floor(trained.column("seconds").to_numpy()).astype(np.int64),
         item_ids=known,
-        context={k: [v[n] for n in keep] for k, v in context.items()},
+        context={
+            k: trained.column(k).to_pylist() for k in sorted(trained.column_names[len(COLUMNS) :])
+        },
     )
     if catalogue is not None:
         position = {item: n for n, item in enumerate(known)}

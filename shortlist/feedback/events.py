@@ -45,7 +45,8 @@ class Event:
             msg.ParseFromString(payload)
         except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
             raise ValueError(f"undecodable feedback record: {exc}") from exc
-        if not (msg.event_id and msg.user_id and msg.item_id):
+        forget = msg.kind == Kind.FORGET  # a tombstone names a user, no item
+        if not (msg.event_id and msg.user_id and (msg.item_id or forget)):
             raise ValueError("feedback record lacks event_id, user_id or item_id")
         try:
             kind = Kind(msg.kind)

@@ -63,6 +63,10 @@ EVENTS_DUPLICATE = Counter(
 EVENTS_MALFORMED = Counter(
     "shortlist_feedback_events_malformed_total", "Topic records that are not valid events"
 )
+EVENTS_ARCHIVED = Counter(
+    "shortlist_feedback_events_archived_total",
+    "Feedback events written to the archive (durable, offsets committed after)",
+)
 CONSUMER_LAG = Gauge(
     "shortlist_feedback_consumer_lag",
     "Records in the feedback topic not yet consumed by this process's partitions",

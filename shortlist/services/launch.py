@@ -21,6 +21,7 @@ from shortlist.bundle.files import load_bundle
 from shortlist.bundle.promotion import latest_version
 from shortlist.bundle.watcher import BundleWatcher
 from shortlist.config import Settings
+from shortlist.feedback.archive import Archiver
 from shortlist.feedback.bus import (
     DeadLetterPublisher,
     EventConsumer,
@@ -48,7 +49,7 @@ from shortlist.services.retrieval import RetrievalServicer
 from shortlist.services.stages import Ranker, Retriever
 
 log = logging.getLogger(__name__)
-SERVICES = ("retrieval", "ranking", "feedback", "gateway")
+SERVICES = ("retrieval", "ranking", "feedback", "gateway", "archiver")
 
 
 def redis_store(settings: Settings) -> StateStore:
@@ -65,6 +66,17 @@ def kafka_consumer(settings: Settings) -> EventConsumer:
         settings.kafka_bootstrap,
         settings.feedback_topic,
         settings.feedback_group,
+        settings.feedback_fetch_wait_ms,
+    )
+
+
+def archive_consumer(settings: Settings) -> EventConsumer:
+    """The archiver's consumer: a group of its own, so it sees every event."""
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
+    return KafkaEventConsumer(
+        settings.kafka_bootstrap,
+        settings.feedback_topic,
+        settings.archive_group,
         settings.feedback_fetch_wait_ms,
     )
 
@@ -190,6 +202,9 @@ def gateway_stages(
 
 def serve(name: str, settings: Settings) -> None:
     """Run one service in this process until SIGTERM or SIGINT."""
+    if name == "archiver":
+        serve_archiver(settings)
+        return
     limit_native_threads(1)
     # The feedback service folds vectors in for the default bundle only
     # (docs/decisions/0015-fold-in.md, Limitations).
@@ -218,6 +233,30 @@ def serve(name: str, settings: Settings) -> None:
     if watcher:
         watcher.stop()
     started.stop()
+
+
+def serve_archiver(settings: Settings) -> None:
+    """The archiver (shortlist.feedback.archive) until SIGTERM or SIGINT, with /metrics and
+    grpc.health.v1 like the other services (it serves no other RPC and loads no bundle).
+    A stop writes what it has buffered; if its loop dies the process exits, not serving."""
+    start_metrics_server(settings.archiver_metrics_port, settings.metrics_host)
+    archiver = Archiver(archive_consumer(settings), settings)
+    archiver.start()
+    server = start_server(
+        "archiver", lambda _server: None, (), settings.archiver_addr, workers=2, settings=settings
+    )
+    log.info("archiver writing %s on health port %d", archiver.root, server.port)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        if not archiver.alive():
+            server.set_serving(False)
+            raise RuntimeError("the archiver's loop stopped")
+    log.info("archiver stopping")
+    server.set_serving(False)
+    archiver.stop()
+    server.stop()
 
 
 def freeze_loaded_objects() -> None:

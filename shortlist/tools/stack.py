@@ -1,4 +1,5 @@
-"""The local stack as background processes: Redis, the tansu broker and the four services.
+"""The local stack as background processes: Redis, the tansu broker, the four services and
+the feedback archiver (its archive under Settings.archive_path, `.run/archive` by default).
 
 `up` starts what is not already answering, records the pids it started in `.run/pids.json`
 and returns once every service reports SERVING; `down` stops exactly those processes.
@@ -25,7 +26,7 @@ from shortlist.config import Settings
 
 RUN_DIR = Path(".run")
 PIDS = RUN_DIR / "pids.json"
-SERVICES = ("retrieval", "ranking", "feedback", "gateway")
+SERVICES = ("retrieval", "ranking", "feedback", "gateway", "archiver")
 
 
 def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
@@ -169,10 +170,12 @@ def worker_name(name: str, worker: int) -> str:
 
 def worker_metrics_ports(settings: Settings) -> list[int]:
     """Gateway worker w serves metrics on gateway_metrics_port + w; none of those ports may
-    be the metrics port of another service that runs (co-located: feedback only)."""
+    be the metrics port of another service that runs (co-located: feedback, archiver)."""
     first = settings.gateway_metrics_port
     ports = [first + w for w in range(settings.gateway_workers)]
-    others = ("feedback",) if settings.colocate else ("retrieval", "ranking", "feedback")
+    others = ("feedback", "archiver")
+    if not settings.colocate:
+        others += ("retrieval", "ranking")
     for name in others if first else ():
         port = getattr(settings, f"{name}_metrics_port")
         if port in ports[1:]:
@@ -191,7 +194,7 @@ def start_services(settings: Settings, pids: dict[str, int]) -> None:
     (name -> pid) as soon as it is spawned, so that a later failure can stop it."""
     metrics_ports = worker_metrics_ports(settings)
     env = service_env(settings)
-    for name in ("feedback", "gateway") if settings.colocate else SERVICES:
+    for name in ("feedback", "gateway", "archiver") if settings.colocate else SERVICES:
         argv = _serve_argv(name)
         for worker in range(settings.gateway_workers if name == "gateway" else 1):
             process = worker_name(name, worker)

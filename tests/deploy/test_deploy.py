@@ -240,7 +240,7 @@ def test_service_deployment(docs, name):
 
 def test_every_pod_runs_non_root_on_a_read_only_root_filesystem(docs):
     pods = [d for d in docs if d["kind"] in POD_KINDS]
-    assert len(pods) == len(SERVICES) + 4  # + redis, kafka, the Job and the CronJob
+    assert len(pods) == len(SERVICES) + 5  # + archiver, redis, kafka, the Job and the CronJob
     for doc in pods:
         spec = pod_spec(doc)
         assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
@@ -322,6 +322,59 @@ def test_training_publishes_the_bundle_the_services_read(docs):
         claims.add(volume["persistentVolumeClaim"]["claimName"])
     (claim,) = claims
     assert one(docs, "PersistentVolumeClaim", claim)
+
+
+def test_archiver_appends_the_archive_the_nightly_training_reads(docs):
+    """One archiver (one writer) fills the archive volume; the CronJob trains spectral on it
+    and the initial history, both read-only; the first Job on the history alone."""
+    defaults = Settings()
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    archive = config_map["data"]["SHORTLIST_ARCHIVE_PATH"]
+    archiver = one(docs, "Deployment", "archiver")
+    assert archiver["spec"]["replicas"] == 1 and archiver["spec"]["strategy"]["type"] == "Recreate"
+    spec = pod_spec(archiver)
+    (container,) = spec["containers"]
+    assert container["image"].split(":")[0] == "shortlist-feedback"
+    assert container["args"] == ["archiver"] and "command" not in container
+    env = {e["name"]: e["value"] for e in container["env"]}
+    health = port_of(env["SHORTLIST_ARCHIVER_ADDR"])
+    assert health == port_of(defaults.archiver_addr)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == health, probe
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": health, "metrics": defaults.archiver_metrics_port}
+    annotations = archiver["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(defaults.archiver_metrics_port)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == archive)
+    assert not mount.get("readOnly")
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    archive_claim = volume["persistentVolumeClaim"]["claimName"]
+    assert one(docs, "PersistentVolumeClaim", archive_claim)
+    kafka_clients = next(
+        r["from"][0]["podSelector"]["matchExpressions"][0]["values"]
+        for r in _ingress_rules(docs, "kafka")
+    )
+    assert "archiver" in kafka_clients
+
+    for doc in [*find(docs, "Job"), *find(docs, "CronJob")]:
+        spec = pod_spec(doc)
+        (container,) = spec["containers"]
+        command = container["command"]
+        assert command[command.index("--model") + 1] == "spectral"
+        events = [command[n + 1] for n, a in enumerate(command) if a == "--events"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        claims = {}
+        for path in events:
+            assert mounts[path]["readOnly"] is True, path
+            claim = volumes[mounts[path]["name"]]["persistentVolumeClaim"]
+            assert claim["readOnly"] is True and one(
+                docs, "PersistentVolumeClaim", claim["claimName"]
+            )
+            claims[path] = claim["claimName"]
+        history = {"shortlist-history"}
+        expected = history | ({archive_claim} if doc["kind"] == "CronJob" else set())
+        assert set(claims.values()) == expected, doc["metadata"]["name"]
 
 
 def test_training_sizes_native_thread_pools_by_its_cpu_limit(docs):
@@ -617,7 +670,7 @@ def test_one_dockerfile_starts_the_service_its_build_argument_names():
     # exec form, so SIGTERM reaches the server; the service comes from SHORTLIST_SERVICE
     assert json.loads(entrypoint) == ["python", "-m", "shortlist.services"]
     assert re.search(r"^\s+SHORTLIST_SERVICE=\$\{SERVICE\}", text, re.M)
-    assert set(SERVICES) == launchable_services()
+    assert set(SERVICES) | {"archiver"} == launchable_services()  # archiver: feedback image
     # tooling stays out of the service images; the training image keeps the CLI
     assert 'if [ "$SERVICE" != "train" ]; then rm -rf shortlist/tools; fi' in text
 

@@ -32,8 +32,9 @@ def recommend_calls(metrics_port: int) -> float:
 
 def stack_env(bundle: Path, redis_url: str) -> tuple[dict, dict, dict]:
     """Environment for `shortlist up` on free ports of its own: (env, ports, metrics ports)."""
-    ports = {name: free_port() for name in ("gateway", "retrieval", "ranking", "feedback", "kafka")}
-    metrics = {n: free_port() for n in ("retrieval", "ranking", "feedback")}
+    names = ("gateway", "retrieval", "ranking", "feedback", "archiver", "kafka")
+    ports = {name: free_port() for name in names}
+    metrics = {n: free_port() for n in ("retrieval", "ranking", "feedback", "archiver")}
     metrics["gateway"] = free_ports(2)
     env = {
         **os.environ,
@@ -97,7 +98,8 @@ def test_up_serves_grpcurl_and_down_stops_everything(
     pids = json.loads((tmp_path / ".run" / "pids.json").read_text())
     try:
         services = {"gateway-1"} if colocate else {"retrieval", "ranking"}
-        assert set(pids) == {"tansu", "gateway", "feedback"} | services
+        assert set(pids) == {"tansu", "gateway", "feedback", "archiver"} | services
+        assert (tmp_path / ".run" / "archive").is_dir()  # the archiver's default path
         gateway = f"127.0.0.1:{ports['gateway']}"
         listed = subprocess.run(
             [GRPCURL_EXECUTABLE, "-plaintext", gateway, "list"],
