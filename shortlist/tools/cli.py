@@ -49,6 +49,12 @@ def train(
         256, help="Width of each user's precomputed shortlist (0: none, always search)."
     ),
     seed: int = typer.Option(0),
+    tune_budget: float = typer.Option(
+        120.0,
+        min=0.0,
+        help="Seconds to choose the retrieval options on the latest slice of the training "
+        "likes (0: model defaults; --options wins).",
+    ),
 ) -> None:
     """Train retrieval and ranker and write a versioned bundle the services load (from an
     event log, a LightGCN-format directory, or the built-in data)."""
@@ -68,19 +74,10 @@ def train(
         except BadEvents as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-        train_and_save(out, interactions, model, options, epochs, dim, index, precomputed, seed)
-        return
+    else:
+        interactions = _dataset(data, n_users, n_items, seed)
     train_and_save(
-        out,
-        _dataset(data, n_users, n_items, seed),
-        model,
-        options,
-        epochs,
-        dim,
-        index,
-        precomputed,
-        seed,
-        _preset(model, data),
+        out, interactions, model, options, epochs, dim, index, precomputed, seed, tune_budget
     )
 
 
@@ -105,7 +102,7 @@ def train_and_save(
     index: str = "auto",
     precomputed: int = 256,
     seed: int = 0,
-    preset: dict | None = None,
+    tune_budget: float = 0.0,
 ) -> None:
     """What `shortlist train` does once the data is read, callable with plain values (`up`
     trains the built-in data with the defaults when no bundle exists yet). The bundle is
@@ -120,7 +117,8 @@ def train_and_save(
         index=index,
         precomputed=precomputed,
         model=model,
-        model_options=json.loads(options) if options else preset,
+        model_options=json.loads(options) if options else None,
+        tune_budget=tune_budget,
     )
     with console.status("training"):
         bundle = train_bundle(interactions, config, progress=console.log)
@@ -131,13 +129,10 @@ def train_and_save(
     for key, value in bundle.manifest["metrics"].items():
         table.add_row(key, str(value))
     console.print(table)
-
-
-def _preset(model: str, data: Path | None) -> dict | None:
-    """The measured options for a model on a known benchmark dataset, if any."""
-    from shortlist.models import registry
-
-    return registry.preset(model, data.name) or None if data is not None else None
+    tuning = bundle.manifest["tuning"]
+    console.print(
+        f"options ({tuning['stopped']}, {len(tuning['trials'])} trials): {tuning['chosen']}"
+    )
 
 
 @app.command()
