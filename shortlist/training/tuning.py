@@ -16,7 +16,9 @@ knob tries the points halfway to its grid neighbours of the chosen value (one gr
 outward at an edge of the grid). The two sweeps repeat from the new best until a round
 changes nothing or the budget is spent. A trial starts only when the seconds used plus
 its estimate (the slowest trial so far per unit of the space's cost, e.g. epochs x dim)
-fit in the budget, so a budget smaller than one fit runs the defaults alone.
+fit in the budget, so a budget smaller than one fit runs the defaults alone. The spectral
+model's trials share its SVD where only the filter changes (power, sharpen, priors,
+recency, the ideal term's weight), so most of its trials cost a projection and a scoring.
 
 Determinism: the plan and the slice depend only on the data, the space and the seed; the
 budget decides only how far along the plan the search gets (a budget the whole plan fits
@@ -238,6 +240,7 @@ def tune(
     say(f"tuning {model}: {len(knobs)} knobs on the {how} ({held.nnz:,} likes), {budget_s:g}s")
     scored: dict[tuple, Trial] = {}
     per_cost = 0.0  # the slowest trial so far, in seconds per unit of cost
+    shared: dict = {}  # what a model may reuse between fits on fit_data (spectral: its SVD)
 
     def point(values: dict[str, Any]) -> dict[str, Any]:
         return {k.name: values.get(k.name, base.get(k.name, defaults.get(k.name))) for k in knobs}
@@ -254,6 +257,8 @@ def tune(
             return None
         t0 = clock()
         fitted = registry.build(model, options)
+        if hasattr(fitted, "fit_cache"):
+            fitted.fit_cache = shared  # same data every trial: the SVD is reused
         fitted.fit(fit_data)
         ndcg = ndcg_at(fitted.user_factors, fitted.item_factors, fit_data.positives, held)
         seconds = clock() - t0
