@@ -43,6 +43,8 @@ _MODELS: dict[str, tuple[Callable[[Any], EmbeddingModel], type | None]] = {
     "spectral": (SpectralCF, SpectralConfig),
 }
 
+# The benchmarks' published protocols only (`shortlist bench`): `shortlist train` chooses
+# options on the data itself (shortlist.training.tuning), never by a folder name.
 # Defaults tuned per dataset name, never on test: LastFM by valid NDCG@20 under protocol B
 # (`shortlist bench quality`), Gowalla on train+valid alone (`shortlist bench recency`).
 # Each beats the model's defaults on test (docs/decisions/0008-recency-weighted-retrieval.md).

@@ -98,6 +98,10 @@ class SpectralCF:
         self.item_factors = np.zeros((0, 0), np.float32)
         self._item_in: np.ndarray | None = None  # maps a like-vector to a user vector
         self._ordered = False  # whether the fit weighted likes by recency
+        # Singular values and vectors by (user_exp, item_exp, rank, power_iters, seed): a
+        # caller fitting several settings on the same data (the tuner) shares one dict so
+        # that settings differing only in the filter reuse the SVD; None: no sharing.
+        self.fit_cache: dict | None = None
 
     def fit(self, data: Interactions) -> FitReport:
         cfg = self.config
@@ -105,9 +109,13 @@ class SpectralCF:
         r = data.positives.tocsr().astype(np.float32)
         du = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
         di = np.maximum(np.asarray(r.sum(axis=0)).ravel(), 1.0)
-        norm = sp.diags(du**-cfg.user_exp) @ r @ sp.diags(di**-cfg.item_exp)
         rank = max(cfg.rank, cfg.ideal_rank)
-        s, v = randomized_svd(norm.tocsr(), rank, cfg.power_iters, seed=cfg.seed)
+        key = (cfg.user_exp, cfg.item_exp, rank, cfg.power_iters, cfg.seed)
+        cache = self.fit_cache if self.fit_cache is not None else {}
+        if key not in cache:
+            norm = sp.diags(du**-cfg.user_exp) @ r @ sp.diags(di**-cfg.item_exp)
+            cache[key] = randomized_svd(norm.tocsr(), rank, cfg.power_iters, seed=cfg.seed)
+        s, v = cache[key]
         rank = min(cfg.rank, len(s))
         k = min(cfg.ideal_rank, len(s)) if cfg.ideal_weight else 0
         h = (s[:rank] ** cfg.power * (1 - cfg.sharpen * (s[:rank] / s[0]) ** 2)).astype(np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +67,12 @@ def train(
     keep: int = typer.Option(
         5, help="Bundles kept on disk (the serving one and its rollback target always)."
     ),
+    tune_budget: float = typer.Option(
+        120.0,
+        min=0.0,
+        help="Seconds to choose the retrieval options on the latest slice of the training "
+        "likes (0: model defaults; --options wins).",
+    ),
 ) -> None:
     """Train retrieval and ranker and write a versioned bundle the services load (from an
     event log, a LightGCN-format directory, or the built-in data)."""
@@ -89,7 +95,6 @@ def train(
         )
     if keep < 1:
         raise typer.BadParameter(f"must be at least 1, got {keep}", param_hint="--keep")
-    promotion = Promotion(gate, gate_share, gate_margin, refit, keep)
     if events:
         try:
             with console.status("reading events"):
@@ -97,23 +102,11 @@ def train(
         except BadEvents as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-        train_and_save(
-            out,
-            interactions,
-            model,
-            options,
-            epochs,
-            dim,
-            index,
-            precomputed,
-            seed,
-            None,
-            promotion,
-        )
-        return
+    else:
+        interactions = _dataset(data, n_users, n_items, seed)
     train_and_save(
         out,
-        _dataset(data, n_users, n_items, seed),
+        interactions,
         model,
         options,
         epochs,
@@ -121,8 +114,8 @@ def train(
         index,
         precomputed,
         seed,
-        _preset(model, data),
-        promotion,
+        tune_budget,
+        Promotion(gate, gate_share, gate_margin, refit, keep),
     )
 
 
@@ -147,7 +140,7 @@ def train_and_save(
     index: str = "auto",
     precomputed: int = 256,
     seed: int = 0,
-    preset: dict | None = None,
+    tune_budget: float = 0.0,
     promotion: Promotion | None = None,
 ) -> None:
     """What `shortlist train` does once the data is read, callable with plain values (`up`
@@ -167,7 +160,8 @@ def train_and_save(
         index=index,
         precomputed=precomputed,
         model=model,
-        model_options=json.loads(options) if options else preset,
+        model_options=json.loads(options) if options else None,
+        tune_budget=tune_budget,
     )
     if promotion.gate and latest_version(out) is not None:
         bundle, promoted = _gated(out, interactions, config, promotion)
@@ -185,6 +179,10 @@ def train_and_save(
     for key, value in bundle.manifest["metrics"].items():
         table.add_row(key, str(value))
     console.print(table)
+    tuning = bundle.manifest["tuning"]
+    console.print(
+        f"options ({tuning['stopped']}, {len(tuning['trials'])} trials): {tuning['chosen']}"
+    )
 
 
 @dataclass
@@ -216,8 +214,11 @@ def _gated(out: Path, interactions: Interactions, config, promotion: Promotion):
     write_metrics(result, out / "gate.prom")
     bundle = candidate
     if result.promoted and promotion.refit:
+        # the options the candidate was tuned to and gated with, not a second search
+        tuned = replace(config, model_options=candidate.manifest["model_options"])
         with console.status("refitting on all events"):
-            bundle = train_bundle(interactions, config, progress=console.log)
+            bundle = train_bundle(interactions, tuned, progress=console.log)
+        bundle.manifest["tuning"] = candidate.manifest["tuning"]
     bundle.manifest["gate"] = result.as_dict()
     return bundle, result.promoted
 
@@ -251,13 +252,6 @@ def rollback(out: Path = typer.Option(Path("artifacts"), help="Bundle root.")) -
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(f"rolled back: serving {version} from {out}")
-
-
-def _preset(model: str, data: Path | None) -> dict | None:
-    """The measured options for a model on a known benchmark dataset, if any."""
-    from shortlist.models import registry
-
-    return registry.preset(model, data.name) or None if data is not None else None
 
 
 @app.command()

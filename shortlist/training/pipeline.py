@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +39,7 @@ from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
 from shortlist.retrieval.index import build_index
 from shortlist.retrieval.precomputed import PrecomputedShortlists
+from shortlist.training.tuning import SPACES, tune, untuned
 
 Progress = Callable[[str], None]
 
@@ -74,6 +76,9 @@ class TrainConfig:
     model: str = "mf-bpr"
     # Options of the retrieval model (registry names); dim/epochs/seed above apply to MF-BPR.
     model_options: dict | None = None
+    # Seconds to choose the retrieval model's options on the latest slice of the training
+    # likes (shortlist.training.tuning) when model_options is None; 0: the defaults above.
+    tune_budget: float = 0.0
 
 
 def retrieval_options(cfg: TrainConfig) -> dict:
@@ -84,6 +89,22 @@ def retrieval_options(cfg: TrainConfig) -> dict:
     return {}
 
 
+def chosen_options(
+    data: Interactions, cfg: TrainConfig, say: Progress
+) -> tuple[dict, dict[str, Any]]:
+    """The retrieval options to train with and the tuning report the manifest keeps:
+    explicit options win, else a search within `tune_budget` seconds, else the defaults."""
+    options = retrieval_options(cfg)
+    if cfg.model_options is not None:
+        return options, untuned(options, cfg.tune_budget, "options given")
+    if cfg.tune_budget <= 0:
+        return options, untuned(options, 0.0, "no budget: model defaults")
+    if cfg.model not in SPACES:
+        return options, untuned(options, cfg.tune_budget, f"no search space for {cfg.model}")
+    result = tune(data, cfg.model, cfg.tune_budget, base=options, seed=cfg.seed, progress=say)
+    return result.options, result.report()
+
+
 def train_bundle(
     data: Interactions, config: TrainConfig | None = None, progress: Progress | None = None
 ) -> Bundle:
@@ -91,7 +112,7 @@ def train_bundle(
     say = progress or (lambda _msg: None)
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
-    options = retrieval_options(cfg)
+    options, tuning = chosen_options(data, cfg, say)
 
     labels = label_kind(data, cfg.labels)
     say(f"splitting likes into model-fit and ranker-label ({labels}) parts")
@@ -160,6 +181,7 @@ def train_bundle(
             "dataset_fingerprint": data.fingerprint(),
             "model": cfg.model,
             "model_options": options,
+            "tuning": tuning,
             "config": asdict(cfg),
             "code_version": code_version(),
             "feature_names": names,

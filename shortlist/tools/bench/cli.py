@@ -65,6 +65,13 @@ def quality(
     ranker_lists: int = typer.Option(
         None, "--ranker-lists", min=100, help="two-stage: most lists the ranker is fit on."
     ),
+    tune_budget: float = typer.Option(
+        0.0,
+        "--tune-budget",
+        min=0.0,
+        help="Seconds to choose the options on the training part instead of the dataset's "
+        "published preset (B: on valid; A: the latest likes of train+valid); 0: the preset.",
+    ),
 ) -> None:
     """Train a retrieval model under protocol A or B and print its test metrics.
 
@@ -114,6 +121,7 @@ def quality(
             ranker_seeds=ranker_seeds,
             ranker_labels=ranker_labels,
             ranker_lists=ranker_lists,
+            tune_budget=tune_budget,
         )
     except (BadEvents, ValueError, KeyError, FileNotFoundError) as exc:
         _fail(str(exc))

@@ -8,7 +8,8 @@ matplotlib is installed): see `shortlist/bench/report.py`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,38 @@ def run_quality(
     model: str = DEFAULT_MODEL,
     config: dict[str, Any] | None = None,
     threads: int = 2,
-) -> ProtocolResult:
+    tune_budget: float = 0.0,
+) -> tuple[ProtocolResult, dict[str, Any] | None]:
+    """The protocol's result and, when tuned, the tuning report."""
     torch.set_num_threads(threads)
     split = load_split(data_dir)
-    options = registry.preset(model, split.name)
-    options.update(config or {})
-    return run_protocol(split, protocol, model, options)
+    options, tuning = bench_options(split, protocol, model, config, tune_budget)
+    return run_protocol(split, protocol, model, options), tuning
+
+
+def bench_options(
+    split: SplitData,
+    protocol: str,
+    model: str,
+    config: dict[str, Any] | None,
+    tune_budget: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The published preset for the dataset (its protocol), or with `tune_budget` > 0 the
+    options `shortlist.training.tuning` chooses from the training part alone: under B on
+    valid, under A on the latest likes of train+valid. `config` keys are fixed either way."""
+    config = dict(config or {})
+    if tune_budget <= 0:
+        return {**registry.preset(model, split.name), **config}, None
+    from shortlist.training.tuning import search_space, tune
+
+    if protocol.upper() == "B":
+        train, valid = split.train, split.valid
+    else:
+        train, valid = split.train_valid(), None
+    space = [k for k in search_space(model, train) if k.name not in config]
+    result = tune(train, model, tune_budget, config, valid=valid, space=space, progress=progress)
+    return result.options, result.report()
 
 
 def render(result: ProtocolResult, console: Console) -> None:
@@ -93,6 +120,7 @@ def main(
     ranker_seeds: int = 1,
     ranker_labels: str = "valid",
     ranker_lists: int | None = None,
+    tune_budget: float = 0.0,
 ) -> dict[str, Any]:
     """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
     console = Console(stderr=False)
@@ -102,11 +130,28 @@ def main(
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
     if pipeline == "two-stage":
         return two_stage_main(
-            data_dir, protocol, model, config, console, ranker_seeds, ranker_labels, ranker_lists
+            data_dir,
+            protocol,
+            model,
+            config,
+            console,
+            ranker_seeds,
+            ranker_labels,
+            ranker_lists,
+            tune_budget,
         )
-    result = run_quality(data_dir, protocol, model, config)
+    started = time.perf_counter()
+    result, tuning = run_quality(data_dir, protocol, model, config, tune_budget=tune_budget)
     render(result, console)
     summary = {**result.summary(), "pipeline": pipeline}
+    if tuning is not None:
+        console.print(
+            f"tuned in {tuning['seconds']:.1f}s of {tune_budget:g}s ({len(tuning['trials'])} "
+            f"trials, {tuning['slice']}): {tuning['chosen']}"
+        )
+        summary["tuning"] = tuning
+    summary["options"] = result.config
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     if report_dir:
         from shortlist.tools.bench.report import write_report
 
@@ -126,6 +171,7 @@ def two_stage_main(
     ranker_seeds: int = 1,
     ranker_labels: str = "valid",
     ranker_lists: int | None = None,
+    tune_budget: float = 0.0,
 ) -> dict[str, Any]:
     """Retrieval-only and two-stage figures side by side on the same users. With
     `ranker_seeds` > 1 the pipeline runs again with seeds 1.. (which lists the ranker is fit
@@ -136,9 +182,8 @@ def two_stage_main(
 
     torch.set_num_threads(2)
     split = load_split(data_dir)
-    options = registry.preset(model, split.name)
-    options.update(config or {})
     say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    options, tuning = bench_options(split, protocol, model, config, tune_budget, say)
     lists = ranker_lists or TrainConfig().ranker_max_lists
     cfg = TrainConfig(model=model, ranker_max_lists=lists)
     result = run_two_stage(
@@ -179,6 +224,8 @@ def two_stage_main(
     summary["importance"] = result.importance
     summary["ranker_labels"] = ranker_labels
     summary["ranker_max_lists"] = cfg.ranker_max_lists
+    if tuning is not None:
+        summary["tuning"] = tuning
     if ranker_seeds > 1:
         lifts = [summary["ndcg@20_lift"]]
         for seed in range(1, ranker_seeds):

@@ -1,0 +1,160 @@
+"""The tuner: within its budget, deterministic, training data only, and it finds a clearly
+better option when there is one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from shortlist.data.splits import latest_share_holdout
+from shortlist.data.synthetic import generate
+from shortlist.models import registry
+from shortlist.tools.cli import app
+from shortlist.training import tuning
+from shortlist.training.pipeline import TrainConfig, chosen_options
+from shortlist.training.tuning import Knob, holdout, tune
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(n_users=150, n_items=90, likes_per_user=20, seed=3)
+
+
+SMALL = (Knob("rank", (8, 32), scale="int", lo=4), Knob("power", (1.0, 2.0), lo=0.25))
+
+
+def test_a_tiny_budget_scores_only_the_defaults(data):
+    result = tune(data, "spectral", budget_s=1e-6, base={"rank": 16})
+    assert len(result.trials) == 1 and result.stopped == "budget"
+    default = registry.build("spectral").config
+    assert result.trials[0].options["rank"] == 16  # the base, else the model's defaults
+    assert result.trials[0].options["power"] == default.power
+    assert result.options["rank"] == 16 and result.options["power"] == default.power
+
+
+def test_the_budget_stops_new_trials_and_is_kept(data):
+    ticks = iter(np.arange(0.0, 1000.0, 1.0))  # every clock read: one more second
+    result = tune(data, "spectral", 12.0, space=SMALL, clock=lambda: float(next(ticks)))
+    # each trial reads the clock twice (1 s) and the budget check once: the estimate (1 s
+    # per trial) keeps the total within the budget plus one trial
+    assert 1 < len(result.trials) < len(SMALL) * 4
+    assert result.stopped == "budget" and result.seconds <= 12.0 + 2.0
+
+
+def test_the_same_seed_gives_the_same_search(data):
+    a = tune(data, "spectral", 60.0, space=SMALL, seed=1).report()
+    b = tune(data, "spectral", 60.0, space=SMALL, seed=1).report()
+    assert a["stopped"] == "plan done"
+    drop = lambda r: [{k: v for k, v in t.items() if k != "seconds"} for t in r["trials"]]  # noqa: E731
+    assert drop(a) == drop(b) and a["chosen"] == b["chosen"]
+
+
+def test_it_picks_the_clearly_better_option(data):
+    # rank 1 (the starting point) cannot separate users' topics; rank 24 can
+    space = (Knob("rank", (1, 24), scale="int", lo=1),)
+    result = tune(data, "spectral", 60.0, base={"rank": 1}, space=space)
+    scores = {t.options["rank"]: t.ndcg for t in result.trials}
+    assert scores[24] > scores[1] + 0.05
+    chosen = result.options["rank"]
+    assert chosen != 1 and scores[chosen] == max(scores.values())  # the fine step may refine
+
+
+def test_mf_bpr_is_searched_over_epochs_dim_and_l2(data):
+    names = [k.name for k in tuning.search_space("mf-bpr", data)]
+    assert {"epochs", "dim", "l2"} <= set(names)
+    result = tune(data, "mf-bpr", 1e-6, base={"dim": 8, "epochs": 2})
+    assert result.options["dim"] == 8 and len(result.trials) == 1
+
+
+def test_the_tuner_only_ever_fits_and_scores_the_training_likes(data, monkeypatch):
+    """Handed the training part of a split, every fit sees a subset of its likes and the
+    scored slice is its own latest likes: test likes never reach it."""
+    split = latest_share_holdout(data, 0.2)
+    train, test = split.train, split.test.positives
+    fitted, scored = [], []
+    build = registry.build
+
+    def spy_build(name, options=None):
+        model = build(name, options)
+        fit = model.fit
+        model.fit = lambda d: (fitted.append(d.positives.copy()), fit(d))[1]
+        return model
+
+    real_ndcg = tuning.ndcg_at
+
+    def spy_ndcg(u, i, fitted_likes, held):
+        scored.append(held.copy())
+        return real_ndcg(u, i, fitted_likes, held)
+
+    monkeypatch.setattr(tuning.registry, "build", spy_build)
+    monkeypatch.setattr(tuning, "ndcg_at", spy_ndcg)
+    tune(train, "spectral", 60.0, space=SMALL)
+    known = train.positives > 0
+    assert fitted and scored
+    for likes in fitted + scored:
+        assert (likes > 0).multiply(known).nnz == likes.nnz  # inside the training likes
+        assert (likes > 0).multiply(test > 0).nnz == 0  # none of the test likes
+    _, held, how = holdout(train, 0.2)
+    assert "latest" in how and all((s != held).nnz == 0 for s in scored)
+
+
+def test_unordered_likes_get_a_seeded_random_slice(data):
+    plain = data.with_positives(data.positives)  # no timestamps: no order
+    assert plain.recency() is None
+    a, b = holdout(plain, 0.2, seed=4)[1], holdout(plain, 0.2, seed=4)[1]
+    assert (a != b).nnz == 0 and a.nnz > 0 and "random" in holdout(plain, 0.2, seed=4)[2]
+    assert all(
+        k.name not in ("recency", "recency_power") for k in tuning.search_space("spectral", plain)
+    )
+
+
+def test_the_pipeline_tunes_only_without_options_and_with_a_budget(data):
+    say = lambda _m: None  # noqa: E731
+    options, report = chosen_options(data, TrainConfig(model="spectral"), say)
+    assert options == {} and report["stopped"].startswith("no budget")
+    cfg = TrainConfig(model="spectral", model_options={"rank": 12}, tune_budget=30.0)
+    options, report = chosen_options(data, cfg, say)
+    assert options == {"rank": 12} and report["stopped"] == "options given"
+    cfg = TrainConfig(model="lightgcn", tune_budget=30.0)
+    assert chosen_options(data, cfg, say)[1]["stopped"] == "no search space for lightgcn"
+    cfg = TrainConfig(model="mf-bpr", dim=8, epochs=2, tune_budget=1e-6)
+    options, report = chosen_options(data, cfg, say)
+    assert options["dim"] == 8 and options["seed"] == 0 and len(report["trials"]) == 1
+    assert report["chosen"] == options
+
+
+# The whole pipeline (ranker included) runs in these: tens of seconds each on a slow host.
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", ["0", "3"])
+def test_train_writes_the_tuning_report_into_the_manifest(tmp_path, budget):
+    args = ["train", "--out", str(tmp_path), "--model", "spectral", "--n-users", "120"]
+    args += ["--n-items", "80", "--precomputed", "0", "--tune-budget", budget]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    latest = (tmp_path / "LATEST").read_text().strip()
+    manifest = json.loads((tmp_path / latest / "manifest.json").read_text())
+    report = manifest["tuning"]
+    assert report["budget_s"] == float(budget)
+    assert manifest["model_options"] == report["chosen"]
+    if budget == "0":
+        assert report["trials"] == [] and report["stopped"].startswith("no budget")
+    else:
+        assert report["trials"] and report["seconds"] <= 3 + max(
+            t["seconds"] for t in report["trials"]
+        )
+        assert report["chosen_ndcg@20"] >= report["default_ndcg@20"]
+
+
+@pytest.mark.slow
+def test_explicit_options_win_over_tuning(tmp_path):
+    args = ["train", "--out", str(tmp_path), "--model", "spectral", "--n-users", "120"]
+    args += ["--n-items", "80", "--precomputed", "0", "--options", '{"rank": 12}']
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    latest = (tmp_path / "LATEST").read_text().strip()
+    manifest = json.loads((tmp_path / latest / "manifest.json").read_text())
+    assert manifest["model_options"] == {"rank": 12}
+    assert manifest["tuning"]["stopped"] == "options given" and not manifest["tuning"]["trials"]
