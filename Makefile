@@ -35,8 +35,14 @@ up: install
 down:
 	$(BIN)/shortlist down
 
+# Your own data: make train EVENTS=path/to/events.parquet [ITEMS=path/to/items.csv]; without
+# EVENTS, the built-in data written as an event log (shortlist sample-events).
+EVENTS  ?=
+ITEMS   ?=
 train: install
-	$(BIN)/shortlist train
+	@if [ -z "$(EVENTS)" ]; then $(BIN)/shortlist sample-events .run/sample; fi
+	$(BIN)/shortlist train --events $(or $(EVENTS),.run/sample/events.parquet) \
+		$(if $(ITEMS),--items $(ITEMS),$(if $(EVENTS),,--items .run/sample/items.parquet))
 
 # All tests: tests/unit (no services), tests/integration (real Redis, the broker, sockets),
 # tests/deploy (manifests, alert rules, the container recipe).

@@ -10,7 +10,11 @@ items fit it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from shortlist.data.ids import IdMap
@@ -100,3 +104,33 @@ def generate(
         user_features={"main_topic": main.astype(np.float32)},
         context={"moment": moment},
     )
+
+
+def write_events(data: Interactions, directory: Path) -> tuple[Path, Path]:
+    """`data` as the event log and item file `shortlist train --events/--items` reads
+    (events.parquet: user_id, item_id, kind, timestamp, moment; items.parquet: item_id, topic),
+    so the built-in data trains through the same path as a team's own logs. A dislike is
+    timed at its user's first like (the generator draws no time for it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pos, neg = data.positives.tocoo(), data.negatives.tocoo()
+    times = np.asarray(data.timestamps, np.int64)
+    starts = np.full(data.n_users, np.iinfo(np.int64).max)
+    np.minimum.at(starts, pos.row, times)
+    starts[starts == np.iinfo(np.int64).max] = times.min() if len(times) else 0
+    users, items = np.array(data.users.to_list()), np.array(data.items.to_list())
+    moment = data.context.get("moment", np.full(pos.nnz, "", object))
+    events = pa.table(
+        {
+            "user_id": np.concatenate([users[pos.row], users[neg.row]]),
+            "item_id": np.concatenate([items[pos.col], items[neg.col]]),
+            "kind": ["like"] * pos.nnz + ["dislike"] * neg.nnz,
+            "timestamp": np.concatenate([times, starts[neg.row]]),
+            "moment": np.concatenate([np.asarray(moment, object), np.full(neg.nnz, "", object)]),
+        }
+    )
+    topic = data.item_features["topic"].astype(np.int64)
+    catalogue = pa.table({"item_id": items, "topic": np.array(TOPICS)[topic]})
+    paths = directory / "events.parquet", directory / "items.parquet"
+    pq.write_table(events, paths[0])
+    pq.write_table(catalogue, paths[1])
+    return paths

@@ -39,7 +39,9 @@ def train(
     ),
     like_at: float = typer.Option(4.0, help="A numeric kind (rating) at least this is a like."),
     dislike_at: float = typer.Option(2.0, help="A numeric kind at most this is a dislike."),
-    model: str = typer.Option("mf-bpr", help="Retrieval model: mf-bpr, spectral, lightgcn, ..."),
+    model: str = typer.Option(
+        "spectral", help="Retrieval model: spectral (the measured best), mf-bpr, lightgcn, ..."
+    ),
     options: str = typer.Option("", help="Retrieval model options as JSON."),
     n_users: int = typer.Option(1000, help="Users in the built-in dataset (no --data/--events)."),
     n_items: int = typer.Option(600, help="Items in the built-in dataset."),
@@ -133,7 +135,7 @@ def _dataset(data: Path | None, n_users: int, n_items: int, seed: int) -> Intera
 def train_and_save(
     out: Path,
     interactions: Interactions,
-    model: str = "mf-bpr",
+    model: str = "spectral",
     options: str = "",
     epochs: int = 30,
     dim: int = 32,
@@ -254,6 +256,24 @@ def rollback(out: Path = typer.Option(Path("artifacts"), help="Bundle root.")) -
     console.print(f"rolled back: serving {version} from {out}")
 
 
+@app.command("sample-events")
+def sample_events(
+    out: Path = typer.Argument(
+        Path(".run/sample"), help="Folder for events.parquet and items.parquet."
+    ),
+) -> None:
+    """Write the built-in data as an event log and item file, the form `shortlist train
+    --events/--items` reads (what `make train`, `up` and the demo train from)."""
+    events, items = _sample_events(out)
+    console.print(f"wrote {events} and {items}")
+
+
+def _sample_events(out: Path) -> tuple[Path, Path]:
+    from shortlist.data.synthetic import generate, write_events
+
+    return write_events(generate(), out)
+
+
 @app.command()
 def serve(name: str = typer.Argument(..., help="retrieval | ranking | feedback | gateway")) -> None:
     """Run one service in the foreground (settings from SHORTLIST_* environment variables);
@@ -284,7 +304,10 @@ def up() -> None:
         not (Path(settings.bundle) / "LATEST").exists()
         and not Path(settings.bundle, "manifest.json").exists()
     ):
-        train_and_save(Path(settings.bundle), _dataset(None, 1000, 600, 0))
+        from shortlist.data.events import load_events
+
+        events, items = _sample_events(Path(".run/sample"))
+        train_and_save(Path(settings.bundle), load_events([events], items))
     with console.status("starting the local stack"):
         pids = stack.up(settings)
     table = Table(title="Shortlist local stack is up", title_justify="left")

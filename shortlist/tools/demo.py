@@ -13,7 +13,8 @@ from rich.table import Table
 
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.config import Settings
-from shortlist.data.synthetic import generate
+from shortlist.data.events import load_events
+from shortlist.data.synthetic import generate, write_events
 from shortlist.feedback.bus import InMemoryBus
 from shortlist.feedback.stores import InMemoryStateStore
 from shortlist.rpc.server import client_channel
@@ -61,9 +62,13 @@ def run(console: Console | None = None, user: str = "user-0007", k: int = 10) ->
         f"{data.nnz:,} likes, {data.negatives.nnz:,} dislikes"
     )
     with tempfile.TemporaryDirectory(prefix="shortlist-demo-") as tmp, console.status("training"):
-        bundle = train_bundle(data, TrainConfig(), progress=lambda m: console.log(m))
-        save_bundle(bundle, Path(tmp))
-        bundle = load_bundle(Path(tmp))
+        # through the event-log path a team's own data takes (shortlist train --events)
+        events, items = write_events(data, Path(tmp, "events"))
+        logged = load_events([events], items)
+        config = TrainConfig(model="spectral")  # the measured best retrieval, blended ranker
+        bundle = train_bundle(logged, config, progress=lambda m: console.log(m))
+        save_bundle(bundle, Path(tmp, "bundles"))
+        bundle = load_bundle(Path(tmp, "bundles"))
     metrics = bundle.manifest["metrics"]
     console.print(
         f"bundle {bundle.version}: ranker NDCG@20 {metrics['ranker_ndcg@20']:.3f} vs retrieval "

@@ -14,6 +14,7 @@ from shortlist.tools.cli import app
 pytestmark = pytest.mark.slow  # trains bundles
 
 SMALL = ["--n-users", "200", "--n-items", "120", "--model", "mf-bpr", "--epochs", "5"]
+SMALL += ["--tune-budget", "0"]
 
 
 def _run(*args: str):
