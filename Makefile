@@ -7,7 +7,8 @@ PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
 STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-index \
-	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps clean
+	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
+	bench-lifecycle clean
 
 install: $(STAMP) proto
 
@@ -158,6 +159,10 @@ bench-soak: install
 SWAPS ?= 20
 bench-swaps: install
 	$(BIN)/shortlist bench swaps --bundle $(SERVING)/artifacts --swaps $(SWAPS)
+
+# MovieLens-100K as event logs through the whole loop (docs/benchmarks.md, "lifecycle").
+bench-lifecycle: install
+	$(BIN)/shortlist bench lifecycle --data $(DATA)/ml-100k
 
 bench-feedback: install
 	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla

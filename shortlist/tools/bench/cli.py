@@ -266,6 +266,22 @@ def swaps(
     _emit(result, "memory over hot swaps")
 
 
+@bench_app.command("lifecycle")
+def lifecycle(
+    data: Path = typer.Option(Path("../shared/data/ml-100k"), help="MovieLens-100K folder."),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0"),
+    tune_budget: float = typer.Option(30.0, help="Seconds of option tuning per training."),
+) -> None:
+    """Events in, live feedback folded in and archived, retrained through the promotion gate,
+    a new item recommended: MovieLens-100K over the real services (Redis, the broker)."""
+    from shortlist.tools.bench import lifecycle as bench_lifecycle
+
+    if not (data / "u.data").exists():
+        _fail(f"no MovieLens-100K u.data in {data}")
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    _emit(bench_lifecycle.run(data, redis_url, tune_budget, say), "lifecycle")
+
+
 @bench_app.command("soak")
 def soak(
     seconds: float = typer.Option(600.0, "--seconds", help="Measured seconds of load."),
