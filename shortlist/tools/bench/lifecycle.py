@@ -264,6 +264,7 @@ def run(
                 retrained_version = versions(bundles)[-1]
                 retrained = load_bundle(bundles / retrained_version)
                 gate = retrained.manifest["gate"]
+                serving = latest_version(bundles)
                 stack.swap_bundle(retrained)
                 retrained_metrics = recommend_metrics(gateway, slices)
                 say(f"retrained {retrained_version}: {retrained_metrics}")
@@ -288,7 +289,7 @@ def run(
         "ndcg@20_retrained": retrained_metrics["ndcg@20"],
         "recall@20_retrained": retrained_metrics["recall@20"],
         "promoted": bool(gate["promoted"]),
-        "serving_after_retrain": latest_version(bundles),
+        "serving_after_retrain": serving,
         "gate_candidate_ndcg@20": gate["candidate"]["ndcg@20"],
         "gate_serving_ndcg@20": gate["serving"]["ndcg@20"],
         "rss_growth_20_swaps": swaps["rss_growth_20_swaps"],
