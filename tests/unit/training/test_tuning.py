@@ -128,8 +128,8 @@ def test_the_pipeline_tunes_only_without_options_and_with_a_budget(data):
 
 # The whole pipeline (ranker included) runs in these: tens of seconds each on a slow host.
 @pytest.mark.slow
-@pytest.mark.parametrize("budget", ["0", "3"])
-def test_train_writes_the_tuning_report_into_the_manifest(tmp_path, budget):
+def test_train_writes_the_tuning_report_into_the_manifest(tmp_path):
+    budget = "3"  # no budget is covered above, without the whole pipeline
     args = ["train", "--out", str(tmp_path), "--model", "spectral", "--n-users", "120"]
     args += ["--n-items", "80", "--precomputed", "0", "--tune-budget", budget]
     result = CliRunner().invoke(app, args)
@@ -139,13 +139,8 @@ def test_train_writes_the_tuning_report_into_the_manifest(tmp_path, budget):
     report = manifest["tuning"]
     assert report["budget_s"] == float(budget)
     assert manifest["model_options"] == report["chosen"]
-    if budget == "0":
-        assert report["trials"] == [] and report["stopped"].startswith("no budget")
-    else:
-        assert report["trials"] and report["seconds"] <= 3 + max(
-            t["seconds"] for t in report["trials"]
-        )
-        assert report["chosen_ndcg@20"] >= report["default_ndcg@20"]
+    assert report["trials"] and report["seconds"] <= 3 + max(t["seconds"] for t in report["trials"])
+    assert report["chosen_ndcg@20"] >= report["default_ndcg@20"]
 
 
 @pytest.mark.slow
