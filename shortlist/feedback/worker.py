@@ -245,7 +245,7 @@ class FeedbackWorker:
                     {u: vectors[u] for u in users if u in vectors},
                     bundle.version,
                     {u: pending.users[u].seq for u in users},
-                    new_items,
+                    new_items=new_items,
                 )
             except StoreUnavailable as exc:
                 # This chunk may or may not have been written: the next prepare tells.
