@@ -45,11 +45,17 @@ class Event:
             msg.ParseFromString(payload)
         except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
             raise ValueError(f"undecodable feedback record: {exc}") from exc
-        forget = msg.kind == Kind.FORGET  # a tombstone names a user, no item
-        if not (msg.event_id and msg.user_id and (msg.item_id or forget)):
-            raise ValueError("feedback record lacks event_id, user_id or item_id")
+        if not (msg.event_id and msg.user_id):
+            raise ValueError("feedback record lacks event_id or user_id")
         try:
             kind = Kind(msg.kind)
         except ValueError as exc:
             raise ValueError(f"feedback record has unknown kind {msg.kind}") from exc
+        # FORGET names a user, not an item; every other kind names an item
+        if (kind == Kind.FORGET) == bool(msg.item_id):
+            raise ValueError(
+                "feedback record has an item_id with kind FORGET"
+                if msg.item_id
+                else "feedback record lacks item_id"
+            )
         return cls(msg.event_id, msg.user_id, msg.item_id, kind, msg.timestamp_ms)

@@ -146,6 +146,33 @@ def updated_vectors(
     return dict(zip(names, vectors))
 
 
+def new_item_vectors(
+    bundle: FoldInData, feedback: dict[str, dict[str, tuple[int, np.ndarray | None]]]
+) -> dict[str, np.ndarray]:
+    """Vectors of items the bundle does not know, from the users who gave feedback on them
+    (`StateStore.item_feedback`): the user fold-in transposed, a ridge regression of the
+    item vector on those users' current vectors (folded-in, else trained) toward the like
+    target for likers and the dislike target for dislikers (skips weighted down), with a
+    zero prior. Users with no vector (new, and no feedback on known items) do not count;
+    an item with no liker left gets no vector: it is not recommended until liked."""
+    dim = bundle.item_vectors.shape[1]
+    out = {}
+    for item, users in feedback.items():
+        rows, kinds = [], []
+        for user, (kind, vector) in users.items():
+            if vector is None or vector.shape != (dim,):
+                u = bundle.users.get(user)
+                if u is None:
+                    continue
+                vector = bundle.user_vectors[u]
+            rows.append(vector)
+            kinds.append(Kind(kind))
+        if Kind.LIKE not in kinds:
+            continue
+        out[item] = fold_in(np.stack(rows), range(len(rows)), kinds, bundle.foldin)
+    return out
+
+
 def _prior(bundle: FoldInData, user_id: str) -> np.ndarray:
     u = bundle.users.get(user_id)
     if u is None:

@@ -8,6 +8,12 @@ neither its event ids nor its users changed since the read, and only then commit
 offsets. A crash anywhere before the commit replays the batch, and the event-id marks
 make the replay a no-op; a concurrent writer (a rebalance) makes a chunk answer
 `Conflict` and the rest of the batch is read again.
+
+A FORGET event (FeedbackAdmin.DeleteUser) splits the batch: the events before it are
+applied first, then it is applied alone (`StateStore.forget`, atomic, its id marked like
+any other). Likes and dislikes of items the bundle does not know are recorded per item and
+fold those items' vectors in (`new_item_vectors`), recomputed from the store after every
+batch that names them (also on a replay, so a crash between the two writes loses nothing).
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ from shortlist.feedback.bus.base import (
     EventConsumer,
     Record,
 )
-from shortlist.feedback.events import Event
-from shortlist.feedback.stores.base import Conflict, StateStore, StoreUnavailable
-from shortlist.feedback.vectors import FoldInData, updated_vectors
+from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.stores.base import (
+    PREFERENCE_KINDS,
+    Conflict,
+    StateStore,
+    StoreUnavailable,
+)
+from shortlist.feedback.vectors import FoldInData, new_item_vectors, updated_vectors
 from shortlist.rpc.telemetry import (
     CONSUMER_LAG,
     EVENTS_APPLIED,
@@ -170,8 +181,39 @@ class FeedbackWorker:
                 backoff = min(backoff * 2, 2.0)
 
     def _apply(self, events: list[Event]) -> list[Event]:
-        """Apply what is new among `events`; returns the events still to apply (those of
-        chunks not yet written when the store went away or answered a conflict)."""
+        """Apply what is new among `events` in order, FORGET events one by one between the
+        feedback before and after them; returns the events still to apply (when the store
+        answered a conflict). StoreUnavailable carries the rest in `rest`."""
+        while events:
+            cut = next((n for n, e in enumerate(events) if e.kind == Kind.FORGET), len(events))
+            try:
+                rest = self._apply_feedback(events[:cut])
+            except StoreUnavailable as exc:
+                exc.rest = getattr(exc, "rest", events[:cut]) + events[cut:]
+                raise
+            if rest:
+                return rest + events[cut:]
+            if cut < len(events):
+                try:
+                    self._forget(events[cut])
+                except StoreUnavailable as exc:
+                    exc.rest = events[cut:]
+                    raise
+            events = events[cut + 1 :]
+        return []
+
+    def _forget(self, event: Event) -> None:
+        if self.store.forget(event):
+            self.applied += 1
+            EVENTS_APPLIED.inc()
+            log.info("forgot user %r (event %s)", event.user_id, event.event_id)
+        else:
+            self.duplicates += 1
+            EVENTS_DUPLICATE.inc()
+
+    def _apply_feedback(self, events: list[Event]) -> list[Event]:
+        """Apply what is new among `events` (no FORGET); returns the events still to apply
+        (those of chunks not yet written when the store went away or answered a conflict)."""
         if not events:
             return []
         start = time.perf_counter()
@@ -188,6 +230,12 @@ class FeedbackWorker:
         self.duplicates += skipped
         EVENTS_DUPLICATE.inc(skipped)
         vectors = updated_vectors(bundle, pending.users, fresh)
+        # every event's new item, the duplicates' too: a replay recomputes their vectors
+        new_items = {
+            e.item_id
+            for e in events
+            if e.kind in PREFERENCE_KINDS and e.item_id not in bundle.items
+        }
         chunks = _chunks_of_whole_users(fresh, APPLY_CHUNK)
         for n, chunk in enumerate(chunks):
             users = {e.user_id for e in chunk}
@@ -197,6 +245,7 @@ class FeedbackWorker:
                     {u: vectors[u] for u in users if u in vectors},
                     bundle.version,
                     {u: pending.users[u].seq for u in users},
+                    new_items=new_items,
                 )
             except StoreUnavailable as exc:
                 # This chunk may or may not have been written: the next prepare tells.
@@ -208,6 +257,9 @@ class FeedbackWorker:
                 return [e for c in chunks[n:] for e in c]
             self.applied += len(chunk)
             EVENTS_APPLIED.inc(len(chunk))
+        if new_items:  # after the users' vectors are written: the fold-in reads them
+            feedback = self.store.item_feedback(sorted(new_items), bundle.version)
+            self.store.set_item_vectors(new_item_vectors(bundle, feedback), bundle.version)
         STAGE_LATENCY.labels(SERVICE, "apply", NO_ARM).observe(time.perf_counter() - start)
         return []
 

@@ -72,17 +72,54 @@ def rank(
     context: RequestContext,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of the candidates by the ranker (retrieval order when the bundle has none)."""
+    """Top-k of the candidates (all known to the bundle) by the ranker (retrieval order
+    when the bundle has none)."""
+    order, scores = rank_positions(bundle, user_id, candidates, retrieval_scores, live, context, k)
+    return candidates[order], scores
+
+
+def rank_positions(
+    bundle: RankingData,
+    user_id: str,
+    candidates: np.ndarray,
+    retrieval_scores: np.ndarray,
+    live: RankingSignals,
+    context: RequestContext,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k as positions in `candidates`, and their scores. A candidate outside the
+    bundle (index -1 or >= len(bundle.items): an item added since training) has no ranker
+    features, so it keeps its retrieval position; the known ones are ranked into the other
+    positions. Dropping new items would hide them until the next training, putting them
+    last would bury them; their retrieval position is the only evidence there is. A new
+    item's score is that of the entry before it (the first known one's when it leads), so
+    scores stay in order. `live.live_likes` is aligned with `candidates`."""
+    n = len(candidates)
+    known = (candidates >= 0) & (candidates < len(bundle.items))
     if bundle.scorer is None:
-        return candidates[:k], retrieval_scores[:k]
+        return np.arange(min(k, n)), np.asarray(retrieval_scores[:k], np.float32)
+    where = np.flatnonzero(known)
+    if not len(where):
+        return np.arange(min(k, n)), np.asarray(retrieval_scores[:k], np.float32)
     features = build_features(
-        candidates,
-        retrieval_scores,
+        candidates[where],
+        retrieval_scores[where],
         user_signals(bundle, user_id, live),
         context,
         bundle.item_side,
-        live.live_likes,
+        live.live_likes[where],
     )
-    scores = bundle.scorer(features)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return candidates[order], scores[order]
+    scores = np.asarray(bundle.scorer(features), np.float32)
+    best = np.argsort(-scores, kind="stable")
+    if len(where) == n:
+        best = best[:k]
+        return best, scores[best]
+    order = np.empty(n, np.int64)
+    order[~known] = np.flatnonzero(~known)  # new items stay where retrieval put them
+    order[known] = where[best]
+    out = np.empty(n, np.float32)
+    out[known] = scores[best]
+    top = float(out[known][0])
+    for p in np.flatnonzero(~known):
+        out[p] = out[p - 1] if p > 0 else top
+    return order[:k], out[:k]

@@ -3,7 +3,10 @@
 A trained user whose vector feedback has not moved is answered from the bundle's
 precomputed shortlist; a folded-in or trained user otherwise by the ANN index (through the
 search memo when given); an unknown user by popularity. Never an item of the user's
-training interactions, live seen or disliked items, or the request's exclusions.
+training interactions, live seen or disliked items, the request's exclusions, or a hidden
+or removed item; new items (folded in since training, `shortlist.retrieval.catalogue`) are
+scored with the user's vector and merged into every personal shortlist, the precomputed
+one included.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import scipy.sparse as sp
 from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
 from shortlist.feedback.stores.base import UserState
+from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
 from shortlist.retrieval.index import RefinedIndex, search, served_index
 from shortlist.retrieval.memo import SearchMemo
 from shortlist.retrieval.precomputed import PrecomputedShortlists
@@ -69,9 +73,13 @@ def prepare_for_retrieval(bundle: RetrievalData) -> RetrievalData:
     return bundle
 
 
-def live_exclusions(bundle: RetrievalData, state: UserState, extra: Sequence[str]) -> np.ndarray:
-    """Live seen and disliked items and the request's exclusions, as item indices."""
-    return np.unique(bundle.items.indices([*state.seen, *state.disliked, *extra]))
+def live_exclusions(
+    bundle: RetrievalData, state: UserState, extra: Sequence[str], view: CatalogueView = EMPTY
+) -> np.ndarray:
+    """Live seen and disliked items, the request's exclusions and the hidden items, as item
+    indices."""
+    live = bundle.items.indices([*state.seen, *state.disliked, *extra])
+    return np.unique(np.concatenate([live, view.hidden])) if len(view.hidden) else np.unique(live)
 
 
 def retrieve(
@@ -82,34 +90,66 @@ def retrieve(
     extra_exclude: Sequence[str] = (),
     memo: SearchMemo | None = None,
     precomputed: bool = True,
+    view: CatalogueView = EMPTY,
 ) -> Shortlist:
     """Top-n for the user, never an item of their training interactions, live seen or
-    disliked items, or `extra_exclude`. A trained user without a folded-in vector is
-    answered from the bundle's precomputed shortlist when `precomputed` and it holds
-    enough; `memo` (over `bundle.index`) answers repeated searches."""
+    disliked items, `extra_exclude` or the `view`'s hidden items. A trained user without a
+    folded-in vector is answered from the bundle's precomputed shortlist when `precomputed`
+    and it holds enough; `memo` (over `bundle.index`) answers repeated searches. The
+    view's new items are merged into personal shortlists (indices from len(bundle.items))."""
     user_index = bundle.users.get(user_id)
-    live = live_exclusions(bundle, state, extra_exclude)
+    live = live_exclusions(bundle, state, extra_exclude, view)
     folded = state.vector is not None and state.vector.shape == (bundle.item_vectors.shape[1],)
-    if not folded and user_index is not None and precomputed and bundle.precomputed is not None:
-        found = bundle.precomputed.take(user_index, n, live)
-        if found is not None:
-            return Shortlist(*found, "trained", "precomputed")
-    if user_index is not None:
-        exclude = np.union1d(row_items(bundle.seen, user_index), live)
-    else:
-        exclude = live
     if folded:
         vector, source = state.vector, "folded_in"
     elif user_index is not None:
         vector, source = bundle.user_vectors[user_index], "trained"
     else:
-        top = bundle.popular_items(n, exclude)
+        top = bundle.popular_items(n, live)
         return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity", "popularity")
-    if memo is None:
-        return Shortlist(*search(bundle.index, vector, n, exclude), source)
-    idx, scores, hit = memo.search(vector, n, exclude)
-    return Shortlist(idx, scores, source, "memo" if hit else "search")
+    found = None
+    if not folded and precomputed and bundle.precomputed is not None:
+        taken = bundle.precomputed.take(user_index, n, live)
+        if taken is not None:
+            found = Shortlist(*taken, "trained", "precomputed")
+    if found is None:
+        exclude = (
+            np.union1d(row_items(bundle.seen, user_index), live) if user_index is not None else live
+        )
+        if memo is None:
+            found = Shortlist(*search(bundle.index, vector, n, exclude), source)
+        else:
+            idx, scores, hit = memo.search(vector, n, exclude)
+            found = Shortlist(idx, scores, source, "memo" if hit else "search")
+    if view.new_ids:
+        not_new = {*state.seen, *state.disliked, *extra_exclude}
+        found.items, found.scores = merge_new_items(
+            found.items, found.scores, vector, view, n, len(bundle.items), not_new
+        )
+    return found
 
 
 def similar_items(bundle: RetrievalData, item_index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return search(bundle.index, bundle.item_vectors[item_index], k, np.array([item_index]))
+
+
+def similar_to(
+    bundle: RetrievalData, item_id: str, k: int, view: CatalogueView = EMPTY
+) -> tuple[list[str], np.ndarray] | None:
+    """The k items most similar to `item_id` (a bundle item or a folded-in new one), hidden
+    items left out, new items merged in; None when the item is unknown or hidden."""
+    if item_id in view.hidden_ids:
+        return None
+    n_items = len(bundle.items)
+    item = bundle.items.get(item_id)
+    if item is not None:
+        query = bundle.item_vectors[item]
+        exclude = np.union1d([item], view.hidden)
+    elif item_id in view.new_ids:
+        query = view.new_vectors[view.new_ids.index(item_id)]
+        exclude = view.hidden
+    else:
+        return None
+    idx, scores = search(bundle.index, query, k, exclude)
+    idx, scores = merge_new_items(idx, scores, query, view, k, n_items, {item_id})
+    return [bundle.items.id(i) if i < n_items else view.new_ids[i - n_items] for i in idx], scores

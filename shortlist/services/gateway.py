@@ -28,6 +28,8 @@ from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 SERVICE = "gateway"
 PASS_THROUGH = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
 KIND_NAMES = {k.value: k.name.lower() for k in Kind}
+# what clients may send: FORGET is internal (FeedbackAdmin.DeleteUser writes it)
+CLIENT_KINDS = frozenset(k.value for k in (Kind.LIKE, Kind.DISLIKE, Kind.VIEW, Kind.SKIP))
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -42,7 +44,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> None:
         """`retriever` and `ranker`: the stages in this process or in their own services
         (`shortlist.services.local` or `.remote`); the gateway calls both alike."""
-        self.bundle = bundle  # for the popularity fallback and the catalogue check
+        self.bundle = bundle  # for the popularity fallback
         self.retriever = retriever
         self.ranker = ranker
         self.publisher = publisher
@@ -179,14 +181,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             require_id(e.item_id, f"{field}.item_id", s.max_id_length)
             if e.event_id:
                 require_id(e.event_id, f"{field}.event_id", s.max_id_length)
-            if e.kind not in {k.value for k in Kind}:
+            # An item the bundles do not know is accepted: it may have been added since
+            # training (FeedbackAdmin.UpsertItems), and its likes fold its vector in.
+            if e.kind not in CLIENT_KINDS:
                 raise InvalidInput(
                     f"{field}.kind must be one of LIKE, DISLIKE, VIEW, SKIP, got {e.kind}"
-                )
-            if not any(e.item_id in b.items for b in self.arms.values()):
-                raise InvalidInput(
-                    f"{field}.item_id {e.item_id!r} is not in the catalogue",
-                    grpc.StatusCode.NOT_FOUND,
                 )
             if e.timestamp_ms < 0:
                 raise InvalidInput(f"{field}.timestamp_ms must not be negative")

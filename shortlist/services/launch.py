@@ -148,9 +148,10 @@ def start_service(
             kafka_dead_letters(settings),
         )
         worker.start()
+        admin = FeedbackAdminServicer(worker, publisher or kafka_publisher(settings), settings)
         server = start_server(
             name,
-            feedback_server.register(FeedbackAdminServicer(worker)),
+            feedback_server.register(admin),
             feedback_server.SERVICE_NAMES,
             address,
             workers=2,
@@ -354,7 +355,7 @@ def start_inprocess_stack(
                 name, settings, bundle, "127.0.0.1:0", store, bundle_b=bundle_b
             )
         stack.services["feedback"] = start_service(
-            "feedback", settings, bundle, "127.0.0.1:0", store, consumer=consumer
+            "feedback", settings, bundle, "127.0.0.1:0", store, publisher, consumer
         )
         stack.services["gateway"] = start_service(
             "gateway",

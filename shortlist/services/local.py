@@ -22,9 +22,10 @@ from shortlist.config import Settings
 from shortlist.feedback.stores.base import RankingSignals, StateStore, StoreUnavailable, UserState
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.item_likes import LiveItemLikes
-from shortlist.ranking.rank import rank
+from shortlist.ranking.rank import rank_positions
+from shortlist.retrieval.catalogue import LiveCatalogue
 from shortlist.retrieval.memo import SearchMemo
-from shortlist.retrieval.retrieve import prepare_for_retrieval, retrieve, similar_items
+from shortlist.retrieval.retrieve import prepare_for_retrieval, retrieve, similar_to
 from shortlist.rpc.inprocess import in_process
 from shortlist.rpc.telemetry import CANDIDATES, RETRIEVAL_ANSWERS, STAGE_LATENCY, set_arm
 from shortlist.rpc.validation import InvalidInput
@@ -52,7 +53,8 @@ class _BundleStage:
 
 
 class LocalRetriever(_BundleStage):
-    """The retrieval stage: state read, precomputed shortlist / memo / ANN search."""
+    """The retrieval stage: state read, precomputed shortlist / memo / ANN search, the live
+    catalogue (hidden items out, new items in: `shortlist.retrieval.catalogue`)."""
 
     def __init__(
         self,
@@ -64,6 +66,7 @@ class LocalRetriever(_BundleStage):
         self.store = store
         self.settings = settings
         self.memos: dict[str, SearchMemo] = {}  # by bundle version
+        self.catalogue = LiveCatalogue(store)
         self.bundles = BundleSet(bundle, others, prepare=self._prepare)
 
     def _prepare(self, bundle: Bundle) -> None:
@@ -78,6 +81,7 @@ class LocalRetriever(_BundleStage):
 
     def release(self, version: str) -> None:
         self.memos.pop(version, None)
+        self.catalogue.release(version)
 
     def retrieve(
         self,
@@ -100,6 +104,9 @@ class LocalRetriever(_BundleStage):
             state = self.store.user_state(user_id, bundle.version)
         except StoreUnavailable:
             state, degraded = UserState(), True
+        # degraded: the last catalogue read, without trying the store again
+        generation = -1 if degraded else state.catalogue_generation
+        view = self.catalogue.view(bundle.version, bundle.items, generation)
         STAGE_LATENCY.labels("retrieval", "state", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         found = retrieve(
@@ -110,6 +117,7 @@ class LocalRetriever(_BundleStage):
             exclude,
             self.memos.get(bundle.version),
             precomputed=bool(self.settings.retrieval_precomputed),
+            view=view,
         )
         STAGE_LATENCY.labels("retrieval", "ann", arm).observe(time.perf_counter() - start)
         RETRIEVAL_ANSWERS.labels("retrieval", found.answer, arm).inc()
@@ -121,6 +129,7 @@ class LocalRetriever(_BundleStage):
             items=found.items,
             scores=found.scores,
             catalogue=self.bundles.item_ids[bundle.version],
+            new_ids=view.new_ids,
             state=state,
         )
 
@@ -131,17 +140,14 @@ class LocalRetriever(_BundleStage):
 
     def _similar_items(self, item_id: str, k: int) -> common_pb2.SimilarItemsResponse:
         bundle = self.bundle  # one bundle for the whole call (hot reload swaps the attribute)
-        item = bundle.items.get(item_id)
-        if item is None:
+        found = similar_to(bundle, item_id, k, self.catalogue.view(bundle.version, bundle.items))
+        if found is None:
             raise InvalidInput(
                 f"item_id {item_id!r} is not in the catalogue", grpc.StatusCode.NOT_FOUND
             )
-        idx, scores = similar_items(bundle, item, k)
+        ids, scores = found
         return common_pb2.SimilarItemsResponse(
-            items=[
-                common_pb2.ScoredItem(item_id=i, score=float(v))
-                for i, v in zip(bundle.items.ids(idx), scores)
-            ],
+            items=[common_pb2.ScoredItem(item_id=i, score=float(v)) for i, v in zip(ids, scores)],
             model_version=bundle.version,
         )
 
@@ -196,31 +202,31 @@ class LocalRanker(_BundleStage):
                 state = self.store.user_state(user_id, bundle.version)
             except StoreUnavailable:
                 state = UserState()
-        live_likes = self.item_likes.counts(bundle.version, bundle.items)[idx]
-        live = RankingSignals(state.history, live_likes, state.likes)
+        known = (idx >= 0) & (idx < len(bundle.items))  # new items have no live likes here
+        live_likes = self.item_likes.counts(bundle.version, bundle.items)[np.where(known, idx, 0)]
+        live = RankingSignals(state.history, np.where(known, live_likes, 0), state.likes)
         STAGE_LATENCY.labels("ranking", "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         scores = candidates.item_scores()
-        top, top_scores = rank(bundle, user_id, idx, scores, live, context, k)
+        top, top_scores = rank_positions(bundle, user_id, idx, scores, live, context, k)
         STAGE_LATENCY.labels("ranking", "scoring", arm).observe(time.perf_counter() - start)
-        names = self.bundles.item_ids[bundle.version]
+        if known.all():
+            names = self.bundles.item_ids[bundle.version]
+            ids = [names[i] for i in idx[top].tolist()]
+        else:
+            every = candidates.item_ids()
+            ids = [every[p] for p in top.tolist()]
         item = common_pb2.ScoredItem
         return Ranked(
-            [item(item_id=names[i], score=v) for i, v in zip(top.tolist(), top_scores.tolist())],
-            bundle.version,
+            [item(item_id=i, score=v) for i, v in zip(ids, top_scores.tolist())], bundle.version
         )
 
     def _indices(self, bundle: Bundle, candidates: Candidates) -> np.ndarray:
-        """The candidates as item indices of `bundle`; NOT_FOUND names an unknown item."""
+        """The candidates as item indices of `bundle`; -1 (received over gRPC) or an index
+        past the bundle's items (in process) for an item added since training, which the
+        ranker keeps at its retrieval position (`shortlist.ranking.rank.rank_positions`)."""
         if candidates.items is not None:
             return candidates.items
         ids = candidates.item_ids()
         get = self.bundles.item_index[bundle.version].get
-        idx = np.array([get(i, -1) for i in ids], np.int64)
-        if (idx < 0).any():
-            bad = ids[int(np.flatnonzero(idx < 0)[0])]
-            raise InvalidInput(
-                f"candidates: item_id {bad!r} is not in bundle {bundle.version}",
-                grpc.StatusCode.NOT_FOUND,
-            )
-        return idx
+        return np.array([get(i, -1) for i in ids], np.int64)

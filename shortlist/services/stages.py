@@ -34,6 +34,8 @@ class Candidates:
     items: np.ndarray | None = None  # item indices, in process
     scores: np.ndarray | None = None  # their scores, in process
     catalogue: Sequence[str] | None = None  # the bundle's item ids by index, in process
+    # in process: ids of new items (not in the bundle), index len(catalogue) + j
+    new_ids: Sequence[str] = ()
     messages: Sequence[common_pb2.ScoredItem] | None = None  # as received over gRPC
     state: UserState | None = None
 
@@ -44,6 +46,9 @@ class Candidates:
         if self.messages is not None:
             return [m.item_id for m in self.messages]
         names = self.catalogue
+        if self.new_ids:
+            n, new = len(names), self.new_ids
+            return [names[i] if i < n else new[i - n] for i in self.items.tolist()]
         return [names[i] for i in self.items.tolist()]
 
     def item_scores(self) -> np.ndarray:

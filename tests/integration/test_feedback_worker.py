@@ -112,13 +112,13 @@ class RacingStore(RedisStateStore):
         self.bundle = bundle
         self.raced = False
 
-    def apply(self, events, vectors, version, expected=None):
+    def apply(self, events, vectors, version, expected=None, new_items=()):
         if not self.raced:
             self.raced = True
             pending = self.other.prepare(events, version)
             fresh = [e for e, new in zip(events, pending.new) if new]
             self.other.apply(fresh, updated_vectors(self.bundle, pending.users, fresh), version)
-        return super().apply(events, vectors, version, expected)
+        return super().apply(events, vectors, version, expected, new_items)
 
 
 def test_a_concurrent_writer_is_detected_and_nothing_is_applied_twice(

@@ -163,8 +163,13 @@ def test_recommend_rejects_bad_input(gateway, request_kwargs, field):
             "events[0].kind",
         ),
         (
-            [{"user_id": "u", "item_id": "nope", "kind": LIKE}],
-            grpc.StatusCode.NOT_FOUND,
+            [{"user_id": "u", "item_id": "ITEM", "kind": common_pb2.FEEDBACK_KIND_FORGET}],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "events[0].kind",
+        ),
+        (
+            [{"user_id": "u", "item_id": "x" * 257, "kind": LIKE}],
+            grpc.StatusCode.INVALID_ARGUMENT,
             "events[0].item_id",
         ),
         (

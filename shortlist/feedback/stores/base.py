@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +27,7 @@ class UserState:
     disliked: set[str] = field(default_factory=set)
     history: list[tuple[str, Kind]] = field(default_factory=list)  # newest first
     likes: int = 0  # live likes of the user
+    catalogue_generation: int = 0  # `CatalogueState.generation` when the state was read
 
 
 @dataclass
@@ -37,6 +38,23 @@ class RankingSignals:
     history: list[tuple[str, Kind]]
     live_likes: np.ndarray
     likes: int
+
+
+@dataclass
+class CatalogueState:
+    """The live catalogue between trainings, for one bundle version, read in one round trip.
+
+    `generation` counts every change (hide, show, remove, upsert, new-item vectors), so a
+    reader that cached a state re-reads it only when the counter moved."""
+
+    generation: int = 0
+    hidden: set[str] = field(default_factory=set)  # hidden or removed: never served
+    removed: set[str] = field(default_factory=set)  # hidden for good
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # folded-in new items
+
+
+# Kinds recorded per user for an item the bundle does not know (its fold-in reads them).
+PREFERENCE_KINDS = frozenset({Kind.LIKE, Kind.DISLIKE, Kind.SKIP})
 
 
 class Conflict(RuntimeError):
@@ -91,16 +109,65 @@ class StateStore(Protocol):
         vectors: Mapping[str, np.ndarray],
         version: str,
         expected: Mapping[str, int] | None = None,
+        new_items: Collection[str] = (),
     ) -> None:
         """Apply new events and the users' new vectors atomically, marking the event ids so
         that a replay is recognised by the next `prepare`. Raises `Conflict`, having
         written nothing, when an event id is already marked or (with `expected`) a user's
-        `seq` is no longer the one `prepare` read."""
+        `seq` is no longer the one `prepare` read. Events of `PREFERENCE_KINDS` on
+        `new_items` (unknown to the bundle, not removed) also record the user's kind per
+        item, which the item's fold-in reads (`item_feedback`). FORGET events never come
+        here (`forget`)."""
+        ...
+
+    def forget(self, event: Event) -> bool:
+        """Apply a FORGET event atomically: delete all of the user's live state (seen,
+        disliked, history, likes, kinds, vectors of every version, their part in the item
+        like counts and in new items' feedback) and mark the event id. False, and nothing
+        done, when the event id is already marked."""
+        ...
+
+    def catalogue_generation(self) -> int:
+        """The change counter of the live catalogue (one cheap read)."""
+        ...
+
+    def catalogue(self, version: str) -> CatalogueState:
+        """Hidden and removed items, and new items' vectors for bundle `version`."""
+        ...
+
+    def upsert_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
+        """Set items' attributes; returns how many changed (removed items never do)."""
+        ...
+
+    def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Attributes of upserted items (those without are left out)."""
+        ...
+
+    def hide_items(self, item_ids: Sequence[str]) -> int: ...
+
+    def show_items(self, item_ids: Sequence[str]) -> int:
+        """Un-hide; a removed item stays hidden."""
+        ...
+
+    def remove_items(self, item_ids: Sequence[str]) -> int:
+        """Hide for good and delete the items' live state (attributes, vectors, feedback,
+        like counts)."""
+        ...
+
+    def item_feedback(
+        self, item_ids: Sequence[str], version: str
+    ) -> dict[str, dict[str, tuple[int, np.ndarray | None]]]:
+        """Per new item (removed ones left out): user -> (latest kind, the user's folded-in
+        vector for `version` or None)."""
+        ...
+
+    def set_item_vectors(self, vectors: Mapping[str, np.ndarray], version: str) -> None:
+        """Store new items' folded-in vectors for `version` (moves the generation)."""
         ...
 
     def drop_vectors(self, version: str) -> int:
-        """Delete every user's folded-in vector for a bundle version no longer served;
-        returns how many were deleted."""
+        """Delete every user's folded-in vector for a bundle version no longer served, and
+        the new items' vectors of that version; returns how many users' were deleted."""
         ...
 
     def close(self) -> None: ...

@@ -10,9 +10,10 @@ hash slot), as the MULTI/EXEC it replaced did; `#!lua` flags need Redis >= 7.0.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -22,6 +23,7 @@ from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores.base import (
     DEDUP_TTL_S,
     HISTORY_LENGTH,
+    CatalogueState,
     Conflict,
     PendingBatch,
     StoreUnavailable,
@@ -32,7 +34,8 @@ from shortlist.feedback.stores.base import (
 from shortlist.rpc.telemetry import REDIS_LATENCY
 
 # What a request needs of a user: vector (for the bundle version), seen and disliked sets,
-# recent history, live like count. ARGV: prefix, user id, version.
+# recent history, live like count, and the catalogue's generation (cat:gen).
+# ARGV: prefix, user id, version.
 STATE_LUA = """#!lua flags=no-writes
 local base = ARGV[1] .. 'u:' .. ARGV[2] .. ':'
 return {
@@ -41,6 +44,7 @@ return {
   redis.call('SMEMBERS', base .. 'dis'),
   redis.call('LRANGE', base .. 'hist', 0, -1),
   redis.call('GET', base .. 'likes'),
+  redis.call('GET', ARGV[1] .. 'cat:gen'),
 }
 """
 
@@ -127,12 +131,22 @@ return table.concat(out)
 # sets, history, counters, kinds, vectors, seqs) or writes nothing and answers a conflict.
 # With seqs to check, an unchanged seq means nobody applied anything for the user since
 # prepare found the events new; without, every event id is checked.
-# ARGV: prefix, version, dedup ttl, history length, check seqs ("1"/"0"), then per user:
-# user id, expected seq, vector bytes ("" leaves it), n events, then per event: id, item, kind
+# Like, dislike and skip events on a new item (one the bundle does not know, not removed)
+# also set the user's kind in the item's i:fb:{item} hash, which its fold-in reads.
+# ARGV: prefix, version, dedup ttl, history length, check seqs ("1"/"0"), n new items, new
+# items..., then per user: user id, expected seq, vector bytes ("" leaves it), n events,
+# then per event: id, item, kind
 APPLY_LUA = """#!lua
 local p, ver, ttl = ARGV[1], ARGV[2], ARGV[3]
 local keep, check = tonumber(ARGV[4]), ARGV[5] == '1'
-local LIKE, DISLIKE = '@LIKE@', '@DISLIKE@'
+local LIKE, DISLIKE, SKIP = '@LIKE@', '@DISLIKE@', '@SKIP@'
+local newitem = {}
+for j = 7, 6 + tonumber(ARGV[6]) do
+  if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0 then
+    newitem[ARGV[j]] = true
+  end
+end
+local first = 7 + tonumber(ARGV[6])
 local function many(cmd, key, values, step)
   local r
   for lo = 1, #values, step do
@@ -140,7 +154,7 @@ local function many(cmd, key, values, step)
   end
   return r
 end
-local i = 6
+local i = first
 while i <= #ARGV do
   local user, m = ARGV[i], tonumber(ARGV[i + 3])
   if check then
@@ -158,7 +172,7 @@ while i <= #ARGV do
   i = i + 4 + 3 * m
 end
 local liked, liked_order = {}, {}
-i = 6
+i = first
 while i <= #ARGV do
   local expected, vec, m = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
   local base = p .. 'u:' .. ARGV[i] .. ':'
@@ -170,6 +184,9 @@ while i <= #ARGV do
     hist[#hist + 1] = kind .. ':' .. item
     kinds[#kinds + 1] = item
     kinds[#kinds + 1] = kind
+    if newitem[item] and (kind == LIKE or kind == DISLIKE or kind == SKIP) then
+      redis.call('HSET', p .. 'i:fb:' .. item, ARGV[i], kind)
+    end
     if kind == DISLIKE or kind == LIKE then
       if disliked[item] == nil then
         order[#order + 1] = item
@@ -219,7 +236,111 @@ for _, item in ipairs(liked_order) do
   redis.call('HINCRBY', ilikes, item, liked[item])
 end
 return {1, ''}
-""".replace("@LIKE@", str(int(Kind.LIKE))).replace("@DISLIKE@", str(int(Kind.DISLIKE)))
+"""
+for _kind in (Kind.LIKE, Kind.DISLIKE, Kind.SKIP):
+    APPLY_LUA = APPLY_LUA.replace(f"@{_kind.name}@", str(int(_kind)))
+
+# A FORGET event, atomic and exactly once: nothing when its id is marked; else the user's
+# keys (ARGV from 6: their vec:* keys, found by SCAN) deleted, their likes taken off the
+# item like counts and their kinds off new items' feedback, and the id marked.
+# ARGV: prefix, event id, dedup ttl, user id, LIKE, vector keys...
+FORGET_LUA = """#!lua
+local p, id, ttl, user, LIKE = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('EXISTS', p .. 'ev:' .. id) == 1 then
+  return 0
+end
+local base = p .. 'u:' .. user .. ':'
+local kinds = redis.call('HGETALL', base .. 'kinds')
+for j = 1, #kinds, 2 do
+  local item = kinds[j]
+  if item ~= '' then
+    redis.call('HDEL', p .. 'i:fb:' .. item, user)
+    if kinds[j + 1] == LIKE and redis.call('HINCRBY', p .. 'i:likes', item, -1) <= 0 then
+      redis.call('HDEL', p .. 'i:likes', item)
+    end
+  end
+end
+redis.call('DEL', base .. 'seen', base .. 'dis', base .. 'hist', base .. 'likes', base .. 'kinds')
+for j = 6, #ARGV do
+  redis.call('DEL', ARGV[j])
+end
+redis.call('SET', p .. 'ev:' .. id, 1, 'EX', ttl)
+return 1
+"""
+
+# Catalogue changes, each one script (atomic) answering how many items changed; any change
+# moves cat:gen. ARGV: prefix, then the items (upsert: item, attributes JSON pairs).
+UPSERT_LUA = """#!lua
+local p, n = ARGV[1], 0
+for j = 2, #ARGV, 2 do
+  if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0
+      and redis.call('HGET', p .. 'cat:attrs', ARGV[j]) ~= ARGV[j + 1] then
+    redis.call('HSET', p .. 'cat:attrs', ARGV[j], ARGV[j + 1])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+return n
+"""
+HIDE_LUA = """#!lua
+local p, n = ARGV[1], 0
+for j = 2, #ARGV do
+  if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0 then
+    n = n + redis.call('SADD', p .. 'cat:hidden', ARGV[j])
+  end
+end
+if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+return n
+"""
+SHOW_LUA = """#!lua
+local p, n = ARGV[1], 0
+for j = 2, #ARGV do
+  n = n + redis.call('SREM', p .. 'cat:hidden', ARGV[j])
+end
+if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+return n
+"""
+# Removing also deletes the item's attributes, feedback, like count and vectors of every
+# version (the i:vec:* hashes, found by SCAN, from ARGV[2 + n_items]).
+REMOVE_LUA = """#!lua
+local p, m, n = ARGV[1], tonumber(ARGV[2]), 0
+for j = 3, 2 + m do
+  local item = ARGV[j]
+  if redis.call('SADD', p .. 'cat:removed', item) == 1 then
+    n = n + 1
+    redis.call('SREM', p .. 'cat:hidden', item)
+    redis.call('HDEL', p .. 'cat:attrs', item)
+    redis.call('HDEL', p .. 'i:likes', item)
+    redis.call('DEL', p .. 'i:fb:' .. item)
+    for k = 3 + m, #ARGV do
+      redis.call('HDEL', ARGV[k], item)
+    end
+  end
+end
+if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+return n
+"""
+# New items' feedback and their users' vectors for a version. Answer per item: its id,
+# then user, kind, vector (false: none) triples. ARGV: prefix, version, items...
+ITEM_FEEDBACK_LUA = """#!lua flags=no-writes
+local p, ver, out = ARGV[1], ARGV[2], {}
+for j = 3, #ARGV do
+  local item = ARGV[j]
+  if redis.call('SISMEMBER', p .. 'cat:removed', item) == 0 then
+    local all = redis.call('HGETALL', p .. 'i:fb:' .. item)
+    if #all > 0 then
+      local entry = {item}
+      for k = 1, #all, 2 do
+        entry[#entry + 1] = all[k]
+        entry[#entry + 1] = all[k + 1]
+        entry[#entry + 1] = redis.call('GET', p .. 'u:' .. all[k] .. ':vec:' .. ver) or ''
+      end
+      out[#out + 1] = entry
+    end
+  end
+end
+return out
+"""
 
 PREPARE_CHUNK = 500  # events per prepare script
 _HEADER = struct.Struct(">IIIB")
@@ -251,7 +372,10 @@ def _kinds_of(mode: int, blob: bytes, batch_items) -> dict[str, int]:
 class RedisStateStore:
     """Keys (under `prefix`): u:{user}:seen / :dis (sets), :hist (list), :vec:{version}
     (float32 bytes), :likes (counter), :kinds (hash item -> latest kind, and "" -> applies
-    so far); i:likes (hash item -> live likes); ev:{id} (dedup mark)."""
+    so far); i:likes (hash item -> live likes); ev:{id} (dedup mark). The catalogue:
+    cat:gen (change counter), cat:hidden and cat:removed (sets), cat:attrs (hash item ->
+    attributes as JSON); new items: i:fb:{item} (hash user -> kind), i:vec:{version} (hash
+    item -> float32 bytes)."""
 
     def __init__(
         self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "sl:", timeout_s: float = 0.5
@@ -266,6 +390,27 @@ class RedisStateStore:
         self._prepare_sha = hashlib.sha1(PREPARE_LUA.encode()).hexdigest()
         self._apply_sha = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
         self._state_sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
+        self._scripts = {
+            name: (hashlib.sha1(text.encode()).hexdigest(), text)
+            for name, text in (
+                ("forget", FORGET_LUA),
+                ("upsert", UPSERT_LUA),
+                ("hide", HIDE_LUA),
+                ("show", SHOW_LUA),
+                ("remove", REMOVE_LUA),
+                ("item_feedback", ITEM_FEEDBACK_LUA),
+            )
+        }
+
+    def _script(self, name: str, args: list):
+        sha, text = self._scripts[name]
+        return self._eval(sha, text, args, name)
+
+    def _scan(self, pattern: str) -> list[bytes]:
+        try:
+            return list(self._redis.scan_iter(match=pattern, count=1000))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
 
     def _u(self, user_id: str, what: str) -> str:
         return f"{self.prefix}u:{user_id}:{what}"
@@ -286,7 +431,7 @@ class RedisStateStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     def user_state(self, user_id: str, version: str) -> UserState:
-        raw_vec, seen, disliked, hist, likes = self._eval(
+        raw_vec, seen, disliked, hist, likes, generation = self._eval(
             self._state_sha, STATE_LUA, [self.prefix, user_id, version], "user_state"
         )
         return UserState(
@@ -295,6 +440,7 @@ class RedisStateStore:
             disliked={s.decode() for s in disliked},
             history=[decode_history(h) for h in hist],
             likes=int(likes or 0),
+            catalogue_generation=int(generation or 0),
         )
 
     def drop_vectors(self, version: str) -> int:
@@ -310,6 +456,7 @@ class RedisStateStore:
                     batch = []
             if batch:
                 dropped += self._redis.unlink(*batch)
+            self._redis.unlink(f"{self.prefix}i:vec:{version}")
         except redis.RedisError as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return dropped
@@ -376,6 +523,7 @@ class RedisStateStore:
         vectors: Mapping[str, np.ndarray],
         version: str,
         expected: Mapping[str, int] | None = None,
+        new_items: Collection[str] = (),
     ) -> None:
         by_user: dict[str, list[Event]] = {u: [] for u in vectors}
         for e in events:
@@ -384,6 +532,8 @@ class RedisStateStore:
             return
         args: list = [self.prefix, version, DEDUP_TTL_S, HISTORY_LENGTH]
         args.append("0" if expected is None else "1")
+        touched = sorted({e.item_id for e in events} & set(new_items))
+        args += [len(touched), *touched]
         for user, user_events in by_user.items():
             vec = vectors.get(user)
             args += [
@@ -397,6 +547,86 @@ class RedisStateStore:
         ok, reason = self._eval(self._apply_sha, APPLY_LUA, args, "apply")
         if not ok:
             raise Conflict(reason.decode(errors="replace"))
+
+    def forget(self, event: Event) -> bool:
+        user = _glob_escape(event.user_id)
+        vectors = self._scan(f"{_glob_escape(self.prefix)}u:{user}:vec:*")
+        args = [self.prefix, event.event_id, DEDUP_TTL_S, event.user_id, int(Kind.LIKE)]
+        return bool(self._script("forget", args + vectors))
+
+    def catalogue_generation(self) -> int:
+        try:
+            return int(self._redis.get(f"{self.prefix}cat:gen") or 0)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    def catalogue(self, version: str) -> CatalogueState:
+        p = self.prefix
+        pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot
+        pipe.get(f"{p}cat:gen")
+        pipe.smembers(f"{p}cat:hidden")
+        pipe.smembers(f"{p}cat:removed")
+        pipe.hgetall(f"{p}i:vec:{version}")
+        generation, hidden, removed, vectors = self._run(pipe, "catalogue")
+        removed_ids = {i.decode() for i in removed}
+        return CatalogueState(
+            generation=int(generation or 0),
+            hidden={i.decode() for i in hidden} | removed_ids,
+            removed=removed_ids,
+            vectors={i.decode(): np.frombuffer(v, np.float32).copy() for i, v in vectors.items()},
+        )
+
+    def upsert_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
+        args: list = [self.prefix]
+        for item, attributes in items.items():
+            args += [item, json.dumps(dict(attributes), sort_keys=True)]
+        return int(self._script("upsert", args))
+
+    def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        if not item_ids:
+            return {}
+        try:
+            values = self._redis.hmget(f"{self.prefix}cat:attrs", list(item_ids))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return {i: json.loads(v) for i, v in zip(item_ids, values) if v is not None}
+
+    def hide_items(self, item_ids: Sequence[str]) -> int:
+        return int(self._script("hide", [self.prefix, *item_ids]))
+
+    def show_items(self, item_ids: Sequence[str]) -> int:
+        return int(self._script("show", [self.prefix, *item_ids]))
+
+    def remove_items(self, item_ids: Sequence[str]) -> int:
+        vectors = self._scan(f"{_glob_escape(self.prefix)}i:vec:*")
+        return int(self._script("remove", [self.prefix, len(item_ids), *item_ids, *vectors]))
+
+    def item_feedback(
+        self, item_ids: Sequence[str], version: str
+    ) -> dict[str, dict[str, tuple[int, np.ndarray | None]]]:
+        if not item_ids:
+            return {}
+        reply = self._script("item_feedback", [self.prefix, version, *item_ids])
+        out: dict[str, dict[str, tuple[int, np.ndarray | None]]] = {}
+        for entry in reply:
+            users = {}
+            for k in range(1, len(entry), 3):
+                raw = entry[k + 2]
+                vec = np.frombuffer(raw, np.float32).copy() if raw else None
+                users[entry[k].decode()] = (int(entry[k + 1]), vec)
+            out[entry[0].decode()] = users
+        return out
+
+    def set_item_vectors(self, vectors: Mapping[str, np.ndarray], version: str) -> None:
+        if not vectors:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(
+            f"{self.prefix}i:vec:{version}",
+            mapping={i: np.asarray(v, np.float32).tobytes() for i, v in vectors.items()},
+        )
+        pipe.incr(f"{self.prefix}cat:gen")
+        self._run(pipe, "set_item_vectors")
 
     def _eval(self, sha: str, script: str, args: list, operation: str):
         return self._eval_many(sha, script, [args], operation)[0]

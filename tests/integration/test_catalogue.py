@@ -1,0 +1,343 @@
+"""Integration (#25): the catalogue and users between trainings, over real sockets, the real
+Redis and the tansu broker; and the state store's catalogue contract on Redis and memory."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import redis
+
+from shortlist.feedback.bus import KafkaEventPublisher
+from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore
+from shortlist.rpc.server import client_channel
+from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import eventually, unique
+
+LIKE = common_pb2.FEEDBACK_KIND_LIKE
+
+
+# --- the store contract ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request):
+    if request.param == "memory":
+        yield InMemoryStateStore()
+        return
+    s = RedisStateStore(
+        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    )
+    yield s
+    s.close()
+
+
+def ev(n: int, user: str, item: str, kind: Kind) -> Event:
+    return Event(f"e{n}", user, item, kind, 1_700_000_000_000 + n)
+
+
+def test_hide_show_remove_count_changes_and_move_the_generation(store):
+    g0 = store.catalogue_generation()
+    assert store.hide_items(["a", "b"]) == 2
+    assert store.hide_items(["a"]) == 0  # hiding a hidden item changes nothing
+    g1 = store.catalogue_generation()
+    assert g1 > g0
+    assert store.catalogue("v1").hidden == {"a", "b"}
+    assert store.show_items(["a", "zz"]) == 1
+    assert store.catalogue("v1").hidden == {"b"}
+    assert store.remove_items(["c", "b"]) == 2
+    state = store.catalogue("v1")
+    assert state.hidden == {"b", "c"} and state.removed == {"b", "c"}
+    assert store.show_items(["c"]) == 0  # removed items stay hidden
+    assert store.hide_items(["c"]) == 0
+    assert store.remove_items(["c"]) == 0
+    assert store.catalogue("v1").generation == store.catalogue_generation() > g1
+
+
+def test_upsert_counts_changes_and_skips_removed_items(store):
+    assert store.upsert_items({"n1": {"genre": "jazz"}, "n2": {}}) == 2
+    assert store.upsert_items({"n1": {"genre": "jazz"}}) == 0
+    assert store.upsert_items({"n1": {"genre": "rock", "year": "1999"}}) == 1
+    assert store.item_attributes(["n1", "n3"]) == {"n1": {"genre": "rock", "year": "1999"}}
+    store.remove_items(["n1"])
+    assert store.item_attributes(["n1"]) == {}
+    assert store.upsert_items({"n1": {"genre": "pop"}}) == 0
+
+
+def test_feedback_on_new_items_and_their_vectors(store):
+    events = [ev(1, "u1", "new", Kind.LIKE), ev(2, "u2", "new", Kind.DISLIKE)]
+    events += [ev(3, "u2", "old", Kind.LIKE), ev(4, "u3", "new", Kind.VIEW)]
+    store.prepare(events, "v1")
+    store.apply(events, {"u2": np.array([1.0, 0.0], np.float32)}, "v1", new_items={"new"})
+    fb = store.item_feedback(["new", "old", "none"], "v1")
+    assert set(fb) == {"new"}  # views are not preferences; known items are not recorded
+    assert fb["new"]["u1"] == (int(Kind.LIKE), None)
+    kind, vec = fb["new"]["u2"]
+    assert kind == int(Kind.DISLIKE)
+    np.testing.assert_array_equal(vec, [1.0, 0.0])
+
+    g = store.catalogue_generation()
+    store.set_item_vectors({"new": np.array([0.5, 0.5], np.float32)}, "v1")
+    assert store.catalogue_generation() > g
+    np.testing.assert_array_equal(store.catalogue("v1").vectors["new"], [0.5, 0.5])
+    assert store.catalogue("v2").vectors == {}
+    store.drop_vectors("v1")
+    assert store.catalogue("v1").vectors == {}
+
+    store.set_item_vectors({"new": np.array([0.5, 0.5], np.float32)}, "v1")
+    store.remove_items(["new"])
+    assert store.catalogue("v1").vectors == {} and store.item_feedback(["new"], "v1") == {}
+    later = [ev(5, "u4", "new", Kind.LIKE)]
+    store.prepare(later, "v1")
+    store.apply(later, {}, "v1", new_items={"new"})
+    assert store.item_feedback(["new"], "v1") == {}  # a removed item gathers nothing
+
+
+def test_forget_deletes_the_users_state_once(store):
+    events = [ev(1, "u1", "a", Kind.LIKE), ev(2, "u1", "b", Kind.DISLIKE)]
+    events += [ev(3, "u1", "new", Kind.LIKE), ev(4, "u2", "a", Kind.LIKE)]
+    store.prepare(events, "v1")
+    vec = np.array([1.0, 2.0], np.float32)
+    store.apply(events, {"u1": vec, "u2": vec}, "v1", new_items={"new"})
+    store.apply([ev(5, "u1", "c", Kind.VIEW)], {"u1": vec}, "v2")
+    forget = Event("f1", "u1", "", Kind.FORGET, 1)
+    assert store.forget(forget)
+    for version in ("v1", "v2"):
+        state = store.user_state("u1", version)
+        assert (state.vector, state.seen, state.disliked, state.history, state.likes) == (
+            None,
+            set(),
+            set(),
+            [],
+            0,
+        )
+    assert store.prepare([ev(6, "u1", "a", Kind.LIKE)], "v1").users["u1"].kinds == {}
+    assert store.item_likes() == {"a": 1}  # u2's like stays
+    assert store.item_feedback(["new"], "v1") == {}
+    assert store.user_state("u2", "v1").likes == 1
+    assert not store.forget(forget)  # the same FORGET again: a no-op
+
+
+def test_forget_leaves_no_redis_key_of_the_user(redis_url, redis_prefix):
+    s = RedisStateStore(redis_url, redis_prefix)
+    events = [ev(1, "u*1", "a", Kind.LIKE), ev(2, "u*1", "b", Kind.DISLIKE)]
+    s.prepare(events, "v1")
+    s.apply(events, {"u*1": np.ones(2, np.float32)}, "v1")
+    s.apply([ev(3, "u*1", "c", Kind.LIKE)], {"u*1": np.ones(2, np.float32)}, "v2")
+    client = redis.Redis.from_url(redis_url)
+    user_keys = f"{redis_prefix}u:u\\*1:*"
+    assert len(list(client.scan_iter(user_keys))) == 7  # seen dis hist likes kinds vec x2
+    assert s.forget(Event("f", "u*1", "", Kind.FORGET, 1))
+    assert list(client.scan_iter(user_keys)) == []
+
+
+# --- the services ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(stack):
+    with client_channel(stack.gateway_target) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)
+
+
+@pytest.fixture(scope="module")
+def admin(stack):
+    with client_channel(stack.target("feedback")) as channel:
+        yield feedback_pb2_grpc.FeedbackAdminStub(channel)
+
+
+def recommend(gateway, user: str, k: int = 10) -> list[str]:
+    reply = gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=k), timeout=5)
+    return [i.item_id for i in reply.items]
+
+
+def similar(gateway, item: str, k: int = 10) -> list[str]:
+    reply = gateway.SimilarItems(common_pb2.SimilarItemsRequest(item_id=item, k=k), timeout=5)
+    return [i.item_id for i in reply.items]
+
+
+def send(gateway, user: str, item: str, kind=LIKE, event_id: str = "") -> list[str]:
+    e = common_pb2.FeedbackEvent(event_id=event_id, user_id=user, item_id=item, kind=kind)
+    request = gateway_pb2.SendFeedbackRequest(events=[e])
+    return list(gateway.SendFeedback(request, timeout=10).event_ids)
+
+
+def status(admin) -> feedback_pb2.FeedbackStatusResponse:
+    return admin.Status(feedback_pb2.FeedbackStatusRequest(), timeout=2)
+
+
+def ids(*items: str) -> feedback_pb2.ItemIdsRequest:
+    return feedback_pb2.ItemIdsRequest(item_ids=list(items))
+
+
+def test_hidden_item_leaves_recommend_and_similar_items_at_once(gateway, admin, bundle):
+    user = bundle.users.id(11)
+    top = recommend(gateway, user)[0]
+    probe = bundle.items.id(int(bundle.items.indices([top])[0]) == 0)  # another item
+    neighbour = similar(gateway, probe, k=50)
+    assert admin.HideItems(ids(top), timeout=5).changed == 1
+    try:
+        assert top not in recommend(gateway, user)
+        if top in neighbour:
+            assert top not in similar(gateway, probe, k=50)
+        with pytest.raises(grpc.RpcError) as err:
+            similar(gateway, top)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert admin.HideItems(ids(top), timeout=5).changed == 0
+    finally:
+        assert admin.ShowItems(ids(top), timeout=5).changed == 1
+    assert recommend(gateway, user)[0] == top
+    assert similar(gateway, probe, k=50) == neighbour
+
+
+def test_hidden_item_leaves_similar_items(gateway, admin, bundle):
+    probe = bundle.items.id(7)
+    first = similar(gateway, probe, k=5)[0]
+    admin.HideItems(ids(first), timeout=5)
+    try:
+        assert first not in similar(gateway, probe, k=5)
+    finally:
+        admin.ShowItems(ids(first), timeout=5)
+    assert similar(gateway, probe, k=5)[0] == first
+
+
+def test_feedback_on_an_unknown_item_is_acknowledged(gateway, admin):
+    start = status(admin).events_applied
+    acked = send(gateway, unique("user"), unique("not-yet-trained"))
+    assert len(acked) == 1 and acked[0]
+    eventually(lambda: status(admin).events_applied >= start + 1, timeout_s=30)
+
+
+def neighbours(bundle, user: int, n: int) -> list[str]:
+    """The `n` trained users whose vectors are closest (cosine) to `user`'s."""
+    v = bundle.user_vectors
+    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+    order = np.argsort(-(unit @ unit[user]))
+    return [bundle.users.id(u) for u in order if u != user][:n]
+
+
+def test_new_item_liked_by_similar_users_is_recommended(gateway, admin, bundle):
+    item = unique("new-item")
+    assert (
+        admin.UpsertItems(
+            feedback_pb2.UpsertItemsRequest(
+                items=[feedback_pb2.CatalogueItem(item_id=item, attributes={"genre": "new"})]
+            ),
+            timeout=5,
+        ).changed
+        == 1
+    )
+    target = 20
+    user = bundle.users.id(target)
+    assert item not in recommend(gateway, user, k=100)  # no likes yet: no vector
+    for liker in neighbours(bundle, target, 10):
+        send(gateway, liker, item)
+    assert eventually(lambda: item in recommend(gateway, user, k=20), timeout_s=10)
+    # and SimilarItems answers for it, from its folded-in vector
+    assert len(similar(gateway, item, k=5)) == 5
+    admin.RemoveItems(ids(item), timeout=5)
+    assert item not in recommend(gateway, user, k=100)
+
+
+def test_delete_user_forgets_their_live_state_once(gateway, admin, bundle, settings, redis_url):
+    user = bundle.users.id(30)
+    before = recommend(gateway, user)
+    for item in before[:3]:
+        send(gateway, user, item)
+    # the user's own likes applied (other tests' events may still be arriving)
+    eventually(lambda: not set(before[:3]) & set(recommend(gateway, user)), timeout_s=30)
+    client = redis.Redis.from_url(redis_url)
+    keys = f"{settings.redis_prefix}u:{user}:*"
+    assert list(client.scan_iter(keys))
+
+    reply = admin.DeleteUser(feedback_pb2.DeleteUserRequest(user_id=user), timeout=10)
+    assert reply.event_id
+    eventually(lambda: not list(client.scan_iter(keys)), timeout_s=30)
+    assert recommend(gateway, user) == before  # the trained vector again
+
+    # The same FORGET again (a replay): skipped as a duplicate.
+    s = status(admin)
+    again = Event(reply.event_id, user, "", Kind.FORGET, 1)
+    publisher = KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
+    try:
+        publisher.publish([again], 10)
+    finally:
+        publisher.close()
+    eventually(lambda: status(admin).duplicates_skipped >= s.duplicates_skipped + 1, timeout_s=30)
+    assert status(admin).events_applied == s.events_applied
+
+
+def test_forget_from_a_client_is_refused(gateway):
+    with pytest.raises(grpc.RpcError) as err:
+        send(gateway, "u", "", kind=common_pb2.FEEDBACK_KIND_FORGET)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        send(gateway, "u", "some-item", kind=common_pb2.FEEDBACK_KIND_FORGET)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].kind" in err.value.details()
+
+
+@pytest.mark.parametrize(
+    "method, request_, field",
+    [
+        ("HideItems", feedback_pb2.ItemIdsRequest(), "item_ids"),
+        ("HideItems", feedback_pb2.ItemIdsRequest(item_ids=["a", ""]), "item_ids[1]"),
+        ("ShowItems", feedback_pb2.ItemIdsRequest(item_ids=["x" * 257]), "item_ids[0]"),
+        ("RemoveItems", feedback_pb2.ItemIdsRequest(item_ids=["a"] * 1001), "item_ids"),
+        ("UpsertItems", feedback_pb2.UpsertItemsRequest(), "items (count)"),
+        (
+            "UpsertItems",
+            feedback_pb2.UpsertItemsRequest(items=[feedback_pb2.CatalogueItem(item_id=" ")]),
+            "items[0].item_id",
+        ),
+        (
+            "UpsertItems",
+            feedback_pb2.UpsertItemsRequest(
+                items=[feedback_pb2.CatalogueItem(item_id="a", attributes={"": "1"})]
+            ),
+            "items[0].attributes",
+        ),
+        ("DeleteUser", feedback_pb2.DeleteUserRequest(), "user_id"),
+    ],
+)
+def test_bad_admin_input_names_the_field(admin, method, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(admin, method)(request_, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.value.details()
+
+
+# --- the worker, in order and once -------------------------------------------------------
+
+
+def test_worker_applies_forget_in_order_within_a_batch(bundle, settings):
+    from shortlist.feedback.bus import InMemoryBus
+    from shortlist.feedback.worker import FeedbackWorker
+
+    store, bus = InMemoryStateStore(), InMemoryBus()
+    worker = FeedbackWorker(bundle, store, bus.consumer(), settings)
+    a, b = bundle.items.id(0), bundle.items.id(1)
+    events = [
+        Event("w1", "u", a, Kind.LIKE, 1),
+        Event("w2", "u", "", Kind.FORGET, 2),
+        Event("w3", "u", b, Kind.LIKE, 3),
+        Event("w2", "u", "", Kind.FORGET, 2),  # the same FORGET again: skipped
+        Event("w4", "v", "brand-new", Kind.LIKE, 4),
+    ]
+    bus.publisher().publish(events, 1)
+    while worker.run_once(timeout_ms=50):
+        pass
+    state = store.user_state("u", bundle.version)
+    assert state.seen == {b} and state.likes == 1  # the like after the FORGET survives
+    assert (worker.applied, worker.duplicates) == (4, 1)
+    assert store.item_feedback(["brand-new"], bundle.version) == {
+        "brand-new": {"v": (int(Kind.LIKE), None)}
+    }
+    # v is a new user with no vector: the item has no liker with a vector yet
+    assert store.catalogue(bundle.version).vectors == {}
+    trained = bundle.users.id(0)
+    bus.publisher().publish([Event("w5", trained, "brand-new", Kind.LIKE, 5)], 1)
+    while worker.run_once(timeout_ms=50):
+        pass
+    assert set(store.catalogue(bundle.version).vectors) == {"brand-new"}
