@@ -215,6 +215,7 @@ def run(
                 feedback_topic="feedback",
                 feedback_group="shortlist-feedback",
                 archive_path=str(archive),
+                archive_flush_ms=1000,
                 retrieval_timeout_ms=5000,
                 ranking_timeout_ms=5000,
             )
