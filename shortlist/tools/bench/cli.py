@@ -44,7 +44,11 @@ def quality(
         "are the test, the 10% before them valid.",
     ),
     protocol: str = typer.Option(
-        ..., "--protocol", help="A: train on train+valid. B: train on train, select on valid."
+        ...,
+        "--protocol",
+        help="A: train on train+valid. B: train on train, select on valid, the test ranking "
+        "excludes train items only (LightGCN++). B-valid-excluded: B with valid items also "
+        "excluded (never comparable with published figures).",
     ),
     model: str = typer.Option(None, "--model", help="Retrieval model (default: spectral)."),
     config: str = typer.Option(
@@ -97,10 +101,13 @@ def quality(
                 "MovieLens-100K (u.data)"
             )
         source = str(data)
-    protocol = protocol.upper()
-    if protocol not in {"A", "B"}:
-        _fail(f"--protocol must be A or B, got {protocol!r}")
-    if protocol == "B" and not timed and not (data / "valid.txt").is_file():
+    from shortlist.evaluation.protocols import normalize_protocol, trains_on_train_only
+
+    try:
+        protocol = normalize_protocol(protocol)
+    except ValueError as exc:
+        _fail(f"--protocol: {exc}")
+    if trains_on_train_only(protocol) and not timed and not (data / "valid.txt").is_file():
         _fail(f"protocol B needs {data / 'valid.txt'}")
     model = model or bench_quality.DEFAULT_MODEL
     if model not in registry.model_names():

@@ -20,7 +20,7 @@ from rich.table import Table
 from shortlist.data.events import load_events
 from shortlist.data.loaders import SplitData, load_lightgcn_dir, load_movielens
 from shortlist.data.splits import check_no_leakage, temporal_leave_last_out, time_slice_holdout
-from shortlist.evaluation.protocols import ProtocolResult, run_protocol
+from shortlist.evaluation.protocols import ProtocolResult, run_protocol, trains_on_train_only
 from shortlist.models import registry
 
 # The default model per dataset and protocol (the measured best; docs/benchmarks.md).
@@ -81,7 +81,7 @@ def bench_options(
         return {**registry.preset(model, split.name), **config}, None
     from shortlist.training.tuning import search_space, tune
 
-    if protocol.upper() == "B":
+    if trains_on_train_only(protocol):
         train, valid = split.train, split.valid
     else:
         train, valid = split.train_valid(), None
