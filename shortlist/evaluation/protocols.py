@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,11 +116,13 @@ def run_protocol(
     model_name: str,
     config: dict[str, Any] | None = None,
     ks: tuple[int, ...] = (10, 20, 50),
+    build: Callable[[str, dict[str, Any]], EmbeddingModel] | None = None,
 ) -> ProtocolResult:
-    """Train `model_name` under protocol A, B or B-valid-excluded and evaluate on test."""
+    """Train `model_name` under protocol A, B or B-valid-excluded and evaluate on test.
+    `build` makes models outside the registry (the bench's peers) with the same protocol."""
     protocol = normalize_protocol(protocol)
     config = dict(config or {})
-    model = registry.build(model_name, config)
+    model = (build or registry.build)(model_name, config)
     if protocol == "A":
         train = split.train_valid()
         fit_valid = None
