@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 PROTOS  := $(wildcard proto/shortlist/v1/*.proto)
 STAMP   := $(VENV)/.installed
 
-.PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-index \
+.PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-peers bench-index \
 	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
 	bench-lifecycle clean
 
@@ -70,6 +70,14 @@ bench-quality: install
 		--protocol A --report $(REPORTS)/quality; else echo "absent: $(DATA)/gowalla"; fi
 	@if [ -d $(DATA)/lastfm ]; then $(BIN)/shortlist bench quality --data $(DATA)/lastfm \
 		--protocol B --report $(REPORTS)/quality; else echo "absent: $(DATA)/lastfm"; fi
+
+# Peers (implicit's ALS and BPR, the [bench] extra): tuned on valid, same protocol B code.
+bench-peers: install
+	@if ! $(BIN)/python -c "import implicit" 2>/dev/null; then \
+		echo "implicit is missing: $(BIN)/pip install implicit==0.7.3"; \
+	elif [ -d $(DATA)/lastfm ]; then for m in als implicit-bpr; do \
+		$(BIN)/shortlist bench quality --data $(DATA)/lastfm --protocol B --model $$m \
+		--report $(REPORTS)/quality || exit 1; done; else echo "absent: $(DATA)/lastfm"; fi
 
 bench-index: install
 	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench index --data $(DATA)/gowalla; \

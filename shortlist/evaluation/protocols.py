@@ -1,15 +1,25 @@
 """The two benchmark protocols of the datasets' `../shared/data/README.md`.
 
-A (LightGCN paper, BARS): train on train+valid with fixed settings, report test.
-B (LightGCN++): train on train, choose the epoch / setting by valid NDCG@20, report test.
-Training items (train, or train+valid under A) are excluded from every ranking; under B
-the valid items are excluded from the test ranking too, as they are known interactions.
+A (LightGCN paper, BARS): train on train+valid with fixed settings, report test; the test
+ranking excludes train+valid (the training items).
+B (LightGCN++): train on train, choose the epoch / setting by valid NDCG@20, report test;
+the test ranking excludes the TRAIN items only, so valid items stay rankable (and count as
+misses). This is LightGCN++'s rule: geon0325/LightGCNpp at commit 474c9bec,
+`code/Procedure.py`, `Test` (line 76): line 104 `allPos =
+dataset.getUserPosItems(batch_users)` reads `UserItemNet`, built from train.txt alone
+(`code/dataloader.py`, `Loader.__init__`); lines 111-116 set those items' scores to -(1<<10)
+before `torch.topk` (line 117). Recall and NDCG are summed per user (lines 136-139) and
+divided by `len(users)` (lines 140-142), the users of `testDict` (line 92): averaged over
+test users, as `metrics.evaluate` does. See docs/decisions/0025-protocol-b-train-only.md.
+B-valid-excluded: B's training, with valid items excluded from the test ranking too (this
+repository's rule before decision 0025); never compare it with published figures.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +30,32 @@ from shortlist.data.loaders import SplitData
 from shortlist.evaluation.metrics import evaluate
 from shortlist.models import registry
 from shortlist.models.base import EmbeddingModel, FitReport, Validator
+
+PROTOCOLS = ("A", "B", "B-valid-excluded")
+# What each protocol's test ranking excludes; printed in the bench's JSON line so a figure
+# never travels without its rule.
+TEST_EXCLUDES = {"A": "train+valid", "B": "train", "B-valid-excluded": "train+valid"}
+
+
+def normalize_protocol(name: str) -> str:
+    """The canonical protocol name (case-insensitive), or ValueError."""
+    for known in PROTOCOLS:
+        if name.strip().upper() == known.upper():
+            return known
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+
+
+def trains_on_train_only(protocol: str) -> bool:
+    """B and its variant fit on train and select on valid; A fits on train+valid."""
+    return normalize_protocol(protocol) != "A"
+
+
+def excluded_at_test(split: SplitData, protocol: str) -> Any:
+    """The likes the test ranking excludes under `protocol` (see `TEST_EXCLUDES`)."""
+    protocol = normalize_protocol(protocol)
+    if TEST_EXCLUDES[protocol] == "train":
+        return split.train.positives
+    return union_likes(split.train, split.valid)
 
 
 @dataclass
@@ -42,6 +78,7 @@ class ProtocolResult:
             "dataset": self.dataset,
             "protocol": self.protocol,
             "model": self.model,
+            "test_excludes": TEST_EXCLUDES[self.protocol],
         }
         out.update({k: round(v, 6) for k, v in self.metrics.items() if k != "users"})
         out["users"] = int(self.metrics.get("users", 0))
@@ -79,13 +116,13 @@ def run_protocol(
     model_name: str,
     config: dict[str, Any] | None = None,
     ks: tuple[int, ...] = (10, 20, 50),
+    build: Callable[[str, dict[str, Any]], EmbeddingModel] | None = None,
 ) -> ProtocolResult:
-    """Train `model_name` under protocol A or B and evaluate on test."""
-    protocol = protocol.upper()
-    if protocol not in {"A", "B"}:
-        raise ValueError("protocol must be A or B")
+    """Train `model_name` under protocol A, B or B-valid-excluded and evaluate on test.
+    `build` makes models outside the registry (the bench's peers) with the same protocol."""
+    protocol = normalize_protocol(protocol)
     config = dict(config or {})
-    model = registry.build(model_name, config)
+    model = (build or registry.build)(model_name, config)
     if protocol == "A":
         train = split.train_valid()
         fit_valid = None
@@ -94,7 +131,7 @@ def run_protocol(
         if split.valid is None:
             raise ValueError("protocol B needs a valid split")
         train, fit_valid = split.train, split.valid
-        exclude = union_likes(split.train, split.valid)
+        exclude = excluded_at_test(split, protocol)
     start = time.perf_counter()
     report = _fit(model, train, fit_valid)
     train_seconds = time.perf_counter() - start

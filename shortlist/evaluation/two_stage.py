@@ -6,9 +6,10 @@ Stage 1 fits the retrieval model on `train` only; its top-N shortlists with labe
 the data the final model is fit on (train+valid for protocol A, train for B), and stage 1
 fits on the rest: labels that look ahead in time, where valid is a random slice of train.
 Test is touched only to report. Protocol A then refits retrieval on train+valid and ranks
-its shortlists; protocol B keeps the train-only model (valid likes are excluded from the
-test ranking). Retrieval-only and two-stage figures come from the same users and the same
-shortlists: the retrieval order of a top-N shortlist is the retrieval model's own top-20.
+its shortlists; protocol B keeps the train-only model (the test ranking excludes train likes
+only, LightGCN++'s rule; valid likes too under "B-valid-excluded"). Retrieval-only and
+two-stage figures come from the same users and the same shortlists: the retrieval order of a
+top-N shortlist is the retrieval model's own top-20.
 With `TrainConfig.deep_ranker` the two-stage order is the served blend of LambdaRank and
 DeepFM; each alone is reported beside it (`lambdarank_*`, `deepfm_*`).
 """
@@ -26,7 +27,7 @@ import numpy as np
 from shortlist.data.loaders import SplitData
 from shortlist.data.splits import latest_share_holdout
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
-from shortlist.evaluation.protocols import union_likes
+from shortlist.evaluation.protocols import TEST_EXCLUDES, excluded_at_test, normalize_protocol
 from shortlist.models import registry
 from shortlist.ranking.features import RANK_COLUMN
 from shortlist.ranking.lambdarank import RankerConfig, score
@@ -64,6 +65,7 @@ class TwoStageResult:
             "protocol": self.protocol,
             "model": self.model,
             "pipeline": "two-stage",
+            "test_excludes": TEST_EXCLUDES[self.protocol],
         }
         out.update({k: round(v, 6) for k, v in self.two_stage.items()})
         out.update({f"retrieval_{k}": round(v, 6) for k, v in self.retrieval.items()})
@@ -128,7 +130,7 @@ def run_two_stage(
     say = progress or (lambda _m: None)
     cfg = cfg or TrainConfig(model=model_name)
     options = dict(options or {})
-    protocol = protocol.upper()
+    protocol = normalize_protocol(protocol)
     if split.valid is None:
         raise ValueError("the two-stage pipeline needs a valid split for the ranker's labels")
     if ranker_labels == "valid":
@@ -178,7 +180,7 @@ def run_two_stage(
         final_model = (
             fit_model if ranker_labels == "valid" else _fit(model_name, options, split.train)
         )
-        exclude = union_likes(split.train, split.valid)
+        exclude = excluded_at_test(split, protocol)
     timings["final_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     test = split.test.positives.tocsr()

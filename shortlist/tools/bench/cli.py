@@ -44,9 +44,18 @@ def quality(
         "are the test, the 10% before them valid.",
     ),
     protocol: str = typer.Option(
-        ..., "--protocol", help="A: train on train+valid. B: train on train, select on valid."
+        ...,
+        "--protocol",
+        help="A: train on train+valid. B: train on train, select on valid, the test ranking "
+        "excludes train items only (LightGCN++). B-valid-excluded: B with valid items also "
+        "excluded (never comparable with published figures).",
     ),
-    model: str = typer.Option(None, "--model", help="Retrieval model (default: spectral)."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="Retrieval model (default: spectral), or a peer from implicit: als, implicit-bpr "
+        "(options chosen on valid within --tune-budget, default 300 s).",
+    ),
     config: str = typer.Option(
         None, "--config", help="Model options as a JSON object (inline or a file path)."
     ),
@@ -97,14 +106,22 @@ def quality(
                 "MovieLens-100K (u.data)"
             )
         source = str(data)
-    protocol = protocol.upper()
-    if protocol not in {"A", "B"}:
-        _fail(f"--protocol must be A or B, got {protocol!r}")
-    if protocol == "B" and not timed and not (data / "valid.txt").is_file():
+    from shortlist.evaluation.protocols import normalize_protocol, trains_on_train_only
+
+    try:
+        protocol = normalize_protocol(protocol)
+    except ValueError as exc:
+        _fail(f"--protocol: {exc}")
+    if trains_on_train_only(protocol) and not timed and not (data / "valid.txt").is_file():
         _fail(f"protocol B needs {data / 'valid.txt'}")
     model = model or bench_quality.DEFAULT_MODEL
-    if model not in registry.model_names():
-        _fail(f"unknown model {model!r}; choose from {', '.join(registry.model_names())}")
+    from shortlist.tools.bench import peers
+
+    if model in peers.PEERS and not peers.available():
+        _fail(f"--model {model} is implicit's; install it: {peers.INSTALL_HINT}")
+    if model not in registry.model_names() and model not in peers.PEERS:
+        names = ", ".join([*registry.model_names(), *peers.PEERS])
+        _fail(f"unknown model {model!r}; choose from {names}")
     if pipeline not in bench_quality.PIPELINES:
         _fail(f"unknown pipeline {pipeline!r}; choose from {', '.join(bench_quality.PIPELINES)}")
     if ranker_labels not in {"valid", "latest"}:
@@ -123,7 +140,7 @@ def quality(
             ranker_lists=ranker_lists,
             tune_budget=tune_budget,
         )
-    except (BadEvents, ValueError, KeyError, FileNotFoundError) as exc:
+    except (BadEvents, ValueError, KeyError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
 
 

@@ -20,14 +20,17 @@ from rich.table import Table
 from shortlist.data.events import load_events
 from shortlist.data.loaders import SplitData, load_lightgcn_dir, load_movielens
 from shortlist.data.splits import check_no_leakage, temporal_leave_last_out, time_slice_holdout
-from shortlist.evaluation.protocols import ProtocolResult, run_protocol
+from shortlist.evaluation.protocols import ProtocolResult, run_protocol, trains_on_train_only
 from shortlist.models import registry
+from shortlist.tools.bench import peers
 
 # The default model per dataset and protocol (the measured best; docs/benchmarks.md).
 DEFAULT_MODEL = "spectral"
 PIPELINES = ("retrieval", "two-stage")
 # MovieLens directories are split per user in time: the last likes go to valid and test.
 MOVIELENS_HOLDOUT = 5
+# Seconds a peer's grid may take when no --tune-budget is given (LastFM: the whole ALS grid).
+PEER_BUDGET = 300.0
 
 
 def load_split(data_dir: str | Path | Sequence[Path]) -> SplitData:
@@ -58,11 +61,30 @@ def run_quality(
     threads: int = 2,
     tune_budget: float = 0.0,
 ) -> tuple[ProtocolResult, dict[str, Any] | None]:
-    """The protocol's result and, when tuned, the tuning report."""
+    """The protocol's result and, when tuned, the tuning report. A peer (`implicit`'s ALS or
+    BPR) is always tuned on valid, within `tune_budget` or `PEER_BUDGET` seconds."""
     torch.set_num_threads(threads)
     split = load_split(data_dir)
+    if model in peers.PEERS:
+        return run_peer(split, protocol, model, config, tune_budget or PEER_BUDGET)
     options, tuning = bench_options(split, protocol, model, config, tune_budget)
     return run_protocol(split, protocol, model, options), tuning
+
+
+def run_peer(
+    split: SplitData,
+    protocol: str,
+    model: str,
+    config: dict[str, Any] | None,
+    budget: float,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[ProtocolResult, dict[str, Any]]:
+    """A peer's options chosen on valid (train fit, train excluded), then the protocol run
+    with them: the same split, exclusion rule and metric code as our models."""
+    if split.valid is None:
+        raise ValueError(f"the {model} peer chooses its options on valid; the split has none")
+    options, tuning = peers.tune(model, split.train, split.valid, budget, config, progress)
+    return run_protocol(split, protocol, model, options, build=peers.build), tuning
 
 
 def bench_options(
@@ -81,7 +103,7 @@ def bench_options(
         return {**registry.preset(model, split.name), **config}, None
     from shortlist.training.tuning import search_space, tune
 
-    if protocol.upper() == "B":
+    if trains_on_train_only(protocol):
         train, valid = split.train, split.valid
     else:
         train, valid = split.train_valid(), None
@@ -128,6 +150,8 @@ def main(
         raise FileNotFoundError(f"no dataset at {data_dir}")
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    if pipeline == "two-stage" and model in peers.PEERS:
+        raise ValueError(f"the {model} peer is a retrieval-only baseline (--pipeline retrieval)")
     if pipeline == "two-stage":
         return two_stage_main(
             data_dir,
@@ -145,8 +169,9 @@ def main(
     render(result, console)
     summary = {**result.summary(), "pipeline": pipeline}
     if tuning is not None:
+        budget = tuning.get("budget", tune_budget)
         console.print(
-            f"tuned in {tuning['seconds']:.1f}s of {tune_budget:g}s ({len(tuning['trials'])} "
+            f"tuned in {tuning['seconds']:.1f}s of {budget:g}s ({len(tuning['trials'])} "
             f"trials, {tuning['slice']}): {tuning['chosen']}"
         )
         summary["tuning"] = tuning

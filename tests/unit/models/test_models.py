@@ -228,14 +228,19 @@ def test_protocols_end_to_end(tiny_dir, protocol):
         assert not validated and not result.valid_metrics
 
 
-def test_protocol_b_excludes_valid_items_from_test_ranking(tiny_dir):
+def test_protocol_b_excludes_train_items_only_from_test_ranking(tiny_dir):
     split = load_lightgcn_dir(tiny_dir)
     result = run_protocol(split, "B", "popularity", {})
-    # popularity ranks every user the same; recompute with train+valid excluded by hand
+    # popularity ranks every user the same; recompute with train alone excluded by hand
     model = result.fitted
+    expected = evaluate(
+        model.user_factors, model.item_factors, split.train.positives, split.test.positives
+    )
+    assert result.metrics["recall@20"] == pytest.approx(expected["recall@20"])
+    variant = run_protocol(split, "B-valid-excluded", "popularity", {})
     known = (split.train.positives + split.valid.positives).tocsr()
     expected = evaluate(model.user_factors, model.item_factors, known, split.test.positives)
-    assert result.metrics["recall@20"] == pytest.approx(expected["recall@20"])
+    assert variant.metrics["recall@20"] == pytest.approx(expected["recall@20"])
 
 
 def _last_json(output: str) -> dict:
@@ -331,11 +336,31 @@ def test_bench_quality_cli(tiny_dir, tmp_path):
     assert "| tiny | B | lightgcn |" in text and "| tiny | A | spectral |" in text
 
 
+@pytest.mark.parametrize("peer", ["als", "implicit-bpr"])
+def test_implicit_peers_run_through_the_bench_with_the_same_json_keys(tiny_dir, peer):
+    """implicit's ALS / BPR: tuned on valid, evaluated by the same protocol code as ours."""
+    pytest.importorskip("implicit")
+    base = ["bench", "quality", "--data", str(tiny_dir), "--protocol", "B"]
+    ours = CliRunner().invoke(app, [*base, "--config", '{"rank": 32}'])
+    assert ours.exit_code == 0, ours.output
+    theirs = CliRunner().invoke(app, [*base, "--model", peer, "--tune-budget", "3"])
+    assert theirs.exit_code == 0, theirs.output
+    a, b = _last_json(ours.stdout), _last_json(theirs.stdout)
+    assert set(b) - {"tuning"} == set(a) and b["model"] == peer
+    assert b["test_excludes"] == "train" and b["users"] == a["users"]
+    tuning = b["tuning"]
+    assert tuning["trials"] and tuning["chosen"] == b["options"]
+    assert max(t["ndcg@20"] for t in tuning["trials"]) == tuning["valid_ndcg@20"]
+    assert 0 < b["recall@20"] <= 1 and 0 < b["ndcg@20"] <= 1
+    two_stage = CliRunner().invoke(app, [*base, "--model", peer, "--pipeline", "two-stage"])
+    assert two_stage.exit_code == 2 and "retrieval-only" in two_stage.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--data", "/no/such/dir", "--protocol", "A"], "not found"),
-        (["--protocol", "C"], "must be A or B"),
+        (["--protocol", "C"], "protocol must be one of"),
         (["--protocol", "A", "--model", "nope"], "unknown model"),
         (["--protocol", "A", "--config", "{bad"], "JSON"),
         (["--protocol", "A", "--config", '{"nope": 1}'], "unknown spectral options"),
