@@ -72,10 +72,10 @@ bench-quality: install
 		--protocol B --report $(REPORTS)/quality; else echo "absent: $(DATA)/lastfm"; fi
 
 # Peers (implicit's ALS and BPR, the [bench] extra): tuned on valid, same protocol B code.
+# The peers are a bench-only extra (pyproject [bench]): installed here, never by make install.
 bench-peers: install
-	@if ! $(BIN)/python -c "import implicit" 2>/dev/null; then \
-		echo "implicit is missing: $(BIN)/pip install implicit==0.7.3"; \
-	elif [ -d $(DATA)/lastfm ]; then for m in als implicit-bpr; do \
+	$(BIN)/pip install -q implicit==0.7.3
+	@if [ -d $(DATA)/lastfm ]; then for m in als implicit-bpr; do \
 		$(BIN)/shortlist bench quality --data $(DATA)/lastfm --protocol B --model $$m \
 		--report $(REPORTS)/quality || exit 1; done; else echo "absent: $(DATA)/lastfm"; fi
 
