@@ -239,21 +239,27 @@ def read_logs(paths: Sequence[Path], thresholds: RatingThresholds | None = None)
 
 def read_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """Item ids and their attribute features (see the module's docstring)."""
+    return read_attributes(path, "item_id")
+
+
+def read_attributes(path: Path, key: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Ids (column `key`: item_id or user_id) and their attribute features: numbers
+    standardised, categories one-hot, free text (too many distinct values) left out."""
     table = read_table(path)
-    if "item_id" not in table.column_names:
-        raise BadEvents(path, "missing column item_id")
-    ids = _text(table, "item_id")
+    if key not in table.column_names:
+        raise BadEvents(path, f"missing column {key}")
+    ids = _text(table, key)
     empty = np.array([v is None or not v.strip() for v in ids])
-    _first_bad(path, "item_id", empty, "empty id")
+    _first_bad(path, key, empty, "empty id")
     ids = [v.strip() for v in ids]
     seen: set[str] = set()
-    for n, item in enumerate(ids):
-        if item in seen:
-            raise BadEvents(path, f"item {item!r} listed twice", n + 1, "item_id")
-        seen.add(item)
+    for n, one in enumerate(ids):
+        if one in seen:
+            raise BadEvents(path, f"{key.removesuffix('_id')} {one!r} listed twice", n + 1, key)
+        seen.add(one)
     features: dict[str, np.ndarray] = {}
     for column in table.column_names:
-        if column == "item_id":
+        if column == key:
             continue
         numbers = _as_numbers(table.column(column))
         if numbers is not None:
@@ -289,9 +295,11 @@ def load_events(
     paths: Sequence[Path],
     items: Path | None = None,
     thresholds: RatingThresholds | None = None,
+    users: Path | None = None,
 ) -> Interactions:
     """Interactions from one or more event logs (`read_logs`: their union, duplicates and
-    deleted users removed), with item attributes."""
+    deleted users removed), with item attributes and user attributes (of the users the
+    events hold; others listed are ignored)."""
     events = read_logs(paths, thresholds)
     item_ids = events.column("item_id").to_pylist()
     catalogue, features = (None, {}) if items is None else read_items(Path(items))
@@ -316,6 +324,15 @@ def load_events(
         rows = np.array([position[i] for i in catalogue], np.int64)
         data.item_features = {
             name: _spread(table, rows, len(known)) for name, table in features.items()
+        }
+    if users is not None:
+        listed, user_features = read_attributes(Path(users), "user_id")
+        pairs = [(n, data.users.get(u)) for n, u in enumerate(listed)]
+        pairs = [(n, u) for n, u in pairs if u is not None]
+        take = np.array([n for n, _ in pairs], np.int64)
+        rows = np.array([u for _, u in pairs], np.int64)
+        data.user_features = {
+            name: _spread(table[take], rows, data.n_users) for name, table in user_features.items()
         }
     return data
 

@@ -37,6 +37,9 @@ def train(
     items: Path | None = typer.Option(
         None, help="With --events: item_id plus attribute columns for the ranker."
     ),
+    users: Path | None = typer.Option(
+        None, help="With --events: user_id plus attribute columns for the ranker."
+    ),
     like_at: float = typer.Option(4.0, help="A numeric kind (rating) at least this is a like."),
     dislike_at: float = typer.Option(2.0, help="A numeric kind at most this is a dislike."),
     model: str = typer.Option(
@@ -85,6 +88,8 @@ def train(
         raise typer.BadParameter("give --data or --events, not both", param_hint="--events")
     if items is not None and not events:
         raise typer.BadParameter("--items goes with --events", param_hint="--items")
+    if users is not None and not events:
+        raise typer.BadParameter("--users goes with --events", param_hint="--users")
     if data is not None and not data.is_dir():
         raise typer.BadParameter(f"no dataset directory at {data}", param_hint="--data")
     if not 0.0 < gate_share < 0.5:
@@ -100,7 +105,8 @@ def train(
     if events:
         try:
             with console.status("reading events"):
-                interactions = load_events(events, items, RatingThresholds(like_at, dislike_at))
+                thresholds = RatingThresholds(like_at, dislike_at)
+                interactions = load_events(events, items, thresholds, users)
         except BadEvents as exc:
             console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None

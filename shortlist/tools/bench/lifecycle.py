@@ -1,7 +1,8 @@
 """The whole lifecycle on MovieLens-100K as event logs, over the real services:
 
-1. the ratings become an event log (rating >= 4 like, <= 2 dislike, 3 a view) and an item
-   file (title as free text, year, first genre); the first 80% of time is the history;
+1. the ratings become an event log (rating >= 4 like, <= 2 dislike, 3 a view), an item
+   file (title as free text, year, first genre) and a user file (age, gender, occupation,
+   zip code as free text); the first 80% of time is the history;
 2. a first bundle is trained from the history and served (in-process services over the
    real Redis and the Kafka-protocol broker, with the archiver on its own consumer group);
 3. the next 10% of time is replayed through Gateway/SendFeedback: folded in live and
@@ -57,13 +58,15 @@ KINDS = {"like": common_pb2.FEEDBACK_KIND_LIKE, "dislike": common_pb2.FEEDBACK_K
 class Slices:
     history: Path  # events.csv of the first 80% of time
     items: Path
+    users: Path  # user_id, age, gender, occupation, zip (free text: left out)
     replay: pa.Table  # user_id, item_id, kind (like/dislike/view), timestamp (seconds)
     test: dict[str, set[str]]  # user -> items liked in the last 10%
     before_test: dict[str, set[str]]  # user -> every item they rated before it
 
 
 def movielens_events(data: Path, out: Path) -> Slices:
-    """MovieLens-100K's u.data and u.item as an event log and item file, cut in time."""
+    """MovieLens-100K's u.data, u.item and u.user as an event log and item and user
+    attribute files, cut in time."""
     con = duckdb.connect()
     con.sql(
         f"""CREATE TABLE ratings AS SELECT 'u' || column0 AS user_id,
@@ -108,7 +111,16 @@ def movielens_events(data: Path, out: Path) -> Slices:
         f"""SELECT 'm' || id AS item_id, title, try_cast(right(date, 4) AS INTEGER) AS year,
                    CASE {genre} ELSE 'none' END AS genre FROM movies"""
     ).write_csv(str(items))
-    return Slices(history, items, replay, test, before)
+    users = out / "users.csv"
+    con.sql(
+        f"""SELECT 'u' || column0 AS user_id, column1 AS age, column2 AS gender,
+                   column3 AS occupation, column4 AS zip
+            FROM read_csv('{data / "u.user"}', delim='|', header=false,
+                          columns={{'column0': 'INTEGER', 'column1': 'INTEGER',
+                                   'column2': 'VARCHAR', 'column3': 'VARCHAR',
+                                   'column4': 'VARCHAR'}})"""
+    ).write_csv(str(users))
+    return Slices(history, items, users, replay, test, before)
 
 
 def recommend_metrics(gateway, slices: Slices) -> dict[str, float]:
@@ -199,9 +211,8 @@ def run(
             f"history {slices.history}, replay {slices.replay.num_rows} events, "
             f"{len(slices.test)} test users"
         )
-        train_and_save(
-            bundles, load_events([slices.history], slices.items), tune_budget=tune_budget
-        )
+        history = load_events([slices.history], slices.items, users=slices.users)
+        train_and_save(bundles, history, tune_budget=tune_budget)
         first = load_bundle(bundles)
         broker = TansuBroker()
         broker.start()
@@ -258,7 +269,7 @@ def run(
                 archived = read_logs([archive]).num_rows
                 train_and_save(
                     bundles,
-                    load_events([archive, slices.history], slices.items),
+                    load_events([archive, slices.history], slices.items, users=slices.users),
                     tune_budget=tune_budget,
                     promotion=Promotion(),
                 )

@@ -176,6 +176,22 @@ def test_item_attributes_numbers_categories_and_free_text(tmp_path):
         load_events([events], duplicated)
 
 
+def test_user_attributes_reach_the_users_of_the_events(tmp_path):
+    events = write_csv(tmp_path / "events.csv", EVENTS)
+    users = write_csv(
+        tmp_path / "users.csv",
+        [("u3", 40, "F"), ("u1", 20, "M"), ("u9", 99, "M")],  # u9: no events, ignored
+        ["user_id", "age", "gender"],
+    )
+    data = load_events([events], users=users)
+    assert set(data.user_features) == {"age", "gender"}
+    gender = {data.users.id(n): row.tolist() for n, row in enumerate(data.user_features["gender"])}
+    assert gender == {"u1": [0, 1], "u2": [0, 0], "u3": [1, 0]}  # u2 unlisted: zeros
+    no_id = write_csv(tmp_path / "no_id.csv", [("x", 1)], ["id", "age"])
+    with pytest.raises(BadEvents, match="missing column user_id"):
+        load_events([events], users=no_id)
+
+
 def test_train_from_events_exits_2_on_bad_input_and_writes_nothing(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", [*EVENTS[:2], ("u", "z", "love", "1", "")])
     out = tmp_path / "artifacts"

@@ -1,5 +1,5 @@
 """The lifecycle bench cuts MovieLens-100K in time into history, replay and test, and the
-history reads back through the event-log path training uses."""
+history reads back, with item and user attributes, through the event-log path training uses."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def test_history_replay_and_test_are_cut_in_time(tmp_path):
 
 def test_the_history_trains_through_the_event_log_path(tmp_path):
     slices = movielens_events(ML100K, tmp_path)
-    data = load_events([slices.history], slices.items)
+    data = load_events([slices.history], slices.items, users=slices.users)
     assert data.positives.nnz > 40_000 and data.negatives.nnz > 10_000
     assert set(data.item_features) == {"year", "genre"}  # the title is free text: left out
+    assert set(data.user_features) == {"age", "gender", "occupation"}  # so is the zip code
+    assert data.user_features["gender"].shape == (data.n_users, 2)
