@@ -89,7 +89,16 @@ class Settings:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set: clients must present a certificate signed by it
     internal_ca_file: str = ""  # gateway: verify internal services over TLS with this CA
-    api_key_hashes: str = ""  # sha256 hex of each accepted API key, comma-separated
+    # sha256 hex of each accepted API key, comma-separated; `<hash>:recommend+feedback` limits
+    # a key to those scopes (a hash alone keeps all public scopes: recommend and feedback).
+    api_key_hashes: str = ""
+    # User tokens (HS256 JWTs in `authorization: Bearer`): set, the gateway verifies a token
+    # sent with a call and binds the call to its `sub`; empty: tokens are off.
+    jwt_secret: str = ""
+    jwt_audience: str = ""  # set: tokens must carry this `aud`
+    jwt_issuer: str = ""  # set: tokens must carry this `iss`
+    jwt_leeway_s: int = 0  # clock skew allowed on `exp`
+    jwt_required: int = 0  # 1: every call needs a user token, even one with an API key
     internal_token: str = ""  # gateway: the credential it sends to internal services
     internal_token_hash: str = ""  # internal services: sha256 hex of the accepted token
     rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
 
 from shortlist.v1 import common_pb2
@@ -59,3 +60,18 @@ class Event:
                 else "feedback record lacks item_id"
             )
         return cls(msg.event_id, msg.user_id, msg.item_id, kind, msg.timestamp_ms)
+
+
+def scoped_event_id(key_id: str, client_event_id: str) -> str:
+    """The id the worker dedups on: the client's id in the caller's namespace, so one client
+    cannot pre-mark (and so drop) another's ids. `key_id` is a short non-secret caller id."""
+    return f"{key_id}:{client_event_id}"
+
+
+def derived_event_id(key_id: str, user_id: str, item_id: str, kind: int, timestamp_ms: int) -> str:
+    """A deterministic id for an event the client sent without one: a retried batch with the
+    same timestamps gets the same ids and is applied once. Fields are length-prefixed so
+    that no two different tuples encode alike."""
+    parts = (key_id, user_id, item_id, str(int(kind)), str(int(timestamp_ms)))
+    text = "".join(f"{len(x)}:{x}" for x in parts)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()

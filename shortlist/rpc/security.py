@@ -4,10 +4,14 @@
   client CA the server requires client certificates signed by it (mutual TLS).
 - The public gateway checks API keys (`authorization: Bearer <key>` or `x-api-key`); only
   their sha256 hex digests are configured (`api_key_hashes`, comma-separated), so revoking a
-  key is removing its hash. Internal services (retrieval, ranking, feedback admin) accept
-  only calls carrying the shared internal token (`x-shortlist-internal`), whose hash they
-  hold and which only the gateway's channels send.
-- Per-client token buckets (by API key, or by peer address when no keys are configured).
+  key is removing its hash. A key may be limited to scopes (`<hash>:recommend+feedback`);
+  one configured without scopes keeps all public scopes. An optional user token (HS256 JWT,
+  `authorization: Bearer <jwt>`, secret `jwt_secret`) binds a call to its `sub`: the request's
+  user ids must equal it, and its `scope` claim limits the call further
+  (docs/decisions/0026-key-scopes-and-user-binding.md). Internal services (retrieval,
+  ranking, feedback admin) accept only calls carrying the shared internal token
+  (`x-shortlist-internal`), whose hash they hold and which only the gateway's channels send.
+- Per-client token buckets (by API key or token subject, else by peer address).
 - Health checks and server reflection stay open; keys and tokens are never logged.
 """
 
@@ -19,11 +23,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,51 @@ OPEN_SERVICES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost"}
+
+SCOPE_RECOMMEND = "recommend"
+SCOPE_FEEDBACK = "feedback"
+# What a key configured without scopes may do (the admin RPCs are on the internal plane).
+PUBLIC_SCOPES = frozenset({SCOPE_RECOMMEND, SCOPE_FEEDBACK})
+METHOD_SCOPES = {
+    "/shortlist.v1.Gateway/Recommend": SCOPE_RECOMMEND,
+    "/shortlist.v1.Gateway/SimilarItems": SCOPE_RECOMMEND,
+    "/shortlist.v1.Gateway/SendFeedback": SCOPE_FEEDBACK,
+}
+# The user ids of a request that a user token's subject must equal, with their field names.
+REQUEST_USERS: dict[str, Callable[[Any], list[tuple[str, str]]]] = {
+    "/shortlist.v1.Gateway/Recommend": lambda r: [("user_id", r.user_id)],
+    "/shortlist.v1.Gateway/SendFeedback": lambda r: [
+        (f"events[{n}].user_id", e.user_id) for n, e in enumerate(r.events)
+    ],
+}
+KEY_ID_HEX = 12  # the non-secret id of a key: this many hex digits of its sha256
+MIN_JWT_SECRET_BYTES = 32  # RFC 7518: an HS256 key at least as long as the hash output
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a gateway call is from, as the auth interceptor established it.
+
+    `key_id` names the caller's dedup namespace for event ids: the API key's id (12 hex of
+    its hash), else "t" + a hash of the token subject, else "open" (no auth configured)."""
+
+    key_id: str
+    scopes: frozenset[str]
+    subject: str | None = None
+
+
+OPEN_CALLER = Caller("open", PUBLIC_SCOPES)
+_CALLER: ContextVar[Caller] = ContextVar("shortlist_caller", default=OPEN_CALLER)
+
+
+def current_caller() -> Caller:
+    """The caller of the gateway call this thread is serving (OPEN_CALLER without auth)."""
+    return _CALLER.get()
+
+
+def subject_key_id(subject: str) -> str:
+    """A token caller's namespace: hashed so that subjects with ':' cannot collide."""
+    return "t" + hashlib.blake2b(subject.encode("utf-8"), digest_size=8).hexdigest()
 
 
 class InsecureConfiguration(RuntimeError):
@@ -53,6 +105,34 @@ def parse_hashes(value: str) -> frozenset[str]:
         # Do not echo the value: a raw key pasted by mistake must not land in a log.
         raise ValueError(f"{len(bad)} configured key hash(es) are not sha256 hex digests")
     return hashes
+
+
+def parse_keys(value: str) -> dict[str, frozenset[str]]:
+    """`api_key_hashes` as {sha256 hex: scopes}. Entries are comma-separated, each a hash
+    optionally followed by `:scope+scope`; a hash without scopes keeps all public scopes,
+    so configurations from before scopes keep working."""
+    keys: dict[str, frozenset[str]] = {}
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        digest, sep, scope_text = entry.partition(":")
+        (digest,) = parse_hashes(digest)
+        if sep:
+            scopes = frozenset(x.strip().lower() for x in scope_text.split("+") if x.strip())
+            unknown = sorted(scopes - PUBLIC_SCOPES)
+            if unknown or not scopes:
+                raise ValueError(
+                    f"API key {digest[:KEY_ID_HEX]}: scopes must be some of "
+                    f"{'+'.join(sorted(PUBLIC_SCOPES))}, got {scope_text.strip()!r}"
+                )
+        else:
+            scopes = PUBLIC_SCOPES
+        if keys.get(digest, scopes) != scopes:
+            raise ValueError(
+                f"API key {digest[:KEY_ID_HEX]} is configured twice, with other scopes"
+            )
+        keys[digest] = scopes
+    return keys
 
 
 def is_loopback(address: str) -> bool:
@@ -91,8 +171,8 @@ def check_gateway_policy(settings: Any, address: str) -> None:
     missing = []
     if not settings.tls_cert_file:
         missing.append("TLS (tls_cert_file/tls_key_file)")
-    if not settings.api_key_hashes.strip():
-        missing.append("API keys (api_key_hashes)")
+    if not settings.api_key_hashes.strip() and not settings.jwt_secret:
+        missing.append("API keys (api_key_hashes) or user tokens (jwt_secret)")
     if missing:
         raise InsecureConfiguration(
             f"the gateway would listen on {address} without {' and '.join(missing)}; "
@@ -131,44 +211,204 @@ def api_key_from(metadata: dict[str, str]) -> str | None:
     return key or None
 
 
+def looks_like_jwt(value: str) -> bool:
+    """A compact JWS has three dot-separated parts; API keys for a gateway that also takes
+    user tokens must not (send them in 'x-api-key' to be safe)."""
+    return value.count(".") == 2
+
+
+def credentials_from(metadata: dict[str, str], keys_on: bool, tokens_on: bool):
+    """(API key, user token) from the metadata. The bearer value is the token when tokens
+    are configured and it is JWT-shaped (or keys are off), else the key."""
+    auth = metadata.get("authorization", "")
+    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    header_key = metadata.get(API_KEY_HEADER, "").strip() or None
+    if bearer and tokens_on and (not keys_on or looks_like_jwt(bearer)):
+        return header_key, bearer
+    return (bearer or header_key), None
+
+
 class KeyCheck:
     """Membership of a key's hash in the configured set, compared in constant time."""
 
     def __init__(self, hashes: Iterable[str]) -> None:
         self._hashes = [bytes.fromhex(h) for h in hashes]
 
-    def client_of(self, key: str) -> str | None:
+    def match(self, key: str) -> str | None:
+        """The configured hash (hex) the key matches, else None."""
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         found = None
         for h in self._hashes:
             if hmac.compare_digest(digest, h):
-                found = h.hex()[:16]  # the client's name in rate limits: a hash prefix
+                found = h.hex()
         return found
+
+    def client_of(self, key: str) -> str | None:
+        found = self.match(key)
+        return found[:16] if found else None  # the client's name in rate limits
+
+
+class InvalidToken(Exception):
+    """A user token that does not verify; the message is safe to return to the caller."""
+
+
+class TokenCheck:
+    """HS256 user tokens (PyJWT): signature, `exp` (required), `sub` (required), and the
+    audience and issuer when configured. Returns the subject and the `scope` claim."""
+
+    def __init__(
+        self, secret: str, audience: str = "", issuer: str = "", leeway_s: float = 0
+    ) -> None:
+        if len(secret.encode("utf-8")) < MIN_JWT_SECRET_BYTES:
+            raise ValueError(f"jwt_secret must be at least {MIN_JWT_SECRET_BYTES} bytes long")
+        self._secret = secret
+        self.audience = audience or None
+        self.issuer = issuer or None
+        self.leeway_s = leeway_s
+        self._require = ["exp", "sub"] + ["aud"] * bool(audience) + ["iss"] * bool(issuer)
+
+    def verify(self, token: str) -> tuple[str, frozenset[str]]:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],  # fixed: never what the token's header asks for
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": self._require},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("user token has expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken(f"invalid user token: {exc}") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise InvalidToken("invalid user token: 'sub' must be a non-empty string")
+        scope = claims.get("scope", "")
+        if isinstance(scope, str):
+            scopes = scope.split()
+        elif isinstance(scope, list) and all(isinstance(x, str) for x in scope):
+            scopes = scope
+        else:
+            raise InvalidToken("invalid user token: 'scope' must be a string or a list")
+        return subject, frozenset(scopes) & PUBLIC_SCOPES
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """API keys on the public gateway: UNAUTHENTICATED without a configured key."""
+    """Authentication and authorization on the public gateway.
 
-    def __init__(self, hashes: Iterable[str]) -> None:
-        self.check = KeyCheck(hashes)
+    API keys (when configured) and user tokens (when configured) are each verified when
+    sent; at least one is needed (a token always when `require_token`): UNAUTHENTICATED
+    otherwise. The call's scopes are the intersection of its credentials' scopes:
+    PERMISSION_DENIED naming the missing one. With a token, the request's user ids must
+    equal its subject: PERMISSION_DENIED. The servicer reads the result, `current_caller()`.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, frozenset[str]] | Iterable[str],
+        tokens: TokenCheck | None = None,
+        require_token: bool = False,
+    ) -> None:
+        self.keys = dict(keys) if isinstance(keys, Mapping) else dict.fromkeys(keys, PUBLIC_SCOPES)
+        self.check = KeyCheck(self.keys)
+        self.tokens = tokens
+        self.require_token = require_token and tokens is not None
+
+    def _deny(self, handler, code: grpc.StatusCode, message: str, method: str):
+        log.debug("refused a call to %s: %s", method, code.name)
+        return _abort_handler(handler, code, message)
 
     def intercept_service(self, continuation: Callable, details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
+        method = details.method
+        if handler is None or method.startswith(OPEN_SERVICES):
             return handler
-        key = api_key_from(_metadata(details))
-        if key is None:
-            return _abort_handler(
+        unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+        keys_on, tokens_on = bool(self.keys), self.tokens is not None
+        key, token = credentials_from(_metadata(details), keys_on, tokens_on)
+        if keys_on and not tokens_on and key is None:
+            return self._deny(
                 handler,
-                grpc.StatusCode.UNAUTHENTICATED,
+                unauthenticated,
                 "missing API key: send metadata 'authorization: Bearer <key>' or 'x-api-key'",
+                method,
             )
-        if self.check.client_of(key) is None:
-            log.debug("rejected a call to %s with an unknown API key", details.method)
+        if tokens_on and token is None and (self.require_token or not keys_on or key is None):
+            how = "'authorization: Bearer <jwt>'"
+            if keys_on and not self.require_token:
+                message = f"missing credentials: send an API key ('x-api-key') or {how}"
+            else:
+                message = f"missing user token: send metadata {how}"
+            return self._deny(handler, unauthenticated, message, method)
+        scopes, key_id, subject = PUBLIC_SCOPES, None, None
+        needed = METHOD_SCOPES.get(method)
+        if needed is None:
+            return self._deny(
+                handler, grpc.StatusCode.PERMISSION_DENIED, f"no scope grants {method}", method
+            )
+        if keys_on and key is not None:
+            digest = self.check.match(key)
+            if digest is None:
+                return self._deny(handler, unauthenticated, "invalid or revoked API key", method)
+            scopes, key_id = self.keys[digest], digest[:KEY_ID_HEX]
+            if needed not in scopes:
+                return self._deny(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"API key {key_id} lacks scope '{needed}' (needed by "
+                    f"{method.rsplit('/', 1)[-1]}); it has: {'+'.join(sorted(scopes)) or 'none'}",
+                    method,
+                )
+        if self.tokens is not None and token is not None:
+            try:
+                subject, token_scopes = self.tokens.verify(token)
+            except InvalidToken as exc:
+                return self._deny(handler, unauthenticated, str(exc), method)
+            if needed not in token_scopes:
+                return self._deny(
+                    handler,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"user token lacks scope '{needed}' (needed by "
+                    f"{method.rsplit('/', 1)[-1]}); its scope claim grants: "
+                    f"{' '.join(sorted(token_scopes)) or 'none'}",
+                    method,
+                )
+            scopes = scopes & token_scopes
+            key_id = key_id or subject_key_id(subject)
+        caller = Caller(key_id or OPEN_CALLER.key_id, scopes, subject)
+        return self._bound(handler, caller, method)
+
+    def _bound(self, handler: grpc.RpcMethodHandler, caller: Caller, method: str):
+        """The handler run with `caller` as current_caller(), after the user binding check."""
+        if handler.unary_unary is None:
             return _abort_handler(
-                handler, grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key"
+                handler, grpc.StatusCode.PERMISSION_DENIED, f"{method} is not authorized"
             )
-        return handler
+        inner = handler.unary_unary
+        users = REQUEST_USERS.get(method) if caller.subject is not None else None
+
+        def authorized(request: Any, context: grpc.ServicerContext) -> Any:
+            if users is not None:
+                for field, user_id in users(request):
+                    if user_id != caller.subject:
+                        context.abort(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"{field} does not match the user token's subject: a token "
+                            "acts for its own user only",
+                        )
+            reset = _CALLER.set(caller)
+            try:
+                return inner(request, context)
+            finally:
+                _CALLER.reset(reset)
+
+        return grpc.unary_unary_rpc_method_handler(
+            authorized,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 class InternalTokenInterceptor(grpc.ServerInterceptor):
@@ -243,13 +483,12 @@ def peer_host(peer: str) -> str:
 
 
 class RateLimitInterceptor(grpc.ServerInterceptor):
-    """RESOURCE_EXHAUSTED once a client's bucket is empty. The client is its API key (by hash
-    prefix) when one is sent, otherwise its peer address without the port."""
+    """RESOURCE_EXHAUSTED once a client's bucket is empty. The client is the caller the auth
+    interceptor (which runs first) established: its API key or token subject, by id;
+    otherwise its peer address without the port."""
 
-    def __init__(self, rate: float, burst: float, hashes: Iterable[str] = ()) -> None:
+    def __init__(self, rate: float, burst: float) -> None:
         self.buckets = TokenBuckets(rate, burst)
-        self.check = KeyCheck(hashes)
-        self.by_key = bool(self.check._hashes)
 
     def intercept_service(self, continuation: Callable, details: Any) -> Any:
         handler = continuation(details)
@@ -257,15 +496,12 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             return handler
         if handler.unary_unary is None:
             return handler
-        client = None
-        if self.by_key:
-            key = api_key_from(_metadata(details))
-            client = self.check.client_of(key) if key else None
         inner = handler.unary_unary
         buckets = self.buckets
 
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
-            name = client or peer_host(context.peer())
+            caller = current_caller()
+            name = caller.key_id if caller is not OPEN_CALLER else peer_host(context.peer())
             wait = buckets.take(name)
             if wait:
                 context.abort(
@@ -285,13 +521,21 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
 def server_interceptors(name: str, settings: Any) -> list[grpc.ServerInterceptor]:
     """Access control for service `name` from the settings (outermost first)."""
     if name == "gateway":
-        hashes = parse_hashes(settings.api_key_hashes)
+        keys = parse_keys(settings.api_key_hashes)
+        tokens = None
+        if settings.jwt_secret:
+            tokens = TokenCheck(
+                settings.jwt_secret,
+                settings.jwt_audience,
+                settings.jwt_issuer,
+                settings.jwt_leeway_s,
+            )
         out: list[grpc.ServerInterceptor] = []
-        if hashes:
-            out.append(AuthInterceptor(hashes))
+        if keys or tokens:
+            out.append(AuthInterceptor(keys, tokens, bool(settings.jwt_required)))
         if settings.rate_limit_per_s > 0:
             burst = settings.rate_limit_burst or settings.rate_limit_per_s
-            out.append(RateLimitInterceptor(settings.rate_limit_per_s, burst, hashes))
+            out.append(RateLimitInterceptor(settings.rate_limit_per_s, burst))
         return out
     if settings.internal_token_hash:
         return [InternalTokenInterceptor(settings.internal_token_hash)]

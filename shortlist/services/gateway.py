@@ -12,7 +12,8 @@ from shortlist.bundle.ab import ARM_A, ARM_B, arm_for
 from shortlist.bundle.bundle import Bundle
 from shortlist.config import Settings
 from shortlist.feedback.bus.base import BusUnavailable, EventPublisher
-from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.events import Event, Kind, derived_event_id, scoped_event_id
+from shortlist.rpc.security import current_caller
 from shortlist.rpc.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY, set_arm
 from shortlist.rpc.validation import (
     InvalidInput,
@@ -151,7 +152,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if request.events:
             set_arm(self.arm(request.events[0].user_id))
         try:
-            events = self._validated_events(request)
+            client_ids, events = self._validated_events(request, current_caller().key_id)
         except InvalidInput as exc:
             abort_invalid(context, exc)
         start = time.perf_counter()
@@ -168,12 +169,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         for e in events:
             EVENTS_PUBLISHED.labels(self.arm(e.user_id), KIND_NAMES[e.kind]).inc()
-        return gateway_pb2.SendFeedbackResponse(event_ids=[e.event_id for e in events])
+        return gateway_pb2.SendFeedbackResponse(event_ids=client_ids)
 
-    def _validated_events(self, request) -> list[Event]:
+    def _validated_events(self, request, key_id: str) -> tuple[list[str], list[Event]]:
+        """The ids to answer (the client's, or assigned ones) and the events to publish, whose
+        ids are scoped to the caller (`key_id`). Without a client id, one is derived from the
+        event when it has a timestamp (a retry dedups); with neither it is random."""
         s = self.settings
         require_range(len(request.events), "events (count)", 1, s.max_events)
         now_ms = int(time.time() * 1000)
+        client_ids: list[str] = []
         events = []
         for n, e in enumerate(request.events):
             field = f"events[{n}]"
@@ -189,16 +194,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 )
             if e.timestamp_ms < 0:
                 raise InvalidInput(f"{field}.timestamp_ms must not be negative")
+            if e.event_id:
+                client_id = e.event_id
+            elif e.timestamp_ms:
+                client_id = derived_event_id(key_id, e.user_id, e.item_id, e.kind, e.timestamp_ms)
+            else:  # nothing stable to derive from: a retry of this event is a new event
+                client_id = uuid.uuid4().hex
+            client_ids.append(client_id)
             events.append(
                 Event(
-                    event_id=e.event_id or uuid.uuid4().hex,
+                    event_id=scoped_event_id(key_id, client_id),
                     user_id=e.user_id,
                     item_id=e.item_id,
                     kind=Kind(e.kind),
                     timestamp_ms=e.timestamp_ms or now_ms,
                 )
             )
-        return events
+        return client_ids, events
 
     def SimilarItems(self, request, context):  # noqa: N802
         s = self.settings
