@@ -90,13 +90,17 @@ def start_server(
     gateway worker's, see Settings.gateway_worker_port).
     """
     credentials = None
-    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics_name)]
+    # Requests are parsed before the security interceptors, which read user ids from them
+    # (a call refused by credentials alone is answered without parsing).
+    interceptors: list[grpc.ServerInterceptor] = [
+        MetricsInterceptor(metrics_name),
+        DecodeErrorInterceptor(),
+    ]
     if settings is not None:
         if metrics_name == "gateway":
             security.check_gateway_policy(settings, address)
         credentials = security.server_credentials(settings)
         interceptors += security.server_interceptors(metrics_name, settings)
-    interceptors.append(DecodeErrorInterceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=metrics_name),
         interceptors=interceptors,
