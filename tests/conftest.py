@@ -14,11 +14,14 @@ from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.config import Settings
 from shortlist.data.synthetic import generate
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
-from shortlist.feedback.stores import RedisStateStore
+from shortlist.feedback.events import Event, Kind
+from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore
+from shortlist.rpc.server import client_channel
 from shortlist.rpc.telemetry import start_metrics_server
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.tools.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
 from shortlist.training.pipeline import TrainConfig, train_bundle
+from shortlist.v1 import feedback_pb2_grpc, gateway_pb2_grpc
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -118,6 +121,35 @@ def stack(settings, bundle):
     )
     yield s
     s.stop()
+
+
+# Stubs over the module's stack, and a state store of each kind (the contract both keep).
+@pytest.fixture(scope="module")
+def gateway(stack):
+    with client_channel(stack.gateway_target) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)
+
+
+@pytest.fixture(scope="module")
+def admin(stack):
+    with client_channel(stack.target("feedback")) as channel:
+        yield feedback_pb2_grpc.FeedbackAdminStub(channel)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request):
+    if request.param == "memory":
+        yield InMemoryStateStore()
+        return
+    s = RedisStateStore(
+        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+    )
+    yield s
+    s.close()
+
+
+def ev(n: int, user: str, item: str, kind: Kind) -> Event:
+    return Event(f"e{n}", user, item, kind, 1_700_000_000_000 + n)
 
 
 # A/B: a second bundle over the same catalogue from another model, and a stack serving both.

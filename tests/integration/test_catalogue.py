@@ -11,30 +11,13 @@ import redis
 from shortlist.feedback.bus import KafkaEventPublisher
 from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore
-from shortlist.rpc.server import client_channel
-from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import eventually, unique
+from shortlist.v1 import common_pb2, feedback_pb2, gateway_pb2
+from tests.conftest import ev, eventually, unique
 
 LIKE = common_pb2.FEEDBACK_KIND_LIKE
 
 
 # --- the store contract ------------------------------------------------------------------
-
-
-@pytest.fixture(params=["redis", "memory"])
-def store(request):
-    if request.param == "memory":
-        yield InMemoryStateStore()
-        return
-    s = RedisStateStore(
-        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    )
-    yield s
-    s.close()
-
-
-def ev(n: int, user: str, item: str, kind: Kind) -> Event:
-    return Event(f"e{n}", user, item, kind, 1_700_000_000_000 + n)
 
 
 def test_hide_show_remove_count_changes_and_move_the_generation(store):
@@ -133,18 +116,6 @@ def test_forget_leaves_no_redis_key_of_the_user(redis_url, redis_prefix):
 
 
 # --- the services ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gateway(stack):
-    with client_channel(stack.gateway_target) as channel:
-        yield gateway_pb2_grpc.GatewayStub(channel)
-
-
-@pytest.fixture(scope="module")
-def admin(stack):
-    with client_channel(stack.target("feedback")) as channel:
-        yield feedback_pb2_grpc.FeedbackAdminStub(channel)
 
 
 def recommend(gateway, user: str, k: int = 10) -> list[str]:

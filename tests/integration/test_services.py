@@ -14,22 +14,10 @@ from prometheus_client import REGISTRY
 from shortlist.feedback.bus import KafkaEventPublisher
 from shortlist.rpc.server import client_channel
 from shortlist.services.launch import freeze_loaded_objects, start_service
-from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from shortlist.v1 import common_pb2, feedback_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually, unique
 
 LIKE, DISLIKE = common_pb2.FEEDBACK_KIND_LIKE, common_pb2.FEEDBACK_KIND_DISLIKE
-
-
-@pytest.fixture(scope="module")
-def gateway(stack):
-    with client_channel(stack.gateway_target) as channel:
-        yield gateway_pb2_grpc.GatewayStub(channel)
-
-
-@pytest.fixture(scope="module")
-def admin(stack):
-    with client_channel(stack.target("feedback")) as channel:
-        yield feedback_pb2_grpc.FeedbackAdminStub(channel)
 
 
 def applied(admin) -> int:

@@ -5,25 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shortlist.feedback.events import Event, Kind
-from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore, StoreUnavailable
+from shortlist.feedback.events import Kind
+from shortlist.feedback.stores import RedisStateStore, StoreUnavailable
 from shortlist.feedback.stores.base import HISTORY_LENGTH, Conflict
-
-
-@pytest.fixture(params=["redis", "memory"])
-def store(request):
-    if request.param == "memory":
-        yield InMemoryStateStore()
-        return
-    s = RedisStateStore(
-        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    )
-    yield s
-    s.close()
-
-
-def ev(n: int, user: str, item: str, kind: Kind) -> Event:
-    return Event(f"e{n}", user, item, kind, 1_700_000_000_000 + n)
+from tests.conftest import ev
 
 
 def test_apply_updates_sets_history_counters_and_vector(store):
