@@ -60,23 +60,14 @@ def kafka_publisher(settings: Settings) -> EventPublisher:
     return KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
 
 
-def kafka_consumer(settings: Settings) -> EventConsumer:
+def kafka_consumer(settings: Settings, group: str | None = None) -> EventConsumer:
+    """A consumer of the feedback topic in `group` (default: the feedback workers'; the
+    archiver has a group of its own, so it sees every event)."""
     ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
     return KafkaEventConsumer(
         settings.kafka_bootstrap,
         settings.feedback_topic,
-        settings.feedback_group,
-        settings.feedback_fetch_wait_ms,
-    )
-
-
-def archive_consumer(settings: Settings) -> EventConsumer:
-    """The archiver's consumer: a group of its own, so it sees every event."""
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
-    return KafkaEventConsumer(
-        settings.kafka_bootstrap,
-        settings.feedback_topic,
-        settings.archive_group,
+        group or settings.feedback_group,
         settings.feedback_fetch_wait_ms,
     )
 
@@ -241,7 +232,7 @@ def serve_archiver(settings: Settings) -> None:
     grpc.health.v1 like the other services (it serves no other RPC and loads no bundle).
     A stop writes what it has buffered; if its loop dies the process exits, not serving."""
     start_metrics_server(settings.archiver_metrics_port, settings.metrics_host)
-    archiver = Archiver(archive_consumer(settings), settings)
+    archiver = Archiver(kafka_consumer(settings, settings.archive_group), settings)
     archiver.start()
     server = start_server(
         "archiver", lambda _server: None, (), settings.archiver_addr, workers=2, settings=settings
