@@ -102,6 +102,11 @@ def train(
         )
     if keep < 1:
         raise typer.BadParameter(f"must be at least 1, got {keep}", param_hint="--keep")
+    try:
+        if options and not isinstance(json.loads(options), dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise typer.BadParameter(f"must be a JSON object: {exc}", param_hint="--options") from None
     if events:
         try:
             with console.status("reading events"):

@@ -57,7 +57,11 @@ def test_promote_and_rollback_refuse_what_cannot_be_done(tmp_path):
     assert "nothing to roll back" in nothing.output
 
 
-def test_train_refuses_bad_gate_options(tmp_path):
-    bad = _run("train", "--out", str(tmp_path), "--gate-margin", "1.5")
+@pytest.mark.parametrize(
+    "option, value", [("--gate-margin", "1.5"), ("--keep", "0"), ("--options", "{bad")]
+)
+def test_train_refuses_bad_options_before_reading_anything(tmp_path, option, value):
+    bad = _run("train", "--out", str(tmp_path), option, value)
     assert bad.exit_code == 2
-    assert "--gate-margin" in bad.output
+    assert option in bad.output
+    assert not list(tmp_path.iterdir())  # nothing written
