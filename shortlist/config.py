@@ -104,6 +104,9 @@ class Settings:
     rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit
     rate_limit_burst: int = 0  # bucket size; 0: the same as rate_limit_per_s
     bundle_poll_ms: int = 2000  # reload when <bundle>/LATEST changes; 0: only on SIGHUP
+    # HMAC key bundles are signed with (training) and must be signed with (services);
+    # empty: file digests are still checked, no signature asked for
+    bundle_key: str = ""
     # A plaintext port serving grpc.health.v1 only (0: none): kubelet gRPC probes cannot
     # speak TLS, so a TLS server is probed there. It exposes nothing but health.
     health_port: int = 0

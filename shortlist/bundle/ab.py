@@ -39,9 +39,10 @@ def load_arms(
     settings: Settings, bundle: Bundle | None = None, with_index: bool = True
 ) -> dict[str, Bundle]:
     """{"a": default bundle} plus {"b": ab_bundle_b} when an experiment is configured."""
-    arms = {ARM_A: bundle or load_bundle(Path(settings.bundle), with_index)}
+    key = settings.bundle_key or None
+    arms = {ARM_A: bundle or load_bundle(Path(settings.bundle), with_index, key)}
     if ab_enabled(settings):
-        arms[ARM_B] = load_bundle(Path(settings.ab_bundle_b), with_index)
+        arms[ARM_B] = load_bundle(Path(settings.ab_bundle_b), with_index, key)
         check_arms(arms)
     return arms
 

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from shortlist import __version__
 from shortlist.bundle.bundle import Bundle
+from shortlist.bundle.integrity import read_manifest, write_manifest
 from shortlist.bundle.promotion import LATEST, promote
 from shortlist.data.ids import IdMap
 from shortlist.feedback.foldin import FoldInTargets
@@ -55,10 +56,15 @@ def code_version() -> str:
 
 
 def save_bundle(
-    bundle: Bundle, root: Path, promote_it: bool = True, reason: str = "trained"
+    bundle: Bundle,
+    root: Path,
+    promote_it: bool = True,
+    reason: str = "trained",
+    key: str | None = None,
 ) -> Path:
     """Write root/version (renamed into place when complete) and, with `promote_it`, point
-    LATEST at it (shortlist.bundle.promotion)."""
+    LATEST at it (shortlist.bundle.promotion). The manifest, written last, lists every
+    file's sha256 and is signed with `key` when given (shortlist.bundle.integrity)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / bundle.version
     tmp = root / f".{bundle.version}.tmp"
@@ -81,7 +87,6 @@ def save_bundle(
         "has_deep_ranker": bundle.deep_ranker is not None,
         "context_values": {key: values for key, (values, _) in bundle.context_counts.items()},
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     (tmp / "users.json").write_text(json.dumps(bundle.users.to_list()))
     (tmp / "items.json").write_text(json.dumps(bundle.items.to_list()))
     np.save(tmp / "user_vectors.npy", bundle.user_vectors.astype(np.float32))
@@ -106,6 +111,7 @@ def save_bundle(
         bundle.precomputed.save(tmp)
     if bundle.sequence is not None:
         sp.save_npz(tmp / "sequence.npz", bundle.sequence.tocsr())
+    manifest = write_manifest(tmp, manifest, key)
     os.replace(tmp, final)
     if promote_it:
         promote(root, bundle.version, reason)
@@ -123,13 +129,15 @@ def resolve_bundle_dir(path: Path) -> Path:
     raise FileNotFoundError(f"no artifact bundle at {path} (run `shortlist train` first)")
 
 
-def load_bundle(path: Path, with_index: bool = True) -> Bundle:
+def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> Bundle:
     """The bundle in `path` (a bundle directory, or a root whose LATEST names one).
     `with_index=False` leaves the FAISS index on disk (index None): the ranking, feedback
     and four-service gateway processes never search, and a large catalogue's index is about
-    the size of its item vectors (docs/decisions/0007-served-index.md)."""
+    the size of its item vectors (docs/decisions/0007-served-index.md). A bundle whose files
+    do not match its manifest, or not signed with `key` when one is given, is refused
+    (shortlist.bundle.integrity.BundleIntegrityError)."""
     directory = resolve_bundle_dir(Path(path))
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = read_manifest(directory, key)  # files checked before any is parsed
     ranker_path = directory / "ranker.txt"
     encoder_path = directory / "item_encoder.npy"
     deep_path = directory / "deep_ranker.npz"

@@ -296,7 +296,9 @@ def watch_bundle(
         bundle.version,
         swapped,
         settings.bundle_poll_ms / 1000,
-        loader=functools.partial(load_bundle, with_index=with_index),
+        loader=functools.partial(
+            load_bundle, with_index=with_index, key=settings.bundle_key or None
+        ),
     )
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, lambda *_: watcher.request_reload())

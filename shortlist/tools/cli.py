@@ -165,7 +165,7 @@ def train_and_save(
     from shortlist.training.pipeline import TrainConfig, train_bundle
 
     promotion = promotion or Promotion()
-
+    key = Settings.from_env().bundle_key or None  # SHORTLIST_BUNDLE_KEY signs the bundle
     config = TrainConfig(
         dim=dim,
         epochs=epochs,
@@ -177,12 +177,12 @@ def train_and_save(
         tune_budget=tune_budget,
     )
     if promotion.gate and latest_version(out) is not None:
-        bundle, promoted = _gated(out, interactions, config, promotion)
-        path = save_bundle(bundle, out, promote_it=promoted, reason="gate")
+        bundle, promoted = _gated(out, interactions, config, promotion, key)
+        path = save_bundle(bundle, out, promote_it=promoted, reason="gate", key=key)
     else:
         with console.status("training"):
             bundle = train_bundle(interactions, config, progress=console.log)
-        path = save_bundle(bundle, out)
+        path = save_bundle(bundle, out, key=key)
     deleted = prune(out, promotion.keep)
     if deleted:
         console.log(f"deleted old bundles (keeping {promotion.keep}): {', '.join(deleted)}")
@@ -209,7 +209,7 @@ class Promotion:
     keep: int = 5
 
 
-def _gated(out: Path, interactions: Interactions, config, promotion: Promotion):
+def _gated(out: Path, interactions: Interactions, config, promotion: Promotion, key: str | None):
     """Train a candidate without the latest slice and gate it against the serving bundle
     (shortlist.evaluation.gate); returns the bundle to save and whether it is promoted.
     Both figures are printed and written to `<out>/gate.prom` (Prometheus textfile format)
@@ -222,7 +222,8 @@ def _gated(out: Path, interactions: Interactions, config, promotion: Promotion):
     with console.status("training the candidate without the latest slice"):
         candidate = train_bundle(history, config, progress=console.log)
     with console.status("gate: candidate and serving bundle on the latest slice"):
-        result = gate(candidate, load_bundle(out), history, recent, promotion.margin)
+        serving = load_bundle(out, key=key)
+        result = gate(candidate, serving, history, recent, promotion.margin)
     console.print(result.summary())
     write_metrics(result, out / "gate.prom")
     bundle = candidate
@@ -363,7 +364,7 @@ def down() -> None:
 def settings() -> None:
     """Print the effective settings as environment variables (secrets masked)."""
     values = Settings.from_env().to_env()
-    for name in ("SHORTLIST_INTERNAL_TOKEN",):
+    for name in ("SHORTLIST_INTERNAL_TOKEN", "SHORTLIST_BUNDLE_KEY", "SHORTLIST_JWT_SECRET"):
         if values.get(name):
             values[name] = "***"
     console.print_json(json.dumps(values))
