@@ -69,6 +69,22 @@ def broker() -> TansuBroker:
     b.stop()
 
 
+def bare_gateway(settings: Settings):
+    """A gateway server with the security of `settings` over the base servicer (every RPC
+    UNIMPLEMENTED): what the interceptors let through reaches it."""
+    from shortlist.rpc.server import start_server
+
+    return start_server(
+        "gateway",
+        lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(
+            gateway_pb2_grpc.GatewayServicer(), s
+        ),
+        ("shortlist.v1.Gateway",),
+        "127.0.0.1:0",
+        settings=settings,
+    )
+
+
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 

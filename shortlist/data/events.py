@@ -237,11 +237,6 @@ def read_logs(paths: Sequence[Path], thresholds: RatingThresholds | None = None)
     return kept
 
 
-def read_items(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Item ids and their attribute features (see the module's docstring)."""
-    return read_attributes(path, "item_id")
-
-
 def read_attributes(path: Path, key: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """Ids (column `key`: item_id or user_id) and their attribute features: numbers
     standardised, categories one-hot, free text (too many distinct values) left out."""
@@ -302,7 +297,7 @@ def load_events(
     events hold; others listed are ignored)."""
     events = read_logs(paths, thresholds)
     item_ids = events.column("item_id").to_pylist()
-    catalogue, features = (None, {}) if items is None else read_items(Path(items))
+    catalogue, features = (None, {}) if items is None else read_attributes(Path(items), "item_id")
     known = sorted(set(item_ids) | set(catalogue or []))
     label = events.column("label").to_numpy()
     keep = np.flatnonzero(label != 2)  # views and skips carry no training label

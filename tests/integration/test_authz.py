@@ -19,7 +19,7 @@ from shortlist.rpc.security import hash_key
 from shortlist.rpc.server import start_server
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import eventually
+from tests.conftest import bare_gateway, eventually
 
 FULL_KEY = "key-full-0123456789"  # configured without scopes: all public scopes
 READ_KEY = "key-read-0123456789"  # recommend only
@@ -187,15 +187,7 @@ def test_tokens_alone_and_required_tokens(bundle):
     a valid one reaches the servicer (the base servicer answers UNIMPLEMENTED)."""
     for extra in ({}, {"api_key_hashes": hash_key(FULL_KEY), "jwt_required": 1}):
         settings = Settings.from_env({}, backend="memory", jwt_secret=SECRET, **extra)
-        server = start_server(
-            "gateway",
-            lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(
-                gateway_pb2_grpc.GatewayServicer(), s
-            ),
-            ("shortlist.v1.Gateway",),
-            "127.0.0.1:0",
-            settings=settings,
-        )
+        server = bare_gateway(settings)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = gateway_pb2_grpc.GatewayStub(channel)

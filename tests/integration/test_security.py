@@ -32,6 +32,7 @@ from shortlist.rpc.security import (
 from shortlist.rpc.server import start_server
 from shortlist.services.launch import InProcessStack, start_service
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from tests.conftest import bare_gateway
 
 KEYS = ("key-alpha-0123456789", "key-beta-9876543210")
 INTERNAL_TOKEN = "internal-token-for-tests"
@@ -321,15 +322,7 @@ def test_rate_limit_per_api_key(bundle, pki):
 
 def test_rate_limit_by_peer_without_keys(bundle):
     settings = Settings.from_env({}, backend="memory", rate_limit_per_s=1, rate_limit_burst=3)
-    server = start_server(
-        "gateway",
-        lambda s: gateway_pb2_grpc.add_GatewayServicer_to_server(
-            gateway_pb2_grpc.GatewayServicer(), s
-        ),
-        ("shortlist.v1.Gateway",),
-        "127.0.0.1:0",
-        settings=settings,
-    )
+    server = bare_gateway(settings)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)

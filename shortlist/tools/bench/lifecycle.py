@@ -35,10 +35,13 @@ from shortlist.config import Settings
 from shortlist.data.events import load_events, read_logs
 from shortlist.evaluation.metrics import per_user_metrics
 from shortlist.feedback.archive import Archiver
-from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
-from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.server import client_channel
-from shortlist.services.launch import start_inprocess_stack
+from shortlist.services.launch import (
+    kafka_consumer,
+    kafka_publisher,
+    redis_store,
+    start_inprocess_stack,
+)
 from shortlist.tools.bench import swaps as swaps_bench
 from shortlist.tools.cli import Promotion, train_and_save
 from shortlist.tools.stack import TansuBroker
@@ -230,22 +233,14 @@ def run(
                 retrieval_timeout_ms=5000,
                 ranking_timeout_ms=5000,
             )
-            ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 2)
-            stack = start_inprocess_stack(
+            stack = start_inprocess_stack(  # the topic made as the services make it
                 settings,
                 first,
-                RedisStateStore(settings.redis_url, settings.redis_prefix),
-                KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
-                KafkaEventConsumer(
-                    settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
-                ),
+                redis_store(settings),
+                kafka_publisher(settings),
+                kafka_consumer(settings),
             )
-            archiver = Archiver(
-                KafkaEventConsumer(
-                    settings.kafka_bootstrap, settings.feedback_topic, settings.archive_group
-                ),
-                settings,
-            )
+            archiver = Archiver(kafka_consumer(settings, settings.archive_group), settings)
             archiver.start()
             with (
                 client_channel(stack.gateway_target) as channel,
