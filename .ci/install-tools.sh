@@ -2,6 +2,8 @@
 # Installs the tools tests/test_deploy.py runs, only when they are missing (idempotent):
 #   kubectl  (renders deploy/k8s with its built-in kustomize; needs >= 1.27)
 #   promtool (Debian package `prometheus`: checks the alert rules and scrape config)
+#   chromium (Debian package: the headless browser the console tests drive with Playwright,
+#            whose own browser download needs the internet)
 # Debian bookworm's own kubectl (package kubernetes-client) is 1.20, too old for the
 # manifests; when apt has no `kubectl` package, the Kubernetes project's apt repository
 # (pkgs.k8s.io) is added first.
@@ -49,5 +51,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 fi
 
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "install-tools: installing chromium"
+  apt_update
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+
 kubectl version --client 2>/dev/null | head -2
 promtool --version 2>&1 | head -1
+chromium --version 2>&1 | head -1

@@ -114,6 +114,15 @@ class Settings:
     ab_bundle_b: str = ""
     ab_share_b: float = 0.0
     ab_salt: str = "ab1"
+    # Web console (shortlist.services.console): sha256 hex of the keys that may send likes and
+    # dislikes from it (`<hash>:feedback` form as api_key_hashes; keys of api_key_hashes with
+    # the feedback scope are accepted too); none configured: the console is read-only.
+    console_key_hashes: str = ""
+    # The key the console sends with its own read calls when the gateway checks API keys.
+    console_api_key: str = ""
+    # Reports and plots the console links (`make bench-quality` writes here; point
+    # `shortlist loadtest --plot` into it too).
+    reports_dir: str = "reports"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

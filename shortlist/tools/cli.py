@@ -364,7 +364,12 @@ def down() -> None:
 def settings() -> None:
     """Print the effective settings as environment variables (secrets masked)."""
     values = Settings.from_env().to_env()
-    for name in ("SHORTLIST_INTERNAL_TOKEN", "SHORTLIST_BUNDLE_KEY", "SHORTLIST_JWT_SECRET"):
+    for name in (
+        "SHORTLIST_INTERNAL_TOKEN",
+        "SHORTLIST_BUNDLE_KEY",
+        "SHORTLIST_JWT_SECRET",
+        "SHORTLIST_CONSOLE_API_KEY",
+    ):
         if values.get(name):
             values[name] = "***"
     console.print_json(json.dumps(values))
