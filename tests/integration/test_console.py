@@ -26,12 +26,13 @@ from tests.conftest import eventually, free_port
 CHROMIUM = os.environ.get("SHORTLIST_CHROMIUM", "/usr/bin/chromium")
 KEY = "console-admin-key-for-tests"
 RECOMMEND_ONLY_KEY = "console-reader-key-for-tests"
+ARM_B_VERSION = "v-arm-b"
 # A folder to keep the screenshots in as well (docs/console.png is the user page's).
 KEEP_SCREENSHOTS = os.environ.get("SHORTLIST_CONSOLE_SCREENSHOTS", "")
 
 
 @pytest.fixture(scope="module")
-def console_url(stack, settings, bundle_dir, bundle_b_dir, tmp_path_factory):
+def console_url(stack, settings, bundle_dir, bundle, tmp_path_factory):
     metrics_port = free_port()
     metrics = start_metrics_server(metrics_port)
     common = dict(
@@ -48,8 +49,12 @@ def console_url(stack, settings, bundle_dir, bundle_b_dir, tmp_path_factory):
         **common,
     )
     read_only = create_console(base, **common)
-    # an A/B experiment's console: the arms and their bundles as the settings name them
-    ab = create_console(base.replace(ab_bundle_b=str(bundle_b_dir), ab_share_b=0.25), **common)
+    # an A/B experiment's console: the arms and their bundles as the settings name them (the
+    # console reads arm b's manifest only; serving two arms is tests/integration/test_ab.py's)
+    arm_b = tmp_path_factory.mktemp("arm-b")
+    manifest = json.loads((bundle_dir / bundle.version / "manifest.json").read_text())
+    (arm_b / "manifest.json").write_text(json.dumps({**manifest, "version": ARM_B_VERSION}))
+    ab = create_console(base.replace(ab_bundle_b=str(arm_b), ab_share_b=0.25), **common)
     subs = {"/console": console, "/readonly": read_only, "/ab": ab}
     app = Starlette(routes=[Mount(path, app=sub) for path, sub in subs.items()])
     port = free_port()
@@ -202,6 +207,9 @@ def test_unknown_item_and_bad_input_get_clear_errors(console_url, page):
     assert status == 400 and body["error"] == "k must be in 1..100, got 0"
     status, body = call(f"{console_url}/console/api/users/u1?k=x")
     assert status == 400 and "k must be an integer" in body["error"]
+    status, html = call_raw(f"{console_url}/console/users/%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    assert status == 200  # an unknown user gets the popularity fallback
+    assert b"&lt;script&gt;alert(1)" in html and b"<script>alert" not in html
 
 
 def test_feedback_api_checks_key_scope_and_body(console_url, bundle):
@@ -249,8 +257,22 @@ def call_raw(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_an_experiment_shows_both_arms_and_their_shares(console_url, page, bundle, bundle_b):
+def test_an_experiment_shows_both_arms_and_their_shares(console_url, page, bundle):
     page.goto(f"{console_url}/ab/")
     arms = page.locator("#arms").inner_text()
     assert f"a: {bundle.version} (75.0%)" in arms
-    assert f"b: {bundle_b.version} (25.0%)" in arms
+    assert f"b: {ARM_B_VERSION} (25.0%)" in arms
+
+
+def test_the_script_renders_reasons_as_the_server_does(console_url, page, bundle):
+    page.goto(f"{console_url}/console/users/{trained_user(bundle, 5)}")
+    text = page.evaluate(
+        """reasonsText({sources: ["precomputed"], becauseLiked: ["jazz-1", "jazz-2"],
+            topFeatures: [{feature: "cooc_sum_likes", value: 3, contribution: 0.25}],
+            rules: [], novelty: "high"})"""
+    )
+    # the same sentence as tests/unit/test_console_parts.py gets from the server's template
+    assert text == (
+        "because you liked jazz-1, jazz-2 · from precomputed · "
+        "ranker: cooc_sum_likes +0.250 · novelty: high"
+    )

@@ -9,6 +9,7 @@ polls the JSON API under `api/` (docs/decisions/0036-web-console.md).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,16 @@ def _int(request: Request, name: str, default: int) -> int:
 def create_console(
     settings: Settings | None = None,
     *,
-    gateway_target: str | None = None,
+    gateway_target: str | Callable[[], str] | None = None,
     store: StateStore | None = None,
     metrics_targets: list[str] | None = None,
     feed: EventFeed | None = None,
 ) -> Starlette:
     """The console app over the services `settings` name (gateway address, state store,
     bundle root, metrics ports, feedback topic); the keyword arguments override them (tests,
-    the in-process stack). `app.state.console.close()` releases its connections."""
+    the in-process stack, whose gateway port is known only once started: `gateway_target`
+    may be a function, called on first use). `app.state.console.close()` releases its
+    connections."""
     backend = ConsoleBackend(
         settings or Settings.from_env(), gateway_target, store, metrics_targets, feed
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 READ_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 5.0
 HISTORY_SHOWN = 30
+# Ask for each item's reasons where the gateway's contract has them (issue 29's reasons).
+WITH_REASONS = "with_reasons" in gateway_pb2.RecommendRequest.DESCRIPTOR.fields_by_name
 KINDS = {"like": common_pb2.FEEDBACK_KIND_LIKE, "dislike": common_pb2.FEEDBACK_KIND_DISLIKE}
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -58,7 +61,7 @@ class ConsoleBackend:
     def __init__(
         self,
         settings: Settings,
-        gateway_target: str | None = None,
+        gateway_target: str | Callable[[], str] | None = None,
         store: StateStore | None = None,
         metrics_targets: list[str] | None = None,
         feed: EventFeed | None = None,
@@ -84,7 +87,8 @@ class ConsoleBackend:
     def gateway(self) -> gateway_pb2_grpc.GatewayStub:
         with self._lock:
             if self._stub is None:
-                self._channel = client_channel(self._gateway_target)
+                target = self._gateway_target
+                self._channel = client_channel(target() if callable(target) else target)
                 self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
             return self._stub
 
@@ -141,9 +145,12 @@ class ConsoleBackend:
         user_id = self.check_id(user_id, "user_id")
         if not 1 <= k <= self.settings.max_k:
             raise Refused(400, f"k must be in 1..{self.settings.max_k}, got {k}")
+        request = gateway_pb2.RecommendRequest(user_id=user_id, k=k)
+        if WITH_REASONS:
+            request.with_reasons = True
         try:
             reply = self.gateway.Recommend(
-                gateway_pb2.RecommendRequest(user_id=user_id, k=k),
+                request,
                 timeout=READ_TIMEOUT_S,
                 metadata=self._read_metadata(),
             )

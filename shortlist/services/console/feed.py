@@ -82,7 +82,7 @@ class EventFeed:
         self.start()
         now = time.time()
         with self._lock:
-            events = [e for e in self._events if e.seq > after][-limit:]
+            events = [e for e in self._events if e.seq > after][-limit:] if limit > 0 else []
             recent = sum(1 for e in self._events if now - e.when <= RATE_WINDOW_S)
             last = self._seq
         return {

@@ -46,6 +46,25 @@ function describe(value) {
   return String(value);
 }
 
+// Reasons in the gateway's shape (sources, becauseLiked, topFeatures, rules), as the server
+// renders them (templates/macros.html); other fields as "key: value".
+const KNOWN_REASONS = ["becauseLiked", "sources", "topFeatures", "rules"];
+function reasonsText(r) {
+  const parts = [];
+  if (r.becauseLiked?.length) parts.push(`because you liked ${r.becauseLiked.join(", ")}`);
+  if (r.sources?.length) parts.push(`from ${r.sources.join(", ")}`);
+  if (r.topFeatures?.length) {
+    const sign = (x) => (x >= 0 ? "+" : "") + Number(x || 0).toFixed(3);
+    parts.push(`ranker: ${r.topFeatures.map((f) => `${f.feature} ${sign(f.contribution)}`).join(", ")}`);
+  }
+  if (r.rules?.length) parts.push(`rules: ${r.rules.join(", ")}`);
+  for (const k of Object.keys(r).sort()) {
+    const v = r[k];
+    if (!KNOWN_REASONS.includes(k) && v && (!Array.isArray(v) || v.length)) parts.push(`${k}: ${describe(v)}`);
+  }
+  return parts.join(" · ");
+}
+
 // ---- live feed (feed page, user page) ----
 let feedAfter = 0;
 async function pollFeed() {
@@ -85,7 +104,7 @@ function renderRecommendations(recs, before) {
       el("span", {class: "score"}, item.score.toFixed(3)), " ",
       el("button", {class: "like", "data-kind": "like", "data-item": item.itemId}, "like"), " ",
       el("button", {class: "dislike", "data-kind": "dislike", "data-item": item.itemId}, "dislike"));
-    if (item.reasons) li.append(el("div", {class: "reasons"}, describe(item.reasons)));
+    if (item.reasons) li.append(el("div", {class: "reasons"}, reasonsText(item.reasons)));
     return li;
   }));
   document.getElementById("arm").textContent = recs.arm;

@@ -1,4 +1,4 @@
-"""Who may send likes and dislikes from the web console (shortlist.services.console.access)."""
+"""The web console's parts that need no server: who may act (access), how reasons read."""
 
 from __future__ import annotations
 
@@ -51,3 +51,25 @@ def test_gateway_keys_with_the_feedback_scope_act_too():
 def test_a_malformed_configured_hash_is_an_error_at_start():
     with pytest.raises(ValueError, match="not sha256 hex"):
         keys(console_key_hashes="not-a-hash")
+
+
+def test_reasons_read_as_sentences_and_unknown_fields_are_kept():
+    from jinja2 import Environment, FileSystemLoader
+
+    from shortlist.services.console.app import HERE
+
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    reasons_text = env.get_template("macros.html").module.reasons_text
+    text = reasons_text(
+        {
+            "sources": ["precomputed"],
+            "becauseLiked": ["jazz-1", "jazz-2"],
+            "topFeatures": [{"feature": "cooc_sum_likes", "value": 3.0, "contribution": 0.25}],
+            "rules": [],
+            "novelty": "high",
+        }
+    )
+    assert str(text).strip() == (
+        "because you liked jazz-1, jazz-2 · from precomputed · "
+        "ranker: cooc_sum_likes +0.250 · novelty: high"
+    )
