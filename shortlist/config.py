@@ -19,8 +19,13 @@ class Settings:
     bundle: str = "artifacts"
     # "redis-kafka" for real services; "memory" only for the in-process demo.
     backend: str = "redis-kafka"
+    # `?cluster=1` at the end (redis://host:port/0?cluster=1): a Redis Cluster, the URL naming
+    # any of its nodes (docs/decisions/0037-redis-cluster-keys.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sl:"
+    # A user's live state (seen, disliked, history, kinds, folded-in vectors) expires this
+    # long after their last feedback; 0 keeps it for ever.
+    state_ttl_s: int = 90 * 86400
     kafka_bootstrap: str = "127.0.0.1:9092"
     feedback_topic: str = "shortlist.feedback"
     feedback_group: str = "shortlist-feedback"

@@ -53,7 +53,9 @@ SERVICES = ("retrieval", "ranking", "feedback", "gateway", "archiver")
 
 
 def redis_store(settings: Settings) -> StateStore:
-    return RedisStateStore(settings.redis_url, settings.redis_prefix)
+    return RedisStateStore(
+        settings.redis_url, settings.redis_prefix, state_ttl_s=settings.state_ttl_s
+    )
 
 
 def kafka_publisher(settings: Settings) -> EventPublisher:
