@@ -83,6 +83,12 @@ class FeedbackWorker:
         self.batches = 0
         self.first_records_at: float | None = None  # perf_counter of the first records
         self._previous_version: str | None = None  # the bundle the current one replaced
+        # Offsets consumption went back to after the store lost writes (record_offsets),
+        # and the one to go back to now (set by the applier, done by the polling thread).
+        self._sought: dict[tuple[str, int], int] = {}
+        self._rewind: dict[tuple[str, int], int] = {}
+        self._rewound = threading.Event()
+        self.rewinds = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -118,6 +124,10 @@ class FeedbackWorker:
         if batch is None:
             return 0
         self._handle(batch)
+        if self._rewind_needed(batch):
+            self.consumer.seek(self._rewind)
+            self._rewind = {}
+            return len(batch.records)
         self.consumer.commit()
         self.batches += 1
         CONSUMER_LAG.set(self.consumer.lag())
@@ -141,6 +151,37 @@ class FeedbackWorker:
                 log.warning("malformed record p%d@%d: %s", r.partition, r.offset, exc)
                 batch.bad.append(DeadLetter(r, str(exc)))
         return batch
+
+    def _rewind_needed(self, batch: _Batch) -> bool:
+        """Record the batch's offsets in the store after its state; True (and `_rewind`
+        set) when the store lost writes since: consume again from what it still has."""
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for r in batch.records:
+            tp = (r.topic, r.partition)
+            start, end = ranges.get(tp, (r.offset, r.offset + 1))
+            ranges[tp] = (min(start, r.offset), max(end, r.offset + 1))
+        for tp, (start, end) in ranges.items():
+            if tp in self._sought:  # consumed from there: the records between are none
+                ranges[tp] = (min(start, self._sought.pop(tp)), end)
+        backoff = 0.05
+        while True:
+            try:
+                gaps = self.store.record_offsets(self.settings.feedback_group, ranges)
+                break
+            except StoreUnavailable as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("offsets not recorded in the store, retrying: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        if not gaps:
+            return False
+        log.warning("the state store lost writes; consuming again from %s", gaps)
+        self.rewinds += 1
+        self._sought.update(gaps)
+        self._rewound.clear()
+        self._rewind = gaps
+        return True
 
     def _handle(self, batch: _Batch) -> None:
         """Park the malformed records and apply the events, retrying until both are done."""
@@ -281,6 +322,13 @@ class FeedbackWorker:
         try:
             while not self._stop.is_set() and applier.is_alive():
                 self._commit_done(done)
+                if self._rewind:  # the applier waits: nothing fetched so far is applied
+                    waiting = None
+                    while not todo.empty():
+                        todo.get_nowait()
+                    self.consumer.seek(self._rewind)
+                    self._rewind = {}
+                    self._rewound.set()
                 if waiting is None:
                     try:
                         waiting = self._fetch(200)
@@ -310,6 +358,11 @@ class FeedbackWorker:
             while True:
                 try:
                     self._handle(batch)
+                    if self._rewind_needed(batch):  # not committed: consumed again
+                        while not self._rewound.wait(0.1):
+                            if self._stop.is_set():
+                                return
+                        batch = None
                     break
                 except (StoreUnavailable, BusUnavailable):
                     return  # only raised once stopping
@@ -319,7 +372,8 @@ class FeedbackWorker:
                     log.exception("feedback batch failed; retrying it")
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            done.put(batch)
+            if batch is not None:
+                done.put(batch)
 
     def _commit_done(self, done: queue.Queue) -> None:
         offsets: dict[tuple[str, int], int] = {}

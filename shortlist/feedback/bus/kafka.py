@@ -160,6 +160,13 @@ class KafkaEventConsumer:
     def has_assignment(self) -> bool:
         return bool(self._consumer.assignment())
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+
     def lag(self) -> int:
         total = 0
         for tp in self._consumer.assignment():

@@ -174,6 +174,16 @@ class StateStore(Protocol):
         the new items' vectors of that version; returns how many users' were deleted."""
         ...
 
+    def record_offsets(
+        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Store the consumer group's next offset per (topic, partition) once the state it
+        describes is written; `ranges` maps each to (from, next): the batch consumed
+        from..next-1 without a hole. Answers partitions whose stored offset is below
+        `from` (the store lost writes since, e.g. Redis restarted from an AOF missing its
+        tail), with that offset, writing nothing for them: the consumer must go back there."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -364,6 +364,25 @@ redis.call('SREM', ARGV[1] .. 'versions', ARGV[2])
 return 0
 """
 
+# The feedback consumer's offsets, one hash per master (written after the batch's state on
+# that master, so an AOF that lost its tail lost the offset with the state). Per partition:
+# a stored offset below where the batch starts is a gap (state lost since): answered, not
+# written; else the offset moves forward. KEYS: the hash. ARGV: per partition: field,
+# from, next. Answer: field, stored pairs of the gaps.
+OFFSETS_LUA = """#!lua
+local gaps = {}
+for k = 1, #ARGV, 3 do
+  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[k]))
+  if stored and stored < tonumber(ARGV[k + 1]) then
+    gaps[#gaps + 1] = ARGV[k]
+    gaps[#gaps + 1] = tostring(stored)
+  elseif not stored or stored < tonumber(ARGV[k + 2]) then
+    redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 2])
+  end
+end
+return gaps
+"""
+
 SCRIPTS = {
     "state": STATE_LUA,
     "prepare": PREPARE_LUA,
@@ -380,6 +399,7 @@ SCRIPTS = {
     "catalogue": CATALOGUE_LUA,
     "item_vectors": ITEM_VECTORS_LUA,
     "drop_item_vectors": DROP_ITEM_VECTORS_LUA,
+    "offsets": OFFSETS_LUA,
 }
 SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 _HEADER = struct.Struct(">IIIB")
@@ -613,6 +633,45 @@ class RedisStateStore:
             dropped += sum(self.router.execute(commands, "drop_vectors"))
         self._one(self._cat_script("drop_item_vectors", [version]), "drop_vectors")
         return dropped
+
+    def record_offsets(
+        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Store each partition's next offset on every master, after the state it
+        describes (call it once the batch is applied). Answers the partitions whose
+        stored offset on some master is below the `from` of their (from, next) range - that
+        master lost writes since (an AOF's lost tail, a failover) - with the lowest one:
+        consume again from there (nothing is written for those)."""
+        if not ranges:
+            return {}
+        args: list = []
+        for (topic, partition), (start, end) in ranges.items():
+            args += [f"{partition}:{topic}", start, end]
+        replies = self.router.execute(
+            [self._script("offsets", k, args) for k in self._offset_keys(group)], "offsets"
+        )
+        gaps: dict[tuple[str, int], int] = {}
+        for reply in replies:
+            for field, stored in _pairs(reply).items():
+                partition, _, topic = field.decode().partition(":")
+                tp = (topic, int(partition))
+                gaps[tp] = min(int(stored), gaps.get(tp, int(stored)))
+        return gaps
+
+    def _offset_keys(self, group: str) -> list[str]:
+        """One offsets hash per master (tags {off:<n>} picked so that each master has one)."""
+        name = f"{self.prefix}{{off:%d}}:offsets:{group}"
+        if not self.router.cluster:
+            return [name % 0]
+        client = self.router.client
+        masters = {n.name for n in client.get_primaries()}
+        keys: dict[str, str] = {}
+        for n in range(1024):
+            key = name % n
+            keys.setdefault(client.get_node_from_key(key).name, key)
+            if len(keys) == len(masters):
+                break
+        return list(keys.values())
 
     # --- the catalogue -----------------------------------------------------------------
 
