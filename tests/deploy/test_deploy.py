@@ -391,13 +391,59 @@ def test_redis_and_kafka_are_stateful_with_persistent_volumes(docs):
     for name in ("redis", "kafka"):
         sts = one(docs, "StatefulSet", name)
         (template,) = sts["spec"]["volumeClaimTemplates"]
-        (container,) = pod_spec(sts)["containers"]
+        (container,) = [c for c in pod_spec(sts)["containers"] if c["name"] == name]
         assert any(m["name"] == template["metadata"]["name"] for m in container["volumeMounts"])
     (kafka,) = pod_spec(one(docs, "StatefulSet", "kafka"))["containers"]
     assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"])
     env = {e["name"]: e.get("value") for e in kafka["env"]}
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     assert pod_spec(one(docs, "StatefulSet", "kafka"))["enableServiceLinks"] is False
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes (Mi, Gi) or Redis (mb, gb) memory size in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    scale = {"": 1, "Mi": 2**20, "Gi": 2**30, "mb": 2**20, "gb": 2**30}[unit]
+    return int(number) * scale
+
+
+def test_redis_memory_is_bounded_below_its_limit_and_never_evicts(docs):
+    spec = pod_spec(one(docs, "StatefulSet", "redis"))
+    (redis,) = [c for c in spec["containers"] if c["name"] == "redis"]
+    script = " ".join(redis["command"])
+    maxmemory = re.search(r"--maxmemory (\S+)", script)
+    assert maxmemory, "redis runs without maxmemory"
+    limit = _bytes(redis["resources"]["limits"]["memory"])
+    assert _bytes(maxmemory.group(1)) <= 0.8 * limit  # room for the AOF rewrite's fork
+    assert re.search(r"--maxmemory-policy noeviction\b", script)  # full: refuse, never evict
+    assert re.search(r"--appendonly yes\b", script)
+    (exporter,) = [c for c in spec["containers"] if c["name"] == "exporter"]
+    port = one_port(exporter, "metrics")
+    annotations = one(docs, "StatefulSet", "redis")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    rules = {
+        r["alert"]: r
+        for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    for name in ("ShortlistRedisMemoryHigh", "ShortlistRedisMemoryFull"):
+        assert "redis_memory_max_bytes" in rules[name]["expr"]
+    monitoring = [
+        rule
+        for rule in _ingress_rules(docs, "redis")
+        for peer in rule.get("from", [])
+        if peer.get("namespaceSelector", {})
+        .get("matchLabels", {})
+        .get("kubernetes.io/metadata.name")
+        == "monitoring"
+    ]
+    assert [p["port"] for rule in monitoring for p in rule["ports"]] == ["metrics"]
+
+
+def one_port(container: dict[str, Any], name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return port
 
 
 def _ingress_rules(docs, app: str) -> list[dict[str, Any]]:
@@ -496,6 +542,8 @@ PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bo
 PROMQL_KEYWORDS |= {"group_left", "group_right", "inf", "nan", "Inf", "NaN"}
 # Series Prometheus itself writes for every target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+# What the redis pod's redis_exporter sidecar exports (and alerts.yml reads).
+PROMETHEUS_SERIES |= {"redis_memory_used_bytes", "redis_memory_max_bytes"}
 
 
 def metric_names(expr: str) -> set[str]:
