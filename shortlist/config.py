@@ -51,6 +51,9 @@ class Settings:
     # client can spread calls evenly over the workers (gRPC round robin over addresses)
     # instead of relying on how the kernel hashes connections to the shared port.
     gateway_worker_port: int = 0
+    # Servers close each client connection after this long (0: never), so that clients
+    # resolve the name again and spread calls over pods added since (k8s: 30000).
+    max_connection_age_ms: int = 0
     max_k: int = 100
     candidates: int = 200
     # Search results the retrieval service keeps per bundle (shortlist.retrieval.memo; exact:

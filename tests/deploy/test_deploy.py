@@ -275,11 +275,19 @@ def test_settings_in_manifests_are_real_settings(docs):
                 assert name in {"shortlist-settings", "shortlist-gateway-security"}
                 (referenced,) = find(docs, "ConfigMap", name)
                 assert set(referenced["data"]) <= SETTING_NAMES, name
-    # The client targets in the ConfigMap name the Services.
+    # The client targets in the ConfigMap name the Services; the gateway's internal ones
+    # (retrieval, ranking) resolve every pod of a headless Service, to balance over them.
     for name in SERVICES:
-        host, port = config_map["data"][f"SHORTLIST_{name.upper()}_ADDR"].rsplit(":", 1)
+        target = config_map["data"][f"SHORTLIST_{name.upper()}_ADDR"]
+        service = one(docs, "Service", name)
+        if name in ("retrieval", "ranking"):
+            assert target.startswith("dns:///"), target
+            target = target.removeprefix("dns:///")
+            assert service["spec"]["clusterIP"] == "None"
+        host, port = target.rsplit(":", 1)
         assert host == name
-        assert int(port) in {p["port"] for p in one(docs, "Service", name)["spec"]["ports"]}
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert int(config_map["data"]["SHORTLIST_MAX_CONNECTION_AGE_MS"]) > 0
     redis_host = re.match(r"redis://([^:/@]+)", config_map["data"]["SHORTLIST_REDIS_URL"])
     kafka_host = config_map["data"]["SHORTLIST_KAFKA_BOOTSTRAP"].split(":")[0]
     assert one(docs, "Service", redis_host.group(1)) and one(docs, "Service", kafka_host)
