@@ -30,6 +30,12 @@ class Settings:
     feedback_topic: str = "shortlist.feedback"
     feedback_group: str = "shortlist-feedback"
     feedback_partitions: int = 4
+    # Copies of each feedback partition when the service creates the topic (k8s: 3, with
+    # the brokers' min.insync.replicas 2 behind acks=all); the local broker has one.
+    feedback_replication: int = 1
+    # 1: the feedback producer is idempotent (a retried send is written once). Apache Kafka
+    # supports it (k8s turns it on); the local tansu broker refuses InitProducerId.
+    kafka_idempotence: int = 0
     # Malformed feedback records are parked here; empty: "<feedback_topic>.dlq".
     feedback_dlq_topic: str = ""
     gateway_addr: str = "127.0.0.1:50051"

@@ -408,6 +408,33 @@ def test_redis_and_kafka_are_stateful_with_persistent_volumes(docs):
     assert pod_spec(one(docs, "StatefulSet", "kafka"))["enableServiceLinks"] is False
 
 
+def test_kafka_has_three_kraft_brokers_replication_3_and_two_in_sync(docs, request):
+    base = request.node.callspec.params["docs"] == "base"
+    sts = one(docs, "StatefulSet", "kafka")
+    (kafka,) = pod_spec(sts)["containers"]
+    env = {e["name"]: e.get("value") for e in kafka["env"]}
+    brokers = 3 if base else 1  # the dev overlay: one node, one broker
+    assert sts["spec"]["replicas"] == brokers
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert voters == [f"{n}@kafka-{n}.kafka:9093" for n in range(brokers)]
+    assert "KAFKA_NODE_ID" in " ".join(kafka["command"])  # from the pod's ordinal
+    replication, in_sync = (3, 2) if base else (1, 1)
+    assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == str(replication)
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == str(replication)
+    assert env["KAFKA_MIN_INSYNC_REPLICAS"] == str(in_sync)
+    assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    assert one(docs, "Service", "kafka")["spec"]["publishNotReadyAddresses"] is True
+    assert one(docs, "PodDisruptionBudget", "kafka")["spec"]["maxUnavailable"] == 1
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    data = config_map["data"]
+    assert data["SHORTLIST_FEEDBACK_REPLICATION"] == str(replication)  # the topic it creates
+    assert data["SHORTLIST_KAFKA_IDEMPOTENCE"] == "1"
+    # feedback consumers: at most one per partition (more would sit idle)
+    replicas = one(docs, "Deployment", "feedback")["spec"]["replicas"]
+    assert 1 <= replicas <= int(data["SHORTLIST_FEEDBACK_PARTITIONS"])
+    assert replicas == (2 if base else 1)
+
+
 def _bytes(quantity: str) -> int:
     """A Kubernetes (Mi, Gi) or Redis (mb, gb) memory size in bytes."""
     number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
