@@ -435,6 +435,37 @@ def test_kafka_has_three_kraft_brokers_replication_3_and_two_in_sync(docs, reque
     assert replicas == (2 if base else 1)
 
 
+def test_redis_cluster_overlay_replaces_the_single_redis(tmp_path):
+    import kubernetes_validate
+
+    docs = rendered("overlays/redis-cluster")
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert not find(docs, "StatefulSet", "redis") and not find(docs, "Service", "redis")
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    url = config_map["data"]["SHORTLIST_REDIS_URL"]
+    assert url == "redis://redis-cluster:6379/0?cluster=1"
+    assert one(docs, "Service", url.split("//")[1].split(":")[0])["spec"]["clusterIP"] == "None"
+    sts = one(docs, "StatefulSet", "redis-cluster")
+    assert sts["spec"]["replicas"] == 6  # three masters, one replica each
+    spec = pod_spec(sts)
+    (redis,) = [c for c in spec["containers"] if c["name"] == "redis"]
+    script = " ".join(redis["command"])
+    assert "--cluster-enabled yes" in script and "--maxmemory-policy noeviction" in script
+    assert _bytes(re.search(r"--maxmemory (\S+)", script).group(1)) <= 0.8 * _bytes(
+        redis["resources"]["limits"]["memory"]
+    )
+    create = one(docs, "Job", "redis-cluster-create")
+    assert "--cluster-replicas 1" in " ".join(pod_spec(create)["containers"][0]["command"])
+    for doc in (sts, create):
+        for c in all_containers(pod_spec(doc)):
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # the store's clients reach 6379, the nodes each other on the bus port too
+    (policy,) = find(docs, "NetworkPolicy", "redis-cluster-ingress")
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {6379, 16379, "metrics"}
+
+
 def _bytes(quantity: str) -> int:
     """A Kubernetes (Mi, Gi) or Redis (mb, gb) memory size in bytes."""
     number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
