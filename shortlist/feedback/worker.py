@@ -52,6 +52,7 @@ from shortlist.rpc.telemetry import (
 log = logging.getLogger(__name__)
 SERVICE = "feedback"
 APPLY_CHUNK = 500  # events per atomic write: bounds how long one write holds Redis
+OFFSET_CHECK_S = 5.0  # how often an idle worker checks the store still has its offsets
 
 
 @dataclass
@@ -89,6 +90,8 @@ class FeedbackWorker:
         self._rewind: dict[tuple[str, int], int] = {}
         self._rewound = threading.Event()
         self.rewinds = 0
+        self._committed: dict[tuple[str, int], int] = {}  # next offsets committed
+        self._checked_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -335,6 +338,8 @@ class FeedbackWorker:
                     except Exception:  # the consumer reconnects by itself; keep polling
                         log.exception("feedback poll failed; retrying")
                         time.sleep(0.5)
+                    if waiting is None and todo.empty():
+                        self._check_offsets_when_idle()
                     continue
                 try:
                     todo.put(waiting, timeout=0.05)
@@ -351,6 +356,24 @@ class FeedbackWorker:
                     pass
             applier.join(timeout=10)
             self._commit_done(done)
+
+    def _check_offsets_when_idle(self) -> None:
+        """Every OFFSET_CHECK_S while no records come: has the store lost writes below the
+        committed offsets (Redis restarted from an AOF missing its tail)? Then consume
+        again from what it has, without waiting for the partition's next record."""
+        if time.monotonic() - self._checked_at < OFFSET_CHECK_S or not self._committed:
+            return
+        self._checked_at = time.monotonic()
+        ranges = {tp: (offset, 0) for tp, offset in self._committed.items()}
+        try:
+            gaps = self.store.record_offsets(self.settings.feedback_group, ranges)
+        except StoreUnavailable:
+            return
+        if gaps:
+            log.warning("the state store lost writes; consuming again from %s", gaps)
+            self.rewinds += 1
+            self._sought.update(gaps)
+            self.consumer.seek(gaps)
 
     def _apply_loop(self, todo: queue.Queue, done: queue.Queue) -> None:
         while (batch := todo.get()) is not None:
@@ -394,6 +417,7 @@ class FeedbackWorker:
         except Exception as exc:  # e.g. partitions revoked: the new owner replays, as no-ops
             log.warning("offset commit failed (the group will replay): %s", exc)
             return
+        self._committed.update(offsets)
         self.batches += n
         CONSUMER_LAG.set(self.consumer.lag())
 

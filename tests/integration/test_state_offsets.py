@@ -1,6 +1,7 @@
 """Consumer offsets kept with the state (issue 27): a Redis that restarts from an AOF which
-lost its tail makes the worker consume again from the offset Redis still has, so nothing
-acknowledged is lost and nothing is applied twice."""
+lost its tail makes the worker consume again from the offset Redis still has (at its next
+batch, or when idle at its next check), so nothing acknowledged is lost and nothing is
+applied twice."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def test_record_offsets_moves_forward_and_answers_gaps(store):
     assert store.record_offsets("g", {a: (30, 40), b: (5, 8)}) == {a: 20}
     assert store.record_offsets("g", {a: (20, 40)}) == {}  # consumed again from 20
     assert store.record_offsets("other-group", {a: (30, 40)}) == {}
+    # next 0: a check that writes nothing
+    assert store.record_offsets("g", {a: (50, 0)}) == {a: 40}
+    assert store.record_offsets("g", {("t", 9): (7, 0)}) == {}
+    assert store.record_offsets("g", {("t", 9): (8, 0)}) == {}  # nothing was stored for it
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +138,11 @@ def test_redis_restarted_from_an_aof_that_lost_its_tail_loses_no_event(
             aof.truncate(kept)
         server.start()
         assert applied() == (300, 300)
-        send(120)  # the next records make the worker find the gap and go back
-        eventually(lambda: applied() == (720, 720), timeout_s=90)
+        # no new record: the idle worker finds the gap (OFFSET_CHECK_S) and goes back
+        eventually(lambda: applied() == (600, 600), timeout_s=60)
         assert worker.rewinds >= 1
+        send(120)
+        eventually(lambda: applied() == (720, 720), timeout_s=60)
         time.sleep(1)  # a late duplicate would show here
         assert applied() == (720, 720)  # every acknowledged event applied, none twice
     finally:

@@ -181,7 +181,8 @@ class StateStore(Protocol):
         describes is written; `ranges` maps each to (from, next): the batch consumed
         from..next-1 without a hole. Answers partitions whose stored offset is below
         `from` (the store lost writes since, e.g. Redis restarted from an AOF missing its
-        tail), with that offset, writing nothing for them: the consumer must go back there."""
+        tail), with that offset, writing nothing for them: the consumer must go back there.
+        A `next` of 0 only checks."""
         ...
 
     def close(self) -> None: ...

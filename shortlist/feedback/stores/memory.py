@@ -64,7 +64,7 @@ class InMemoryStateStore:
                 stored = self._offsets.get((group, topic, partition))
                 if stored is not None and stored < start:
                     gaps[topic, partition] = stored
-                elif stored is None or stored < end:
+                elif end and (stored is None or stored < end):
                     self._offsets[group, topic, partition] = end
         return gaps
 

@@ -367,8 +367,8 @@ return 0
 # The feedback consumer's offsets, one hash per master (written after the batch's state on
 # that master, so an AOF that lost its tail lost the offset with the state). Per partition:
 # a stored offset below where the batch starts is a gap (state lost since): answered, not
-# written; else the offset moves forward. KEYS: the hash. ARGV: per partition: field,
-# from, next. Answer: field, stored pairs of the gaps.
+# written; else the offset moves forward (next 0: only check). KEYS: the hash. ARGV: per
+# partition: field, from, next. Answer: field, stored pairs of the gaps.
 OFFSETS_LUA = """#!lua
 local gaps = {}
 for k = 1, #ARGV, 3 do
@@ -376,7 +376,7 @@ for k = 1, #ARGV, 3 do
   if stored and stored < tonumber(ARGV[k + 1]) then
     gaps[#gaps + 1] = ARGV[k]
     gaps[#gaps + 1] = tostring(stored)
-  elseif not stored or stored < tonumber(ARGV[k + 2]) then
+  elseif tonumber(ARGV[k + 2]) > 0 and (not stored or stored < tonumber(ARGV[k + 2])) then
     redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 2])
   end
 end
