@@ -191,3 +191,37 @@ def test_cluster_keeps_each_user_in_one_slot_and_spreads_users(redis_cluster_url
     assert sum(store.item_likes().values()) == 60
     assert store.drop_vectors("v1") == 60
     assert store.user_state("user-3", "v1").vector is None
+
+
+def test_cluster_store_follows_a_slot_migrating_and_moved(redis_cluster_url, redis_prefix):
+    import redis as redis_py
+
+    store = RedisStateStore(redis_cluster_url, redis_prefix)
+    store.apply([ev(1, "mover", "a", Kind.LIKE)], {"mover": np.ones(2, np.float32)}, "v1")
+    client = store.router.client
+    key = store.user_key("mover", "kinds")
+    slot = client.keyslot(key)
+    src = client.get_node_from_key(key)
+    dst = next(n for n in client.get_primaries() if n.name != src.name)
+    a = redis_py.Redis(host=src.host, port=src.port)
+    b = redis_py.Redis(host=dst.host, port=dst.port)
+    src_id, dst_id = a.execute_command("CLUSTER MYID"), b.execute_command("CLUSTER MYID")
+    b.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    a.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    keys = a.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+    assert len(keys) >= 5  # the user's state and dedup mark
+    a.execute_command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", *keys)
+    # migrating: the old master answers ASK, the store asks the new one
+    state = store.user_state("mover", "v1")
+    assert state.seen == {"a"} and state.vector is not None
+    assert store.router.redirects == {"moved": 0, "ask": 1}
+    for node in client.get_primaries():
+        redis_py.Redis(host=node.host, port=node.port).execute_command(
+            "CLUSTER SETSLOT", slot, "NODE", dst_id
+        )
+    # moved: the store's slot map is stale, MOVED refreshes it; writes land on the new master
+    store.apply([ev(2, "mover", "b", Kind.LIKE)], {}, "v1")
+    assert store.user_state("mover", "v1").seen == {"a", "b"}
+    assert store.router.redirects["moved"] >= 1
+    assert client.get_node_from_key(key).name == dst.name
+    assert b.scard(store.user_key("mover", "seen")) == 2

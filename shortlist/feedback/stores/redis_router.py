@@ -58,6 +58,7 @@ class RedisRouter:
         self._single: redis.Redis | None = None
         self._cluster: RedisCluster | None = None
         self._stale = False  # the slot map needs a refresh before the next call
+        self.redirects = {"moved": 0, "ask": 0}  # replies that sent a command elsewhere
         if not self.cluster:
             self._single = redis.Redis.from_url(
                 self.url,
@@ -97,23 +98,38 @@ class RedisRouter:
         finally:
             REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
 
-    def _execute(self, commands: Sequence[Command]) -> list:
+    def _execute(
+        self, commands: Sequence[Command], asking: dict[int, tuple[str, int]] | None = None
+    ) -> list:
+        """`asking`: commands to send to a named node after ASKING (an ASK reply's)."""
         replies: list = [None] * len(commands)
         todo = list(range(len(commands)))
-        asking: dict[int, tuple[str, int]] = {}  # command -> node named by an ASK reply
+        asking = dict(asking or {})
         for attempt in range(5):
             groups = self._groups(commands, todo, asking)
             self._round_trip(commands, groups, asking, replies)
-            todo, load, asking = [], {}, {}
+            sent_to, todo, asking = asking, [], {}
+            loads: list[Command] = []
+            load_at: dict[int, tuple[str, int]] = {}
+            loaded: set[tuple[str, tuple[str, int] | None]] = set()
             for i, reply in enumerate(replies):
                 if not isinstance(reply, redis.ResponseError):
                     continue
                 if isinstance(reply, NoScriptError):
-                    load.setdefault(commands[i][1][1], commands[i][0])
+                    sha, node = commands[i][1][1], sent_to.get(i)
+                    if node is not None:
+                        asking[i] = node  # still migrating: load and run it there
+                    if (sha, node) not in loaded:
+                        loaded.add((sha, node))
+                        if node is not None:
+                            load_at[len(loads)] = node
+                        loads.append((commands[i][0], ("SCRIPT", "LOAD", self.scripts[sha])))
                 elif isinstance(reply, MovedError):
                     self._stale = True
+                    self.redirects["moved"] += 1
                 elif isinstance(reply, AskError):
                     asking[i] = reply.node_addr
+                    self.redirects["ask"] += 1
                 elif str(reply).startswith(_UNAVAILABLE):
                     raise StoreUnavailable(f"redis: {reply}")
                 else:
@@ -121,9 +137,8 @@ class RedisRouter:
                 todo.append(i)
             if not todo:
                 return replies
-            if load:
-                loads = [(key, ("SCRIPT", "LOAD", self.scripts[sha])) for sha, key in load.items()]
-                for reply in self._execute(loads):
+            if loads:
+                for reply in self._execute(loads, load_at):
                     if isinstance(reply, redis.ResponseError):
                         raise reply
             if self._stale and attempt:
