@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
+import hiredis
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException
@@ -40,9 +41,8 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
 
 
 def pack_command(args: Sequence[bytes | str | int]) -> bytes:
-    """RESP encoding of one command (what redis-py does per argument, far cheaper)."""
-    raw = [a if type(a) is bytes else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(raw) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in raw])
+    """RESP encoding of one command (hiredis's C encoder: a call sends hundreds)."""
+    return hiredis.pack_command(tuple(args))
 
 
 class RedisRouter:
