@@ -19,12 +19,23 @@ class Settings:
     bundle: str = "artifacts"
     # "redis-kafka" for real services; "memory" only for the in-process demo.
     backend: str = "redis-kafka"
+    # `?cluster=1` at the end (redis://host:port/0?cluster=1): a Redis Cluster, the URL naming
+    # any of its nodes (docs/decisions/0037-redis-cluster-keys.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sl:"
+    # A user's live state (seen, disliked, history, kinds, folded-in vectors) expires this
+    # long after their last feedback; 0 keeps it for ever.
+    state_ttl_s: int = 90 * 86400
     kafka_bootstrap: str = "127.0.0.1:9092"
     feedback_topic: str = "shortlist.feedback"
     feedback_group: str = "shortlist-feedback"
     feedback_partitions: int = 4
+    # Copies of each feedback partition when the service creates the topic (k8s: 3, with
+    # the brokers' min.insync.replicas 2 behind acks=all); the local broker has one.
+    feedback_replication: int = 1
+    # 1: the feedback producer is idempotent (a retried send is written once). Apache Kafka
+    # supports it (k8s turns it on); the local tansu broker refuses InitProducerId.
+    kafka_idempotence: int = 0
     # Malformed feedback records are parked here; empty: "<feedback_topic>.dlq".
     feedback_dlq_topic: str = ""
     gateway_addr: str = "127.0.0.1:50051"
@@ -46,6 +57,9 @@ class Settings:
     # client can spread calls evenly over the workers (gRPC round robin over addresses)
     # instead of relying on how the kernel hashes connections to the shared port.
     gateway_worker_port: int = 0
+    # Servers close each client connection after this long (0: never), so that clients
+    # resolve the name again and spread calls over pods added since (k8s: 30000).
+    max_connection_age_ms: int = 0
     max_k: int = 100
     candidates: int = 200
     # Search results the retrieval service keeps per bundle (shortlist.retrieval.memo; exact:

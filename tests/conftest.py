@@ -19,6 +19,7 @@ from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore
 from shortlist.rpc.server import client_channel
 from shortlist.rpc.telemetry import start_metrics_server
 from shortlist.services.launch import start_inprocess_stack
+from shortlist.tools.redis_cluster import LocalRedisCluster
 from shortlist.tools.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
 from shortlist.training.pipeline import TrainConfig, train_bundle
 from shortlist.v1 import feedback_pb2_grpc, gateway_pb2_grpc
@@ -152,14 +153,29 @@ def admin(stack):
         yield feedback_pb2_grpc.FeedbackAdminStub(channel)
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """A Redis Cluster of three masters of the tests' own (redis-server in cluster mode on
+    free ports), torn down after the session; its URL picks the cluster client."""
+    cluster = LocalRedisCluster(masters=3)
+    cluster.start()
+    yield cluster.url
+    cluster.stop()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def any_redis_url(request) -> str:
+    """The URL of the single Redis, then of the Redis Cluster."""
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+
+
+@pytest.fixture(params=["redis", "redis-cluster", "memory"])
 def store(request):
     if request.param == "memory":
         yield InMemoryStateStore()
         return
-    s = RedisStateStore(
-        request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    )
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+    s = RedisStateStore(url, request.getfixturevalue("redis_prefix"))
     yield s
     s.close()
 

@@ -52,6 +52,7 @@ from shortlist.rpc.telemetry import (
 log = logging.getLogger(__name__)
 SERVICE = "feedback"
 APPLY_CHUNK = 500  # events per atomic write: bounds how long one write holds Redis
+OFFSET_CHECK_S = 5.0  # how often an idle worker checks the store still has its offsets
 
 
 @dataclass
@@ -83,6 +84,14 @@ class FeedbackWorker:
         self.batches = 0
         self.first_records_at: float | None = None  # perf_counter of the first records
         self._previous_version: str | None = None  # the bundle the current one replaced
+        # Offsets consumption went back to after the store lost writes (record_offsets),
+        # and the one to go back to now (set by the applier, done by the polling thread).
+        self._sought: dict[tuple[str, int], int] = {}
+        self._rewind: dict[tuple[str, int], int] = {}
+        self._rewound = threading.Event()
+        self.rewinds = 0
+        self._committed: dict[tuple[str, int], int] = {}  # next offsets committed
+        self._checked_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -118,6 +127,10 @@ class FeedbackWorker:
         if batch is None:
             return 0
         self._handle(batch)
+        if self._rewind_needed(batch):
+            self.consumer.seek(self._rewind)
+            self._rewind = {}
+            return len(batch.records)
         self.consumer.commit()
         self.batches += 1
         CONSUMER_LAG.set(self.consumer.lag())
@@ -141,6 +154,37 @@ class FeedbackWorker:
                 log.warning("malformed record p%d@%d: %s", r.partition, r.offset, exc)
                 batch.bad.append(DeadLetter(r, str(exc)))
         return batch
+
+    def _rewind_needed(self, batch: _Batch) -> bool:
+        """Record the batch's offsets in the store after its state; True (and `_rewind`
+        set) when the store lost writes since: consume again from what it still has."""
+        ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        for r in batch.records:
+            tp = (r.topic, r.partition)
+            start, end = ranges.get(tp, (r.offset, r.offset + 1))
+            ranges[tp] = (min(start, r.offset), max(end, r.offset + 1))
+        for tp, (start, end) in ranges.items():
+            if tp in self._sought:  # consumed from there: the records between are none
+                ranges[tp] = (min(start, self._sought.pop(tp)), end)
+        backoff = 0.05
+        while True:
+            try:
+                gaps = self.store.record_offsets(self.settings.feedback_group, ranges)
+                break
+            except StoreUnavailable as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("offsets not recorded in the store, retrying: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        if not gaps:
+            return False
+        log.warning("the state store lost writes; consuming again from %s", gaps)
+        self.rewinds += 1
+        self._sought.update(gaps)
+        self._rewound.clear()
+        self._rewind = gaps
+        return True
 
     def _handle(self, batch: _Batch) -> None:
         """Park the malformed records and apply the events, retrying until both are done."""
@@ -281,12 +325,21 @@ class FeedbackWorker:
         try:
             while not self._stop.is_set() and applier.is_alive():
                 self._commit_done(done)
+                if self._rewind:  # the applier waits: nothing fetched so far is applied
+                    waiting = None
+                    while not todo.empty():
+                        todo.get_nowait()
+                    self.consumer.seek(self._rewind)
+                    self._rewind = {}
+                    self._rewound.set()
                 if waiting is None:
                     try:
                         waiting = self._fetch(200)
                     except Exception:  # the consumer reconnects by itself; keep polling
                         log.exception("feedback poll failed; retrying")
                         time.sleep(0.5)
+                    if waiting is None and todo.empty():
+                        self._check_offsets_when_idle()
                     continue
                 try:
                     todo.put(waiting, timeout=0.05)
@@ -304,12 +357,35 @@ class FeedbackWorker:
             applier.join(timeout=10)
             self._commit_done(done)
 
+    def _check_offsets_when_idle(self) -> None:
+        """Every OFFSET_CHECK_S while no records come: has the store lost writes below the
+        committed offsets (Redis restarted from an AOF missing its tail)? Then consume
+        again from what it has, without waiting for the partition's next record."""
+        if time.monotonic() - self._checked_at < OFFSET_CHECK_S or not self._committed:
+            return
+        self._checked_at = time.monotonic()
+        ranges = {tp: (offset, 0) for tp, offset in self._committed.items()}
+        try:
+            gaps = self.store.record_offsets(self.settings.feedback_group, ranges)
+        except StoreUnavailable:
+            return
+        if gaps:
+            log.warning("the state store lost writes; consuming again from %s", gaps)
+            self.rewinds += 1
+            self._sought.update(gaps)
+            self.consumer.seek(gaps)
+
     def _apply_loop(self, todo: queue.Queue, done: queue.Queue) -> None:
         while (batch := todo.get()) is not None:
             backoff = 0.5
             while True:
                 try:
                     self._handle(batch)
+                    if self._rewind_needed(batch):  # not committed: consumed again
+                        while not self._rewound.wait(0.1):
+                            if self._stop.is_set():
+                                return
+                        batch = None
                     break
                 except (StoreUnavailable, BusUnavailable):
                     return  # only raised once stopping
@@ -319,7 +395,8 @@ class FeedbackWorker:
                     log.exception("feedback batch failed; retrying it")
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
-            done.put(batch)
+            if batch is not None:
+                done.put(batch)
 
     def _commit_done(self, done: queue.Queue) -> None:
         offsets: dict[tuple[str, int], int] = {}
@@ -340,6 +417,7 @@ class FeedbackWorker:
         except Exception as exc:  # e.g. partitions revoked: the new owner replays, as no-ops
             log.warning("offset commit failed (the group will replay): %s", exc)
             return
+        self._committed.update(offsets)
         self.batches += n
         CONSUMER_LAG.set(self.consumer.lag())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -68,6 +69,18 @@ class RunningServer:
         self.server.stop(grace_s).wait()
 
 
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def connection_age_options(settings: Any) -> list[tuple[str, int]]:
+    """Close connections after `max_connection_age_ms` (with a grace for calls in flight):
+    clients then reconnect and resolve the name again, so pods added since get traffic."""
+    age = getattr(settings, "max_connection_age_ms", 0) if settings is not None else 0
+    if not age:
+        return []
+    return [("grpc.max_connection_age_ms", age), ("grpc.max_connection_age_grace_ms", 5000)]
+
+
 def start_server(
     metrics_name: str,
     register: Callable[[grpc.Server], None],
@@ -108,6 +121,7 @@ def start_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", int(share_port)),
+            *connection_age_options(settings),
         ],
         maximum_concurrent_rpcs=workers * 16,
     )
@@ -162,12 +176,16 @@ def client_channel(
     target: str, max_message_bytes: int = MAX_MESSAGE_BYTES, settings: Any = None
 ) -> grpc.Channel:
     """A channel to `target`; with `settings` (the gateway's channels to internal services),
-    TLS when `internal_ca_file` is set and the internal token on every call."""
+    TLS when `internal_ca_file` is set, the internal token on every call, and calls spread
+    round robin over every address the target resolves to (`dns:///retrieval:50052` over a
+    headless Service: one connection per pod, not one pinned pod per gateway)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
     ]
+    if settings is not None:
+        options.append(("grpc.service_config", ROUND_ROBIN))
     credentials = security.channel_credentials(settings) if settings is not None else None
     if credentials is None:
         channel = grpc.insecure_channel(target, options=options)

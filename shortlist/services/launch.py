@@ -53,17 +53,28 @@ SERVICES = ("retrieval", "ranking", "feedback", "gateway", "archiver")
 
 
 def redis_store(settings: Settings) -> StateStore:
-    return RedisStateStore(settings.redis_url, settings.redis_prefix)
+    return RedisStateStore(
+        settings.redis_url, settings.redis_prefix, state_ttl_s=settings.state_ttl_s
+    )
 
 
 def kafka_publisher(settings: Settings) -> EventPublisher:
-    return KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
+    return KafkaEventPublisher(
+        settings.kafka_bootstrap,
+        settings.feedback_topic,
+        idempotent=bool(settings.kafka_idempotence),
+    )
 
 
 def kafka_consumer(settings: Settings, group: str | None = None) -> EventConsumer:
     """A consumer of the feedback topic in `group` (default: the feedback workers'; the
     archiver has a group of its own, so it sees every event)."""
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
+    ensure_topic(
+        settings.kafka_bootstrap,
+        settings.feedback_topic,
+        settings.feedback_partitions,
+        replication=settings.feedback_replication,
+    )
     return KafkaEventConsumer(
         settings.kafka_bootstrap,
         settings.feedback_topic,
@@ -76,7 +87,11 @@ def kafka_dead_letters(settings: Settings) -> DeadLetterPublisher | None:
     """Where malformed feedback records are parked; none on the in-memory demo bus."""
     if settings.backend == "memory":
         return None
-    return KafkaDeadLetterPublisher(settings.kafka_bootstrap, settings.dead_letter_topic)
+    return KafkaDeadLetterPublisher(
+        settings.kafka_bootstrap,
+        settings.dead_letter_topic,
+        replication=settings.feedback_replication,
+    )
 
 
 @dataclass

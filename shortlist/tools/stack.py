@@ -312,10 +312,13 @@ def local_redis_pid(redis_url: str) -> int | None:
     """The pid of the Redis at `redis_url` when it runs on this host, else None."""
     import redis
 
+    from shortlist.feedback.stores.redis_router import split_cluster_flag
+
     if urlparse(redis_url).hostname not in ("127.0.0.1", "localhost", "::1"):
         return None
+    node_url, _ = split_cluster_flag(redis_url)  # a cluster: the node the URL names
     try:
-        pid = int(redis.Redis.from_url(redis_url, socket_timeout=1).info("server")["process_id"])
+        pid = int(redis.Redis.from_url(node_url, socket_timeout=1).info("server")["process_id"])
     except (redis.RedisError, OSError, KeyError, ValueError):
         return None
     return pid if Path(f"/proc/{pid}/stat").exists() else None

@@ -275,11 +275,19 @@ def test_settings_in_manifests_are_real_settings(docs):
                 assert name in {"shortlist-settings", "shortlist-gateway-security"}
                 (referenced,) = find(docs, "ConfigMap", name)
                 assert set(referenced["data"]) <= SETTING_NAMES, name
-    # The client targets in the ConfigMap name the Services.
+    # The client targets in the ConfigMap name the Services; the gateway's internal ones
+    # (retrieval, ranking) resolve every pod of a headless Service, to balance over them.
     for name in SERVICES:
-        host, port = config_map["data"][f"SHORTLIST_{name.upper()}_ADDR"].rsplit(":", 1)
+        target = config_map["data"][f"SHORTLIST_{name.upper()}_ADDR"]
+        service = one(docs, "Service", name)
+        if name in ("retrieval", "ranking"):
+            assert target.startswith("dns:///"), target
+            target = target.removeprefix("dns:///")
+            assert service["spec"]["clusterIP"] == "None"
+        host, port = target.rsplit(":", 1)
         assert host == name
-        assert int(port) in {p["port"] for p in one(docs, "Service", name)["spec"]["ports"]}
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert int(config_map["data"]["SHORTLIST_MAX_CONNECTION_AGE_MS"]) > 0
     redis_host = re.match(r"redis://([^:/@]+)", config_map["data"]["SHORTLIST_REDIS_URL"])
     kafka_host = config_map["data"]["SHORTLIST_KAFKA_BOOTSTRAP"].split(":")[0]
     assert one(docs, "Service", redis_host.group(1)) and one(docs, "Service", kafka_host)
@@ -391,13 +399,117 @@ def test_redis_and_kafka_are_stateful_with_persistent_volumes(docs):
     for name in ("redis", "kafka"):
         sts = one(docs, "StatefulSet", name)
         (template,) = sts["spec"]["volumeClaimTemplates"]
-        (container,) = pod_spec(sts)["containers"]
+        (container,) = [c for c in pod_spec(sts)["containers"] if c["name"] == name]
         assert any(m["name"] == template["metadata"]["name"] for m in container["volumeMounts"])
     (kafka,) = pod_spec(one(docs, "StatefulSet", "kafka"))["containers"]
     assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"])
     env = {e["name"]: e.get("value") for e in kafka["env"]}
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
     assert pod_spec(one(docs, "StatefulSet", "kafka"))["enableServiceLinks"] is False
+
+
+def test_kafka_has_three_kraft_brokers_replication_3_and_two_in_sync(docs, request):
+    base = request.node.callspec.params["docs"] == "base"
+    sts = one(docs, "StatefulSet", "kafka")
+    (kafka,) = pod_spec(sts)["containers"]
+    env = {e["name"]: e.get("value") for e in kafka["env"]}
+    brokers = 3 if base else 1  # the dev overlay: one node, one broker
+    assert sts["spec"]["replicas"] == brokers
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert voters == [f"{n}@kafka-{n}.kafka:9093" for n in range(brokers)]
+    assert "KAFKA_NODE_ID" in " ".join(kafka["command"])  # from the pod's ordinal
+    replication, in_sync = (3, 2) if base else (1, 1)
+    assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == str(replication)
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == str(replication)
+    assert env["KAFKA_MIN_INSYNC_REPLICAS"] == str(in_sync)
+    assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+    assert one(docs, "Service", "kafka")["spec"]["publishNotReadyAddresses"] is True
+    assert one(docs, "PodDisruptionBudget", "kafka")["spec"]["maxUnavailable"] == 1
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    data = config_map["data"]
+    assert data["SHORTLIST_FEEDBACK_REPLICATION"] == str(replication)  # the topic it creates
+    assert data["SHORTLIST_KAFKA_IDEMPOTENCE"] == "1"
+    # feedback consumers: at most one per partition (more would sit idle)
+    replicas = one(docs, "Deployment", "feedback")["spec"]["replicas"]
+    assert 1 <= replicas <= int(data["SHORTLIST_FEEDBACK_PARTITIONS"])
+    assert replicas == (2 if base else 1)
+
+
+def test_redis_cluster_overlay_replaces_the_single_redis(tmp_path):
+    import kubernetes_validate
+
+    docs = rendered("overlays/redis-cluster")
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert not find(docs, "StatefulSet", "redis") and not find(docs, "Service", "redis")
+    (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
+    url = config_map["data"]["SHORTLIST_REDIS_URL"]
+    assert url == "redis://redis-cluster:6379/0?cluster=1"
+    assert one(docs, "Service", url.split("//")[1].split(":")[0])["spec"]["clusterIP"] == "None"
+    sts = one(docs, "StatefulSet", "redis-cluster")
+    assert sts["spec"]["replicas"] == 6  # three masters, one replica each
+    spec = pod_spec(sts)
+    (redis,) = [c for c in spec["containers"] if c["name"] == "redis"]
+    script = " ".join(redis["command"])
+    assert "--cluster-enabled yes" in script and "--maxmemory-policy noeviction" in script
+    assert _bytes(re.search(r"--maxmemory (\S+)", script).group(1)) <= 0.8 * _bytes(
+        redis["resources"]["limits"]["memory"]
+    )
+    create = one(docs, "Job", "redis-cluster-create")
+    assert "--cluster-replicas 1" in " ".join(pod_spec(create)["containers"][0]["command"])
+    for doc in (sts, create):
+        for c in all_containers(pod_spec(doc)):
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # the store's clients reach 6379, the nodes each other on the bus port too
+    (policy,) = find(docs, "NetworkPolicy", "redis-cluster-ingress")
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {6379, 16379, "metrics"}
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes (Mi, Gi) or Redis (mb, gb) memory size in bytes."""
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity).groups()
+    scale = {"": 1, "Mi": 2**20, "Gi": 2**30, "mb": 2**20, "gb": 2**30}[unit]
+    return int(number) * scale
+
+
+def test_redis_memory_is_bounded_below_its_limit_and_never_evicts(docs):
+    spec = pod_spec(one(docs, "StatefulSet", "redis"))
+    (redis,) = [c for c in spec["containers"] if c["name"] == "redis"]
+    script = " ".join(redis["command"])
+    maxmemory = re.search(r"--maxmemory (\S+)", script)
+    assert maxmemory, "redis runs without maxmemory"
+    limit = _bytes(redis["resources"]["limits"]["memory"])
+    assert _bytes(maxmemory.group(1)) <= 0.8 * limit  # room for the AOF rewrite's fork
+    assert re.search(r"--maxmemory-policy noeviction\b", script)  # full: refuse, never evict
+    assert re.search(r"--appendonly yes\b", script)
+    (exporter,) = [c for c in spec["containers"] if c["name"] == "exporter"]
+    port = one_port(exporter, "metrics")
+    annotations = one(docs, "StatefulSet", "redis")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port)
+    rules = {
+        r["alert"]: r
+        for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    for name in ("ShortlistRedisMemoryHigh", "ShortlistRedisMemoryFull"):
+        assert "redis_memory_max_bytes" in rules[name]["expr"]
+    monitoring = [
+        rule
+        for rule in _ingress_rules(docs, "redis")
+        for peer in rule.get("from", [])
+        if peer.get("namespaceSelector", {})
+        .get("matchLabels", {})
+        .get("kubernetes.io/metadata.name")
+        == "monitoring"
+    ]
+    assert [p["port"] for rule in monitoring for p in rule["ports"]] == ["metrics"]
+
+
+def one_port(container: dict[str, Any], name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
+    return port
 
 
 def _ingress_rules(docs, app: str) -> list[dict[str, Any]]:
@@ -496,6 +608,8 @@ PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "bo
 PROMQL_KEYWORDS |= {"group_left", "group_right", "inf", "nan", "Inf", "NaN"}
 # Series Prometheus itself writes for every target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+# What the redis pod's redis_exporter sidecar exports (and alerts.yml reads).
+PROMETHEUS_SERIES |= {"redis_memory_used_bytes", "redis_memory_max_bytes"}
 
 
 def metric_names(expr: str) -> set[str]:

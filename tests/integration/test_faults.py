@@ -167,7 +167,7 @@ def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
             own_redis.start()
             eventually(lambda: not stub.Recommend(request, timeout=5).fallback_used, 30)
             store = redis.Redis.from_url(own_redis.url)
-            seen = f"{settings.redis_prefix}u:{user}:seen"
+            seen = f"{settings.redis_prefix}{{u:{user}}}:seen"
             eventually(lambda: store.sismember(seen, item), 30)
 
             broker.stop()

@@ -100,8 +100,8 @@ def test_retrieval_answers_a_trained_user_from_it_until_feedback_moves_their_vec
     # live seen and disliked items (as the feedback service writes them) and the request's
     # exclusions are left out, and the rest keeps its order
     r = redis.Redis.from_url(redis_url)
-    r.sadd(f"{redis_prefix}u:{user}:seen", ids[0])
-    r.sadd(f"{redis_prefix}u:{user}:dis", ids[2])
+    r.sadd(f"{redis_prefix}{{u:{user}}}:seen", ids[0])
+    r.sadd(f"{redis_prefix}{{u:{user}}}:dis", ids[2])
     exclude.append(ids[4])
     after = stub.retrieve(user, 30, exclude, "", 5).item_ids()
     assert after[:27] == [i for n, i in enumerate(ids) if n not in (0, 2, 4)]
@@ -109,7 +109,7 @@ def test_retrieval_answers_a_trained_user_from_it_until_feedback_moves_their_vec
     # a folded-in vector is searched in the index instead
     searched = answers("search")
     vector = bundle.user_vectors[12].astype(np.float32)
-    r.set(f"{redis_prefix}u:{user}:vec:{bundle.version}", vector.tobytes())
+    r.hset(f"{redis_prefix}{{u:{user}}}:vec", bundle.version, vector.tobytes())
     folded = stub.retrieve(user, 30, exclude, "", 5)
     assert folded.user_source == "folded_in" and answers("search") == searched + 1
     assert answers("precomputed") == before + 2

@@ -80,7 +80,7 @@ def test_retrieval_repeats_from_the_memo_until_the_users_state_changes(
     assert second == first and len(first) == 30
     assert memo_lookups("search") == misses + 1 and memo_lookups("memo") == hits + 1
     # The user has now seen the best item (as the feedback service records it).
-    redis.Redis.from_url(redis_url).sadd(f"{redis_prefix}u:{user}:seen", first[0])
+    redis.Redis.from_url(redis_url).sadd(f"{redis_prefix}{{u:{user}}}:seen", first[0])
     after = retrieval.retrieve(user, 30, [], "", 5).item_ids()
     assert first[0] not in after and after[:29] == first[1:]
     assert memo_lookups("search") == misses + 2

@@ -7,7 +7,7 @@ import pytest
 
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores import RedisStateStore, StoreUnavailable
-from shortlist.feedback.stores.base import HISTORY_LENGTH, Conflict
+from shortlist.feedback.stores.base import DEDUP_TTL_S, HISTORY_LENGTH, Conflict
 from tests.conftest import ev
 
 
@@ -100,23 +100,25 @@ def test_item_ids_with_separators_survive_the_kinds_map(store):
     }
 
 
-def test_apply_is_all_or_nothing_on_conflict(store):
+def test_apply_is_all_or_nothing_per_user_on_conflict(store):
     store.apply([ev(1, "u", "a", Kind.LIKE)], {}, "v1")
     seq = store.prepare([ev(2, "v", "b", Kind.LIKE)], "v1").users["v"].seq
-    # An already applied event id in the chunk: nothing of the chunk is written.
+    # An already applied event id among a user's events: nothing of the user is written.
     with pytest.raises(Conflict):
-        store.apply([ev(2, "v", "b", Kind.LIKE), ev(1, "u", "a", Kind.LIKE)], {}, "v1")
-    assert store.user_state("v", "v1").seen == set()
-    assert store.user_state("u", "v1").likes == 1
+        store.apply([ev(5, "u", "e", Kind.LIKE), ev(1, "u", "a", Kind.LIKE)], {}, "v1")
+    state = store.user_state("u", "v1")
+    assert state.seen == {"a"} and state.likes == 1
     # A user written by someone else since prepare read its seq: nothing is written.
     store.apply([ev(3, "v", "c", Kind.LIKE)], {}, "v1")
     with pytest.raises(Conflict):
         store.apply([ev(4, "v", "d", Kind.LIKE)], {"v": np.ones(2, np.float32)}, "v1", {"v": seq})
     state = store.user_state("v", "v1")
     assert state.seen == {"c"} and state.vector is None
+    assert store.item_likes() == {"a": 1, "c": 1}  # nothing counted of what was refused
     assert store.prepare([ev(4, "v", "d", Kind.LIKE)], "v1").new == [True]
     store.apply([ev(4, "v", "d", Kind.LIKE)], {}, "v1", {"v": seq + 1})
     assert store.user_state("v", "v1").seen == {"c", "d"}
+    assert store.item_likes() == {"a": 1, "c": 1, "d": 1}
 
 
 def test_drop_vectors_deletes_one_versions_vectors_only(store):
@@ -133,3 +135,93 @@ def test_drop_vectors_deletes_one_versions_vectors_only(store):
     state = store.user_state("u1", "v1")  # the rest of the user's state stays
     assert state.seen == {"a"} and state.likes == 3  # one like per version written
     assert store.drop_vectors("v[1]*") == 0
+
+
+# --- Redis only (one Redis and a Redis Cluster) --------------------------------------------
+
+
+def test_likes_of_a_write_cut_short_are_counted_by_the_replay_once(any_redis_url, redis_prefix):
+    store = RedisStateStore(any_redis_url, redis_prefix)
+    events = [ev(1, "u1", "a", Kind.LIKE), ev(2, "u2", "a", Kind.LIKE), ev(3, "u2", "b", Kind.VIEW)]
+    counting = store._count_likes
+
+    def crash(changes):  # the process stops after the users' writes, before the counts
+        raise StoreUnavailable("stopped")
+
+    store._count_likes = crash
+    with pytest.raises(StoreUnavailable):
+        store.apply(events, {}, "v1")
+    assert store.item_likes() == {}
+    store._count_likes = counting
+    assert store.prepare(events, "v1").new == [False, False, False]  # the replay
+    assert store.item_likes() == {"a": 2}
+    store.prepare(events, "v1")  # and again: counted once
+    assert store.item_likes() == {"a": 2}
+
+
+def test_user_state_expires_after_the_ttl_refreshed_by_each_write(any_redis_url, redis_prefix):
+    store = RedisStateStore(any_redis_url, redis_prefix, state_ttl_s=1000)
+    store.apply([ev(1, "u", "a", Kind.DISLIKE)], {"u": np.ones(2, np.float32)}, "v1")
+    client = store.router.client
+    for name in ("seen", "dis", "hist", "kinds", "vec"):
+        assert 990 < client.ttl(store.user_key("u", name)) <= 1000
+    client.expire(store.user_key("u", "seen"), 5)
+    store.apply([ev(2, "u", "a", Kind.LIKE)], {}, "v1")  # a write refreshes every key
+    for name in ("seen", "hist", "kinds", "likes", "vec"):
+        assert client.ttl(store.user_key("u", name)) > 990
+    assert 0 < client.ttl(store.user_key("u", "ev:e1")) <= DEDUP_TTL_S
+    forever = RedisStateStore(any_redis_url, redis_prefix + "x:", state_ttl_s=0)
+    forever.apply([ev(1, "u", "a", Kind.LIKE)], {}, "v1")
+    assert client.ttl(forever.user_key("u", "seen")) == -1  # no expiry
+
+
+def test_cluster_keeps_each_user_in_one_slot_and_spreads_users(redis_cluster_url, redis_prefix):
+    store = RedisStateStore(redis_cluster_url, redis_prefix)
+    users = [f"user-{n}" for n in range(60)]
+    events = [ev(n, u, f"i{n % 7}", Kind.LIKE) for n, u in enumerate(users)]
+    store.prepare(events, "v1")
+    store.apply(events, {u: np.ones(2, np.float32) for u in users}, "v1")
+    client = store.router.client
+    masters = set()
+    for user in users:
+        slots = {client.keyslot(store.user_key(user, k)) for k in ("seen", "vec", "ev:x")}
+        assert len(slots) == 1
+        masters.add(client.get_node_from_key(store.user_key(user, "seen")).name)
+    assert len(masters) == 3  # the users' state is spread over the three masters
+    assert sum(store.item_likes().values()) == 60
+    assert store.drop_vectors("v1") == 60
+    assert store.user_state("user-3", "v1").vector is None
+
+
+def test_cluster_store_follows_a_slot_migrating_and_moved(redis_cluster_url, redis_prefix):
+    import redis as redis_py
+
+    store = RedisStateStore(redis_cluster_url, redis_prefix)
+    store.apply([ev(1, "mover", "a", Kind.LIKE)], {"mover": np.ones(2, np.float32)}, "v1")
+    client = store.router.client
+    key = store.user_key("mover", "kinds")
+    slot = client.keyslot(key)
+    src = client.get_node_from_key(key)
+    dst = next(n for n in client.get_primaries() if n.name != src.name)
+    a = redis_py.Redis(host=src.host, port=src.port)
+    b = redis_py.Redis(host=dst.host, port=dst.port)
+    src_id, dst_id = a.execute_command("CLUSTER MYID"), b.execute_command("CLUSTER MYID")
+    b.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    a.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    keys = a.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+    assert len(keys) >= 5  # the user's state and dedup mark
+    a.execute_command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", *keys)
+    # migrating: the old master answers ASK, the store asks the new one
+    state = store.user_state("mover", "v1")
+    assert state.seen == {"a"} and state.vector is not None
+    assert store.router.redirects == {"moved": 0, "ask": 1}
+    for node in client.get_primaries():
+        redis_py.Redis(host=node.host, port=node.port).execute_command(
+            "CLUSTER SETSLOT", slot, "NODE", dst_id
+        )
+    # moved: the store's slot map is stale, MOVED refreshes it; writes land on the new master
+    store.apply([ev(2, "mover", "b", Kind.LIKE)], {}, "v1")
+    assert store.user_state("mover", "v1").seen == {"a", "b"}
+    assert store.router.redirects["moved"] >= 1
+    assert client.get_node_from_key(key).name == dst.name
+    assert b.scard(store.user_key("mover", "seen")) == 2

@@ -48,6 +48,11 @@ class EventConsumer(Protocol):
 
     def has_assignment(self) -> bool: ...
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Consume again from these offsets by (topic, partition); partitions no longer
+        assigned are left alone (their new owner finds the same gap)."""
+        ...
+
     def lag(self) -> int:
         """Records behind the end of the assigned partitions (0 when unknown)."""
         ...

@@ -19,11 +19,15 @@ from shortlist.rpc.telemetry import KAFKA_PRODUCE_LATENCY
 log = logging.getLogger(__name__)
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 4, timeout_s: float = 10) -> None:
-    """Create the topic when it does not exist (local stack and tests; k8s pre-creates it)."""
+def ensure_topic(
+    bootstrap: str, topic: str, partitions: int = 4, timeout_s: float = 10, replication: int = 1
+) -> None:
+    """Create the topic when it does not exist, with `replication` copies of each partition."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
-        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+        admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=replication)]
+        )
     except TopicAlreadyExistsError:
         pass
     finally:
@@ -31,10 +35,15 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 4, timeout_s: flo
 
 
 class KafkaEventPublisher:
-    """Created lazily, so the gateway starts (and answers UNAVAILABLE) while the broker is down."""
+    """Created lazily, so the gateway starts (and answers UNAVAILABLE) while the broker is down.
+    `idempotent`: the broker writes a send retried by the producer once (producer id and
+    sequence numbers; needs a broker that grants producer ids, as Apache Kafka does)."""
 
-    def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, max_block_s: float = 2.0, idempotent: bool = False
+    ) -> None:
         self.topic = topic
+        self._idempotent = idempotent
         self._bootstrap = bootstrap
         self._max_block_ms = int(max_block_s * 1000)
         self._producer: KafkaProducer | None = None
@@ -47,6 +56,7 @@ class KafkaEventPublisher:
                     bootstrap_servers=self._bootstrap,
                     acks="all",
                     retries=5,
+                    enable_idempotence=self._idempotent,
                     linger_ms=0,
                     max_block_ms=self._max_block_ms,
                     request_timeout_ms=5000,
@@ -80,16 +90,19 @@ class KafkaDeadLetterPublisher:
     feedback itself; a record parked twice (a batch replayed after a crash) may appear
     twice on the topic."""
 
-    def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, max_block_s: float = 2.0, replication: int = 1
+    ) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
         self._max_block_ms = int(max_block_s * 1000)
+        self._replication = replication
         self._producer: KafkaProducer | None = None
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
             try:
-                ensure_topic(self._bootstrap, self.topic, 1)
+                ensure_topic(self._bootstrap, self.topic, 1, replication=self._replication)
             except KafkaError as exc:  # e.g. not allowed to create topics: it may exist
                 log.warning("could not ensure dead-letter topic %s: %s", self.topic, exc)
             self._producer = KafkaProducer(
@@ -159,6 +172,13 @@ class KafkaEventConsumer:
 
     def has_assignment(self) -> bool:
         return bool(self._consumer.assignment())
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        assigned = self._consumer.assignment()
+        for (topic, partition), offset in offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
 
     def lag(self) -> int:
         total = 0

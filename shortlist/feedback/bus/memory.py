@@ -64,6 +64,11 @@ class _Consumer:
     def has_assignment(self) -> bool:
         return True
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        with self._bus._cond:
+            for offset in offsets.values():
+                self._position = offset
+
     def lag(self) -> int:
         with self._bus._cond:
             return len(self._bus._log) - self._position

@@ -12,6 +12,8 @@ from shortlist.feedback.events import Event, Kind
 
 HISTORY_LENGTH = 200  # bounded recent-history list per user
 DEDUP_TTL_S = 7 * 86400  # how long an event id is remembered for deduplication
+# How long a user's live state lives after their last write (Settings.state_ttl_s).
+STATE_TTL_S = 90 * 86400
 
 
 class StoreUnavailable(RuntimeError):
@@ -111,13 +113,15 @@ class StateStore(Protocol):
         expected: Mapping[str, int] | None = None,
         new_items: Collection[str] = (),
     ) -> None:
-        """Apply new events and the users' new vectors atomically, marking the event ids so
-        that a replay is recognised by the next `prepare`. Raises `Conflict`, having
-        written nothing, when an event id is already marked or (with `expected`) a user's
-        `seq` is no longer the one `prepare` read. Events of `PREFERENCE_KINDS` on
-        `new_items` (unknown to the bundle, not removed) also record the user's kind per
-        item, which the item's fold-in reads (`item_feedback`). FORGET events never come
-        here (`forget`)."""
+        """Apply new events and the users' new vectors, each user's atomically (all of
+        their events, vector and seq, or nothing of them), marking the event ids so that a
+        replay is recognised by the next `prepare`. Raises `Conflict`, having written
+        nothing of that user, when one of a user's event ids is already marked or (with
+        `expected`) their `seq` is no longer the one `prepare` read; the other users' may
+        be written (on a Redis Cluster their keys live on other masters). Events of
+        `PREFERENCE_KINDS` on `new_items` (unknown to the bundle, not removed) also record
+        the user's kind per item, which the item's fold-in reads (`item_feedback`). FORGET
+        events never come here (`forget`)."""
         ...
 
     def forget(self, event: Event) -> bool:
@@ -168,6 +172,17 @@ class StateStore(Protocol):
     def drop_vectors(self, version: str) -> int:
         """Delete every user's folded-in vector for a bundle version no longer served, and
         the new items' vectors of that version; returns how many users' were deleted."""
+        ...
+
+    def record_offsets(
+        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Store the consumer group's next offset per (topic, partition) once the state it
+        describes is written; `ranges` maps each to (from, next): the batch consumed
+        from..next-1 without a hole. Answers partitions whose stored offset is below
+        `from` (the store lost writes since, e.g. Redis restarted from an AOF missing its
+        tail), with that offset, writing nothing for them: the consumer must go back there.
+        A `next` of 0 only checks."""
         ...
 
     def close(self) -> None: ...

@@ -33,6 +33,7 @@ class InMemoryStateStore:
         self._kinds: dict[str, dict[str, int]] = defaultdict(dict)
         self._seq: dict[str, int] = defaultdict(int)
         self._generation = 0
+        self._offsets: dict[tuple[str, str, int], int] = {}
         self._hidden: set[str] = set()
         self._removed: set[str] = set()
         self._attributes: dict[str, dict[str, str]] = {}
@@ -53,6 +54,19 @@ class InMemoryStateStore:
                 likes=self._likes.get(user_id, 0),
                 catalogue_generation=self._generation,
             )
+
+    def record_offsets(
+        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+    ) -> dict[tuple[str, int], int]:
+        gaps = {}
+        with self._lock:
+            for (topic, partition), (start, end) in ranges.items():
+                stored = self._offsets.get((group, topic, partition))
+                if stored is not None and stored < start:
+                    gaps[topic, partition] = stored
+                elif end and (stored is None or stored < end):
+                    self._offsets[group, topic, partition] = end
+        return gaps
 
     def drop_vectors(self, version: str) -> int:
         with self._lock:

@@ -1,10 +1,15 @@
-"""Redis state store. Every call is one round trip: a user's state is one read-only Lua
-script (sent hand-packed: a request's whole read costs one command), the feedback
-worker's `prepare` and `apply` are one Lua script each (`apply` atomic, all or nothing),
-sent hand-packed and answered compactly, since a batch has thousands of arguments.
+"""Redis state store, on one Redis or a Redis Cluster (`?cluster=1` in the URL).
 
-Lua scripts build key names from the prefix, so the store needs a single Redis (or one
-hash slot), as the MULTI/EXEC it replaced did; `#!lua` flags need Redis >= 7.0.
+Every Lua script touches the keys of one hash slot only, as Redis Cluster requires: a
+user's keys share the hash tag `{u:<id>}`, the live catalogue's `{cat}`, and the items'
+live like counts are sharded over `LIKE_SHARDS` tags `{il:<n>}` (an item's count lives in
+one shard). A request's read is one script on the user's slot plus a GET of the catalogue
+generation, sent together (`RedisRouter`: one round trip per master). The feedback worker's
+`prepare` is a read-only script per user; `apply` is an atomic script per user (events'
+dedup marks, sets, history, kinds, seq, vector and the TTL of it all, or nothing), then
+one script per like-count shard that counts each LIKE once (its own mark per event), so a
+crash between the two is completed by the replay's `prepare`. Key names and their
+migration: docs/decisions/0037-redis-cluster-keys.md. `#!lua` flags need Redis >= 7.0.
 """
 
 from __future__ import annotations
@@ -12,141 +17,138 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import time
+import zlib
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
-import redis
-from redis.exceptions import NoScriptError
 
 from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores.base import (
     DEDUP_TTL_S,
     HISTORY_LENGTH,
+    PREFERENCE_KINDS,
+    STATE_TTL_S,
     CatalogueState,
     Conflict,
     PendingBatch,
-    StoreUnavailable,
     UserFeedback,
     UserState,
     decode_history,
 )
-from shortlist.rpc.telemetry import REDIS_LATENCY
+from shortlist.feedback.stores.redis_router import RedisRouter
+
+LIKE_SHARDS = 16  # hash tags the item like counts are spread over
+USER_KEYS = ("seen", "dis", "hist", "likes", "kinds", "vec")  # a user's state (with ev:*)
 
 # What a request needs of a user: vector (for the bundle version), seen and disliked sets,
-# recent history, live like count, and the catalogue's generation (cat:gen).
-# ARGV: prefix, user id, version.
+# recent history, live like count. KEYS: the user's kinds key. ARGV: user base, version.
 STATE_LUA = """#!lua flags=no-writes
-local base = ARGV[1] .. 'u:' .. ARGV[2] .. ':'
+local base = ARGV[1]
 return {
-  redis.call('GET', base .. 'vec:' .. ARGV[3]),
+  redis.call('HGET', base .. 'vec', ARGV[2]),
   redis.call('SMEMBERS', base .. 'seen'),
   redis.call('SMEMBERS', base .. 'dis'),
   redis.call('LRANGE', base .. 'hist', 0, -1),
   redis.call('GET', base .. 'likes'),
-  redis.call('GET', ARGV[1] .. 'cat:gen'),
 }
 """
 
-# Scripts build key names from the prefix. A user's `kinds` hash maps item id -> latest
-# kind, and field "" (never an item id: ids are non-empty) counts the applies that touched
-# the user (its `seq`).
+# A user's `kinds` hash maps item id -> latest kind, and field "" (never an item id: ids
+# are non-empty) counts the applies that touched the user (its `seq`).
 
-# Read half of a batch, one round trip, answered as one string: a flag byte per event id
-# ("1": already applied), then per user a header (seq, vector length, kinds length, kinds
-# mode: 4+4+4+1 bytes, big-endian), the stored vector (empty when absent or when the whole
-# state is asked for) and the kinds: with a vector, one character per batch item ("0":
-# none), mode 0; else all of them, as "<kind><item>" lines (mode 1) or, when an item id
-# holds a newline, as <item length (4 bytes)><kind><item> entries (mode 2).
-# ARGV: prefix, version, complete ("1"/"0"), n events, event ids..., then per user:
-# user id, n items, items...
+# Read half of a batch for one user, answered as one string: a flag byte per event id
+# ("1": already applied), then a header (seq, vector length, kinds length, kinds mode:
+# 4+4+4+1 bytes, big-endian), the stored vector (empty when absent or when the whole state
+# is asked for) and the kinds: with a vector, one character per batch item ("0": none),
+# mode 0; else all of them, as "<kind><item>" lines (mode 1) or, when an item id holds a
+# newline, as <item length (4 bytes)><kind><item> entries (mode 2).
+# KEYS: the user's kinds key. ARGV: user base, version, complete ("1"/"0"), n event ids,
+# event ids..., then the batch's items.
 PREPARE_LUA = """#!lua flags=no-writes
-local p, ver, complete = ARGV[1], ARGV[2], ARGV[3] == '1'
+local base, ver, complete = ARGV[1], ARGV[2], ARGV[3] == '1'
 local n = tonumber(ARGV[4])
-local out, keys = {}, {}
+local out = {}
 for lo = 1, n, 500 do
-  local hi = math.min(lo + 499, n)
-  for j = lo, hi do
-    keys[j - lo + 1] = p .. 'ev:' .. ARGV[4 + j]
+  local keys = {}
+  for j = lo, math.min(lo + 499, n) do
+    keys[#keys + 1] = base .. 'ev:' .. ARGV[4 + j]
   end
-  local marks = redis.call('MGET', unpack(keys, 1, hi - lo + 1))
-  for j = 1, hi - lo + 1 do
-    out[lo + j - 1] = marks[j] and '1' or '0'
+  local marks = redis.call('MGET', unpack(keys))
+  for j = 1, #keys do
+    out[#out + 1] = marks[j] and '1' or '0'
   end
 end
-local i = 5 + n
-while i <= #ARGV do
-  local m = tonumber(ARGV[i + 1])
-  local base = p .. 'u:' .. ARGV[i] .. ':'
-  local vec = false
-  if not complete then
-    vec = redis.call('GET', base .. 'vec:' .. ver)
+local first = 5 + n
+local vec = false
+if not complete then
+  vec = redis.call('HGET', base .. 'vec', ver)
+end
+local seq, kinds, mode = '0', nil, 0
+if vec then
+  local chars = {}
+  seq = redis.call('HGET', base .. 'kinds', '') or '0'
+  for lo = first, #ARGV, 500 do
+    local part = redis.call('HMGET', base .. 'kinds', unpack(ARGV, lo, math.min(lo + 499, #ARGV)))
+    for j = 1, #part do
+      chars[#chars + 1] = part[j] or '0'
+    end
   end
-  local seq, kinds, mode = '0', nil, 0
-  if vec then
-    local chars = {}
-    for lo = 1, m, 500 do
-      local hi = math.min(lo + 499, m)
-      local part = redis.call('HMGET', base .. 'kinds', '', unpack(ARGV, i + 1 + lo, i + 1 + hi))
-      seq = part[1] or '0'
-      for j = 2, #part do
-        chars[#chars + 1] = part[j] or '0'
-      end
-    end
-    kinds = table.concat(chars)
-  else
-    vec = ''
-    local all = redis.call('HGETALL', base .. 'kinds')
-    local lines = {}
-    mode = 1
-    for j = 1, #all, 2 do
-      if all[j] == '' then
-        seq = all[j + 1]
-      else
-        if string.find(all[j], '\\n', 1, true) then
-          mode = 2
-        end
-        lines[#lines + 1] = all[j + 1] .. all[j]
-      end
-    end
-    if mode == 1 then
-      kinds = table.concat(lines, '\\n')
+  kinds = table.concat(chars)
+else
+  vec = ''
+  local all = redis.call('HGETALL', base .. 'kinds')
+  local lines = {}
+  mode = 1
+  for j = 1, #all, 2 do
+    if all[j] == '' then
+      seq = all[j + 1]
     else
-      for j = 1, #lines do
-        lines[j] = struct.pack('>I4', #lines[j] - 1) .. lines[j]
+      if string.find(all[j], '\\n', 1, true) then
+        mode = 2
       end
-      kinds = table.concat(lines)
+      lines[#lines + 1] = all[j + 1] .. all[j]
     end
   end
-  out[#out + 1] = struct.pack('>I4I4I4B', tonumber(seq), #vec, #kinds, mode)
-  out[#out + 1] = vec
-  out[#out + 1] = kinds
-  i = i + 2 + m
+  if mode == 1 then
+    kinds = table.concat(lines, '\\n')
+  else
+    for j = 1, #lines do
+      lines[j] = struct.pack('>I4', #lines[j] - 1) .. lines[j]
+    end
+    kinds = table.concat(lines)
+  end
 end
+out[#out + 1] = struct.pack('>I4I4I4B', tonumber(seq), #vec, #kinds, mode)
+out[#out + 1] = vec
+out[#out + 1] = kinds
 return table.concat(out)
 """
 
-# Write half, atomic: a script runs to the end before Redis serves anyone else, and it
-# checks everything before its first write, so it either applies the whole chunk (marks,
-# sets, history, counters, kinds, vectors, seqs) or writes nothing and answers a conflict.
-# With seqs to check, an unchanged seq means nobody applied anything for the user since
-# prepare found the events new; without, every event id is checked.
-# Like, dislike and skip events on a new item (one the bundle does not know, not removed)
-# also set the user's kind in the item's i:fb:{item} hash, which its fold-in reads.
-# ARGV: prefix, version, dedup ttl, history length, check seqs ("1"/"0"), n new items, new
-# items..., then per user: user id, expected seq, vector bytes ("" leaves it), n events,
-# then per event: id, item, kind
+# Write half for one user, atomic: a script runs to the end before Redis serves anyone
+# else, and it checks before its first write, so it applies all of the user's events
+# (marks, sets, history, counters, kinds, vector, seq, and the state TTL refreshed on every
+# key) or writes nothing and answers a conflict. With a seq to check, an unchanged seq
+# means nobody applied anything for the user since prepare found the events new; without,
+# every event id is checked.
+# KEYS: the user's kinds key. ARGV: user base, version, dedup ttl, history length, state
+# ttl (0: none), check seq ("1"/"0"), expected seq, vector bytes ("" leaves it), then per
+# event: id, item, kind
 APPLY_LUA = """#!lua
-local p, ver, ttl = ARGV[1], ARGV[2], ARGV[3]
-local keep, check = tonumber(ARGV[4]), ARGV[5] == '1'
-local LIKE, DISLIKE, SKIP = '@LIKE@', '@DISLIKE@', '@SKIP@'
-local newitem = {}
-for j = 7, 6 + tonumber(ARGV[6]) do
-  if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0 then
-    newitem[ARGV[j]] = true
+local base, ver, ttl = ARGV[1], ARGV[2], ARGV[3]
+local keep, state_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local check, expected, vec = ARGV[6] == '1', ARGV[7], ARGV[8]
+local LIKE, DISLIKE = '@LIKE@', '@DISLIKE@'
+if check then
+  if (redis.call('HGET', base .. 'kinds', '') or '0') ~= expected then
+    return {0, 'changed since prepare'}
+  end
+else
+  for k = 9, #ARGV, 3 do
+    if redis.call('EXISTS', base .. 'ev:' .. ARGV[k]) == 1 then
+      return {0, 'event ' .. ARGV[k] .. ' is already applied'}
+    end
   end
 end
-local first = 7 + tonumber(ARGV[6])
 local function many(cmd, key, values, step)
   local r
   for lo = 1, #values, step do
@@ -154,203 +156,254 @@ local function many(cmd, key, values, step)
   end
   return r
 end
-local i = first
-while i <= #ARGV do
-  local user, m = ARGV[i], tonumber(ARGV[i + 3])
-  if check then
-    local seq = redis.call('HGET', p .. 'u:' .. user .. ':kinds', '') or '0'
-    if seq ~= ARGV[i + 1] then
-      return {0, 'user ' .. user .. ' changed since prepare'}
+local items, hist, kinds, disliked, order, likes = {}, {}, {}, {}, {}, 0
+for k = 9, #ARGV, 3 do
+  local item, kind = ARGV[k + 1], ARGV[k + 2]
+  redis.call('SET', base .. 'ev:' .. ARGV[k], 1, 'EX', ttl)
+  items[#items + 1] = item
+  hist[#hist + 1] = kind .. ':' .. item
+  kinds[#kinds + 1] = item
+  kinds[#kinds + 1] = kind
+  if kind == DISLIKE or kind == LIKE then
+    if disliked[item] == nil then
+      order[#order + 1] = item
     end
-  else
-    for k = i + 4, i + 3 + 3 * m, 3 do
-      if redis.call('EXISTS', p .. 'ev:' .. ARGV[k]) == 1 then
-        return {0, 'event ' .. ARGV[k] .. ' is already applied'}
-      end
-    end
+    disliked[item] = kind == DISLIKE
   end
-  i = i + 4 + 3 * m
+  if kind == LIKE then
+    likes = likes + 1
+  end
 end
-local liked, liked_order = {}, {}
-i = first
-while i <= #ARGV do
-  local expected, vec, m = ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local base = p .. 'u:' .. ARGV[i] .. ':'
-  local items, hist, kinds, disliked, order, likes = {}, {}, {}, {}, {}, 0
-  for k = i + 4, i + 3 + 3 * m, 3 do
-    local item, kind = ARGV[k + 1], ARGV[k + 2]
-    redis.call('SET', p .. 'ev:' .. ARGV[k], 1, 'EX', ttl)
-    items[#items + 1] = item
-    hist[#hist + 1] = kind .. ':' .. item
-    kinds[#kinds + 1] = item
-    kinds[#kinds + 1] = kind
-    if newitem[item] and (kind == LIKE or kind == DISLIKE or kind == SKIP) then
-      redis.call('HSET', p .. 'i:fb:' .. item, ARGV[i], kind)
-    end
-    if kind == DISLIKE or kind == LIKE then
-      if disliked[item] == nil then
-        order[#order + 1] = item
-      end
-      disliked[item] = kind == DISLIKE
-    end
-    if kind == LIKE then
-      likes = likes + 1
-      if liked[item] == nil then
-        liked[item] = 0
-        liked_order[#liked_order + 1] = item
-      end
-      liked[item] = liked[item] + 1
-    end
-  end
-  local add, remove = {}, {}
-  for _, item in ipairs(order) do
-    if disliked[item] then
-      add[#add + 1] = item
-    else
-      remove[#remove + 1] = item
-    end
-  end
-  many('SADD', base .. 'seen', items, 500)
-  many('SADD', base .. 'dis', add, 500)
-  many('SREM', base .. 'dis', remove, 500)
-  if m > 0 and many('LPUSH', base .. 'hist', hist, 500) > keep then
-    redis.call('LTRIM', base .. 'hist', 0, keep - 1)
-  end
-  if check then
-    kinds[#kinds + 1] = ''
-    kinds[#kinds + 1] = tostring(tonumber(expected) + 1)
+local add, remove = {}, {}
+for _, item in ipairs(order) do
+  if disliked[item] then
+    add[#add + 1] = item
   else
-    redis.call('HINCRBY', base .. 'kinds', '', 1)
+    remove[#remove + 1] = item
   end
-  many('HSET', base .. 'kinds', kinds, 500)
-  if likes > 0 then
-    redis.call('INCRBY', base .. 'likes', likes)
-  end
-  if vec ~= '' then
-    redis.call('SET', base .. 'vec:' .. ver, vec)
-  end
-  i = i + 4 + 3 * m
 end
-local ilikes = p .. 'i:likes'
-for _, item in ipairs(liked_order) do
-  redis.call('HINCRBY', ilikes, item, liked[item])
+many('SADD', base .. 'seen', items, 500)
+many('SADD', base .. 'dis', add, 500)
+many('SREM', base .. 'dis', remove, 500)
+if #hist > 0 and many('LPUSH', base .. 'hist', hist, 500) > keep then
+  redis.call('LTRIM', base .. 'hist', 0, keep - 1)
+end
+if check then
+  kinds[#kinds + 1] = ''
+  kinds[#kinds + 1] = tostring(tonumber(expected) + 1)
+else
+  redis.call('HINCRBY', base .. 'kinds', '', 1)
+end
+many('HSET', base .. 'kinds', kinds, 500)
+if likes > 0 then
+  redis.call('INCRBY', base .. 'likes', likes)
+end
+if vec ~= '' then
+  redis.call('HSET', base .. 'vec', ver, vec)
+end
+if state_ttl > 0 then
+  for _, name in ipairs({@USER_KEYS@}) do
+    redis.call('EXPIRE', base .. name, state_ttl)
+  end
 end
 return {1, ''}
 """
-for _kind in (Kind.LIKE, Kind.DISLIKE, Kind.SKIP):
-    APPLY_LUA = APPLY_LUA.replace(f"@{_kind.name}@", str(int(_kind)))
+APPLY_LUA = (
+    APPLY_LUA.replace("@LIKE@", str(int(Kind.LIKE)))
+    .replace("@DISLIKE@", str(int(Kind.DISLIKE)))
+    .replace("@USER_KEYS@", ", ".join(f"'{k}'" for k in USER_KEYS))
+)
 
-# A FORGET event, atomic and exactly once: nothing when its id is marked; else the user's
-# keys (ARGV from 6: their vec:* keys, found by SCAN) deleted, their likes taken off the
-# item like counts and their kinds off new items' feedback, and the id marked.
-# ARGV: prefix, event id, dedup ttl, user id, LIKE, vector keys...
-FORGET_LUA = """#!lua
-local p, id, ttl, user, LIKE = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('EXISTS', p .. 'ev:' .. id) == 1 then
-  return 0
-end
-local base = p .. 'u:' .. user .. ':'
-local kinds = redis.call('HGETALL', base .. 'kinds')
-for j = 1, #kinds, 2 do
-  local item = kinds[j]
-  if item ~= '' then
-    redis.call('HDEL', p .. 'i:fb:' .. item, user)
-    if kinds[j + 1] == LIKE and redis.call('HINCRBY', p .. 'i:likes', item, -1) <= 0 then
-      redis.call('HDEL', p .. 'i:likes', item)
+# Item like counts of one shard, each change counted once: a change whose mark is already
+# set is skipped (a replay), else applied and marked; a count that reaches 0 is removed.
+# KEYS: the shard's likes hash. ARGV: mark base, mark ttl, then per change: mark, item,
+# delta
+LIKES_LUA = """#!lua
+local key, marks, ttl = KEYS[1], ARGV[1], ARGV[2]
+for k = 3, #ARGV, 3 do
+  if redis.call('SET', marks .. ARGV[k], 1, 'NX', 'EX', ttl) then
+    if redis.call('HINCRBY', key, ARGV[k + 1], ARGV[k + 2]) <= 0 then
+      redis.call('HDEL', key, ARGV[k + 1])
     end
   end
 end
-redis.call('DEL', base .. 'seen', base .. 'dis', base .. 'hist', base .. 'likes', base .. 'kinds')
-for j = 6, #ARGV do
-  redis.call('DEL', ARGV[j])
-end
-redis.call('SET', p .. 'ev:' .. id, 1, 'EX', ttl)
-return 1
+return 0
 """
 
-# Catalogue changes, each one script (atomic) answering how many items changed; any change
-# moves cat:gen. ARGV: prefix, then the items (upsert: item, attributes JSON pairs).
+# A FORGET event for one user, atomic: nothing when its id is marked; else the user's keys
+# deleted and the id marked. (Their part in the like counts and in new items' feedback is
+# taken off before, idempotently.) KEYS: the user's kinds key. ARGV: user base, event id,
+# dedup ttl
+FORGET_LUA = """#!lua
+local base, id, ttl = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', base .. 'ev:' .. id) == 1 then
+  return 0
+end
+for _, name in ipairs({@USER_KEYS@}) do
+  redis.call('DEL', base .. name)
+end
+redis.call('SET', base .. 'ev:' .. id, 1, 'EX', ttl)
+return 1
+""".replace("@USER_KEYS@", ", ".join(f"'{k}'" for k in USER_KEYS))
+
+# The live catalogue, all under the tag {cat}: gen (change counter), hidden and removed
+# (sets), attrs (hash item -> attributes JSON), fb:<item> (new items' feedback: hash user
+# -> kind), vec:<version> (new items' vectors: hash item -> float32 bytes) and versions
+# (the set of those versions). KEYS of every script: the gen key; ARGV[1]: the base.
+# Changes are one script each (atomic) answering how many items changed; any change moves
+# gen.
 UPSERT_LUA = """#!lua
 local p, n = ARGV[1], 0
 for j = 2, #ARGV, 2 do
-  if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0
-      and redis.call('HGET', p .. 'cat:attrs', ARGV[j]) ~= ARGV[j + 1] then
-    redis.call('HSET', p .. 'cat:attrs', ARGV[j], ARGV[j + 1])
+  if redis.call('SISMEMBER', p .. 'removed', ARGV[j]) == 0
+      and redis.call('HGET', p .. 'attrs', ARGV[j]) ~= ARGV[j + 1] then
+    redis.call('HSET', p .. 'attrs', ARGV[j], ARGV[j + 1])
     n = n + 1
   end
 end
-if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+if n > 0 then redis.call('INCR', p .. 'gen') end
 return n
 """
 HIDE_LUA = """#!lua
 local p, n = ARGV[1], 0
 for j = 2, #ARGV do
-  if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0 then
-    n = n + redis.call('SADD', p .. 'cat:hidden', ARGV[j])
+  if redis.call('SISMEMBER', p .. 'removed', ARGV[j]) == 0 then
+    n = n + redis.call('SADD', p .. 'hidden', ARGV[j])
   end
 end
-if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+if n > 0 then redis.call('INCR', p .. 'gen') end
 return n
 """
 SHOW_LUA = """#!lua
 local p, n = ARGV[1], 0
 for j = 2, #ARGV do
-  n = n + redis.call('SREM', p .. 'cat:hidden', ARGV[j])
+  n = n + redis.call('SREM', p .. 'hidden', ARGV[j])
 end
-if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+if n > 0 then redis.call('INCR', p .. 'gen') end
 return n
 """
-# Removing also deletes the item's attributes, feedback, like count and vectors of every
-# version (the i:vec:* hashes, found by SCAN, from ARGV[2 + n_items]).
+# Removing also deletes the item's attributes, feedback and vectors of every version.
 REMOVE_LUA = """#!lua
-local p, m, n = ARGV[1], tonumber(ARGV[2]), 0
-for j = 3, 2 + m do
+local p, n = ARGV[1], 0
+local versions = redis.call('SMEMBERS', p .. 'versions')
+for j = 2, #ARGV do
   local item = ARGV[j]
-  if redis.call('SADD', p .. 'cat:removed', item) == 1 then
+  if redis.call('SADD', p .. 'removed', item) == 1 then
     n = n + 1
-    redis.call('SREM', p .. 'cat:hidden', item)
-    redis.call('HDEL', p .. 'cat:attrs', item)
-    redis.call('HDEL', p .. 'i:likes', item)
-    redis.call('DEL', p .. 'i:fb:' .. item)
-    for k = 3 + m, #ARGV do
-      redis.call('HDEL', ARGV[k], item)
+    redis.call('SREM', p .. 'hidden', item)
+    redis.call('HDEL', p .. 'attrs', item)
+    redis.call('DEL', p .. 'fb:' .. item)
+    for _, version in ipairs(versions) do
+      redis.call('HDEL', p .. 'vec:' .. version, item)
     end
   end
 end
-if n > 0 then redis.call('INCR', p .. 'cat:gen') end
+if n > 0 then redis.call('INCR', p .. 'gen') end
 return n
 """
-# New items' feedback and their users' vectors for a version. Answer per item: its id,
-# then user, kind, vector (false: none) triples. ARGV: prefix, version, items...
-ITEM_FEEDBACK_LUA = """#!lua flags=no-writes
-local p, ver, out = ARGV[1], ARGV[2], {}
+# Users' kinds on new items (not removed), in event order. ARGV: base, state ttl, then
+# per event: item, user, kind
+ITEM_KINDS_LUA = """#!lua
+local p, ttl = ARGV[1], tonumber(ARGV[2])
+for k = 3, #ARGV, 3 do
+  if redis.call('SISMEMBER', p .. 'removed', ARGV[k]) == 0 then
+    redis.call('HSET', p .. 'fb:' .. ARGV[k], ARGV[k + 1], ARGV[k + 2])
+    if ttl > 0 then redis.call('EXPIRE', p .. 'fb:' .. ARGV[k], ttl) end
+  end
+end
+return 0
+"""
+# A forgotten user's kinds taken off new items' feedback. ARGV: base, user, items...
+FORGET_ITEMS_LUA = """#!lua
+local p, user = ARGV[1], ARGV[2]
 for j = 3, #ARGV do
+  redis.call('HDEL', p .. 'fb:' .. ARGV[j], user)
+end
+return 0
+"""
+# New items' feedback: per item (removed ones left out) its id, then user, kind pairs.
+# ARGV: base, items...
+ITEM_FEEDBACK_LUA = """#!lua flags=no-writes
+local p, out = ARGV[1], {}
+for j = 2, #ARGV do
   local item = ARGV[j]
-  if redis.call('SISMEMBER', p .. 'cat:removed', item) == 0 then
-    local all = redis.call('HGETALL', p .. 'i:fb:' .. item)
+  if redis.call('SISMEMBER', p .. 'removed', item) == 0 then
+    local all = redis.call('HGETALL', p .. 'fb:' .. item)
     if #all > 0 then
-      local entry = {item}
-      for k = 1, #all, 2 do
-        entry[#entry + 1] = all[k]
-        entry[#entry + 1] = all[k + 1]
-        entry[#entry + 1] = redis.call('GET', p .. 'u:' .. all[k] .. ':vec:' .. ver) or ''
-      end
-      out[#out + 1] = entry
+      table.insert(all, 1, item)
+      out[#out + 1] = all
     end
   end
 end
 return out
 """
+# One consistent snapshot of the catalogue for a version. ARGV: base, version
+CATALOGUE_LUA = """#!lua flags=no-writes
+local p = ARGV[1]
+return {
+  redis.call('GET', p .. 'gen'),
+  redis.call('SMEMBERS', p .. 'hidden'),
+  redis.call('SMEMBERS', p .. 'removed'),
+  redis.call('HGETALL', p .. 'vec:' .. ARGV[2]),
+}
+"""
+# New items' vectors for a version. ARGV: base, version, then item, vector pairs
+ITEM_VECTORS_LUA = """#!lua
+local p, ver = ARGV[1], ARGV[2]
+for j = 3, #ARGV, 2 do
+  redis.call('HSET', p .. 'vec:' .. ver, ARGV[j], ARGV[j + 1])
+end
+redis.call('SADD', p .. 'versions', ver)
+redis.call('INCR', p .. 'gen')
+return 0
+"""
+# A retired version's new-item vectors. ARGV: base, version
+DROP_ITEM_VECTORS_LUA = """#!lua
+redis.call('UNLINK', ARGV[1] .. 'vec:' .. ARGV[2])
+redis.call('SREM', ARGV[1] .. 'versions', ARGV[2])
+return 0
+"""
 
-PREPARE_CHUNK = 500  # events per prepare script
+# The feedback consumer's offsets, one hash per master (written after the batch's state on
+# that master, so an AOF that lost its tail lost the offset with the state). Per partition:
+# a stored offset below where the batch starts is a gap (state lost since): answered, not
+# written; else the offset moves forward (next 0: only check). KEYS: the hash. ARGV: per
+# partition: field, from, next. Answer: field, stored pairs of the gaps.
+OFFSETS_LUA = """#!lua
+local gaps = {}
+for k = 1, #ARGV, 3 do
+  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[k]))
+  if stored and stored < tonumber(ARGV[k + 1]) then
+    gaps[#gaps + 1] = ARGV[k]
+    gaps[#gaps + 1] = tostring(stored)
+  elseif tonumber(ARGV[k + 2]) > 0 and (not stored or stored < tonumber(ARGV[k + 2])) then
+    redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 2])
+  end
+end
+return gaps
+"""
+
+SCRIPTS = {
+    "state": STATE_LUA,
+    "prepare": PREPARE_LUA,
+    "apply": APPLY_LUA,
+    "likes": LIKES_LUA,
+    "forget": FORGET_LUA,
+    "upsert": UPSERT_LUA,
+    "hide": HIDE_LUA,
+    "show": SHOW_LUA,
+    "remove": REMOVE_LUA,
+    "item_kinds": ITEM_KINDS_LUA,
+    "forget_items": FORGET_ITEMS_LUA,
+    "item_feedback": ITEM_FEEDBACK_LUA,
+    "catalogue": CATALOGUE_LUA,
+    "item_vectors": ITEM_VECTORS_LUA,
+    "drop_item_vectors": DROP_ITEM_VECTORS_LUA,
+    "offsets": OFFSETS_LUA,
+}
+SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 _HEADER = struct.Struct(">IIIB")
 _LENGTH = struct.Struct(">I")
-
-
-def _pack_command(args: Sequence[bytes | str | int]) -> bytes:
-    """RESP encoding of one command (what redis-py does per argument, far cheaper)."""
-    raw = [a if type(a) is bytes else str(a).encode() for a in args]
-    return b"*%d\r\n" % len(raw) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in raw])
 
 
 def _kinds_of(mode: int, blob: bytes, batch_items) -> dict[str, int]:
@@ -369,70 +422,73 @@ def _kinds_of(mode: int, blob: bytes, batch_items) -> dict[str, int]:
     return out
 
 
+def like_shard(item_id: str) -> int:
+    """The shard of an item's live like count."""
+    return zlib.crc32(item_id.encode()) % LIKE_SHARDS
+
+
+def _pairs(reply: list | dict) -> dict[bytes, bytes]:
+    """An HGETALL reply as a dict (a map in RESP3, a flat list in RESP2 and from Lua)."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2]))
+
+
 class RedisStateStore:
-    """Keys (under `prefix`): u:{user}:seen / :dis (sets), :hist (list), :vec:{version}
-    (float32 bytes), :likes (counter), :kinds (hash item -> latest kind, and "" -> applies
-    so far); i:likes (hash item -> live likes); ev:{id} (dedup mark). The catalogue:
-    cat:gen (change counter), cat:hidden and cat:removed (sets), cat:attrs (hash item ->
-    attributes as JSON); new items: i:fb:{item} (hash user -> kind), i:vec:{version} (hash
-    item -> float32 bytes)."""
+    """Keys (under `prefix`): {u:<user>}:seen / :dis (sets), :hist (list), :vec (hash
+    version -> float32 bytes), :likes (counter), :kinds (hash item -> latest kind, and "" ->
+    applies so far), :ev:<event id> (dedup mark, per user); {il:<n>}:likes (hash item ->
+    live likes, the item's shard n), {il:<n>}:ev:<digest> (like-count marks); the
+    catalogue under {cat}: (see UPSERT_LUA). A user's keys expire `state_ttl_s` after
+    their last write (0: never)."""
 
     def __init__(
-        self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "sl:", timeout_s: float = 0.5
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        prefix: str = "sl:",
+        timeout_s: float = 0.5,
+        state_ttl_s: int = STATE_TTL_S,
     ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"redis prefix must not hold braces (hash tags), got {prefix!r}")
         self.prefix = prefix
-        self._redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=30,
-        )
-        self._prepare_sha = hashlib.sha1(PREPARE_LUA.encode()).hexdigest()
-        self._apply_sha = hashlib.sha1(APPLY_LUA.encode()).hexdigest()
-        self._state_sha = hashlib.sha1(STATE_LUA.encode()).hexdigest()
-        self._scripts = {
-            name: (hashlib.sha1(text.encode()).hexdigest(), text)
-            for name, text in (
-                ("forget", FORGET_LUA),
-                ("upsert", UPSERT_LUA),
-                ("hide", HIDE_LUA),
-                ("show", SHOW_LUA),
-                ("remove", REMOVE_LUA),
-                ("item_feedback", ITEM_FEEDBACK_LUA),
-            )
-        }
+        self.state_ttl_s = state_ttl_s
+        self.router = RedisRouter(url, timeout_s, {SHAS[n]: t for n, t in SCRIPTS.items()})
+        self._cat = f"{prefix}{{cat}}:"
 
-    def _script(self, name: str, args: list):
-        sha, text = self._scripts[name]
-        return self._eval(sha, text, args, name)
+    # --- key names ---------------------------------------------------------------------
 
-    def _scan(self, pattern: str) -> list[bytes]:
-        try:
-            return list(self._redis.scan_iter(match=pattern, count=1000))
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+    def user_key(self, user_id: str, what: str) -> str:
+        """The name of one of a user's keys (`what`: one of USER_KEYS, or ev:<event id>)."""
+        return f"{self.prefix}{{u:{user_id}}}:{what}"
 
-    def _u(self, user_id: str, what: str) -> str:
-        return f"{self.prefix}u:{user_id}:{what}"
+    def _shard_key(self, shard: int) -> str:
+        return f"{self.prefix}{{il:{shard}}}:likes"
 
-    def _run(self, pipe: redis.client.Pipeline, operation: str) -> list:
-        start = time.perf_counter()
-        try:
-            return pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        finally:
-            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
+    def _script(self, name: str, key: str, args: Sequence) -> tuple[str, list]:
+        """A routed EVALSHA of script `name` declaring `key` (its slot's key)."""
+        return key, ["EVALSHA", SHAS[name], 1, key, *args]
+
+    def _user_script(self, name: str, user_id: str, args: Sequence) -> tuple[str, list]:
+        base = self.user_key(user_id, "")
+        return self._script(name, base + "kinds", [base, *args])
+
+    def _cat_script(self, name: str, args: Sequence) -> tuple[str, list]:
+        return self._script(name, self._cat + "gen", [self._cat, *args])
+
+    def _one(self, command: tuple[str, list], operation: str):
+        return self.router.execute([command], operation)[0]
+
+    # --- reads -------------------------------------------------------------------------
 
     def ping(self) -> None:
-        try:
-            self._redis.ping()
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        self.router.ping()
 
     def user_state(self, user_id: str, version: str) -> UserState:
-        raw_vec, seen, disliked, hist, likes, generation = self._eval(
-            self._state_sha, STATE_LUA, [self.prefix, user_id, version], "user_state"
+        gen_key = self._cat + "gen"
+        (raw_vec, seen, disliked, hist, likes), generation = self.router.execute(
+            [self._user_script("state", user_id, [version]), (gen_key, ["GET", gen_key])],
+            "user_state",
         )
         return UserState(
             vector=None if raw_vec is None else np.frombuffer(raw_vec, np.float32).copy(),
@@ -443,78 +499,47 @@ class RedisStateStore:
             catalogue_generation=int(generation or 0),
         )
 
-    def drop_vectors(self, version: str) -> int:
-        """SCAN for `u:*:vec:{version}` and UNLINK in batches: never one long command."""
-        pattern = f"{_glob_escape(self.prefix)}u:*:vec:{_glob_escape(version)}"
-        dropped = 0
-        try:
-            batch = []
-            for key in self._redis.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) == 1000:
-                    dropped += self._redis.unlink(*batch)
-                    batch = []
-            if batch:
-                dropped += self._redis.unlink(*batch)
-            self._redis.unlink(f"{self.prefix}i:vec:{version}")
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return dropped
-
     def item_likes(self) -> dict[str, int]:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(f"{self.prefix}i:likes")
-        (counts,) = self._run(pipe, "item_likes")
-        return {item.decode(): int(n) for item, n in counts.items()}
+        keys = [self._shard_key(n) for n in range(LIKE_SHARDS)]
+        replies = self.router.execute([(k, ["HGETALL", k]) for k in keys], "item_likes")
+        return {item.decode(): int(n) for flat in replies for item, n in _pairs(flat).items()}
+
+    # --- the feedback worker -----------------------------------------------------------
 
     def prepare(
         self, events: Sequence[Event], version: str = "", complete: bool = False
     ) -> PendingBatch:
-        # Scripts of about PREPARE_CHUNK events (whole users), sent in one round trip: a
-        # script holds Redis to itself while it runs, so none may run long.
         by_user: dict[str, list[int]] = {}
         for n, e in enumerate(events):
             by_user.setdefault(e.user_id, []).append(n)
-        chunks: list[list[str]] = [[]]
-        size = 0
+        commands, plan = [], []
         for user, positions in by_user.items():
-            if size and size + len(positions) > PREPARE_CHUNK:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(user)
-            size += len(positions)
-        calls, plan = [], []
-        for users_of_chunk in chunks:
-            positions = [n for u in users_of_chunk for n in by_user[u]]
-            args: list = [self.prefix, version, "1" if complete else "0", len(positions)]
+            batch_items = list(dict.fromkeys(events[n].item_id for n in positions))
+            args: list = [version, "1" if complete else "0", len(positions)]
             args += [events[n].event_id for n in positions]
-            items_of_chunk = []
-            for user in users_of_chunk:
-                batch_items = dict.fromkeys(events[n].item_id for n in by_user[user])
-                items_of_chunk.append(batch_items)
-                args += [user, 0] if complete else [user, len(batch_items), *batch_items]
-            calls.append(args)
-            plan.append((positions, users_of_chunk, items_of_chunk))
-        replies = self._eval_many(self._prepare_sha, PREPARE_LUA, calls, "prepare")
+            if not complete:
+                args += batch_items
+            commands.append(self._user_script("prepare", user, args))
+            plan.append((user, positions, batch_items))
+        replies = self.router.execute(commands, "prepare")
         new = [False] * len(events)
         users: dict[str, UserFeedback] = {}
-        for reply, (positions, users_of_chunk, items_of_chunk) in zip(replies, plan):
+        for reply, (user, positions, batch_items) in zip(replies, plan):
             for n, flag in zip(positions, reply):
                 new[n] = flag == 48
             pos = len(positions)
-            for user, batch_items in zip(users_of_chunk, items_of_chunk):
-                seq, n_vec, n_kinds, mode = _HEADER.unpack_from(reply, pos)
-                pos += _HEADER.size
-                vec = np.frombuffer(reply, np.float32, n_vec // 4, pos) if n_vec else None
-                pos += n_vec
-                kinds = _kinds_of(mode, reply[pos : pos + n_kinds], batch_items)
-                pos += n_kinds
-                users[user] = UserFeedback(
-                    seq=seq,
-                    vector=None if vec is None else vec.copy(),
-                    kinds=kinds,
-                    complete=vec is None,
-                )
+            seq, n_vec, n_kinds, mode = _HEADER.unpack_from(reply, pos)
+            pos += _HEADER.size
+            vec = np.frombuffer(reply, np.float32, n_vec // 4, pos).copy() if n_vec else None
+            pos += n_vec
+            kinds = _kinds_of(mode, reply[pos : pos + n_kinds], batch_items)
+            users[user] = UserFeedback(seq=seq, vector=vec, kinds=kinds, complete=vec is None)
+        # Likes already applied (a replay): their counts may not have been written when
+        # the process stopped between the user's write and the count's; count them now
+        # (each once: the count keeps its own marks).
+        replayed = [e for e, fresh in zip(events, new) if not fresh and e.kind == Kind.LIKE]
+        if replayed:
+            self._count_likes([(e.user_id, e.event_id, e.item_id, 1) for e in replayed])
         return PendingBatch(new=new, users=users)
 
     def apply(
@@ -530,150 +555,206 @@ class RedisStateStore:
             by_user.setdefault(e.user_id, []).append(e)
         if not by_user:
             return
-        args: list = [self.prefix, version, DEDUP_TTL_S, HISTORY_LENGTH]
-        args.append("0" if expected is None else "1")
-        touched = sorted({e.item_id for e in events} & set(new_items))
-        args += [len(touched), *touched]
+        # New items' feedback first: idempotent, and read by their fold-in after the apply.
+        kinds: list = []
+        for e in events:
+            if e.kind in PREFERENCE_KINDS and e.item_id in new_items:
+                kinds += [e.item_id, e.user_id, int(e.kind)]
+        if kinds:
+            self._one(self._cat_script("item_kinds", [self.state_ttl_s, *kinds]), "apply")
+        head = [version, DEDUP_TTL_S, HISTORY_LENGTH, self.state_ttl_s]
+        head.append("0" if expected is None else "1")
+        commands = []
         for user, user_events in by_user.items():
             vec = vectors.get(user)
-            args += [
-                user,
+            args = [
+                *head,
                 0 if expected is None else expected.get(user, 0),
                 b"" if vec is None else np.asarray(vec, np.float32).tobytes(),
-                len(user_events),
             ]
             for e in user_events:
                 args += [e.event_id, e.item_id, int(e.kind)]
-        ok, reason = self._eval(self._apply_sha, APPLY_LUA, args, "apply")
-        if not ok:
-            raise Conflict(reason.decode(errors="replace"))
+            commands.append(self._user_script("apply", user, args))
+        replies = self.router.execute(commands, "apply")
+        conflicts, likes = [], []
+        for (ok, reason), (user, user_events) in zip(replies, by_user.items()):
+            if not ok:
+                conflicts.append(f"user {user}: {reason.decode(errors='replace')}")
+                continue
+            likes += [(user, e.event_id, e.item_id, 1) for e in user_events if e.kind == Kind.LIKE]
+        if likes:
+            self._count_likes(likes)
+        if conflicts:
+            raise Conflict("; ".join(conflicts))
+
+    def _count_likes(self, changes: Sequence[tuple[str, str, str, int]]) -> None:
+        """Add (user, event id, item, delta) changes to the like counts, each once."""
+        by_shard: dict[int, list] = {}
+        for user, event_id, item, delta in changes:
+            mark = hashlib.blake2b(
+                f"{len(user)}:{user}:{event_id}".encode(), digest_size=12
+            ).hexdigest()
+            by_shard.setdefault(like_shard(item), []).extend((mark, item, delta))
+        commands = []
+        for shard, args in by_shard.items():
+            marks = f"{self.prefix}{{il:{shard}}}:ev:"
+            commands.append(
+                self._script("likes", self._shard_key(shard), [marks, DEDUP_TTL_S, *args])
+            )
+        self.router.execute(commands, "count_likes")
 
     def forget(self, event: Event) -> bool:
-        user = _glob_escape(event.user_id)
-        vectors = self._scan(f"{_glob_escape(self.prefix)}u:{user}:vec:*")
-        args = [self.prefix, event.event_id, DEDUP_TTL_S, event.user_id, int(Kind.LIKE)]
-        return bool(self._script("forget", args + vectors))
+        user = event.user_id
+        mark, kinds_key = self.user_key(user, "ev:" + event.event_id), self.user_key(user, "kinds")
+        marked, flat = self.router.execute(
+            [(kinds_key, ["EXISTS", mark]), (kinds_key, ["HGETALL", kinds_key])], "forget"
+        )
+        if marked:
+            return False
+        kinds = {i.decode(): int(k) for i, k in _pairs(flat).items() if i}
+        # Their part in the counts and in new items' feedback first (idempotent), then the
+        # user's own keys and the mark, atomically: a crash between them replays all.
+        liked = [i for i, k in kinds.items() if k == Kind.LIKE]
+        if liked:
+            self._count_likes([(user, f"{event.event_id}\0{i}", i, -1) for i in liked])
+        if kinds:
+            self._one(self._cat_script("forget_items", [user, *kinds]), "forget")
+        return bool(
+            self._one(self._user_script("forget", user, [event.event_id, DEDUP_TTL_S]), "forget")
+        )
+
+    def drop_vectors(self, version: str) -> int:
+        """SCAN for users' vector hashes and HDEL the version, 1,000 users a round trip."""
+        pattern = f"{_glob_escape(self.prefix)}{{u:*}}:vec"
+        keys = self.router.scan(pattern)
+        dropped = 0
+        for lo in range(0, len(keys), 1000):
+            commands = [(k, ["HDEL", k, version]) for k in keys[lo : lo + 1000]]
+            dropped += sum(self.router.execute(commands, "drop_vectors"))
+        self._one(self._cat_script("drop_item_vectors", [version]), "drop_vectors")
+        return dropped
+
+    def record_offsets(
+        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Store each partition's next offset on every master, after the state it
+        describes (call it once the batch is applied). Answers the partitions whose
+        stored offset on some master is below the `from` of their (from, next) range - that
+        master lost writes since (an AOF's lost tail, a failover) - with the lowest one:
+        consume again from there (nothing is written for those)."""
+        if not ranges:
+            return {}
+        args: list = []
+        for (topic, partition), (start, end) in ranges.items():
+            args += [f"{partition}:{topic}", start, end]
+        replies = self.router.execute(
+            [self._script("offsets", k, args) for k in self._offset_keys(group)], "offsets"
+        )
+        gaps: dict[tuple[str, int], int] = {}
+        for reply in replies:
+            for field, stored in _pairs(reply).items():
+                partition, _, topic = field.decode().partition(":")
+                tp = (topic, int(partition))
+                gaps[tp] = min(int(stored), gaps.get(tp, int(stored)))
+        return gaps
+
+    def _offset_keys(self, group: str) -> list[str]:
+        """One offsets hash per master (tags {off:<n>} picked so that each master has one)."""
+        name = f"{self.prefix}{{off:%d}}:offsets:{group}"
+        if not self.router.cluster:
+            return [name % 0]
+        client = self.router.client
+        masters = {n.name for n in client.get_primaries()}
+        keys: dict[str, str] = {}
+        for n in range(1024):
+            key = name % n
+            keys.setdefault(client.get_node_from_key(key).name, key)
+            if len(keys) == len(masters):
+                break
+        return list(keys.values())
+
+    # --- the catalogue -----------------------------------------------------------------
 
     def catalogue_generation(self) -> int:
-        try:
-            return int(self._redis.get(f"{self.prefix}cat:gen") or 0)
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        key = self._cat + "gen"
+        return int(self._one((key, ["GET", key]), "catalogue") or 0)
 
     def catalogue(self, version: str) -> CatalogueState:
-        p = self.prefix
-        pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot
-        pipe.get(f"{p}cat:gen")
-        pipe.smembers(f"{p}cat:hidden")
-        pipe.smembers(f"{p}cat:removed")
-        pipe.hgetall(f"{p}i:vec:{version}")
-        generation, hidden, removed, vectors = self._run(pipe, "catalogue")
+        generation, hidden, removed, vectors = self._one(
+            self._cat_script("catalogue", [version]), "catalogue"
+        )
         removed_ids = {i.decode() for i in removed}
         return CatalogueState(
             generation=int(generation or 0),
             hidden={i.decode() for i in hidden} | removed_ids,
             removed=removed_ids,
-            vectors={i.decode(): np.frombuffer(v, np.float32).copy() for i, v in vectors.items()},
+            vectors={
+                i.decode(): np.frombuffer(v, np.float32).copy() for i, v in _pairs(vectors).items()
+            },
         )
 
     def upsert_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
-        args: list = [self.prefix]
+        args: list = []
         for item, attributes in items.items():
             args += [item, json.dumps(dict(attributes), sort_keys=True)]
-        return int(self._script("upsert", args))
+        return int(self._one(self._cat_script("upsert", args), "upsert_items"))
 
     def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         if not item_ids:
             return {}
-        try:
-            values = self._redis.hmget(f"{self.prefix}cat:attrs", list(item_ids))
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        key = self._cat + "attrs"
+        values = self._one((key, ["HMGET", key, *item_ids]), "item_attributes")
         return {i: json.loads(v) for i, v in zip(item_ids, values) if v is not None}
 
     def hide_items(self, item_ids: Sequence[str]) -> int:
-        return int(self._script("hide", [self.prefix, *item_ids]))
+        return int(self._one(self._cat_script("hide", item_ids), "hide_items"))
 
     def show_items(self, item_ids: Sequence[str]) -> int:
-        return int(self._script("show", [self.prefix, *item_ids]))
+        return int(self._one(self._cat_script("show", item_ids), "show_items"))
 
     def remove_items(self, item_ids: Sequence[str]) -> int:
-        vectors = self._scan(f"{_glob_escape(self.prefix)}i:vec:*")
-        return int(self._script("remove", [self.prefix, len(item_ids), *item_ids, *vectors]))
+        n = int(self._one(self._cat_script("remove", item_ids), "remove_items"))
+        by_shard: dict[int, list[str]] = {}
+        for item in item_ids:  # their live like counts too (idempotent)
+            by_shard.setdefault(like_shard(item), []).append(item)
+        commands = [
+            (self._shard_key(s), ["HDEL", self._shard_key(s), *items])
+            for s, items in by_shard.items()
+        ]
+        if commands:
+            self.router.execute(commands, "remove_items")
+        return n
 
     def item_feedback(
         self, item_ids: Sequence[str], version: str
     ) -> dict[str, dict[str, tuple[int, np.ndarray | None]]]:
         if not item_ids:
             return {}
-        reply = self._script("item_feedback", [self.prefix, version, *item_ids])
+        entries = self._one(self._cat_script("item_feedback", item_ids), "item_feedback")
+        users = sorted({u.decode() for entry in entries for u in entry[1::2]})
+        keys = [self.user_key(u, "vec") for u in users]
+        raws = self.router.execute([(k, ["HGET", k, version]) for k in keys], "item_feedback")
+        vectors = {
+            u: None if raw is None else np.frombuffer(raw, np.float32).copy()
+            for u, raw in zip(users, raws)
+        }
         out: dict[str, dict[str, tuple[int, np.ndarray | None]]] = {}
-        for entry in reply:
-            users = {}
-            for k in range(1, len(entry), 3):
-                raw = entry[k + 2]
-                vec = np.frombuffer(raw, np.float32).copy() if raw else None
-                users[entry[k].decode()] = (int(entry[k + 1]), vec)
-            out[entry[0].decode()] = users
+        for entry in entries:
+            out[entry[0].decode()] = {
+                u.decode(): (int(k), vectors[u.decode()]) for u, k in _pairs(entry[1:]).items()
+            }
         return out
 
     def set_item_vectors(self, vectors: Mapping[str, np.ndarray], version: str) -> None:
         if not vectors:
             return
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            f"{self.prefix}i:vec:{version}",
-            mapping={i: np.asarray(v, np.float32).tobytes() for i, v in vectors.items()},
-        )
-        pipe.incr(f"{self.prefix}cat:gen")
-        self._run(pipe, "set_item_vectors")
-
-    def _eval(self, sha: str, script: str, args: list, operation: str):
-        return self._eval_many(sha, script, [args], operation)[0]
-
-    def _eval_many(self, sha: str, script: str, calls: list[list], operation: str) -> list:
-        """EVALSHA per argument list, hand-packed and pipelined on one pooled connection.
-        On NOSCRIPT (e.g. after a Redis restart; a script not found did not run) it loads
-        the script and sends the calls again. Connection trouble (or Redis loading, busy,
-        read-only, out of memory): StoreUnavailable."""
-        payload = b"".join(_pack_command(["EVALSHA", sha, 0, *args]) for args in calls)
-        start = time.perf_counter()
-        pool = self._redis.connection_pool
-        try:
-            conn = pool.get_connection()  # connects when the pool has no idle connection
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        try:
-            for attempt in range(2):
-                conn.send_packed_command([payload])
-                replies, missing = [], False
-                for _ in calls:
-                    try:
-                        replies.append(conn.read_response())
-                    except NoScriptError:
-                        missing = True
-                if not missing:
-                    return replies
-                if attempt:
-                    raise NoScriptError(f"script {sha} not loaded")
-                conn.send_command("SCRIPT", "LOAD", script)
-                conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            conn.disconnect()
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        except redis.ResponseError as exc:
-            conn.disconnect()  # replies of the other calls may still be on the wire
-            if str(exc).startswith(("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM")):
-                raise StoreUnavailable(f"redis: {exc}") from exc
-            raise
-        finally:
-            pool.release(conn)
-            REDIS_LATENCY.labels(operation).observe(time.perf_counter() - start)
-        raise AssertionError("unreachable")
+        args: list = [version]
+        for item, vec in vectors.items():
+            args += [item, np.asarray(vec, np.float32).tobytes()]
+        self._one(self._cat_script("item_vectors", args), "set_item_vectors")
 
     def close(self) -> None:
-        self._redis.close()
+        self.router.close()
 
 
 def _glob_escape(text: str) -> str:

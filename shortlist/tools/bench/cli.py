@@ -200,6 +200,24 @@ def feedback(
     _emit(result, "feedback loop")
 
 
+@bench_app.command("state")
+def state(
+    users: int = typer.Option(4000, help="Users whose state is written."),
+    events_per_user: int = typer.Option(25, help="Feedback events per user (on average)."),
+    dim: int = typer.Option(1280, help="Folded-in vector size (floats)."),
+    reads: int = typer.Option(5000, help="Request reads (user_state) per backend."),
+) -> None:
+    """Redis state store on one Redis and on a local three-master Redis Cluster: memory
+    per user, write and read throughput of one client."""
+    from shortlist.tools.bench import state_bench
+
+    cfg = state_bench.StateBenchConfig(
+        users=users, events_per_user=events_per_user, dim=dim, reads=reads
+    )
+    result = state_bench.run(cfg, progress=lambda msg: typer.echo(msg, err=True))
+    _emit(result, "state store")
+
+
 @bench_app.command("index")
 def index(
     data: Path = typer.Option(..., "--data", help="LightGCN-format directory (protocol A)."),

@@ -176,8 +176,8 @@ def measure_throughput(
 def redis_audit(url: str, prefix: str) -> dict[str, int]:
     """Dedup marks and the sum of per-user like counters under `prefix`."""
     client = redis.Redis.from_url(url)
-    marks = sum(1 for _ in client.scan_iter(f"{prefix}ev:*", count=5000))
-    keys = list(client.scan_iter(f"{prefix}u:*:likes", count=5000))
+    marks = sum(1 for _ in client.scan_iter(f"{prefix}{{u:*}}:ev:*", count=5000))
+    keys = list(client.scan_iter(f"{prefix}{{u:*}}:likes", count=5000))
     user_likes = sum(int(v) for v in client.mget(keys)) if keys else 0
     return {"marks": marks, "user_likes": user_likes}
 
