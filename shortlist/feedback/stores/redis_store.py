@@ -23,6 +23,7 @@ from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores.base import (
     DEDUP_TTL_S,
     HISTORY_LENGTH,
+    CatalogueItems,
     CatalogueState,
     Conflict,
     PendingBatch,
@@ -269,13 +270,15 @@ return 1
 """
 
 # Catalogue changes, each one script (atomic) answering how many items changed; any change
-# moves cat:gen. ARGV: prefix, then the items (upsert: item, attributes JSON pairs).
+# moves cat:gen. ARGV: prefix, then the items (upsert: the time in ms, then item, attributes
+# JSON pairs; a changed item's time goes to cat:updated).
 UPSERT_LUA = """#!lua
-local p, n = ARGV[1], 0
-for j = 2, #ARGV, 2 do
+local p, now, n = ARGV[1], ARGV[2], 0
+for j = 3, #ARGV, 2 do
   if redis.call('SISMEMBER', p .. 'cat:removed', ARGV[j]) == 0
       and redis.call('HGET', p .. 'cat:attrs', ARGV[j]) ~= ARGV[j + 1] then
     redis.call('HSET', p .. 'cat:attrs', ARGV[j], ARGV[j + 1])
+    redis.call('HSET', p .. 'cat:updated', ARGV[j], now)
     n = n + 1
   end
 end
@@ -310,6 +313,7 @@ for j = 3, 2 + m do
     n = n + 1
     redis.call('SREM', p .. 'cat:hidden', item)
     redis.call('HDEL', p .. 'cat:attrs', item)
+    redis.call('HDEL', p .. 'cat:updated', item)
     redis.call('HDEL', p .. 'i:likes', item)
     redis.call('DEL', p .. 'i:fb:' .. item)
     for k = 3 + m, #ARGV do
@@ -374,8 +378,8 @@ class RedisStateStore:
     (float32 bytes), :likes (counter), :kinds (hash item -> latest kind, and "" -> applies
     so far); i:likes (hash item -> live likes); ev:{id} (dedup mark). The catalogue:
     cat:gen (change counter), cat:hidden and cat:removed (sets), cat:attrs (hash item ->
-    attributes as JSON); new items: i:fb:{item} (hash user -> kind), i:vec:{version} (hash
-    item -> float32 bytes)."""
+    attributes as JSON), cat:updated (hash item -> last changing upsert, ms); new items:
+    i:fb:{item} (hash user -> kind), i:vec:{version} (hash item -> float32 bytes)."""
 
     def __init__(
         self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "sl:", timeout_s: float = 0.5
@@ -577,10 +581,25 @@ class RedisStateStore:
         )
 
     def upsert_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
-        args: list = [self.prefix]
+        args: list = [self.prefix, int(time.time() * 1000)]
         for item, attributes in items.items():
             args += [item, json.dumps(dict(attributes), sort_keys=True)]
         return int(self._script("upsert", args))
+
+    def catalogue_items(self) -> CatalogueItems:
+        p = self.prefix
+        pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot
+        pipe.get(f"{p}cat:gen")
+        pipe.hgetall(f"{p}cat:attrs")
+        pipe.hgetall(f"{p}cat:updated")
+        pipe.sunion(f"{p}cat:hidden", f"{p}cat:removed")
+        generation, attrs, updated, hidden = self._run(pipe, "catalogue_items")
+        return CatalogueItems(
+            generation=int(generation or 0),
+            attributes={i.decode(): json.loads(v) for i, v in attrs.items()},
+            updated_ms={i.decode(): int(v) for i, v in updated.items()},
+            hidden={i.decode() for i in hidden},
+        )
 
     def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         if not item_ids:
