@@ -9,7 +9,6 @@ import grpc
 import numpy as np
 import pytest
 
-from shortlist.feedback.stores import RedisStateStore
 from shortlist.ranking.user_signals import recent_in_order
 from shortlist.rpc.server import client_channel
 from shortlist.v1 import common_pb2, feedback_pb2, gateway_pb2, gateway_pb2_grpc
@@ -190,8 +189,8 @@ def test_the_colocated_gateway_gives_the_same_answers(settings, bundle, gateway,
     ]
 
 
-def test_the_store_records_when_an_item_was_upserted(redis_url, redis_prefix):
-    store = RedisStateStore(redis_url, redis_prefix)
+def test_the_store_records_when_an_item_was_upserted(store):
+    """Both stores: attributes, upsert times (kept when nothing changed) and hidden items."""
     assert store.upsert_items({"a": {"genre": "jazz"}}) == 1
     first = store.catalogue_items()
     assert first.attributes == {"a": {"genre": "jazz"}} and set(first.updated_ms) == {"a"}
@@ -202,7 +201,6 @@ def test_the_store_records_when_an_item_was_upserted(redis_url, redis_prefix):
     store.remove_items(["a"])
     gone = store.catalogue_items()
     assert gone.attributes == {} and gone.updated_ms == {} and gone.hidden == {"a"}
-    store.close()
 
 
 @pytest.mark.parametrize("down", ["ranking", "retrieval"])
