@@ -38,10 +38,6 @@ KIND_NAMES = {k.value: k.name.lower() for k in Kind}
 CLIENT_KINDS = frozenset(k.value for k in (Kind.LIKE, Kind.DISLIKE, Kind.VIEW, Kind.SKIP))
 
 
-class Widen:
-    """The rules left fewer than k items of a full shortlist: retrieve more."""
-
-
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def __init__(
         self,
@@ -110,13 +106,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             answer = self._recommend(
                 request, request_context, arm, version, n, options, rules, context
             )
-            if not isinstance(answer, Widen):
+            if answer is not None:  # None: widen
                 return answer
             n = min(s.max_candidates, n * WIDEN_FACTOR)
 
     def _recommend(self, request, request_context, arm, version, n, options, rules, context):
-        """One retrieval and ranking of `n` candidates: the response, or `Widen` when the
-        rules left fewer than k items and retrieval could give more."""
+        """One retrieval and ranking of `n` candidates: the response, or None when the
+        rules left fewer than k items of a full shortlist and retrieval could give more."""
         s = self.settings
         start = time.perf_counter()
         try:
@@ -171,7 +167,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             and len(candidates) >= n
             and n < s.max_candidates
         ):
-            return Widen()
+            return None
         return self._respond(ranked.items, ranked.model_version, arm, reason)
 
     def _respond(self, items, version: str, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
