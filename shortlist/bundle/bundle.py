@@ -53,6 +53,8 @@ class Bundle:
     # items x items co-occurrence in like order (features.sequence_neighbours); None when
     # the training likes had no order
     sequence: sp.csr_matrix | None = None
+    # item attribute -> its value per item as text ("" none): what request rules filter on
+    item_attribute_values: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.

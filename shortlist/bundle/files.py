@@ -7,7 +7,8 @@ DeepFM ranker served blended with it; shortlist.ranking.deepfm), item_encoder.np
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
 features; the manifest's context_values name each table's rows), shortlist_items.npy and
 shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.retrieval.precomputed),
-sequence.npz (item co-occurrence in like order, where likes were ordered).
+sequence.npz (item co-occurrence in like order, where likes were ordered),
+item_attributes.json (item attributes as text, for request rules; when the data had any).
 `<root>/LATEST` names the newest version.
 """
 
@@ -111,6 +112,8 @@ def save_bundle(
         bundle.precomputed.save(tmp)
     if bundle.sequence is not None:
         sp.save_npz(tmp / "sequence.npz", bundle.sequence.tocsr())
+    if bundle.item_attribute_values:
+        (tmp / "item_attributes.json").write_text(json.dumps(bundle.item_attribute_values))
     manifest = write_manifest(tmp, manifest, key)
     os.replace(tmp, final)
     if promote_it:
@@ -166,6 +169,7 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
         context_counts=_context_counts(directory, manifest.get("context_values", {})),
         precomputed=PrecomputedShortlists.load(directory),
         sequence=_optional_sparse(directory / "sequence.npz"),
+        item_attribute_values=_optional_json(directory / "item_attributes.json"),
     )
     _check_ranker_features(bundle)
     return bundle
@@ -203,6 +207,10 @@ def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCou
 
 def _optional(path: Path) -> np.ndarray | None:
     return np.load(path) if path.exists() else None
+
+
+def _optional_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _optional_sparse(path: Path) -> sp.csr_matrix | None:

@@ -237,6 +237,20 @@ def read_logs(paths: Sequence[Path], thresholds: RatingThresholds | None = None)
     return kept
 
 
+def read_attribute_values(path: Path, key: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Ids (column `key`) and every other column as text, "" where empty: the attributes
+    request rules filter on (free text included)."""
+    table = read_table(path)
+    if key not in table.column_names:
+        raise BadEvents(path, f"missing column {key}")
+    ids = [(v or "").strip() for v in _text(table, key)]
+    values = {}
+    for column in table.column_names:
+        if column != key:
+            values[column] = [(v or "").strip() for v in _text(table, column)]
+    return ids, values
+
+
 def read_attributes(path: Path, key: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """Ids (column `key`: item_id or user_id) and their attribute features: numbers
     standardised, categories one-hot, free text (too many distinct values) left out."""
@@ -320,6 +334,13 @@ def load_events(
         data.item_features = {
             name: _spread(table, rows, len(known)) for name, table in features.items()
         }
+        listed, values = read_attribute_values(Path(items), "item_id")
+        data.item_attribute_values = {}
+        for name, column in values.items():
+            spread = [""] * len(known)
+            for item, value in zip(listed, column):
+                spread[position[item]] = value
+            data.item_attribute_values[name] = spread
     if users is not None:
         listed, user_features = read_attributes(Path(users), "user_id")
         pairs = [(n, data.users.get(u)) for n, u in enumerate(listed)]

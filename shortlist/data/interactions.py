@@ -20,6 +20,8 @@ class Interactions:
     where a source lists likes in order but without times (1 = oldest; 0 = position unknown,
     counted as older than any); `recency()` gives whichever of the two orders likes in time.
     `user_features` / `item_features` are optional dense numeric attribute tables.
+    `item_attribute_values` (optional) holds each item attribute as text, one value per item
+    ("" where none), as the items file gave it: what request rules filter on.
     `context` (optional) holds, per request-context key a client sends (e.g. "moment"), the
     value recorded with each like, aligned with `positives.data` ("" where none was).
     """
@@ -33,6 +35,7 @@ class Interactions:
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
     context: dict[str, np.ndarray] = field(default_factory=dict)
+    item_attribute_values: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         shape = (len(self.users), len(self.items))
@@ -80,6 +83,7 @@ class Interactions:
             negatives=self.negatives,
             user_features=self.user_features,
             item_features=self.item_features,
+            item_attribute_values=self.item_attribute_values,
         )
 
 

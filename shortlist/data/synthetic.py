@@ -103,6 +103,7 @@ def generate(
         item_features={"topic": item_topic.astype(np.float32), "topic_onehot": topic_onehot},
         user_features={"main_topic": main.astype(np.float32)},
         context={"moment": moment},
+        item_attribute_values={"topic": [TOPICS[t] for t in item_topic]},
     )
 
 

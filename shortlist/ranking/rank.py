@@ -3,6 +3,7 @@ live signals and the request context, scored by the bundle's `Scorer`, top-k kep
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -78,6 +79,20 @@ def rank(
     return candidates[order], scores
 
 
+@dataclass
+class RankedList:
+    """Every candidate ranked: `order` holds positions in the candidates, best first, and
+    `scores` their scores; the feature rows the ranker scored (`features`, one per position
+    in `where`, the candidates known to the bundle) and the user's signals are kept for
+    the reasons (`shortlist.ranking.reasons`); None when nothing was scored."""
+
+    order: np.ndarray
+    scores: np.ndarray
+    where: np.ndarray | None = None
+    features: np.ndarray | None = None
+    signals: UserSignals | None = None
+
+
 def rank_positions(
     bundle: RankingData,
     user_id: str,
@@ -87,24 +102,38 @@ def rank_positions(
     context: RequestContext,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The top-k as positions in `candidates`, and their scores. A candidate outside the
+    """The top-k as positions in `candidates`, and their scores (see `ranked_list`)."""
+    ranked = ranked_list(bundle, user_id, candidates, retrieval_scores, live, context)
+    return ranked.order[:k], ranked.scores[:k]
+
+
+def ranked_list(
+    bundle: RankingData,
+    user_id: str,
+    candidates: np.ndarray,
+    retrieval_scores: np.ndarray,
+    live: RankingSignals,
+    context: RequestContext,
+    keep_order: bool = False,
+) -> RankedList:
+    """Every candidate in ranked order with its score. A candidate outside the
     bundle (index -1 or >= len(bundle.items): an item added since training) has no ranker
     features, so it keeps its retrieval position; the known ones are ranked into the other
     positions. Dropping new items would hide them until the next training, putting them
     last would bury them; their retrieval position is the only evidence there is. A new
     item's score is that of the entry before it (the first known one's when it leads), so
-    scores stay in order. `live.live_likes` is aligned with `candidates`."""
+    scores stay in order. `live.live_likes` is aligned with `candidates`. `keep_order`
+    (or a bundle without a ranker): the retrieval order and scores, nothing scored."""
     n = len(candidates)
     known = (candidates >= 0) & (candidates < len(bundle.items))
-    if bundle.scorer is None:
-        return np.arange(min(k, n)), np.asarray(retrieval_scores[:k], np.float32)
     where = np.flatnonzero(known)
-    if not len(where):
-        return np.arange(min(k, n)), np.asarray(retrieval_scores[:k], np.float32)
+    if bundle.scorer is None or keep_order or not len(where):
+        return RankedList(np.arange(n), np.asarray(retrieval_scores, np.float32))
+    signals = user_signals(bundle, user_id, live)
     features = build_features(
         candidates[where],
         retrieval_scores[where],
-        user_signals(bundle, user_id, live),
+        signals,
         context,
         bundle.item_side,
         live.live_likes[where],
@@ -112,8 +141,7 @@ def rank_positions(
     scores = np.asarray(bundle.scorer(features), np.float32)
     best = np.argsort(-scores, kind="stable")
     if len(where) == n:
-        best = best[:k]
-        return best, scores[best]
+        return RankedList(best, scores[best], where, features, signals)
     order = np.empty(n, np.int64)
     order[~known] = np.flatnonzero(~known)  # new items stay where retrieval put them
     order[known] = where[best]
@@ -122,4 +150,4 @@ def rank_positions(
     top = float(out[known][0])
     for p in np.flatnonzero(~known):
         out[p] = out[p - 1] if p > 0 else top
-    return order[:k], out[:k]
+    return RankedList(order, out, where, features, signals)

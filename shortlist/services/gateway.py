@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import grpc
+import numpy as np
 
 from shortlist.bundle.ab import ARM_A, ARM_B, arm_for
 from shortlist.bundle.bundle import Bundle
 from shortlist.config import Settings
 from shortlist.feedback.bus.base import BusUnavailable, EventPublisher
 from shortlist.feedback.events import Event, Kind, derived_event_id, scoped_event_id
+from shortlist.ranking.attributes import ItemAttributes
+from shortlist.ranking.rules import Rules, apply_rules, parse_rules
 from shortlist.rpc.security import current_caller
 from shortlist.rpc.telemetry import EVENTS_PUBLISHED, FALLBACKS, STAGE_LATENCY, set_arm
 from shortlist.rpc.validation import (
@@ -23,10 +27,11 @@ from shortlist.rpc.validation import (
     require_range,
 )
 from shortlist.services.inputs import parsed_context
-from shortlist.services.stages import Ranker, Retriever
+from shortlist.services.stages import Ranker, RankOptions, Retriever
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
 SERVICE = "gateway"
+WIDEN_FACTOR = 4  # candidates asked for again when rules left fewer than k
 PASS_THROUGH = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
 KIND_NAMES = {k.value: k.name.lower() for k in Kind}
 # what clients may send: FORGET is internal (FeedbackAdmin.DeleteUser writes it)
@@ -83,28 +88,55 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             require_range(request.k, "k", 1, s.max_k)
             require_ids(request.exclude_item_ids, "exclude_item_ids", s.max_events, s.max_id_length)
             request_context = parsed_context(request.context, s)
+            rules_message = request.rules if request.HasField("rules") else None
+            rules = parse_rules(rules_message, request.k, s.max_id_length)
+            if rules is not None:
+                excluded = set(request.exclude_item_ids)
+                for n, (item, _) in enumerate(rules.pinned):
+                    if item in excluded:
+                        raise InvalidInput(
+                            f"rules.pinned[{n}].item_id {item!r} is also in exclude_item_ids"
+                        )
         except InvalidInput as exc:
             abort_invalid(context, exc)
+        options = RankOptions(request.with_reasons, rules_message)
+        # filters and caps may leave fewer than k: ask retrieval for more, up to the cap
+        n = max(s.candidates, request.k)
+        while True:
+            answer = self._recommend(
+                request, request_context, arm, version, n, options, rules, context
+            )
+            if answer is not None:  # None: widen
+                return answer
+            n = min(s.max_candidates, n * WIDEN_FACTOR)
 
+    def _recommend(self, request, request_context, arm, version, n, options, rules, context):
+        """One retrieval and ranking of `n` candidates: the response, or None when the
+        rules left fewer than k items of a full shortlist and retrieval could give more."""
+        s = self.settings
         start = time.perf_counter()
         try:
             candidates = self.retriever.retrieve(
                 request.user_id,
-                max(s.candidates, request.k),
+                n,
                 request.exclude_item_ids,
                 version,
                 self._timeout(context, s.retrieval_timeout_ms),
             )
         except grpc.RpcError as exc:
             STAGE_LATENCY.labels(SERVICE, "retrieval", arm).observe(time.perf_counter() - start)
-            return self._popular(request, arm, f"retrieval_unavailable:{exc.code().name}")
+            return self._popular(request, arm, f"retrieval_unavailable:{exc.code().name}", rules)
         STAGE_LATENCY.labels(SERVICE, "retrieval", arm).observe(time.perf_counter() - start)
 
-        if candidates.user_source == "popularity":
+        unknown = candidates.user_source == "popularity"
+        active = options.with_reasons or options.rules is not None
+        if unknown and (not active or not len(candidates)):
             return self._respond(
                 candidates.scored(request.k), candidates.model_version, arm, "unknown_user"
             )
-        reason = "state_unavailable" if candidates.degraded else ""
+        if unknown:  # rules and reasons over the popularity list, its order kept
+            options = replace(options, keep_order=True)
+        reason = "unknown_user" if unknown else "state_unavailable" if candidates.degraded else ""
         start = time.perf_counter()
         try:
             ranked = self.ranker.rank(
@@ -114,16 +146,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 request.context,
                 request.k,
                 self._timeout(context, s.ranking_timeout_ms),
+                options,
             )
         except grpc.RpcError as exc:
             STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
+            if options.rules is not None and exc.details().startswith("rules."):
+                context.abort(exc.code(), exc.details())  # a rule the catalogue refutes
+            if rules is None:
+                items = candidates.scored(request.k)
+            else:
+                ids, scores = candidates.item_ids(), candidates.item_scores()
+                items = self._under_rules(arm, ids, scores, rules, request.k)
             return self._respond(
-                candidates.scored(request.k),
-                candidates.model_version,
-                arm,
-                f"ranking_unavailable:{exc.code().name}",
+                items, candidates.model_version, arm, f"ranking_unavailable:{exc.code().name}"
             )
         STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
+        if (
+            options.rules is not None
+            and len(ranked.items) < request.k
+            and len(candidates) >= n
+            and n < s.max_candidates
+        ):
+            return None
         return self._respond(ranked.items, ranked.model_version, arm, reason)
 
     def _respond(self, items, version: str, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
@@ -137,15 +181,33 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             arm=arm,
         )
 
-    def _popular(self, request, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
+    def _popular(
+        self, request, arm: str, reason: str, rules: Rules | None = None
+    ) -> gateway_pb2.RecommendResponse:
         bundle = self.arms[arm]
         exclude = bundle.items.indices(request.exclude_item_ids)
-        top = bundle.popular_items(request.k, exclude)
-        items = [
-            common_pb2.ScoredItem(item_id=i, score=float(bundle.popularity[j]))
-            for i, j in zip(bundle.items.ids(top), top)
-        ]
+        n = request.k if rules is None else self.settings.max_candidates
+        top = bundle.popular_items(n, exclude)
+        ids, scores = bundle.items.ids(top), bundle.popularity[top]
+        if rules is None:
+            items = [
+                common_pb2.ScoredItem(item_id=i, score=float(s))
+                for i, s in zip(ids, scores.tolist())
+            ]
+        else:
+            items = self._under_rules(arm, ids, scores, rules, request.k)
         return self._respond(items, bundle.version, arm, reason)
+
+    def _under_rules(self, arm: str, ids, scores, rules: Rules, k: int):
+        """A fallback list (retrieval or popularity order) under the request's rules, with
+        the bundle's item attributes: the live ones are read by the ranking stage, which is
+        not in this answer."""
+        bundle = self.arms[arm]
+        attributes = ItemAttributes(bundle.items, bundle.item_attribute_values)
+        positions = np.arange(len(ids))
+        now_ms = int(time.time() * 1000)
+        served = apply_rules(list(ids), positions, scores, rules, k, attributes, now_ms)
+        return [common_pb2.ScoredItem(item_id=s.item_id, score=s.score) for s in served]
 
     def SendFeedback(self, request, context):  # noqa: N802
         s = self.settings

@@ -20,16 +20,19 @@ from shortlist.bundle.bundle import Bundle
 from shortlist.bundle.bundle_set import BundleSet
 from shortlist.config import Settings
 from shortlist.feedback.stores.base import RankingSignals, StateStore, StoreUnavailable, UserState
+from shortlist.ranking.attributes import ItemAttributes, LiveCatalogueItems
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.item_likes import LiveItemLikes
-from shortlist.ranking.rank import rank_positions
+from shortlist.ranking.rank import RankedList, ranked_list, user_signals
+from shortlist.ranking.reasons import because_liked, reasons_message, top_contributions
+from shortlist.ranking.rules import Served, apply_rules, check_against, parse_rules
 from shortlist.retrieval.catalogue import LiveCatalogue
 from shortlist.retrieval.memo import SearchMemo
 from shortlist.retrieval.retrieve import prepare_for_retrieval, retrieve, similar_to
 from shortlist.rpc.inprocess import in_process
 from shortlist.rpc.telemetry import CANDIDATES, RETRIEVAL_ANSWERS, STAGE_LATENCY, set_arm
 from shortlist.rpc.validation import InvalidInput
-from shortlist.services.stages import Candidates, Ranked
+from shortlist.services.stages import NO_OPTIONS, Candidates, Ranked, RankOptions
 from shortlist.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,13 @@ class _BundleStage:
 
     def release(self, version: str) -> None:
         """Drop what this stage keeps per bundle version besides the bundle set."""
+
+
+def candidate_source(bundle: Bundle, answer: str) -> str:
+    """The name a shortlist's items carry in Reasons.sources, from how it was found."""
+    if answer in ("precomputed", "popularity"):
+        return answer
+    return str(bundle.manifest.get("model", "retrieval"))
 
 
 class LocalRetriever(_BundleStage):
@@ -131,6 +141,7 @@ class LocalRetriever(_BundleStage):
             catalogue=self.bundles.item_ids[bundle.version],
             new_ids=view.new_ids,
             state=state,
+            source=candidate_source(bundle, found.answer),
         )
 
     def similar_items(
@@ -169,6 +180,7 @@ class LocalRanker(_BundleStage):
         self.settings = settings
         self.item_likes = LiveItemLikes(store, settings.item_likes_refresh_ms / 1000)
         self.item_likes.refresh()
+        self.live_items = LiveCatalogueItems(store)  # attributes for request rules
 
     def release(self, version: str) -> None:
         self.item_likes.release(version)
@@ -181,14 +193,21 @@ class LocalRanker(_BundleStage):
         raw_context: Mapping[str, str],
         k: int,
         timeout: float | None,
+        options: RankOptions = NO_OPTIONS,
     ) -> Ranked:
-        return in_process("Rank", timeout, self._rank, user_id, candidates, context, k)
+        return in_process("Rank", timeout, self._rank, user_id, candidates, context, k, options)
 
     def _rank(
-        self, user_id: str, candidates: Candidates, context: RequestContext, k: int
+        self,
+        user_id: str,
+        candidates: Candidates,
+        context: RequestContext,
+        k: int,
+        options: RankOptions = NO_OPTIONS,
     ) -> Ranked:
         bundle, arm = self.bundles.find(candidates.model_version)
         set_arm(arm)
+        rules = parse_rules(options.rules, k, self.settings.max_id_length)
         if not 1 <= len(candidates) <= self.settings.max_candidates:
             raise InvalidInput(
                 f"candidates (count) must be in 1..{self.settings.max_candidates}, "
@@ -196,35 +215,98 @@ class LocalRanker(_BundleStage):
             )
         idx = self._indices(bundle, candidates)
         start = time.perf_counter()
-        state = candidates.state
+        state, generation = candidates.state, None
         if state is None:
             try:
                 state = self.store.user_state(user_id, bundle.version)
             except StoreUnavailable:
-                state = UserState()
+                state, generation = UserState(), -1
+        if generation is None:
+            generation = state.catalogue_generation
         known = (idx >= 0) & (idx < len(bundle.items))  # new items have no live likes here
         live_likes = self.item_likes.counts(bundle.version, bundle.items)[np.where(known, idx, 0)]
         live = RankingSignals(state.history, np.where(known, live_likes, 0), state.likes)
         STAGE_LATENCY.labels("ranking", "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         scores = candidates.item_scores()
-        top, top_scores = rank_positions(bundle, user_id, idx, scores, live, context, k)
+        ranked = ranked_list(bundle, user_id, idx, scores, live, context, options.keep_order)
         STAGE_LATENCY.labels("ranking", "scoring", arm).observe(time.perf_counter() - start)
-        if known.all():
-            names = self.bundles.item_ids[bundle.version]
-            ids = [names[i] for i in idx[top].tolist()]
+        if rules is None and not options.with_reasons:
+            top, top_scores = ranked.order[:k], ranked.scores[:k]
+            if known.all():
+                names = self.bundles.item_ids[bundle.version]
+                ids = [names[i] for i in idx[top].tolist()]
+            else:
+                every = candidates.item_ids()
+                ids = [every[p] for p in top.tolist()]
+            item = common_pb2.ScoredItem
+            return Ranked(
+                [item(item_id=i, score=v) for i, v in zip(ids, top_scores.tolist())],
+                bundle.version,
+            )
+        start = time.perf_counter()
+        every = candidates.item_ids()
+        if rules is None:
+            served = [
+                Served(every[p], s, p)
+                for p, s in zip(ranked.order[:k].tolist(), ranked.scores[:k].tolist())
+            ]
         else:
-            every = candidates.item_ids()
-            ids = [every[p] for p in top.tolist()]
-        item = common_pb2.ScoredItem
-        return Ranked(
-            [item(item_id=i, score=v) for i, v in zip(ids, top_scores.tolist())], bundle.version
-        )
+            items = ItemAttributes(
+                self.bundles.item_index[bundle.version],
+                bundle.item_attribute_values,
+                self.live_items.get(generation),
+            )
+            check_against(rules, items)
+            ids = [every[p] for p in ranked.order.tolist()]
+            now_ms = int(time.time() * 1000)
+            served = apply_rules(ids, ranked.order, ranked.scores, rules, k, items, now_ms)
+        STAGE_LATENCY.labels("ranking", "rules", arm).observe(time.perf_counter() - start)
+        if not options.with_reasons:
+            item = common_pb2.ScoredItem
+            return Ranked([item(item_id=s.item_id, score=s.score) for s in served], bundle.version)
+        start = time.perf_counter()
+        out = self._with_reasons(bundle, user_id, candidates, idx, known, live, ranked, served)
+        STAGE_LATENCY.labels("ranking", "reasons", arm).observe(time.perf_counter() - start)
+        return Ranked(out, bundle.version)
+
+    def _with_reasons(
+        self,
+        bundle: Bundle,
+        user_id: str,
+        candidates: Candidates,
+        idx: np.ndarray,
+        known: np.ndarray,
+        live: RankingSignals,
+        ranked: RankedList,
+        served: list[Served],
+    ) -> list[common_pb2.ScoredItem]:
+        """The served items with their reasons (`shortlist.ranking.reasons`)."""
+        signals = ranked.signals or user_signals(bundle, user_id, live)
+        names = self.bundles.item_ids[bundle.version]
+        contributions: dict[int, list[tuple]] = {}
+        if ranked.features is not None and bundle.ranker is not None:
+            row_of = {int(p): r for r, p in enumerate(ranked.where.tolist())}
+            positions = [s.position for s in served if s.position in row_of]
+            rows = ranked.features[[row_of[p] for p in positions]]
+            contributions = dict(zip(positions, top_contributions(bundle.ranker, rows)))
+        out = []
+        for s in served:
+            p = s.position
+            sources = [] if p < 0 else candidates.sources_of(p, bool(known[p]))
+            if "pinned" in s.rules:
+                sources.append("pinned")
+            liked = []
+            if p >= 0 and known[p]:
+                liked = because_liked(bundle.item_side, int(idx[p]), signals.recent_likes, names)
+            reasons = reasons_message(sources, liked, contributions.get(p, ()), s.rules)
+            out.append(common_pb2.ScoredItem(item_id=s.item_id, score=s.score, reasons=reasons))
+        return out
 
     def _indices(self, bundle: Bundle, candidates: Candidates) -> np.ndarray:
         """The candidates as item indices of `bundle`; -1 (received over gRPC) or an index
         past the bundle's items (in process) for an item added since training, which the
-        ranker keeps at its retrieval position (`shortlist.ranking.rank.rank_positions`)."""
+        ranker keeps at its retrieval position (`shortlist.ranking.rank.ranked_list`)."""
         if candidates.items is not None:
             return candidates.items
         ids = candidates.item_ids()

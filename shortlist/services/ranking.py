@@ -9,7 +9,7 @@ from shortlist.rpc.inprocess import status_on_error
 from shortlist.rpc.validation import require_id, require_range
 from shortlist.services.inputs import parsed_context
 from shortlist.services.local import LocalRanker
-from shortlist.services.stages import Candidates
+from shortlist.services.stages import Candidates, RankOptions
 from shortlist.v1 import ranking_pb2, ranking_pb2_grpc
 
 
@@ -27,7 +27,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
             found = Candidates(
                 request.model_version, user_source="", degraded=False, messages=request.candidates
             )
-            ranked = self.ranker.rank(request.user_id, found, ctx, request.context, request.k, None)
+            options = RankOptions(
+                with_reasons=request.with_reasons,
+                rules=request.rules if request.HasField("rules") else None,
+                keep_order=request.keep_order,
+            )
+            ranked = self.ranker.rank(
+                request.user_id, found, ctx, request.context, request.k, None, options
+            )
         return ranking_pb2.RankResponse(items=ranked.items, model_version=ranked.model_version)
 
 

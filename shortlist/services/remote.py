@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from shortlist.ranking.context import RequestContext
-from shortlist.services.stages import Candidates, Ranked
+from shortlist.services.stages import NO_OPTIONS, Candidates, Ranked, RankOptions
 from shortlist.v1 import (
     common_pb2,
     ranking_pb2,
@@ -41,6 +41,7 @@ class RemoteRetriever:
             user_source=reply.user_source,
             degraded=reply.degraded,
             messages=reply.candidates,
+            source=reply.source,
         )
 
     def similar_items(
@@ -70,14 +71,24 @@ class RemoteRanker:
         raw_context: Mapping[str, str],
         k: int,
         timeout: float | None,
+        options: RankOptions = NO_OPTIONS,
     ) -> Ranked:
+        scored = candidates.scored()
+        if options.with_reasons and candidates.source:
+            # the list's source travels on each candidate (where retrieval set none)
+            for m in scored:
+                if not m.reasons.sources:
+                    m.reasons.sources.append(candidates.source)
         reply = self.stub.Rank(
             ranking_pb2.RankRequest(
                 user_id=user_id,
-                candidates=candidates.scored(),
+                candidates=scored,
                 context=raw_context,
                 k=k,
                 model_version=candidates.model_version if self.pin_version else "",
+                with_reasons=options.with_reasons,
+                rules=options.rules,
+                keep_order=options.keep_order,
             ),
             timeout=timeout,
         )

@@ -30,6 +30,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             model_version=found.model_version,
             user_source=found.user_source,
             degraded=found.degraded,
+            source=found.source,
         )
 
     def SimilarItems(self, request, context):  # noqa: N802

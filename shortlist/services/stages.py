@@ -38,6 +38,11 @@ class Candidates:
     new_ids: Sequence[str] = ()
     messages: Sequence[common_pb2.ScoredItem] | None = None  # as received over gRPC
     state: UserState | None = None
+    # the candidate source of the whole list (Reasons.sources): the retrieval model's name,
+    # "precomputed" or "popularity"; per candidate, `sources` (in process) or the messages'
+    # reasons.sources win when set (several fused sources)
+    source: str = ""
+    sources: Sequence[Sequence[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.messages) if self.messages is not None else len(self.items)
@@ -56,6 +61,17 @@ class Candidates:
             return np.fromiter((m.score for m in self.messages), np.float32, len(self.messages))
         return np.asarray(self.scores, np.float32)
 
+    def sources_of(self, position: int, known: bool) -> list[str]:
+        """The sources that proposed the candidate at `position`; `known`: in the bundle
+        (an item that is not was added since training: "new-item")."""
+        if self.messages is not None and self.messages[position].reasons.sources:
+            return list(self.messages[position].reasons.sources)
+        if self.sources is not None and self.sources[position]:
+            return list(self.sources[position])
+        if not known:
+            return ["new-item"]
+        return [self.source or "retrieval"]
+
     def scored(self, k: int | None = None) -> Sequence[common_pb2.ScoredItem]:
         """The first `k` (all by default) as reply messages."""
         if self.messages is not None:
@@ -63,6 +79,20 @@ class Candidates:
         item = common_pb2.ScoredItem
         ids = self.item_ids()[:k]
         return [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """What a request asks of ranking beyond the top k: reasons per item, rules (as the
+    client sent them: a remote ranker forwards the message), and `keep_order` (a popularity
+    list: rules and reasons only, no rescoring)."""
+
+    with_reasons: bool = False
+    rules: common_pb2.Rules | None = None
+    keep_order: bool = False
+
+
+NO_OPTIONS = RankOptions()
 
 
 @dataclass
@@ -101,9 +131,11 @@ class Ranker(Protocol):
         raw_context: Mapping[str, str],
         k: int,
         timeout: float | None,
+        options: RankOptions = NO_OPTIONS,
     ) -> Ranked:
-        """The best `k` of `candidates` by the ranker of the bundle they came from;
-        `raw_context` is `context` as the client sent it (what a remote ranker parses)."""
+        """The best `k` of `candidates` by the ranker of the bundle they came from, under
+        `options`; `raw_context` is `context` as the client sent it (what a remote ranker
+        parses)."""
         ...
 
     def use_bundle(self, bundle: object) -> None: ...

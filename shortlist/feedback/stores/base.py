@@ -55,6 +55,18 @@ class CatalogueState:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)  # folded-in new items
 
 
+@dataclass
+class CatalogueItems:
+    """The live catalogue's item attributes as request rules read them (one round trip):
+    upserted attributes, when each item was last upserted with a change (ms since the
+    epoch), and the hidden or removed items."""
+
+    generation: int = 0
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)
+    updated_ms: dict[str, int] = field(default_factory=dict)
+    hidden: set[str] = field(default_factory=set)
+
+
 # Kinds recorded per user for an item the bundle does not know (its fold-in reads them).
 PREFERENCE_KINDS = frozenset({Kind.LIKE, Kind.DISLIKE, Kind.SKIP})
 
@@ -140,7 +152,12 @@ class StateStore(Protocol):
         ...
 
     def upsert_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
-        """Set items' attributes; returns how many changed (removed items never do)."""
+        """Set items' attributes; returns how many changed (removed items never do). A
+        changed item's upsert time is recorded (the freshness rule reads it)."""
+        ...
+
+    def catalogue_items(self) -> CatalogueItems:
+        """Every upserted item's attributes and upsert time, and the hidden items."""
         ...
 
     def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:

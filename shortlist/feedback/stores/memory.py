@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 
@@ -12,6 +13,7 @@ from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores.base import (
     HISTORY_LENGTH,
     PREFERENCE_KINDS,
+    CatalogueItems,
     CatalogueState,
     Conflict,
     PendingBatch,
@@ -37,6 +39,7 @@ class InMemoryStateStore:
         self._hidden: set[str] = set()
         self._removed: set[str] = set()
         self._attributes: dict[str, dict[str, str]] = {}
+        self._updated_ms: dict[str, int] = {}
         self._item_feedback: dict[str, dict[str, int]] = defaultdict(dict)  # new items
         self._item_vectors: dict[tuple[str, str], np.ndarray] = {}  # (item, version)
 
@@ -181,8 +184,18 @@ class InMemoryStateStore:
             for item, attributes in items.items():
                 if item not in self._removed and self._attributes.get(item) != dict(attributes):
                     self._attributes[item] = dict(attributes)
+                    self._updated_ms[item] = int(time.time() * 1000)
                     n += 1
             return self._changed(n)
+
+    def catalogue_items(self) -> CatalogueItems:
+        with self._lock:
+            return CatalogueItems(
+                generation=self._generation,
+                attributes={i: dict(a) for i, a in self._attributes.items()},
+                updated_ms=dict(self._updated_ms),
+                hidden=self._hidden | self._removed,
+            )
 
     def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         with self._lock:
@@ -207,6 +220,7 @@ class InMemoryStateStore:
             self._hidden -= new
             for item in new:
                 self._attributes.pop(item, None)
+                self._updated_ms.pop(item, None)
                 self._item_feedback.pop(item, None)
                 self._item_likes.pop(item, None)
                 for key in [k for k in self._item_vectors if k[0] == item]:

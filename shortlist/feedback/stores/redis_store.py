@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 import zlib
 from collections.abc import Collection, Mapping, Sequence
 
@@ -28,6 +29,7 @@ from shortlist.feedback.stores.base import (
     HISTORY_LENGTH,
     PREFERENCE_KINDS,
     STATE_TTL_S,
+    CatalogueItems,
     CatalogueState,
     Conflict,
     PendingBatch,
@@ -247,17 +249,18 @@ return 1
 """.replace("@USER_KEYS@", ", ".join(f"'{k}'" for k in USER_KEYS))
 
 # The live catalogue, all under the tag {cat}: gen (change counter), hidden and removed
-# (sets), attrs (hash item -> attributes JSON), fb:<item> (new items' feedback: hash user
-# -> kind), vec:<version> (new items' vectors: hash item -> float32 bytes) and versions
-# (the set of those versions). KEYS of every script: the gen key; ARGV[1]: the base.
-# Changes are one script each (atomic) answering how many items changed; any change moves
-# gen.
+# (sets), attrs (hash item -> attributes JSON), updated (hash item -> last changing
+# upsert, ms), fb:<item> (new items' feedback: hash user -> kind), vec:<version> (new items'
+# vectors: hash item -> float32 bytes) and versions (the set of those versions). KEYS of
+# every script: the gen key; ARGV[1]: the base. Changes are one script each (atomic)
+# answering how many items changed; any change moves gen. Upsert's ARGV[2]: the time in ms.
 UPSERT_LUA = """#!lua
-local p, n = ARGV[1], 0
-for j = 2, #ARGV, 2 do
+local p, now, n = ARGV[1], ARGV[2], 0
+for j = 3, #ARGV, 2 do
   if redis.call('SISMEMBER', p .. 'removed', ARGV[j]) == 0
       and redis.call('HGET', p .. 'attrs', ARGV[j]) ~= ARGV[j + 1] then
     redis.call('HSET', p .. 'attrs', ARGV[j], ARGV[j + 1])
+    redis.call('HSET', p .. 'updated', ARGV[j], now)
     n = n + 1
   end
 end
@@ -292,6 +295,7 @@ for j = 2, #ARGV do
     n = n + 1
     redis.call('SREM', p .. 'hidden', item)
     redis.call('HDEL', p .. 'attrs', item)
+    redis.call('HDEL', p .. 'updated', item)
     redis.call('DEL', p .. 'fb:' .. item)
     for _, version in ipairs(versions) do
       redis.call('HDEL', p .. 'vec:' .. version, item)
@@ -347,6 +351,17 @@ return {
   redis.call('HGETALL', p .. 'vec:' .. ARGV[2]),
 }
 """
+# The catalogue's items for request-time rules, one snapshot: gen, attrs, updated (hash
+# item -> last changing upsert, ms), hidden and removed. ARGV: base
+CATALOGUE_ITEMS_LUA = """#!lua flags=no-writes
+local p = ARGV[1]
+return {
+  redis.call('GET', p .. 'gen'),
+  redis.call('HGETALL', p .. 'attrs'),
+  redis.call('HGETALL', p .. 'updated'),
+  redis.call('SUNION', p .. 'hidden', p .. 'removed'),
+}
+"""
 # New items' vectors for a version. ARGV: base, version, then item, vector pairs
 ITEM_VECTORS_LUA = """#!lua
 local p, ver = ARGV[1], ARGV[2]
@@ -397,6 +412,7 @@ SCRIPTS = {
     "forget_items": FORGET_ITEMS_LUA,
     "item_feedback": ITEM_FEEDBACK_LUA,
     "catalogue": CATALOGUE_LUA,
+    "catalogue_items": CATALOGUE_ITEMS_LUA,
     "item_vectors": ITEM_VECTORS_LUA,
     "drop_item_vectors": DROP_ITEM_VECTORS_LUA,
     "offsets": OFFSETS_LUA,
@@ -694,10 +710,21 @@ class RedisStateStore:
         )
 
     def upsert_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
-        args: list = []
+        args: list = [int(time.time() * 1000)]
         for item, attributes in items.items():
             args += [item, json.dumps(dict(attributes), sort_keys=True)]
         return int(self._one(self._cat_script("upsert", args), "upsert_items"))
+
+    def catalogue_items(self) -> CatalogueItems:
+        generation, attrs, updated, hidden = self._one(
+            self._cat_script("catalogue_items", []), "catalogue_items"
+        )
+        return CatalogueItems(
+            generation=int(generation or 0),
+            attributes={i.decode(): json.loads(v) for i, v in _pairs(attrs).items()},
+            updated_ms={i.decode(): int(v) for i, v in _pairs(updated).items()},
+            hidden={i.decode() for i in hidden},
+        )
 
     def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         if not item_ids:

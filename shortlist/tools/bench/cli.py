@@ -268,6 +268,11 @@ def ranking(
     in_process: bool = typer.Option(
         False, "--in-process", help="Serve from the benchmark's own process (one GIL)."
     ),
+    reasons_and_rules: bool = typer.Option(
+        False,
+        "--reasons-and-rules",
+        help="Also time each call with reasons, with rules and with both (interleaved).",
+    ),
 ) -> None:
     """Latency of the ranking service alone over gRPC: features + LightGBM on a shortlist."""
     from shortlist.tools.bench import ranking_bench
@@ -275,7 +280,13 @@ def ranking(
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
         result = ranking_bench.run(
-            bundle, requests, candidates, redis_url=redis_url, progress=say, in_process=in_process
+            bundle,
+            requests,
+            candidates,
+            redis_url=redis_url,
+            progress=say,
+            in_process=in_process,
+            reasons_and_rules=reasons_and_rules,
         )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

@@ -10,6 +10,11 @@ By default the service runs as its own process (`shortlist serve ranking`), as i
 deployed; `in_process=True` serves it from the benchmark's process, where the client's and
 the server's threads share one GIL (the former default;
 docs/decisions/0006-ranking-service-speed.md).
+
+`reasons_and_rules=True` sends every request in four variants, interleaved so that a shared
+host's noise falls on all alike: plain, with reasons, with rules (a filter, a cap, a pin
+and a freshness boost, `bench_rules`), and with both; each variant's percentiles and its
+p50 over the plain one's are reported (docs/decisions/0035-reasons-and-rules.md).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def run(
     redis_url: str = "redis://127.0.0.1:6379/0",
     progress: Callable[[str], None] | None = None,
     in_process: bool = False,
+    reasons_and_rules: bool = False,
 ) -> dict[str, Any]:
     from shortlist.feedback.stores import RedisStateStore
     from shortlist.services.launch import freeze_loaded_objects, start_service
@@ -86,34 +92,93 @@ def run(
     # as `shortlist serve` does once a service is up; the client's own collections of what
     # it loaded would otherwise add to the latencies too
     freeze_loaded_objects()
-    latencies = []
+    variants = bench_variants(bundle) if reasons_and_rules else {"plain": {}}
+    latencies: dict[str, list[float]] = {name: [] for name in variants}
     try:
         with client_channel(target) as channel:
             rank = ranking_pb2_grpc.RankingStub(channel).Rank
             for p in payloads[:50]:  # warm-up
-                rank(p, timeout=5)
-            say(f"timing {requests} Rank calls, one at a time")
+                for extra in variants.values():
+                    rank(_with(p, extra), timeout=5)
+            say(f"timing {requests} Rank calls per variant, one at a time")
             for n in range(requests):
-                p = payloads[n % len(payloads)]
-                start = time.perf_counter()
-                reply = rank(p, timeout=5)
-                latencies.append(time.perf_counter() - start)
-                if len(reply.items) != min(k, len(p.candidates)):
-                    raise RuntimeError(f"Rank returned {len(reply.items)} items")
+                for name, extra in variants.items():
+                    p = _with(payloads[n % len(payloads)], extra)
+                    start = time.perf_counter()
+                    reply = rank(p, timeout=5)
+                    latencies[name].append(time.perf_counter() - start)
+                    expected = min(k, len(p.candidates))
+                    # caps may leave fewer than k of a shortlist short of some values
+                    if not 0 < len(reply.items) <= expected or (
+                        "rules" not in extra and len(reply.items) != expected
+                    ):
+                        raise RuntimeError(f"Rank returned {len(reply.items)} items")
     finally:
         stop()
         store.close()
-    ms = np.array(latencies) * 1000
-    return {
+    result = {
         "bundle": bundle.version,
         "items": len(bundle.items),
         "candidates": candidates,
         "k": k,
+        **_percentiles(latencies["plain"]),
+        "server": "in_process" if in_process else "process",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
+    }
+    if reasons_and_rules:
+        base = result["p50_ms"]
+        result["variants"] = {
+            name: {
+                **_percentiles(values),
+                "p50_over_plain_ms": round(_percentiles(values)["p50_ms"] - base, 3),
+            }
+            for name, values in latencies.items()
+        }
+    return result
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    ms = np.array(latencies) * 1000
+    return {
         "requests": len(ms),
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
         "p95_ms": round(float(np.percentile(ms, 95)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "max_ms": round(float(ms.max()), 3),
-        "server": "in_process" if in_process else "process",
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
     }
+
+
+def bench_rules(bundle) -> common_pb2.Rules:
+    """Every kind of rule once: exclude one value and cap every value of the bundle's
+    first item attribute at 3, pin one item, boost items upserted in the last hour."""
+    rules = common_pb2.Rules()
+    if bundle.item_attribute_values:
+        name, values = sorted(bundle.item_attribute_values.items())[0]
+        rules.exclude.add(attribute=name, values=[values[0]])
+        rules.caps.add(attribute=name, max_items=3)
+    rules.pinned.add(item_id=bundle.items.id(0), position=1)
+    rules.freshness.window_seconds = 3600
+    rules.freshness.boost = 0.5
+    return rules
+
+
+def bench_variants(bundle) -> dict[str, dict[str, Any]]:
+    rules = bench_rules(bundle)
+    return {
+        "plain": {},
+        "reasons": {"with_reasons": True},
+        "rules": {"rules": rules},
+        "both": {"with_reasons": True, "rules": rules},
+    }
+
+
+def _with(request: ranking_pb2.RankRequest, extra: dict[str, Any]) -> ranking_pb2.RankRequest:
+    if not extra:
+        return request
+    copy = ranking_pb2.RankRequest()
+    copy.CopyFrom(request)
+    if extra.get("with_reasons"):
+        copy.with_reasons = True
+    if "rules" in extra:
+        copy.rules.CopyFrom(extra["rules"])
+    return copy
