@@ -25,8 +25,21 @@ class Settings:
     feedback_topic: str = "shortlist.feedback"
     feedback_group: str = "shortlist-feedback"
     feedback_partitions: int = 4
-    # Malformed feedback records are parked here; empty: "<feedback_topic>.dlq".
+    # Records the consumer cannot use are parked here; empty: "<feedback_topic>.dlq".
     feedback_dlq_topic: str = ""
+    # Bigger feedback records are parked undecoded (an event is about 100 bytes).
+    feedback_max_record_bytes: int = 16_384
+    # Poison records (shortlist.feedback.worker): a batch whose apply raises (the store
+    # answering, not away) is tried this many times with backoff from retry_backoff_ms
+    # (doubling), then event by event; an event that still fails is parked with the reason.
+    feedback_apply_attempts: int = 4
+    feedback_retry_backoff_ms: int = 100
+    # More poison records than this in a row, with no event applied between them, is taken
+    # for a fault of the worker, not of the records: it stops parking and retries.
+    feedback_poison_limit: int = 20
+    # Readiness: the feedback service reports NOT_SERVING while its consumer has held
+    # records for longer than this without committing them.
+    feedback_stuck_s: int = 120
     gateway_addr: str = "127.0.0.1:50051"
     retrieval_addr: str = "127.0.0.1:50052"
     ranking_addr: str = "127.0.0.1:50053"

@@ -52,13 +52,14 @@ class RunningServer:
     health_server: grpc.Server | None = None  # plaintext, grpc.health.v1 only
     health_port: int = 0
 
-    def set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool, names: tuple[str, ...] | None = None) -> None:
+        """Health of `names` (default: every service and "", the whole server)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in (*self.service_names, ""):
+        for name in (*self.service_names, "") if names is None else names:
             self.health.set(name, status)
 
     def stop(self, grace_s: float = 1.0) -> None:

@@ -85,6 +85,7 @@ class Started:
     worker: FeedbackWorker | None = None
     # what hot reload swaps the bundle of (`use_bundle`): a stage or the gateway servicer
     servicer: object | None = None
+    readiness: feedback_server.ConsumerReadiness | None = None  # the feedback service's
 
     def swap_bundle(self, bundle: Bundle) -> None:
         """Serve `bundle` from now on: one reference assignment per holder."""
@@ -93,6 +94,8 @@ class Started:
                 holder.use_bundle(bundle)
 
     def stop(self) -> None:
+        if self.readiness:
+            self.readiness.stop()
         if self.worker:
             self.worker.stop()
         self.server.stop()
@@ -148,7 +151,8 @@ def start_service(
             workers=2,
             settings=settings,
         )
-        return Started(server, worker)
+        readiness = feedback_server.ConsumerReadiness(worker, server, settings.feedback_stuck_s)
+        return Started(server, worker, readiness=readiness.start())
     if name == "gateway":
         retriever, ranker = gateway_stages(
             settings, bundle, store, others, retrieval_target, ranking_target

@@ -74,11 +74,11 @@ class KafkaEventPublisher:
 
 
 class KafkaDeadLetterPublisher:
-    """Parks malformed feedback records on a dead-letter topic (created on first use when
-    allowed), with the original key and bytes; headers say why and where from
-    (`dlq.reason`, `dlq.topic`, `dlq.partition`, `dlq.offset`). acks=all, like the
-    feedback itself; a record parked twice (a batch replayed after a crash) may appear
-    twice on the topic."""
+    """Parks feedback records the consumer cannot use on a dead-letter topic (created on
+    first use when allowed), with the original key and bytes; headers say why and where
+    from (`dlq.kind`: malformed, too_large or apply_failed; `dlq.reason`, `dlq.topic`,
+    `dlq.partition`, `dlq.offset`). acks=all, like the feedback itself; a record parked
+    twice (a batch replayed after a crash) may appear twice on the topic."""
 
     def __init__(self, bootstrap: str, topic: str, max_block_s: float = 2.0) -> None:
         self.topic = topic
@@ -109,6 +109,7 @@ class KafkaDeadLetterPublisher:
             for letter in letters:
                 r = letter.record
                 headers = [
+                    ("dlq.kind", letter.kind.encode()),
                     ("dlq.reason", letter.reason.encode()),
                     ("dlq.topic", r.topic.encode()),
                     ("dlq.partition", str(r.partition).encode()),
