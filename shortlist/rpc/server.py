@@ -1,4 +1,5 @@
-"""Building a gRPC server the same way for every service: limits, health, reflection, metrics."""
+"""Building a gRPC server the same way for every service: limits, health, reflection
+(off on the public gateway unless configured), metrics."""
 
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def start_server(
     if settings is not None:
         if metrics_name == "gateway":
             security.check_gateway_policy(settings, address)
+        elif metrics_name != "archiver":  # serves health only
+            security.check_internal_policy(settings, address)
         credentials = security.server_credentials(settings)
         interceptors += security.server_interceptors(metrics_name, settings)
     server = grpc.server(
@@ -115,9 +118,10 @@ def start_server(
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if reflection_on(metrics_name, settings):
+        reflection.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     if credentials is None:
         port = server.add_insecure_port(address)
     else:
@@ -142,6 +146,12 @@ def start_server(
     running.set_serving(True)
     READY.labels(metrics_name).set(1)
     return running
+
+
+def reflection_on(metrics_name: str, settings: Any) -> bool:
+    """Reflection lists the whole API to anyone who connects: off on the public gateway
+    unless `reflection=1`; internal services keep it (their transport is mutual TLS)."""
+    return settings is None or metrics_name != "gateway" or bool(settings.reflection)
 
 
 def start_health_server(

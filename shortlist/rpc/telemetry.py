@@ -102,6 +102,10 @@ REDIS_LATENCY = Histogram(
     ["operation"],
     buckets=LATENCY_BUCKETS,
 )
+TLS_RELOADS = Counter(
+    "shortlist_tls_certificate_reloads_total",
+    "Times the server's TLS certificate files changed and were loaded for new handshakes",
+)
 MODEL_INFO = Info("shortlist_model", "Artifact bundles served by this process, by A/B arm", ["arm"])
 READY = Gauge("shortlist_ready", "1 when the service is serving", ["service"])
 

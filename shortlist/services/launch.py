@@ -29,6 +29,7 @@ from shortlist.feedback.bus import (
     KafkaDeadLetterPublisher,
     KafkaEventConsumer,
     KafkaEventPublisher,
+    client_security,
     ensure_topic,
 )
 from shortlist.feedback.stores import RedisStateStore, StateStore
@@ -57,26 +58,37 @@ def redis_store(settings: Settings) -> StateStore:
 
 
 def kafka_publisher(settings: Settings) -> EventPublisher:
-    return KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
+    return KafkaEventPublisher(
+        settings.kafka_bootstrap, settings.feedback_topic, security=client_security(settings)
+    )
 
 
 def kafka_consumer(settings: Settings, group: str | None = None) -> EventConsumer:
     """A consumer of the feedback topic in `group` (default: the feedback workers'; the
     archiver has a group of its own, so it sees every event)."""
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
+    security = client_security(settings)
+    ensure_topic(
+        settings.kafka_bootstrap,
+        settings.feedback_topic,
+        settings.feedback_partitions,
+        security=security,
+    )
     return KafkaEventConsumer(
         settings.kafka_bootstrap,
         settings.feedback_topic,
         group or settings.feedback_group,
         settings.feedback_fetch_wait_ms,
+        security=security,
     )
 
 
 def kafka_dead_letters(settings: Settings) -> DeadLetterPublisher | None:
-    """Where malformed feedback records are parked; none on the in-memory demo bus."""
+    """Where records the consumer cannot use are parked; none on the in-memory demo bus."""
     if settings.backend == "memory":
         return None
-    return KafkaDeadLetterPublisher(settings.kafka_bootstrap, settings.dead_letter_topic)
+    return KafkaDeadLetterPublisher(
+        settings.kafka_bootstrap, settings.dead_letter_topic, security=client_security(settings)
+    )
 
 
 @dataclass
