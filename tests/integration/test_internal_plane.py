@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import socket
 from pathlib import Path
 
@@ -284,3 +285,111 @@ def test_peer_names_need_a_client_ca(bundle, plane_pki):
     settings = internal_settings(plane_pki, "ranking").replace(tls_client_ca_file="")
     with pytest.raises(InsecureConfiguration, match="internal_peer_names needs"):
         start_service("ranking", settings, bundle, "127.0.0.1:0", InMemoryStateStore())
+
+
+# ---------------------------------------------------------------- fuzzing with auth on
+
+
+def message_strategy(descriptor, depth: int = 0):
+    """Any message of `descriptor`: every field drawn (strings of every kind, huge ones,
+    out-of-range numbers, NaN, nested and repeated messages, maps)."""
+    from google.protobuf import message_factory
+    from google.protobuf.descriptor import FieldDescriptor as F
+    from hypothesis import strategies as st
+
+    from tests.integration.test_fuzz import int32, int64, texts
+
+    scalars = {
+        F.TYPE_STRING: texts,
+        F.TYPE_INT32: int32,
+        F.TYPE_ENUM: int32,
+        F.TYPE_INT64: int64,
+        F.TYPE_UINT32: st.integers(0, 2**32 - 1),
+        F.TYPE_UINT64: st.integers(0, 2**64 - 1),
+        F.TYPE_BOOL: st.booleans(),
+        F.TYPE_FLOAT: st.floats(width=32),
+        F.TYPE_DOUBLE: st.floats(),
+        F.TYPE_BYTES: st.binary(max_size=64),
+    }
+    cls = message_factory.GetMessageClass(descriptor)
+    fields = {}
+    for f in descriptor.fields:
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            fields[f.name] = st.dictionaries(texts, texts, max_size=4)
+            continue
+        if f.message_type is not None:
+            one = message_strategy(f.message_type, depth + 1) if depth < 2 else st.nothing()
+        else:
+            one = scalars[f.type]
+        if f.label == F.LABEL_REPEATED:
+            fields[f.name] = st.lists(one, max_size=6 if depth else 40)
+        else:
+            fields[f.name] = one if f.message_type is None else st.one_of(st.none(), one)
+    optional = {k: v for k, v in fields.items()}
+    return st.fixed_dictionaries({}, optional=optional).map(
+        lambda kw: cls(**{k: v for k, v in kw.items() if v is not None})
+    )
+
+
+def internal_fuzz_examples() -> int:
+    return int(os.environ.get("FUZZ_EXAMPLES_INTERNAL", "500"))
+
+
+def test_fuzz_every_internal_rpc_with_auth_on(plane, plane_pki):
+    """Random requests to every internal RPC (>= 500 examples): with the gateway's identity
+    and the token the answer is OK or a client-error code with a message, never INTERNAL or
+    UNKNOWN; with any other token, UNAUTHENTICATED before the request is looked at."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tests.integration.test_fuzz import ALLOWED
+
+    channels = {name: channel(plane_pki, plane, name, "gateway") for name in SERVICES}
+    calls = [
+        (service, method, stub(channels[service]), type(request_of()).DESCRIPTOR)
+        for service, method, stub, request_of in CALLS
+    ]
+    codes: dict[str, set[str]] = {}
+
+    @given(
+        pick=st.sampled_from(range(len(calls))),
+        data=st.data(),
+        token=st.one_of(
+            st.just(TOKEN),
+            st.text(max_size=80).filter(lambda t: t != TOKEN),
+            st.sampled_from(["", "guess", TOKEN + " ", TOKEN.upper(), TOKEN[:-1]]),
+        ),
+    )
+    @settings(
+        max_examples=internal_fuzz_examples(),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    def fuzz(pick, data, token):
+        service, method, call, descriptor = calls[pick]
+        request = data.draw(message_strategy(descriptor))
+        metadata = (("x-shortlist-internal", token),)
+        if not token.isprintable() or not token.isascii() or token != token.strip():
+            metadata = (("x-shortlist-internal-bin", token.encode("utf-8", "surrogatepass")),)
+        try:
+            call(request, timeout=10, metadata=metadata)
+            code, details = grpc.StatusCode.OK, "ok"
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+        codes.setdefault(method, set()).add(code.name)
+        too_large = request.ByteSize() > 4 * 1024 * 1024  # refused before any interceptor
+        if token == TOKEN:
+            assert code in ALLOWED, f"{method}: {code.name} {details!r} for {str(request)[:200]}"
+        elif too_large:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, code, details)
+        else:
+            assert code == grpc.StatusCode.UNAUTHENTICATED, (method, code, details)
+        assert details and details.strip()
+
+    try:
+        fuzz()
+    finally:
+        for ch in channels.values():
+            ch.close()
+    assert set(codes) == {method for _, method, _, _ in CALLS}, codes
