@@ -321,7 +321,7 @@ def message_strategy(descriptor, depth: int = 0):
             one = message_strategy(f.message_type, depth + 1) if depth < 2 else st.nothing()
         else:
             one = scalars[f.type]
-        if f.label == F.LABEL_REPEATED:
+        if f.is_repeated:
             fields[f.name] = st.lists(one, max_size=6 if depth else 40)
         else:
             fields[f.name] = one if f.message_type is None else st.one_of(st.none(), one)
