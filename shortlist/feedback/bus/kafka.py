@@ -10,7 +10,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from shortlist.feedback.bus.base import BusUnavailable, DeadLetter, Record
@@ -77,7 +82,7 @@ def ensure_topic(
         admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     except TopicAlreadyExistsError:
         pass
-    except TopicAuthorizationFailedError:  # with ACLs topics are created beforehand
+    except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):  # ACLs: made before
         log.info("not allowed to create topic %s: it must exist already", topic)
     finally:
         admin.close()
