@@ -2,7 +2,8 @@
 (0.0.0.0, dialled at the host's own address when it has one): mutual TLS, the internal
 token and the gateway's identity in its client certificate. Every internal RPC without
 credentials, with another identity, or with a public API key is refused; the gateway's
-calls go through; an internal service refuses to start there without mutual TLS."""
+calls go through; an internal service refuses to start there without mutual TLS; every
+public and internal RPC is fuzzed with auth on."""
 
 from __future__ import annotations
 
@@ -335,19 +336,37 @@ def internal_fuzz_examples() -> int:
     return int(os.environ.get("FUZZ_EXAMPLES_INTERNAL", "500"))
 
 
-def test_fuzz_every_internal_rpc_with_auth_on(plane, plane_pki):
-    """Random requests to every internal RPC (>= 500 examples): with the gateway's identity
-    and the token the answer is OK or a client-error code with a message, never INTERNAL or
-    UNKNOWN; with any other token, UNAUTHENTICATED before the request is looked at."""
+GATEWAY_CALLS = [
+    ("gateway", "Recommend", lambda c: gateway_pb2_grpc.GatewayStub(c).Recommend,
+     lambda: gateway_pb2.RecommendRequest()),
+    ("gateway", "SendFeedback", lambda c: gateway_pb2_grpc.GatewayStub(c).SendFeedback,
+     lambda: gateway_pb2.SendFeedbackRequest()),
+    ("gateway", "SimilarItems", lambda c: gateway_pb2_grpc.GatewayStub(c).SimilarItems,
+     lambda: common_pb2.SimilarItemsRequest()),
+]  # fmt: skip
+GOOD = "<the call's own credential>"
+
+
+def test_fuzz_every_public_and_internal_rpc_with_auth_on(plane, plane_pki):
+    """Random requests to every RPC (>= 500 examples): with the right credential (the
+    gateway's identity and the internal token; an API key on the gateway) the answer is OK
+    or a client-error code with a message, never INTERNAL or UNKNOWN; with any other
+    credential, UNAUTHENTICATED before the request is looked at."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     from tests.integration.test_fuzz import ALLOWED
 
     channels = {name: channel(plane_pki, plane, name, "gateway") for name in SERVICES}
+    channels["gateway"] = grpc.insecure_channel(
+        f"127.0.0.1:{plane.services['gateway'].server.port}",
+        options=[("grpc.max_send_message_length", -1)],
+    )
+    credentials = {name: ("x-shortlist-internal", TOKEN) for name in SERVICES}
+    credentials["gateway"] = ("x-api-key", API_KEY)
     calls = [
         (service, method, stub(channels[service]), type(request_of()).DESCRIPTOR)
-        for service, method, stub, request_of in CALLS
+        for service, method, stub, request_of in CALLS + GATEWAY_CALLS
     ]
     codes: dict[str, set[str]] = {}
 
@@ -355,9 +374,9 @@ def test_fuzz_every_internal_rpc_with_auth_on(plane, plane_pki):
         pick=st.sampled_from(range(len(calls))),
         data=st.data(),
         token=st.one_of(
-            st.just(TOKEN),
-            st.text(max_size=80).filter(lambda t: t != TOKEN),
-            st.sampled_from(["", "guess", TOKEN + " ", TOKEN.upper(), TOKEN[:-1]]),
+            st.just(GOOD),
+            st.text(max_size=80),
+            st.sampled_from(["", "guess", TOKEN + " ", TOKEN.upper(), TOKEN[:-1], API_KEY[:-1]]),
         ),
     )
     @settings(
@@ -369,17 +388,19 @@ def test_fuzz_every_internal_rpc_with_auth_on(plane, plane_pki):
     def fuzz(pick, data, token):
         service, method, call, descriptor = calls[pick]
         request = data.draw(message_strategy(descriptor))
-        metadata = (("x-shortlist-internal", token),)
+        header, good = credentials[service]
+        token = good if token == GOOD else token
+        metadata = ((header, token),)
         if not token.isprintable() or not token.isascii() or token != token.strip():
-            metadata = (("x-shortlist-internal-bin", token.encode("utf-8", "surrogatepass")),)
+            metadata = ((f"{header}-bin", token.encode("utf-8", "surrogatepass")),)
         try:
             call(request, timeout=10, metadata=metadata)
             code, details = grpc.StatusCode.OK, "ok"
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
-        codes.setdefault(method, set()).add(code.name)
+        codes.setdefault(f"{service}/{method}", set()).add(code.name)
         too_large = request.ByteSize() > 4 * 1024 * 1024  # refused before any interceptor
-        if token == TOKEN:
+        if token == good:
             assert code in ALLOWED, f"{method}: {code.name} {details!r} for {str(request)[:200]}"
         elif too_large:
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, code, details)
@@ -392,4 +413,4 @@ def test_fuzz_every_internal_rpc_with_auth_on(plane, plane_pki):
     finally:
         for ch in channels.values():
             ch.close()
-    assert set(codes) == {method for _, method, _, _ in CALLS}, codes
+    assert set(codes) == {f"{s}/{m}" for s, m, _, _ in CALLS + GATEWAY_CALLS}, codes
