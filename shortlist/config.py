@@ -36,8 +36,21 @@ class Settings:
     # 1: the feedback producer is idempotent (a retried send is written once). Apache Kafka
     # supports it (k8s turns it on); the local tansu broker refuses InitProducerId.
     kafka_idempotence: int = 0
-    # Malformed feedback records are parked here; empty: "<feedback_topic>.dlq".
+    # Records the consumer cannot use are parked here; empty: "<feedback_topic>.dlq".
     feedback_dlq_topic: str = ""
+    # Bigger feedback records are parked undecoded (an event is about 100 bytes).
+    feedback_max_record_bytes: int = 16_384
+    # Poison records (shortlist.feedback.worker): a batch whose apply raises (the store
+    # answering, not away) is tried this many times with backoff from retry_backoff_ms
+    # (doubling), then event by event; an event that still fails is parked with the reason.
+    feedback_apply_attempts: int = 4
+    feedback_retry_backoff_ms: int = 100
+    # More poison records than this in a row, with no event applied between them, is taken
+    # for a fault of the worker, not of the records: it stops parking and retries.
+    feedback_poison_limit: int = 20
+    # Readiness: the feedback service reports NOT_SERVING while its consumer has held
+    # records for longer than this without committing them.
+    feedback_stuck_s: int = 120
     gateway_addr: str = "127.0.0.1:50051"
     retrieval_addr: str = "127.0.0.1:50052"
     ranking_addr: str = "127.0.0.1:50053"
@@ -115,12 +128,37 @@ class Settings:
     jwt_required: int = 0  # 1: every call needs a user token, even one with an API key
     internal_token: str = ""  # gateway: the credential it sends to internal services
     internal_token_hash: str = ""  # internal services: sha256 hex of the accepted token
+    # Gateway: the client certificate it presents to internal services (mutual TLS);
+    # empty: its own tls_cert_file / tls_key_file.
+    internal_cert_file: str = ""
+    internal_key_file: str = ""
+    # Internal services: the client-certificate identities (a DNS/URI SAN, else the CN)
+    # allowed to call them, comma-separated, e.g. the gateway's; empty: any certificate
+    # the client CA signed. Needs tls_client_ca_file.
+    internal_peer_names: str = ""
+    # Kafka client security (every producer, consumer and admin client): PLAINTEXT,
+    # SASL_PLAINTEXT or SASL_SSL; SASL user and password (e.g. SCRAM-SHA-512), and the CA
+    # that signed the brokers' certificates for SASL_SSL.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str = ""
+    kafka_password: str = ""
+    kafka_ca_file: str = ""
     rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit
     rate_limit_burst: int = 0  # bucket size; 0: the same as rate_limit_per_s
+    # Feedback events per second per client (a SendFeedback batch takes one per event);
+    # 0: no limit. Burst 0: the larger of the rate and max_events. Both limits hold per
+    # gateway process (pod or worker): the cluster allows the sum over processes.
+    rate_limit_events_per_s: int = 0
+    rate_limit_events_burst: int = 0
     bundle_poll_ms: int = 2000  # reload when <bundle>/LATEST changes; 0: only on SIGHUP
     # HMAC key bundles are signed with (training) and must be signed with (services);
     # empty: file digests are still checked, no signature asked for
     bundle_key: str = ""
+    # 1: gRPC server reflection on the public gateway port too (grpcurl without .proto
+    # files); off by default: it lists the API to anyone who can connect. The internal
+    # services always offer it (behind mutual TLS). `shortlist up` turns it on (loopback).
+    reflection: int = 0
     # A plaintext port serving grpc.health.v1 only (0: none): kubelet gRPC probes cannot
     # speak TLS, so a TLS server is probed there. It exposes nothing but health.
     health_port: int = 0

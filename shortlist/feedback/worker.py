@@ -14,6 +14,14 @@ applied first, then it is applied alone (`StateStore.forget`, atomic, its id mar
 any other). Likes and dislikes of items the bundle does not know are recorded per item and
 fold those items' vectors in (`new_item_vectors`), recomputed from the store after every
 batch that names them (also on a replay, so a crash between the two writes loses nothing).
+
+Records that cannot be applied never stall the partitions: a record over
+`feedback_max_record_bytes` or not a valid event is parked on the dead-letter topic at
+once; a valid event whose apply raises (a poison record: the store answers, with an error)
+is retried with the batch `feedback_apply_attempts` times with backoff, then the batch is
+applied event by event and an event that fails alone as often is parked with the error.
+The store being away is not poison: that is retried until it is back, and shows as a
+consumer that holds records without committing (`stuck_for`, readiness, the metrics).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from dataclasses import dataclass, field
 
 from shortlist.config import Settings
 from shortlist.feedback.bus.base import (
+    APPLY_FAILED,
+    MALFORMED,
+    TOO_LARGE,
     BusUnavailable,
     DeadLetter,
     DeadLetterPublisher,
@@ -41,10 +52,14 @@ from shortlist.feedback.stores.base import (
 )
 from shortlist.feedback.vectors import FoldInData, new_item_vectors, updated_vectors
 from shortlist.rpc.telemetry import (
+    APPLY_FAILURES,
     CONSUMER_LAG,
+    CONSUMER_STUCK,
+    DEAD_LETTERED,
     EVENTS_APPLIED,
     EVENTS_DUPLICATE,
     EVENTS_MALFORMED,
+    LAST_PROGRESS,
     NO_ARM,
     STAGE_LATENCY,
 )
@@ -59,7 +74,14 @@ OFFSET_CHECK_S = 5.0  # how often an idle worker checks the store still has its 
 class _Batch:
     records: list[Record]
     events: list[Event] = field(default_factory=list)
+    sources: list[Record] = field(default_factory=list)  # the record of each event
     bad: list[DeadLetter] = field(default_factory=list)
+    poisoned: set[int] = field(default_factory=set)  # events of this batch already parked
+
+
+class WorkerFault(RuntimeError):
+    """More poison records in a row than `feedback_poison_limit`: the failure is taken for
+    the worker's own (a bug, a broken script), so records are no longer parked."""
 
 
 class FeedbackWorker:
@@ -78,8 +100,10 @@ class FeedbackWorker:
         self.dead_letters = dead_letters
         self.applied = 0
         self.duplicates = 0
-        self.malformed = 0
-        self.parked = 0
+        self.malformed = 0  # not valid events, or too large
+        self.poisoned = 0  # valid events parked because their apply kept raising
+        self.parked = 0  # records the dead-letter topic acknowledged
+        self._poison_run = 0  # poison records parked since the last event applied
         self.conflicts = 0
         self.batches = 0
         self.first_records_at: float | None = None  # perf_counter of the first records
@@ -94,6 +118,12 @@ class FeedbackWorker:
         self._checked_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Progress: batches fetched and not yet committed, and when the consumer last
+        # committed one or had nothing in hand (time.monotonic()).
+        self._outstanding = 0
+        self._last_progress = time.monotonic()
+        self._lag_at = 0.0
+        self._progressed()
 
     def use_bundle(self, bundle: FoldInData) -> threading.Thread | None:
         """Hot swap: the next batch folds in with `bundle` (the current one keeps its own).
@@ -125,6 +155,7 @@ class FeedbackWorker:
         """Poll one batch, apply it and commit; returns the number of records polled."""
         batch = self._fetch(timeout_ms)
         if batch is None:
+            self._progressed()
             return 0
         self._handle(batch)
         if self._rewind_needed(batch):
@@ -133,8 +164,36 @@ class FeedbackWorker:
             return len(batch.records)
         self.consumer.commit()
         self.batches += 1
+        self._outstanding -= 1
+        self._progressed()
         CONSUMER_LAG.set(self.consumer.lag())
         return len(batch.records)
+
+    def stuck_for(self) -> float:
+        """Seconds the consumer has held records without committing them (0 when it has
+        none in hand): the feedback service's readiness and the stuck gauge read this."""
+        if self._outstanding <= 0:
+            return 0.0
+        return max(0.0, time.monotonic() - self._last_progress)
+
+    def _progressed(self) -> None:
+        """A batch committed, or nothing in hand: the consumer is not stuck."""
+        self._last_progress = time.monotonic()
+        LAST_PROGRESS.set(time.time())
+        CONSUMER_STUCK.set(0)
+
+    def _report(self) -> None:
+        """Lag and stuck time, at most once a second (the loop thread: lag reads the
+        consumer, which is not thread-safe)."""
+        now = time.monotonic()
+        if now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        CONSUMER_STUCK.set(self.stuck_for())
+        try:
+            CONSUMER_LAG.set(self.consumer.lag())
+        except Exception as exc:  # e.g. a rebalance in progress: keep the last value
+            log.debug("consumer lag unknown: %s", exc)
 
     def _fetch(self, timeout_ms: int) -> _Batch | None:
         """Poll and decode one batch; malformed records are counted and set aside."""
@@ -143,16 +202,22 @@ class FeedbackWorker:
             return None
         if self.first_records_at is None:
             self.first_records_at = time.perf_counter()
+        self._outstanding += 1
         batch = _Batch(records)
         decode = Event.decode
+        limit = self.settings.feedback_max_record_bytes
         for r in records:
+            if len(r.value) > limit:
+                reason = f"record of {len(r.value)} bytes exceeds feedback_max_record_bytes={limit}"
+                self._set_aside(batch, DeadLetter(r, reason, TOO_LARGE))
+                continue
             try:
-                batch.events.append(decode(r.value))
+                event = decode(r.value)
             except ValueError as exc:
-                self.malformed += 1
-                EVENTS_MALFORMED.inc()
-                log.warning("malformed record p%d@%d: %s", r.partition, r.offset, exc)
-                batch.bad.append(DeadLetter(r, str(exc)))
+                self._set_aside(batch, DeadLetter(r, str(exc), MALFORMED))
+                continue
+            batch.events.append(event)
+            batch.sources.append(r)
         return batch
 
     def _rewind_needed(self, batch: _Batch) -> bool:
@@ -185,12 +250,75 @@ class FeedbackWorker:
         self._rewound.clear()
         self._rewind = gaps
         return True
+    def _set_aside(self, batch: _Batch, letter: DeadLetter) -> None:
+        r = letter.record
+        self.malformed += 1
+        EVENTS_MALFORMED.inc()
+        log.warning("%s record p%d@%d: %s", letter.kind, r.partition, r.offset, letter.reason)
+        batch.bad.append(letter)
 
     def _handle(self, batch: _Batch) -> None:
-        """Park the malformed records and apply the events, retrying until both are done."""
+        """Park the records set aside and apply the events, poison ones parked too; returns
+        once all of the batch is either applied or parked."""
         if batch.bad:
             self._park_until_done(batch.bad)
-        self._apply_until_done(batch.events)
+        if self._tries(lambda: self._apply_until_done(batch.events), "a batch") is None:
+            return
+        log.error("applying the %d events of a batch one by one", len(batch.events))
+        while True:
+            try:
+                self._apply_each(batch)
+                return
+            except WorkerFault as exc:
+                if self._stop.is_set():
+                    raise
+                log.error("%s; retrying the batch", exc)
+                time.sleep(self.settings.feedback_retry_backoff_ms / 1000 * 20)
+
+    def _tries(self, apply, what: str) -> Exception | None:
+        """Run `apply` up to feedback_apply_attempts times, backing off after each error
+        (the store being away is retried inside `apply`); the last error, or None."""
+        backoff = self.settings.feedback_retry_backoff_ms / 1000
+        attempts = max(1, self.settings.feedback_apply_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                apply()
+                return None
+            except (StoreUnavailable, BusUnavailable):
+                raise  # only raised out of the retry loops once stopping
+            except Exception as exc:
+                APPLY_FAILURES.inc()
+                log.warning("applying %s failed (try %d of %d): %r", what, attempt, attempts, exc)
+                if self._stop.is_set():
+                    raise
+                if attempt == attempts:
+                    return exc
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        return None  # not reached
+
+    def _apply_each(self, batch: _Batch) -> None:
+        """The batch's events one at a time, in order (those already applied are
+        duplicates now); an event that keeps failing alone is parked with its error."""
+        attempts = max(1, self.settings.feedback_apply_attempts)
+        for n, (event, record) in enumerate(zip(batch.events, batch.sources)):
+            if n in batch.poisoned:
+                continue
+            error = self._tries(lambda e=event: self._apply_until_done([e]), "an event alone")
+            if error is None:
+                self._poison_run = 0
+                continue
+            if self._poison_run >= self.settings.feedback_poison_limit:
+                raise WorkerFault(
+                    f"{self._poison_run} records in a row failed to apply, the last with "
+                    f"{error!r}: taken for a fault of the worker, not parking"
+                )
+            reason = f"apply failed {attempts} times: {type(error).__name__}: {error}"
+            log.error("poison record p%d@%d parked: %s", record.partition, record.offset, reason)
+            self._park_until_done([DeadLetter(record, reason, APPLY_FAILED)])
+            batch.poisoned.add(n)
+            self.poisoned += 1
+            self._poison_run += 1
 
     def _park_until_done(self, letters: list[DeadLetter]) -> None:
         """Offsets must not move past a bad record before the dead-letter topic has it."""
@@ -201,6 +329,8 @@ class FeedbackWorker:
             try:
                 self.dead_letters.park(letters, self.settings.publish_timeout_ms / 1000)
                 self.parked += len(letters)
+                for letter in letters:
+                    DEAD_LETTERED.labels(letter.kind).inc()
                 return
             except BusUnavailable as exc:
                 if self._stop.is_set():
@@ -332,6 +462,9 @@ class FeedbackWorker:
                     self.consumer.seek(self._rewind)
                     self._rewind = {}
                     self._rewound.set()
+                if self._outstanding == 0:
+                    self._progressed()
+                self._report()
                 if waiting is None:
                     try:
                         waiting = self._fetch(200)
@@ -412,6 +545,7 @@ class FeedbackWorker:
                 offsets[key] = max(offsets.get(key, 0), r.offset + 1)
         if not n:
             return
+        self._outstanding -= n  # handled: no longer held, committed or not
         try:
             self.consumer.commit(offsets)
         except Exception as exc:  # e.g. partitions revoked: the new owner replays, as no-ops
@@ -419,6 +553,7 @@ class FeedbackWorker:
             return
         self._committed.update(offsets)
         self.batches += n
+        self._progressed()
         CONSUMER_LAG.set(self.consumer.lag())
 
     def stop(self) -> None:

@@ -10,9 +10,12 @@
   user ids must equal it, and its `scope` claim limits the call further
   (docs/decisions/0026-key-scopes-and-user-binding.md). Internal services (retrieval,
   ranking, feedback admin) accept only calls carrying the shared internal token
-  (`x-shortlist-internal`), whose hash they hold and which only the gateway's channels send.
+  (`x-shortlist-internal`), whose hash they hold and which only the gateway's channels send,
+  and, with `internal_peer_names`, only from a client certificate naming the gateway; beyond
+  loopback they refuse to start without mutual TLS and the token (`insecure=1` overrides).
 - Per-client token buckets (by API key or token subject, else by peer address).
-- Health checks and server reflection stay open; keys and tokens are never logged.
+- Health checks stay open, and server reflection where it is on (not on the gateway
+  unless `reflection=1`, see shortlist.rpc.server); keys and tokens are never logged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +35,8 @@ from typing import Any
 
 import grpc
 import jwt
+
+from shortlist.rpc.telemetry import TLS_RELOADS
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +151,80 @@ def _read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
+class CertificateFiles:
+    """A server's certificate, key and optional client CA, re-read when a file changes.
+
+    `fetch` is gRPC's certificate-configuration fetcher: gRPC calls it before each new TLS
+    handshake, and it answers a new configuration only when a file's (mtime, size, inode)
+    changed, None otherwise (one stat per file). A new pair is used only once it loads and
+    its key matches its certificate, and only if the files did not change while it was
+    read: a rotation caught halfway (certificate written, key not yet) keeps the old
+    configuration until the next handshake looks again. Connections already open keep the
+    certificate they were made with."""
+
+    def __init__(self, cert_file: str, key_file: str, client_ca_file: str = "") -> None:
+        self.paths = tuple(p for p in (cert_file, key_file, client_ca_file) if p)
+        self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
+        self.reloads = 0
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._refused: tuple | None = None  # the stamp of files that did not load
+
+    def _stamps(self) -> tuple:
+        out = []
+        for path in self.paths:
+            st = Path(path).stat()
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(out)
+
+    def _load(self) -> tuple[tuple, grpc.ServerCertificateConfiguration]:
+        """(the files' stamp, their configuration); OSError or ValueError when they do not
+        load, do not match, or changed while being read."""
+        stamp = self._stamps()
+        cert, key = _read(self.cert_file), _read(self.key_file)
+        client_ca = _read(self.client_ca_file) if self.client_ca_file else None
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cert_file, self.key_file)  # parses, checks the pair
+            if self.client_ca_file:
+                context.load_verify_locations(self.client_ca_file)
+        except ssl.SSLError as exc:
+            raise ValueError(f"TLS files do not load: {exc}") from exc
+        if self._stamps() != stamp:
+            raise ValueError("TLS files changed while being read")
+        return stamp, grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+
+    def initial(self) -> grpc.ServerCertificateConfiguration:
+        """The configuration at start; raises when the files do not load."""
+        with self._lock:
+            self._stamp, config = self._load()
+            return config
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            stamp = None
+            try:
+                stamp = self._stamps()
+                if stamp in (self._stamp, self._refused):
+                    return None
+                stamp, config = self._load()
+            except (OSError, ValueError) as exc:
+                if stamp != self._refused:
+                    log.warning("TLS files changed but are not used (keeping the old): %s", exc)
+                    self._refused = stamp
+                return None
+            self._stamp = stamp
+            self.reloads += 1
+            TLS_RELOADS.inc()
+            log.info("TLS certificate reloaded from %s", self.cert_file)
+            return config
+
+
 def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
-    """TLS credentials from `tls_cert_file`/`tls_key_file` (None: plaintext); with
-    `tls_client_ca_file` clients must present a certificate signed by that CA."""
+    """TLS credentials from `tls_cert_file`/`tls_key_file` (None: plaintext), re-read when
+    the files change (CertificateFiles: new handshakes get the new certificate, no
+    restart); with `tls_client_ca_file` clients must present a certificate signed by that
+    CA."""
     cert, key = settings.tls_cert_file, settings.tls_key_file
     if not cert and not key:
         if settings.tls_client_ca_file:
@@ -155,11 +232,11 @@ def server_credentials(settings: Any) -> grpc.ServerCredentials | None:
         return None
     if not (cert and key):
         raise InsecureConfiguration("TLS needs both tls_cert_file and tls_key_file")
-    client_ca = _read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(_read(key), _read(cert))],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
+    files = CertificateFiles(cert, key, settings.tls_client_ca_file)
+    return grpc.dynamic_ssl_server_credentials(
+        files.initial(),
+        files.fetch,
+        require_client_authentication=bool(settings.tls_client_ca_file),
     )
 
 
@@ -432,6 +509,79 @@ class InternalTokenInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+def peer_names(auth_context: Mapping[str, Any]) -> frozenset[str]:
+    """The identities a verified client certificate names (its SANs and CN), from gRPC's
+    auth context; empty without a client certificate."""
+    names: set[str] = set()
+    for key, values in auth_context.items():
+        if key == "x509_common_name" or key.endswith("subject_alternative_name"):
+            names.update(
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
+            )
+    return frozenset(names)
+
+
+class PeerIdentityInterceptor(grpc.ServerInterceptor):
+    """Internal services: the caller's client certificate (verified by mutual TLS) must name
+    one of the allowed identities (the gateway's): PERMISSION_DENIED otherwise, even with
+    the internal token. Health stays open (probes have no certificate)."""
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self.allowed = frozenset(allowed)
+
+    def intercept_service(self, continuation: Callable, details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(OPEN_SERVICES):
+            return handler
+        if handler.unary_unary is None:
+            return _abort_handler(
+                handler, grpc.StatusCode.PERMISSION_DENIED, f"{details.method} is not allowed"
+            )
+        inner, allowed = handler.unary_unary, self.allowed
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            names = peer_names(context.auth_context())
+            if not names & allowed:
+                shown = ", ".join(sorted(names)[:4]) or "no client certificate"
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"internal service: calls are accepted from {', '.join(sorted(allowed))} "
+                    f"only; the client certificate names {shown}",
+                )
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def parse_names(value: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in value.split(",") if n.strip())
+
+
+def check_internal_policy(settings: Any, address: str) -> None:
+    """An internal service beyond loopback needs mutual TLS (a client CA) and the internal
+    token, unless `insecure=1` says so explicitly; identities need a client CA."""
+    if parse_names(settings.internal_peer_names) and not settings.tls_client_ca_file:
+        raise InsecureConfiguration(
+            "internal_peer_names needs tls_client_ca_file: identities come from client certificates"
+        )
+    if settings.insecure or is_loopback(address):
+        return
+    missing = []
+    if not settings.tls_client_ca_file:
+        missing.append("mutual TLS (tls_cert_file/tls_key_file/tls_client_ca_file)")
+    if not settings.internal_token_hash:
+        missing.append("the internal token (internal_token_hash)")
+    if missing:
+        raise InsecureConfiguration(
+            f"an internal service would listen on {address} without {' and '.join(missing)}; "
+            "configure them, or set SHORTLIST_INSECURE=1 for local development"
+        )
+
+
 class TokenBuckets:
     """One token bucket per client: `rate` tokens a second up to `burst`. Bounded memory:
     the least recently seen clients are forgotten beyond `max_clients` (a forgotten client
@@ -451,8 +601,11 @@ class TokenBuckets:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, client: str) -> float:
-        """0 when a token was taken, else the seconds until the next one."""
+    def take(self, client: str, cost: float = 1.0) -> float:
+        """0 when `cost` tokens were taken, else the seconds until there are enough (inf
+        when `cost` exceeds the burst: never)."""
+        if cost > self.burst:
+            return float("inf")
         now = self.clock()
         with self._lock:
             bucket = self._buckets.get(client)
@@ -465,11 +618,11 @@ class TokenBuckets:
                 self._buckets.move_to_end(client)
             tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
             bucket[1] = now
-            if tokens >= 1:
-                bucket[0] = tokens - 1
+            if tokens >= cost:
+                bucket[0] = tokens - cost
                 return 0.0
             bucket[0] = tokens
-            return (1 - tokens) / self.rate if self.rate > 0 else float("inf")
+            return (cost - tokens) / self.rate if self.rate > 0 else float("inf")
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -482,13 +635,24 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-class RateLimitInterceptor(grpc.ServerInterceptor):
-    """RESOURCE_EXHAUSTED once a client's bucket is empty. The client is the caller the auth
-    interceptor (which runs first) established: its API key or token subject, by id;
-    otherwise its peer address without the port."""
+# The RPCs whose requests carry events, and how many (rate limits by events).
+REQUEST_EVENTS: dict[str, Callable[[Any], int]] = {
+    "/shortlist.v1.Gateway/SendFeedback": lambda r: len(r.events),
+}
 
-    def __init__(self, rate: float, burst: float) -> None:
-        self.buckets = TokenBuckets(rate, burst)
+
+class RateLimitInterceptor(grpc.ServerInterceptor):
+    """RESOURCE_EXHAUSTED once a client's bucket is empty: one bucket of calls and, for
+    SendFeedback, one of events (a batch takes as many tokens as it has events). The client
+    is the caller the auth interceptor (which runs first) established: its API key or token
+    subject, by id; otherwise its peer address without the port. The buckets live in this
+    process: the limits hold per gateway process (pod or worker), not cluster-wide."""
+
+    def __init__(
+        self, rate: float, burst: float, events_rate: float = 0, events_burst: float = 0
+    ) -> None:
+        self.buckets = TokenBuckets(rate, burst) if rate > 0 else None
+        self.events = TokenBuckets(events_rate, events_burst) if events_rate > 0 else None
 
     def intercept_service(self, continuation: Callable, details: Any) -> Any:
         handler = continuation(details)
@@ -498,17 +662,34 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             return handler
         inner = handler.unary_unary
         buckets = self.buckets
+        count = REQUEST_EVENTS.get(details.method)
+        events = self.events if count is not None else None
 
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
             caller = current_caller()
             name = caller.key_id if caller is not OPEN_CALLER else peer_host(context.peer())
-            wait = buckets.take(name)
+            wait = buckets.take(name) if buckets is not None else 0.0
             if wait:
                 context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"rate limit of {buckets.rate:g} calls/s (burst {buckets.burst:g}) "
                     f"exceeded; retry in {wait:.3f}s",
                 )
+            if events is not None:
+                n = count(request)
+                wait = events.take(name, n)
+                if wait == float("inf"):
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"a batch of {n} events exceeds the rate limit's burst of "
+                        f"{events.burst:g} events: send smaller batches",
+                    )
+                if wait:
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"rate limit of {events.rate:g} events/s (burst {events.burst:g}) "
+                        f"exceeded by a batch of {n}; retry in {wait:.3f}s",
+                    )
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -533,13 +714,24 @@ def server_interceptors(name: str, settings: Any) -> list[grpc.ServerInterceptor
         out: list[grpc.ServerInterceptor] = []
         if keys or tokens:
             out.append(AuthInterceptor(keys, tokens, bool(settings.jwt_required)))
-        if settings.rate_limit_per_s > 0:
-            burst = settings.rate_limit_burst or settings.rate_limit_per_s
-            out.append(RateLimitInterceptor(settings.rate_limit_per_s, burst))
+        calls, events = settings.rate_limit_per_s, settings.rate_limit_events_per_s
+        if calls > 0 or events > 0:
+            out.append(
+                RateLimitInterceptor(
+                    calls,
+                    settings.rate_limit_burst or calls,
+                    events,
+                    settings.rate_limit_events_burst or max(events, settings.max_events),
+                )
+            )
         return out
+    out = []
+    names = parse_names(settings.internal_peer_names)
+    if names:
+        out.append(PeerIdentityInterceptor(names))
     if settings.internal_token_hash:
-        return [InternalTokenInterceptor(settings.internal_token_hash)]
-    return []
+        out.append(InternalTokenInterceptor(settings.internal_token_hash))
+    return out
 
 
 class _MetadataClientInterceptor(grpc.UnaryUnaryClientInterceptor):
@@ -558,12 +750,16 @@ def with_metadata(channel: grpc.Channel, pairs: tuple[tuple[str, str], ...]) -> 
 
 
 def channel_credentials(settings: Any) -> grpc.ChannelCredentials | None:
-    """TLS to the internal services when `internal_ca_file` is set; the process's own
-    certificate is presented as the client certificate (mutual TLS) when it has one."""
+    """TLS to the internal services when `internal_ca_file` is set; the client certificate
+    (mutual TLS) is `internal_cert_file`/`internal_key_file`, else the process's own
+    certificate, when it has one. Read when the channel is made: a rotated client
+    certificate is used by channels made after it (a restart), unlike server certificates."""
     if not settings.internal_ca_file:
         return None
-    cert = _read(settings.tls_cert_file) if settings.tls_cert_file else None
-    key = _read(settings.tls_key_file) if settings.tls_key_file else None
+    cert_file = settings.internal_cert_file or settings.tls_cert_file
+    key_file = settings.internal_key_file or settings.tls_key_file
+    cert = _read(cert_file) if cert_file else None
+    key = _read(key_file) if key_file else None
     return grpc.ssl_channel_credentials(
         root_certificates=_read(settings.internal_ca_file), private_key=key, certificate_chain=cert
     )

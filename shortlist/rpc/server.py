@@ -1,4 +1,5 @@
-"""Building a gRPC server the same way for every service: limits, health, reflection, metrics."""
+"""Building a gRPC server the same way for every service: limits, health, reflection
+(off on the public gateway unless configured), metrics."""
 
 from __future__ import annotations
 
@@ -53,13 +54,14 @@ class RunningServer:
     health_server: grpc.Server | None = None  # plaintext, grpc.health.v1 only
     health_port: int = 0
 
-    def set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool, names: tuple[str, ...] | None = None) -> None:
+        """Health of `names` (default: every service and "", the whole server)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in (*self.service_names, ""):
+        for name in (*self.service_names, "") if names is None else names:
             self.health.set(name, status)
 
     def stop(self, grace_s: float = 1.0) -> None:
@@ -112,6 +114,8 @@ def start_server(
     if settings is not None:
         if metrics_name == "gateway":
             security.check_gateway_policy(settings, address)
+        elif metrics_name != "archiver":  # serves health only
+            security.check_internal_policy(settings, address)
         credentials = security.server_credentials(settings)
         interceptors += security.server_interceptors(metrics_name, settings)
     server = grpc.server(
@@ -128,9 +132,10 @@ def start_server(
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if reflection_on(metrics_name, settings):
+        reflection.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     if credentials is None:
         port = server.add_insecure_port(address)
     else:
@@ -155,6 +160,12 @@ def start_server(
     running.set_serving(True)
     READY.labels(metrics_name).set(1)
     return running
+
+
+def reflection_on(metrics_name: str, settings: Any) -> bool:
+    """Reflection lists the whole API to anyone who connects: off on the public gateway
+    unless `reflection=1`; internal services keep it (their transport is mutual TLS)."""
+    return settings is None or metrics_name != "gateway" or bool(settings.reflection)
 
 
 def start_health_server(

@@ -71,6 +71,26 @@ CONSUMER_LAG = Gauge(
     "shortlist_feedback_consumer_lag",
     "Records in the feedback topic not yet consumed by this process's partitions",
 )
+DEAD_LETTERED = Counter(
+    "shortlist_feedback_dead_lettered_total",
+    "Feedback records parked on the dead-letter topic, by reason (malformed: not a valid "
+    "event; too_large: over feedback_max_record_bytes; apply_failed: a poison record whose "
+    "apply kept raising)",
+    ["reason"],
+)
+APPLY_FAILURES = Counter(
+    "shortlist_feedback_apply_failures_total",
+    "Applies of feedback that raised an error other than the store being away (each is "
+    "retried with backoff; an event that keeps failing alone is parked)",
+)
+LAST_PROGRESS = Gauge(
+    "shortlist_feedback_last_progress_timestamp_seconds",
+    "Unix time the feedback consumer last committed a batch or found nothing to consume",
+)
+CONSUMER_STUCK = Gauge(
+    "shortlist_feedback_consumer_stuck_seconds",
+    "How long the feedback consumer has held records without committing them (0: progressing)",
+)
 KAFKA_PRODUCE_LATENCY = Histogram(
     "shortlist_kafka_produce_latency_seconds",
     "Time until the broker acknowledged a SendFeedback batch",
@@ -81,6 +101,10 @@ REDIS_LATENCY = Histogram(
     "Redis round trips, by operation",
     ["operation"],
     buckets=LATENCY_BUCKETS,
+)
+TLS_RELOADS = Counter(
+    "shortlist_tls_certificate_reloads_total",
+    "Times the server's TLS certificate files changed and were loaded for new handshakes",
 )
 MODEL_INFO = Info("shortlist_model", "Artifact bundles served by this process, by A/B arm", ["arm"])
 READY = Gauge("shortlist_ready", "1 when the service is serving", ["service"])

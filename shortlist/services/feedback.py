@@ -10,6 +10,8 @@ applies it in order with the user's other events, exactly once, and the archive 
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 
@@ -22,6 +24,8 @@ from shortlist.feedback.stores.base import StoreUnavailable
 from shortlist.feedback.worker import FeedbackWorker
 from shortlist.rpc.validation import InvalidInput, abort_invalid, require_id, require_ids
 from shortlist.v1 import feedback_pb2, feedback_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class FeedbackAdminServicer(feedback_pb2_grpc.FeedbackAdminServicer):
@@ -117,6 +121,47 @@ class FeedbackAdminServicer(feedback_pb2_grpc.FeedbackAdminServicer):
                 f"user not deleted, the event bus is unavailable: {exc}",
             )
         return feedback_pb2.DeleteUserResponse(event_id=event.event_id)
+
+
+class ConsumerReadiness:
+    """The feedback service's readiness follows its consumer: its services report
+    NOT_SERVING while the worker has held records for more than `stuck_s` without
+    committing them (the store away, a fault of the worker), SERVING again once it moves.
+    The server as a whole ("", the liveness probe's) stays SERVING: a restart would not
+    bring the store back. Checked every `interval_s` on a thread of its own."""
+
+    def __init__(self, worker: FeedbackWorker, server, stuck_s: float, interval_s: float = 1.0):
+        self.worker = worker
+        self.server = server
+        self.stuck_s = stuck_s
+        self.interval_s = interval_s
+        self.ready = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="consumer-readiness", daemon=True)
+
+    def start(self) -> ConsumerReadiness:
+        self._thread.start()
+        return self
+
+    def check(self) -> bool:
+        stuck = self.worker.stuck_for()
+        ready = stuck <= self.stuck_s
+        if ready != self.ready:
+            self.ready = ready
+            self.server.set_serving(ready, self.server.service_names)
+            if ready:
+                log.info("feedback consumer moving again: ready")
+            else:
+                log.error("feedback consumer stuck for %.0f s: not ready", stuck)
+        return ready
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def register(servicer: FeedbackAdminServicer):

@@ -29,6 +29,7 @@ from shortlist.feedback.bus import (
     KafkaDeadLetterPublisher,
     KafkaEventConsumer,
     KafkaEventPublisher,
+    client_security,
     ensure_topic,
 )
 from shortlist.feedback.stores import RedisStateStore, StateStore
@@ -63,34 +64,39 @@ def kafka_publisher(settings: Settings) -> EventPublisher:
         settings.kafka_bootstrap,
         settings.feedback_topic,
         idempotent=bool(settings.kafka_idempotence),
+        security=client_security(settings),
     )
 
 
 def kafka_consumer(settings: Settings, group: str | None = None) -> EventConsumer:
     """A consumer of the feedback topic in `group` (default: the feedback workers'; the
     archiver has a group of its own, so it sees every event)."""
+    security = client_security(settings)
     ensure_topic(
         settings.kafka_bootstrap,
         settings.feedback_topic,
         settings.feedback_partitions,
         replication=settings.feedback_replication,
+        security=security,
     )
     return KafkaEventConsumer(
         settings.kafka_bootstrap,
         settings.feedback_topic,
         group or settings.feedback_group,
         settings.feedback_fetch_wait_ms,
+        security=security,
     )
 
 
 def kafka_dead_letters(settings: Settings) -> DeadLetterPublisher | None:
-    """Where malformed feedback records are parked; none on the in-memory demo bus."""
+    """Where records the consumer cannot use are parked; none on the in-memory demo bus."""
     if settings.backend == "memory":
         return None
     return KafkaDeadLetterPublisher(
         settings.kafka_bootstrap,
         settings.dead_letter_topic,
         replication=settings.feedback_replication,
+        security=client_security(settings),
     )
 
 
@@ -100,6 +106,7 @@ class Started:
     worker: FeedbackWorker | None = None
     # what hot reload swaps the bundle of (`use_bundle`): a stage or the gateway servicer
     servicer: object | None = None
+    readiness: feedback_server.ConsumerReadiness | None = None  # the feedback service's
 
     def swap_bundle(self, bundle: Bundle) -> None:
         """Serve `bundle` from now on: one reference assignment per holder."""
@@ -108,6 +115,8 @@ class Started:
                 holder.use_bundle(bundle)
 
     def stop(self) -> None:
+        if self.readiness:
+            self.readiness.stop()
         if self.worker:
             self.worker.stop()
         self.server.stop()
@@ -163,7 +172,8 @@ def start_service(
             workers=2,
             settings=settings,
         )
-        return Started(server, worker)
+        readiness = feedback_server.ConsumerReadiness(worker, server, settings.feedback_stuck_s)
+        return Started(server, worker, readiness=readiness.start())
     if name == "gateway":
         retriever, ranker = gateway_stages(
             settings, bundle, store, others, retrieval_target, ranking_target

@@ -268,6 +268,65 @@ def rollback(out: Path = typer.Option(Path("artifacts"), help="Bundle root.")) -
     console.print(f"rolled back: serving {version} from {out}")
 
 
+@app.command("rebuild-state")
+def rebuild_state(
+    archive: Path | None = typer.Option(
+        None, help="The feedback archive (SHORTLIST_ARCHIVE_PATH) to replay first."
+    ),
+    topic: bool = typer.Option(
+        False, "--topic", help="Also replay the feedback topic from its earliest offset."
+    ),
+    force: bool = typer.Option(False, help="Write into a Redis prefix that holds keys."),
+    idle_s: float = typer.Option(5.0, help="Stop reading the topic after this long idle."),
+) -> None:
+    """Rebuild the live state in an empty Redis (SHORTLIST_REDIS_URL, _PREFIX) from the
+    event log: the archive and/or the feedback topic, through the feedback worker's apply
+    path, for the bundle SHORTLIST_BUNDLE serves."""
+    import redis
+
+    from shortlist.bundle.files import load_bundle
+    from shortlist.feedback.bus import KafkaEventConsumer, client_security
+    from shortlist.feedback.rebuild import rebuild_group
+    from shortlist.feedback.rebuild import rebuild_state as replay
+    from shortlist.feedback.stores import RedisStateStore
+
+    def fail(message: str) -> None:
+        console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+        raise typer.Exit(2)
+
+    settings = Settings.from_env()
+    if archive is None and not topic:
+        fail("nothing to replay: give --archive PATH and/or --topic")
+    if archive is not None and not archive.is_dir():
+        fail(f"--archive {archive} is not a directory")
+    try:
+        client = redis.Redis.from_url(settings.redis_url)
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in settings.redis_prefix) + "*"
+        held = next(iter(client.scan_iter(match=pattern, count=1000)), None)
+    except redis.RedisError as exc:
+        fail(f"Redis at SHORTLIST_REDIS_URL is unavailable: {exc}")
+    if held is not None and not force:
+        fail(
+            f"Redis already holds keys under SHORTLIST_REDIS_PREFIX={settings.redis_prefix!r} "
+            f"(e.g. {held.decode(errors='replace')!r}): rebuild into an empty prefix, or --force"
+        )
+    bundle = load_bundle(Path(settings.bundle), with_index=False, key=settings.bundle_key or None)
+    consumer = None
+    if topic:
+        consumer = KafkaEventConsumer(
+            settings.kafka_bootstrap,
+            settings.feedback_topic,
+            rebuild_group(settings),
+            security=client_security(settings),
+        )
+    store = RedisStateStore(settings.redis_url, settings.redis_prefix)
+    with console.status("replaying the event log"):
+        report = replay(
+            bundle, store, settings, archive, consumer, idle_polls=max(1, round(idle_s))
+        )
+    console.print_json(json.dumps({"bundle": bundle.version, **report.as_dict()}))
+
+
 @app.command("sample-events")
 def sample_events(
     out: Path = typer.Argument(
@@ -309,9 +368,12 @@ def demo() -> None:
 @app.command()
 def up() -> None:
     """Start Redis (if none answers), the tansu broker and the four services in the background."""
+    from shortlist.rpc.security import is_loopback
     from shortlist.tools import stack
 
     settings = Settings.from_env()
+    if "SHORTLIST_REFLECTION" not in os.environ and is_loopback(settings.gateway_addr):
+        settings = settings.replace(reflection=1)  # local development: `grpcurl list` works
     if (
         not (Path(settings.bundle) / "LATEST").exists()
         and not Path(settings.bundle, "manifest.json").exists()
@@ -364,14 +426,16 @@ def down() -> None:
 def settings() -> None:
     """Print the effective settings as environment variables (secrets masked)."""
     values = Settings.from_env().to_env()
-    for name in (
-        "SHORTLIST_INTERNAL_TOKEN",
-        "SHORTLIST_BUNDLE_KEY",
-        "SHORTLIST_JWT_SECRET",
-        "SHORTLIST_CONSOLE_API_KEY",
-    ):
+    secrets = ("INTERNAL_TOKEN", "BUNDLE_KEY", "JWT_SECRET", "CONSOLE_API_KEY", "KAFKA_PASSWORD")
+    for name in (f"SHORTLIST_{s}" for s in secrets):
         if values.get(name):
             values[name] = "***"
+    url = values.get("SHORTLIST_REDIS_URL", "")
+    if "@" in url:  # redis://user:password@host: the password masked
+        head, _, tail = url.rpartition("@")
+        scheme, _, auth = head.partition("://")
+        user = auth.split(":", 1)[0] if ":" in auth else ""
+        values["SHORTLIST_REDIS_URL"] = f"{scheme}://{user}:***@{tail}"
     console.print_json(json.dumps(values))
 
 

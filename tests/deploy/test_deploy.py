@@ -45,6 +45,11 @@ SETTING_NAMES = {"SHORTLIST_" + f.name.upper() for f in fields(Settings)} | {
     "SHORTLIST_CONFIG_FILE"
 }
 POD_KINDS = ("Deployment", "StatefulSet", "Job", "CronJob")
+INTERNAL = ("retrieval", "ranking", "feedback")
+# Secrets the base requires (the internal plane's credentials and certificates); every other
+# Secret reference is optional. The dev overlay generates `shortlist-internal`.
+REQUIRED_SECRETS = {"shortlist-internal"}
+CERT_MANAGER = "cert-manager.io/v1"  # CRDs: not in kubernetes-validate's schemas
 
 
 def require_tool(name: str) -> str:
@@ -127,6 +132,8 @@ def test_every_rendered_manifest_validates_against_the_kubernetes_schemas(docs):
 
     errors = []
     for doc in docs:
+        if doc["apiVersion"] == CERT_MANAGER:
+            continue  # checked by test_cert_manager_resources_are_well_formed
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -268,11 +275,17 @@ def test_settings_in_manifests_are_real_settings(docs):
                 if env["name"].startswith("SHORTLIST_"):
                     assert env["name"] in SETTING_NAMES, f"{doc['metadata']['name']}: {env}"
                 secret = env.get("valueFrom", {}).get("secretKeyRef")
-                if secret:  # no Secret ships with the manifests: they must be optional
-                    assert secret["optional"] is True, env
+                if secret:  # optional, or one of the few the base requires
+                    required = secret["name"].rsplit("-", 1)[0] in REQUIRED_SECRETS
+                    assert (
+                        secret.get("optional") is True
+                        or secret["name"] in REQUIRED_SECRETS
+                        or (required and one(docs, "Secret", secret["name"]))
+                    ), env
             for source in c.get("envFrom", []):
                 name = source["configMapRef"]["name"]
-                assert name in {"shortlist-settings", "shortlist-gateway-security"}
+                allowed = {"shortlist-settings", "shortlist-gateway-security"}
+                assert name in allowed | {"shortlist-internal-security"}
                 (referenced,) = find(docs, "ConfigMap", name)
                 assert set(referenced["data"]) <= SETTING_NAMES, name
     # The client targets in the ConfigMap name the Services; the gateway's internal ones
@@ -344,7 +357,7 @@ def test_archiver_appends_the_archive_the_nightly_training_reads(docs):
     (container,) = spec["containers"]
     assert container["image"].split(":")[0] == "shortlist-feedback"
     assert container["args"] == ["archiver"] and "command" not in container
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     health = port_of(env["SHORTLIST_ARCHIVER_ADDR"])
     assert health == port_of(defaults.archiver_addr)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -546,6 +559,174 @@ def test_network_policies_expose_only_the_gateway(docs):
         assert rule["from"] == [monitoring] and rule["ports"][0]["port"] == "metrics"
     for app in SERVICES:
         assert any(r.get("from") == [monitoring] for r in _ingress_rules(docs, app)), app
+
+
+def _container(docs, kind: str, name: str) -> dict[str, Any]:
+    return pod_spec(one(docs, kind, name))["containers"][0]
+
+
+def _secret_ref(container: dict[str, Any], variable: str) -> dict[str, Any]:
+    env = {e["name"]: e for e in container.get("env", [])}
+    return env[variable]["valueFrom"]["secretKeyRef"]
+
+
+def _required_secret(docs, container, variable: str, key: str) -> None:
+    """`variable` comes from key `key` of the required Secret shortlist-internal (the dev
+    overlay's generated one, which must hold the key)."""
+    ref = _secret_ref(container, variable)
+    assert ref["key"] == key and not ref.get("optional"), (variable, ref)
+    assert ref["name"] == "shortlist-internal" or ref["name"].startswith("shortlist-internal-")
+    if ref["name"] != "shortlist-internal":
+        assert key in one(docs, "Secret", ref["name"])["data"], key
+
+
+def _mounted_secret(docs, kind: str, name: str, path: str) -> str:
+    spec = pod_spec(one(docs, kind, name))
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == path]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return volume["secret"]["secretName"]
+
+
+CERT_USAGES = {"client auth", "server auth", "digital signature", "key encipherment"}
+
+
+def test_cert_manager_resources_are_well_formed(docs):
+    """cert-manager's CRDs are not in kubernetes-validate: their fields are checked here."""
+    issuers = {d["metadata"]["name"]: d["spec"] for d in find(docs, "Issuer")}
+    certificates = find(docs, "Certificate")
+    assert issuers and certificates
+    ca_secrets = set()
+    for cert in certificates:
+        assert cert["apiVersion"] == CERT_MANAGER
+        spec = cert["spec"]
+        assert set(spec) <= {
+            "secretName", "commonName", "dnsNames", "usages", "duration", "renewBefore",
+            "privateKey", "issuerRef", "isCA",
+        }, spec  # fmt: skip
+        assert spec["issuerRef"] == {"name": spec["issuerRef"]["name"], "kind": "Issuer"}
+        assert spec["issuerRef"]["name"] in issuers
+        assert re.fullmatch(r"\d+h", spec["duration"]) and re.fullmatch(
+            r"\d+h", spec["renewBefore"]
+        )
+        assert int(spec["renewBefore"][:-1]) < int(spec["duration"][:-1])
+        assert set(spec.get("usages", [])) <= CERT_USAGES
+        assert spec["privateKey"]["algorithm"] in {"ECDSA", "RSA", "Ed25519"}
+        if spec.get("isCA"):
+            ca_secrets.add(spec["secretName"])
+        else:
+            assert spec["dnsNames"] and spec["issuerRef"]["name"] != "shortlist-selfsigned"
+    for name, spec in issuers.items():
+        assert len(spec) == 1 and set(spec) <= {"selfSigned", "ca"}, name
+        if "ca" in spec:
+            assert spec["ca"]["secretName"] in ca_secrets
+
+
+def test_internal_plane_is_mutual_tls_accepting_only_the_gateway(docs):
+    from shortlist.rpc.security import check_internal_policy, parse_names
+
+    settings = one(docs, "ConfigMap", "shortlist-settings")["data"]
+    internal = one(docs, "ConfigMap", "shortlist-internal-security")["data"]
+    public = one(docs, "ConfigMap", "shortlist-gateway-security")["data"]
+    certificates = {c["spec"]["secretName"]: c["spec"] for c in find(docs, "Certificate")}
+    mount = str(Path(internal["SHORTLIST_TLS_CERT_FILE"]).parent)
+    assert {internal[f"SHORTLIST_TLS_{k}_FILE"] for k in ("KEY", "CLIENT_CA")} == {
+        f"{mount}/tls.key",
+        f"{mount}/ca.crt",
+    }
+
+    # The gateway: its client certificate names the identity the internal services accept.
+    gateway = _container(docs, "Deployment", "gateway")
+    _required_secret(docs, gateway, "SHORTLIST_INTERNAL_TOKEN", "internal-token")
+    client = certificates[_mounted_secret(docs, "Deployment", "gateway", mount)]
+    assert "client auth" in client["usages"] and "server auth" not in client["usages"]
+    assert public["SHORTLIST_INTERNAL_CA_FILE"] == f"{mount}/ca.crt"
+    assert public["SHORTLIST_INTERNAL_CERT_FILE"] == f"{mount}/tls.crt"
+    allowed = parse_names(internal["SHORTLIST_INTERNAL_PEER_NAMES"])
+    assert allowed and allowed <= {client["commonName"], *client["dnsNames"]}
+
+    for name in INTERNAL:
+        container = _container(docs, "Deployment", name)
+        sources = {s["configMapRef"]["name"] for s in container["envFrom"]}
+        assert "shortlist-internal-security" in sources, name
+        _required_secret(docs, container, "SHORTLIST_INTERNAL_TOKEN_HASH", "internal-token-hash")
+        server = certificates[_mounted_secret(docs, "Deployment", name, mount)]
+        assert "server auth" in server["usages"] and "client auth" not in server["usages"]
+        assert allowed.isdisjoint({server["commonName"], *server["dnsNames"]}), name
+        # the name the gateway dials is in the certificate it verifies
+        host = settings[f"SHORTLIST_{name.upper()}_ADDR"].rsplit(":", 1)[0]
+        assert host in server["dnsNames"], name
+        # The service's own settings pass the policy for an address beyond loopback.
+        env = {e["name"]: e.get("value", "set-from-a-secret") for e in container["env"]}
+        values = {**settings, **internal, **env}
+        fields_ = {f.name for f in fields(Settings)}
+        kwargs = {
+            k[len("SHORTLIST_") :].lower(): v
+            for k, v in values.items()
+            if k[len("SHORTLIST_") :].lower() in fields_ and k not in {"SHORTLIST_HEALTH_PORT"}
+        }
+        check_internal_policy(
+            Settings.from_env({}, **kwargs), env[f"SHORTLIST_{name.upper()}_ADDR"]
+        )
+
+
+def test_redis_and_kafka_require_credentials_and_acls(docs):
+    from kafka import KafkaProducer
+
+    from shortlist.feedback.bus import client_security
+
+    settings = one(docs, "ConfigMap", "shortlist-settings")["data"]
+    redis = _container(docs, "StatefulSet", "redis")
+    script = " ".join(redis["command"])
+    assert "--user default off" in script and "--requirepass" not in script
+    assert f'"~{settings["SHORTLIST_REDIS_PREFIX"]}*"' in script
+    assert "-@dangerous" in script and "-@admin" in script
+    _required_secret(docs, redis, "REDIS_PASSWORD", "redis-password")
+    for name in (*INTERNAL, "gateway"):
+        _required_secret(
+            docs, _container(docs, "Deployment", name), "SHORTLIST_REDIS_URL", "redis-url"
+        )
+
+    assert settings["SHORTLIST_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_")
+    assert settings["SHORTLIST_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    for name, user in (("gateway", "gateway"), ("feedback", "feedback"), ("archiver", "archiver")):
+        container = _container(docs, "Deployment", name)
+        env = {e["name"]: e for e in container["env"]}
+        assert env["SHORTLIST_KAFKA_USERNAME"]["value"] == user
+        _required_secret(docs, container, "SHORTLIST_KAFKA_PASSWORD", f"kafka-{user}-password")
+        options = client_security(
+            Settings.from_env(
+                {},
+                kafka_security_protocol=settings["SHORTLIST_KAFKA_SECURITY_PROTOCOL"],
+                kafka_sasl_mechanism=settings["SHORTLIST_KAFKA_SASL_MECHANISM"],
+                kafka_username=user,
+                kafka_password="from-the-secret",
+            )
+        )
+        assert set(options) <= set(KafkaProducer.DEFAULT_CONFIG)  # kafka-python takes them
+
+    spec = pod_spec(one(docs, "StatefulSet", "kafka"))
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    protocols = dict(x.split(":") for x in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in env["KAFKA_LISTENERS"].split(","):
+        name, _, address = listener.partition("://")
+        if protocols[name] == "PLAINTEXT":  # unauthenticated: the pod's loopback only
+            assert address.startswith("127.0.0.1:"), listener
+    assert protocols["CLIENTS"] == "SASL_PLAINTEXT" and env["KAFKA_SASL_ENABLED_MECHANISMS"]
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    (setup,) = [c for c in spec["initContainers"] if c["name"] == "kafka-setup"]
+    acls = [line.split() for line in setup["command"][-1].splitlines() if line.startswith("acl ")]
+    grants: dict[str, set[tuple[str, str]]] = {}
+    for words in acls:
+        principal = words[words.index("--allow-principal") + 1]
+        ops = [words[n + 1] for n, w in enumerate(words) if w == "--operation"]
+        kind = "group" if "--group" in words else "topic"
+        grants.setdefault(principal, set()).update((kind, op) for op in ops)
+    assert grants["User:gateway"] == {("topic", "Write"), ("topic", "Describe")}  # produce only
+    assert ("topic", "Read") in grants["User:feedback"] and ("group", "Read") in grants[
+        "User:feedback"
+    ]
+    assert grants["User:archiver"] == {("topic", "Read"), ("topic", "Describe"), ("group", "Read")}
 
 
 # ---------------------------------------------------------------- Prometheus and Grafana

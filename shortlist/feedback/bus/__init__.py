@@ -12,6 +12,7 @@ from shortlist.feedback.bus.kafka import (
     KafkaDeadLetterPublisher,
     KafkaEventConsumer,
     KafkaEventPublisher,
+    client_security,
     ensure_topic,
 )
 from shortlist.feedback.bus.memory import InMemoryBus
@@ -27,5 +28,6 @@ __all__ = [
     "KafkaEventConsumer",
     "KafkaEventPublisher",
     "Record",
+    "client_security",
     "ensure_topic",
 ]

@@ -22,12 +22,19 @@ class Record:
     topic: str = ""
 
 
+MALFORMED = "malformed"  # not a valid event
+TOO_LARGE = "too_large"  # over Settings.feedback_max_record_bytes, not decoded
+APPLY_FAILED = "apply_failed"  # a valid event whose apply kept raising (poison)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A record the consumer could not use: parked with its original bytes and the reason."""
+    """A record the consumer could not use: parked with its original bytes, the reason (a
+    sentence) and its class (MALFORMED, TOO_LARGE or APPLY_FAILED)."""
 
     record: Record
     reason: str
+    kind: str = MALFORMED
 
 
 class EventPublisher(Protocol):

@@ -6,10 +6,16 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from shortlist.feedback.bus.base import BusUnavailable, DeadLetter, Record
@@ -17,19 +23,70 @@ from shortlist.feedback.events import Event
 from shortlist.rpc.telemetry import KAFKA_PRODUCE_LATENCY
 
 log = logging.getLogger(__name__)
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+def client_security(settings: Any) -> dict[str, Any]:
+    """kafka-python's security options from the settings (`kafka_security_protocol`, SASL
+    user and password, the brokers' CA), for every producer, consumer and admin client.
+    ValueError naming the setting when they do not fit together."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"SHORTLIST_KAFKA_SECURITY_PROTOCOL must be one of {', '.join(PROTOCOLS)}, "
+            f"got {settings.kafka_security_protocol!r}"
+        )
+    out: dict[str, Any] = {"security_protocol": protocol}
+    user, password = settings.kafka_username, settings.kafka_password
+    if protocol.startswith("SASL"):
+        mechanism = settings.kafka_sasl_mechanism.strip().upper()
+        if mechanism not in MECHANISMS:
+            raise ValueError(
+                f"SHORTLIST_KAFKA_SASL_MECHANISM must be one of {', '.join(MECHANISMS)}, "
+                f"got {settings.kafka_sasl_mechanism!r}"
+            )
+        if not (user and password):
+            raise ValueError(
+                f"SHORTLIST_KAFKA_SECURITY_PROTOCOL={protocol} needs SHORTLIST_KAFKA_USERNAME "
+                "and SHORTLIST_KAFKA_PASSWORD"
+            )
+        out |= {
+            "sasl_mechanism": mechanism,
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
+    elif user or password:
+        raise ValueError(
+            "SHORTLIST_KAFKA_USERNAME/PASSWORD are set but SHORTLIST_KAFKA_SECURITY_PROTOCOL is "
+            f"{protocol}: use SASL_PLAINTEXT or SASL_SSL"
+        )
+    if protocol.endswith("SSL") and settings.kafka_ca_file:
+        out["ssl_cafile"] = settings.kafka_ca_file
+    return out
 
 
 def ensure_topic(
-    bootstrap: str, topic: str, partitions: int = 4, timeout_s: float = 10, replication: int = 1
+    bootstrap: str,
+    topic: str,
+    partitions: int = 4,
+    timeout_s: float = 10,
+    replication: int = 1,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create the topic when it does not exist, with `replication` copies of each partition."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    """Create the topic when it does not exist, with `replication` copies of each partition (local stack and tests; k8s pre-creates it,
+    and with ACLs the services may not create topics: TopicAuthorizationFailed is logged)."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(security or {})
+    )
     try:
         admin.create_topics(
             [NewTopic(topic, num_partitions=partitions, replication_factor=replication)]
         )
     except TopicAlreadyExistsError:
         pass
+    except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):  # ACLs: made before
+        log.info("not allowed to create topic %s: it must exist already", topic)
     finally:
         admin.close()
 
@@ -40,12 +97,18 @@ class KafkaEventPublisher:
     sequence numbers; needs a broker that grants producer ids, as Apache Kafka does)."""
 
     def __init__(
-        self, bootstrap: str, topic: str, max_block_s: float = 2.0, idempotent: bool = False
+        self,
+        bootstrap: str,
+        topic: str,
+        max_block_s: float = 2.0,
+        idempotent: bool = False,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self._idempotent = idempotent
         self._bootstrap = bootstrap
         self._max_block_ms = int(max_block_s * 1000)
+        self._security = dict(security or {})
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -61,6 +124,7 @@ class KafkaEventPublisher:
                     max_block_ms=self._max_block_ms,
                     request_timeout_ms=5000,
                     reconnect_backoff_max_ms=1000,
+                    **self._security,
                 )
             return self._producer
 
@@ -84,25 +148,37 @@ class KafkaEventPublisher:
 
 
 class KafkaDeadLetterPublisher:
-    """Parks malformed feedback records on a dead-letter topic (created on first use when
-    allowed), with the original key and bytes; headers say why and where from
-    (`dlq.reason`, `dlq.topic`, `dlq.partition`, `dlq.offset`). acks=all, like the
-    feedback itself; a record parked twice (a batch replayed after a crash) may appear
-    twice on the topic."""
+    """Parks feedback records the consumer cannot use on a dead-letter topic (created on
+    first use when allowed), with the original key and bytes; headers say why and where
+    from (`dlq.kind`: malformed, too_large or apply_failed; `dlq.reason`, `dlq.topic`,
+    `dlq.partition`, `dlq.offset`). acks=all, like the feedback itself; a record parked
+    twice (a batch replayed after a crash) may appear twice on the topic."""
 
     def __init__(
-        self, bootstrap: str, topic: str, max_block_s: float = 2.0, replication: int = 1
+        self,
+        bootstrap: str,
+        topic: str,
+        max_block_s: float = 2.0,
+        replication: int = 1,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self._bootstrap = bootstrap
         self._max_block_ms = int(max_block_s * 1000)
         self._replication = replication
+        self._security = dict(security or {})
         self._producer: KafkaProducer | None = None
 
     def _get_producer(self) -> KafkaProducer:
         if self._producer is None:
             try:
-                ensure_topic(self._bootstrap, self.topic, 1, replication=self._replication)
+                ensure_topic(
+                    self._bootstrap,
+                    self.topic,
+                    1,
+                    replication=self._replication,
+                    security=self._security,
+                )
             except KafkaError as exc:  # e.g. not allowed to create topics: it may exist
                 log.warning("could not ensure dead-letter topic %s: %s", self.topic, exc)
             self._producer = KafkaProducer(
@@ -112,6 +188,7 @@ class KafkaDeadLetterPublisher:
                 max_block_ms=self._max_block_ms,
                 request_timeout_ms=5000,
                 reconnect_backoff_max_ms=1000,
+                **self._security,
             )
         return self._producer
 
@@ -122,6 +199,7 @@ class KafkaDeadLetterPublisher:
             for letter in letters:
                 r = letter.record
                 headers = [
+                    ("dlq.kind", letter.kind.encode()),
                     ("dlq.reason", letter.reason.encode()),
                     ("dlq.topic", r.topic.encode()),
                     ("dlq.partition", str(r.partition).encode()),
@@ -141,9 +219,15 @@ class KafkaDeadLetterPublisher:
 
 class KafkaEventConsumer:
     def __init__(
-        self, bootstrap: str, topic: str, group_id: str, fetch_max_wait_ms: int = 40
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        fetch_max_wait_ms: int = 40,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
-        """`fetch_max_wait_ms`: see Settings.feedback_fetch_wait_ms."""
+        """`fetch_max_wait_ms`: see Settings.feedback_fetch_wait_ms; `security`:
+        client_security(settings)."""
         self._consumer = KafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -152,6 +236,7 @@ class KafkaEventConsumer:
             auto_offset_reset="earliest",
             reconnect_backoff_max_ms=1000,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            **dict(security or {}),
         )
 
     def poll(self, timeout_ms: int, max_records: int) -> list[Record]:
