@@ -250,6 +250,7 @@ class FeedbackWorker:
         self._rewound.clear()
         self._rewind = gaps
         return True
+
     def _set_aside(self, batch: _Batch, letter: DeadLetter) -> None:
         r = letter.record
         self.malformed += 1

@@ -74,8 +74,9 @@ def ensure_topic(
     replication: int = 1,
     security: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create the topic when it does not exist, with `replication` copies of each partition (local stack and tests; k8s pre-creates it,
-    and with ACLs the services may not create topics: TopicAuthorizationFailed is logged)."""
+    """Create the topic when it does not exist, with `replication` copies of each partition
+    (local stack and tests; k8s pre-creates it, and with ACLs the services may not create
+    topics: TopicAuthorizationFailed is logged)."""
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **(security or {})
     )
