@@ -77,6 +77,11 @@ class ReplayConsumer:
     def commit(self, offsets: Mapping[tuple[str, int], int] | None = None) -> None:
         return None
 
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """The worker seeks back when the store lost writes mid-rebuild; records in hand
+        cannot be read again, so the rebuild stops and must be run again."""
+        raise RuntimeError(f"the state store lost writes during the rebuild (at {offsets})")
+
     def has_assignment(self) -> bool:
         return True
 
