@@ -12,6 +12,7 @@ from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import RankingSignals
+from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, short_term_vector
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.features import build_features
 from shortlist.ranking.item_side import ItemSide
@@ -28,6 +29,8 @@ class RankingData(Protocol):
     dislikes: sp.csr_matrix
     activity: np.ndarray
     user_features: np.ndarray | None
+    item_vectors: np.ndarray
+    item_encoder: np.ndarray | None
 
     @property
     def item_side(self) -> ItemSide: ...
@@ -71,10 +74,13 @@ def rank(
     live: RankingSignals,
     context: RequestContext,
     k: int,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the candidates (all known to the bundle) by the ranker (retrieval order
     when the bundle has none)."""
-    order, scores = rank_positions(bundle, user_id, candidates, retrieval_scores, live, context, k)
+    order, scores = rank_positions(
+        bundle, user_id, candidates, retrieval_scores, live, context, k, short_term
+    )
     return candidates[order], scores
 
 
@@ -86,6 +92,7 @@ def rank_positions(
     live: RankingSignals,
     context: RequestContext,
     k: int,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top-k as positions in `candidates`, and their scores. A candidate outside the
     bundle (index -1 or >= len(bundle.items): an item added since training) has no ranker
@@ -101,15 +108,20 @@ def rank_positions(
     where = np.flatnonzero(known)
     if not len(where):
         return np.arange(min(k, n)), np.asarray(retrieval_scores[:k], np.float32)
+    signals = user_signals(bundle, user_id, live)
     features = build_features(
         candidates[where],
         retrieval_scores[where],
-        user_signals(bundle, user_id, live),
+        signals,
         context,
         bundle.item_side,
         live.live_likes[where],
     )
     scores = np.asarray(bundle.scorer(features), np.float32)
+    if short_term.rank_weight > 0 and any(k == Kind.LIKE for _, k in live.history):
+        scores = with_short_term_scores(
+            bundle, scores, candidates[where], signals.recent_likes, short_term
+        )
     best = np.argsort(-scores, kind="stable")
     if len(where) == n:
         best = best[:k]
@@ -123,3 +135,25 @@ def rank_positions(
     for p in np.flatnonzero(~known):
         out[p] = out[p - 1] if p > 0 else top
     return order[:k], out[:k]
+
+
+def with_short_term_scores(
+    bundle: RankingData,
+    scores: np.ndarray,
+    candidates: np.ndarray,
+    recent_likes: np.ndarray,
+    short_term: ShortTerm = SHORT_TERM,
+) -> np.ndarray:
+    """The ranker's scores of one list plus `short_term.rank_weight` times the candidates'
+    scores against the short-term vector of `recent_likes` (newest first), both
+    standardised over the list (the ranker's blend is a sum of standardised scores)."""
+    short = short_term_vector(bundle, recent_likes, short_term)
+    if short is None or len(scores) < 2:
+        return scores
+    sim = bundle.item_vectors[candidates] @ short
+    return (_z(scores) + short_term.rank_weight * _z(sim)).astype(np.float32)
+
+
+def _z(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return (a - a.mean()) / (a.std() + 1e-9)
