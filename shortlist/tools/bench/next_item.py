@@ -157,10 +157,13 @@ def session_states(
 def grid(
     two_stage: bool,
     half_lives: Iterable[float] = (1.0, 2.0, 5.0),
-    weights: Iterable[float] = (0.25, 0.5, 1.0),
-    rank_weights: Iterable[float] = (0.0, 0.25, 0.5, 1.0, 2.0),
+    weights: Iterable[float] = (0.25, 0.5, 1.0, 2.0),
+    rank_weights: Iterable[float] = (0.0, 0.5, 1.0, 2.0),
 ) -> list[ShortTerm]:
-    """Short-term settings to score (the ranker's weight only matters for two stages)."""
+    """Short-term settings to score: half-life and weight for retrieval; for two stages, the
+    half-life retrieval chose (2) and the rank weight with the two best retrieval weights."""
+    if two_stage:
+        half_lives, weights = (2.0,), (0.5, 1.0)
     ranks = list(rank_weights) if two_stage else [0.0]
     return [
         ShortTerm(weight=w, half_life=h, rank_weight=r)
