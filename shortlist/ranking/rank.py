@@ -144,14 +144,25 @@ def with_short_term_scores(
     recent_likes: np.ndarray,
     short_term: ShortTerm = SHORT_TERM,
 ) -> np.ndarray:
-    """The ranker's scores of one list plus `short_term.rank_weight` times the candidates'
-    scores against the short-term vector of `recent_likes` (newest first), both
-    standardised over the list (the ranker's blend is a sum of standardised scores)."""
+    """The ranker's scores of one list plus a weight times the candidates' scores against
+    the short-term vector of `recent_likes` (newest first), both standardised over the list
+    (the ranker's blend is a sum of standardised scores). The weight is
+    `short_term.rank_weight` times how far the short-term vector turns from the user's
+    recent likes taken evenly (1 - cosine): the ranker was fit where the newest likes agree
+    with the rest, and it already reads them then (co-occurrence, like order)."""
     short = short_term_vector(bundle, recent_likes, short_term)
     if short is None or len(scores) < 2:
         return scores
+    even = short_term_vector(
+        bundle, recent_likes, ShortTerm(half_life=np.inf, window=len(recent_likes))
+    )
+    norms = float(np.linalg.norm(short) * np.linalg.norm(even))
+    turn = 1.0 - float(short @ even) / norms if norms > 0 else 0.0
+    weight = short_term.rank_weight * min(max(turn, 0.0), 1.0)
+    if weight <= 0:
+        return scores
     sim = bundle.item_vectors[candidates] @ short
-    return (_z(scores) + short_term.rank_weight * _z(sim)).astype(np.float32)
+    return (_z(scores) + weight * _z(sim)).astype(np.float32)
 
 
 def _z(a: np.ndarray) -> np.ndarray:

@@ -158,12 +158,12 @@ def grid(
     two_stage: bool,
     half_lives: Iterable[float] = (1.0, 2.0, 5.0),
     weights: Iterable[float] = (0.25, 0.5, 1.0, 2.0),
-    rank_weights: Iterable[float] = (0.0, 0.5, 1.0, 2.0),
+    rank_weights: Iterable[float] = (0.0, 1.0, 2.0, 4.0),
 ) -> list[ShortTerm]:
     """Short-term settings to score: half-life and weight for retrieval; for two stages, the
-    half-life retrieval chose (2) and the rank weight with the two best retrieval weights."""
+    rank weight with the half-life and weight retrieval chose (2 likes, .5)."""
     if two_stage:
-        half_lives, weights = (2.0,), (0.5, 1.0)
+        half_lives, weights = (2.0,), (0.5,)
     ranks = list(rank_weights) if two_stage else [0.0]
     return [
         ShortTerm(weight=w, half_life=h, rank_weight=r)
