@@ -174,12 +174,12 @@ bench-lifecycle: install
 
 # Live feedback and the next likes: test users' latest likes replayed through the feedback
 # worker, their following likes scored against the same bundle without the replay
-# (MovieLens-100K two-stage by time; Gowalla retrieval by line order, 5,000 test users).
+# (MovieLens-100K two-stage by time; Gowalla retrieval by line order, 2,000 test users).
 bench-next-item: install
 	@if [ -d $(DATA)/ml-100k ]; then $(BIN)/shortlist bench next-item --data $(DATA)/ml-100k; \
 		else echo "absent: $(DATA)/ml-100k"; fi
 	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench next-item --data $(DATA)/gowalla \
-		--pipeline retrieval --max-users 5000; else echo "absent: $(DATA)/gowalla"; fi
+		--pipeline retrieval --max-users 2000; else echo "absent: $(DATA)/gowalla"; fi
 
 bench-feedback: install
 	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla
