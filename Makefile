@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-peers bench-index \
 	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
-	bench-lifecycle clean
+	bench-lifecycle bench-next-item clean
 
 install: $(STAMP) proto
 
@@ -171,6 +171,15 @@ bench-swaps: install
 # MovieLens-100K as event logs through the whole loop (docs/benchmarks.md, "lifecycle").
 bench-lifecycle: install
 	$(BIN)/shortlist bench lifecycle --data $(DATA)/ml-100k
+
+# Live feedback and the next likes: test users' latest likes replayed through the feedback
+# worker, their following likes scored against the same bundle without the replay
+# (MovieLens-100K two-stage by time; Gowalla retrieval by line order, 2,000 test users).
+bench-next-item: install
+	@if [ -d $(DATA)/ml-100k ]; then $(BIN)/shortlist bench next-item --data $(DATA)/ml-100k; \
+		else echo "absent: $(DATA)/ml-100k"; fi
+	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench next-item --data $(DATA)/gowalla \
+		--pipeline retrieval --max-users 2000; else echo "absent: $(DATA)/gowalla"; fi
 
 bench-feedback: install
 	$(BIN)/shortlist bench feedback --foldin-data $(DATA)/lastfm --foldin-data $(DATA)/gowalla

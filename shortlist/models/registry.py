@@ -14,6 +14,7 @@ from shortlist.models.base import EmbeddingModel, FitReport
 from shortlist.models.lightgcn import LightGCN, LightGCNConfig
 from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
 from shortlist.models.popularity import item_popularity
+from shortlist.models.sasrec import SASRec, SASRecConfig
 from shortlist.models.spectral import SpectralCF, SpectralConfig
 from shortlist.models.two_tower import TwoTower, TwoTowerConfig
 
@@ -41,6 +42,7 @@ _MODELS: dict[str, tuple[Callable[[Any], EmbeddingModel], type | None]] = {
     "lightgcn": (LightGCN, LightGCNConfig),
     "two-tower": (TwoTower, TwoTowerConfig),
     "spectral": (SpectralCF, SpectralConfig),
+    "sasrec": (SASRec, SASRecConfig),
 }
 
 # The benchmarks' published protocols only (`shortlist bench`): `shortlist train` chooses

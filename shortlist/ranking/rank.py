@@ -13,6 +13,7 @@ from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import RankingSignals
+from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, short_term_vector
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.features import build_features
 from shortlist.ranking.item_side import ItemSide
@@ -29,6 +30,8 @@ class RankingData(Protocol):
     dislikes: sp.csr_matrix
     activity: np.ndarray
     user_features: np.ndarray | None
+    item_vectors: np.ndarray
+    item_encoder: np.ndarray | None
 
     @property
     def item_side(self) -> ItemSide: ...
@@ -72,10 +75,13 @@ def rank(
     live: RankingSignals,
     context: RequestContext,
     k: int,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the candidates (all known to the bundle) by the ranker (retrieval order
     when the bundle has none)."""
-    order, scores = rank_positions(bundle, user_id, candidates, retrieval_scores, live, context, k)
+    order, scores = rank_positions(
+        bundle, user_id, candidates, retrieval_scores, live, context, k, short_term
+    )
     return candidates[order], scores
 
 
@@ -101,9 +107,12 @@ def rank_positions(
     live: RankingSignals,
     context: RequestContext,
     k: int,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top-k as positions in `candidates`, and their scores (see `ranked_list`)."""
-    ranked = ranked_list(bundle, user_id, candidates, retrieval_scores, live, context)
+    ranked = ranked_list(
+        bundle, user_id, candidates, retrieval_scores, live, context, short_term=short_term
+    )
     return ranked.order[:k], ranked.scores[:k]
 
 
@@ -115,6 +124,7 @@ def ranked_list(
     live: RankingSignals,
     context: RequestContext,
     keep_order: bool = False,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> RankedList:
     """Every candidate in ranked order with its score. A candidate outside the
     bundle (index -1 or >= len(bundle.items): an item added since training) has no ranker
@@ -139,6 +149,10 @@ def ranked_list(
         live.live_likes[where],
     )
     scores = np.asarray(bundle.scorer(features), np.float32)
+    if short_term.rank_weight > 0 and any(k == Kind.LIKE for _, k in live.history):
+        scores = with_short_term_scores(
+            bundle, scores, candidates[where], signals.recent_likes, short_term
+        )
     best = np.argsort(-scores, kind="stable")
     if len(where) == n:
         return RankedList(best, scores[best], where, features, signals)
@@ -151,3 +165,36 @@ def ranked_list(
     for p in np.flatnonzero(~known):
         out[p] = out[p - 1] if p > 0 else top
     return RankedList(order, out, where, features, signals)
+
+
+def with_short_term_scores(
+    bundle: RankingData,
+    scores: np.ndarray,
+    candidates: np.ndarray,
+    recent_likes: np.ndarray,
+    short_term: ShortTerm = SHORT_TERM,
+) -> np.ndarray:
+    """The ranker's scores of one list plus a weight times the candidates' scores against
+    the short-term vector of `recent_likes` (newest first), both standardised over the list
+    (the ranker's blend is a sum of standardised scores). The weight is
+    `short_term.rank_weight` times how far the short-term vector turns from the user's
+    recent likes taken evenly (1 - cosine): the ranker was fit where the newest likes agree
+    with the rest, and it already reads them then (co-occurrence, like order)."""
+    short = short_term_vector(bundle, recent_likes, short_term)
+    if short is None or len(scores) < 2:
+        return scores
+    even = short_term_vector(
+        bundle, recent_likes, ShortTerm(half_life=np.inf, window=len(recent_likes))
+    )
+    norms = float(np.linalg.norm(short) * np.linalg.norm(even))
+    turn = 1.0 - float(short @ even) / norms if norms > 0 else 0.0
+    weight = short_term.rank_weight * min(max(turn, 0.0), 1.0)
+    if weight <= 0:
+        return scores
+    sim = bundle.item_vectors[candidates] @ short
+    return (_z(scores) + weight * _z(sim)).astype(np.float32)
+
+
+def _z(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return (a - a.mean()) / (a.std() + 1e-9)

@@ -21,7 +21,9 @@ import scipy.sparse as sp
 
 from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
+from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import UserState
+from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, with_short_term
 from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
 from shortlist.retrieval.index import RefinedIndex, search, served_index
 from shortlist.retrieval.memo import SearchMemo
@@ -37,6 +39,8 @@ class RetrievalData(Protocol):
     item_vectors: np.ndarray
     index: faiss.Index | RefinedIndex | None
     seen: sp.csr_matrix
+    recent_likes: sp.csr_matrix  # the last likes per user (data: age rank, 0 = newest)
+    item_encoder: np.ndarray | None
     popularity: np.ndarray
     precomputed: PrecomputedShortlists | None
 
@@ -82,6 +86,24 @@ def live_exclusions(
     return np.unique(np.concatenate([live, view.hidden])) if len(view.hidden) else np.unique(live)
 
 
+def latest_likes(bundle: RetrievalData, user_index: int | None, state: UserState) -> np.ndarray:
+    """The user's likes newest first, as item indices: live ones (an item whose latest
+    feedback is a like), then training's recent likes."""
+    latest: dict[str, Kind] = {}
+    for item_id, kind in state.history:
+        latest.setdefault(item_id, kind)
+    live = bundle.items.indices([i for i, k in latest.items() if k == Kind.LIKE])
+    if user_index is None:
+        return live
+    lo, hi = bundle.recent_likes.indptr[user_index], bundle.recent_likes.indptr[user_index + 1]
+    trained = bundle.recent_likes.indices[lo:hi][
+        np.argsort(bundle.recent_likes.data[lo:hi], kind="stable")
+    ]
+    gone = np.asarray([i for i, k in latest.items() if k != Kind.LIKE])
+    trained = trained[~np.isin(trained, np.concatenate([live, bundle.items.indices(gone)]))]
+    return np.concatenate([live, trained]).astype(np.int64)
+
+
 def retrieve(
     bundle: RetrievalData,
     user_id: str,
@@ -91,17 +113,23 @@ def retrieve(
     memo: SearchMemo | None = None,
     precomputed: bool = True,
     view: CatalogueView = EMPTY,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> Shortlist:
     """Top-n for the user, never an item of their training interactions, live seen or
     disliked items, `extra_exclude` or the `view`'s hidden items. A trained user without a
     folded-in vector is answered from the bundle's precomputed shortlist when `precomputed`
     and it holds enough; `memo` (over `bundle.index`) answers repeated searches. The
-    view's new items are merged into personal shortlists (indices from len(bundle.items))."""
+    view's new items are merged into personal shortlists (indices from len(bundle.items)).
+    A folded-in user's vector is searched with their latest likes' short-term vector
+    blended in (`short_term`, decision 0030)."""
     user_index = bundle.users.get(user_id)
     live = live_exclusions(bundle, state, extra_exclude, view)
     folded = state.vector is not None and state.vector.shape == (bundle.item_vectors.shape[1],)
     if folded:
         vector, source = state.vector, "folded_in"
+        if short_term.weight > 0:
+            recent = latest_likes(bundle, user_index, state)
+            vector = with_short_term(bundle, vector, recent, short_term)
     elif user_index is not None:
         vector, source = bundle.user_vectors[user_index], "trained"
     else:

@@ -124,6 +124,11 @@ def _story(console, gateway, admin, bundle, user: str, k: int) -> None:
         if topic(i.item_id) == new_topic:
             marks[i.item_id] = f"[cyan]{new_topic}[/] " + marks.get(i.item_id, "")
     show(console, f"{user}: after feedback", after, marks)
+    back = [i.item_id for i in after.items if topic(i.item_id) == new_topic]
+    console.print(
+        f"   '{new_topic}' items now recommended (the topic just liked): "
+        f"{len(back)} of {len(after.items)}"
+    )
     gone = [i for i in liked + [disliked] if i in {x.item_id for x in after.items}]
     console.print(f"   liked/disliked items still recommended: {gone or 'none'}")
 

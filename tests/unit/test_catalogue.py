@@ -55,7 +55,7 @@ def test_ranking_keeps_new_items_at_their_retrieval_position(monkeypatch):
     items = IdMap([str(i) for i in range(10)])
     bundle = SimpleNamespace(items=items, item_side=None, scorer=lambda f: f[:, 0])
     candidates = np.array([1, 12, 5, 3, -1, 7])  # 12 (in process) and -1 (over gRPC): new
-    live = SimpleNamespace(live_likes=np.zeros(6))
+    live = SimpleNamespace(live_likes=np.zeros(6), history=[])
     order, scores = rank_positions(bundle, "u", candidates, np.zeros(6), live, None, 6)
     assert candidates[order].tolist() == [7, 12, 5, 3, -1, 1]
     assert scores.tolist() == [7, 7, 5, 3, 3, 1]  # a new item takes the score before it
