@@ -206,3 +206,31 @@ def test_an_oversized_body_is_refused(http_stack):
         argv, input=json.dumps(payload), capture_output=True, text=True, timeout=30
     ).stdout
     assert out in ("413", "429"), out
+
+
+def test_loadtest_http_mode_sends_recommend_and_feedback(http_stack, bundle):
+    from shortlist.tools import loadtest
+
+    config = loadtest.LoadConfig(
+        target=http_stack.http_url.removeprefix("http://"),
+        rate=50,
+        duration_s=2,
+        warmup_s=0.5,
+        users=bundle.users.to_list(),
+        feedback_share=0.2,
+        connections=4,
+        timeout_s=5,
+        http=True,
+        api_key=FULL_KEY,
+    )
+    summary = loadtest.run(config).summary
+    assert summary["protocol"] == "http"
+    assert summary["errors"] == {}, summary["errors"]
+    assert summary["ok"] == summary["requests"] == 100
+    assert summary["feedback_requests"] > 0
+    wrong = loadtest.run(
+        loadtest.LoadConfig(
+            target=config.target, rate=20, duration_s=1, warmup_s=0, http=True, api_key="nope"
+        )
+    ).summary
+    assert wrong["errors"] == {"UNAUTHENTICATED": 20}
