@@ -98,10 +98,12 @@ ENDPOINTS = (
 )
 
 
-def error_response(code: grpc.StatusCode, message: str) -> JSONResponse:
+def error_response(
+    code: grpc.StatusCode, message: str, http_status: int | None = None
+) -> JSONResponse:
     """The JSON error body: `{"error": {"code": <HTTP status>, "status": <gRPC code name>,
     "message": ...}}` (the shape of Google's JSON APIs), the message as gRPC sends it."""
-    status = HTTP_STATUS.get(code, 500)
+    status = http_status or HTTP_STATUS.get(code, 500)
     body = {"error": {"code": status, "status": code.name, "message": message}}
     return JSONResponse(body, status_code=status)
 
@@ -139,14 +141,23 @@ class GatewayBridge:
         return await rpc(request, timeout=self.timeout_s, metadata=metadata)
 
 
+def _too_large(size: int) -> JSONResponse:
+    """413, with the code gRPC gives a message over its size limit."""
+    return error_response(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body of {size} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+        413,
+    )
+
+
 def _handler(endpoint: Endpoint, bridge: GatewayBridge):
     async def handle(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
+            return _too_large(int(declared))
         body = await request.body()
         if len(body) > MAX_MESSAGE_BYTES:
-            return error_response(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request body of {len(body)} bytes is over the limit of {MAX_MESSAGE_BYTES}",
-            )
+            return _too_large(len(body))
         try:
             message = json_format.Parse(body or b"{}", endpoint.request())
         except json_format.ParseError as exc:

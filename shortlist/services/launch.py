@@ -12,8 +12,11 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from starlette.routing import BaseRoute
 
 from shortlist.bundle.ab import ARM_A, ARM_B, check_arms, load_arms
 from shortlist.bundle.bundle import Bundle
@@ -115,11 +118,13 @@ def start_service(
     ranking_target: str | None = None,
     bundle_b: Bundle | None = None,
     http_address: str | None = None,
+    http_routes: Sequence[BaseRoute] = (),
 ) -> Started:
     """Start one service on `address`; missing backends are built from the settings.
 
     `http_address` (gateway only): also serve the HTTP/JSON API there, forwarding to a
-    plaintext loopback port of the gRPC server (shortlist.services.http_api).
+    plaintext loopback port of the gRPC server (shortlist.services.http_api), with
+    `http_routes` mounted beside it (e.g. a web console).
 
     `bundle_b` (A/B arm "b"): retrieval and ranking load it beside `bundle` and serve the
     one each request names by version; the gateway assigns users to arms.
@@ -184,7 +189,9 @@ def start_service(
         if http_address:
             try:
                 target = f"127.0.0.1:{started.server.loopback_port}"
-                started.http = start_http_server(settings, target, http_address, share)
+                started.http = start_http_server(
+                    settings, target, http_address, share, extra_routes=http_routes
+                )
             except BaseException:
                 started.stop()
                 raise
@@ -370,8 +377,10 @@ def start_inprocess_stack(
     consumer: EventConsumer,
     bundle_b: Bundle | None = None,
     http_address: str | None = None,
+    http_routes: Sequence[BaseRoute] = (),
 ) -> InProcessStack:
-    """`http_address` (e.g. "127.0.0.1:0"): the gateway serves the HTTP/JSON API there too."""
+    """`http_address` (e.g. "127.0.0.1:0"): the gateway serves the HTTP/JSON API there too,
+    with `http_routes` beside it."""
     stack = InProcessStack()
     for arm, b in ((ARM_A, bundle), (ARM_B, bundle_b)):
         if b is not None:
@@ -396,6 +405,7 @@ def start_inprocess_stack(
             ranking_target=stack.target("ranking"),
             bundle_b=bundle_b,
             http_address=http_address,
+            http_routes=http_routes,
         )
     except Exception:
         stack.stop()
