@@ -15,6 +15,7 @@ from shortlist.rpc.security import hash_key
 from shortlist.rpc.server import client_channel
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.test_security import pki  # noqa: F401 (fixture)
 
 FULL_KEY = "http-key-full-0123456789"
 READ_KEY = "http-key-read-0123456789"  # scope recommend only
@@ -234,3 +235,51 @@ def test_loadtest_http_mode_sends_recommend_and_feedback(http_stack, bundle):
         )
     ).summary
     assert wrong["errors"] == {"UNAUTHENTICATED": 20}
+
+
+def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):  # noqa: F811
+    """With TLS files the HTTP port is HTTPS too (curl verifies it against the CA), and
+    plaintext beyond loopback is refused as for gRPC."""
+    from shortlist.config import Settings
+    from shortlist.rpc.security import InsecureConfiguration
+    from shortlist.services.http_api import start_http_server
+    from tests.conftest import bare_gateway
+
+    settings = Settings.from_env(
+        {},
+        tls_cert_file=str(pki / "service.crt"),
+        tls_key_file=str(pki / "service.key"),
+        api_key_hashes=hash_key(FULL_KEY),
+    )
+    gateway = bare_gateway(settings.replace(tls_cert_file="", tls_key_file=""))
+    http = start_http_server(settings, f"127.0.0.1:{gateway.port}", "127.0.0.1:0")
+    try:
+        url = f"https://localhost:{http.port}/v1/recommend"
+        argv = ["curl", "-sS", "-w", "\n%{http_code}", "--cacert", str(pki / "ca.crt")]
+        argv += ["-H", f"x-api-key: {FULL_KEY}", "-d", '{"userId": "u", "k": 1}', url]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        text, _, status = out.stdout.rpartition("\n")
+        assert status == "501", out.stderr  # the bare gateway's UNIMPLEMENTED, over HTTPS
+        assert json.loads(text)["error"]["status"] == "UNIMPLEMENTED"
+        plain = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-d",
+                "{}",
+                url.replace("https", "http"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert plain.stdout != "501"  # no plaintext answer on the TLS port
+    finally:
+        http.stop()
+        gateway.stop()
+    with pytest.raises(InsecureConfiguration):
+        start_http_server(Settings.from_env({}), "127.0.0.1:1", "0.0.0.0:0")
