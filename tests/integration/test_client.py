@@ -72,7 +72,7 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 def test_unavailable_is_retried_and_the_call_succeeds(scripted):
     servicer, target = scripted([UNAVAILABLE, UNAVAILABLE])
-    with Client(target, max_attempts=3) as client:
+    with Client(target, max_attempts=3, timeout_s=30) as client:  # a deadline spans attempts
         reply = client.recommend("u1", 1)
     assert reply.item_ids == ["item-1"] and reply.model_version == "v1"
     assert len(servicer.requests) == 3
@@ -92,7 +92,7 @@ def test_other_codes_and_a_single_attempt_are_not_retried(scripted):
 
 def test_a_retried_feedback_batch_carries_the_same_event_ids(scripted):
     servicer, target = scripted([UNAVAILABLE])
-    with Client(target) as client:
+    with Client(target, timeout_s=30) as client:
         ids = client.send_feedback(Feedback("u1", "i1"), Feedback("u1", "i2", "dislike"))
     first, second = servicer.requests
     assert [e.event_id for e in first.events] == [e.event_id for e in second.events] == ids
