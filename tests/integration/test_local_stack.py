@@ -120,7 +120,8 @@ def test_up_serves_grpcurl_and_down_stops_everything(
             timeout=20,
         )
         assert curl.returncode == 0, curl.stdout + curl.stderr
-        assert json.loads(curl.stdout)["items"] == reply["items"]
+        over_http = [(i["itemId"], i["score"]) for i in json.loads(curl.stdout)["items"]]
+        assert over_http == [(i["item_id"], i["score"]) for i in reply["items"]]
         if colocate:
             # 24 connections of their own: the kernel spreads them over both workers
             for n in range(24):
