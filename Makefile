@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-peers bench-index \
 	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
-	bench-lifecycle bench-next-item clean
+	bench-lifecycle bench-next-item bench-http clean
 
 install: $(STAMP) proto
 
@@ -161,6 +161,15 @@ bench-soak: install
 	mkdir -p $(REPORTS)/soak
 	$(BIN)/shortlist bench soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \
 		--feedback-share 0.2 --report $(REPORTS)/soak/soak.json
+
+# The HTTP/JSON front door against gRPC on one co-located local stack, in alternating
+# rounds of the same open-loop load (reports/http/bench.txt keeps the output).
+HTTP_RATE ?= 100
+HTTP_ROUNDS ?= 3
+bench-http: install
+	mkdir -p $(REPORTS)/http
+	$(BIN)/shortlist bench http --rate $(HTTP_RATE) --rounds $(HTTP_ROUNDS) \
+		--bundle $(REPORTS)/http/artifacts | tee $(REPORTS)/http/bench.txt
 
 # Resident memory of the co-located stages over 20 hot swaps of the serving bundle
 # (train it first with make bench-serving).

@@ -52,6 +52,11 @@ class Settings:
     # records for longer than this without committing them.
     feedback_stuck_s: int = 120
     gateway_addr: str = "127.0.0.1:50051"
+    # The HTTP/JSON API (shortlist.services.http_api), served by the gateway process on its
+    # own port; empty: none. Its calls go to the gateway's gRPC server over loopback.
+    gateway_http_addr: str = "127.0.0.1:8080"
+    # Deadline of a call that came in over HTTP (HTTP has no deadline header of its own).
+    http_timeout_ms: int = 5000
     retrieval_addr: str = "127.0.0.1:50052"
     ranking_addr: str = "127.0.0.1:50053"
     feedback_addr: str = "127.0.0.1:50054"

@@ -53,6 +53,7 @@ class RunningServer:
     service_names: tuple[str, ...]
     health_server: grpc.Server | None = None  # plaintext, grpc.health.v1 only
     health_port: int = 0
+    loopback_port: int = 0  # plaintext on 127.0.0.1, same services (the HTTP front door's)
 
     def set_serving(self, serving: bool, names: tuple[str, ...] | None = None) -> None:
         """Health of `names` (default: every service and "", the whole server)."""
@@ -93,6 +94,7 @@ def start_server(
     settings: Any = None,
     share_port: bool = False,
     own_port: int = 0,
+    loopback_port: bool = False,
 ) -> RunningServer:
     """Start a server on `address` ("host:port", port 0 picks a free one) and mark it SERVING.
 
@@ -102,7 +104,9 @@ def start_server(
     without `insecure=1` refuses to start (see shortlist.rpc.security). `share_port`: other
     processes may bind the same port (SO_REUSEPORT, gateway workers); otherwise a port in
     use is an error. `own_port`: one more port on the same host for this process alone (a
-    gateway worker's, see Settings.gateway_worker_port).
+    gateway worker's, see Settings.gateway_worker_port). `loopback_port`: one more port,
+    plaintext on 127.0.0.1 (picked free), for callers in the same process or pod (the HTTP
+    front door), with the same interceptors: TLS is the only thing it leaves out.
     """
     credentials = None
     # Requests are parsed before the security interceptors, which read user ids from them
@@ -151,8 +155,11 @@ def start_server(
         )
         if bound == 0:
             raise OSError(f"could not bind gRPC server to {own}")
+    loopback = server.add_insecure_port("127.0.0.1:0") if loopback_port else 0
+    if loopback_port and loopback == 0:
+        raise OSError("could not bind a loopback port for the gRPC server")
     server.start()
-    running = RunningServer(server, port, health_servicer, service_names)
+    running = RunningServer(server, port, health_servicer, service_names, loopback_port=loopback)
     if settings is not None and settings.health_port:
         running.health_server, running.health_port = start_health_server(
             health_servicer, address, settings.health_port

@@ -12,8 +12,11 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from starlette.routing import BaseRoute
 
 from shortlist.bundle.ab import ARM_A, ARM_B, check_arms, load_arms
 from shortlist.bundle.bundle import Bundle
@@ -35,6 +38,7 @@ from shortlist.feedback.bus import (
 from shortlist.feedback.stores import RedisStateStore, StateStore
 from shortlist.feedback.worker import FeedbackWorker
 from shortlist.retrieval.index import limit_native_threads
+from shortlist.rpc.security import check_gateway_policy
 from shortlist.rpc.server import RunningServer, client_channel, start_server
 from shortlist.rpc.telemetry import MODEL_INFO, start_metrics_server
 from shortlist.services import feedback as feedback_server
@@ -43,6 +47,7 @@ from shortlist.services import ranking as ranking_server
 from shortlist.services import retrieval as retrieval_server
 from shortlist.services.feedback import FeedbackAdminServicer
 from shortlist.services.gateway import GatewayServicer
+from shortlist.services.http_api import HttpServer, start_http_server
 from shortlist.services.local import LocalRanker, LocalRetriever
 from shortlist.services.ranking import RankingServicer
 from shortlist.services.remote import RemoteRanker, RemoteRetriever
@@ -107,6 +112,7 @@ class Started:
     # what hot reload swaps the bundle of (`use_bundle`): a stage or the gateway servicer
     servicer: object | None = None
     readiness: feedback_server.ConsumerReadiness | None = None  # the feedback service's
+    http: HttpServer | None = None  # the gateway's HTTP/JSON front door, when it has one
 
     def swap_bundle(self, bundle: Bundle) -> None:
         """Serve `bundle` from now on: one reference assignment per holder."""
@@ -117,6 +123,8 @@ class Started:
     def stop(self) -> None:
         if self.readiness:
             self.readiness.stop()
+        if self.http:
+            self.http.stop()
         if self.worker:
             self.worker.stop()
         self.server.stop()
@@ -133,8 +141,14 @@ def start_service(
     retrieval_target: str | None = None,
     ranking_target: str | None = None,
     bundle_b: Bundle | None = None,
+    http_address: str | None = None,
+    http_routes: Sequence[BaseRoute] = (),
 ) -> Started:
     """Start one service on `address`; missing backends are built from the settings.
+
+    `http_address` (gateway only): also serve the HTTP/JSON API there, forwarding to a
+    plaintext loopback port of the gRPC server (shortlist.services.http_api), with
+    `http_routes` mounted beside it (e.g. a web console).
 
     `bundle_b` (A/B arm "b"): retrieval and ranking load it beside `bundle` and serve the
     one each request names by version; the gateway assigns users to arms.
@@ -181,18 +195,32 @@ def start_service(
         servicer = GatewayServicer(
             bundle, retriever, ranker, publisher or kafka_publisher(settings), settings, bundle_b
         )
-        return Started(
+        if http_address:
+            check_gateway_policy(settings, http_address)  # before anything listens
+        share = settings.gateway_workers > 1
+        started = Started(
             start_server(
                 name,
                 gateway_server.register(servicer),
                 gateway_server.SERVICE_NAMES,
                 address,
                 settings=settings,
-                share_port=settings.gateway_workers > 1,
+                share_port=share,
                 own_port=settings.gateway_worker_port,
+                loopback_port=bool(http_address),
             ),
             servicer=servicer,
         )
+        if http_address:
+            try:
+                target = f"127.0.0.1:{started.server.loopback_port}"
+                started.http = start_http_server(
+                    settings, target, http_address, share, extra_routes=http_routes
+                )
+            except BaseException:
+                started.stop()
+                raise
+        return started
     raise ValueError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
 
 
@@ -232,7 +260,12 @@ def serve(name: str, settings: Settings) -> None:
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
     bundle = arms[ARM_A]
     started = start_service(
-        name, settings, bundle, getattr(settings, f"{name}_addr"), bundle_b=arms.get(ARM_B)
+        name,
+        settings,
+        bundle,
+        getattr(settings, f"{name}_addr"),
+        bundle_b=arms.get(ARM_B),
+        http_address=settings.gateway_http_addr if name == "gateway" else None,
     )
     log.info(
         "%s serving bundle(s) %s on port %d",
@@ -341,6 +374,14 @@ class InProcessStack:
     def gateway_target(self) -> str:
         return f"127.0.0.1:{self.services['gateway'].server.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP/JSON API's base URL (the stack was started with an `http_address`)."""
+        http = self.services["gateway"].http
+        if http is None:
+            raise RuntimeError("this stack serves no HTTP/JSON API")
+        return f"http://127.0.0.1:{http.port}"
+
     def target(self, name: str) -> str:
         return f"127.0.0.1:{self.services[name].server.port}"
 
@@ -360,7 +401,11 @@ def start_inprocess_stack(
     publisher: EventPublisher,
     consumer: EventConsumer,
     bundle_b: Bundle | None = None,
+    http_address: str | None = None,
+    http_routes: Sequence[BaseRoute] = (),
 ) -> InProcessStack:
+    """`http_address` (e.g. "127.0.0.1:0"): the gateway serves the HTTP/JSON API there too,
+    with `http_routes` beside it."""
     stack = InProcessStack()
     for arm, b in ((ARM_A, bundle), (ARM_B, bundle_b)):
         if b is not None:
@@ -384,6 +429,8 @@ def start_inprocess_stack(
             retrieval_target=stack.target("retrieval"),
             ranking_target=stack.target("ranking"),
             bundle_b=bundle_b,
+            http_address=http_address,
+            http_routes=http_routes,
         )
     except Exception:
         stack.stop()

@@ -404,11 +404,15 @@ def up() -> None:
                 f"http://{settings.metrics_host}:{port}/metrics",
                 str(pids[process]),
             )
+    if settings.gateway_http_addr:
+        table.add_row("HTTP/JSON API", f"http://{settings.gateway_http_addr}", "", "(gateway)")
     console.print(table)
     console.print(
         f"try: grpcurl -plaintext {settings.gateway_addr} list\n"
         f'     grpcurl -plaintext -d \'{{"user_id": "user-0007", "k": 5}}\' '
         f"{settings.gateway_addr} shortlist.v1.Gateway/Recommend\n"
+        f'     curl -s -d \'{{"userId": "user-0007", "k": 5}}\' '
+        f"http://{settings.gateway_http_addr}/v1/recommend\n"
         "stop: make down"
     )
 
@@ -490,8 +494,18 @@ def loadtest(
     watch_stack: bool = typer.Option(
         True, help="Report CPU per call of the `shortlist up` processes (.run/pids.json)."
     ),
+    http: bool = typer.Option(
+        False,
+        "--http",
+        help="Call the HTTP/JSON front door at --target (HOST:PORT, e.g. 127.0.0.1:8080) "
+        "instead of gRPC: POST /v1/recommend and /v1/feedback.",
+    ),
+    api_key: str | None = typer.Option(
+        None, envvar="SHORTLIST_LOADTEST_API_KEY", help="API key sent with every call."
+    ),
 ) -> None:
-    """Open-loop load test of Gateway/Recommend; the last stdout line is a JSON summary."""
+    """Open-loop load test of Gateway/Recommend (gRPC, or HTTP/JSON with --http); the last
+    stdout line is a JSON summary."""
     from shortlist.tools import loadtest as lt
     from shortlist.tools.stack import watched_processes
 
@@ -516,14 +530,16 @@ def loadtest(
         timeout_s=timeout,
         seed=seed,
         watch_pids=watched_processes(Settings.from_env()) if watch_stack else None,
+        http=http,
+        api_key=api_key,
     )
     try:
         config.validate()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     console.print(
-        f"loadtest {target}: {rate:g}/s for {warmup:g}s warm-up + {duration:g}s, k={k}, "
-        f"feedback share {feedback_share:g}"
+        f"loadtest {'http://' if http else ''}{target}: {rate:g}/s for {warmup:g}s warm-up "
+        f"+ {duration:g}s, k={k}, feedback share {feedback_share:g}"
     )
     result = lt.run(config, on_progress=None)
     lt.main_report(result, console, plot)

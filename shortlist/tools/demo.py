@@ -3,15 +3,18 @@ in-memory store and bus, and show recommendations change with feedback over real
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
+from urllib.request import Request, urlopen
 
 import grpc
 from rich.console import Console
 from rich.table import Table
 
 from shortlist.bundle.files import load_bundle, save_bundle
+from shortlist.client import Client, Feedback, Recommendation
 from shortlist.config import Settings
 from shortlist.data.events import load_events
 from shortlist.data.synthetic import generate, write_events
@@ -19,16 +22,14 @@ from shortlist.feedback.bus import InMemoryBus
 from shortlist.feedback.stores import InMemoryStateStore
 from shortlist.rpc.server import client_channel
 from shortlist.training.pipeline import TrainConfig, train_bundle
-from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
-
-LIKE, DISLIKE = common_pb2.FEEDBACK_KIND_LIKE, common_pb2.FEEDBACK_KIND_DISLIKE
+from shortlist.v1 import feedback_pb2, feedback_pb2_grpc
 
 
 def topic(item_id: str) -> str:
     return item_id.rsplit("-", 1)[0]
 
 
-def show(console: Console, title: str, reply: gateway_pb2.RecommendResponse, marks=None) -> None:
+def show(console: Console, title: str, reply: Recommendation, marks=None) -> None:
     marks = marks or {}
     note = f"  [yellow](fallback: {reply.fallback_reason})[/]" if reply.fallback_used else ""
     table = Table(title=f"{title}{note}", title_justify="left")
@@ -77,24 +78,26 @@ def run(console: Console | None = None, user: str = "user-0007", k: int = 10) ->
     )
     store, bus = InMemoryStateStore(), InMemoryBus()
     settings = Settings.from_env({}, backend="memory")
-    stack = start_inprocess_stack(settings, bundle, store, bus.publisher(), bus.consumer())
+    stack = start_inprocess_stack(
+        settings, bundle, store, bus.publisher(), bus.consumer(), http_address="127.0.0.1:0"
+    )
     try:
         with (
-            client_channel(stack.gateway_target) as channel,
+            Client(stack.gateway_target) as gateway,
             client_channel(stack.target("feedback")) as admin_channel,
         ):
-            gateway = gateway_pb2_grpc.GatewayStub(channel)
             admin = feedback_pb2_grpc.FeedbackAdminStub(admin_channel)
             _story(console, gateway, admin, bundle, user, k)
+            _over_http(console, stack.http_url, user)
     finally:
         stack.stop()
     console.rule("[bold green]demo finished: services stopped")
 
 
-def _story(console, gateway, admin, bundle, user: str, k: int) -> None:
+def _story(console, gateway: Client, admin, bundle, user: str, k: int) -> None:
     context = {"device": "ios", "hour": "21"}
     console.print(f"\n[bold]1.[/] Recommend for {user} over gRPC at {context}")
-    before = gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=k, context=context))
+    before = gateway.recommend(user, k, context=context)
     show(console, f"{user}: before feedback (bundle {before.model_version})", before)
 
     liked = [before.items[0].item_id, before.items[1].item_id]
@@ -105,19 +108,16 @@ def _story(console, gateway, admin, bundle, user: str, k: int) -> None:
     )
     fresh = [i for i in bundle.popular_items(400) if topic(bundle.items.id(i)) == new_topic]
     liked += [bundle.items.id(i) for i in fresh[:4]]
-    events = [common_pb2.FeedbackEvent(user_id=user, item_id=i, kind=LIKE) for i in liked]
-    events.append(common_pb2.FeedbackEvent(user_id=user, item_id=disliked, kind=DISLIKE))
+    events = [Feedback(user, i, "like") for i in liked] + [Feedback(user, disliked, "dislike")]
     console.print(
         f"\n[bold]2.[/] SendFeedback: like {', '.join(liked)}; dislike {disliked} "
         f"(the likes include {len(fresh[:4])} '{new_topic}' items, a topic new to this user)"
     )
-    ack = gateway.SendFeedback(gateway_pb2.SendFeedbackRequest(events=events))
-    waited = wait_applied(admin, len(ack.event_ids))
-    console.print(
-        f"   acknowledged {len(ack.event_ids)} events; applied after {waited * 1000:.0f} ms"
-    )
+    ack = gateway.send_feedback(*events)
+    waited = wait_applied(admin, len(ack))
+    console.print(f"   acknowledged {len(ack)} events; applied after {waited * 1000:.0f} ms")
 
-    after = gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=k, context=context))
+    after = gateway.recommend(user, k, context=context)
     before_ids = {i.item_id for i in before.items}
     marks = {i.item_id: "[green]new[/]" for i in after.items if i.item_id not in before_ids}
     for i in after.items:
@@ -134,20 +134,30 @@ def _story(console, gateway, admin, bundle, user: str, k: int) -> None:
 
     newcomer = "newcomer-1"
     console.print(f"\n[bold]3.[/] A user never seen in training: {newcomer}")
-    cold = gateway.Recommend(gateway_pb2.RecommendRequest(user_id=newcomer, k=5))
+    cold = gateway.recommend(newcomer, 5)
     show(console, f"{newcomer}: cold start", cold)
     popular = bundle.items.ids(bundle.popular_items(len(bundle.items)))
     jazz = [i for i in popular if topic(i) == "jazz"][:3]
-    likes = [common_pb2.FeedbackEvent(user_id=newcomer, item_id=i, kind=LIKE) for i in jazz]
-    ack2 = gateway.SendFeedback(gateway_pb2.SendFeedbackRequest(events=likes))
-    wait_applied(admin, len(ack.event_ids) + len(ack2.event_ids))
-    warm = gateway.Recommend(gateway_pb2.RecommendRequest(user_id=newcomer, k=5))
+    ack2 = gateway.send_feedback(*(Feedback(newcomer, i, "like") for i in jazz))
+    wait_applied(admin, len(ack) + len(ack2))
+    warm = gateway.recommend(newcomer, 5)
     show(console, f"{newcomer}: after liking {', '.join(jazz)} (vector folded in)", warm)
 
     console.print("\n[bold]4.[/] SimilarItems and bad input")
-    similar = gateway.SimilarItems(common_pb2.SimilarItemsRequest(item_id=jazz[0], k=5))
-    console.print(f"   similar to {jazz[0]}: {', '.join(i.item_id for i in similar.items)}")
+    similar = gateway.similar_items(jazz[0], 5)
+    console.print(f"   similar to {jazz[0]}: {', '.join(similar.item_ids)}")
     try:
-        gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=0))
+        gateway.recommend(user, 0)
     except grpc.RpcError as exc:
         console.print(f"   Recommend(k=0) -> {exc.code().name}: {exc.details()}")
+
+
+def _over_http(console: Console, url: str, user: str) -> None:
+    """The same API over HTTP/JSON (what `curl` would send)."""
+    body = json.dumps({"userId": user, "k": 3, "context": {"device": "web"}}).encode()
+    request = Request(f"{url}/v1/recommend", body, {"content-type": "application/json"})
+    with urlopen(request, timeout=10) as reply:
+        answer = json.loads(reply.read())
+    console.print(f"\n[bold]5.[/] The same API over HTTP/JSON: POST {url}/v1/recommend")
+    console.print(f"   {body.decode()} -> {[i['itemId'] for i in answer['items']]}")
+    console.print(f"   OpenAPI document: GET {url}/openapi.json")

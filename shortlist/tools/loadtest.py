@@ -11,6 +11,12 @@ comma-separated addresses (the gateway workers' own ports) puts channel c on add
 c mod n instead, so that each address gets the same share of the calls (within one
 connection's, when the connections are not a multiple of the addresses).
 
+With ``http=True`` the same calls go to the HTTP/JSON front door instead (``target`` is its
+HOST:PORT; `POST /v1/recommend` and `/v1/feedback` over ``connections`` keep-alive
+connections of one aiohttp session), so that the two can be compared on the same stack.
+gRPC calls go through `shortlist.client.AsyncClient`, without retries (a retry would hide
+an error and count as one slower call).
+
 The first ``warmup_s`` seconds are sent but not counted. Users are drawn with a Zipf-like skew
 from a list (``--users FILE`` or ``user-0000``.. ``user-NNNN``), plus a share of never-seen
 ids (cold start). A share of the arrivals can be `SendFeedback` calls: a like or dislike of an
@@ -37,8 +43,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from shortlist.rpc.server import MAX_MESSAGE_BYTES
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from shortlist.client import AsyncClient, Feedback, Recommendation
 
 RECOMMEND, FEEDBACK = 0, 1
 # The event loop wakes up to ~1 ms late (epoll timeouts are whole milliseconds), so calls due
@@ -73,6 +78,8 @@ class LoadConfig:
     seed: int = 0
     # Processes whose CPU time is reported per request (name -> pid), e.g. the local stack's.
     watch_pids: dict[str, int] | None = None
+    http: bool = False  # call the HTTP/JSON front door at `target` instead of gRPC
+    api_key: str | None = None
 
     def validate(self) -> None:
         if self.rate <= 0:
@@ -206,35 +213,119 @@ class _Workload:
         }
 
     def request(self, i: int) -> tuple[int, Any, str]:
-        """(kind, request message, user) for arrival i."""
+        """(kind, what to send, user) for arrival i: a Feedback, or a Recommend's context."""
         if self.feedback[i] and self.shown:
             user, items = self.shown[self.rng.randrange(len(self.shown))]
             # Most interactions are on the top of the list; likes outnumber dislikes.
             item = items[min(int(self.rng.expovariate(0.5)), len(items) - 1)]
-            kind = common_pb2.FEEDBACK_KIND_LIKE
-            if self.rng.random() < 0.3:
-                kind = common_pb2.FEEDBACK_KIND_DISLIKE
-            event = common_pb2.FeedbackEvent(user_id=user, item_id=item, kind=kind)
-            return FEEDBACK, gateway_pb2.SendFeedbackRequest(events=[event]), user
+            kind = "dislike" if self.rng.random() < 0.3 else "like"
+            return FEEDBACK, Feedback(user, item, kind), user
         if self.cold[i]:
             user = f"loadtest-cold-{self.run_id}-{i}"
         else:
             user = self.users[self.user_index[i]]
-        request = gateway_pb2.RecommendRequest(user_id=user, k=self.config.k)
-        request.context.update(self.context())
-        return RECOMMEND, request, user
+        return RECOMMEND, self.context(), user
 
-    def remember(self, user: str, reply: gateway_pb2.RecommendResponse) -> None:
-        if self.config.feedback_share > 0 and reply.items:
-            self.shown.append((user, [it.item_id for it in reply.items]))
+    def remember(self, user: str, item_ids: list[str]) -> None:
+        if self.config.feedback_share > 0 and item_ids:
+            self.shown.append((user, item_ids))
 
 
 def _code_name(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code().name
+    if isinstance(exc, HttpStatusError):
+        return exc.code
     if isinstance(exc, asyncio.TimeoutError):
         return "DEADLINE_EXCEEDED"
     return f"CLIENT_{type(exc).__name__}"
+
+
+class HttpStatusError(Exception):
+    """A non-200 HTTP answer; `code` is the gRPC code name of its error body."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _GrpcCaller:
+    """Recommend and SendFeedback over `connections` gRPC channels (AsyncClient each)."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        targets = config.targets
+        self.clients = [
+            AsyncClient(
+                targets[c % len(targets)],
+                config.api_key,
+                timeout_s=config.timeout_s,
+                max_attempts=1,
+                options=[("grpc.use_local_subchannel_pool", 1)],  # a connection of its own each
+            )
+            for c in range(config.connections)
+        ]
+        self.k = config.k
+
+    async def recommend(self, i: int, user: str, context: dict[str, str]) -> list[str]:
+        reply: Recommendation = await self.clients[i % len(self.clients)].recommend(
+            user, self.k, context=context
+        )
+        return reply.item_ids
+
+    async def feedback(self, i: int, event: Feedback) -> None:
+        await self.clients[i % len(self.clients)].send_feedback(event)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+
+class _HttpCaller:
+    """The same calls as JSON over HTTP/1.1 keep-alive connections (aiohttp)."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        import aiohttp
+
+        self.aiohttp = aiohttp
+        targets = config.targets
+        self.urls = [f"http://{t}" for t in targets]
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.connections, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=config.timeout_s),
+            headers={"x-api-key": config.api_key} if config.api_key else None,
+        )
+        self.k = config.k
+
+    async def _post(self, i: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self.urls[i % len(self.urls)] + path
+        async with self.session.post(url, json=body) as reply:
+            answer = await reply.json(content_type=None)
+            if reply.status != 200:
+                error = answer.get("error", {}) if isinstance(answer, dict) else {}
+                raise HttpStatusError(error.get("status") or f"HTTP_{reply.status}")
+            return answer
+
+    async def recommend(self, i: int, user: str, context: dict[str, str]) -> list[str]:
+        body = {"userId": user, "k": self.k, "context": context}
+        answer = await self._post(i, "/v1/recommend", body)
+        return [item["itemId"] for item in answer["items"]]
+
+    async def feedback(self, i: int, event: Feedback) -> None:
+        message = event.to_proto()
+        body = {
+            "events": [
+                {
+                    "eventId": message.event_id,
+                    "userId": event.user_id,
+                    "itemId": event.item_id,
+                    "kind": f"FEEDBACK_KIND_{event.kind.upper()}",
+                }
+            ]
+        }
+        await self._post(i, "/v1/feedback", body)
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
 async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) -> Samples:
@@ -242,36 +333,22 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
     workload = _Workload(config, total)
     samples = Samples()
     loop = asyncio.get_running_loop()
-    targets = config.targets
-    channels = [
-        grpc.aio.insecure_channel(
-            targets[c % len(targets)],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.use_local_subchannel_pool", 1),  # a connection of its own each
-            ],
-        )
-        for c in range(config.connections)
-    ]
-    stubs = [gateway_pb2_grpc.GatewayStub(channel) for channel in channels]
+    caller = _HttpCaller(config) if config.http else _GrpcCaller(config)
     limit = asyncio.Semaphore(config.concurrency) if config.concurrency else None
     pending: set[asyncio.Task] = set()
     timeout = config.timeout_s
 
     async def call(i: int, scheduled: float, t0: float) -> None:
         kind, request, user = workload.request(i)
-        stub = stubs[i % len(stubs)]
         if limit is not None:
             await limit.acquire()
         sent = loop.time()
         code = "OK"
         try:
             if kind == RECOMMEND:
-                reply = await stub.Recommend(request, timeout=timeout)
-                workload.remember(user, reply)
+                workload.remember(user, await caller.recommend(i, user, request))
             else:
-                await stub.SendFeedback(request, timeout=timeout)
+                await caller.feedback(i, request)
         except Exception as exc:  # counted by status code, never fatal
             code = _code_name(exc)
         finally:
@@ -310,8 +387,7 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
         for task in list(pending):
             task.cancel()
     finally:
-        for channel in channels:
-            await channel.close()
+        await caller.close()
     return samples
 
 
@@ -345,6 +421,7 @@ def summarize(config: LoadConfig, samples: Samples, cpu_s: float, wall_s: float)
     done_ok = (scheduled + latency)[ok]
     summary: dict[str, Any] = {
         "target": config.target,
+        "protocol": "http" if config.http else "grpc",
         "rate": config.rate,
         "achieved_rps": round(n / span, 2) if span > 0 else 0.0,
         "ok_rps": round(int(ok.sum()) / (max(w1, float(done_ok.max())) - w0), 2)

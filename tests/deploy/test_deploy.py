@@ -203,6 +203,8 @@ def test_service_deployment(docs, name):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     # The gateway's API port speaks TLS: kubelet probes go to its plaintext health port.
     probe_port = ports.pop("health", grpc_port)
+    http_port = ports.pop("http", None)  # the gateway's HTTP/JSON API
+    assert http_port == (port_of(defaults.gateway_http_addr) if name == "gateway" else None)
     assert ports == {"grpc": grpc_port, "metrics": metrics_port}
     assert template["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
     env = {e["name"]: e for e in container["env"]}
@@ -228,7 +230,11 @@ def test_service_deployment(docs, name):
 
     service = one(docs, "Service", name)
     assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
-    assert {p["port"] for p in service["spec"]["ports"]} == {grpc_port, metrics_port}
+    assert {p["port"] for p in service["spec"]["ports"]} == {grpc_port, metrics_port} | (
+        {http_port} if http_port else set()
+    )
+    if http_port:
+        assert env["SHORTLIST_GATEWAY_HTTP_ADDR"]["value"].endswith(f":{http_port}")
 
     pdb = one(docs, "PodDisruptionBudget", name)
     assert pdb["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
@@ -551,7 +557,8 @@ def test_network_policies_expose_only_the_gateway(docs):
     ]
     assert open_rules == ["gateway-ingress"], "only the gateway may be reachable from anywhere"
     gateway = _ingress_rules(docs, "gateway")
-    assert {"ports": [{"port": "grpc", "protocol": "TCP"}]} in gateway
+    public = [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]
+    assert {"ports": public} in gateway
     for app in ("retrieval", "ranking"):
         rules = _ingress_rules(docs, app)
         grpc_rules = [r for r in rules if r["ports"][0]["port"] == "grpc"]
@@ -989,10 +996,12 @@ def test_dockerfile_is_multi_stage_pinned_and_non_root():
         assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), image
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in {"0", "root"}
-    assert "grpc_tools.protoc" in text, "stubs are generated in the build stage"
+    # stubs are generated in the build stage, by setup.py's build step
+    assert "setup.py" in text and "grpc_tools" in (ROOT / "setup.py").read_text()
     assert "requirements" in text and "pip install --no-deps ." in text
     defaults = Settings()
     exposed = {int(p) for line in re.findall(r"^EXPOSE\s+(.+)$", text, re.M) for p in line.split()}
+    assert port_of(defaults.gateway_http_addr) in exposed
     for name in SERVICES:
         assert port_of(getattr(defaults, f"{name}_addr")) in exposed
         assert getattr(defaults, f"{name}_metrics_port") in exposed

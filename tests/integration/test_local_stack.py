@@ -32,7 +32,7 @@ def recommend_calls(metrics_port: int) -> float:
 
 def stack_env(bundle: Path, redis_url: str) -> tuple[dict, dict, dict]:
     """Environment for `shortlist up` on free ports of its own: (env, ports, metrics ports)."""
-    names = ("gateway", "retrieval", "ranking", "feedback", "archiver", "kafka")
+    names = ("gateway", "retrieval", "ranking", "feedback", "archiver", "kafka", "gateway_http")
     ports = {name: free_port() for name in names}
     metrics = {n: free_port() for n in ("retrieval", "ranking", "feedback", "archiver")}
     metrics["gateway"] = free_ports(2)
@@ -110,6 +110,18 @@ def test_up_serves_grpcurl_and_down_stops_everything(
         assert "shortlist.v1.Gateway" in listed.stdout, listed.stderr
         reply = grpcurl_recommend(gateway, bundle.users.id(0), 4)
         assert len(reply["items"]) == 4 and not reply.get("fallbackUsed", False)
+        # the same call over HTTP/JSON, on the gateway process's own HTTP port
+        body = json.dumps({"userId": bundle.users.id(0), "k": 4})
+        url = f"http://127.0.0.1:{ports['gateway_http']}/v1/recommend"
+        curl = subprocess.run(
+            ["curl", "-sS", "--fail-with-body", "-d", body, url],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert curl.returncode == 0, curl.stdout + curl.stderr
+        over_http = [(i["itemId"], i["score"]) for i in json.loads(curl.stdout)["items"]]
+        assert over_http == [(i["item_id"], i["score"]) for i in reply["items"]]
         if colocate:
             # 24 connections of their own: the kernel spreads them over both workers
             for n in range(24):
@@ -120,7 +132,8 @@ def test_up_serves_grpcurl_and_down_stops_everything(
                     )
                 assert len(got.items) == 3 and not got.fallback_used, got.fallback_reason
             calls = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
-            assert min(calls) >= 1 and sum(calls) == 25, calls
+            # grpcurl's call, the one over HTTP (the gateway forwards it to itself) and 24
+            assert min(calls) >= 1 and sum(calls) == 26, calls
             # Each worker's own port reaches that worker alone: the load test's connections
             # spread over both give each exactly half of the calls.
             targets = f"127.0.0.1:{own},127.0.0.1:{own + 1}"
@@ -159,6 +172,7 @@ def test_a_worker_that_cannot_start_fails_up_and_leaves_nothing_running(
         "SHORTLIST_REDIS_PREFIX": f"sltest:{uuid.uuid4().hex[:8]}:",
         "SHORTLIST_KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['kafka']}",
         "SHORTLIST_GATEWAY_ADDR": f"127.0.0.1:{ports['gateway']}",
+        "SHORTLIST_GATEWAY_HTTP_ADDR": f"127.0.0.1:{free_port()}",
         "SHORTLIST_FEEDBACK_ADDR": f"127.0.0.1:{free_port()}",
         "SHORTLIST_FEEDBACK_METRICS_PORT": str(free_port()),
         "SHORTLIST_GATEWAY_METRICS_PORT": str(first),

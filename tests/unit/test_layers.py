@@ -12,6 +12,8 @@ PACKAGE = Path(shortlist.__file__).parent
 # Bottom to top. A module may import its own layer and the layers below it, never above.
 LAYERS = [
     {"__init__", "config", "v1", "rpc"},
+    # the public client (shortlist.client): apps import it, so it stays on the contract
+    {"client"},
     {"data"},
     {"models"},
     {"feedback"},
@@ -80,6 +82,12 @@ def test_imports_only_go_down_the_layers():
 def test_nothing_outside_the_tooling_imports_it():
     found = [path for path, here, there in imports() if there == "tools" and here != "tools"]
     assert not found, found
+
+
+def test_the_client_imports_the_contract_only():
+    """Apps install the package to call the gateway: the client must not pull in serving."""
+    found = {there for path, here, there in imports() if here == "client"}
+    assert found <= {"v1", "rpc"}, found
 
 
 def test_the_gateway_never_branches_on_colocation():

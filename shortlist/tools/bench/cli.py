@@ -528,3 +528,30 @@ def next_item(
     )
     result["model"] = model
     _emit(result, f"next-item after live feedback on {dataset} ({split})")
+
+
+@bench_app.command("http")
+def http_overhead(
+    rate: float = typer.Option(100.0, "--rate", help="Arrivals per second (open loop)."),
+    duration: float = typer.Option(15.0, "--duration", help="Measured seconds per run."),
+    warmup: float = typer.Option(3.0, "--warmup", help="Warm-up seconds per run."),
+    rounds: int = typer.Option(3, "--rounds", help="Runs per protocol (alternating order)."),
+    connections: int = typer.Option(8, "--connections", help="Connections of the load test."),
+    bundle: str = typer.Option("artifacts", "--bundle", help="Bundle root (trained if absent)."),
+) -> None:
+    """HTTP/JSON against gRPC on one local stack, same run: Recommend latency and the
+    gateway's CPU per call of each, and the overhead (HTTP minus gRPC)."""
+    from shortlist.tools.bench import http_overhead as bench_http
+
+    if rate <= 0 or duration <= 0 or rounds < 1 or connections < 1:
+        _fail("--rate and --duration must be > 0, --rounds and --connections >= 1")
+    config = bench_http.HttpBenchConfig(
+        rate=rate,
+        duration_s=duration,
+        warmup_s=warmup,
+        rounds=rounds,
+        connections=connections,
+        bundle=bundle,
+    )
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    _emit(bench_http.run(config, say), "HTTP/JSON overhead over gRPC")

@@ -140,7 +140,7 @@ def per_minute(result: lt.LoadResult) -> list[dict]:
 
 def soak_settings(base: Settings) -> Settings:
     """Free ports for the four services, their metrics and the broker; an own key prefix."""
-    ports = {f"{n}_addr": f"127.0.0.1:{free_port()}" for n in lt_services()}
+    ports = {f"{n}_addr": f"127.0.0.1:{free_port()}" for n in (*lt_services(), "gateway_http")}
     metrics = {f"{n}_metrics_port": free_port() for n in lt_services()}
     metrics["gateway_metrics_port"] = free_ports(base.gateway_workers)
     return base.replace(

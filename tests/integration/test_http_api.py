@@ -1,0 +1,285 @@
+"""The HTTP/JSON front door over real sockets, probed with curl: the gateway process's HTTP
+port forwards to its gRPC server, so answers, codes and messages are the gRPC path's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import grpc
+import pytest
+
+from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.feedback.stores import RedisStateStore
+from shortlist.rpc.security import hash_key
+from shortlist.rpc.server import client_channel
+from shortlist.services.launch import start_inprocess_stack
+from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.test_security import pki  # noqa: F401 (fixture)
+
+FULL_KEY = "http-key-full-0123456789"
+READ_KEY = "http-key-read-0123456789"  # scope recommend only
+
+
+@pytest.fixture(scope="module")
+def http_stack(settings, bundle):
+    """The stack over the real Redis and broker, with API keys and the HTTP front door."""
+    s = settings.replace(
+        api_key_hashes=f"{hash_key(FULL_KEY)},{hash_key(READ_KEY)}:recommend",
+        rate_limit_per_s=0,
+    )
+    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
+    stack = start_inprocess_stack(
+        s,
+        bundle,
+        RedisStateStore(s.redis_url, s.redis_prefix),
+        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
+        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
+        http_address="127.0.0.1:0",
+    )
+    yield stack
+    stack.stop()
+
+
+def curl(url: str, body: str | None = None, headers: dict[str, str] | None = None):
+    """(HTTP status, parsed JSON body) of one request made by the curl program."""
+    argv = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", url]
+    if body is not None:
+        argv += ["-X", "POST", "-H", "content-type: application/json", "--data-binary", body]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    text, _, status = out.rpartition("\n")
+    return int(status), json.loads(text)
+
+
+def post(stack, path: str, payload, key: str | None = FULL_KEY, header: str = "x-api-key"):
+    headers = {}
+    if key is not None:
+        headers[header] = key if header == "x-api-key" else f"Bearer {key}"
+    body = payload if isinstance(payload, str) else json.dumps(payload)
+    return curl(stack.http_url + path, body, headers)
+
+
+def grpc_error(stack, method: str, request, key: str | None) -> grpc.RpcError:
+    metadata = (("x-api-key", key),) if key else ()
+    with client_channel(stack.gateway_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(stub, method)(request, timeout=10, metadata=metadata)
+    return info.value
+
+
+def test_recommend_answers_what_grpc_answers(http_stack, bundle):
+    user = bundle.users.id(3)
+    payload = {"userId": user, "k": 5, "context": {"device": "ios", "hour": "21"}}
+    status, body = post(http_stack, "/v1/recommend", payload)
+    assert status == 200, body
+    with client_channel(http_stack.gateway_target) as channel:
+        reply = gateway_pb2_grpc.GatewayStub(channel).Recommend(
+            gateway_pb2.RecommendRequest(user_id=user, k=5, context=payload["context"]),
+            timeout=10,
+            metadata=(("x-api-key", FULL_KEY),),
+        )
+    assert [i["itemId"] for i in body["items"]] == [i.item_id for i in reply.items]
+    assert body["modelVersion"] == bundle.version
+    assert body["fallbackUsed"] is False and body["fallbackReason"] == ""
+    assert body["arm"] == "a"
+
+
+def test_proto_field_names_and_bearer_keys_are_accepted(http_stack, bundle):
+    payload = {"user_id": bundle.users.id(4), "k": 3, "exclude_item_ids": [bundle.items.id(0)]}
+    status, body = post(http_stack, "/v1/recommend", payload, header="authorization")
+    assert status == 200, body
+    assert len(body["items"]) == 3
+    assert bundle.items.id(0) not in {i["itemId"] for i in body["items"]}
+
+
+def test_unknown_user_falls_back_to_popular_items_as_over_grpc(http_stack):
+    status, body = post(http_stack, "/v1/recommend", {"userId": "never-seen-user", "k": 4})
+    assert status == 200, body
+    assert body["fallbackUsed"] is True and body["fallbackReason"] == "unknown_user"
+    assert len(body["items"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ('{"userId": "u", "k": "many"}', "k"),
+        ('{"userId": "u", "k": 5, "colour": "red"}', "colour"),
+        ('{"userId": "u", "k": 5', "JSON"),
+        ('{"userId": "u", "k": 5, "context": {"device": 7}}', "context"),
+    ],
+)
+def test_bad_json_is_400_naming_the_field(http_stack, payload, named):
+    status, body = post(http_stack, "/v1/recommend", payload)
+    assert status == 400, body
+    assert body["error"]["status"] == "INVALID_ARGUMENT"
+    assert named in body["error"]["message"]
+
+
+def test_invalid_input_gets_the_gateways_own_message(http_stack, bundle):
+    status, body = post(http_stack, "/v1/recommend", {"userId": bundle.users.id(1), "k": 0})
+    over_grpc = grpc_error(
+        http_stack, "Recommend", gateway_pb2.RecommendRequest(user_id="u", k=0), FULL_KEY
+    )
+    assert status == 400
+    assert body["error"] == {
+        "code": 400,
+        "status": "INVALID_ARGUMENT",
+        "message": over_grpc.details(),
+    }
+    assert "k must be in 1..100, got 0" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), ("wrong-key-0123456789", 401)])
+def test_missing_or_wrong_key_is_401_with_the_grpc_message(http_stack, key, status):
+    got, body = post(http_stack, "/v1/recommend", {"userId": "u", "k": 1}, key=key)
+    over_grpc = grpc_error(http_stack, "Recommend", gateway_pb2.RecommendRequest(), key)
+    assert over_grpc.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert got == status
+    assert body["error"]["status"] == "UNAUTHENTICATED"
+    assert body["error"]["message"] == over_grpc.details()
+
+
+def test_a_key_without_the_scope_is_403_naming_it(http_stack, bundle):
+    event = {
+        "userId": bundle.users.id(2),
+        "itemId": bundle.items.id(5),
+        "kind": "FEEDBACK_KIND_LIKE",
+    }
+    status, body = post(http_stack, "/v1/feedback", {"events": [event]}, key=READ_KEY)
+    assert status == 403, body
+    assert body["error"]["status"] == "PERMISSION_DENIED"
+    assert "feedback" in body["error"]["message"]
+
+
+def test_feedback_is_acknowledged_with_its_event_ids(http_stack, bundle):
+    events = [
+        {"userId": bundle.users.id(2), "itemId": bundle.items.id(5), "kind": "FEEDBACK_KIND_LIKE"},
+        {
+            "eventId": "http-e1",
+            "userId": bundle.users.id(2),
+            "itemId": bundle.items.id(6),
+            "kind": "FEEDBACK_KIND_DISLIKE",
+            "timestampMs": "1700000000000",
+        },
+    ]
+    status, body = post(http_stack, "/v1/feedback", {"events": events})
+    assert status == 200, body
+    assert len(body["eventIds"]) == 2 and body["eventIds"][1] == "http-e1"
+    bad = [{**events[0], "kind": "FEEDBACK_KIND_FORGET"}]
+    status, body = post(http_stack, "/v1/feedback", {"events": bad})
+    assert status == 400 and "events[0].kind" in body["error"]["message"]
+
+
+def test_similar_items_and_an_unknown_item_is_404(http_stack, bundle):
+    status, body = post(http_stack, "/v1/similar-items", {"itemId": bundle.items.id(7), "k": 4})
+    assert status == 200, body
+    assert len(body["items"]) == 4 and bundle.items.id(7) not in {
+        i["itemId"] for i in body["items"]
+    }
+    status, body = post(http_stack, "/v1/similar-items", {"itemId": "no-such-item", "k": 4})
+    assert status == 404, body
+    assert body["error"]["status"] == "NOT_FOUND" and "no-such-item" in body["error"]["message"]
+
+
+def test_openapi_document_is_served_and_lists_the_paths(http_stack):
+    status, document = curl(http_stack.http_url + "/openapi.json")
+    assert status == 200
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {"/v1/recommend", "/v1/feedback", "/v1/similar-items"}
+    schemas = document["components"]["schemas"]
+    assert "userId" in schemas["shortlist.v1.RecommendRequest"]["properties"]
+
+
+def test_an_oversized_body_is_refused(http_stack):
+    payload = {"userId": "u", "k": 1, "excludeItemIds": ["x" * 200] * 25_000}  # ~5 MB
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]
+    argv += [
+        "-H",
+        f"x-api-key: {FULL_KEY}",
+        "--data-binary",
+        "@-",
+        http_stack.http_url + "/v1/recommend",
+    ]
+    out = subprocess.run(
+        argv, input=json.dumps(payload), capture_output=True, text=True, timeout=30
+    ).stdout
+    assert out == "413", out
+
+
+def test_loadtest_http_mode_sends_recommend_and_feedback(http_stack, bundle):
+    from shortlist.tools import loadtest
+
+    config = loadtest.LoadConfig(
+        target=http_stack.http_url.removeprefix("http://"),
+        rate=50,
+        duration_s=2,
+        warmup_s=0.5,
+        users=bundle.users.to_list(),
+        feedback_share=0.2,
+        connections=4,
+        timeout_s=5,
+        http=True,
+        api_key=FULL_KEY,
+    )
+    summary = loadtest.run(config).summary
+    assert summary["protocol"] == "http"
+    assert summary["errors"] == {}, summary["errors"]
+    assert summary["ok"] == summary["requests"] == 100
+    assert summary["feedback_requests"] > 0
+    wrong = loadtest.run(
+        loadtest.LoadConfig(
+            target=config.target, rate=20, duration_s=1, warmup_s=0, http=True, api_key="nope"
+        )
+    ).summary
+    assert wrong["errors"] == {"UNAUTHENTICATED": 20}
+
+
+def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):  # noqa: F811
+    """With TLS files the HTTP port is HTTPS too (curl verifies it against the CA), and
+    plaintext beyond loopback is refused as for gRPC."""
+    from shortlist.config import Settings
+    from shortlist.rpc.security import InsecureConfiguration
+    from shortlist.services.http_api import start_http_server
+    from tests.conftest import bare_gateway
+
+    settings = Settings.from_env(
+        {},
+        tls_cert_file=str(pki / "service.crt"),
+        tls_key_file=str(pki / "service.key"),
+        api_key_hashes=hash_key(FULL_KEY),
+    )
+    gateway = bare_gateway(settings.replace(tls_cert_file="", tls_key_file=""))
+    http = start_http_server(settings, f"127.0.0.1:{gateway.port}", "127.0.0.1:0")
+    try:
+        url = f"https://localhost:{http.port}/v1/recommend"
+        argv = ["curl", "-sS", "-w", "\n%{http_code}", "--cacert", str(pki / "ca.crt")]
+        argv += ["-H", f"x-api-key: {FULL_KEY}", "-d", '{"userId": "u", "k": 1}', url]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        text, _, status = out.stdout.rpartition("\n")
+        assert status == "501", out.stderr  # the bare gateway's UNIMPLEMENTED, over HTTPS
+        assert json.loads(text)["error"]["status"] == "UNIMPLEMENTED"
+        plain = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-d",
+                "{}",
+                url.replace("https", "http"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert plain.stdout != "501"  # no plaintext answer on the TLS port
+    finally:
+        http.stop()
+        gateway.stop()
+    with pytest.raises(InsecureConfiguration):
+        start_http_server(Settings.from_env({}), "127.0.0.1:1", "0.0.0.0:0")
