@@ -175,6 +175,10 @@ class Settings:
     # dislikes from it (`<hash>:feedback` form as api_key_hashes; keys of api_key_hashes with
     # the feedback scope are accepted too); none configured: the console is read-only.
     console_key_hashes: str = ""
+    # 1: the gateway's HTTP port also serves the web console at /console. Off unless set:
+    # its pages show users' histories to whoever reaches the port (`shortlist up` turns it
+    # on for its loopback stack).
+    console: int = 0
     # The key the console sends with its own read calls when the gateway checks API keys.
     console_api_key: str = ""
     # Reports and plots the console links (`make bench-quality` writes here; point

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
 
 from shortlist.bundle.ab import ARM_A, ARM_B, check_arms, load_arms
 from shortlist.bundle.bundle import Bundle
@@ -45,6 +45,7 @@ from shortlist.services import feedback as feedback_server
 from shortlist.services import gateway as gateway_server
 from shortlist.services import ranking as ranking_server
 from shortlist.services import retrieval as retrieval_server
+from shortlist.services.console import create_console
 from shortlist.services.feedback import FeedbackAdminServicer
 from shortlist.services.gateway import GatewayServicer
 from shortlist.services.http_api import HttpServer, start_http_server
@@ -259,14 +260,23 @@ def serve(name: str, settings: Settings) -> None:
         MODEL_INFO.labels(arm).info({"version": b.version, "model": str(b.manifest.get("model"))})
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
     bundle = arms[ARM_A]
+    http_address = settings.gateway_http_addr if name == "gateway" else None
+    loopback: dict[str, str] = {}  # the gateway's own plaintext port, once it listens
+    routes = []
+    if http_address and settings.console:
+        console = create_console(settings, gateway_target=lambda: loopback["target"])
+        routes.append(Mount("/console", app=console))
     started = start_service(
         name,
         settings,
         bundle,
         getattr(settings, f"{name}_addr"),
         bundle_b=arms.get(ARM_B),
-        http_address=settings.gateway_http_addr if name == "gateway" else None,
+        http_address=http_address,
+        http_routes=routes,
     )
+    if started.server.loopback_port:
+        loopback["target"] = f"127.0.0.1:{started.server.loopback_port}"
     log.info(
         "%s serving bundle(s) %s on port %d",
         name,

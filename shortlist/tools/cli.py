@@ -374,6 +374,8 @@ def up() -> None:
     settings = Settings.from_env()
     if "SHORTLIST_REFLECTION" not in os.environ and is_loopback(settings.gateway_addr):
         settings = settings.replace(reflection=1)  # local development: `grpcurl list` works
+    if "SHORTLIST_CONSOLE" not in os.environ and is_loopback(settings.gateway_http_addr):
+        settings = settings.replace(console=1)  # the web console at /console on loopback
     if (
         not (Path(settings.bundle) / "LATEST").exists()
         and not Path(settings.bundle, "manifest.json").exists()
@@ -406,6 +408,9 @@ def up() -> None:
             )
     if settings.gateway_http_addr:
         table.add_row("HTTP/JSON API", f"http://{settings.gateway_http_addr}", "", "(gateway)")
+        if settings.console:
+            url = f"http://{settings.gateway_http_addr}/console"
+            table.add_row("web console", url, "", "(gateway)")
     console.print(table)
     console.print(
         f"try: grpcurl -plaintext {settings.gateway_addr} list\n"

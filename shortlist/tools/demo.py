@@ -161,3 +161,7 @@ def _over_http(console: Console, url: str, user: str) -> None:
     console.print(f"\n[bold]5.[/] The same API over HTTP/JSON: POST {url}/v1/recommend")
     console.print(f"   {body.decode()} -> {[i['itemId'] for i in answer['items']]}")
     console.print(f"   OpenAPI document: GET {url}/openapi.json")
+    console.print(
+        "   The web console: `make up`, then http://127.0.0.1:8080/console (this demo's "
+        "stack stops when it ends)"
+    )

@@ -147,6 +147,13 @@ def test_up_serves_grpcurl_and_down_stops_everything(
             assert summary["requests"] == 40 and summary["errors"] == {}, summary
             after = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
             assert [a - c for a, c in zip(after, calls)] == [20, 20], (calls, after)
+        # `shortlist up` mounts the web console beside the API: the overview names the bundle
+        console = f"http://127.0.0.1:{ports['gateway_http']}/console/"
+        page = subprocess.run(
+            ["curl", "-sS", "--fail-with-body", console], capture_output=True, text=True, timeout=20
+        )
+        assert page.returncode == 0, page.stdout + page.stderr
+        assert bundle.version in page.stdout
     finally:
         down = subprocess.run([SHORTLIST, "down"], **run)
     assert down.returncode == 0, down.stderr
