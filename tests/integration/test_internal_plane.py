@@ -319,7 +319,9 @@ def message_strategy(descriptor, depth: int = 0):
             fields[f.name] = st.dictionaries(texts, texts, max_size=4)
             continue
         if f.message_type is not None:
-            one = message_strategy(f.message_type, depth + 1) if depth < 2 else st.nothing()
+            if depth >= 2:  # deep enough: the field is left out
+                continue
+            one = message_strategy(f.message_type, depth + 1)
         else:
             one = scalars[f.type]
         if f.is_repeated:
