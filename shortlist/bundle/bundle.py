@@ -18,6 +18,7 @@ from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.item_side import ItemSide, item_side
 from shortlist.ranking.scorer import Scorer, serving_scorer
+from shortlist.retrieval.fusion import FusionConfig
 from shortlist.retrieval.precomputed import PrecomputedShortlists
 
 
@@ -53,6 +54,10 @@ class Bundle:
     # items x items co-occurrence in like order (features.sequence_neighbours); None when
     # the training likes had no order
     sequence: sp.csr_matrix | None = None
+    # The item-item source (items x items neighbour weights, shortlist.models.item_item) and
+    # how retrieval fuses it with the vector search and popularity; None: vector search alone
+    item_item: sp.csr_matrix | None = None
+    fusion: FusionConfig | None = None
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.
@@ -76,6 +81,7 @@ class Bundle:
             self.user_feature_names if self.user_features is not None else [],
             self.context_counts,
             self.sequence,
+            self.item_item,
         )
 
     @cached_property

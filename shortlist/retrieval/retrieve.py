@@ -6,13 +6,16 @@ search memo when given); an unknown user by popularity. Never an item of the use
 training interactions, live seen or disliked items, the request's exclusions, or a hidden
 or removed item; new items (folded in since training, `shortlist.retrieval.catalogue`) are
 scored with the user's vector and merged into every personal shortlist, the precomputed
-one included.
+one included. Where the bundle has an item-item source (`item_item`, with its `fusion`),
+the shortlist is the weighted reciprocal-rank fusion of the vector search, the item-item
+row-sum over the user's likes (training and live) and popularity
+(`shortlist.retrieval.fusion`); each item carries the sources that proposed it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import faiss
@@ -21,8 +24,10 @@ import scipy.sparse as sp
 
 from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
+from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import UserState
 from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
+from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores
 from shortlist.retrieval.index import RefinedIndex, search, served_index
 from shortlist.retrieval.memo import SearchMemo
 from shortlist.retrieval.precomputed import PrecomputedShortlists
@@ -39,6 +44,10 @@ class RetrievalData(Protocol):
     seen: sp.csr_matrix
     popularity: np.ndarray
     precomputed: PrecomputedShortlists | None
+    likes: sp.csr_matrix
+    item_item: sp.csr_matrix | None
+    fusion: FusionConfig | None
+    manifest: dict
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray: ...
 
@@ -54,6 +63,8 @@ class Shortlist:
     # how it was found: "precomputed" (the bundle's shortlist of a trained user), "memo"
     # (the search memo), "search" (the ANN index) or "popularity"
     answer: str = "search"
+    # per item, the sources that proposed it (fused shortlists; empty otherwise)
+    sources: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def prepare_for_retrieval(bundle: RetrievalData) -> RetrievalData:
@@ -108,10 +119,16 @@ def retrieve(
         top = bundle.popular_items(n, live)
         return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity", "popularity")
     found = None
-    if not folded and precomputed and bundle.precomputed is not None:
+    live_liked = [i for i, kind in state.history if kind == Kind.LIKE]
+    # a fused shortlist moves with live likes (the item-item source), so only a user
+    # without any is answered from the precomputed one
+    fresh = not (fused_source(bundle) and live_liked)
+    if not folded and fresh and precomputed and bundle.precomputed is not None:
         taken = bundle.precomputed.take(user_index, n, live)
         if taken is not None:
             found = Shortlist(*taken, "trained", "precomputed")
+            if fused_source(bundle):
+                found.sources = bundle.precomputed.sources_of(user_index, found.items)
     if found is None:
         exclude = (
             np.union1d(row_items(bundle.seen, user_index), live) if user_index is not None else live
@@ -121,12 +138,49 @@ def retrieve(
         else:
             idx, scores, hit = memo.search(vector, n, exclude)
             found = Shortlist(idx, scores, source, "memo" if hit else "search")
+        if fused_source(bundle):
+            history = bundle.items.indices(live_liked)
+            if user_index is not None:
+                history = np.union1d(row_items(bundle.likes, user_index), history)
+            found = fused_shortlist(bundle, found, history, exclude, n)
     if view.new_ids:
         not_new = {*state.seen, *state.disliked, *extra_exclude}
         found.items, found.scores = merge_new_items(
             found.items, found.scores, vector, view, n, len(bundle.items), not_new
         )
     return found
+
+
+def fused_source(bundle: RetrievalData) -> bool:
+    return getattr(bundle, "item_item", None) is not None and bundle.fusion is not None
+
+
+def fused_shortlist(
+    bundle: RetrievalData, found: Shortlist, history: np.ndarray, exclude: np.ndarray, n: int
+) -> Shortlist:
+    """`found` (the vector search's top-n) fused with the item-item source over the user's
+    `history` and popularity, by the bundle's fusion weights; `exclude`d items never come."""
+    fusion = bundle.fusion
+    primary = fusion.primary
+    lists = {primary: found.items}
+    if fusion.weights.get("item-item", 0) > 0:
+        lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, n)[0]
+    if fusion.weights.get("popularity", 0) > 0:
+        lists["popularity"] = bundle.popular_items(n, exclude)
+    width = max(len(v) for v in lists.values())
+    rows = {
+        s: np.pad(v.astype(np.int64), (0, width - len(v)), constant_values=-1)[None]
+        for s, v in lists.items()
+    }
+    fused = fuse(rows, fusion, n)
+    keep = fused.items[0] >= 0
+    return Shortlist(
+        fused.items[0][keep],
+        fused.scores[0][keep],
+        found.user_source,
+        found.answer,
+        fused.sources(0),
+    )
 
 
 def similar_items(bundle: RetrievalData, item_index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
