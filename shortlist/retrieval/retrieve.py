@@ -145,9 +145,42 @@ def retrieve(
             found = fused_shortlist(bundle, found, history, exclude, n)
     if view.new_ids:
         not_new = {*state.seen, *state.disliked, *extra_exclude}
+        if found.sources:
+            return merge_new_fused(bundle, found, vector, view, n, not_new)
         found.items, found.scores = merge_new_items(
             found.items, found.scores, vector, view, n, len(bundle.items), not_new
         )
+    return found
+
+
+def merge_new_fused(
+    bundle: RetrievalData,
+    found: Shortlist,
+    vector: np.ndarray,
+    view: CatalogueView,
+    n: int,
+    not_new: set[str],
+) -> Shortlist:
+    """New items into a fused shortlist: only the vector source knows them, so each gets
+    the vector source's reciprocal-rank share at the place its dot product takes among the
+    shortlist's items' dot products."""
+    fusion = bundle.fusion
+    n_bundle = len(bundle.items)
+    known = found.items < n_bundle
+    dots = np.sort(bundle.item_vectors[found.items[known]] @ np.asarray(vector, np.float32))[::-1]
+    keep = [j for j, i in enumerate(view.new_ids) if i not in not_new]
+    if not keep:
+        return found
+    new_dots = view.new_vectors[keep] @ np.asarray(vector, np.float32)
+    place = np.searchsorted(-dots, -new_dots, side="right")
+    weight = fusion.weights.get(fusion.primary, 1.0)
+    new_scores = (weight / (fusion.k + place + 1.0)).astype(np.float32)
+    items = np.concatenate([found.items, n_bundle + np.array(keep, np.int64)])
+    scores = np.concatenate([found.scores, new_scores]).astype(np.float32)
+    sources = [*found.sources, *[(fusion.primary,)] * len(keep)]
+    order = np.argsort(-scores, kind="stable")[:n]
+    found.items, found.scores = items[order], scores[order]
+    found.sources = [sources[j] for j in order]
     return found
 
 

@@ -131,6 +131,7 @@ class LocalRetriever(_BundleStage):
             catalogue=self.bundles.item_ids[bundle.version],
             new_ids=view.new_ids,
             state=state,
+            sources=found.sources,
         )
 
     def similar_items(

@@ -38,6 +38,8 @@ class Candidates:
     new_ids: Sequence[str] = ()
     messages: Sequence[common_pb2.ScoredItem] | None = None  # as received over gRPC
     state: UserState | None = None
+    # in process, fused shortlists: per item the candidate sources that proposed it
+    sources: Sequence[tuple[str, ...]] = ()
 
     def __len__(self) -> int:
         return len(self.messages) if self.messages is not None else len(self.items)
