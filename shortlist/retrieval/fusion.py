@@ -30,16 +30,23 @@ class FusionConfig:
     weights: dict[str, float] = field(default_factory=dict)  # source -> weight; 0: unused
     k: float = 60.0
     primary: str = "vectors"  # the source served by the vector index (the bundle's model)
+    depth: int = 200  # items each source contributes (the same offline and served)
 
     def to_json(self) -> dict:
-        return {"weights": dict(self.weights), "k": self.k, "primary": self.primary}
+        return {
+            "weights": dict(self.weights),
+            "k": self.k,
+            "primary": self.primary,
+            "depth": self.depth,
+        }
 
     @classmethod
     def from_json(cls, value: Mapping | None) -> FusionConfig | None:
         if not value:
             return None
         weights = {str(s): float(w) for s, w in value["weights"].items()}
-        return cls(weights, float(value["k"]), str(value.get("primary", "vectors")))
+        primary = str(value.get("primary", "vectors"))
+        return cls(weights, float(value["k"]), primary, int(value.get("depth", 200)))
 
     @property
     def used(self) -> list[str]:
@@ -133,6 +140,7 @@ def choose_fusion(
     primary: str,
     budget_s: float = 120.0,
     seed: int = 0,
+    depth: int = 200,
 ) -> tuple[FusionConfig, dict]:
     """The weights and k whose fused top-20 has the best NDCG@20 on `labels` (rows: the
     `users`, aligned with the lists' rows), `primary` at weight 1, every other source from
@@ -150,7 +158,7 @@ def choose_fusion(
         for ws in itertools.product(WEIGHT_GRID, repeat=len(others)):
             if trials and time.perf_counter() - start > budget_s:
                 break
-            cfg = FusionConfig({primary: 1.0, **dict(zip(others, ws))}, k, primary)
+            cfg = FusionConfig({primary: 1.0, **dict(zip(others, ws))}, k, primary, depth)
             score = ndcg20(fuse(sub, cfg, 20).items, labels, users[rows])
             trials.append({"weights": cfg.weights, "k": k, "ndcg@20": round(score, 5)})
             if score > best_score + 1e-12:

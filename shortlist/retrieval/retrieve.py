@@ -133,10 +133,12 @@ def retrieve(
         exclude = (
             np.union1d(row_items(bundle.seen, user_index), live) if user_index is not None else live
         )
+        # a fused shortlist takes each source's top `depth`, as offline
+        width = max(n, bundle.fusion.depth) if fused_source(bundle) else n
         if memo is None:
-            found = Shortlist(*search(bundle.index, vector, n, exclude), source)
+            found = Shortlist(*search(bundle.index, vector, width, exclude), source)
         else:
-            idx, scores, hit = memo.search(vector, n, exclude)
+            idx, scores, hit = memo.search(vector, width, exclude)
             found = Shortlist(idx, scores, source, "memo" if hit else "search")
         if fused_source(bundle):
             history = bundle.items.indices(live_liked)
@@ -191,15 +193,17 @@ def fused_source(bundle: RetrievalData) -> bool:
 def fused_shortlist(
     bundle: RetrievalData, found: Shortlist, history: np.ndarray, exclude: np.ndarray, n: int
 ) -> Shortlist:
-    """`found` (the vector search's top-n) fused with the item-item source over the user's
-    `history` and popularity, by the bundle's fusion weights; `exclude`d items never come."""
+    """`found` (the vector search's top, at least `fusion.depth`) fused with the item-item
+    source over the user's `history` and popularity, each source's top `fusion.depth`, by
+    the bundle's fusion weights, cut at `n`; `exclude`d items never come."""
     fusion = bundle.fusion
     primary = fusion.primary
-    lists = {primary: found.items}
+    depth = fusion.depth
+    lists = {primary: found.items[:depth]}
     if fusion.weights.get("item-item", 0) > 0:
-        lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, n)[0]
+        lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
     if fusion.weights.get("popularity", 0) > 0:
-        lists["popularity"] = bundle.popular_items(n, exclude)
+        lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())
     rows = {
         s: np.pad(v.astype(np.int64), (0, width - len(v)), constant_values=-1)[None]

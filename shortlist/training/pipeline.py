@@ -266,9 +266,10 @@ def fused_candidates(
 def fused_precomputed(
     sources: Sources, fusion: Any, history: sp.csr_matrix, seen: sp.csr_matrix, width: int
 ) -> PrecomputedShortlists:
-    """Every user's fused top-`width` with the sources that proposed each item."""
+    """Every user's fused top-`width` (each source's top `fusion.depth`, as served) with
+    the sources that proposed each item."""
     users = np.arange(history.shape[0])
-    lists = source_lists(sources, history, users, width, seen)
+    lists = source_lists(sources, history, users, fusion.depth, seen)
     fused = fused_lists(lists, fusion, width)
     return PrecomputedShortlists(
         fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)

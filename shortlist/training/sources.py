@@ -86,4 +86,5 @@ def chosen_fusion(
 ) -> tuple[FusionConfig, dict]:
     """Fusion weights chosen on `labels` (held-out likes of `users`, the lists' rows)."""
     items = {s: v[0] for s, v in lists.items()}
-    return choose_fusion(items, labels, users, sources.primary_name, budget_s)
+    depth = max(v.shape[1] for v in items.values())
+    return choose_fusion(items, labels, users, sources.primary_name, budget_s, depth=depth)

@@ -22,11 +22,12 @@ def retriever(bundle, redis_url, redis_prefix, **settings) -> LocalRetriever:
 
 
 def by_hand(bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int) -> np.ndarray:
-    """The fused top-n recomputed from the bundle's parts."""
-    vec, _ = search(bundle.index, bundle.user_vectors[user], n, exclude)
+    """The fused top-n recomputed from the bundle's parts (each source's top depth)."""
+    depth = bundle.fusion.depth
+    vec, _ = search(bundle.index, bundle.user_vectors[user], depth, exclude)
     lists = {bundle.fusion.primary: vec}
-    lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, n)[0]
-    lists["popularity"] = bundle.popular_items(n, exclude)
+    lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())
     rows = {s: np.pad(v, (0, width - len(v)), constant_values=-1)[None] for s, v in lists.items()}
     items = fuse(rows, bundle.fusion, n).items[0]
@@ -37,6 +38,7 @@ def test_the_bundle_carries_the_item_item_source_and_its_fusion(bundle):
     assert bundle.item_item is not None and bundle.item_item.shape == (200, 200)
     assert bundle.fusion.primary == bundle.manifest["model"]
     assert set(bundle.fusion.weights) == {bundle.fusion.primary, "item-item", "popularity"}
+    assert bundle.fusion.depth == 100  # the conftest bundle's candidates
     assert "fusion_choice" in bundle.manifest and bundle.manifest["fusion_choice"]["trials"] > 0
 
 
