@@ -74,3 +74,23 @@ def test_item_item_scores_is_a_sparse_row_sum_without_excluded_items():
     # row 0 + row 1 = [1, 1, 2, 3]; items 0 and 1 excluded
     assert items.tolist() == [3, 2] and scores.tolist() == [3.0, 2.0]
     assert item_item_scores(table, np.array([], np.int64), np.array([]), 3)[0].size == 0
+
+
+def test_fusion_config_round_trips_through_the_manifest():
+    cfg = FusionConfig({"spectral": 1.0, "item-item": 0.5, "popularity": 0.0}, 10.0, "spectral")
+    again = FusionConfig.from_json(cfg.to_json())
+    assert again == cfg and again.used == ["spectral", "item-item"]
+    assert FusionConfig.from_json(None) is None
+
+
+def test_precomputed_rows_name_each_items_sources():
+    from shortlist.retrieval.precomputed import PrecomputedShortlists
+
+    lists = {"a": np.array([[10, 20, 30]]), "b": np.array([[20, 40, -1]])}
+    fused = fuse(lists, FusionConfig({"a": 1.0, "b": 2.0}, k=1.0), 4)
+    pre = PrecomputedShortlists(
+        fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
+    )
+    items, _ = pre.take(0, 3, np.array([40]))
+    assert items.tolist() == [20, 10, 30]
+    assert pre.sources_of(0, items) == [("a", "b"), ("a",), ("a",)]
