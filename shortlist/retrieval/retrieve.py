@@ -163,9 +163,10 @@ def merge_new_fused(
     n: int,
     not_new: set[str],
 ) -> Shortlist:
-    """New items into a fused shortlist: only the vector source knows them, so each gets
-    the vector source's reciprocal-rank share at the place its dot product takes among the
-    shortlist's items' dot products."""
+    """New items into a fused shortlist: only the vector source knows them; each is scored
+    as if every fused source ranked it at the place its dot product takes among the
+    shortlist's items' dot products (the sum of the weights over k + place + 1), so that
+    being unknown to the sources trained before it does not bury a new item."""
     fusion = bundle.fusion
     n_bundle = len(bundle.items)
     known = found.items < n_bundle
@@ -175,7 +176,7 @@ def merge_new_fused(
         return found
     new_dots = view.new_vectors[keep] @ np.asarray(vector, np.float32)
     place = np.searchsorted(-dots, -new_dots, side="right")
-    weight = fusion.weights.get(fusion.primary, 1.0)
+    weight = sum(fusion.weights.get(name, 0.0) for name in fusion.used)
     new_scores = (weight / (fusion.k + place + 1.0)).astype(np.float32)
     items = np.concatenate([found.items, n_bundle + np.array(keep, np.int64)])
     scores = np.concatenate([found.scores, new_scores]).astype(np.float32)
