@@ -70,6 +70,11 @@ bench-quality: install
 		--protocol A --report $(REPORTS)/quality; else echo "absent: $(DATA)/gowalla"; fi
 	@if [ -d $(DATA)/lastfm ]; then $(BIN)/shortlist bench quality --data $(DATA)/lastfm \
 		--protocol B --report $(REPORTS)/quality; else echo "absent: $(DATA)/lastfm"; fi
+	@# the ablation: each candidate source alone, their fusion and the two-stage pipeline
+	@# (JSON `ablation`), per dataset and protocol
+	@for run in "lastfm B" "gowalla B" "gowalla A" "ml-100k B"; do set -- $$run; \
+		if [ -d $(DATA)/$$1 ]; then $(BIN)/shortlist bench quality --data $(DATA)/$$1 \
+		--protocol $$2 --pipeline two-stage || exit 1; else echo "absent: $(DATA)/$$1"; fi; done
 
 # Peers (implicit's ALS and BPR, the [bench] extra): tuned on valid, same protocol B code.
 # The peers are a bench-only extra (pyproject [bench]): installed here, never by make install.

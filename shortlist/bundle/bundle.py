@@ -18,6 +18,7 @@ from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.item_side import ItemSide, item_side
 from shortlist.ranking.scorer import Scorer, serving_scorer
+from shortlist.retrieval.fusion import FusionConfig
 from shortlist.retrieval.precomputed import PrecomputedShortlists
 
 
@@ -55,6 +56,10 @@ class Bundle:
     sequence: sp.csr_matrix | None = None
     # item attribute -> its value per item as text ("" none): what request rules filter on
     item_attribute_values: dict[str, list[str]] = field(default_factory=dict)
+    # The item-item source (items x items neighbour weights, shortlist.models.item_item) and
+    # how retrieval fuses it with the vector search and popularity; None: vector search alone
+    item_item: sp.csr_matrix | None = None
+    fusion: FusionConfig | None = None
 
     def __post_init__(self) -> None:
         # Items a user interacted with in training are never recommended again.
@@ -78,6 +83,7 @@ class Bundle:
             self.user_feature_names if self.user_features is not None else [],
             self.context_counts,
             self.sequence,
+            self.item_item,
         )
 
     @cached_property

@@ -7,7 +7,8 @@ DeepFM ranker served blended with it; shortlist.ranking.deepfm), item_encoder.np
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
 features; the manifest's context_values name each table's rows), shortlist_items.npy and
 shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.retrieval.precomputed),
-sequence.npz (item co-occurrence in like order, where likes were ordered),
+sequence.npz (item co-occurrence in like order, where likes were ordered), item_item.npz
+(the item-item source's neighbour table, fused into the shortlist; manifest `fusion`),
 item_attributes.json (item attributes as text, for request rules; when the data had any).
 `<root>/LATEST` names the newest version.
 """
@@ -33,6 +34,7 @@ from shortlist.feedback.foldin import FoldInTargets
 from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.features import feature_names
+from shortlist.retrieval.fusion import FusionConfig
 from shortlist.retrieval.index import load_index, save_index
 from shortlist.retrieval.precomputed import PrecomputedShortlists
 
@@ -114,6 +116,10 @@ def save_bundle(
         sp.save_npz(tmp / "sequence.npz", bundle.sequence.tocsr())
     if bundle.item_attribute_values:
         (tmp / "item_attributes.json").write_text(json.dumps(bundle.item_attribute_values))
+    if bundle.item_item is not None:
+        sp.save_npz(tmp / "item_item.npz", bundle.item_item.tocsr())
+    if bundle.fusion is not None:
+        manifest["fusion"] = bundle.fusion.to_json()
     manifest = write_manifest(tmp, manifest, key)
     os.replace(tmp, final)
     if promote_it:
@@ -167,12 +173,20 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
         user_feature_names=list(manifest.get("user_feature_names", [])),
         recent_popularity=_optional(directory / "recent_popularity.npy"),
         context_counts=_context_counts(directory, manifest.get("context_values", {})),
-        precomputed=PrecomputedShortlists.load(directory),
+        precomputed=PrecomputedShortlists.load(directory, _fused_sources(manifest)),
         sequence=_optional_sparse(directory / "sequence.npz"),
         item_attribute_values=_optional_json(directory / "item_attributes.json"),
+        item_item=_optional_sparse(directory / "item_item.npz"),
+        fusion=FusionConfig.from_json(manifest.get("fusion")),
     )
     _check_ranker_features(bundle)
     return bundle
+
+
+def _fused_sources(manifest: dict) -> tuple[str, ...]:
+    """The sources a fused precomputed shortlist's bits stand for, in bit order."""
+    fusion = FusionConfig.from_json(manifest.get("fusion"))
+    return tuple(fusion.used) if fusion is not None else ()
 
 
 def _check_ranker_features(bundle: Bundle) -> None:

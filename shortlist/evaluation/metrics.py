@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from shortlist.models.topk import top_k
+from shortlist.models.topk import model_top_k, top_k
 
 
 def _discounts(k: int) -> np.ndarray:
@@ -83,11 +83,42 @@ def evaluate(
         names = ("recall", "ndcg", "precision", "hitrate", "coverage", "longtail")
         return {**{f"{m}@{k}": 0.0 for k in ks for m in names}, "users": 0}
     top = top_k(user_factors, item_factors, users, max_k, exclude=train, batch_size=batch_size)
+    return evaluate_top(top, users, train, test, item_factors.shape[0], ks)
+
+
+def evaluate_model(
+    model: object,
+    history: sp.csr_matrix,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    ks: Sequence[int] = (20,),
+) -> dict[str, float]:
+    """`evaluate` of any retrieval model (`shortlist.models.topk.model_top_k`): embedding
+    models by their factors, item-item ones by `history @ neighbours`."""
+    test = test.tocsr()
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    top = model_top_k(model, history, users, max(ks), exclude=train)[0]
+    return evaluate_top(top, users, train, test, train.shape[1], ks)
+
+
+def evaluate_top(
+    top: np.ndarray,
+    users: np.ndarray,
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    n_items: int,
+    ks: Sequence[int] = (20,),
+) -> dict[str, float]:
+    """`evaluate`'s metrics of ranked lists (`top`: one row per user of `users`, -1 padded)."""
+    test = test.tocsr()
+    if len(users) == 0:
+        names = ("recall", "ndcg", "precision", "hitrate", "coverage", "longtail")
+        return {**{f"{m}@{k}": 0.0 for k in ks for m in names}, "users": 0}
+    n_rel = np.diff(test.indptr)
     hits = hit_matrix(top, test, users)
     per_user = per_user_metrics(hits, n_rel[users], ks)
     result = {name: float(v.mean()) for name, v in per_user.items()}
     tail = long_tail_items(np.asarray(train.sum(axis=0)).ravel())
-    n_items = item_factors.shape[0]
     for k in ks:
         shown = top[:, :k]
         shown = shown[shown >= 0]

@@ -27,7 +27,7 @@ import numpy as np
 
 from shortlist.data.interactions import Interactions
 from shortlist.data.loaders import SplitData
-from shortlist.evaluation.metrics import evaluate
+from shortlist.evaluation.metrics import evaluate, evaluate_model
 from shortlist.models import registry
 from shortlist.models.base import EmbeddingModel, FitReport, Validator
 
@@ -137,12 +137,13 @@ def run_protocol(
     train_seconds = time.perf_counter() - start
 
     valid_metrics: dict[str, float] = {}
+    history = train.positives
     if fit_valid is not None:
-        valid_metrics = evaluate(
-            model.user_factors, model.item_factors, train.positives, fit_valid.positives, ks=(20,)
+        valid_metrics = evaluate_model(
+            model, history, train.positives, fit_valid.positives, ks=(20,)
         )
     start = time.perf_counter()
-    metrics = evaluate(model.user_factors, model.item_factors, exclude, split.test.positives, ks)
+    metrics = evaluate_model(model, history, exclude, split.test.positives, ks)
     eval_seconds = time.perf_counter() - start
     return ProtocolResult(
         dataset=split.name,

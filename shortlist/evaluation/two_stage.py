@@ -37,9 +37,12 @@ from shortlist.training.pipeline import (
     TrainConfig,
     data_feature_names,
     fit_ranker,
+    fused_candidates,
+    item_item_table,
     labelled_users,
     ranking_lists,
 )
+from shortlist.training.sources import fit_sources, fused_lists, source_lists
 
 Progress = Callable[[str], None]
 KS = (10, 20)
@@ -58,6 +61,10 @@ class TwoStageResult:
     users: int = 0
     # test metrics @20 of LambdaRank and DeepFM each alone, when two-stage is their blend
     rankers_alone: dict[str, float] = field(default_factory=dict)
+    # the ablation: test Recall/NDCG@20 of each candidate source alone and of their fusion
+    # (the retrieval order of the fused shortlist), and the fusion chosen on the labels
+    ablation: dict[str, dict[str, float]] = field(default_factory=dict)
+    fusion: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -75,6 +82,15 @@ class TwoStageResult:
         out.update({f"{k}_seconds": round(v, 2) for k, v in self.timings.items()})
         out.update({f"ranker_valid_{k}": round(v, 4) for k, v in self.ranker_valid.items()})
         out.update({k: round(v, 6) for k, v in self.rankers_alone.items()})
+        if self.ablation:
+            out["ablation"] = {
+                name: {k: round(v, 6) for k, v in m.items()} for name, m in self.ablation.items()
+            }
+            out["ablation"]["two-stage"] = {
+                k: round(self.two_stage[k], 6) for k in ("recall@20", "ndcg@20")
+            }
+        if self.fusion:
+            out["fusion"] = self.fusion
         return out
 
 
@@ -149,6 +165,12 @@ def run_two_stage(
     fit_model = _fit(model_name, options, stage1)
     timings["retrieval_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    label_users = labelled_users(labels.positives, cfg.ranker_max_lists, cfg.seed)
+    sources, fusion, fusion_report, candidates = fused_candidates(
+        stage1, fit_model, labels.positives, label_users, cfg, say
+    )
+    timings["sources_fit"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     say(f"stage 1: top-{cfg.candidates} shortlists with {ranker_labels} labels, features")
     lists = ranking_lists(
         stage1,
@@ -157,8 +179,10 @@ def run_two_stage(
         labels.positives,
         labels.timestamps,
         cfg,
-        users=labelled_users(labels.positives, cfg.ranker_max_lists, cfg.seed),
+        users=label_users,
         label_context=labels.context,
+        candidates=candidates,
+        item_item=item_item_table(sources),
     )
     names = data_feature_names(stage1)
     timings["ranker_features"] = time.perf_counter() - clock
@@ -181,10 +205,23 @@ def run_two_stage(
             fit_model if ranker_labels == "valid" else _fit(model_name, options, split.train)
         )
         exclude = excluded_at_test(split, protocol)
+    if fusion is not None and final_model is not fit_model:
+        sources = fit_sources(final_train, model_name, final_model, cfg.item_item_options or {})
     timings["final_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     test = split.test.positives.tocsr()
     test_users = np.flatnonzero(np.diff(test.indptr) > 0)
+    test_candidates, ablation = None, {}
+    if fusion is not None:
+        say(f"test: each source's top-{cfg.candidates} and their fusion")
+        per_source = source_lists(
+            sources, final_train.positives, test_users, cfg.candidates, exclude
+        )
+        for name, (items, _) in per_source.items():
+            ablation[name] = top_metrics(items, test, test_users)
+        fused = fused_lists(per_source, fusion, cfg.candidates)
+        ablation["fusion"] = top_metrics(fused.items, test, test_users)
+        test_candidates = (fused.items, fused.scores)
     say(f"test: shortlists and features for {len(test_users):,} users")
     test_lists = ranking_lists(
         final_train,
@@ -197,6 +234,8 @@ def run_two_stage(
         users=test_users,
         keep_empty=True,
         label_context=split.test.context,
+        candidates=test_candidates,
+        item_item=item_item_table(sources),
     )
     timings["test_features"] = time.perf_counter() - clock
     clock = time.perf_counter()
@@ -225,7 +264,17 @@ def run_two_stage(
         importance=importance(ranker, names),
         rankers_alone=alone,
         users=len(test_users),
+        ablation=ablation,
+        fusion=fusion_report or {},
     )
+
+
+def top_metrics(top: np.ndarray, test, users: np.ndarray) -> dict[str, float]:
+    """Recall and NDCG@20 of ranked lists (one row per user of `users`, -1 padded)."""
+    per_user = per_user_metrics(
+        hit_matrix(top[:, :20], test, users), np.diff(test.indptr)[users], (20,)
+    )
+    return {name: float(per_user[name].mean()) for name in ("recall@20", "ndcg@20")}
 
 
 def importance(ranker: lgb.Booster, names: list[str]) -> dict[str, float]:

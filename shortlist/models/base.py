@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import scipy.sparse as sp
 
 from shortlist.data.interactions import Interactions
 
@@ -35,3 +36,22 @@ class EmbeddingModel(Protocol):
     item_factors: np.ndarray
 
     def fit(self, data: Interactions) -> FitReport: ...
+
+
+class ItemItemModel(Protocol):
+    """A model whose scores for a user are `history_row @ neighbours` (items x items, sparse:
+    each item's kept neighbours). Serving it is a sparse row-sum over the user's likes, so
+    it needs no user factors and a user's newest likes count at once."""
+
+    name: str
+    neighbours: sp.csr_matrix
+
+    def fit(self, data: Interactions) -> FitReport: ...
+
+
+RetrievalModel = EmbeddingModel | ItemItemModel
+
+
+def is_item_item(model: object) -> bool:
+    """Whether `model` scores by its neighbour table rather than by dot products."""
+    return hasattr(model, "neighbours") and not hasattr(model, "user_factors")

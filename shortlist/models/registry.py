@@ -10,7 +10,15 @@ from typing import Any
 import numpy as np
 
 from shortlist.data.interactions import Interactions
-from shortlist.models.base import EmbeddingModel, FitReport
+from shortlist.models.base import FitReport, RetrievalModel
+from shortlist.models.item_item import (
+    EASE,
+    EASEConfig,
+    ItemItem,
+    ItemItemConfig,
+    ItemKNN,
+    ItemKNNConfig,
+)
 from shortlist.models.lightgcn import LightGCN, LightGCNConfig
 from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
 from shortlist.models.popularity import item_popularity
@@ -36,13 +44,17 @@ class PopularityModel:
         return FitReport(epochs=1, seconds=time.perf_counter() - start)
 
 
-_MODELS: dict[str, tuple[Callable[[Any], EmbeddingModel], type | None]] = {
+_MODELS: dict[str, tuple[Callable[[Any], RetrievalModel], type | None]] = {
     "popularity": (PopularityModel, None),
     "mf-bpr": (MFBPR, MFBPRConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
     "two-tower": (TwoTower, TwoTowerConfig),
     "spectral": (SpectralCF, SpectralConfig),
     "sasrec": (SASRec, SASRecConfig),
+    # item-item models (shortlist.models.base.ItemItemModel): scored as history @ neighbours
+    "ease": (EASE, EASEConfig),
+    "item-knn": (ItemKNN, ItemKNNConfig),
+    "item-item": (ItemItem, ItemItemConfig),
 }
 
 # The benchmarks' published protocols only (`shortlist bench`): `shortlist train` chooses
@@ -72,7 +84,7 @@ def model_names() -> list[str]:
     return sorted(_MODELS)
 
 
-def build(name: str, config: dict[str, Any] | None = None) -> EmbeddingModel:
+def build(name: str, config: dict[str, Any] | None = None) -> RetrievalModel:
     """A fresh model; unknown config keys are an error so typos do not pass silently."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; choose from {', '.join(model_names())}")

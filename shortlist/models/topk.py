@@ -3,9 +3,13 @@ by item index (shared by retrieval's precomputed shortlists and offline evaluati
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from shortlist.models.base import is_item_item
 
 
 def top_k(
@@ -34,15 +38,53 @@ def scored_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`top_k` and the dot products of its items (float32; 0 in the -1 slots)."""
     items = torch.from_numpy(np.ascontiguousarray(item_factors, dtype=np.float32))
+
+    def scores_of(batch: np.ndarray) -> torch.Tensor:
+        u = torch.from_numpy(np.ascontiguousarray(user_factors[batch], dtype=np.float32))
+        return u @ items.T
+
+    return ranked_top_k(scores_of, items.shape[0], users, k, exclude, batch_size)
+
+
+def item_item_top_k(
+    neighbours: sp.csr_matrix,
+    history: sp.csr_matrix,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`scored_top_k` of an item-item model: each user's scores are their `history` row
+    times the `neighbours` table (a sparse product, dense per batch only). Items no liked
+    item points to are left out (-1 slots), not ranked by a zero score."""
+    hist = history.tocsr().astype(np.float32)
+    table = neighbours.tocsr()
+
+    def scores_of(batch: np.ndarray) -> torch.Tensor:
+        scores = torch.from_numpy(np.asarray((hist[batch] @ table).todense(), np.float32))
+        scores[scores <= 0] = -torch.inf  # no neighbour of any liked item: not a candidate
+        return scores
+
+    return ranked_top_k(scores_of, table.shape[1], users, k, exclude, batch_size)
+
+
+def ranked_top_k(
+    scores_of: Callable[[np.ndarray], torch.Tensor],
+    n_items: int,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (items, scores) per user of any scoring, `exclude` removed, ties by index."""
     users = np.asarray(users, dtype=np.int64)
     out = np.full((len(users), k), -1, dtype=np.int64)
     out_scores = np.zeros((len(users), k), dtype=np.float32)
-    width = min(k, items.shape[0])
+    width = min(k, n_items)
     excl = exclude.tocsr() if exclude is not None else None
     for lo in range(0, len(users), batch_size):
         b = users[lo : lo + batch_size]
-        u = torch.from_numpy(np.ascontiguousarray(user_factors[b], dtype=np.float32))
-        scores = u @ items.T
+        scores = scores_of(b)
         if excl is not None:
             sub = excl[b]
             rows = np.repeat(np.arange(len(b)), np.diff(sub.indptr))
@@ -54,6 +96,21 @@ def scored_top_k(
         out[lo : lo + len(b), :width] = np.where(missing, -1, idx.numpy())
         out_scores[lo : lo + len(b), :width] = np.where(missing, 0.0, vals.numpy())
     return out, out_scores
+
+
+def model_top_k(
+    model: object,
+    history: sp.csr_matrix,
+    users: np.ndarray,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (items, scores) of any retrieval model, the one path for both kinds: dot
+    products of an embedding model, `history @ neighbours` of an item-item one."""
+    if is_item_item(model):
+        return item_item_top_k(model.neighbours, history, users, k, exclude, batch_size)
+    return scored_top_k(model.user_factors, model.item_factors, users, k, exclude, batch_size)
 
 
 def _top_with_ties_by_index(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,13 @@ from shortlist.ranking.user_signals import RECENT_ITEMS, UserSignals
 # are; a list-relative one says which candidates stand out for this request. Chosen on
 # Gowalla's train+valid alone (latest 20% of each user as the test, never the test split),
 # where they raised the ranker's lift (docs/decisions/0010-list-relative-features.md).
-LIST_RELATIVE = ("seq_cooc_likes", "cooc_sum_likes", "sim_recent_likes", "cooc_max_likes")
+LIST_RELATIVE = (
+    "seq_cooc_likes",
+    "cooc_sum_likes",
+    "sim_recent_likes",
+    "cooc_max_likes",
+    "item_item_likes",
+)
 BASE_FEATURES = [
     "retrieval_rank",
     # score over the shortlist's best: free of the model's score scale, which moves with the
@@ -39,6 +45,9 @@ BASE_FEATURES = [
     "seq_cooc_likes",
     "sim_recent_likes",  # embedding similarity to the centroid of recent likes
     "max_sim_dislikes",
+    # the item-item retrieval source's score (EASE or kNN weights summed over the user's
+    # recent likes): which source to trust is the ranker's to learn (NaN without the source)
+    "item_item_likes",
     "attr_affinity",  # cosine of item attributes with the user's liked-attribute profile
     # the same signals relative to the rest of the shortlist (see LIST_RELATIVE)
     *[f"{name}_{kind}" for name in LIST_RELATIVE for kind in ("list_ratio", "list_rank")],
@@ -158,6 +167,11 @@ def build_features(
         )
         weights = SEQUENCE_DECAY ** np.arange(len(likes), dtype=np.float32)
         rows[:, col["seq_cooc_likes"]] = weights @ seq
+    if len(likes) and items.item_item is not None:
+        weights = _entries(
+            items.item_item, items.item_item_dense, recent[: len(likes)], candidates, where
+        )
+        rows[:, col["item_item_likes"]] = weights.sum(axis=0)
     if len(dislikes):
         rows[:, col["cooc_max_dislikes"]] = cooc[len(likes) :].max(axis=0)
         rows[:, col["max_sim_dislikes"]] = (cand_vecs @ items.vectors[dislikes].T).max(axis=1)

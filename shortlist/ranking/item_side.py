@@ -50,6 +50,10 @@ class ItemSide:
     # items x items `sequence_neighbours` (None: the likes had no order) and its dense form
     sequence: sp.csr_matrix | None = None
     sequence_dense: np.ndarray | None = None
+    # the item-item retrieval source's neighbour table (None: the bundle has none) and its
+    # dense form on small catalogues
+    item_item: sp.csr_matrix | None = None
+    item_item_dense: np.ndarray | None = None
 
 
 def recent_popularity(
@@ -74,6 +78,7 @@ def item_side(
     user_attribute_names: list[str] | None = None,
     counts: ContextCounts | None = None,
     sequence: sp.csr_matrix | None = None,
+    item_item: sp.csr_matrix | None = None,
 ) -> ItemSide:
     cooc = item_neighbours(likes)
     return ItemSide(
@@ -84,6 +89,8 @@ def item_side(
         cooc_dense=_dense_if_small(cooc),
         sequence=sequence,
         sequence_dense=None if sequence is None else _dense_if_small(sequence),
+        item_item=item_item,
+        item_item_dense=None if item_item is None else _dense_if_small(item_item),
         attributes=attributes.astype(np.float32),
         attribute_names=list(attribute_names),
         user_attribute_names=list(user_attribute_names or []),

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 
 ITEMS_FILE = "shortlist_items.npy"
 SCORES_FILE = "shortlist_scores.npy"
+SOURCES_FILE = "shortlist_sources.npy"
 
 
 @dataclass
@@ -29,6 +30,9 @@ class PrecomputedShortlists:
 
     items: np.ndarray
     scores: np.ndarray
+    # fused shortlists: per item a bit per source that proposed it (bit j: source_names[j])
+    sources: np.ndarray | None = None
+    source_names: tuple[str, ...] = ()
 
     @classmethod
     def compute(
@@ -61,12 +65,26 @@ class PrecomputedShortlists:
             return None
         return row[picked].astype(np.int64), np.array(self.scores[user, picked])
 
+    def sources_of(self, user: int, items: np.ndarray) -> list[tuple[str, ...]]:
+        """The sources that proposed each of `items` (taken from the user's row)."""
+        if self.sources is None:
+            return []
+        row = np.asarray(self.items[user])
+        bits = np.asarray(self.sources[user])
+        at = {int(i): int(b) for i, b in zip(row, bits)}
+        names = self.source_names
+        return [tuple(s for j, s in enumerate(names) if at.get(int(i), 0) >> j & 1) for i in items]
+
     def save(self, directory: Path) -> None:
         np.save(directory / ITEMS_FILE, self.items)
         np.save(directory / SCORES_FILE, self.scores)
+        if self.sources is not None:
+            np.save(directory / SOURCES_FILE, self.sources)
 
     @classmethod
-    def load(cls, directory: Path) -> PrecomputedShortlists | None:
+    def load(
+        cls, directory: Path, source_names: tuple[str, ...] = ()
+    ) -> PrecomputedShortlists | None:
         """Memory-mapped (processes serving one bundle share its pages); None when the
         bundle has none."""
         if not (directory / ITEMS_FILE).exists():
@@ -74,4 +92,6 @@ class PrecomputedShortlists:
         return cls(
             np.load(directory / ITEMS_FILE, mmap_mode="r"),
             np.load(directory / SCORES_FILE, mmap_mode="r"),
+            np.load(directory / SOURCES_FILE) if (directory / SOURCES_FILE).exists() else None,
+            source_names,
         )

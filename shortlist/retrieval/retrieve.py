@@ -6,13 +6,16 @@ search memo when given); an unknown user by popularity. Never an item of the use
 training interactions, live seen or disliked items, the request's exclusions, or a hidden
 or removed item; new items (folded in since training, `shortlist.retrieval.catalogue`) are
 scored with the user's vector and merged into every personal shortlist, the precomputed
-one included.
+one included. Where the bundle has an item-item source (`item_item`, with its `fusion`),
+the shortlist is the weighted reciprocal-rank fusion of the vector search, the item-item
+row-sum over the user's likes (training and live) and popularity
+(`shortlist.retrieval.fusion`); each item carries the sources that proposed it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import faiss
@@ -25,6 +28,7 @@ from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import UserState
 from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, with_short_term
 from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
+from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores
 from shortlist.retrieval.index import RefinedIndex, search, served_index
 from shortlist.retrieval.memo import SearchMemo
 from shortlist.retrieval.precomputed import PrecomputedShortlists
@@ -43,6 +47,10 @@ class RetrievalData(Protocol):
     item_encoder: np.ndarray | None
     popularity: np.ndarray
     precomputed: PrecomputedShortlists | None
+    likes: sp.csr_matrix
+    item_item: sp.csr_matrix | None
+    fusion: FusionConfig | None
+    manifest: dict
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray: ...
 
@@ -58,6 +66,8 @@ class Shortlist:
     # how it was found: "precomputed" (the bundle's shortlist of a trained user), "memo"
     # (the search memo), "search" (the ANN index) or "popularity"
     answer: str = "search"
+    # per item, the sources that proposed it (fused shortlists; empty otherwise)
+    sources: list[tuple[str, ...]] = field(default_factory=list)
 
 
 def prepare_for_retrieval(bundle: RetrievalData) -> RetrievalData:
@@ -136,25 +146,106 @@ def retrieve(
         top = bundle.popular_items(n, live)
         return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity", "popularity")
     found = None
-    if not folded and precomputed and bundle.precomputed is not None:
+    live_liked = [i for i, kind in state.history if kind == Kind.LIKE]
+    # a fused shortlist moves with live likes (the item-item source), so only a user
+    # without any is answered from the precomputed one
+    fresh = not (fused_source(bundle) and live_liked)
+    if not folded and fresh and precomputed and bundle.precomputed is not None:
         taken = bundle.precomputed.take(user_index, n, live)
         if taken is not None:
             found = Shortlist(*taken, "trained", "precomputed")
+            if fused_source(bundle):
+                found.sources = bundle.precomputed.sources_of(user_index, found.items)
     if found is None:
         exclude = (
             np.union1d(row_items(bundle.seen, user_index), live) if user_index is not None else live
         )
+        # a fused shortlist takes each source's top `depth`, as offline
+        width = max(n, bundle.fusion.depth) if fused_source(bundle) else n
         if memo is None:
-            found = Shortlist(*search(bundle.index, vector, n, exclude), source)
+            found = Shortlist(*search(bundle.index, vector, width, exclude), source)
         else:
-            idx, scores, hit = memo.search(vector, n, exclude)
+            idx, scores, hit = memo.search(vector, width, exclude)
             found = Shortlist(idx, scores, source, "memo" if hit else "search")
+        if fused_source(bundle):
+            history = bundle.items.indices(live_liked)
+            if user_index is not None:
+                history = np.union1d(row_items(bundle.likes, user_index), history)
+            found = fused_shortlist(bundle, found, history, exclude, n)
     if view.new_ids:
         not_new = {*state.seen, *state.disliked, *extra_exclude}
+        if found.sources:
+            return merge_new_fused(bundle, found, vector, view, n, not_new)
         found.items, found.scores = merge_new_items(
             found.items, found.scores, vector, view, n, len(bundle.items), not_new
         )
     return found
+
+
+def merge_new_fused(
+    bundle: RetrievalData,
+    found: Shortlist,
+    vector: np.ndarray,
+    view: CatalogueView,
+    n: int,
+    not_new: set[str],
+) -> Shortlist:
+    """New items into a fused shortlist: only the vector source knows them; each is scored
+    as if every fused source ranked it at the place its dot product takes among the
+    shortlist's items' dot products (the sum of the weights over k + place + 1), so that
+    being unknown to the sources trained before it does not bury a new item."""
+    fusion = bundle.fusion
+    n_bundle = len(bundle.items)
+    known = found.items < n_bundle
+    dots = np.sort(bundle.item_vectors[found.items[known]] @ np.asarray(vector, np.float32))[::-1]
+    keep = [j for j, i in enumerate(view.new_ids) if i not in not_new]
+    if not keep:
+        return found
+    new_dots = view.new_vectors[keep] @ np.asarray(vector, np.float32)
+    place = np.searchsorted(-dots, -new_dots, side="right")
+    weight = sum(fusion.weights.get(name, 0.0) for name in fusion.used)
+    new_scores = (weight / (fusion.k + place + 1.0)).astype(np.float32)
+    items = np.concatenate([found.items, n_bundle + np.array(keep, np.int64)])
+    scores = np.concatenate([found.scores, new_scores]).astype(np.float32)
+    sources = [*found.sources, *[(fusion.primary,)] * len(keep)]
+    order = np.argsort(-scores, kind="stable")[:n]
+    found.items, found.scores = items[order], scores[order]
+    found.sources = [sources[j] for j in order]
+    return found
+
+
+def fused_source(bundle: RetrievalData) -> bool:
+    return getattr(bundle, "item_item", None) is not None and bundle.fusion is not None
+
+
+def fused_shortlist(
+    bundle: RetrievalData, found: Shortlist, history: np.ndarray, exclude: np.ndarray, n: int
+) -> Shortlist:
+    """`found` (the vector search's top, at least `fusion.depth`) fused with the item-item
+    source over the user's `history` and popularity, each source's top `fusion.depth`, by
+    the bundle's fusion weights, cut at `n`; `exclude`d items never come."""
+    fusion = bundle.fusion
+    primary = fusion.primary
+    depth = fusion.depth
+    lists = {primary: found.items[:depth]}
+    if fusion.weights.get("item-item", 0) > 0:
+        lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    if fusion.weights.get("popularity", 0) > 0:
+        lists["popularity"] = bundle.popular_items(depth, exclude)
+    width = max(len(v) for v in lists.values())
+    rows = {
+        s: np.pad(v.astype(np.int64), (0, width - len(v)), constant_values=-1)[None]
+        for s, v in lists.items()
+    }
+    fused = fuse(rows, fusion, n)
+    keep = fused.items[0] >= 0
+    return Shortlist(
+        fused.items[0][keep],
+        fused.scores[0][keep],
+        found.user_source,
+        found.answer,
+        fused.sources(0),
+    )
 
 
 def similar_items(bundle: RetrievalData, item_index: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -131,9 +131,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         unknown = candidates.user_source == "popularity"
         active = options.with_reasons or options.rules is not None
         if unknown and (not active or not len(candidates)):
-            return self._respond(
-                candidates.scored(request.k), candidates.model_version, arm, "unknown_user"
-            )
+            items = _plain(candidates.scored(request.k))
+            return self._respond(items, candidates.model_version, arm, "unknown_user")
         if unknown:  # rules and reasons over the popularity list, its order kept
             options = replace(options, keep_order=True)
         reason = "unknown_user" if unknown else "state_unavailable" if candidates.degraded else ""
@@ -154,6 +153,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 context.abort(exc.code(), exc.details())  # a rule the catalogue refutes
             if rules is None:
                 items = candidates.scored(request.k)
+                items = items if options.with_reasons else _plain(items)
             else:
                 ids, scores = candidates.item_ids(), candidates.item_scores()
                 items = self._under_rules(arm, ids, scores, rules, request.k)
@@ -298,3 +298,9 @@ def register(servicer: GatewayServicer):
 
 
 SERVICE_NAMES = (gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name,)
+
+
+def _plain(items) -> list[common_pb2.ScoredItem]:
+    """Items and scores only: a retrieval list's fused sources stay out of a reply that
+    asked for no reasons."""
+    return [common_pb2.ScoredItem(item_id=m.item_id, score=m.score) for m in items]

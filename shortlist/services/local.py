@@ -142,6 +142,7 @@ class LocalRetriever(_BundleStage):
             new_ids=view.new_ids,
             state=state,
             source=candidate_source(bundle, found.answer),
+            sources=found.sources,
         )
 
     def similar_items(

@@ -25,8 +25,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             found = self.retriever.retrieve(
                 request.user_id, request.n, request.exclude_item_ids, request.model_version, None
             )
+        candidates = found.scored()
+        for m, sources in zip(candidates, found.sources):  # fused: each item's sources
+            m.reasons.sources.extend(sources)
         return retrieval_pb2.RetrieveResponse(
-            candidates=found.scored(),
+            candidates=candidates,
             model_version=found.model_version,
             user_source=found.user_source,
             degraded=found.degraded,

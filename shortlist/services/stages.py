@@ -39,10 +39,10 @@ class Candidates:
     messages: Sequence[common_pb2.ScoredItem] | None = None  # as received over gRPC
     state: UserState | None = None
     # the candidate source of the whole list (Reasons.sources): the retrieval model's name,
-    # "precomputed" or "popularity"; per candidate, `sources` (in process) or the messages'
-    # reasons.sources win when set (several fused sources)
+    # "precomputed" or "popularity"; per candidate, `sources` (in process, fused shortlists:
+    # the sources that proposed each item) or the messages' reasons.sources win when set
     source: str = ""
-    sources: Sequence[Sequence[str]] | None = None
+    sources: Sequence[Sequence[str]] = ()
 
     def __len__(self) -> int:
         return len(self.messages) if self.messages is not None else len(self.items)
@@ -66,7 +66,7 @@ class Candidates:
         (an item that is not was added since training: "new-item")."""
         if self.messages is not None and self.messages[position].reasons.sources:
             return list(self.messages[position].reasons.sources)
-        if self.sources is not None and self.sources[position]:
+        if self.sources and self.sources[position]:
             return list(self.sources[position])
         if not known:
             return ["new-item"]

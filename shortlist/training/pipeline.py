@@ -39,6 +39,13 @@ from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
 from shortlist.retrieval.index import build_index
 from shortlist.retrieval.precomputed import PrecomputedShortlists
+from shortlist.training.sources import (
+    Sources,
+    chosen_fusion,
+    fit_sources,
+    fused_lists,
+    source_lists,
+)
 from shortlist.training.tuning import SPACES, tune, untuned
 
 Progress = Callable[[str], None]
@@ -79,6 +86,12 @@ class TrainConfig:
     # Seconds to choose the retrieval model's options on the latest slice of the training
     # likes (shortlist.training.tuning) when model_options is None; 0: the defaults above.
     tune_budget: float = 0.0
+    # Fuse the item-item source (EASE under its cap, item-kNN above) and popularity with
+    # the vector model's shortlist (shortlist.retrieval.fusion), weights chosen on the
+    # ranker's label likes within fusion_budget seconds; False: the vector model alone.
+    fusion: bool = True
+    item_item_options: dict | None = None
+    fusion_budget: float = 120.0
 
 
 def retrieval_options(cfg: TrainConfig) -> dict:
@@ -124,6 +137,10 @@ def train_bundle(
     fit_model = registry.build(cfg.model, options)
     fit_model.fit(fit_data)
 
+    label_users = labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed)
+    fit_sources_, fusion, fusion_report, candidates = fused_candidates(
+        fit_data, fit_model, label_pos, label_users, cfg, say
+    )
     say(f"building top-{cfg.candidates} shortlists and ranking features")
     names = data_feature_names(data)
     lists = ranking_lists(
@@ -133,8 +150,10 @@ def train_bundle(
         label_pos,
         label_data.timestamps,
         cfg,
-        users=labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed),
+        users=label_users,
         label_context=label_data.context,
+        candidates=candidates,
+        item_item=item_item_table(fit_sources_),
     )
     fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
     ranker = fit.booster
@@ -146,13 +165,21 @@ def train_bundle(
     report = model.fit(data)
     coo = data.positives.tocoo()
     foldin = calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col)
+    sources = None
+    if fusion is not None:
+        say("training the item-item source on all likes")
+        sources = fit_sources(data, cfg.model, model, cfg.item_item_options or {})
     precomputed, precomputed_seconds = None, 0.0
     if cfg.precomputed > 0:
         say(f"precomputing every user's top-{cfg.precomputed} by exact search")
         precomputed_seconds = -time.perf_counter()
-        precomputed = PrecomputedShortlists.compute(
-            model.user_factors, model.item_factors, data.positives + data.negatives, cfg.precomputed
-        )
+        seen = data.positives + data.negatives
+        if sources is None:
+            precomputed = PrecomputedShortlists.compute(
+                model.user_factors, model.item_factors, seen, cfg.precomputed
+            )
+        else:
+            precomputed = fused_precomputed(sources, fusion, data.positives, seen, cfg.precomputed)
         precomputed_seconds += time.perf_counter()
     bundle = Bundle(
         version=new_version(),
@@ -178,11 +205,14 @@ def train_bundle(
         deep_ranker=fit.deep,
         item_encoder=getattr(model, "item_encoder", None),
         precomputed=precomputed,
+        item_item=item_item_table(sources),
+        fusion=fusion,
         manifest={
             "dataset_fingerprint": data.fingerprint(),
             "model": cfg.model,
             "model_options": options,
             "tuning": tuning,
+            "fusion_choice": fusion_report,
             "config": asdict(cfg),
             "code_version": code_version(),
             "feature_names": names,
@@ -203,6 +233,48 @@ def train_bundle(
         },
     )
     return bundle
+
+
+def item_item_table(sources: Sources | None) -> sp.csr_matrix | None:
+    if sources is None or sources.item_item is None:
+        return None
+    return sources.item_item.neighbours
+
+
+def fused_candidates(
+    fit_data: Interactions,
+    fit_model: object,
+    labels: sp.csr_matrix,
+    users: np.ndarray,
+    cfg: TrainConfig,
+    say: Progress,
+) -> tuple[Sources | None, Any, dict | None, tuple[np.ndarray, np.ndarray] | None]:
+    """With `cfg.fusion`: the sources fit on `fit_data`, the fusion chosen on `labels`
+    (held-out likes of `users`) and the fused (items, scores) of those users; else Nones
+    (the vector model's own shortlist)."""
+    if not cfg.fusion:
+        return None, None, None, None
+    say("training the item-item source on the fit part")
+    sources = fit_sources(fit_data, cfg.model, fit_model, cfg.item_item_options or {})
+    seen = ((fit_data.positives + fit_data.negatives) > 0).tocsr()
+    lists = source_lists(sources, fit_data.positives, users, cfg.candidates, seen)
+    fusion, report = chosen_fusion(sources, lists, labels.tocsr(), users, cfg.fusion_budget)
+    say(f"fusion chosen on the label likes: {fusion.to_json()} (ndcg@20 {report['ndcg@20']})")
+    fused = fused_lists(lists, fusion, cfg.candidates)
+    return sources, fusion, report, (fused.items, fused.scores)
+
+
+def fused_precomputed(
+    sources: Sources, fusion: Any, history: sp.csr_matrix, seen: sp.csr_matrix, width: int
+) -> PrecomputedShortlists:
+    """Every user's fused top-`width` (each source's top `fusion.depth`, as served) with
+    the sources that proposed each item."""
+    users = np.arange(history.shape[0])
+    lists = source_lists(sources, history, users, fusion.depth, seen)
+    fused = fused_lists(lists, fusion, width)
+    return PrecomputedShortlists(
+        fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
+    )
 
 
 def label_kind(data: Interactions, labels: str) -> str:
@@ -288,7 +360,10 @@ def attribute_table(table: dict[str, np.ndarray], n_rows: int) -> np.ndarray:
 
 
 def fit_item_side(
-    data: Interactions, item_vectors: np.ndarray, sequence_window: int = SEQUENCE_WINDOW
+    data: Interactions,
+    item_vectors: np.ndarray,
+    sequence_window: int = SEQUENCE_WINDOW,
+    item_item: sp.csr_matrix | None = None,
 ) -> ItemSide:
     """The item-side feature data of a training set (what a bundle of it would serve)."""
     return item_side(
@@ -301,6 +376,7 @@ def fit_item_side(
         attribute_names(data.user_features),
         context_counts(data.positives, data.context),
         sequence_neighbours(data.positives, data.recency(), sequence_window),
+        item_item,
     )
 
 
@@ -315,6 +391,8 @@ def ranking_lists(
     users: np.ndarray | None = None,
     keep_empty: bool = False,
     label_context: dict[str, np.ndarray] | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
+    item_item: sp.csr_matrix | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per user with labels: (candidates, feature rows, binary labels) over the top-N shortlist.
 
@@ -322,11 +400,14 @@ def ranking_lists(
     without a positive are dropped unless `keep_empty` (evaluation keeps them). A list's
     request context is that of the user's first label like (the earliest, with times):
     its hour and day, and its free-form values from `label_context` (aligned with labels).
+    `candidates` (items, scores; one row per user of `users`, -1 padded) are the
+    shortlists when given (the fused ones), else the vector model's top-N; `item_item` is
+    the item-item source's table the features read.
     """
     seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
     recent = recent_likes(fit.positives, fit.recency(), cfg.recent_likes)
     activity = np.diff(fit.positives.indptr)
-    items = fit_item_side(fit, item_vectors, cfg.sequence_window)
+    items = fit_item_side(fit, item_vectors, cfg.sequence_window, item_item)
     user_attrs = attribute_table(fit.user_features, fit.n_users)
     no_live = np.zeros(cfg.candidates, np.float32)
     if users is None:
@@ -335,12 +416,19 @@ def ranking_lists(
     n = min(cfg.candidates, fit.n_items)
     for lo in range(0, len(users), 1024):
         batch = users[lo : lo + 1024]
-        scores = user_vectors[batch] @ item_vectors.T
-        seen_rows = seen[batch].tocoo()
-        scores[seen_rows.row, seen_rows.col] = -np.inf
-        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        if candidates is None:
+            scores = user_vectors[batch] @ item_vectors.T
+            seen_rows = seen[batch].tocoo()
+            scores[seen_rows.row, seen_rows.col] = -np.inf
+            top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         for row, u in enumerate(batch):
-            cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
+            if candidates is None:
+                cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
+                cand_scores = scores[row, cand]
+            else:
+                at = lo + row
+                keep = candidates[0][at] >= 0
+                cand, cand_scores = candidates[0][at][keep], candidates[1][at][keep]
             start, end = labels.indptr[u], labels.indptr[u + 1]
             y = np.isin(cand, labels.indices[start:end]).astype(np.float32)
             if y.sum() == 0 and not keep_empty:
@@ -364,7 +452,7 @@ def ranking_lists(
                 recent_dislikes=row_items(fit.negatives, u),
                 attributes=user_attrs[u] if user_attrs.shape[1] else None,
             )
-            x = build_features(cand, scores[row, cand], signals, ctx, items, no_live[: len(cand)])
+            x = build_features(cand, cand_scores, signals, ctx, items, no_live[: len(cand)])
             out[int(u)] = (cand, x, y.astype(np.float32))
     return out
 

@@ -1,0 +1,188 @@
+"""Several candidate sources fused by weighted reciprocal rank into one shortlist.
+
+An item's fused score is sum over sources s of w_s / (k + rank_s(item) + 1) (rank from 0;
+sources that did not propose it add nothing). Ranks, not scores: the sources' scores live
+on unrelated scales (dot products, EASE weights, like counts), and RRF needs no calibration.
+Equal fused scores go in item-index order, so the result is a function of the inputs alone.
+Sources are named (`spectral`, `item-item`, `popularity`, ...): a new source plugs in by
+name, and each fused item carries the sources that proposed it and its rank in each.
+Weights and k are chosen on held-out likes (`choose_fusion`): valid under protocol B, the
+ranker's label likes in `shortlist train`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+RRF_K = (10.0, 60.0)
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+CHOICE_USERS = 5000  # users the weight search scores at most (a seeded random subset)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    weights: dict[str, float] = field(default_factory=dict)  # source -> weight; 0: unused
+    k: float = 60.0
+    primary: str = "vectors"  # the source served by the vector index (the bundle's model)
+    depth: int = 200  # items each source contributes (the same offline and served)
+
+    def to_json(self) -> dict:
+        return {
+            "weights": dict(self.weights),
+            "k": self.k,
+            "primary": self.primary,
+            "depth": self.depth,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping | None) -> FusionConfig | None:
+        if not value:
+            return None
+        weights = {str(s): float(w) for s, w in value["weights"].items()}
+        primary = str(value.get("primary", "vectors"))
+        return cls(weights, float(value["k"]), primary, int(value.get("depth", 200)))
+
+    @property
+    def used(self) -> list[str]:
+        return [s for s, w in self.weights.items() if w > 0]
+
+
+@dataclass
+class Fused:
+    """Fused lists (one row per user, best first, -1 padded) and each item's rank in every
+    source (-1: that source did not propose it)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    ranks: dict[str, np.ndarray]
+
+    def sources(self, row: int) -> list[tuple[str, ...]]:
+        """Per fused item of `row`, the sources that proposed it (in fusion order)."""
+        out = []
+        for j in range(self.items.shape[1]):
+            if self.items[row, j] < 0:
+                break
+            out.append(tuple(s for s, r in self.ranks.items() if r[row, j] >= 0))
+        return out
+
+    def source_bits(self) -> np.ndarray:
+        """users x n uint8: bit j set where source j (in `ranks` order) proposed the item."""
+        bits = np.zeros(self.items.shape, np.uint8)
+        for j, r in enumerate(self.ranks.values()):
+            bits |= (r >= 0).astype(np.uint8) << j
+        return bits
+
+
+def fuse(lists: Mapping[str, np.ndarray], config: FusionConfig, n: int) -> Fused:
+    """Weighted RRF of ranked lists (source -> users x width item indices, best first, -1
+    padded; all with the same rows) into the top `n` per row."""
+    used = [s for s in config.used if s in lists]
+    if not used:
+        raise ValueError(f"no source to fuse: weights {config.weights}, lists {sorted(lists)}")
+    n_rows = lists[used[0]].shape[0]
+    n_items = 1 + max(int(lists[s].max(initial=-1)) for s in used)
+    keys, contrib, by_source = [], [], {}
+    for s in used:
+        rows, ranks = np.nonzero(lists[s] >= 0)
+        k = rows.astype(np.int64) * max(n_items, 1) + lists[s][rows, ranks]
+        keys.append(k)
+        contrib.append(config.weights[s] / (config.k + ranks + 1.0))
+        order = np.argsort(k, kind="stable")
+        by_source[s] = (k[order], ranks[order])
+    all_keys = np.concatenate(keys)
+    uniq, inverse = np.unique(all_keys, return_inverse=True)
+    score = np.bincount(inverse, weights=np.concatenate(contrib), minlength=len(uniq))
+    rows, items = uniq // max(n_items, 1), uniq % max(n_items, 1)
+    order = np.lexsort((items, -score, rows))
+    rows, items, score, uniq = rows[order], items[order], score[order], uniq[order]
+    place = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = place < n
+    out = np.full((n_rows, n), -1, np.int64)
+    out_scores = np.zeros((n_rows, n), np.float32)
+    out[rows[keep], place[keep]] = items[keep]
+    out_scores[rows[keep], place[keep]] = score[keep]
+    ranks = {}
+    for s in used:
+        skeys, sranks = by_source[s]
+        r = np.full((n_rows, n), -1, np.int32)
+        pos = np.searchsorted(skeys, uniq[keep])
+        pos = np.minimum(pos, max(len(skeys) - 1, 0))
+        found = (skeys[pos] == uniq[keep]) if len(skeys) else np.zeros(keep.sum(), bool)
+        r[rows[keep][found], place[keep][found]] = sranks[pos[found]]
+        ranks[s] = r
+    return Fused(out, out_scores, ranks)
+
+
+def ndcg20(top: np.ndarray, labels: sp.csr_matrix, rows: np.ndarray) -> float:
+    """Mean NDCG@20 of `top` (one row per user of `rows`) against the users' `labels`."""
+    disc = 1.0 / np.log2(np.arange(2, 22))
+    total, count = 0.0, 0
+    for r, u in enumerate(rows):
+        rel = labels.indices[labels.indptr[u] : labels.indptr[u + 1]]
+        if not len(rel):
+            continue
+        hits = np.isin(top[r, :20], rel)
+        total += float((hits * disc[: hits.shape[0]]).sum() / disc[: min(20, len(rel))].sum())
+        count += 1
+    return total / max(count, 1)
+
+
+def choose_fusion(
+    lists: Mapping[str, np.ndarray],
+    labels: sp.csr_matrix,
+    users: np.ndarray,
+    primary: str,
+    budget_s: float = 120.0,
+    seed: int = 0,
+    depth: int = 200,
+) -> tuple[FusionConfig, dict]:
+    """The weights and k whose fused top-20 has the best NDCG@20 on `labels` (rows: the
+    `users`, aligned with the lists' rows), `primary` at weight 1, every other source from
+    WEIGHT_GRID; the grid in a fixed order until `budget_s` runs out. Ties: the earlier
+    (smaller weights) setting."""
+    labels = labels.tocsr()
+    rows = np.arange(len(users))
+    if len(rows) > CHOICE_USERS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), CHOICE_USERS, replace=False))
+    sub = {s: v[rows] for s, v in lists.items()}
+    others = sorted(s for s in lists if s != primary)
+    best, best_score, trials = None, -1.0, []
+    start = time.perf_counter()
+    for k in RRF_K:
+        for ws in itertools.product(WEIGHT_GRID, repeat=len(others)):
+            if trials and time.perf_counter() - start > budget_s:
+                break
+            cfg = FusionConfig({primary: 1.0, **dict(zip(others, ws))}, k, primary, depth)
+            score = ndcg20(fuse(sub, cfg, 20).items, labels, users[rows])
+            trials.append({"weights": cfg.weights, "k": k, "ndcg@20": round(score, 5)})
+            if score > best_score + 1e-12:
+                best, best_score = cfg, score
+    report = {
+        "chosen": best.to_json(),
+        "ndcg@20": round(best_score, 5),
+        "trials": len(trials),
+        "users": int(len(rows)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return best, report
+
+
+def item_item_scores(
+    neighbours: sp.csr_matrix, history: np.ndarray, exclude: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One user's item-item top-`n` at request time: the sparse row-sum of the neighbour
+    rows of the items in `history`, `exclude` left out, positive scores only; equal scores
+    in item order."""
+    if not len(history):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    summed = neighbours[np.asarray(history, np.int64)].sum(axis=0).A1
+    summed[np.asarray(exclude, np.int64)] = 0.0
+    cand = np.flatnonzero(summed > 0)
+    order = np.lexsort((cand, -summed[cand]))[:n]
+    return cand[order].astype(np.int64), summed[cand[order]].astype(np.float32)

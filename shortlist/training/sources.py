@@ -1,0 +1,90 @@
+"""The candidate sources fused into the shortlist, fit and listed offline.
+
+The primary source is the bundle's vector model (served by the FAISS index); beside it the
+item-item model (`shortlist.models.item_item`: EASE under its cap, item-kNN above) and
+popularity. Each gives its ranked top-`width` per user with the user's training items
+excluded; `shortlist.retrieval.fusion` fuses them. Another source (a session model) joins by
+adding its name and its lists here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from shortlist.data.interactions import Interactions
+from shortlist.models import registry
+from shortlist.models.popularity import item_popularity
+from shortlist.models.topk import model_top_k, scored_top_k
+from shortlist.retrieval.fusion import Fused, FusionConfig, choose_fusion, fuse
+
+ITEM_ITEM = "item-item"
+POPULARITY = "popularity"
+
+
+@dataclass
+class Sources:
+    """Fitted sources: the primary vector model under its name, the item-item model (None:
+    not fused) and the popularity counts."""
+
+    primary_name: str
+    primary: object
+    item_item: object | None
+    popularity: np.ndarray
+
+    @property
+    def names(self) -> list[str]:
+        extra = [ITEM_ITEM] if self.item_item is not None else []
+        return [self.primary_name, *extra, POPULARITY]
+
+
+def fit_sources(
+    data: Interactions, primary_name: str, primary: object, item_item: dict | None
+) -> Sources:
+    """The sources over `data`, `primary` already fit; `item_item` the item-item model's
+    options (None: no item-item source)."""
+    model = None
+    if item_item is not None:
+        model = registry.build(ITEM_ITEM, item_item)
+        model.fit(data)
+    return Sources(primary_name, primary, model, item_popularity(data))
+
+
+def source_lists(
+    sources: Sources,
+    history: sp.csr_matrix,
+    users: np.ndarray,
+    width: int,
+    exclude: sp.csr_matrix,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each source's (items, scores), users x width, `exclude` left out (-1 padded)."""
+    out = {
+        sources.primary_name: model_top_k(sources.primary, history, users, width, exclude),
+    }
+    if sources.item_item is not None:
+        out[ITEM_ITEM] = model_top_k(sources.item_item, history, users, width, exclude)
+    ones = np.ones((history.shape[0], 1), np.float32)
+    pop = sources.popularity[:, None].astype(np.float32)
+    out[POPULARITY] = scored_top_k(ones, pop, users, width, exclude)
+    return out
+
+
+def fused_lists(
+    lists: dict[str, tuple[np.ndarray, np.ndarray]], fusion: FusionConfig, n: int
+) -> Fused:
+    return fuse({s: v[0] for s, v in lists.items()}, fusion, n)
+
+
+def chosen_fusion(
+    sources: Sources,
+    lists: dict[str, tuple[np.ndarray, np.ndarray]],
+    labels: sp.csr_matrix,
+    users: np.ndarray,
+    budget_s: float = 120.0,
+) -> tuple[FusionConfig, dict]:
+    """Fusion weights chosen on `labels` (held-out likes of `users`, the lists' rows)."""
+    items = {s: v[0] for s, v in lists.items()}
+    depth = max(v.shape[1] for v in items.values())
+    return choose_fusion(items, labels, users, sources.primary_name, budget_s, depth=depth)

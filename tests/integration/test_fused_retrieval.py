@@ -1,0 +1,86 @@
+"""The served shortlist is the fusion of the vector search, the item-item source and
+popularity: through the real retrieval stage (Redis state), precomputed for trained users,
+computed live once a user likes something, each item with the sources that proposed it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shortlist.config import Settings
+from shortlist.data.interactions import row_items
+from shortlist.feedback.events import Kind
+from shortlist.feedback.stores.redis_store import RedisStateStore
+from shortlist.retrieval.fusion import fuse, item_item_scores
+from shortlist.retrieval.index import search
+from shortlist.services.local import LocalRetriever
+from tests.conftest import ev
+
+
+def retriever(bundle, redis_url, redis_prefix, **settings) -> LocalRetriever:
+    s = Settings.from_env({}, redis_url=redis_url, redis_prefix=redis_prefix, **settings)
+    return LocalRetriever(bundle, RedisStateStore(redis_url, redis_prefix), s)
+
+
+def by_hand(bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int) -> np.ndarray:
+    """The fused top-n recomputed from the bundle's parts (each source's top depth)."""
+    depth = bundle.fusion.depth
+    vec, _ = search(bundle.index, bundle.user_vectors[user], depth, exclude)
+    lists = {bundle.fusion.primary: vec}
+    lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    lists["popularity"] = bundle.popular_items(depth, exclude)
+    width = max(len(v) for v in lists.values())
+    rows = {s: np.pad(v, (0, width - len(v)), constant_values=-1)[None] for s, v in lists.items()}
+    items = fuse(rows, bundle.fusion, n).items[0]
+    return items[items >= 0]
+
+
+def test_the_bundle_carries_the_item_item_source_and_its_fusion(bundle):
+    assert bundle.item_item is not None and bundle.item_item.shape == (200, 200)
+    assert bundle.fusion.primary == bundle.manifest["model"]
+    assert set(bundle.fusion.weights) == {bundle.fusion.primary, "item-item", "popularity"}
+    assert bundle.fusion.depth == 100  # the conftest bundle's candidates
+    assert "fusion_choice" in bundle.manifest and bundle.manifest["fusion_choice"]["trials"] > 0
+
+
+def test_a_searched_trained_user_gets_the_fused_shortlist(bundle, redis_url, redis_prefix):
+    stage = retriever(bundle, redis_url, redis_prefix, retrieval_precomputed=0)
+    u = 21
+    got = stage.retrieve(bundle.users.id(u), 40, [], "", 5)
+    liked = row_items(bundle.likes, u)
+    want = by_hand(bundle, u, liked, row_items(bundle.seen, u), 40)
+    assert got.item_ids() == bundle.items.ids(want)
+    assert len(got.sources) == len(got) and all(got.sources)
+    assert any("item-item" in s for s in got.sources) or bundle.fusion.weights["item-item"] == 0
+    assert not set(got.items) & set(row_items(bundle.seen, u))
+
+
+def test_the_precomputed_shortlist_is_the_same_fusion(bundle, redis_url, redis_prefix):
+    precomputed = retriever(bundle, redis_url, redis_prefix)
+    searched = retriever(bundle, redis_url, redis_prefix, retrieval_precomputed=0)
+    user = bundle.users.id(33)
+    a = precomputed.retrieve(user, 30, [], "", 5)
+    b = searched.retrieve(user, 30, [], "", 5)
+    assert a.item_ids() == b.item_ids()
+    assert list(a.sources) == list(b.sources)
+
+
+def test_live_likes_move_the_item_item_source_at_once(bundle, redis_url, redis_prefix):
+    store = RedisStateStore(redis_url, redis_prefix)
+    stage = retriever(bundle, redis_url, redis_prefix)
+    u = 44
+    user = bundle.users.id(u)
+    before = stage.retrieve(user, 50, [], "", 5)
+    # two liked items the user had not seen, with strong item-item neighbours
+    seen = set(row_items(bundle.seen, u))
+    strength = np.asarray(bundle.item_item.sum(axis=1)).ravel()
+    new_likes = [int(i) for i in np.argsort(-strength, kind="stable") if i not in seen][:2]
+    ids = bundle.items.ids(np.array(new_likes))
+    store.apply([ev(900 + j, user, i, Kind.LIKE) for j, i in enumerate(ids)], {}, bundle.version)
+    after = stage.retrieve(user, 50, [], "", 5)
+    assert not set(ids) & set(after.item_ids())  # liked: seen, never recommended again
+    history = np.union1d(row_items(bundle.likes, u), new_likes)
+    exclude = np.union1d(row_items(bundle.seen, u), new_likes)
+    want = by_hand(bundle, u, history, exclude, 50)
+    assert after.item_ids() == bundle.items.ids(want)
+    assert after.item_ids() != before.item_ids()
+    store.close()
