@@ -15,6 +15,7 @@ import torch
 
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport
+from shortlist.models.progress import bar
 
 
 @dataclass
@@ -54,26 +55,29 @@ class MFBPR:
 
         report = FitReport()
         n = len(users)
-        for epoch in range(cfg.epochs):
-            perm = rng.permutation(n)
-            total = 0.0
-            for lo in range(0, n, cfg.batch_size):
-                b = perm[lo : lo + cfg.batch_size]
-                u, i = users[b], items[b]
-                j = rng.integers(0, data.n_items, size=(len(b), cfg.negatives))
-                if has_dislikes:
-                    j[:, 0] = _sample_dislikes(neg, u, j[:, 0], rng)
-                ut, it, jt = (torch.from_numpy(x) for x in (u, i, j))
-                ue = user_emb(ut)
-                pos_s = (ue * item_emb(it)).sum(-1, keepdim=True)
-                neg_s = torch.einsum("bd,bnd->bn", ue, item_emb(jt))
-                loss = -torch.nn.functional.logsigmoid(pos_s - neg_s).mean()
-                reg = cfg.l2 * (ue.pow(2).sum() + item_emb(it).pow(2).sum()) / len(b)
-                opt.zero_grad()
-                (loss + reg).backward()
-                opt.step()
-                total += loss.item() * len(b)
-            report.history.append({"epoch": epoch + 1, "loss": total / n})
+        steps = (n + cfg.batch_size - 1) // cfg.batch_size
+        with bar("mf-bpr", cfg.epochs * steps) as advance:
+            for epoch in range(cfg.epochs):
+                perm = rng.permutation(n)
+                total = 0.0
+                for lo in range(0, n, cfg.batch_size):
+                    b = perm[lo : lo + cfg.batch_size]
+                    u, i = users[b], items[b]
+                    j = rng.integers(0, data.n_items, size=(len(b), cfg.negatives))
+                    if has_dislikes:
+                        j[:, 0] = _sample_dislikes(neg, u, j[:, 0], rng)
+                    ut, it, jt = (torch.from_numpy(x) for x in (u, i, j))
+                    ue = user_emb(ut)
+                    pos_s = (ue * item_emb(it)).sum(-1, keepdim=True)
+                    neg_s = torch.einsum("bd,bnd->bn", ue, item_emb(jt))
+                    loss = -torch.nn.functional.logsigmoid(pos_s - neg_s).mean()
+                    reg = cfg.l2 * (ue.pow(2).sum() + item_emb(it).pow(2).sum()) / len(b)
+                    opt.zero_grad()
+                    (loss + reg).backward()
+                    opt.step()
+                    total += loss.item() * len(b)
+                    advance()
+                report.history.append({"epoch": epoch + 1, "loss": total / n})
         report.epochs = cfg.epochs
         report.seconds = time.perf_counter() - start
         self.user_factors = user_emb.weight.detach().numpy().astype(np.float32)

@@ -11,6 +11,8 @@ import lightgbm as lgb
 import lleaves
 import numpy as np
 
+from shortlist.models.progress import Advance, bar
+
 
 @dataclass
 class RankerConfig:
@@ -47,6 +49,15 @@ def _params(cfg: RankerConfig) -> dict:
     }
 
 
+def _rounds(advance: Advance) -> Callable[[lgb.callback.CallbackEnv], None]:
+    """A LightGBM callback that advances a progress bar by one per boosting round."""
+
+    def callback(_env: lgb.callback.CallbackEnv) -> None:
+        advance()
+
+    return callback
+
+
 def list_folds(groups: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train rows, held-out rows) per fold, whole lists to a fold: list g goes to fold
     g mod n_folds (the caller has shuffled the lists)."""
@@ -74,20 +85,22 @@ def train_ranker(
     folds = list_folds(groups, min(cfg.folds, len(groups)))
     # one Dataset, binned once, for the folds and the final fit
     dataset = lgb.Dataset(x, y, group=groups, feature_name=feature_names, free_raw_data=False)
-    result = lgb.cv(
-        params,
-        dataset,
-        num_boost_round=cfg.rounds,
-        folds=folds,
-        callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)],
-        return_cvbooster=True,
-    )
+    with bar("lambdarank cv", cfg.rounds) as advance:
+        result = lgb.cv(
+            params,
+            dataset,
+            num_boost_round=cfg.rounds,
+            folds=folds,
+            callbacks=[_rounds(advance), lgb.early_stopping(cfg.early_stopping, verbose=False)],
+            return_cvbooster=True,
+        )
     cv = result["cvbooster"]
     rounds = int(cv.best_iteration) if cv.best_iteration > 0 else cfg.rounds
     held_out = np.empty(len(y), np.float32)
     for booster, (_, rows) in zip(cv.boosters, folds):
         held_out[rows] = booster.predict(x[rows], num_iteration=rounds, num_threads=1)
-    final = lgb.train(params, dataset, num_boost_round=rounds)
+    with bar("lambdarank fit", rounds) as advance:
+        final = lgb.train(params, dataset, num_boost_round=rounds, callbacks=[_rounds(advance)])
     return RankerFit(final, rounds, held_out)
 
 
