@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport
+from shortlist.models.progress import bar
 
 # Largest items x items solve EASE does: a float32 20k x 20k matrix is 1.6 GB, and the
 # inverse needs about three of them; the registry's "item-item" takes item-kNN above it.
@@ -147,13 +148,18 @@ class EASE:
         start = time.perf_counter()
         x = binary_likes(data)
         l2 = self.config.l2
-        if l2 <= 0:
-            keep, test = _holdout(x, HOLDOUT_SHARE, self.config.seed)
-            self.l2_trials = {g: held_out_ndcg(self._table(keep, g), keep, test) for g in L2_GRID}
-            l2 = max(L2_GRID, key=lambda g: (self.l2_trials[g], -g))
-        self.chosen_l2 = l2
-        self.config = replace(self.config, l2=l2)  # what ran, as the bench prints it
-        self.neighbours = self._table(x, l2)
+        # phases: one solve per l2 tried on held-out likes (when l2 is not given), the final one
+        with bar("ease", (len(L2_GRID) if l2 <= 0 else 0) + 1) as advance:
+            if l2 <= 0:
+                keep, test = _holdout(x, HOLDOUT_SHARE, self.config.seed)
+                self.l2_trials = {}
+                for g in L2_GRID:
+                    self.l2_trials[g] = held_out_ndcg(self._table(keep, g), keep, test)
+                    advance()
+                l2 = max(L2_GRID, key=lambda g: (self.l2_trials[g], -g))
+            self.chosen_l2 = l2
+            self.config = replace(self.config, l2=l2)  # what ran, as the bench prints it
+            self.neighbours = self._table(x, l2)
         return FitReport(epochs=1, seconds=time.perf_counter() - start)
 
 
@@ -172,14 +178,17 @@ def knn_table(x: sp.csr_matrix, neighbours: int, shrink: float, block: int) -> s
     norms = np.sqrt(counts)
     n = x.shape[1]
     parts = []
-    for lo in range(0, n, block):
-        hi = min(n, lo + block)
-        co = (xt[lo:hi] @ x).tocoo()
-        rows = co.row + lo
-        keep = rows != co.col
-        rows, cols = rows[keep], co.col[keep]
-        sim = co.data[keep] / (norms[rows] * norms[cols] + shrink)
-        parts.append(_top_per_row(rows - lo, cols, sim.astype(np.float32), hi - lo, n, neighbours))
+    with bar("item-knn", (n + block - 1) // block) as advance:
+        for lo in range(0, n, block):
+            hi = min(n, lo + block)
+            co = (xt[lo:hi] @ x).tocoo()
+            rows = co.row + lo
+            keep = rows != co.col
+            rows, cols = rows[keep], co.col[keep]
+            sim = co.data[keep] / (norms[rows] * norms[cols] + shrink)
+            top = _top_per_row(rows - lo, cols, sim.astype(np.float32), hi - lo, n, neighbours)
+            parts.append(top)
+            advance()
     out = sp.vstack(parts).tocsr() if parts else sp.csr_matrix((n, n), dtype=np.float32)
     out.sort_indices()
     return out

@@ -26,10 +26,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport, Validator
+from shortlist.models.progress import bar as progress_bar
 
 
 @dataclass
@@ -147,15 +147,15 @@ class LightGCN:
         n = len(p_users)
         steps = (n + cfg.batch_size - 1) // cfg.batch_size
 
-        with Progress(
-            TextColumn("[bold]lightgcn[/] epoch {task.fields[epoch]}"),
-            BarColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[val]}"),
-            TimeElapsedColumn(),
-            disable=not cfg.progress,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("train", total=cfg.epochs * steps, epoch=0, loss=0.0, val="")
+        with progress_bar(
+            "lightgcn",
+            cfg.epochs * steps,
+            enabled=cfg.progress,
+            detail="epoch {task.fields[epoch]} loss {task.fields[loss]:.4f} {task.fields[val]}",
+            epoch=0,
+            loss=0.0,
+            val="",
+        ) as advance:
             for epoch in range(1, cfg.epochs + 1):
                 perm = rng.permutation(n)
                 total = 0.0
@@ -178,7 +178,7 @@ class LightGCN:
                     opt.step()
                     step_loss = loss.item()
                     total += step_loss * len(b)
-                    bar.update(task, advance=1, epoch=epoch, loss=step_loss)
+                    advance(1, epoch=epoch, loss=step_loss)
                 row: dict[str, float] = {"epoch": epoch, "loss": total / n}
                 last = epoch == cfg.epochs
                 if validate is not None and (epoch % cfg.eval_every == 0 or last):
@@ -187,7 +187,7 @@ class LightGCN:
                     m = validate(uf, itf, cfg.eval_k)
                     k = cfg.eval_k
                     row.update({f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]})
-                    bar.update(task, val=f"val ndcg@{k} {m[f'ndcg@{k}']:.4f}")
+                    advance(0, val=f"val ndcg@{k} {m[f'ndcg@{k}']:.4f}")
                     if m[f"ndcg@{k}"] > best[0]:
                         best, best_vectors, bad_evals = (m[f"ndcg@{k}"], epoch), (uf, itf), 0
                         self._checkpoint(user_emb, item_emb, epoch, row)

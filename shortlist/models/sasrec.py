@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport, Validator
+from shortlist.models.progress import bar
 
 
 @dataclass
@@ -141,46 +142,49 @@ class SASRec:
         opt = torch.optim.AdamW(self.encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         report = FitReport()
         best, best_vectors, bad = -1.0, None, 0
-        for epoch in range(1, cfg.epochs + 1):
-            self.encoder.train()
-            total, steps = 0.0, 0
-            for b in np.array_split(
-                rng.permutation(len(train)), max(1, len(train) // cfg.batch_size)
-            ):
-                seq = inputs[b].to(self.device)
-                tgt = targets[b].to(self.device)
-                neg = torch.from_numpy(rng.choice(data.n_items, cfg.negatives, p=q) + 1).to(
-                    self.device
-                )
-                h = self.encoder(seq)[tgt > 0]  # (positions, dim)
-                t = tgt[tgt > 0]
-                emb = self.encoder.items
-                pos_logit = (h * emb(t)).sum(-1, keepdim=True) - log_q[t][:, None]
-                neg_logit = h @ emb(neg).T - log_q[neg][None, :]
-                neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], -torch.inf)
-                logits = torch.cat([pos_logit, neg_logit], dim=1)
-                loss = F.cross_entropy(
-                    logits, torch.zeros(len(t), dtype=torch.long, device=self.device)
-                )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item()
-                steps += 1
-            row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1)}
-            if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                vectors = self._vectors(sequences)
-                m = validate(*vectors, 20)
-                row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
-                if m["ndcg@20"] > best:
-                    best, best_vectors, bad = m["ndcg@20"], vectors, 0
-                else:
-                    bad += 1
-            row["seconds"] = time.perf_counter() - start
-            report.history.append(row)
-            report.epochs = epoch
-            if validate is not None and bad >= cfg.patience:
-                break
+        batches = max(1, len(train) // cfg.batch_size)
+        with bar("sasrec", cfg.epochs * batches) as advance:
+            for epoch in range(1, cfg.epochs + 1):
+                self.encoder.train()
+                total, steps = 0.0, 0
+                for b in np.array_split(
+                    rng.permutation(len(train)), max(1, len(train) // cfg.batch_size)
+                ):
+                    seq = inputs[b].to(self.device)
+                    tgt = targets[b].to(self.device)
+                    neg = torch.from_numpy(rng.choice(data.n_items, cfg.negatives, p=q) + 1).to(
+                        self.device
+                    )
+                    h = self.encoder(seq)[tgt > 0]  # (positions, dim)
+                    t = tgt[tgt > 0]
+                    emb = self.encoder.items
+                    pos_logit = (h * emb(t)).sum(-1, keepdim=True) - log_q[t][:, None]
+                    neg_logit = h @ emb(neg).T - log_q[neg][None, :]
+                    neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], -torch.inf)
+                    logits = torch.cat([pos_logit, neg_logit], dim=1)
+                    loss = F.cross_entropy(
+                        logits, torch.zeros(len(t), dtype=torch.long, device=self.device)
+                    )
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                    steps += 1
+                    advance()
+                row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1)}
+                if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                    vectors = self._vectors(sequences)
+                    m = validate(*vectors, 20)
+                    row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
+                    if m["ndcg@20"] > best:
+                        best, best_vectors, bad = m["ndcg@20"], vectors, 0
+                    else:
+                        bad += 1
+                row["seconds"] = time.perf_counter() - start
+                report.history.append(row)
+                report.epochs = epoch
+                if validate is not None and bad >= cfg.patience:
+                    break
         self.user_factors, self.item_factors = best_vectors or self._vectors(sequences)
         report.seconds = time.perf_counter() - start
         return report

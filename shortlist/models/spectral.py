@@ -27,6 +27,7 @@ import torch
 
 from shortlist.data.interactions import Interactions, rank_in_user
 from shortlist.models.base import FitReport
+from shortlist.models.progress import bar
 
 
 @dataclass
@@ -55,13 +56,17 @@ def randomized_svd(
     if rank + oversample >= min(n_rows, n_cols) * 0.5:
         return exact_svd(a, rank)
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(n_cols, rank + oversample, generator=gen)
-    q, _ = torch.linalg.qr(torch.from_numpy(a @ q.numpy()))
-    for _ in range(power_iters):
-        z, _ = torch.linalg.qr(torch.from_numpy(at @ q.numpy()))
-        q, _ = torch.linalg.qr(torch.from_numpy(a @ z.numpy()))
-    b = torch.from_numpy(np.ascontiguousarray((at @ q.numpy()).T))  # q^T A
-    _, s, vt = torch.linalg.svd(b, full_matrices=False)
+    # phases: the range sketch, each power iteration, the small SVD
+    with bar("spectral svd", power_iters + 2) as advance:
+        q = torch.randn(n_cols, rank + oversample, generator=gen)
+        q, _ = torch.linalg.qr(torch.from_numpy(a @ q.numpy()))
+        advance()
+        for _ in range(power_iters):
+            z, _ = torch.linalg.qr(torch.from_numpy(at @ q.numpy()))
+            q, _ = torch.linalg.qr(torch.from_numpy(a @ z.numpy()))
+            advance()
+        b = torch.from_numpy(np.ascontiguousarray((at @ q.numpy()).T))  # q^T A
+        _, s, vt = torch.linalg.svd(b, full_matrices=False)
     return s[:rank].numpy(), vt[:rank].T.contiguous().numpy()
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport, Validator
+from shortlist.models.progress import bar
 
 
 @dataclass
@@ -97,8 +97,7 @@ class TwoTower:
         report = FitReport()
         best, best_vectors, bad = -1.0, None, 0
         n = len(users)
-        with Progress(disable=not cfg.progress, transient=True) as bar:
-            task = bar.add_task("two-tower", total=cfg.epochs)
+        with bar("two-tower", cfg.epochs, enabled=cfg.progress) as advance:
             for epoch in range(1, cfg.epochs + 1):
                 perm = rng.permutation(n)
                 total = 0.0
@@ -128,7 +127,7 @@ class TwoTower:
                 row["seconds"] = time.perf_counter() - start
                 report.history.append(row)
                 report.epochs = epoch
-                bar.update(task, advance=1)
+                advance()
                 if validate is not None and bad >= cfg.patience:
                     break
         self.user_factors, self.item_factors = best_vectors or self._vectors(data)

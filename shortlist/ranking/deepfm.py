@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shortlist.models.progress import bar
 from shortlist.ranking.lambdarank import mean_list_ndcg
 
 
@@ -140,27 +141,30 @@ def train_deepfm(
     model = DeepFM(prepared.shape[1])
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     best, best_epoch, best_state = -1.0, 0, None
-    for epoch in range(1, cfg.max_epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_x), generator=generator)
-        for start in range(0, len(order), cfg.lists_per_batch):
-            batch = order[start : start + cfg.lists_per_batch]
-            scores = model(train_x[batch]).masked_fill(~train_mask[batch], -1e9)
-            target = train_y[batch]
-            log_p = torch.log_softmax(scores, dim=-1)
-            loss = -((log_p * target).sum(-1) / target.sum(-1).clamp(min=1.0)).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        model.eval()
-        with torch.no_grad():
-            held_out = model(valid_x).numpy()
-        ndcg = mean_list_ndcg(held_out, y[:valid_rows], sizes[:n_valid])
-        if ndcg > best:
-            best, best_epoch = ndcg, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.patience:
-            break
+    batches = (len(train_x) + cfg.lists_per_batch - 1) // cfg.lists_per_batch
+    with bar("deepfm", cfg.max_epochs * batches) as advance:
+        for epoch in range(1, cfg.max_epochs + 1):
+            model.train()
+            order = torch.randperm(len(train_x), generator=generator)
+            for start in range(0, len(order), cfg.lists_per_batch):
+                batch = order[start : start + cfg.lists_per_batch]
+                scores = model(train_x[batch]).masked_fill(~train_mask[batch], -1e9)
+                target = train_y[batch]
+                log_p = torch.log_softmax(scores, dim=-1)
+                loss = -((log_p * target).sum(-1) / target.sum(-1).clamp(min=1.0)).mean()
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                advance()
+            model.eval()
+            with torch.no_grad():
+                held_out = model(valid_x).numpy()
+            ndcg = mean_list_ndcg(held_out, y[:valid_rows], sizes[:n_valid])
+            if ndcg > best:
+                best, best_epoch = ndcg, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            elif epoch - best_epoch >= cfg.patience:
+                break
     model.load_state_dict(best_state)
     linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
     weights = DeepFMWeights(
