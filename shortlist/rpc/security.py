@@ -6,9 +6,10 @@
   their sha256 hex digests are configured (`api_key_hashes`, comma-separated), so revoking a
   key is removing its hash. A key may be limited to scopes (`<hash>:recommend+feedback`);
   one configured without scopes keeps all public scopes. The `admin` scope, given only
-  explicitly, opens the FeedbackAdmin calls on the gateway's HTTP port (`AdminAccess`). An optional user token (HS256 JWT,
-  `authorization: Bearer <jwt>`, secret `jwt_secret`) binds a call to its `sub`: the request's
-  user ids must equal it, and its `scope` claim limits the call further
+  explicitly, opens the FeedbackAdmin calls on the gateway's HTTP port (`AdminAccess`).
+  An optional user token (HS256 JWT, `authorization: Bearer <jwt>`, secret `jwt_secret`)
+  binds a call to its `sub`: the request's user ids must equal it, and its `scope` claim
+  limits the call further
   (docs/decisions/0026-key-scopes-and-user-binding.md). Internal services (retrieval,
   ranking, feedback admin) accept only calls carrying the shared internal token
   (`x-shortlist-internal`), whose hash they hold and which only the gateway's channels send,
