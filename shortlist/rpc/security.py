@@ -5,9 +5,11 @@
 - The public gateway checks API keys (`authorization: Bearer <key>` or `x-api-key`); only
   their sha256 hex digests are configured (`api_key_hashes`, comma-separated), so revoking a
   key is removing its hash. A key may be limited to scopes (`<hash>:recommend+feedback`);
-  one configured without scopes keeps all public scopes. An optional user token (HS256 JWT,
-  `authorization: Bearer <jwt>`, secret `jwt_secret`) binds a call to its `sub`: the request's
-  user ids must equal it, and its `scope` claim limits the call further
+  one configured without scopes keeps all public scopes. The `admin` scope, given only
+  explicitly, opens the FeedbackAdmin calls on the gateway's HTTP port (`AdminAccess`).
+  An optional user token (HS256 JWT, `authorization: Bearer <jwt>`, secret `jwt_secret`)
+  binds a call to its `sub`: the request's user ids must equal it, and its `scope` claim
+  limits the call further
   (docs/decisions/0026-key-scopes-and-user-binding.md). Internal services (retrieval,
   ranking, feedback admin) accept only calls carrying the shared internal token
   (`x-shortlist-internal`), whose hash they hold and which only the gateway's channels send,
@@ -51,8 +53,12 @@ LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost"}
 
 SCOPE_RECOMMEND = "recommend"
 SCOPE_FEEDBACK = "feedback"
+# The FeedbackAdmin calls over the gateway's HTTP port (docs/decisions/0039-admin-over-http.md):
+# granted only to keys configured with it, never by default nor by a user token.
+SCOPE_ADMIN = "admin"
 # What a key configured without scopes may do (the admin RPCs are on the internal plane).
 PUBLIC_SCOPES = frozenset({SCOPE_RECOMMEND, SCOPE_FEEDBACK})
+KEY_SCOPES = PUBLIC_SCOPES | {SCOPE_ADMIN}  # what a key's `:scope+scope` may name
 METHOD_SCOPES = {
     "/shortlist.v1.Gateway/Recommend": SCOPE_RECOMMEND,
     "/shortlist.v1.Gateway/SimilarItems": SCOPE_RECOMMEND,
@@ -115,8 +121,8 @@ def parse_hashes(value: str) -> frozenset[str]:
 
 def parse_keys(value: str) -> dict[str, frozenset[str]]:
     """`api_key_hashes` as {sha256 hex: scopes}. Entries are comma-separated, each a hash
-    optionally followed by `:scope+scope`; a hash without scopes keeps all public scopes,
-    so configurations from before scopes keep working."""
+    optionally followed by `:scope+scope` (of KEY_SCOPES); a hash without scopes keeps all
+    public scopes (not admin), so configurations from before scopes keep working."""
     keys: dict[str, frozenset[str]] = {}
     for entry in (e.strip() for e in value.split(",")):
         if not entry:
@@ -125,11 +131,11 @@ def parse_keys(value: str) -> dict[str, frozenset[str]]:
         (digest,) = parse_hashes(digest)
         if sep:
             scopes = frozenset(x.strip().lower() for x in scope_text.split("+") if x.strip())
-            unknown = sorted(scopes - PUBLIC_SCOPES)
+            unknown = sorted(scopes - KEY_SCOPES)
             if unknown or not scopes:
                 raise ValueError(
                     f"API key {digest[:KEY_ID_HEX]}: scopes must be some of "
-                    f"{'+'.join(sorted(PUBLIC_SCOPES))}, got {scope_text.strip()!r}"
+                    f"{'+'.join(sorted(KEY_SCOPES))}, got {scope_text.strip()!r}"
                 )
         else:
             scopes = PUBLIC_SCOPES
@@ -486,6 +492,56 @@ class AuthInterceptor(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class AdminAccess:
+    """Who may call the FeedbackAdmin calls through the gateway's HTTP port.
+
+    With API keys or user tokens configured: only an API key configured with the `admin`
+    scope (401 without a valid key, 403 naming the missing scope otherwise; user tokens
+    never grant it). With none configured (local development): open on a loopback address,
+    as the internal feedback service is to local callers without the internal token; on any
+    other address refused, even with `insecure=1`, since nothing would tell callers apart."""
+
+    def __init__(self, settings: Any, address: str) -> None:
+        self.keys = parse_keys(settings.api_key_hashes)
+        self.check = KeyCheck(self.keys)
+        self.tokens_on = bool(settings.jwt_secret)
+        self.open = not self.keys and not self.tokens_on
+        self.address = address
+        self.loopback = is_loopback(address)
+
+    def refusal(self, metadata: Mapping[str, str]) -> tuple[grpc.StatusCode, str] | None:
+        """None when the call may go on, else (code, message) to answer with."""
+        denied = grpc.StatusCode.PERMISSION_DENIED
+        if self.open:
+            if self.loopback:
+                return None
+            return denied, (
+                f"admin calls are not served on {self.address} without API keys: configure "
+                f"api_key_hashes with a key of scope '{SCOPE_ADMIN}' "
+                "(they are open only on a loopback address, for local development)"
+            )
+        key, token = credentials_from(dict(metadata), bool(self.keys), self.tokens_on)
+        if key is None:
+            if token is not None:
+                return denied, (
+                    f"user tokens do not grant scope '{SCOPE_ADMIN}': send an API key with it"
+                )
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                f"missing API key: admin calls need a key with scope '{SCOPE_ADMIN}' "
+                "('authorization: Bearer <key>' or 'x-api-key')"
+            )
+        digest = self.check.match(key)
+        if digest is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key"
+        scopes = self.keys[digest]
+        if SCOPE_ADMIN not in scopes:
+            return denied, (
+                f"API key {digest[:KEY_ID_HEX]} lacks scope '{SCOPE_ADMIN}' (needed by the "
+                f"admin calls); it has: {'+'.join(sorted(scopes)) or 'none'}"
+            )
+        return None
 
 
 class InternalTokenInterceptor(grpc.ServerInterceptor):

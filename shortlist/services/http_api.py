@@ -1,11 +1,14 @@
 """The HTTP/JSON front door of the public API: `POST /v1/recommend`, `/v1/feedback`,
-`/v1/similar-items`, and the OpenAPI document at `GET /openapi.json`.
+`/v1/similar-items`, the FeedbackAdmin calls under `/v1/admin/`, and the OpenAPI document
+at `GET /openapi.json`.
 
 Bodies are the proto messages in proto3 JSON (`google.protobuf.json_format`), so HTTP cannot
 drift from the proto; each call is forwarded to the gateway's gRPC server over loopback with
 the caller's credentials, so API keys, scopes, user tokens, rate limits, size caps, input
 checks and error messages are the gRPC gateway's own, and its status code maps to an HTTP
-status (docs/decisions/0034-http-json-front-door.md). `create_app` builds the Starlette app;
+status (docs/decisions/0034-http-json-front-door.md). The admin calls are checked here
+(`AdminAccess`: keys with the `admin` scope) and forwarded to the feedback service with the
+internal credentials (docs/decisions/0039-admin-over-http.md). `create_app` builds the app;
 `start_http_server` serves it with uvicorn in a thread of the gateway process.
 """
 
@@ -32,9 +35,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shortlist.config import Settings
-from shortlist.rpc.security import API_KEY_HEADER, check_gateway_policy
+from shortlist.rpc.security import (
+    API_KEY_HEADER,
+    INTERNAL_HEADER,
+    AdminAccess,
+    channel_credentials,
+    check_gateway_policy,
+)
 from shortlist.rpc.server import MAX_MESSAGE_BYTES
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +73,14 @@ FORWARDED_HEADERS = ("authorization", API_KEY_HEADER)
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One public RPC over HTTP: `POST path`, body `request`, reply `response`."""
+    """One RPC over HTTP: `POST path`, body `request`, reply `response`."""
 
     path: str
-    method: str  # the Gateway RPC's name
+    method: str  # the RPC's name, of the Gateway (or FeedbackAdmin when `admin`)
     request: type[Message]
     response: type[Message]
     summary: str
+    admin: bool = False  # a FeedbackAdmin call: scope admin, forwarded to the feedback service
 
 
 ENDPOINTS = (
@@ -94,6 +104,46 @@ ENDPOINTS = (
         common_pb2.SimilarItemsRequest,
         common_pb2.SimilarItemsResponse,
         "Items closest to a given item in the embedding space (scope recommend).",
+    ),
+    Endpoint(
+        "/v1/admin/upsert-items",
+        "UpsertItems",
+        feedback_pb2.UpsertItemsRequest,
+        feedback_pb2.CatalogueChangeResponse,
+        "Add items to the catalogue or replace their attributes (scope admin).",
+        admin=True,
+    ),
+    Endpoint(
+        "/v1/admin/hide-items",
+        "HideItems",
+        feedback_pb2.ItemIdsRequest,
+        feedback_pb2.CatalogueChangeResponse,
+        "Stop recommending items until shown again (scope admin).",
+        admin=True,
+    ),
+    Endpoint(
+        "/v1/admin/show-items",
+        "ShowItems",
+        feedback_pb2.ItemIdsRequest,
+        feedback_pb2.CatalogueChangeResponse,
+        "Recommend hidden items again (scope admin).",
+        admin=True,
+    ),
+    Endpoint(
+        "/v1/admin/remove-items",
+        "RemoveItems",
+        feedback_pb2.ItemIdsRequest,
+        feedback_pb2.CatalogueChangeResponse,
+        "Remove items from the catalogue for good (scope admin).",
+        admin=True,
+    ),
+    Endpoint(
+        "/v1/admin/delete-user",
+        "DeleteUser",
+        feedback_pb2.DeleteUserRequest,
+        feedback_pb2.DeleteUserResponse,
+        "Forget a user's live state, through the feedback topic (scope admin).",
+        admin=True,
     ),
 )
 
@@ -141,6 +191,43 @@ class GatewayBridge:
         return await rpc(request, timeout=self.timeout_s, metadata=metadata)
 
 
+class AdminBridge:
+    """A `grpc.aio` channel to the feedback service's FeedbackAdmin, with the gateway's
+    internal credentials (TLS from `internal_ca_file`, the internal token on every call),
+    as `shortlist.rpc.server.client_channel` gives the gateway's other internal channels."""
+
+    def __init__(self, target: str, settings: Settings) -> None:
+        self.target = target
+        self.settings = settings
+        self.timeout_s = settings.http_timeout_ms / 1000
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        if settings.internal_token:
+            self.metadata = ((INTERNAL_HEADER, settings.internal_token),)
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: feedback_pb2_grpc.FeedbackAdminStub | None = None
+
+    async def open(self) -> None:
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        credentials = channel_credentials(self.settings)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(self.target, options=options)
+        else:
+            self.channel = grpc.aio.secure_channel(self.target, credentials, options=options)
+        self.stub = feedback_pb2_grpc.FeedbackAdminStub(self.channel)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+
+    async def call(self, endpoint: Endpoint, request: Message, _metadata) -> Message:
+        """The caller's credentials stay here: the feedback service sees the gateway's."""
+        rpc = getattr(self.stub, endpoint.method)
+        return await rpc(request, timeout=self.timeout_s, metadata=self.metadata)
+
+
 def _too_large(size: int) -> JSONResponse:
     """413, with the code gRPC gives a message over its size limit."""
     return error_response(
@@ -150,8 +237,14 @@ def _too_large(size: int) -> JSONResponse:
     )
 
 
-def _handler(endpoint: Endpoint, bridge: GatewayBridge):
+def _handler(
+    endpoint: Endpoint, bridge: GatewayBridge | AdminBridge, access: AdminAccess | None = None
+):
     async def handle(request: Request) -> Response:
+        if access is not None:
+            refused = access.refusal(request.headers)
+            if refused is not None:
+                return error_response(*refused)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
             return _too_large(int(declared))
@@ -181,12 +274,18 @@ def create_app(
     gateway_target: str,
     settings: Settings | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    feedback_target: str | None = None,
+    address: str | None = None,
 ) -> Starlette:
     """The HTTP/JSON API as a Starlette app that calls the gateway at `gateway_target`
-    (plaintext gRPC, normally the gateway's own loopback port). `extra_routes` are added
-    after the API's (e.g. `Mount("/console", console_app)`)."""
+    (plaintext gRPC, normally the gateway's own loopback port) and the admin calls' feedback
+    service at `feedback_target` (default `settings.feedback_addr`); `address` is where it
+    is served (default `settings.gateway_http_addr`: admin calls without keys only on
+    loopback). `extra_routes` are added after the API's (e.g. `Mount("/console", ...)`)."""
     settings = settings or Settings()
     bridge = GatewayBridge(gateway_target, settings.http_timeout_ms / 1000)
+    admin = AdminBridge(feedback_target or settings.feedback_addr, settings)
+    access = AdminAccess(settings, address or settings.gateway_http_addr)
     document = openapi_document()
 
     async def openapi(_request: Request) -> Response:
@@ -195,13 +294,20 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await bridge.open()
+        await admin.open()
         try:
             yield
         finally:
+            await admin.close()
             await bridge.close()
 
     routes: list[BaseRoute] = [
-        Route(e.path, _handler(e, bridge), methods=["POST"]) for e in ENDPOINTS
+        Route(
+            e.path,
+            _handler(e, admin, access) if e.admin else _handler(e, bridge),
+            methods=["POST"],
+        )
+        for e in ENDPOINTS
     ]
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
     routes.extend(extra_routes)
@@ -305,7 +411,11 @@ def openapi_document() -> dict[str, Any]:
                     },
                     **errors,
                 },
-                "security": [{"apiKey": []}, {"bearer": []}, {}],
+                "security": (
+                    [{"apiKey": []}, {"bearer": []}]
+                    if e.admin
+                    else [{"apiKey": []}, {"bearer": []}, {}]
+                ),
             }
         }
     return {
@@ -313,8 +423,10 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "Shortlist",
             "version": "v1",
-            "description": "The shortlist.v1.Gateway API over HTTP/JSON: bodies are the proto "
-            "messages in proto3 JSON (lowerCamelCase names; the proto names are accepted too).",
+            "description": "The shortlist.v1.Gateway API, and shortlist.v1.FeedbackAdmin's "
+            "catalogue and user calls under /v1/admin/ (API keys with scope admin), over "
+            "HTTP/JSON: bodies are the proto messages in proto3 JSON (lowerCamelCase names; "
+            "the proto names are accepted too).",
         },
         "paths": paths,
         "components": {
@@ -382,6 +494,7 @@ def start_http_server(
     address: str | None = None,
     share_port: bool = False,
     extra_routes: Sequence[BaseRoute] = (),
+    feedback_target: str | None = None,
 ) -> HttpServer:
     """Serve `create_app(gateway_target)` on `address` (default `settings.gateway_http_addr`;
     port 0 picks a free one), with the gateway's TLS settings (a client CA: client
@@ -395,7 +508,7 @@ def start_http_server(
             tls |= {"ssl_ca_certs": settings.tls_client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
     sock = _listen(address, share_port)
     config = uvicorn.Config(
-        create_app(gateway_target, settings, extra_routes),
+        create_app(gateway_target, settings, extra_routes, feedback_target, address),
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -144,12 +144,14 @@ def start_service(
     bundle_b: Bundle | None = None,
     http_address: str | None = None,
     http_routes: Sequence[BaseRoute] = (),
+    feedback_target: str | None = None,
 ) -> Started:
     """Start one service on `address`; missing backends are built from the settings.
 
     `http_address` (gateway only): also serve the HTTP/JSON API there, forwarding to a
     plaintext loopback port of the gRPC server (shortlist.services.http_api), with
-    `http_routes` mounted beside it (e.g. a web console).
+    `http_routes` mounted beside it (e.g. a web console), and its admin calls forwarded to
+    the feedback service at `feedback_target` (default `settings.feedback_addr`).
 
     `bundle_b` (A/B arm "b"): retrieval and ranking load it beside `bundle` and serve the
     one each request names by version; the gateway assigns users to arms.
@@ -216,7 +218,12 @@ def start_service(
             try:
                 target = f"127.0.0.1:{started.server.loopback_port}"
                 started.http = start_http_server(
-                    settings, target, http_address, share, extra_routes=http_routes
+                    settings,
+                    target,
+                    http_address,
+                    share,
+                    extra_routes=http_routes,
+                    feedback_target=feedback_target,
                 )
             except BaseException:
                 started.stop()
@@ -441,6 +448,7 @@ def start_inprocess_stack(
             bundle_b=bundle_b,
             http_address=http_address,
             http_routes=http_routes,
+            feedback_target=stack.target("feedback"),
         )
     except Exception:
         stack.stop()

@@ -559,12 +559,14 @@ def test_network_policies_expose_only_the_gateway(docs):
     gateway = _ingress_rules(docs, "gateway")
     public = [{"port": "grpc", "protocol": "TCP"}, {"port": "http", "protocol": "TCP"}]
     assert {"ports": public} in gateway
-    for app in ("retrieval", "ranking"):
+    # feedback: FeedbackAdmin from the gateway (its /v1/admin/ calls, decision 0039)
+    for app in ("retrieval", "ranking", "feedback"):
         rules = _ingress_rules(docs, app)
         grpc_rules = [r for r in rules if r["ports"][0]["port"] == "grpc"]
         assert grpc_rules and all(r["from"] == [from_gateway] for r in grpc_rules), app
     for rule in _ingress_rules(docs, "feedback"):
-        assert rule["from"] == [monitoring] and rule["ports"][0]["port"] == "metrics"
+        assert rule["from"] in ([monitoring], [from_gateway])
+        assert rule["ports"][0]["port"] == ("metrics" if rule["from"] == [monitoring] else "grpc")
     for app in SERVICES:
         assert any(r.get("from") == [monitoring] for r in _ingress_rules(docs, app)), app
 

@@ -15,17 +15,24 @@ from shortlist.rpc.security import hash_key
 from shortlist.rpc.server import client_channel
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.conftest import eventually
 from tests.integration.test_security import pki  # noqa: F401 (fixture)
 
 FULL_KEY = "http-key-full-0123456789"
 READ_KEY = "http-key-read-0123456789"  # scope recommend only
+ADMIN_KEY = "http-key-admin-0123456789"  # scopes admin+recommend
+INTERNAL_TOKEN = "http-internal-token-0123456789"  # what the gateway sends to the feedback service
 
 
 @pytest.fixture(scope="module")
 def http_stack(settings, bundle):
-    """The stack over the real Redis and broker, with API keys and the HTTP front door."""
+    """The stack over the real Redis and broker, with API keys, the internal token on the
+    internal services, and the HTTP front door."""
     s = settings.replace(
-        api_key_hashes=f"{hash_key(FULL_KEY)},{hash_key(READ_KEY)}:recommend",
+        api_key_hashes=f"{hash_key(FULL_KEY)},{hash_key(READ_KEY)}:recommend,"
+        f"{hash_key(ADMIN_KEY)}:admin+recommend",
+        internal_token=INTERNAL_TOKEN,
+        internal_token_hash=hash_key(INTERNAL_TOKEN),
         rate_limit_per_s=0,
     )
     ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
@@ -188,7 +195,16 @@ def test_openapi_document_is_served_and_lists_the_paths(http_stack):
     status, document = curl(http_stack.http_url + "/openapi.json")
     assert status == 200
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/v1/recommend", "/v1/feedback", "/v1/similar-items"}
+    admin = {f"/v1/admin/{n}-items" for n in ("upsert", "hide", "show", "remove")}
+    assert set(document["paths"]) == {
+        "/v1/recommend",
+        "/v1/feedback",
+        "/v1/similar-items",
+        "/v1/admin/delete-user",
+        *admin,
+    }
+    hide = document["paths"]["/v1/admin/hide-items"]["post"]
+    assert hide["operationId"] == "HideItems" and {} not in hide["security"]
     schemas = document["components"]["schemas"]
     assert "userId" in schemas["shortlist.v1.RecommendRequest"]["properties"]
 
@@ -283,3 +299,108 @@ def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):  # noqa: F
         gateway.stop()
     with pytest.raises(InsecureConfiguration):
         start_http_server(Settings.from_env({}), "127.0.0.1:1", "0.0.0.0:0")
+
+
+# ---- the FeedbackAdmin calls (docs/decisions/0039-admin-over-http.md) ----------------------
+
+
+def recommended(stack, user: str, k: int = 10) -> list[str]:
+    status, body = post(stack, "/v1/recommend", {"userId": user, "k": k}, key=ADMIN_KEY)
+    assert status == 200, body
+    return [i["itemId"] for i in body["items"]]
+
+
+def test_an_admin_key_hides_an_item_and_recommend_no_longer_returns_it(http_stack, bundle):
+    user = bundle.users.id(11)
+    top = recommended(http_stack, user)[0]
+    status, body = post(http_stack, "/v1/admin/hide-items", {"itemIds": [top]}, key=ADMIN_KEY)
+    assert status == 200, body
+    assert body == {"changed": 1}
+    assert eventually(lambda: top not in recommended(http_stack, user))
+    status, body = post(http_stack, "/v1/admin/show-items", {"item_ids": [top]}, key=ADMIN_KEY)
+    assert status == 200 and body == {"changed": 1}, body
+    assert eventually(lambda: top in recommended(http_stack, user))
+
+
+def test_upsert_remove_and_delete_user_answer_over_http(http_stack):
+    item = {"itemId": "http-admin-new-item", "attributes": {"category": "books"}}
+    status, body = post(
+        http_stack,
+        "/v1/admin/upsert-items",
+        {"items": [item]},
+        header="authorization",
+        key=ADMIN_KEY,
+    )
+    assert status == 200 and body == {"changed": 1}, body
+    status, body = post(
+        http_stack, "/v1/admin/remove-items", {"itemIds": [item["itemId"]]}, key=ADMIN_KEY
+    )
+    assert status == 200 and body == {"changed": 1}, body
+    status, body = post(http_stack, "/v1/admin/delete-user", {"userId": "u-gone"}, key=ADMIN_KEY)
+    assert status == 200, body
+    assert len(body["eventId"]) == 32
+
+
+@pytest.mark.parametrize("key", [READ_KEY, FULL_KEY])
+def test_a_key_without_the_admin_scope_is_403_naming_it(http_stack, bundle, key):
+    item = bundle.items.id(3)
+    status, body = post(http_stack, "/v1/admin/hide-items", {"itemIds": [item]}, key=key)
+    assert status == 403, body
+    assert body["error"]["status"] == "PERMISSION_DENIED"
+    assert "lacks scope 'admin'" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("key", "status"), [(None, 401), ("wrong-key-0123456789", 401)])
+def test_admin_calls_without_a_valid_key_are_401(http_stack, key, status):
+    got, body = post(http_stack, "/v1/admin/delete-user", {"userId": "u"}, key=key)
+    assert got == status, body
+    assert body["error"]["status"] == "UNAUTHENTICATED"
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "named"),
+    [
+        ("hide-items", '{"itemIds": "one"}', "itemIds"),
+        ("hide-items", '{"itemIds": ["a"], "reason": "x"}', "reason"),
+        ("hide-items", '{"itemIds": []}', "item_ids"),  # the feedback service's own check
+        ("upsert-items", '{"items": [{"itemId": ""}]}', "items[0].item_id"),
+        ("delete-user", '{"userId": 5}', "userId"),
+    ],
+)
+def test_a_bad_admin_body_is_400_naming_the_field(http_stack, path, payload, named):
+    status, body = post(http_stack, f"/v1/admin/{path}", payload, key=ADMIN_KEY)
+    assert status == 400, body
+    assert body["error"]["status"] == "INVALID_ARGUMENT"
+    assert named in body["error"]["message"]
+
+
+def test_without_keys_admin_calls_are_open_on_loopback_only(settings, bundle):
+    """Local development (no keys): open on 127.0.0.1 as the internal feedback service is;
+    on a non-loopback address refused with 403 saying why, even with insecure=1."""
+    from shortlist.feedback.bus import InMemoryBus
+    from shortlist.feedback.stores import InMemoryStateStore
+    from shortlist.services.http_api import start_http_server
+
+    bus = InMemoryBus()
+    store = InMemoryStateStore()
+    s = settings.replace(insecure=1)
+    stack = start_inprocess_stack(
+        s, bundle, store, bus.publisher(), bus.consumer(), http_address="127.0.0.1:0"
+    )
+    wide = start_http_server(
+        s,
+        stack.gateway_target,
+        "0.0.0.0:0",
+        feedback_target=stack.target("feedback"),
+    )
+    try:
+        payload = json.dumps({"itemIds": [bundle.items.id(2)]})
+        status, body = curl(stack.http_url + "/v1/admin/hide-items", payload)
+        assert status == 200 and body == {"changed": 1}, body
+        status, body = curl(f"http://127.0.0.1:{wide.port}/v1/admin/show-items", payload)
+        assert status == 403, body
+        assert "without API keys" in body["error"]["message"]
+        assert "0.0.0.0:0" in body["error"]["message"]
+    finally:
+        wide.stop()
+        stack.stop()

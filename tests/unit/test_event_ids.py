@@ -52,12 +52,14 @@ def test_parse_keys_scopes_and_backward_compatibility():
         c: frozenset({"recommend", "feedback"}),
     }
     assert parse_keys("") == {}
+    assert parse_keys(f"{a}:admin+recommend")[a] == frozenset({"admin", "recommend"})
+    assert "admin" not in parse_keys(a)[a]  # never by default
 
 
 @pytest.mark.parametrize(
     "value, message",
     [
-        (f"{hash_key('a')}:admin", "scopes must be some of"),
+        (f"{hash_key('a')}:root", "scopes must be some of"),
         (f"{hash_key('a')}:", "scopes must be some of"),
         (f"{hash_key('a')}:recommend,{hash_key('a')}", "configured twice"),
         ("raw-secret-key:recommend", "not sha256 hex"),
