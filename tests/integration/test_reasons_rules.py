@@ -41,7 +41,9 @@ def test_each_item_names_its_source_the_likes_behind_it_and_the_ranker_features(
     features = set(bundle.ranker.feature_name())
     for item in reply.items:
         r = item.reasons
-        assert list(r.sources) in (["precomputed"], [bundle.manifest["model"]])
+        # the list's source, or the fused sources that proposed the item (decision 0028)
+        fused = set(bundle.manifest.get("fusion", {}).get("weights", {}))
+        assert r.sources and set(r.sources) <= {"precomputed", bundle.manifest["model"], *fused}
         # the two liked items with the largest dot product of retrieval vectors
         sims = bundle.item_vectors[likes] @ bundle.item_vectors[bundle.items.index(item.item_id)]
         expected = [bundle.items.id(likes[j]) for j in np.argsort(-sims, kind="stable")[:2]]
