@@ -55,3 +55,31 @@ RetrievalModel = EmbeddingModel | ItemItemModel
 def is_item_item(model: object) -> bool:
     """Whether `model` scores by its neighbour table rather than by dot products."""
     return hasattr(model, "neighbours") and not hasattr(model, "user_factors")
+
+
+@dataclass
+class BestOnValid:
+    """Early stopping for models trained by epochs: every `every` epochs (and the last),
+    score the vectors on valid NDCG@20, keep the best epoch's, and stop after `patience`
+    evaluations without a gain. No `validate`: nothing is scored, nothing stops."""
+
+    validate: Validator | None
+    every: int
+    last: int
+    patience: int
+    best: float = -1.0
+    vectors: tuple[np.ndarray, np.ndarray] | None = None
+    bad: int = 0
+
+    def check(self, epoch: int, row: dict[str, float], vectors_of: Callable[[], tuple]) -> bool:
+        """Score this epoch when due (metrics into `row`); True when training should stop."""
+        if self.validate is None or not (epoch % self.every == 0 or epoch == self.last):
+            return False
+        vectors = vectors_of()
+        m = self.validate(*vectors, 20)
+        row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
+        if m["ndcg@20"] > self.best:
+            self.best, self.vectors, self.bad = m["ndcg@20"], vectors, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from shortlist.data.interactions import Interactions
-from shortlist.models.base import FitReport, Validator
+from shortlist.models.base import BestOnValid, FitReport, Validator
 from shortlist.models.progress import bar
 
 
@@ -141,7 +141,7 @@ class SASRec:
         self.encoder = _Encoder(data.n_items, cfg).to(self.device)
         opt = torch.optim.AdamW(self.encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         report = FitReport()
-        best, best_vectors, bad = -1.0, None, 0
+        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience)
         batches = max(1, len(train) // cfg.batch_size)
         with bar("sasrec", cfg.epochs * batches) as advance:
             for epoch in range(1, cfg.epochs + 1):
@@ -172,20 +172,13 @@ class SASRec:
                     steps += 1
                     advance()
                 row: dict[str, float] = {"epoch": epoch, "loss": total / max(steps, 1)}
-                if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                    vectors = self._vectors(sequences)
-                    m = validate(*vectors, 20)
-                    row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
-                    if m["ndcg@20"] > best:
-                        best, best_vectors, bad = m["ndcg@20"], vectors, 0
-                    else:
-                        bad += 1
+                stop = early.check(epoch, row, lambda: self._vectors(sequences))
                 row["seconds"] = time.perf_counter() - start
                 report.history.append(row)
                 report.epochs = epoch
-                if validate is not None and bad >= cfg.patience:
+                if stop:
                     break
-        self.user_factors, self.item_factors = best_vectors or self._vectors(sequences)
+        self.user_factors, self.item_factors = early.vectors or self._vectors(sequences)
         report.seconds = time.perf_counter() - start
         return report
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from shortlist.data.interactions import Interactions
-from shortlist.models.base import FitReport, Validator
+from shortlist.models.base import BestOnValid, FitReport, Validator
 from shortlist.models.progress import bar
 
 
@@ -95,7 +95,7 @@ class TwoTower:
         log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
 
         report = FitReport()
-        best, best_vectors, bad = -1.0, None, 0
+        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience)
         n = len(users)
         with bar("two-tower", cfg.epochs, enabled=cfg.progress) as advance:
             for epoch in range(1, cfg.epochs + 1):
@@ -116,21 +116,14 @@ class TwoTower:
                     opt.step()
                     total += loss.item() * len(b)
                 row: dict[str, float] = {"epoch": epoch, "loss": total / n}
-                if validate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                    vectors = self._vectors(data)
-                    m = validate(*vectors, 20)
-                    row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
-                    if m["ndcg@20"] > best:
-                        best, best_vectors, bad = m["ndcg@20"], vectors, 0
-                    else:
-                        bad += 1
+                stop = early.check(epoch, row, lambda: self._vectors(data))
                 row["seconds"] = time.perf_counter() - start
                 report.history.append(row)
                 report.epochs = epoch
                 advance()
-                if validate is not None and bad >= cfg.patience:
+                if stop:
                     break
-        self.user_factors, self.item_factors = best_vectors or self._vectors(data)
+        self.user_factors, self.item_factors = early.vectors or self._vectors(data)
         report.seconds = time.perf_counter() - start
         return report
 
