@@ -23,6 +23,12 @@ class Settings:
     # any of its nodes (docs/decisions/0037-redis-cluster-keys.md).
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sl:"
+    # TLS to Redis (a rediss:// URL): the CA that signed the servers' certificates (empty:
+    # the system's CAs) and, where Redis asks for client certificates (tls-auth-clients),
+    # this client's certificate and key. Set with a redis:// URL they are refused.
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
     # A user's live state (seen, disliked, history, kinds, folded-in vectors) expires this
     # long after their last feedback; 0 keeps it for ever.
     state_ttl_s: int = 90 * 86400

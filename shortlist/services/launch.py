@@ -35,7 +35,7 @@ from shortlist.feedback.bus import (
     client_security,
     ensure_topic,
 )
-from shortlist.feedback.stores import RedisStateStore, StateStore
+from shortlist.feedback.stores import RedisStateStore, RedisTLS, StateStore
 from shortlist.feedback.worker import FeedbackWorker
 from shortlist.retrieval.index import limit_native_threads
 from shortlist.rpc.security import check_gateway_policy
@@ -61,7 +61,10 @@ SERVICES = ("retrieval", "ranking", "feedback", "gateway", "archiver")
 
 def redis_store(settings: Settings) -> StateStore:
     return RedisStateStore(
-        settings.redis_url, settings.redis_prefix, state_ttl_s=settings.state_ttl_s
+        settings.redis_url,
+        settings.redis_prefix,
+        state_ttl_s=settings.state_ttl_s,
+        tls=RedisTLS.from_settings(settings),
     )
 
 

@@ -288,7 +288,7 @@ def rebuild_state(
     from shortlist.feedback.bus import KafkaEventConsumer, client_security
     from shortlist.feedback.rebuild import rebuild_group
     from shortlist.feedback.rebuild import rebuild_state as replay
-    from shortlist.feedback.stores import RedisStateStore
+    from shortlist.feedback.stores import RedisStateStore, RedisTLS, redis_client
 
     def fail(message: str) -> None:
         console.print(f"[red]error:[/red] {message}", soft_wrap=True)
@@ -300,7 +300,7 @@ def rebuild_state(
     if archive is not None and not archive.is_dir():
         fail(f"--archive {archive} is not a directory")
     try:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url, RedisTLS.from_settings(settings))
         pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in settings.redis_prefix) + "*"
         held = next(iter(client.scan_iter(match=pattern, count=1000)), None)
     except redis.RedisError as exc:
@@ -319,7 +319,9 @@ def rebuild_state(
             rebuild_group(settings),
             security=client_security(settings),
         )
-    store = RedisStateStore(settings.redis_url, settings.redis_prefix)
+    store = RedisStateStore(
+        settings.redis_url, settings.redis_prefix, tls=RedisTLS.from_settings(settings)
+    )
     with console.status("replaying the event log"):
         report = replay(
             bundle, store, settings, archive, consumer, idle_polls=max(1, round(idle_s))

@@ -1,5 +1,7 @@
 """A local Redis Cluster of three masters (no replicas) from the installed redis-server, for
-tests and benchmarks: the same engine a deployment runs, on free loopback ports."""
+tests and benchmarks: the same engine a deployment runs, on free loopback ports; with
+`tls` (the CA, certificate and key files), every node speaks TLS only (`--port 0`), to
+clients and on the cluster bus, and asks clients for a certificate the CA signed."""
 
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ class LocalRedisCluster:
     """`start()` runs `masters` redis-server processes with cluster-enabled and joins them
     with `redis-cli --cluster create`; `stop()` ends them and removes their files."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, tls: tuple[str, str, str] | None = None) -> None:
         self.masters = masters
+        self.tls = tls  # (CA file, certificate file, key file)
         self.ports: list[int] = []
         self._procs: list[subprocess.Popen] = []
         self._dir: Path | None = None
@@ -36,7 +39,24 @@ class LocalRedisCluster:
     @property
     def url(self) -> str:
         """The store URL: any master is a startup node; `cluster=1` picks the cluster client."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0?cluster=1"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.ports[0]}/0?cluster=1"
+
+    def _server_tls(self, port: int) -> list[str]:
+        if not self.tls:
+            return ["--port", str(port)]
+        ca, cert, key = self.tls
+        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes"] + [
+            "--tls-replication", "yes", "--tls-ca-cert-file", ca, "--tls-cert-file", cert,
+            "--tls-key-file", key, "--tls-auth-clients", "yes",
+        ]  # fmt: skip
+
+    def _cli(self) -> list[str]:
+        """redis-cli with this cluster's transport options."""
+        if not self.tls:
+            return ["redis-cli"]
+        ca, cert, key = self.tls
+        return ["redis-cli", "--tls", "--cacert", ca, "--cert", cert, "--key", key]
 
     def start(self) -> None:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
@@ -47,7 +67,7 @@ class LocalRedisCluster:
             port = _free_cluster_port()
             node_dir = self._dir / str(port)
             node_dir.mkdir()
-            argv = [server, "--port", str(port), "--bind", "127.0.0.1"]
+            argv = [server, *self._server_tls(port), "--bind", "127.0.0.1"]
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             argv += ["--save", "", "--appendonly", "no", "--dir", str(node_dir)]
             log = open(node_dir / "redis.log", "wb")  # noqa: SIM115 (the child keeps it)
@@ -59,7 +79,15 @@ class LocalRedisCluster:
             wait_for(lambda p=port: port_open("127.0.0.1", p), 15, f"redis on {port}")
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         subprocess.run(
-            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                *self._cli(),
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=60,
@@ -69,7 +97,7 @@ class LocalRedisCluster:
     def _ok(self) -> bool:
         for port in self.ports:
             out = subprocess.run(
-                ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True
+                [*self._cli(), "-p", str(port), "cluster", "info"], capture_output=True, text=True
             ).stdout
             if "cluster_state:ok" not in out:
                 return False

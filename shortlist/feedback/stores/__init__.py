@@ -6,6 +6,15 @@ quickstart. Both implement `StateStore` and pass the same contract tests.
 
 from shortlist.feedback.stores.base import StateStore, StoreUnavailable, UserState
 from shortlist.feedback.stores.memory import InMemoryStateStore
+from shortlist.feedback.stores.redis_router import RedisTLS, redis_client
 from shortlist.feedback.stores.redis_store import RedisStateStore
 
-__all__ = ["InMemoryStateStore", "RedisStateStore", "StateStore", "StoreUnavailable", "UserState"]
+__all__ = [
+    "InMemoryStateStore",
+    "RedisStateStore",
+    "RedisTLS",
+    "StateStore",
+    "StoreUnavailable",
+    "UserState",
+    "redis_client",
+]

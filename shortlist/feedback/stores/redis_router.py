@@ -8,12 +8,19 @@ is read, so a call costs one round trip to the slowest master. A `MOVED` reply (
 moved: the command did not run) refreshes the slot map and sends the command again, an
 `ASK` reply (a slot being migrated) sends it to the named node after `ASKING`, and
 `NOSCRIPT` (a script cache emptied by a restart or failover) loads the script there.
+
+TLS: a `rediss://` URL, with the CA that signed the servers' certificates and, for Redis's
+`tls-auth-clients`, a client certificate (`RedisTLS`, from the settings `redis_ca_file`,
+`redis_cert_file`, `redis_key_file`); the cluster client uses them on every node it
+follows.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import hiredis
@@ -40,6 +47,46 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
     return urlunparse(parts._replace(query=rest)), cluster
 
 
+@dataclass(frozen=True)
+class RedisTLS:
+    """TLS files of a `rediss://` connection: the CA that signed the servers' certificates
+    (empty: the system's CAs) and an optional client certificate and key (mutual TLS)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RedisTLS:
+        return cls(settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file)
+
+    def options(self, url: str) -> dict[str, Any]:
+        """redis-py connection options for `url`. ValueError naming the setting when the
+        files are set for a plaintext `redis://` URL (they would be ignored, the traffic
+        unencrypted) or a certificate comes without its key."""
+        scheme = urlparse(url).scheme
+        if scheme != "rediss":
+            if self.ca_file or self.cert_file or self.key_file:
+                raise ValueError(
+                    "SHORTLIST_REDIS_CA_FILE/CERT_FILE/KEY_FILE are set but SHORTLIST_REDIS_URL "
+                    f"is {scheme}://: use rediss:// for TLS"
+                )
+            return {}
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("SHORTLIST_REDIS_CERT_FILE and SHORTLIST_REDIS_KEY_FILE go together")
+        out: dict[str, Any] = {"ssl_cert_reqs": "required"}
+        if self.ca_file:
+            out["ssl_ca_certs"] = self.ca_file
+        if self.cert_file:
+            out |= {"ssl_certfile": self.cert_file, "ssl_keyfile": self.key_file}
+        return out
+
+
+def redis_client(url: str, tls: RedisTLS | None = None, **options: Any) -> redis.Redis:
+    """A plain redis-py client of one Redis at `url` (tools, scans), TLS as `tls` says."""
+    return redis.Redis.from_url(url, **(tls or RedisTLS()).options(url), **options)
+
+
 def pack_command(args: Sequence[bytes | str | int]) -> bytes:
     """RESP encoding of one command (hiredis's C encoder: a call sends hundreds)."""
     return hiredis.pack_command(tuple(args))
@@ -51,9 +98,16 @@ class RedisRouter:
     Scripts are sent by EVALSHA with their routing key as the one declared key; `scripts`
     maps each SHA to its text, loaded on a node when the node answers NOSCRIPT."""
 
-    def __init__(self, url: str, timeout_s: float, scripts: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        scripts: Mapping[str, str],
+        tls: RedisTLS | None = None,
+    ) -> None:
         self.url, self.cluster = split_cluster_flag(url)
         self.timeout_s = timeout_s
+        self._tls_options = (tls or RedisTLS()).options(self.url)
         self.scripts = dict(scripts)
         self._single: redis.Redis | None = None
         self._cluster: RedisCluster | None = None
@@ -65,6 +119,7 @@ class RedisRouter:
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
+                **self._tls_options,
             )
 
     @property
@@ -78,6 +133,7 @@ class RedisRouter:
                     self.url,
                     socket_timeout=self.timeout_s,
                     socket_connect_timeout=self.timeout_s,
+                    **self._tls_options,
                 )
             except (redis.RedisError, RedisClusterException, OSError) as exc:
                 raise StoreUnavailable(f"redis cluster: {exc}") from exc

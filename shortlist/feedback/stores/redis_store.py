@@ -37,7 +37,7 @@ from shortlist.feedback.stores.base import (
     UserState,
     decode_history,
 )
-from shortlist.feedback.stores.redis_router import RedisRouter
+from shortlist.feedback.stores.redis_router import RedisRouter, RedisTLS
 
 LIKE_SHARDS = 16  # hash tags the item like counts are spread over
 USER_KEYS = ("seen", "dis", "hist", "likes", "kinds", "vec")  # a user's state (with ev:*)
@@ -464,12 +464,13 @@ class RedisStateStore:
         prefix: str = "sl:",
         timeout_s: float = 0.5,
         state_ttl_s: int = STATE_TTL_S,
+        tls: RedisTLS | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"redis prefix must not hold braces (hash tags), got {prefix!r}")
         self.prefix = prefix
         self.state_ttl_s = state_ttl_s
-        self.router = RedisRouter(url, timeout_s, {SHAS[n]: t for n, t in SCRIPTS.items()})
+        self.router = RedisRouter(url, timeout_s, {SHAS[n]: t for n, t in SCRIPTS.items()}, tls=tls)
         self._cat = f"{prefix}{{cat}}:"
 
     # --- key names ---------------------------------------------------------------------

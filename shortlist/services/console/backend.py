@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import json_format
 
 from shortlist.config import Settings
-from shortlist.feedback.stores import RedisStateStore, StateStore, StoreUnavailable
+from shortlist.feedback.stores import RedisStateStore, RedisTLS, StateStore, StoreUnavailable
 from shortlist.rpc import security
 from shortlist.rpc.server import client_channel
 from shortlist.services.console.access import ActionKeys, Refused
@@ -96,7 +96,11 @@ class ConsoleBackend:
     def store(self) -> StateStore:
         with self._lock:
             if self._store is None:
-                self._store = RedisStateStore(self.settings.redis_url, self.settings.redis_prefix)
+                self._store = RedisStateStore(
+                    self.settings.redis_url,
+                    self.settings.redis_prefix,
+                    tls=RedisTLS.from_settings(self.settings),
+                )
             return self._store
 
     def _read_metadata(self) -> tuple[tuple[str, str], ...]:
