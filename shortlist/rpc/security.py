@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 import jwt
 
+from shortlist.rpc.client_tls import ClientTLSFiles
 from shortlist.rpc.telemetry import TLS_RELOADS
 
 log = logging.getLogger(__name__)
@@ -805,17 +806,13 @@ def with_metadata(channel: grpc.Channel, pairs: tuple[tuple[str, str], ...]) -> 
     return grpc.intercept_channel(channel, _MetadataClientInterceptor(pairs))
 
 
-def channel_credentials(settings: Any) -> grpc.ChannelCredentials | None:
-    """TLS to the internal services when `internal_ca_file` is set; the client certificate
-    (mutual TLS) is `internal_cert_file`/`internal_key_file`, else the process's own
-    certificate, when it has one. Read when the channel is made: a rotated client
-    certificate is used by channels made after it (a restart), unlike server certificates."""
+def client_tls_files(settings: Any) -> ClientTLSFiles | None:
+    """The TLS files of channels to the internal services: their CA (`internal_ca_file`;
+    None when unset: plaintext) and the client certificate of mutual TLS,
+    `internal_cert_file`/`internal_key_file`, else the process's own certificate, when it
+    has one. Channels re-read them when they change (shortlist.rpc.client_tls)."""
     if not settings.internal_ca_file:
         return None
     cert_file = settings.internal_cert_file or settings.tls_cert_file
     key_file = settings.internal_key_file or settings.tls_key_file
-    cert = _read(cert_file) if cert_file else None
-    key = _read(key_file) if key_file else None
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(settings.internal_ca_file), private_key=key, certificate_chain=cert
-    )
+    return ClientTLSFiles(settings.internal_ca_file, cert_file, key_file)

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shortlist.rpc import security
+from shortlist.rpc.client_tls import ReloadingChannel
 from shortlist.rpc.telemetry import READY, MetricsInterceptor
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -194,7 +195,8 @@ def client_channel(
     target: str, max_message_bytes: int = MAX_MESSAGE_BYTES, settings: Any = None
 ) -> grpc.Channel:
     """A channel to `target`; with `settings` (the gateway's channels to internal services),
-    TLS when `internal_ca_file` is set, the internal token on every call, and calls spread
+    TLS when `internal_ca_file` is set (the client certificate re-read when its files
+    change, shortlist.rpc.client_tls), the internal token on every call, and calls spread
     round robin over every address the target resolves to (`dns:///retrieval:50052` over a
     headless Service: one connection per pod, not one pinned pod per gateway)."""
     options = [
@@ -204,11 +206,11 @@ def client_channel(
     ]
     if settings is not None:
         options.append(("grpc.service_config", ROUND_ROBIN))
-    credentials = security.channel_credentials(settings) if settings is not None else None
-    if credentials is None:
+    files = security.client_tls_files(settings) if settings is not None else None
+    if files is None:
         channel = grpc.insecure_channel(target, options=options)
-    else:
-        channel = grpc.secure_channel(target, credentials, options=options)
+    else:  # TLS files re-read when they change: a rotated client certificate without restart
+        channel = ReloadingChannel(target, files, options)
     if settings is not None and settings.internal_token:
         channel = security.with_metadata(
             channel, ((security.INTERNAL_HEADER, settings.internal_token),)

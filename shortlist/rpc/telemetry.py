@@ -106,6 +106,10 @@ TLS_RELOADS = Counter(
     "shortlist_tls_certificate_reloads_total",
     "Times the server's TLS certificate files changed and were loaded for new handshakes",
 )
+TLS_CLIENT_RELOADS = Counter(
+    "shortlist_tls_client_certificate_reloads_total",
+    "Times a client's TLS files (CA, certificate, key) changed and new channels use them",
+)
 MODEL_INFO = Info("shortlist_model", "Artifact bundles served by this process, by A/B arm", ["arm"])
 READY = Gauge("shortlist_ready", "1 when the service is serving", ["service"])
 

@@ -14,6 +14,7 @@ internal credentials (docs/decisions/0039-admin-over-http.md). `create_app` buil
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -35,12 +36,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shortlist.config import Settings
+from shortlist.rpc.client_tls import CHECK_S, GRACE_S
 from shortlist.rpc.security import (
     API_KEY_HEADER,
     INTERNAL_HEADER,
     AdminAccess,
-    channel_credentials,
     check_gateway_policy,
+    client_tls_files,
 )
 from shortlist.rpc.server import MAX_MESSAGE_BYTES
 from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
@@ -205,25 +207,58 @@ class AdminBridge:
             self.metadata = ((INTERNAL_HEADER, settings.internal_token),)
         self.channel: grpc.aio.Channel | None = None
         self.stub: feedback_pb2_grpc.FeedbackAdminStub | None = None
-
-    async def open(self) -> None:
-        options = [
+        # TLS files re-read when they change (as client_channel's ReloadingChannel): a new
+        # channel takes the calls, the old one closes after the grace period.
+        self.files = client_tls_files(settings)
+        self._checked_at = 0.0
+        self._retired: set[grpc.aio.Channel] = set()
+        self.options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        credentials = channel_credentials(self.settings)
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(self.target, options=options)
+
+    async def open(self) -> None:
+        if self.files is None:
+            self.channel = grpc.aio.insecure_channel(self.target, options=self.options)
         else:
-            self.channel = grpc.aio.secure_channel(self.target, credentials, options=options)
+            self._use(self.files.initial())
+            self._checked_at = time.monotonic()
+
+    def _use(self, credentials: grpc.ChannelCredentials) -> None:
+        self.channel = grpc.aio.secure_channel(self.target, credentials, options=self.options)
         self.stub = feedback_pb2_grpc.FeedbackAdminStub(self.channel)
 
+    def _reload(self) -> None:
+        """A new channel when the TLS files changed (looked at once per CHECK_S)."""
+        now = time.monotonic()
+        if self.files is None or now - self._checked_at < CHECK_S:
+            return
+        self._checked_at = now
+        credentials = self.files.fetch()
+        if credentials is None:
+            return
+        old = self.channel
+        self._use(credentials)
+        if old is not None:
+            self._retired.add(old)
+            asyncio.get_running_loop().call_later(
+                GRACE_S, lambda: asyncio.ensure_future(self._close_retired(old))
+            )
+
+    async def _close_retired(self, channel: grpc.aio.Channel) -> None:
+        if channel in self._retired:
+            self._retired.discard(channel)
+            await channel.close()
+
     async def close(self) -> None:
-        if self.channel is not None:
-            await self.channel.close()
+        for channel in [self.channel, *self._retired]:
+            if channel is not None:
+                await channel.close()
+        self._retired.clear()
 
     async def call(self, endpoint: Endpoint, request: Message, _metadata) -> Message:
         """The caller's credentials stay here: the feedback service sees the gateway's."""
+        self._reload()
         rpc = getattr(self.stub, endpoint.method)
         return await rpc(request, timeout=self.timeout_s, metadata=self.metadata)
 
