@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from shortlist.tools.stack import port_open, wait_for
@@ -29,9 +30,17 @@ class LocalRedisCluster:
     """`start()` runs `masters` redis-server processes with cluster-enabled and joins them
     with `redis-cli --cluster create`; `stop()` ends them and removes their files."""
 
-    def __init__(self, masters: int = 3, tls: tuple[str, str, str] | None = None) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        tls: tuple[str, str, str] | None = None,
+        server_args: Sequence[str] = (),
+        cli_auth: tuple[str, str] | None = None,
+    ) -> None:
         self.masters = masters
         self.tls = tls  # (CA file, certificate file, key file)
+        self.server_args = list(server_args)  # e.g. ACL users (`--user ...`)
+        self.cli_auth = cli_auth  # (user, password) redis-cli creates the cluster as
         self.ports: list[int] = []
         self._procs: list[subprocess.Popen] = []
         self._dir: Path | None = None
@@ -52,11 +61,15 @@ class LocalRedisCluster:
         ]  # fmt: skip
 
     def _cli(self) -> list[str]:
-        """redis-cli with this cluster's transport options."""
-        if not self.tls:
-            return ["redis-cli"]
-        ca, cert, key = self.tls
-        return ["redis-cli", "--tls", "--cacert", ca, "--cert", cert, "--key", key]
+        """redis-cli with this cluster's transport options and user."""
+        out = ["redis-cli"]
+        if self.tls:
+            ca, cert, key = self.tls
+            out += ["--tls", "--cacert", ca, "--cert", cert, "--key", key]
+        if self.cli_auth:
+            user, password = self.cli_auth
+            out += ["--user", user, "--pass", password, "--no-auth-warning"]
+        return out
 
     def start(self) -> None:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
@@ -70,6 +83,7 @@ class LocalRedisCluster:
             argv = [server, *self._server_tls(port), "--bind", "127.0.0.1"]
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             argv += ["--save", "", "--appendonly", "no", "--dir", str(node_dir)]
+            argv += self.server_args
             log = open(node_dir / "redis.log", "wb")  # noqa: SIM115 (the child keeps it)
             self._procs.append(
                 subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=node_dir)

@@ -307,7 +307,7 @@ def test_settings_in_manifests_are_real_settings(docs):
         assert host == name
         assert int(port) in {p["port"] for p in service["spec"]["ports"]}
     assert int(config_map["data"]["SHORTLIST_MAX_CONNECTION_AGE_MS"]) > 0
-    redis_host = re.match(r"redis://([^:/@]+)", config_map["data"]["SHORTLIST_REDIS_URL"])
+    redis_host = re.match(r"rediss?://([^:/@]+)", config_map["data"]["SHORTLIST_REDIS_URL"])
     kafka_host = config_map["data"]["SHORTLIST_KAFKA_BOOTSTRAP"].split(":")[0]
     assert one(docs, "Service", redis_host.group(1)) and one(docs, "Service", kafka_host)
 
@@ -464,7 +464,7 @@ def test_redis_cluster_overlay_replaces_the_single_redis(tmp_path):
     assert not find(docs, "StatefulSet", "redis") and not find(docs, "Service", "redis")
     (config_map,) = find(docs, "ConfigMap", "shortlist-settings")
     url = config_map["data"]["SHORTLIST_REDIS_URL"]
-    assert url == "redis://redis-cluster:6379/0?cluster=1"
+    assert url == "rediss://redis-cluster:6379/0?cluster=1"
     assert one(docs, "Service", url.split("//")[1].split(":")[0])["spec"]["clusterIP"] == "None"
     sts = one(docs, "StatefulSet", "redis-cluster")
     assert sts["spec"]["replicas"] == 6  # three masters, one replica each
@@ -610,8 +610,8 @@ def test_cert_manager_resources_are_well_formed(docs):
         assert cert["apiVersion"] == CERT_MANAGER
         spec = cert["spec"]
         assert set(spec) <= {
-            "secretName", "commonName", "dnsNames", "usages", "duration", "renewBefore",
-            "privateKey", "issuerRef", "isCA",
+            "secretName", "commonName", "dnsNames", "ipAddresses", "usages", "duration",
+            "renewBefore", "privateKey", "issuerRef", "isCA",
         }, spec  # fmt: skip
         assert spec["issuerRef"] == {"name": spec["issuerRef"]["name"], "kind": "Issuer"}
         assert spec["issuerRef"]["name"] in issuers
@@ -727,7 +727,7 @@ def test_redis_and_kafka_require_credentials_and_acls(docs):
     if "SSL" in protocols.values():
         assert env["KAFKA_SSL_CLIENT_AUTH"] == "required"
         assert env["KAFKA_SSL_TRUSTSTORE_LOCATION"].endswith("ca.crt")
-    assert protocols["CLIENTS"] == "SASL_PLAINTEXT" and env["KAFKA_SASL_ENABLED_MECHANISMS"]
+    assert protocols["CLIENTS"] == "SASL_SSL" and env["KAFKA_SASL_ENABLED_MECHANISMS"]
     assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
     assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
     (setup,) = [c for c in spec["initContainers"] if c["name"] == "kafka-setup"]
@@ -743,6 +743,172 @@ def test_redis_and_kafka_require_credentials_and_acls(docs):
         "User:feedback"
     ]
     assert grants["User:archiver"] == {("topic", "Read"), ("topic", "Describe"), ("group", "Read")}
+
+
+def _acl_grants(docs) -> dict[str, set[tuple[str, str, str]]]:
+    """(resource kind, resource name, operation) granted per principal by kafka-setup."""
+    spec = pod_spec(one(docs, "StatefulSet", "kafka"))
+    (setup,) = [c for c in spec["initContainers"] if c["name"] == "kafka-setup"]
+    script = setup["command"][-1]
+    topic = re.search(r"^\s*T=(\S+)$", script, re.M).group(1)
+    grants: dict[str, set[tuple[str, str, str]]] = {}
+    for line in script.splitlines():
+        words = line.split()
+        if not words or words[0] != "acl":
+            continue
+        principal = words[words.index("--allow-principal") + 1]
+        kind = "group" if "--group" in words else "topic"
+        name = words[words.index(f"--{kind}") + 1].replace("$T", topic)
+        ops = [words[n + 1] for n, w in enumerate(words) if w == "--operation"]
+        grants.setdefault(principal, set()).update((kind, name, op) for op in ops)
+    return grants
+
+
+def test_kafka_clients_use_scram_over_tls_with_the_internal_ca(docs):
+    """SASL_SSL on the clients' listener (issue 27): the brokers present the certificate
+    that names the bootstrap and advertised hosts, clients verify it with the CA file every
+    Kafka client mounts, and present no certificate of their own (SCRAM authenticates)."""
+    from shortlist.feedback.bus import client_security
+
+    settings = one(docs, "ConfigMap", "shortlist-settings")["data"]
+    assert settings["SHORTLIST_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    ca_file = settings["SHORTLIST_KAFKA_CA_FILE"]
+    options = client_security(
+        Settings.from_env(
+            {},
+            kafka_security_protocol="SASL_SSL",
+            kafka_username="u",
+            kafka_password="p",
+            kafka_ca_file=ca_file,
+        )
+    )
+    assert options["ssl_cafile"] == ca_file and options["security_protocol"] == "SASL_SSL"
+    for kind, name in (("Deployment", n) for n in ("gateway", "feedback", "archiver")):
+        spec = pod_spec(one(docs, kind, name))
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        volume = mounts[str(Path(ca_file).parent)]
+        (secret,) = [v["secret"] for v in spec["volumes"] if v["name"] == volume]
+        items = {i["path"] for i in secret.get("items", [{"path": "ca.crt"}])}
+        assert Path(ca_file).name in items, name
+    kafka = pod_spec(one(docs, "StatefulSet", "kafka"))
+    env = {e["name"]: e.get("value") for e in kafka["containers"][0]["env"]}
+    assert env["KAFKA_LISTENER_NAME_CLIENTS_SSL_CLIENT_AUTH"] == "none"
+    assert env["KAFKA_SSL_CLIENT_AUTH"] == "required"  # between brokers: mutual TLS
+    broker = {c["spec"]["secretName"]: c["spec"] for c in find(docs, "Certificate")}[
+        _mounted_secret(docs, "StatefulSet", "kafka", "/etc/kafka-tls")
+    ]
+    assert "server auth" in broker["usages"]
+    bootstrap = settings["SHORTLIST_KAFKA_BOOTSTRAP"].rsplit(":", 1)[0]
+    assert bootstrap in broker["dnsNames"]
+    command = " ".join(kafka["containers"][0]["command"])
+    advertised = re.search(r"CLIENTS://\$\{HOSTNAME\}\.(\w+):9092", command).group(1)
+    brokers = one(docs, "StatefulSet", "kafka")["spec"]["replicas"]
+    for n in range(brokers):
+        assert f"kafka-{n}.{advertised}" in broker["dnsNames"]
+
+
+def test_kafka_acls_give_each_user_only_what_its_code_needs(docs):
+    grants = _acl_grants(docs)
+    topic = one(docs, "ConfigMap", "shortlist-settings")["data"]["SHORTLIST_FEEDBACK_TOPIC"]
+    dlq = f"{topic}.dlq"  # Settings.dead_letter_topic's default
+    assert Settings(feedback_topic=topic).dead_letter_topic == dlq
+    assert grants["User:gateway"] == {("topic", topic, "Write"), ("topic", topic, "Describe")}
+    # the worker consumes; it parks poison records in the DLQ; DeleteUser publishes FORGET
+    # to the feedback topic (shortlist/services/feedback.py): nothing else, no DLQ reads
+    assert grants["User:feedback"] == {
+        ("topic", topic, "Read"),
+        ("topic", topic, "Describe"),
+        ("topic", topic, "Write"),
+        ("topic", dlq, "Write"),
+        ("topic", dlq, "Describe"),
+        ("group", "shortlist-feedback", "Read"),
+    }
+    assert grants["User:archiver"] == {
+        ("topic", topic, "Read"),
+        ("topic", topic, "Describe"),
+        ("group", "shortlist-archive", "Read"),
+    }
+    import inspect
+
+    from shortlist.services import feedback as feedback_service
+
+    source = inspect.getsource(feedback_service.FeedbackAdminServicer.DeleteUser)
+    assert "Kind.FORGET" in source and "self.publisher.publish" in source
+
+
+def test_redis_serves_tls_only_and_the_services_verify_it(docs, request):
+    from shortlist.feedback.stores import RedisTLS
+
+    settings = one(docs, "ConfigMap", "shortlist-settings")["data"]
+    assert settings["SHORTLIST_REDIS_URL"].startswith("rediss://")
+    sts = one(docs, "StatefulSet", "redis")
+    spec = pod_spec(sts)
+    (redis, exporter) = spec["containers"]
+    script = " ".join(redis["command"])
+    assert "--port 0 " in script and "--tls-port 6379" in script
+    mount = "/etc/redis-tls"
+    for flag, name in (("cert", "tls.crt"), ("key", "tls.key"), ("ca-cert", "ca.crt")):
+        assert f"--tls-{flag}-file {mount}/{name}" in script
+    certificates = {c["spec"]["secretName"]: c["spec"] for c in find(docs, "Certificate")}
+    server = certificates[_mounted_secret(docs, "StatefulSet", "redis", mount)]
+    assert "server auth" in server["usages"]
+    assert "redis" in server["dnsNames"] and "127.0.0.1" in server["ipAddresses"]
+    assert "--tls" in redis["readinessProbe"]["exec"]["command"]
+    exporter_env = {e["name"]: e.get("value") for e in exporter["env"]}
+    assert exporter_env["REDIS_ADDR"] == "rediss://127.0.0.1:6379"
+    assert exporter_env["REDIS_EXPORTER_TLS_CA_CERT_FILE"] == f"{mount}/ca.crt"
+    assert any(m["mountPath"] == mount for m in exporter["volumeMounts"])
+    # every Redis client: a rediss:// URL and the CA it verifies the server with, mounted
+    ca_file = settings["SHORTLIST_REDIS_CA_FILE"]
+    assert RedisTLS(ca_file).options("rediss://redis:6379/0")["ssl_ca_certs"] == ca_file
+    for name in (*INTERNAL, "gateway"):
+        spec = pod_spec(one(docs, "Deployment", name))
+        mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert str(Path(ca_file).parent) in mounts, name
+    if request.node.callspec.params["docs"] != "base":  # the dev overlay's generated Secret
+        import base64
+
+        data = one(docs, "Secret", find(docs, "Secret")[0]["metadata"]["name"])["data"]
+        url = base64.b64decode(data["redis-url"]).decode()
+        assert url.startswith("rediss://shortlist:") and url.endswith("@redis:6379/0")
+    for script_name in ("make-internal-secret.sh", "make-internal-certs.sh"):
+        text = (K8S / script_name).read_text()
+        assert "rediss://" in text or "shortlist-redis-tls" in text, script_name
+
+
+def test_redis_cluster_overlay_has_the_acl_users_and_tls():
+    from tests.integration.test_redis_tls import CLUSTER_ACL, PASSWORD
+
+    docs = rendered("overlays/redis-cluster")
+    sts = one(docs, "StatefulSet", "redis-cluster")
+    spec = pod_spec(sts)
+    redis, exporter = spec["containers"]
+    script = " ".join(redis["command"])
+    for flag in ("--port 0 ", "--tls-port 6379", "--tls-cluster yes", "--tls-replication yes"):
+        assert flag in script, flag
+    assert "--requirepass" not in script and "--masteruser replicator" in script
+    # the same ACL rules the integration test runs on a local TLS cluster
+    rules = " ".join(CLUSTER_ACL).replace(PASSWORD, "$REDIS_PASSWORD")
+    normalized = re.sub(r"\\\s+", " ", redis["command"][-1]).replace('"', "")
+    normalized = re.sub(r"\s+", " ", normalized.replace("\\|", "|"))
+    for user_rule in rules.split("--user ")[1:]:
+        assert f"--user {user_rule.strip()}" in normalized, user_rule
+    assert "--user replicator on >$REDIS_PASSWORD -@all +psync +replconf +ping" in normalized
+    for container in (redis, exporter):
+        ref = _secret_ref(container, "REDIS_PASSWORD")
+        assert ref == {"name": "shortlist-internal", "key": "redis-password"}
+    exporter_env = {e["name"]: e.get("value") for e in exporter["env"]}
+    assert exporter_env["REDIS_ADDR"].startswith("rediss://")
+    assert exporter_env["REDIS_USER"] == "exporter"
+    certificates = {c["spec"]["secretName"]: c["spec"] for c in find(docs, "Certificate")}
+    cert = certificates[_mounted_secret(docs, "StatefulSet", "redis-cluster", "/etc/redis-tls")]
+    announced = re.search(r'--cluster-announce-hostname "\$\{HOSTNAME\}\.([\w-]+)"', script)
+    for n in range(sts["spec"]["replicas"]):
+        assert f"redis-cluster-{n}.{announced.group(1)}" in cert["dnsNames"]
+    assert "redis-cluster" in cert["dnsNames"] and "client auth" in cert["usages"]
+    create = pod_spec(one(docs, "Job", "redis-cluster-create"))["containers"][0]
+    assert "--user operator" in create["command"][-1] and "--tls" in create["command"][-1]
+    assert _secret_ref(create, "REDISCLI_AUTH")["name"] == "shortlist-internal"
 
 
 # ---------------------------------------------------------------- Prometheus and Grafana

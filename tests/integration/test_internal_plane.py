@@ -40,22 +40,28 @@ from shortlist.v1 import (
 pytestmark = pytest.mark.integration
 TOKEN = "internal-token-of-the-plane-test"
 API_KEY = "public-key-of-the-plane-test"
+ADMIN_KEY = "admin-key-of-the-plane-test"  # the admin scope: the public side's widest key
 GATEWAY_ID = "gateway.shortlist.internal"
 SERVICES = ("retrieval", "ranking", "feedback")
 
 
 def host_address() -> str:
-    """This host's address on its first non-loopback interface, else 127.0.0.1 (the servers
-    still bind 0.0.0.0, so the k8s-shaped policy applies either way)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.255", 9))  # no packet is sent: only picks a route
-        address = probe.getsockname()[0]
-    except OSError:
-        address = "127.0.0.1"
-    finally:
-        probe.close()
-    return address
+    """This host's address on the interface of its default route, else 127.0.0.1 (the
+    servers still bind 0.0.0.0, so the k8s-shaped policy applies either way). The probes
+    are unicast documentation addresses: connecting a UDP socket sends no packet, it only
+    picks a route (a broadcast address would be refused and give loopback)."""
+    for probe_address in ("198.51.100.1", "203.0.113.1", "10.255.255.1"):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.connect((probe_address, 9))
+            address = probe.getsockname()[0]
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        if not address.startswith("127.") and address != "0.0.0.0":
+            return address
+    return "127.0.0.1"
 
 
 HOST = host_address()
@@ -97,10 +103,16 @@ def plane_pki(tmp_path_factory) -> Path:
     (root / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     leaves = {name: ([name, f"{name}.shortlist.svc"], [HOST, "127.0.0.1"]) for name in SERVICES}
     leaves["gateway"] = ([GATEWAY_ID], [])
+    leaves["forged"] = ([GATEWAY_ID], [])  # the gateway's name, signed by another CA
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = _issue("shortlist internal CA", other_key, None, other_key, [], ca=True)
     for name, (dns, ips) in leaves.items():
         key = ec.generate_private_key(ec.SECP256R1())
-        cn = dns[0] if name == "gateway" else f"{name}.shortlist.internal"
-        cert = _issue(cn, ca_key, ca, key, dns, ips)
+        cn = dns[0] if name in ("gateway", "forged") else f"{name}.shortlist.internal"
+        if name == "forged":
+            cert = _issue(cn, other_key, other_ca, key, dns, ips)
+        else:
+            cert = _issue(cn, ca_key, ca, key, dns, ips)
         (root / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         (root / f"{name}.key").write_bytes(
             key.private_bytes(
@@ -148,7 +160,7 @@ def plane(bundle, plane_pki):
             backend="memory",
             candidates=100,
             insecure=1,  # the public side is not under test here
-            api_key_hashes=hash_key(API_KEY),
+            api_key_hashes=f"{hash_key(API_KEY)},{hash_key(ADMIN_KEY)}:admin+recommend+feedback",
             internal_ca_file=str(pki / "ca.crt"),
             internal_cert_file=str(pki / "gateway.crt"),
             internal_key_file=str(pki / "gateway.key"),
@@ -217,9 +229,11 @@ def test_every_internal_rpc_is_refused_without_the_gateways_identity_and_token(
     plane, plane_pki, service, method, stub, request_of
 ):
     refusals = {
-        # the transport refuses: no TLS, or TLS without a client certificate
+        # the transport refuses: no TLS, TLS without a client certificate, or one naming
+        # the gateway signed by another CA (a forged identity)
         ("plaintext", TOKEN_MD): grpc.StatusCode.UNAVAILABLE,
         (None, TOKEN_MD): grpc.StatusCode.UNAVAILABLE,
+        ("forged", TOKEN_MD): grpc.StatusCode.UNAVAILABLE,
         # a certificate from the same CA naming another identity, with the right token
         ("ranking" if service != "ranking" else "retrieval", TOKEN_MD): (
             grpc.StatusCode.PERMISSION_DENIED
@@ -228,6 +242,17 @@ def test_every_internal_rpc_is_refused_without_the_gateways_identity_and_token(
         ("gateway", ()): grpc.StatusCode.UNAUTHENTICATED,
         ("gateway", (("x-shortlist-internal", "guess"),)): grpc.StatusCode.UNAUTHENTICATED,
         ("gateway", (("x-api-key", API_KEY), ("authorization", f"Bearer {API_KEY}"))): (
+            grpc.StatusCode.UNAUTHENTICATED
+        ),
+        # keys of the wrong scope: API keys (public, even with the admin scope the HTTP
+        # admin calls need) are not the internal credential, in whichever header
+        ("gateway", (("x-api-key", ADMIN_KEY), ("authorization", f"Bearer {ADMIN_KEY}"))): (
+            grpc.StatusCode.UNAUTHENTICATED
+        ),
+        ("gateway", (("x-shortlist-internal", ADMIN_KEY),)): grpc.StatusCode.UNAUTHENTICATED,
+        ("gateway", (("x-shortlist-internal", API_KEY),)): grpc.StatusCode.UNAUTHENTICATED,
+        # the gateway's own hashed token value is not the token either
+        ("gateway", (("x-shortlist-internal", hash_key(TOKEN)),)): (
             grpc.StatusCode.UNAUTHENTICATED
         ),
     }

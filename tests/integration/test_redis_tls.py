@@ -165,11 +165,27 @@ def test_tls_files_with_a_plaintext_url_are_refused_naming_the_settings(redis_pk
         RedisTLS(cert_file="/x.crt").options("rediss://127.0.0.1:6379/0")
 
 
+# The ACL users of deploy/k8s/overlays/redis-cluster/redis-cluster.yaml (the replicator's
+# and exporter's aside: no replicas, no exporter here).
+CLUSTER_ACL = [
+    "--user", "default", "off",
+    "--user", "shortlist", "on", f">{PASSWORD}", "~sl:*", "&*", "+@all", "-@admin",
+    "-@dangerous",
+    "--user", "operator", "on", f">{PASSWORD}", "-@all", "+@connection", "+cluster", "+info",
+    "+ping", "+config|get",
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def tls_cluster(redis_pki):
+    """Three masters, TLS only (client certificates asked for), with the overlay's ACL
+    users; the `operator` user forms the cluster, as the overlay's create Job does."""
     pki = redis_pki
     cluster = LocalRedisCluster(
-        masters=3, tls=(str(pki / "ca.crt"), str(pki / "server.crt"), str(pki / "server.key"))
+        masters=3,
+        tls=(str(pki / "ca.crt"), str(pki / "server.crt"), str(pki / "server.key")),
+        server_args=CLUSTER_ACL,
+        cli_auth=("operator", PASSWORD),
     )
     try:
         cluster.start()
@@ -178,9 +194,10 @@ def tls_cluster(redis_pki):
         cluster.stop()
 
 
-def test_the_cluster_router_works_over_tls(tls_cluster, redis_pki, bundle):
+def test_the_cluster_router_works_over_tls_as_the_acl_user(tls_cluster, redis_pki, bundle):
     assert tls_cluster.url.startswith("rediss://")
-    store = RedisStateStore(tls_cluster.url, "sl:", timeout_s=3, tls=tls_of(redis_pki))
+    url = tls_cluster.url.replace("rediss://", f"rediss://shortlist:{PASSWORD}@")
+    store = RedisStateStore(url, "sl:", timeout_s=3, tls=tls_of(redis_pki))
     assert store.router.cluster
     store.ping()
     # users spread over the three masters' slots: every master answers over TLS
@@ -194,8 +211,17 @@ def test_the_cluster_router_works_over_tls(tls_cluster, redis_pki, bundle):
     for n, user in enumerate(users):
         assert store.user_state(user, bundle.version).seen == {bundle.items.id(n)}
     assert sum(store.item_likes().values()) == len(users)
+    # the ACL user: keys outside the prefix and admin commands are refused on every node
+    client = store.router.client
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set("other:key", "x")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.config_set("maxmemory", "1", target_nodes=client.get_primaries()[0])
     store.close()
-    # a client without a certificate gets nothing from any node
-    bare = RedisStateStore(tls_cluster.url, "sl:", timeout_s=3, tls=tls_of(redis_pki, None))
+    # a client without a certificate, and one without the password, get nothing
+    bare = RedisStateStore(url, "sl:", timeout_s=3, tls=tls_of(redis_pki, None))
     with pytest.raises(StoreUnavailable):
         bare.ping()
+    anonymous = RedisStateStore(tls_cluster.url, "sl:", timeout_s=3, tls=tls_of(redis_pki))
+    with pytest.raises(StoreUnavailable):
+        anonymous.ping()
