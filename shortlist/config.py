@@ -147,14 +147,18 @@ class Settings:
     # allowed to call them, comma-separated, e.g. the gateway's; empty: any certificate
     # the client CA signed. Needs tls_client_ca_file.
     internal_peer_names: str = ""
-    # Kafka client security (every producer, consumer and admin client): PLAINTEXT,
-    # SASL_PLAINTEXT or SASL_SSL; SASL user and password (e.g. SCRAM-SHA-512), and the CA
-    # that signed the brokers' certificates for SASL_SSL.
+    # Kafka client security (every producer, consumer and admin client): PLAINTEXT, SSL,
+    # SASL_PLAINTEXT or SASL_SSL; SASL user and password (e.g. SCRAM-SHA-512); for SSL and
+    # SASL_SSL the CA that signed the brokers' certificates (empty: the system's CAs) and an
+    # optional client certificate and key (brokers that ask for one). Set with a plaintext
+    # protocol, the files are refused.
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_username: str = ""
     kafka_password: str = ""
     kafka_ca_file: str = ""
+    kafka_cert_file: str = ""
+    kafka_key_file: str = ""
     rate_limit_per_s: int = 0  # per client (API key, else peer address); 0: no limit
     rate_limit_burst: int = 0  # bucket size; 0: the same as rate_limit_per_s
     # Feedback events per second per client (a SendFeedback batch takes one per event);

@@ -27,7 +27,27 @@ def test_sasl_scram_options_are_kafka_pythons():
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "gateway",
         "sasl_plain_password": "secret",
+        "ssl_check_hostname": True,
         "ssl_cafile": "/etc/ca.crt",
+    }
+    for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
+        assert set(options) <= set(client.DEFAULT_CONFIG), client
+
+
+def test_a_client_certificate_goes_with_ssl_protocols():
+    settings = Settings(
+        kafka_security_protocol="SSL",
+        kafka_ca_file="/etc/ca.crt",
+        kafka_cert_file="/etc/client.crt",
+        kafka_key_file="/etc/client.key",
+    )
+    options = client_security(settings)
+    assert options == {
+        "security_protocol": "SSL",
+        "ssl_check_hostname": True,
+        "ssl_cafile": "/etc/ca.crt",
+        "ssl_certfile": "/etc/client.crt",
+        "ssl_keyfile": "/etc/client.key",
     }
     for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
         assert set(options) <= set(client.DEFAULT_CONFIG), client
@@ -47,6 +67,20 @@ def test_sasl_scram_options_are_kafka_pythons():
                 "kafka_password": "p",
             },
             "SHORTLIST_KAFKA_SASL_MECHANISM",
+        ),
+        # TLS files with a plaintext protocol would be ignored: refused
+        (
+            {
+                "kafka_security_protocol": "SASL_PLAINTEXT",
+                "kafka_username": "u",
+                "kafka_password": "p",
+                "kafka_ca_file": "/etc/ca.crt",
+            },
+            "use SSL or SASL_SSL",
+        ),
+        (
+            {"kafka_security_protocol": "SSL", "kafka_cert_file": "/etc/client.crt"},
+            "SHORTLIST_KAFKA_CERT_FILE and SHORTLIST_KAFKA_KEY_FILE",
         ),
     ],
 )

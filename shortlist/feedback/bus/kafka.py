@@ -61,8 +61,21 @@ def client_security(settings: Any) -> dict[str, Any]:
             "SHORTLIST_KAFKA_USERNAME/PASSWORD are set but SHORTLIST_KAFKA_SECURITY_PROTOCOL is "
             f"{protocol}: use SASL_PLAINTEXT or SASL_SSL"
         )
-    if protocol.endswith("SSL") and settings.kafka_ca_file:
+    cert, key = settings.kafka_cert_file, settings.kafka_key_file
+    if not protocol.endswith("SSL"):
+        if settings.kafka_ca_file or cert or key:
+            raise ValueError(
+                "SHORTLIST_KAFKA_CA_FILE/CERT_FILE/KEY_FILE are set but "
+                f"SHORTLIST_KAFKA_SECURITY_PROTOCOL is {protocol}: use SSL or SASL_SSL"
+            )
+        return out
+    if bool(cert) != bool(key):
+        raise ValueError("SHORTLIST_KAFKA_CERT_FILE and SHORTLIST_KAFKA_KEY_FILE go together")
+    out["ssl_check_hostname"] = True  # the brokers' certificate must name the host dialled
+    if settings.kafka_ca_file:
         out["ssl_cafile"] = settings.kafka_ca_file
+    if cert:  # mutual TLS (the SSL protocol, or a listener that asks for certificates)
+        out |= {"ssl_certfile": cert, "ssl_keyfile": key}
     return out
 
 
