@@ -220,6 +220,7 @@ class AdminBridge:
     async def open(self) -> None:
         if self.files is None:
             self.channel = grpc.aio.insecure_channel(self.target, options=self.options)
+            self.stub = feedback_pb2_grpc.FeedbackAdminStub(self.channel)
         else:
             self._use(self.files.initial())
             self._checked_at = time.monotonic()
