@@ -178,7 +178,8 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
     deep_path = directory / "deep_ranker.npz"
     fold = manifest["foldin"]
     items = IdMap(json.loads((directory / "items.json").read_text()))
-    encoder = np.load(encoder_path) if encoder_path.exists() else None
+    # read row by row (user vectors, fold-in): mapped, one copy per node
+    encoder = np.load(encoder_path, mmap_mode="r") if encoder_path.exists() else None
     n_items = len(items)
     bundle = Bundle(
         version=manifest["version"],

@@ -158,14 +158,15 @@ class EncodedVectors:
         self.encoder = encoder
         self.shape = (weights.shape[0], encoder.shape[1])
         self.dtype = np.dtype(np.float32)
+        # one row is read per request: the arrays, without scipy's per-call checks
+        self._indptr, self._indices, self._data = weights.indptr, weights.indices, weights.data
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
         if np.ndim(rows) == 0:
-            w = self.weights
-            lo, hi = w.indptr[int(rows)], w.indptr[int(rows) + 1]
-            part = np.asarray(w.data[lo:hi], np.float32)
-            return (part @ self.encoder[np.asarray(w.indices[lo:hi], np.int64)]).astype(np.float32)
+            lo, hi = self._indptr[int(rows)], self._indptr[int(rows) + 1]
+            vector = self._data[lo:hi] @ self.encoder[self._indices[lo:hi]]
+            return np.asarray(vector, np.float32)
         return np.asarray(self.weights[rows] @ self.encoder, np.float32)
