@@ -181,11 +181,12 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
     # read row by row (user vectors, fold-in): mapped, one copy per node
     encoder = np.load(encoder_path, mmap_mode="r") if encoder_path.exists() else None
     n_items = len(items)
+    user_vectors = _user_vectors(directory, encoder, n_items)
     bundle = Bundle(
         version=manifest["version"],
         users=_users(directory),
         items=items,
-        user_vectors=_user_vectors(directory, encoder, n_items),
+        user_vectors=user_vectors,
         item_vectors=np.load(directory / "item_vectors.npy"),
         index=load_index(directory / "index.faiss") if with_index else None,
         likes=_interactions(directory, "likes", n_items),
@@ -209,6 +210,8 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
         item_item=_optional_sparse(directory / "item_item.npz"),
         fusion=FusionConfig.from_json(manifest.get("fusion")),
         cooc=load_csr(directory, "cooc", n_items) if has_csr(directory, "cooc") else None,
+        # kept so that a loaded bundle saves as it came
+        user_weights=user_vectors.weights if isinstance(user_vectors, EncodedVectors) else None,
     )
     _check_ranker_features(bundle)
     return bundle

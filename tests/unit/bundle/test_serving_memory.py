@@ -105,6 +105,9 @@ def test_per_user_arrays_are_memory_mapped_not_copied(data, tmp_path):
     for u in (0, 17, 399):
         np.testing.assert_array_equal(loaded.seen_items(u), memory.seen_items(u))
         assert loaded.activity_of(u) == memory.activity_of(u)
+    # a loaded bundle saves as it came
+    again = load_bundle(save_bundle(loaded, tmp_path / "again"))
+    np.testing.assert_array_equal(again.user_vectors[[3, 9]], loaded.user_vectors[[3, 9]])
     other = Factors(len(data.users), len(data.items))
     _, plain = saved_and_loaded(data, other, tmp_path / "plain")
     assert isinstance(plain.user_vectors, np.ndarray) and is_mapped(plain.user_vectors)
