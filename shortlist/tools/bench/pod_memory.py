@@ -301,7 +301,34 @@ def measure(name: str, code: str, root: Path, n_users: int, cfg: PodMemoryConfig
     }
 
 
+def vector_cost(
+    dim: int, likes_per_user: int, items: int = 40_981, users: int = 30_000, calls: int = 3000
+) -> dict[str, Any]:
+    """Microseconds to compute one user's vector from their like weights and the item
+    encoder (`EncodedVectors`) against reading a stored row, for random users (in-process;
+    the default catalogue is Gowalla's size)."""
+    from shortlist.data.mapped import EncodedVectors
+
+    rng = np.random.default_rng(0)
+    encoder = rng.normal(size=(items, dim)).astype(np.float32)
+    counts = 1 + rng.poisson(likes_per_user - 1, users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    cols = rng.integers(0, items, int(indptr[-1])).astype(np.int32)
+    weights = sp.csr_matrix((np.ones(len(cols), np.float32), cols, indptr), (users, items))
+    computed, stored = EncodedVectors(weights, encoder), np.asarray(weights @ encoder)
+    asked = [int(u) for u in rng.integers(0, users, calls)]
+    out: dict[str, Any] = {"dim": dim, "likes_per_user": likes_per_user}
+    for name, read in (("computed_us", computed.__getitem__), ("stored_us", stored.__getitem__)):
+        start = time.perf_counter()
+        for u in asked:
+            np.array(read(u))
+        out[name] = round((time.perf_counter() - start) / calls * 1e6, 1)
+    return out
+
+
 def run(cfg: PodMemoryConfig, progress=None) -> dict[str, Any]:
+    _say(progress, "vector cost: computed per request against a stored row")
+    costs = [vector_cost(cfg.dim, cfg.likes_per_user), vector_cost(1280, 34)]
     new_code = str(Path(__file__).resolve().parents[3])
     codes = {"new": new_code, **({"old": cfg.old_code} if cfg.old_code else {})}
     rows = []
@@ -339,4 +366,9 @@ def run(cfg: PodMemoryConfig, progress=None) -> dict[str, Any]:
     settings = asdict(cfg)
     settings["work"] = str(cfg.work)
     settings.pop("notes")
-    return {"sizes": rows, "config": settings, "load_average": list(os.getloadavg())}
+    return {
+        "sizes": rows,
+        "vector_cost": costs,
+        "config": settings,
+        "load_average": list(os.getloadavg()),
+    }
