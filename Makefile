@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-peers bench-index \
 	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
-	bench-lifecycle bench-next-item bench-http clean
+	bench-lifecycle bench-next-item bench-http bench-pod-memory clean
 
 install: $(STAMP) proto
 
@@ -181,6 +181,15 @@ bench-http: install
 SWAPS ?= 20
 bench-swaps: install
 	$(BIN)/shortlist bench swaps --bundle $(SERVING)/artifacts --swaps $(SWAPS)
+
+# Memory of retrieval and ranking pods over generated bundles of 30k, 300k and 3M users (same
+# 20k-item catalogue), two pods each; OLD_CODE=<checkout> also runs older code on the same
+# bundles (docs/benchmarks.md, "Pod memory"). Bundles are kept in $(REPORTS)/pod-memory.
+POD_SIZES ?= 30000,300000,3000000
+OLD_CODE  ?=
+bench-pod-memory: install
+	$(BIN)/shortlist bench pod-memory --sizes $(POD_SIZES) --old-code "$(OLD_CODE)" \
+		--work $(REPORTS)/pod-memory
 
 # MovieLens-100K as event logs through the whole loop (docs/benchmarks.md, "lifecycle").
 bench-lifecycle: install

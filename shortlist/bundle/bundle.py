@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from shortlist.data.ids import IdMap
+from shortlist.data.interactions import row_items
+from shortlist.data.mapped import EncodedVectors, MappedIds
 from shortlist.feedback.foldin import FoldInTargets
 from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
@@ -25,9 +27,12 @@ from shortlist.retrieval.precomputed import PrecomputedShortlists
 @dataclass
 class Bundle:
     version: str
-    users: IdMap
+    # per-user data (users, user_vectors, likes, dislikes, recent_likes, user_features,
+    # precomputed) is memory-mapped when loaded from disk (shortlist.bundle.files); a
+    # linear model's user vectors are then computed per request (EncodedVectors)
+    users: IdMap | MappedIds
     items: IdMap
-    user_vectors: np.ndarray
+    user_vectors: np.ndarray | EncodedVectors
     item_vectors: np.ndarray
     index: faiss.Index | None  # None: loaded without it, for a service that never searches
     likes: sp.csr_matrix  # training likes
@@ -60,14 +65,26 @@ class Bundle:
     # how retrieval fuses it with the vector search and popularity; None: vector search alone
     item_item: sp.csr_matrix | None = None
     fusion: FusionConfig | None = None
+    # Linear models: users x items, each training like's weight in the user's vector
+    # (user_vectors == user_weights @ item_encoder); saved instead of the user vectors
+    user_weights: sp.csr_matrix | None = None
+    # items x items `item_neighbours(likes)` (a ranking feature); None: computed on first
+    # use (shortlist.bundle.files stores it, so that a service does not redo it)
+    cooc: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
-        # Items a user interacted with in training are never recommended again.
-        self.seen = ((self.likes + self.dislikes) > 0).tocsr()
-        self.activity = np.diff(self.likes.indptr).astype(np.float32)
         self._pop_order = np.argsort(-self.popularity, kind="stable")
         if self.recent_popularity is None:
             self.recent_popularity = np.full(len(self.popularity), np.nan, np.float32)
+
+    def seen_items(self, user: int) -> np.ndarray:
+        """The items the user liked or disliked in training (never recommended again),
+        read from their rows: no users x items table is built."""
+        return np.union1d(row_items(self.likes, user), row_items(self.dislikes, user))
+
+    def activity_of(self, user: int) -> float:
+        """The user's number of training likes."""
+        return float(self.likes.indptr[user + 1] - self.likes.indptr[user])
 
     @cached_property
     def item_side(self) -> ItemSide:
@@ -84,6 +101,7 @@ class Bundle:
             self.context_counts,
             self.sequence,
             self.item_item,
+            self.cooc,
         )
 
     @cached_property

@@ -1,9 +1,13 @@
 """Versioned artifact bundles: everything the services load, written by the offline pipeline.
 
-Layout of `<root>/<version>/`: manifest.json, users.json, items.json, user_vectors.npy,
-item_vectors.npy, index.faiss, likes.npz and dislikes.npz (training interactions),
-recent_likes.npz, popularity.npy, item_features.npy, ranker.txt, deep_ranker.npz (the
-DeepFM ranker served blended with it; shortlist.ranking.deepfm), item_encoder.npy (linear
+Layout of `<root>/<version>/`: manifest.json, users.json (for people and tools; services
+read users_ids.npy and users_order.npy), items.json, item_vectors.npy, index.faiss,
+user_vectors.npy or, for linear models, user_weights.* (each training like's weight; a
+user's vector is computed from it and item_encoder.npy per request), likes.*, dislikes.*
+and recent_likes.* (training interactions, each a CSR matrix as three `.npy` arrays,
+shortlist.data.mapped), cooc.* (the ranking's item co-occurrence neighbours, computed
+once here), popularity.npy, item_features.npy, ranker.txt, deep_ranker.npz (the DeepFM
+ranker served blended with it; shortlist.ranking.deepfm), item_encoder.npy (linear
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
 features; the manifest's context_values name each table's rows), shortlist_items.npy and
 shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.retrieval.precomputed),
@@ -11,6 +15,11 @@ sequence.npz (item co-occurrence in like order, where likes were ordered), item_
 (the item-item source's neighbour table, fused into the shortlist; manifest `fusion`),
 item_attributes.json (item attributes as text, for request rules; when the data had any).
 `<root>/LATEST` names the newest version.
+
+Everything per user is loaded memory-mapped, so that serving memory does not grow with
+users and the processes serving a bundle on a node share one copy of it in the page cache
+(docs/decisions/0041-serving-memory.md). Bundles written before this layout (users.json,
+user_vectors.npy and likes.npz alone) still load, into memory.
 """
 
 from __future__ import annotations
@@ -30,10 +39,20 @@ from shortlist.bundle.bundle import Bundle
 from shortlist.bundle.integrity import read_manifest, write_manifest
 from shortlist.bundle.promotion import LATEST, promote
 from shortlist.data.ids import IdMap
+from shortlist.data.mapped import (
+    EncodedVectors,
+    MappedIds,
+    has_csr,
+    has_ids,
+    load_csr,
+    save_csr,
+    save_ids,
+)
 from shortlist.feedback.foldin import FoldInTargets
 from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.features import feature_names
+from shortlist.ranking.item_side import item_neighbours
 from shortlist.retrieval.fusion import FusionConfig
 from shortlist.retrieval.index import load_index, save_index
 from shortlist.retrieval.precomputed import PrecomputedShortlists
@@ -90,15 +109,22 @@ def save_bundle(
         "has_deep_ranker": bundle.deep_ranker is not None,
         "context_values": {key: values for key, (values, _) in bundle.context_counts.items()},
     }
-    (tmp / "users.json").write_text(json.dumps(bundle.users.to_list()))
+    user_ids = bundle.users.to_list()
+    (tmp / "users.json").write_text(json.dumps(user_ids))
+    save_ids(tmp, "users", user_ids)
     (tmp / "items.json").write_text(json.dumps(bundle.items.to_list()))
-    np.save(tmp / "user_vectors.npy", bundle.user_vectors.astype(np.float32))
+    if bundle.user_weights is not None and bundle.item_encoder is not None:
+        save_csr(tmp, "user_weights", bundle.user_weights)
+    else:
+        np.save(tmp / "user_vectors.npy", np.asarray(bundle.user_vectors, np.float32))
     np.save(tmp / "item_vectors.npy", bundle.item_vectors.astype(np.float32))
     np.save(tmp / "popularity.npy", bundle.popularity.astype(np.float32))
     np.save(tmp / "item_features.npy", bundle.item_features.astype(np.float32))
-    sp.save_npz(tmp / "likes.npz", bundle.likes.tocsr())
-    sp.save_npz(tmp / "dislikes.npz", bundle.dislikes.tocsr())
-    sp.save_npz(tmp / "recent_likes.npz", bundle.recent_likes.tocsr())
+    save_csr(tmp, "likes", bundle.likes)
+    save_csr(tmp, "dislikes", bundle.dislikes)
+    save_csr(tmp, "recent_likes", bundle.recent_likes)
+    cooc = bundle.cooc if bundle.cooc is not None else item_neighbours(bundle.likes)
+    save_csr(tmp, "cooc", cooc, cooc.dtype)
     save_index(bundle.index, tmp / "index.faiss")
     if bundle.ranker is not None:
         bundle.ranker.save_model(str(tmp / "ranker.txt"))
@@ -151,25 +177,30 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
     encoder_path = directory / "item_encoder.npy"
     deep_path = directory / "deep_ranker.npz"
     fold = manifest["foldin"]
+    items = IdMap(json.loads((directory / "items.json").read_text()))
+    # read row by row (user vectors, fold-in): mapped, one copy per node
+    encoder = np.load(encoder_path, mmap_mode="r") if encoder_path.exists() else None
+    n_items = len(items)
+    user_vectors = _user_vectors(directory, encoder, n_items)
     bundle = Bundle(
         version=manifest["version"],
-        users=IdMap(json.loads((directory / "users.json").read_text())),
-        items=IdMap(json.loads((directory / "items.json").read_text())),
-        user_vectors=np.load(directory / "user_vectors.npy"),
+        users=_users(directory),
+        items=items,
+        user_vectors=user_vectors,
         item_vectors=np.load(directory / "item_vectors.npy"),
         index=load_index(directory / "index.faiss") if with_index else None,
-        likes=sp.load_npz(directory / "likes.npz").tocsr(),
-        dislikes=sp.load_npz(directory / "dislikes.npz").tocsr(),
-        recent_likes=sp.load_npz(directory / "recent_likes.npz").tocsr(),
+        likes=_interactions(directory, "likes", n_items),
+        dislikes=_interactions(directory, "dislikes", n_items),
+        recent_likes=_interactions(directory, "recent_likes", n_items),
         popularity=np.load(directory / "popularity.npy"),
         item_features=np.load(directory / "item_features.npy"),
         item_feature_names=list(manifest["item_feature_names"]),
         foldin=FoldInTargets(fold["like"], fold["dislike"], fold["prior_strength"]),
         ranker=lgb.Booster(model_file=str(ranker_path)) if ranker_path.exists() else None,
         deep_ranker=DeepFMWeights.load(deep_path) if deep_path.exists() else None,
-        item_encoder=np.load(encoder_path) if encoder_path.exists() else None,
+        item_encoder=encoder,
         manifest=manifest,
-        user_features=_optional(directory / "user_features.npy"),
+        user_features=_optional(directory / "user_features.npy", mapped=True),
         user_feature_names=list(manifest.get("user_feature_names", [])),
         recent_popularity=_optional(directory / "recent_popularity.npy"),
         context_counts=_context_counts(directory, manifest.get("context_values", {})),
@@ -178,9 +209,34 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
         item_attribute_values=_optional_json(directory / "item_attributes.json"),
         item_item=_optional_sparse(directory / "item_item.npz"),
         fusion=FusionConfig.from_json(manifest.get("fusion")),
+        cooc=load_csr(directory, "cooc", n_items) if has_csr(directory, "cooc") else None,
+        # kept so that a loaded bundle saves as it came
+        user_weights=user_vectors.weights if isinstance(user_vectors, EncodedVectors) else None,
     )
     _check_ranker_features(bundle)
     return bundle
+
+
+def _users(directory: Path) -> IdMap | MappedIds:
+    if has_ids(directory, "users"):
+        return MappedIds.load(directory, "users")
+    return IdMap(json.loads((directory / "users.json").read_text()))  # an older bundle
+
+
+def _user_vectors(
+    directory: Path, encoder: np.ndarray | None, n_items: int
+) -> np.ndarray | EncodedVectors:
+    """A linear model's vectors computed per request from the mapped like weights and
+    the encoder; other models' stored vectors, mapped."""
+    if encoder is not None and has_csr(directory, "user_weights"):
+        return EncodedVectors(load_csr(directory, "user_weights", n_items), encoder)
+    return np.load(directory / "user_vectors.npy", mmap_mode="r")
+
+
+def _interactions(directory: Path, name: str, n_items: int) -> sp.csr_matrix:
+    if has_csr(directory, name):
+        return load_csr(directory, name, n_items)
+    return sp.load_npz(directory / f"{name}.npz").tocsr()  # an older bundle
 
 
 def _fused_sources(manifest: dict) -> tuple[str, ...]:
@@ -219,8 +275,10 @@ def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCou
         return {key: (list(names), tables[key]) for key, names in sorted(values.items())}
 
 
-def _optional(path: Path) -> np.ndarray | None:
-    return np.load(path) if path.exists() else None
+def _optional(path: Path, mapped: bool = False) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    return np.load(path, mmap_mode="r") if mapped else np.load(path)
 
 
 def _optional_json(path: Path) -> dict:

@@ -102,6 +102,7 @@ class SpectralCF:
         self.user_factors = np.zeros((0, 0), np.float32)
         self.item_factors = np.zeros((0, 0), np.float32)
         self._item_in: np.ndarray | None = None  # maps a like-vector to a user vector
+        self.user_weights: sp.csr_matrix | None = None  # users x items, see fit
         self._ordered = False  # whether the fit weighted likes by recency
         # Singular values and vectors by (user_exp, item_exp, rank, power_iters, seed): a
         # caller fitting several settings on the same data (the tuner) shares one dict so
@@ -138,6 +139,11 @@ class SpectralCF:
         if self._ordered:
             weighted.data = recency_weights(r, order, cfg.recency, cfg.recency_power)
         self.user_factors = np.asarray(weighted @ self._item_in, dtype=np.float32)
+        # each like's weight against `item_encoder` (user_factors == user_weights @
+        # item_encoder): what a bundle stores instead of the user vectors
+        if self._ordered:
+            weighted.data /= np.float32(1.0 + cfg.recency)
+        self.user_weights = weighted
         return FitReport(epochs=1, seconds=time.perf_counter() - start)
 
     @property

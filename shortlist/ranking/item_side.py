@@ -79,8 +79,11 @@ def item_side(
     counts: ContextCounts | None = None,
     sequence: sp.csr_matrix | None = None,
     item_item: sp.csr_matrix | None = None,
+    cooc: sp.csr_matrix | None = None,
 ) -> ItemSide:
-    cooc = item_neighbours(likes)
+    """`cooc`: `item_neighbours(likes)` when the bundle stored it (a product over every
+    user's likes, too slow to redo at each start of a service at millions of users)."""
+    cooc = item_neighbours(likes) if cooc is None else cooc
     return ItemSide(
         vectors=vectors,
         popularity=np.asarray(popularity, np.float64),

@@ -28,13 +28,14 @@ class RankingData(Protocol):
     items: IdMap
     recent_likes: sp.csr_matrix
     dislikes: sp.csr_matrix
-    activity: np.ndarray
     user_features: np.ndarray | None
     item_vectors: np.ndarray
     item_encoder: np.ndarray | None
 
     @property
     def item_side(self) -> ItemSide: ...
+
+    def activity_of(self, user: int) -> float: ...
 
     @property
     def scorer(self) -> Scorer | None: ...
@@ -52,7 +53,7 @@ def user_signals(bundle: RankingData, user_id: str, live: RankingSignals) -> Use
     if u is not None:
         likes += recent_in_order(bundle.recent_likes, u).tolist()
         dislikes += row_items(bundle.dislikes, u).tolist()
-        activity += float(bundle.activity[u])
+        activity += bundle.activity_of(u)
         if bundle.user_features is not None and bundle.user_features.shape[1]:
             attributes = bundle.user_features[u]
     return UserSignals(

@@ -92,6 +92,8 @@ class PrecomputedShortlists:
         return cls(
             np.load(directory / ITEMS_FILE, mmap_mode="r"),
             np.load(directory / SCORES_FILE, mmap_mode="r"),
-            np.load(directory / SOURCES_FILE) if (directory / SOURCES_FILE).exists() else None,
+            np.load(directory / SOURCES_FILE, mmap_mode="r")
+            if (directory / SOURCES_FILE).exists()
+            else None,
             source_names,
         )

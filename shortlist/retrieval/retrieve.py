@@ -24,6 +24,7 @@ import scipy.sparse as sp
 
 from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
+from shortlist.data.mapped import EncodedVectors, MappedIds
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import UserState
 from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, with_short_term
@@ -37,12 +38,11 @@ from shortlist.retrieval.precomputed import PrecomputedShortlists
 class RetrievalData(Protocol):
     """What retrieval reads of a bundle (`shortlist.bundle.Bundle` has it all)."""
 
-    users: IdMap
+    users: IdMap | MappedIds
     items: IdMap
-    user_vectors: np.ndarray
+    user_vectors: np.ndarray | EncodedVectors  # row u: user u's trained vector
     item_vectors: np.ndarray
     index: faiss.Index | RefinedIndex | None
-    seen: sp.csr_matrix
     recent_likes: sp.csr_matrix  # the last likes per user (data: age rank, 0 = newest)
     item_encoder: np.ndarray | None
     popularity: np.ndarray
@@ -53,6 +53,8 @@ class RetrievalData(Protocol):
     manifest: dict
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray: ...
+
+    def seen_items(self, user: int) -> np.ndarray: ...
 
 
 CHECK_QUERIES = 200  # users whose exact top-200 decides whether the compressed index serves
@@ -141,7 +143,9 @@ def retrieve(
             recent = latest_likes(bundle, user_index, state)
             vector = with_short_term(bundle, vector, recent, short_term)
     elif user_index is not None:
-        vector, source = bundle.user_vectors[user_index], "trained"
+        # read (a linear model: computed from the user's likes) only where a search or the
+        # new items need it: a precomputed answer does not
+        vector, source = None, "trained"
     else:
         top = bundle.popular_items(n, live)
         return Shortlist(top, bundle.popularity[top].astype(np.float32), "popularity", "popularity")
@@ -158,10 +162,12 @@ def retrieve(
                 found.sources = bundle.precomputed.sources_of(user_index, found.items)
     if found is None:
         exclude = (
-            np.union1d(row_items(bundle.seen, user_index), live) if user_index is not None else live
+            np.union1d(bundle.seen_items(user_index), live) if user_index is not None else live
         )
         # a fused shortlist takes each source's top `depth`, as offline
         width = max(n, bundle.fusion.depth) if fused_source(bundle) else n
+        if vector is None:
+            vector = bundle.user_vectors[user_index]
         if memo is None:
             found = Shortlist(*search(bundle.index, vector, width, exclude), source)
         else:
@@ -174,6 +180,8 @@ def retrieve(
             found = fused_shortlist(bundle, found, history, exclude, n)
     if view.new_ids:
         not_new = {*state.seen, *state.disliked, *extra_exclude}
+        if vector is None:
+            vector = bundle.user_vectors[user_index]
         if found.sources:
             return merge_new_fused(bundle, found, vector, view, n, not_new)
         found.items, found.scores = merge_new_items(

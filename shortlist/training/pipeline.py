@@ -204,6 +204,7 @@ def train_bundle(
         ranker=ranker,
         deep_ranker=fit.deep,
         item_encoder=getattr(model, "item_encoder", None),
+        user_weights=getattr(model, "user_weights", None),
         precomputed=precomputed,
         item_item=item_item_table(sources),
         fusion=fusion,
@@ -531,5 +532,6 @@ def retrieval_bundle(data: Interactions, model, index: str = "auto") -> Bundle:
         context_counts=context_counts(data.positives, data.context),
         foldin=calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col),
         item_encoder=getattr(model, "item_encoder", None),
+        user_weights=getattr(model, "user_weights", None),
         manifest={"dataset_fingerprint": data.fingerprint(), "model": model.name},
     )

@@ -192,7 +192,7 @@ def test_feedback_on_an_unknown_item_is_acknowledged(gateway, admin):
 
 def neighbours(bundle, user: int, n: int) -> list[str]:
     """The `n` trained users whose vectors are closest (cosine) to `user`'s."""
-    v = bundle.user_vectors
+    v = bundle.user_vectors[np.arange(len(bundle.users))]
     unit = v / np.linalg.norm(v, axis=1, keepdims=True)
     order = np.argsort(-(unit @ unit[user]))
     return [bundle.users.id(u) for u in order if u != user][:n]

@@ -47,11 +47,11 @@ def test_a_searched_trained_user_gets_the_fused_shortlist(bundle, redis_url, red
     u = 21
     got = stage.retrieve(bundle.users.id(u), 40, [], "", 5)
     liked = row_items(bundle.likes, u)
-    want = by_hand(bundle, u, liked, row_items(bundle.seen, u), 40)
+    want = by_hand(bundle, u, liked, bundle.seen_items(u), 40)
     assert got.item_ids() == bundle.items.ids(want)
     assert len(got.sources) == len(got) and all(got.sources)
     assert any("item-item" in s for s in got.sources) or bundle.fusion.weights["item-item"] == 0
-    assert not set(got.items) & set(row_items(bundle.seen, u))
+    assert not set(got.items) & set(bundle.seen_items(u))
 
 
 def test_the_precomputed_shortlist_is_the_same_fusion(bundle, redis_url, redis_prefix):
@@ -71,7 +71,7 @@ def test_live_likes_move_the_item_item_source_at_once(bundle, redis_url, redis_p
     user = bundle.users.id(u)
     before = stage.retrieve(user, 50, [], "", 5)
     # two liked items the user had not seen, with strong item-item neighbours
-    seen = set(row_items(bundle.seen, u))
+    seen = set(bundle.seen_items(u))
     strength = np.asarray(bundle.item_item.sum(axis=1)).ravel()
     new_likes = [int(i) for i in np.argsort(-strength, kind="stable") if i not in seen][:2]
     ids = bundle.items.ids(np.array(new_likes))
@@ -79,7 +79,7 @@ def test_live_likes_move_the_item_item_source_at_once(bundle, redis_url, redis_p
     after = stage.retrieve(user, 50, [], "", 5)
     assert not set(ids) & set(after.item_ids())  # liked: seen, never recommended again
     history = np.union1d(row_items(bundle.likes, u), new_likes)
-    exclude = np.union1d(row_items(bundle.seen, u), new_likes)
+    exclude = np.union1d(bundle.seen_items(u), new_likes)
     want = by_hand(bundle, u, history, exclude, 50)
     assert after.item_ids() == bundle.items.ids(want)
     assert after.item_ids() != before.item_ids()

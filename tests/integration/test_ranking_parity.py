@@ -50,7 +50,7 @@ def test_online_rank_equals_offline_features_and_scores(stack, bundle):
         rank = ranking_pb2_grpc.RankingStub(channel).Rank
         for user in (3, 17, 42):
             cand = rng.choice(len(bundle.items), 40, replace=False)
-            cand = cand[~bundle.seen[user].toarray().ravel()[cand].astype(bool)]
+            cand = cand[~np.isin(cand, bundle.seen_items(user))]
             retrieval = np.sort(rng.random(len(cand)).astype(np.float32))[::-1]
             reply = rank(
                 ranking_pb2.RankRequest(

@@ -76,7 +76,7 @@ def test_a_narrow_filter_widens_the_candidates(gateway, bundle, settings):
     the gateway asks retrieval for more, and the answer is k items of the topic."""
     first = [topic(bundle, i.item_id) for i in recommend(gateway, k=settings.candidates).items]
     u = bundle.users.index(USER)
-    seen = set(bundle.seen[u].indices.tolist())
+    seen = set(bundle.seen_items(u).tolist())
     unseen = collections.Counter(
         t for i, t in enumerate(bundle.item_attribute_values["topic"]) if i not in seen
     )

@@ -38,7 +38,7 @@ def test_recommend_for_a_trained_user_excludes_training_items(gateway, bundle):
     ids = [i.item_id for i in reply.items]
     assert len(ids) == 10 and len(set(ids)) == 10
     assert reply.model_version == bundle.version and not reply.fallback_used
-    trained = set(bundle.items.ids(bundle.seen[3].indices))
+    trained = set(bundle.items.ids(bundle.seen_items(3)))
     assert not trained & set(ids)
     scores = [i.score for i in reply.items]
     assert scores == sorted(scores, reverse=True)

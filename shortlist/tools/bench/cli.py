@@ -200,6 +200,54 @@ def feedback(
     _emit(result, "feedback loop")
 
 
+@bench_app.command("pod-memory")
+def pod_memory(
+    sizes: str = typer.Option(
+        "30000,300000,3000000",
+        help="Users per bundle, comma-separated (empty: only the per-vector cost).",
+    ),
+    items: int = typer.Option(20_000, help="Items (the same catalogue at every size)."),
+    dim: int = typer.Option(128, help="Vector size (floats)."),
+    likes_per_user: int = typer.Option(10, help="Generated likes per user (mean)."),
+    width: int = typer.Option(50, help="Precomputed shortlist per user."),
+    requests: int = typer.Option(400, help="Requests per pod."),
+    pods: int = typer.Option(2, help="Processes of each service at once on the bundle."),
+    services: str = typer.Option("retrieval,ranking", help="Services measured."),
+    old_code: str = typer.Option(
+        "", help="A checkout of the code before (e.g. the main branch) to run as well."
+    ),
+    work: Path = typer.Option(Path("reports/pod-memory"), help="Where bundles are kept."),
+) -> None:
+    """RSS/PSS/USS of retrieval and ranking pods over generated bundles of growing users."""
+    from shortlist.tools.bench import pod_memory as pm
+
+    try:
+        parsed = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        _fail(f"--sizes must be comma-separated integers, got {sizes!r}")
+    names = tuple(s.strip() for s in services.split(",") if s.strip())
+    if parsed and min(parsed) < 1:
+        _fail("--sizes must be positive (none: only the vector cost is measured)")
+    if not set(names) <= {"retrieval", "ranking"} or not names:
+        _fail("--services: retrieval and/or ranking")
+    if old_code and not (Path(old_code) / "shortlist").is_dir():
+        _fail(f"--old-code {old_code} is not a checkout of shortlist")
+    cfg = pm.PodMemoryConfig(
+        sizes=parsed,
+        items=items,
+        dim=dim,
+        likes_per_user=likes_per_user,
+        width=width,
+        requests=requests,
+        pods=pods,
+        services=names,
+        old_code=str(Path(old_code).resolve()) if old_code else "",
+        work=work,
+    )
+    result = pm.run(cfg, progress=lambda msg: typer.echo(msg, err=True))
+    _emit(result, "pod memory by users")
+
+
 @bench_app.command("state")
 def state(
     users: int = typer.Option(4000, help="Users whose state is written."),

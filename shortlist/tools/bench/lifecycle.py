@@ -181,9 +181,8 @@ def new_item_visible_ms(gateway, admin, bundle, timeout_s: float = 10.0) -> floa
         ),
         timeout=5,
     )
-    vectors = bundle.user_vectors / np.maximum(
-        np.linalg.norm(bundle.user_vectors, axis=1, keepdims=True), 1e-9
-    )
+    trained = bundle.user_vectors[np.arange(len(bundle.users))]  # mapped or computed rows
+    vectors = trained / np.maximum(np.linalg.norm(trained, axis=1, keepdims=True), 1e-9)
     target = int(np.argmax(np.diff(bundle.likes.indptr)))  # the most active user
     closest = np.argsort(-(vectors @ vectors[target]))
     likers = [bundle.users.id(int(u)) for u in closest if u != target][:10]

@@ -64,7 +64,7 @@ def run(
     say(f"building {len(users)} shortlists of {candidates} from the bundle's index")
     payloads = []
     for u in users:
-        exclude = bundle.seen.indices[bundle.seen.indptr[u] : bundle.seen.indptr[u + 1]]
+        exclude = bundle.seen_items(u)
         idx, scores = search(bundle.index, bundle.user_vectors[u], candidates, exclude)
         payloads.append(
             ranking_pb2.RankRequest(

@@ -48,8 +48,8 @@ def test_an_extra_or_missing_file_is_refused(signed):
     with pytest.raises(BundleIntegrityError, match="planted.npy is not in its manifest"):
         load_bundle(signed)
     (signed / "planted.npy").unlink()
-    (signed / "recent_likes.npz").unlink()
-    with pytest.raises(BundleIntegrityError, match="recent_likes.npz is missing"):
+    (signed / "recent_likes.indices.npy").unlink()
+    with pytest.raises(BundleIntegrityError, match="recent_likes.indices.npy is missing"):
         load_bundle(signed)
 
 
