@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import grpc
 import pytest
 import redis
 
@@ -269,3 +270,195 @@ def test_broker_restarted_mid_produce(small_bundle, own_redis):
     # What is lost is only what had not been applied when the log vanished.
     assert not {s[1] for s in lost} & applied_at_stop
     assert found["applied"] + len(lost) == found["acknowledged"]
+
+
+@pytest.fixture(scope="module")
+def small_bundle_dir(small_bundle, tmp_path_factory):
+    from shortlist.bundle.files import save_bundle
+
+    return save_bundle(small_bundle, tmp_path_factory.mktemp("swaps")).parent
+
+
+def test_twenty_hot_swaps_in_a_row_hold_two_bundles_and_free_the_rest(
+    small_bundle_dir, redis_url, redis_prefix
+):
+    """Memory flat over 20 swaps, checked by what is alive rather than by RSS (which the
+    allocator blurs): after each swap the co-located stages hold the new bundle and the one
+    before (in-flight requests), and every older one has been freed."""
+    import dataclasses
+    import gc
+    import weakref
+
+    import psutil
+
+    from shortlist.bundle.files import load_bundle
+    from shortlist.ranking.context import RequestContext
+    from shortlist.services.local import LocalRanker, LocalRetriever
+
+    settings = Settings.from_env({}, redis_url=redis_url, redis_prefix=redis_prefix)
+    store = RedisStateStore(redis_url, redis_prefix)
+    first = load_bundle(small_bundle_dir)
+    small_version = first.version
+    retriever = LocalRetriever(first, store, settings)
+    ranker = LocalRanker(first, store, settings)
+    refs = [weakref.ref(first)]
+    del first
+    user = retriever.bundle.users.id(0)
+    rss = []
+    for n in range(20):
+        new = dataclasses.replace(load_bundle(small_bundle_dir), version=f"swap-{n}")
+        refs.append(weakref.ref(new))
+        retriever.use_bundle(new)
+        ranker.use_bundle(new)
+        del new
+        candidates = retriever.retrieve(user, 50, [], "", None)
+        ranker.rank(user, candidates, RequestContext(), {}, 10, None)
+        gc.collect()
+        alive = {b.version for b in (r() for r in refs) if b is not None}
+        assert alive <= {f"swap-{n - 1}", f"swap-{n}", small_version} and len(alive) <= 2, alive
+        del alive
+        rss.append(psutil.Process().memory_info().rss / 2**20)
+    assert retriever.bundle.version == "swap-19" and len(retriever.bundles.by_version) == 2
+    print(f"20 hot swaps: RSS {rss[0]:.0f} -> {rss[-1]:.0f} MiB, 2 bundles alive")
+
+
+def test_tampered_bundle_under_load_is_refused_and_the_old_one_keeps_serving(
+    settings, small_bundle, small_bundle_dir, tmp_path
+):
+    bundle, bundle_dir = small_bundle, small_bundle_dir
+    import dataclasses
+    import shutil
+
+    from shortlist.bundle.files import save_bundle
+    from shortlist.bundle.promotion import promote
+    from shortlist.bundle.watcher import BundleWatcher
+    from shortlist.rpc.server import client_channel
+    from shortlist.services.launch import start_inprocess_stack
+    from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(bundle_dir, root)
+    s = settings.replace(feedback_topic=unique("tamper"), feedback_group=unique("tamper"))
+    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 1)
+    stack = start_inprocess_stack(
+        s,
+        bundle,
+        RedisStateStore(s.redis_url, s.redis_prefix),
+        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
+        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
+    )
+    watcher = BundleWatcher(root, bundle.version, stack.swap_bundle, poll_s=0.1).start()
+    tampered = bundle.version + "-tampered"
+    calls: list[tuple[str, str | None]] = []  # (version served, error)
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        with client_channel(stack.gateway_target) as channel:
+            stub = gateway_pb2_grpc.GatewayStub(channel)
+            i = 0
+            while not stop.is_set():
+                request = gateway_pb2.RecommendRequest(
+                    user_id=bundle.users.id((n * 7 + i) % len(bundle.users)), k=5
+                )
+                i += 1
+                try:
+                    calls.append((stub.Recommend(request, timeout=5).model_version, None))
+                except grpc.RpcError as exc:
+                    calls.append(("", exc.code().name))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        path = save_bundle(dataclasses.replace(bundle, version=tampered), root, promote_it=False)
+        with open(path / "item_vectors.npy", "ab") as f:
+            f.write(b"\0")  # the file no longer matches the manifest's sha256
+        promote(root, tampered, "test: a tampered bundle")
+        eventually(lambda: watcher.failures >= 3, 30, 0.1)  # refused at every poll
+        during = len(calls)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        watcher.stop()
+        stack.stop()
+    errors = [c for c in calls if c[1] is not None]
+    print(
+        f"tampered bundle: {watcher.failures} refusals, {len(calls)} calls, "
+        f"{len(errors)} failed, served {sorted({c[0] for c in calls})}"
+    )
+    assert not errors and during > 0 and len(calls) > during
+    assert {c[0] for c in calls} == {bundle.version}
+    assert watcher.version == bundle.version and watcher.swaps == 0
+
+
+def test_certificate_rotated_under_load(tmp_path):
+    """Clients call Check back to back (half of them on a new connection each time, so new
+    handshakes happen during the rotation) while the certificate and its key are replaced,
+    one file after the other as a Secret volume update does: no call fails, and new
+    handshakes present the new certificate afterwards. The clients trust both CAs, as they
+    do during a real CA rotation."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from shortlist.rpc.server import start_server
+    from tests.integration.test_tls_reload import Authority, presented_serial, replace
+
+    old_ca, new_ca = Authority("old CA"), Authority("new CA")
+    old_cert, old_pem, old_key = old_ca.leaf("service")
+    new_cert, new_pem, new_key = new_ca.leaf("service")
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(old_pem)
+    key_file.write_bytes(old_key)
+    settings = Settings(tls_cert_file=str(cert_file), tls_key_file=str(key_file))
+    server = start_server("retrieval", lambda s: None, (), "127.0.0.1:0", settings=settings)
+    creds = grpc.ssl_channel_credentials(old_ca.pem() + new_ca.pem())
+    target = f"localhost:{server.port}"
+    calls: list[tuple[float, str | None]] = []
+    stop = threading.Event()
+
+    def client(fresh: bool) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        kept = grpc.secure_channel(target, creds, options=options)
+        while not stop.is_set():
+            channel = grpc.secure_channel(target, creds, options=options) if fresh else kept
+            try:
+                status = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                ok = status.status == health_pb2.HealthCheckResponse.SERVING
+                calls.append((time.monotonic(), None if ok else "NOT_SERVING"))
+            except grpc.RpcError as exc:
+                calls.append((time.monotonic(), exc.code().name))
+            finally:
+                if fresh:
+                    channel.close()
+        kept.close()
+
+    threads = [threading.Thread(target=client, args=(n % 2 == 0,)) for n in range(4)]
+    try:
+        assert presented_serial(server.port) == old_cert.serial_number
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        rotated_from = time.monotonic()
+        replace(cert_file, new_pem)  # half-way: the new certificate, the old key
+        time.sleep(0.5)
+        replace(key_file, new_key)
+        rotated_to = time.monotonic()
+        eventually(lambda: presented_serial(server.port) == new_cert.serial_number, 10, 0.1)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+        server.stop(0)
+    errors = [c for c in calls if c[1] is not None]
+    during = [c for c in calls if rotated_from <= c[0] <= rotated_to]
+    print(
+        f"certificate rotated under load: {len(calls)} calls, {len(during)} during, "
+        f"{len(errors)} failed"
+    )
+    assert not errors, errors[:5]
+    assert during and calls[-1][0] > rotated_to
