@@ -231,7 +231,7 @@ def test_broker_restarted_mid_produce(small_bundle, own_redis):
         broker.stop()  # mid-produce
         stopped_at = len(stream.sent)
         applied_at_stop = set(mark_ids(redis.Redis.from_url(own_redis.url), PREFIX))
-        time.sleep(1.5)
+        time.sleep(3.5)  # longer than a publish waits (2 s): sends during it are refused
         broker.start()
         ensure_topic(broker.bootstrap, topic, 1)
         eventually(lambda: any(s[3] for s in stream.sent[stopped_at + 30 :]), 60, 0.2)
