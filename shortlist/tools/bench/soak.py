@@ -244,6 +244,7 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
         "recommend_p99_ms": summary["p99_ms"],
         "feedback_p99_ms": summary["feedback"]["p99_ms"],
         "p99_per_minute_min_max_ms": [min(p99s), max(p99s)] if p99s else None,
+        "recommend_p99_ms_by_minute": [r["recommend_p99_ms"] for r in minutes],
         "feedback_acknowledged": acknowledged,
         "feedback_applied": applied,
         "rss_bound": f"growth < {config.max_rss_growth:.0%} after {config.warmup_s:g}s warm-up",
