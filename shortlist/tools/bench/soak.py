@@ -290,6 +290,11 @@ def fault_figures(settings: Settings, parts, schedule, samples, wait_s: float = 
         "applied": audit["applied"],
         **lost,
         "applied_twice": audit["applied_twice"],
+        # (event id, seconds after the load began when it was acknowledged), to set against
+        # the faults' times; the first 50
+        "missing_acknowledged": [
+            [f[1], round(f[4], 2)] for f in samples.feedback if f[1] in set(audit["missing"])
+        ][:50],
         "likes_marked": audit["likes_marked"],
         "likes_counted": audit["likes_counted"],
         "redis_kills": parts.redis.kills,
