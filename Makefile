@@ -143,8 +143,13 @@ bench-serving: install
 # The local stack on its own free ports under a steady mixed load (Recommend + 20%
 # SendFeedback) for $(SOAK_SECONDS)s: errors, p50/p99 per minute, RSS of every process and
 # its slope; fails when a bound breaks (any error, RSS growth >= 10% after the warm-up).
+# SOAK_MINUTES=30 SOAK_FAULTS=all: the long run with the faults of issue 27 on a schedule
+# (SOAK_FAULT_EVERY seconds apart), each counted (docs/benchmarks.md, "Soak with faults").
 SOAK_SECONDS ?= 600
+SOAK_MINUTES ?=
 SOAK_RATE    ?= 100
+SOAK_FAULTS  ?=
+SOAK_FAULT_EVERY ?= 60
 # The two-stage pipeline (retrieval shortlist + LambdaRank) against retrieval order on the same
 # users, then the ranking service alone over gRPC on a bundle of the built-in data.
 bench-ranking: install
@@ -164,8 +169,10 @@ bench-dislikes: install
 
 bench-soak: install
 	mkdir -p $(REPORTS)/soak
-	$(BIN)/shortlist bench soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) \
-		--feedback-share 0.2 --report $(REPORTS)/soak/soak.json
+	$(BIN)/shortlist bench soak \
+		--seconds $(if $(SOAK_MINUTES),$$(( $(SOAK_MINUTES) * 60 )),$(SOAK_SECONDS)) \
+		--rate $(SOAK_RATE) --feedback-share 0.2 --faults "$(SOAK_FAULTS)" \
+		--fault-every $(SOAK_FAULT_EVERY) --report $(REPORTS)/soak/soak.json
 
 # The HTTP/JSON front door against gRPC on one co-located local stack, in alternating
 # rounds of the same open-loop load (reports/http/bench.txt keeps the output).

@@ -126,6 +126,10 @@ class Samples:
     latency: list[float] = field(default_factory=list)
     kind: list[int] = field(default_factory=list)
     code: list[str] = field(default_factory=list)
+    # Every SendFeedback: (user, client event id, kind, acknowledged, done offset), so that a
+    # run can check which acknowledged events were applied.
+    feedback: list[tuple[str, str, str, bool, float]] = field(default_factory=list)
+    t0: float = 0.0  # the event loop's clock (time.monotonic) at offset 0
 
     def add(self, scheduled: float, sent: float, latency: float, kind: int, code: str) -> None:
         self.scheduled.append(scheduled)
@@ -219,7 +223,8 @@ class _Workload:
             # Most interactions are on the top of the list; likes outnumber dislikes.
             item = items[min(int(self.rng.expovariate(0.5)), len(items) - 1)]
             kind = "dislike" if self.rng.random() < 0.3 else "like"
-            return FEEDBACK, Feedback(user, item, kind), user
+            event_id = f"lt-{self.run_id}-{i}"  # known here, so that it can be audited
+            return FEEDBACK, Feedback(user, item, kind, event_id=event_id), user
         if self.cold[i]:
             user = f"loadtest-cold-{self.run_id}-{i}"
         else:
@@ -355,6 +360,11 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
             if limit is not None:
                 limit.release()
         done = loop.time()
+        if kind == FEEDBACK:
+            acked = code == "OK"
+            samples.feedback.append(
+                (request.user_id, request.event_id, request.kind, acked, done - t0)
+            )
         # From the scheduled time (a late send counts against the server, no coordinated
         # omission), or from the actual send when it went out up to LOOKAHEAD_S early.
         samples.add(scheduled - t0, sent - t0, done - min(scheduled, sent), kind, code)
@@ -362,6 +372,7 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
     try:
         interval = 1.0 / config.rate
         t0 = loop.time() + 0.01
+        samples.t0 = t0
         next_report = t0 + 1.0
         i = 0
         while i < total:

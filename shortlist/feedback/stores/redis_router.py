@@ -26,13 +26,33 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 import hiredis
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from shortlist.feedback.stores.base import StoreUnavailable
 from shortlist.rpc.telemetry import REDIS_LATENCY
 
 # Replies that say the server cannot serve now: the caller falls back or retries later.
 _UNAVAILABLE = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "CLUSTERDOWN", "TRYAGAIN")
+# redis-py parses most of those into their own classes and strips the prefix from the
+# message (an OOM reply reads "command not allowed when used memory > 'maxmemory'"), so
+# they are known by class too: without it, Redis at maxmemory looked like a poison record.
+_UNAVAILABLE_ERRORS = (
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    ClusterDownError,  # MASTERDOWN too
+    TryAgainError,
+)
 _TRUE = {"1", "true", "yes", "on"}
 
 Command = tuple[str, Sequence[bytes | str | int]]  # (routing key, command and arguments)
@@ -186,7 +206,7 @@ class RedisRouter:
                 elif isinstance(reply, AskError):
                     asking[i] = reply.node_addr
                     self.redirects["ask"] += 1
-                elif str(reply).startswith(_UNAVAILABLE):
+                elif isinstance(reply, _UNAVAILABLE_ERRORS) or str(reply).startswith(_UNAVAILABLE):
                     raise StoreUnavailable(f"redis: {reply}")
                 else:
                     raise reply

@@ -388,11 +388,22 @@ def soak(
     ),
     bundle: str = typer.Option("artifacts", "--bundle", help="Bundle root (trained if absent)."),
     report: Path = typer.Option(None, "--report", help="Write the JSON report here."),
+    faults: str = typer.Option(
+        "",
+        "--faults",
+        help="Faults to inject in turn, comma-separated, or 'all' (redis_kill9, hot_swap, "
+        "redis_maxmemory, broker_restart, redis_sleep, tampered_bundle); none by default.",
+    ),
+    fault_every: float = typer.Option(60.0, "--fault-every", help="Seconds between faults."),
 ) -> None:
     """The local stack under steady mixed load: errors, p50/p99 per minute, RSS per process.
 
     Exits 1 when a bound is broken (any error, RSS growth past the bound, feedback
-    acknowledged but not applied). The last stdout line is a JSON summary.
+    acknowledged but not applied). With --faults the stack runs on a Redis and a broker of
+    its own and the faults are injected on a schedule: errors are then allowed only inside
+    a fault's window (reported by fault and code), and every acknowledged event must be
+    applied once (those lost with the memory broker's log are counted apart). The last
+    stdout line is a JSON summary.
     """
     from rich.console import Console
 
@@ -406,12 +417,26 @@ def soak(
         sample_s=sample,
         max_rss_growth=max_rss_growth,
         bundle=bundle,
+        faults=_fault_names(faults),
+        fault_every_s=fault_every,
     )
     result = soak_bench.run(config, Console(width=150))
     if report is not None:
         soak_bench.write_report(result, report)
     if not result["passed"]:
         raise typer.Exit(code=1)
+
+
+def _fault_names(text: str) -> tuple[str, ...]:
+    from shortlist.tools.bench.soak_faults import FAULTS
+
+    if text.strip() == "all":
+        return FAULTS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        _fail(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    return names
 
 
 @bench_app.command("stages")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ import numpy as np
 
 from shortlist.config import Settings
 from shortlist.tools import loadtest as lt
+from shortlist.tools.bench import soak_faults
+from shortlist.tools.faults import FaultSchedule, acknowledged_audit
 from shortlist.tools.stack import free_port, free_ports
 
 MIB = 1024 * 1024
@@ -38,6 +42,11 @@ class SoakConfig:
     k: int = 20
     timeout_s: float = 2.0
     bundle: str = "artifacts"
+    # Faults on a schedule (shortlist.tools.bench.soak_faults): one every `fault_every_s`,
+    # the first after the warm-up; the stack then runs on a Redis and broker of its own.
+    faults: tuple[str, ...] = ()
+    fault_every_s: float = 60.0
+    redis_maxmemory_mb: int = 256
 
 
 @dataclass
@@ -165,16 +174,32 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
 
     settings = soak_settings(Settings.from_env(bundle=config.bundle))
     ensure_bundle(Path(settings.bundle), console)
+    faults = f"; faults every {config.fault_every_s:g}s: {', '.join(config.faults)}"
     console.print(
         f"soak: {config.seconds:g}s at {config.rate:g}/s (feedback share "
         f"{config.feedback_share:g}) against a local stack on {settings.gateway_addr}"
+        + (faults if config.faults else "")
     )
-    pids = stack.up(settings)
+    scratch, parts, schedule = None, None, None
+    if config.faults:
+        scratch = Path(tempfile.mkdtemp(prefix="shortlist-soak-"))
+        settings = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+        settings, parts = soak_faults.prepare(settings, scratch, config.redis_maxmemory_mb)
     try:
-        # every service process (gateway workers "gateway-1", ... included) and the broker
+        pids = stack.up(settings)
+    except BaseException:
+        _release(parts, scratch)
+        raise
+    try:
+        # every service process (gateway workers "gateway-1", ... included); the broker and
+        # Redis too unless the faults restart them (a new process each time)
         procs = {n: p for n, p in pids.items() if n != "redis"}
         procs["loadgen"] = psutil.Process().pid
         sampler = MemorySampler(procs, config.sample_s).start()
+        if parts is not None:
+            schedule = FaultSchedule(
+                parts.faults(config.faults), config.fault_every_s, min(config.warmup_s, 30.0)
+            ).start()
         result = lt.run(
             lt.LoadConfig(
                 target=settings.gateway_addr,
@@ -189,17 +214,19 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
             ),
             on_progress=None,
         )
+        if schedule is not None:
+            schedule.stop()  # lets the fault in progress finish (and undo itself)
         sampler.stop()
-        acknowledged = int(
-            sum(
-                1
-                for k, c in zip(result.samples.kind, result.samples.code)
-                if k == lt.FEEDBACK and c == "OK"
-            )
-        )
-        applied = feedback_applied(settings, acknowledged)
+        acknowledged = int(sum(1 for f in result.samples.feedback if f[3]))
+        if parts is None:
+            applied = feedback_applied(settings, acknowledged)
+            fault_report: dict[str, Any] = {}
+        else:
+            fault_report = fault_figures(settings, parts, schedule, result.samples)
+            applied = fault_report.pop("applied")
     finally:
         stack.down()
+        _release(parts, scratch)
     minutes = per_minute(result)
     memory = memory_report(sampler, config.warmup_s, config.max_rss_growth)
     summary = result.summary
@@ -217,6 +244,7 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
         "recommend_p99_ms": summary["p99_ms"],
         "feedback_p99_ms": summary["feedback"]["p99_ms"],
         "p99_per_minute_min_max_ms": [min(p99s), max(p99s)] if p99s else None,
+        "recommend_p99_ms_by_minute": [r["recommend_p99_ms"] for r in minutes],
         "feedback_acknowledged": acknowledged,
         "feedback_applied": applied,
         "rss_bound": f"growth < {config.max_rss_growth:.0%} after {config.warmup_s:g}s warm-up",
@@ -224,8 +252,64 @@ def run(config: SoakConfig, console) -> dict[str, Any]:
         "minutes": minutes,
         "passed": not errors and services_ok and applied == acknowledged,
     }
+    if config.faults:
+        # Errors inside a fault's window are what the fault costs (reported by fault and
+        # code); outside every window there must be none. Acknowledged events lost with
+        # the memory broker are counted apart; any other loss, or a double apply, fails.
+        report.update(fault_report)
+        report["passed"] = (
+            not fault_report["errors_outside_faults"]
+            and services_ok
+            and fault_report["lost"] == 0
+            and fault_report["applied_twice"] == 0
+            and all(r["ok"] for r in fault_report["faults"])
+            and applied + fault_report["lost_with_memory_broker"] == acknowledged
+        )
     _print(report, console)
     return report
+
+
+def fault_figures(settings: Settings, parts, schedule, samples, wait_s: float = 120.0) -> dict:
+    """Once the feedback service has caught up (or `wait_s` passed): acknowledged events
+    applied, lost (with the memory broker, or otherwise), applied twice; the faults injected
+    and the errors inside and outside their windows."""
+    client = parts.redis.client()
+    sent = [f[:4] for f in samples.feedback]
+    deadline = time.monotonic() + wait_s
+    while True:
+        audit = acknowledged_audit(client, settings.redis_prefix, sent)
+        lost = soak_faults.attribute(audit, samples.feedback, samples.t0, parts.broker_stops)
+        if lost["lost"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    time.sleep(2.0)  # a late replay of an uncommitted batch would show here
+    audit = acknowledged_audit(client, settings.redis_prefix, sent)
+    lost = soak_faults.attribute(audit, samples.feedback, samples.t0, parts.broker_stops)
+    inside, outside = soak_faults.errors_by_fault(samples, schedule.records, schedule.t0)
+    return {
+        "applied": audit["applied"],
+        **lost,
+        "applied_twice": audit["applied_twice"],
+        # (event id, seconds after the load began when it was acknowledged), to set against
+        # the faults' times; the first 50
+        "missing_acknowledged": [
+            [f[1], round(f[4], 2)] for f in samples.feedback if f[1] in set(audit["missing"])
+        ][:50],
+        "likes_marked": audit["likes_marked"],
+        "likes_counted": audit["likes_counted"],
+        "redis_kills": parts.redis.kills,
+        "faults": schedule.records,
+        "errors_by_fault": inside,
+        "errors_outside_faults": outside,
+    }
+
+
+def _release(parts, scratch: Path | None) -> None:
+    if parts is not None:
+        parts.broker.stop()
+        parts.redis.stop()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def ensure_bundle(root: Path, console) -> None:
