@@ -90,7 +90,7 @@ def test_up_serves_grpcurl_and_down_stops_everything(
     bundle,
     redis_url,
     colocate,
-    browser,  # noqa: F811
+    request,
 ):
     env, ports, metrics = stack_env(bundle_dir, redis_url)
     env["SHORTLIST_CONSOLE_KEY_HASHES"] = f"{hash_key(CONSOLE_KEY)}:feedback"
@@ -165,7 +165,8 @@ def test_up_serves_grpcurl_and_down_stops_everything(
         assert bundle.version in page.stdout
         if not colocate:  # once: the console of this `shortlist up` in a real browser
             gateway_http = f"127.0.0.1:{ports['gateway_http']}"
-            walk_the_console(browser, tmp_path, run, gateway, gateway_http, bundle)
+            chromium = request.getfixturevalue("browser")  # started for this case only
+            walk_the_console(chromium, tmp_path, run, gateway, gateway_http, bundle)
     finally:
         down = subprocess.run([SHORTLIST, "down"], **run)
     assert down.returncode == 0, down.stderr
