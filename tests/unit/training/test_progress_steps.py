@@ -46,6 +46,7 @@ def climbs_to_total(label: str, run: Run) -> None:
     assert done[-1] == run[-1][1], f"{label} stopped at {done[-1]} of {run[-1][1]}"
 
 
+@pytest.mark.slow  # the whole pipeline, on small data
 def test_train_reports_every_long_step_in_order():
     data = generate(n_users=120, n_items=80, n_topics=4, likes_per_user=12, seed=2)
     cfg = TrainConfig(dim=8, epochs=2, candidates=40, tune_budget=1.0, precomputed=32)
