@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.models.progress import track
 from shortlist.models.topk import model_top_k, top_k
 
 
@@ -24,7 +25,7 @@ def hit_matrix(top: np.ndarray, test: sp.csr_matrix, users: np.ndarray) -> np.nd
     sub = test[users].tocsr()
     sub.sort_indices()
     hits = np.zeros(top.shape, dtype=bool)
-    for r in range(len(users)):
+    for r in track(range(len(users)), "evaluation", every=1024):
         row = sub.indices[sub.indptr[r] : sub.indptr[r + 1]]
         if len(row):
             pos = np.searchsorted(row, top[r])

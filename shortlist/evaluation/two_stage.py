@@ -29,6 +29,7 @@ from shortlist.data.splits import latest_share_holdout
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import TEST_EXCLUDES, excluded_at_test, normalize_protocol
 from shortlist.models import registry
+from shortlist.models.progress import track
 from shortlist.ranking.features import RANK_COLUMN
 from shortlist.ranking.lambdarank import RankerConfig, score
 from shortlist.ranking.scorer import blend
@@ -98,7 +99,7 @@ def list_metrics(lists, order_by, test, users: np.ndarray) -> dict[str, float]:
     """Metrics of each user's shortlist ordered by `order_by(features)`, against all test likes."""
     k_max = max(KS)
     top = np.full((len(users), k_max), -1, np.int64)
-    for r, u in enumerate(users):
+    for r, u in track(enumerate(users), "ranked lists", len(users), every=1024):
         cand, x, _ = lists[int(u)]
         ranked = cand[np.argsort(-order_by(x), kind="stable")][:k_max]
         top[r, : len(ranked)] = ranked

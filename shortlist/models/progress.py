@@ -1,16 +1,19 @@
-"""The one progress mechanism for long fits: a rich bar with ETA on stderr.
+"""The one progress mechanism for long steps: a rich bar with ETA on stderr.
 
 Every model and ranker reports its long steps (epochs, batches, boosting rounds, solve
-phases) through `bar`. The bar draws only when stderr is a terminal and vanishes when done,
-so logs, pipes and tests stay clean. `observe` lets a caller (a test, a dashboard) receive
-the same updates as (label, completed, total) without a terminal.
+phases) through `bar`, and so do the pipeline's and benchmarks' loops outside fits (ranking
+features, top-k batches, the fusion and option searches, evaluation and bench loops), most
+through `track`, a loop's one-line wrap. The bar draws only when stderr is a terminal and
+vanishes when done, so logs, pipes and tests stay clean. `observe` lets a caller (a test, a
+dashboard) receive the same updates as (label, completed, total) without a terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -22,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+T = TypeVar("T")
 Sink = Callable[[str, int, int], None]
 Advance = Callable[..., None]
 
@@ -70,3 +74,29 @@ def bar(
         yield advance
         if done < total:
             advance(total - done)
+
+
+def track(
+    items: Iterable[T],
+    label: str,
+    total: int | None = None,
+    *,
+    every: int = 1,
+    min_total: int = 1,
+) -> Iterator[T]:
+    """`items`, one step of a bar per item (`total`: their count, default `len(items)`);
+    the bar moves every `every` items (per-item loops too quick to pay for an update each).
+    Loops of fewer than `min_total` items run without a bar."""
+    if total is None:
+        total = len(items) if isinstance(items, Sized) else 0
+    if total < max(min_total, 1):
+        yield from items
+        return
+    with bar(label, total) as advance:
+        pending = 0
+        for item in items:
+            yield item
+            pending += 1
+            if pending >= every:
+                advance(pending)
+                pending = 0

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from shortlist.models.base import is_item_item
+from shortlist.models.progress import track
 
 
 def top_k(
@@ -82,7 +83,7 @@ def ranked_top_k(
     out_scores = np.zeros((len(users), k), dtype=np.float32)
     width = min(k, n_items)
     excl = exclude.tocsr() if exclude is not None else None
-    for lo in range(0, len(users), batch_size):
+    for lo in track(range(0, len(users), batch_size), "top-k"):
         b = users[lo : lo + batch_size]
         scores = scores_of(b)
         if excl is not None:

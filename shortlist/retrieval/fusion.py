@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.models.progress import track
+
 RRF_K = (10.0, 60.0)
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 CHOICE_USERS = 5000  # users the weight search scores at most (a seeded random subset)
@@ -154,15 +156,15 @@ def choose_fusion(
     others = sorted(s for s in lists if s != primary)
     best, best_score, trials = None, -1.0, []
     start = time.perf_counter()
-    for k in RRF_K:
-        for ws in itertools.product(WEIGHT_GRID, repeat=len(others)):
-            if trials and time.perf_counter() - start > budget_s:
-                break
-            cfg = FusionConfig({primary: 1.0, **dict(zip(others, ws))}, k, primary, depth)
-            score = ndcg20(fuse(sub, cfg, 20).items, labels, users[rows])
-            trials.append({"weights": cfg.weights, "k": k, "ndcg@20": round(score, 5)})
-            if score > best_score + 1e-12:
-                best, best_score = cfg, score
+    grid = [(k, ws) for k in RRF_K for ws in itertools.product(WEIGHT_GRID, repeat=len(others))]
+    for k, ws in track(grid, "fusion choice"):
+        if trials and time.perf_counter() - start > budget_s:
+            break
+        cfg = FusionConfig({primary: 1.0, **dict(zip(others, ws))}, k, primary, depth)
+        score = ndcg20(fuse(sub, cfg, 20).items, labels, users[rows])
+        trials.append({"weights": cfg.weights, "k": k, "ndcg@20": round(score, 5)})
+        if score > best_score + 1e-12:
+            best, best_score = cfg, score
     report = {
         "chosen": best.to_json(),
         "ndcg@20": round(best_score, 5),

@@ -544,6 +544,16 @@ class AdminAccess:
             )
         return None
 
+    def client(self, metadata: Mapping[str, str], peer: str) -> str:
+        """The rate limits' name for an admitted caller: its key's id, else (keys off, on
+        loopback) its address, as the gateway's RateLimitInterceptor names callers."""
+        if not self.open:
+            key, _token = credentials_from(dict(metadata), bool(self.keys), self.tokens_on)
+            digest = self.check.match(key) if key is not None else None
+            if digest is not None:
+                return digest[:KEY_ID_HEX]
+        return peer
+
 
 class InternalTokenInterceptor(grpc.ServerInterceptor):
     """Internal services: only callers with the shared internal token (the gateway)."""
@@ -692,6 +702,14 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+def calls_exceeded(buckets: TokenBuckets, wait: float) -> str:
+    """The message of a call refused by `buckets`, over gRPC and HTTP alike."""
+    return (
+        f"rate limit of {buckets.rate:g} calls/s (burst {buckets.burst:g}) "
+        f"exceeded; retry in {wait:.3f}s"
+    )
+
+
 # The RPCs whose requests carry events, and how many (rate limits by events).
 REQUEST_EVENTS: dict[str, Callable[[Any], int]] = {
     "/shortlist.v1.Gateway/SendFeedback": lambda r: len(r.events),
@@ -727,11 +745,7 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             name = caller.key_id if caller is not OPEN_CALLER else peer_host(context.peer())
             wait = buckets.take(name) if buckets is not None else 0.0
             if wait:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"rate limit of {buckets.rate:g} calls/s (burst {buckets.burst:g}) "
-                    f"exceeded; retry in {wait:.3f}s",
-                )
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, calls_exceeded(buckets, wait))
             if events is not None:
                 n = count(request)
                 wait = events.take(name, n)

@@ -41,6 +41,8 @@ from shortlist.rpc.security import (
     API_KEY_HEADER,
     INTERNAL_HEADER,
     AdminAccess,
+    TokenBuckets,
+    calls_exceeded,
     check_gateway_policy,
     client_tls_files,
 )
@@ -274,13 +276,26 @@ def _too_large(size: int) -> JSONResponse:
 
 
 def _handler(
-    endpoint: Endpoint, bridge: GatewayBridge | AdminBridge, access: AdminAccess | None = None
+    endpoint: Endpoint,
+    bridge: GatewayBridge | AdminBridge,
+    access: AdminAccess | None = None,
+    limits: TokenBuckets | None = None,
 ):
+    """`limits`: the admin calls' per-client call buckets. The gateway's calls are limited
+    by the gateway's own RateLimitInterceptor; the admin calls do not pass through it."""
+
     async def handle(request: Request) -> Response:
         if access is not None:
             refused = access.refusal(request.headers)
             if refused is not None:
                 return error_response(*refused)
+            if limits is not None:
+                peer = request.client.host if request.client else "unknown"
+                wait = limits.take(access.client(request.headers, peer))
+                if wait:
+                    return error_response(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, calls_exceeded(limits, wait)
+                    )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
             return _too_large(int(declared))
@@ -322,6 +337,10 @@ def create_app(
     bridge = GatewayBridge(gateway_target, settings.http_timeout_ms / 1000)
     admin = AdminBridge(feedback_target or settings.feedback_addr, settings)
     access = AdminAccess(settings, address or settings.gateway_http_addr)
+    # Admin calls are limited per client at the gateway's call rate, in buckets of their
+    # own in this process (docs/decisions/0044-console-on-up-progress-admin-limits.md).
+    rate = settings.rate_limit_per_s
+    limits = TokenBuckets(rate, settings.rate_limit_burst or rate) if rate > 0 else None
     document = openapi_document()
 
     async def openapi(_request: Request) -> Response:
@@ -340,7 +359,7 @@ def create_app(
     routes: list[BaseRoute] = [
         Route(
             e.path,
-            _handler(e, admin, access) if e.admin else _handler(e, bridge),
+            _handler(e, admin, access, limits) if e.admin else _handler(e, bridge),
             methods=["POST"],
         )
         for e in ENDPOINTS

@@ -25,6 +25,7 @@ from shortlist.data.splits import latest_share_mask, select_likes
 from shortlist.feedback.foldin import calibrate_targets
 from shortlist.models import registry
 from shortlist.models.popularity import item_popularity
+from shortlist.models.progress import track
 from shortlist.ranking.context import RequestContext, context_at, context_counts
 from shortlist.ranking.deepfm import DeepFMConfig, DeepFMWeights, train_deepfm
 from shortlist.ranking.features import build_features, feature_names
@@ -415,7 +416,7 @@ def ranking_lists(
         users = np.flatnonzero(np.diff(labels.indptr) > 0)
     out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     n = min(cfg.candidates, fit.n_items)
-    for lo in range(0, len(users), 1024):
+    for lo in track(range(0, len(users), 1024), "ranking features"):
         batch = users[lo : lo + 1024]
         if candidates is None:
             scores = user_vectors[batch] @ item_vectors.T

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from shortlist.data.interactions import Interactions
 from shortlist.data.splits import latest_share_mask, select_likes
 from shortlist.models import registry
+from shortlist.models.progress import bar
 from shortlist.models.topk import top_k
 
 K = 20
@@ -245,9 +246,11 @@ def tune(
     def point(values: dict[str, Any]) -> dict[str, Any]:
         return {k.name: values.get(k.name, base.get(k.name, defaults.get(k.name))) for k in knobs}
 
+    ticked = 0  # the budget's whole seconds the bar has shown as spent
+
     def run(values: dict[str, Any]) -> float | None:
         """The trial's NDCG@20, or None when it would not fit in what is left."""
-        nonlocal per_cost
+        nonlocal per_cost, ticked
         key = tuple(sorted(values.items()))
         if key in scored:
             return scored[key].ndcg
@@ -266,27 +269,33 @@ def tune(
         scored[key] = trial = Trial(dict(values), ndcg, seconds)
         result.trials.append(trial)
         say(f"  {values}: ndcg@20 {ndcg:.4f} ({seconds:.1f}s)")
+        spent = min(round(clock() - started), total)
+        advance(spent - ticked)
+        ticked = spent
         return ndcg
 
-    best = point({})
-    best_ndcg = run(best) or 0.0
-    changed = bool(knobs)
-    while changed and result.stopped != "budget":
-        changed = False
-        for fine in (False, True):
-            for knob in knobs:
-                grid = _fine(knob, best[knob.name]) if fine else knob.values
-                for value in grid:
-                    candidate = {**best, knob.name: value}
-                    ndcg = run(candidate)
-                    if ndcg is None:
+    # the bar counts the budget's seconds: its ETA is when the budget runs out at the latest
+    total = max(1, round(budget_s))
+    with bar(f"tuning {model}", total) as advance:
+        best = point({})
+        best_ndcg = run(best) or 0.0
+        changed = bool(knobs)
+        while changed and result.stopped != "budget":
+            changed = False
+            for fine in (False, True):
+                for knob in knobs:
+                    grid = _fine(knob, best[knob.name]) if fine else knob.values
+                    for value in grid:
+                        candidate = {**best, knob.name: value}
+                        ndcg = run(candidate)
+                        if ndcg is None:
+                            break
+                        if ndcg >= best_ndcg + MIN_GAIN:
+                            best, best_ndcg, changed = candidate, ndcg, True
+                    if result.stopped == "budget":
                         break
-                    if ndcg >= best_ndcg + MIN_GAIN:
-                        best, best_ndcg, changed = candidate, ndcg, True
                 if result.stopped == "budget":
                     break
-            if result.stopped == "budget":
-                break
     result.options = {**base, **best}
     result.seconds = clock() - started
     say(f"tuned {model} in {result.seconds:.1f}s ({len(result.trials)} trials): {best}")

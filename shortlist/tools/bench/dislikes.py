@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from shortlist.data.loaders import RatingThresholds, load_movielens
 from shortlist.data.splits import check_no_leakage, random_holdout
 from shortlist.evaluation.protocols import run_protocol
+from shortlist.models.progress import track
 from shortlist.models.topk import top_k
 
 METRICS = ("recall@20", "ndcg@20", "precision@20", "disliked@20")
@@ -54,7 +55,7 @@ def run(
     check_no_leakage(split)
     base = {"progress": False, **(options or {})}
     runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
-    for seed in seeds:
+    for seed in track(seeds, "dislikes seeds"):
         for arm, use in (("without", False), ("with", True)):
             result = run_protocol(
                 split, "B", "lightgcn", {**base, "seed": seed, "use_dislikes": use}

@@ -33,6 +33,7 @@ from shortlist.feedback.stores import InMemoryStateStore
 from shortlist.feedback.stores.base import RankingSignals, UserState
 from shortlist.feedback.vectors import NO_SHORT_TERM, SHORT_TERM, ShortTerm
 from shortlist.feedback.worker import FeedbackWorker
+from shortlist.models.progress import track
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.rank import rank
 from shortlist.retrieval.retrieve import retrieve
@@ -85,7 +86,7 @@ def replay_through_worker(bundle, users: list[str], items: list[list[str]]) -> I
             events.append(Event(f"{user}:{n}", user, item, Kind.LIKE, now + n))
     # one like per user per batch, in order: as likes arrive one by one
     rounds = max((len(x) for x in items), default=0)
-    for n in range(rounds):
+    for n in track(range(rounds), "replaying likes"):
         bus.publisher().publish([e for e in events if e.event_id.endswith(f":{n}")], 5.0)
         while worker.run_once(10):
             pass
@@ -111,7 +112,9 @@ def score(
     """Mean Recall@20 / NDCG@20 of the next likes, of retrieval order and (two_stage) of
     the ranked top 20; `store` None: no replay (the replayed items excluded all the same)."""
     out = {"retrieval": [], "two_stage": []}
-    for n, (user, items, targets) in enumerate(zip(users, replayed, nexts)):
+    for n, (user, items, targets) in track(
+        enumerate(zip(users, replayed, nexts)), "next-item scoring", len(users), every=64
+    ):
         if isinstance(store, list):
             state = store[n]
         else:

@@ -22,6 +22,7 @@ from shortlist.data.loaders import SplitData, load_lightgcn_dir, load_movielens
 from shortlist.data.splits import check_no_leakage, temporal_leave_last_out, time_slice_holdout
 from shortlist.evaluation.protocols import ProtocolResult, run_protocol, trains_on_train_only
 from shortlist.models import registry
+from shortlist.models.progress import track
 from shortlist.tools.bench import peers
 
 # The default model per dataset and protocol (the measured best; docs/benchmarks.md).
@@ -253,7 +254,7 @@ def two_stage_main(
         summary["tuning"] = tuning
     if ranker_seeds > 1:
         lifts = [summary["ndcg@20_lift"]]
-        for seed in range(1, ranker_seeds):
+        for seed in track(range(1, ranker_seeds), "ranker seeds"):
             cfg = TrainConfig(model=model, seed=seed, ranker_max_lists=lists)
             again = run_two_stage(
                 split, protocol, model, options, cfg=cfg, ranker_labels=ranker_labels

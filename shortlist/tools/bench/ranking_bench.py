@@ -31,6 +31,7 @@ import numpy as np
 
 from shortlist.bundle.files import load_bundle
 from shortlist.config import Settings
+from shortlist.models.progress import track
 from shortlist.retrieval.index import search
 from shortlist.rpc.server import client_channel
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
@@ -101,7 +102,7 @@ def run(
                 for extra in variants.values():
                     rank(_with(p, extra), timeout=5)
             say(f"timing {requests} Rank calls per variant, one at a time")
-            for n in range(requests):
+            for n in track(range(requests), "Rank calls", every=50):
                 for name, extra in variants.items():
                     p = _with(payloads[n % len(payloads)], extra)
                     start = time.perf_counter()
