@@ -137,7 +137,7 @@ bench-serving: install
 		--users $(SERVING)/users.txt --plot $(SERVING)/latency.png \
 		| tee $(SERVING)/loadtest.txt; rc=$${PIPESTATUS[0]}; \
 		SHORTLIST_COLOCATE=$(COLOCATE) SHORTLIST_GATEWAY_WORKERS=$(GATEWAY_WORKERS) \
-		$(BIN)/shortlist bench stages | tee $(SERVING)/stages.txt; \
+		$(BIN)/shortlist bench stages --bundle $(SERVING)/artifacts | tee $(SERVING)/stages.txt; \
 		$(BIN)/shortlist down; exit $$rc
 
 # The local stack on its own free ports under a steady mixed load (Recommend + 20%

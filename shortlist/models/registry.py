@@ -20,6 +20,7 @@ from shortlist.models.item_item import (
     ItemKNNConfig,
 )
 from shortlist.models.lightgcn import LightGCN, LightGCNConfig
+from shortlist.models.lightgcn_neg import LightGCNNeg, LightGCNNegConfig
 from shortlist.models.mf_bpr import MFBPR, MFBPRConfig
 from shortlist.models.popularity import item_popularity
 from shortlist.models.sasrec import SASRec, SASRecConfig
@@ -48,6 +49,8 @@ _MODELS: dict[str, tuple[Callable[[Any], RetrievalModel], type | None]] = {
     "popularity": (PopularityModel, None),
     "mf-bpr": (MFBPR, MFBPRConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
+    # LightGCN plus a negative graph of dislikes subtracted at scoring (beta chosen on valid)
+    "lightgcn-neg": (LightGCNNeg, LightGCNNegConfig),
     "two-tower": (TwoTower, TwoTowerConfig),
     "spectral": (SpectralCF, SpectralConfig),
     "sasrec": (SASRec, SASRecConfig),

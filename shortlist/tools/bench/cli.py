@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -296,15 +297,24 @@ def dislikes(
     data: Path = typer.Option(..., "--data", help="MovieLens-100K directory (u.data, u.item)."),
     seeds: int = typer.Option(3, help="Seeds per arm (0..seeds-1)."),
     config: str = typer.Option(None, "--config", help="LightGCN options as a JSON object."),
+    arms: str = typer.Option(
+        "lightgcn,lightgcn-dislikes,lightgcn-neg,spectral", help="Comma-separated arms to run."
+    ),
 ) -> None:
-    """LightGCN with and without the negative graph of dislikes on MovieLens-100K."""
+    """LightGCN without dislikes, with them as negatives, with the negative graph, and the
+    default served model, on MovieLens-100K: recall and disliked items in the top 20."""
     from shortlist.tools.bench import dislikes as bench_dislikes
 
     if not (data / "u.data").is_file():
         _fail(f"{data} has no u.data (MovieLens-100K expected)")
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
-    result = bench_dislikes.run(data, range(seeds), _parse_config(config), progress=say)
-    _emit(result, "LightGCN on MovieLens-100K: dislikes as a negative graph or not")
+    chosen = [a.strip() for a in arms.split(",") if a.strip()]
+    if not chosen or set(chosen) - set(bench_dislikes.ARMS):
+        _fail(f"--arms must name some of {', '.join(bench_dislikes.ARMS)}, got {arms!r}")
+    result = bench_dislikes.run(
+        data, list(range(seeds)), _parse_config(config), progress=say, arms=chosen
+    )
+    _emit(result, "MovieLens-100K with dislikes: LightGCN without/with the negative graph")
 
 
 @bench_app.command("ranking")
@@ -440,7 +450,11 @@ def _fault_names(text: str) -> tuple[str, ...]:
 
 
 @bench_app.command("stages")
-def stages() -> None:
+def stages(
+    bundle: Path = typer.Option(
+        None, "--bundle", help="The served bundle (root): its sources' sizes join the JSON."
+    ),
+) -> None:
     """Per-stage latency of the running local stack (`shortlist up`, same settings), from
     its processes' stage histograms since they started. The last stdout line is JSON."""
     from rich.console import Console
@@ -465,7 +479,15 @@ def stages() -> None:
     console.print(table)
     for url in missing:
         console.print(f"no answer: {url}")
-    typer.echo(json.dumps({"stages": rows, "missing": missing}))
+    out: dict = {"stages": rows, "missing": missing, "load_average": list(os.getloadavg())}
+    if bundle is not None:
+        from shortlist.bundle.files import load_bundle
+        from shortlist.tools.bench.sizes import source_sizes
+
+        served = load_bundle(bundle)
+        out["fusion"] = served.fusion.to_json() if served.fusion is not None else None
+        out["source_sizes"] = source_sizes(bundle, served)
+    typer.echo(json.dumps(out))
 
 
 @bench_app.command("recency")

@@ -1,11 +1,19 @@
-"""`shortlist bench dislikes`: does LightGCN's negative graph of explicit dislikes help?
+"""`shortlist bench dislikes`: do dislikes help, and how should a model use them?
 
 MovieLens-100K ratings become likes (>= 4) and dislikes (<= 2). Likes are split per user at
-random into train / valid / test (protocol B: train on train, pick the epoch on valid NDCG@20,
-report test); dislikes stay known to training. The same LightGCN is trained with and without
-the dislike graph over several seeds, and both are evaluated on the same test likes with the
-training likes excluded. `disliked@20` is the share of top-20 slots that hold an item the
-user disliked (what a user would see if serving did not filter them): lower is better.
+random into train / valid / test (protocol B: train on train, choose on valid NDCG@20,
+report test); dislikes stay known to training. The arms, all on the same split:
+
+* `lightgcn`: LightGCN on the likes alone;
+* `lightgcn-dislikes`: LightGCN with dislikes as extra negatives of its loss (its default);
+* `lightgcn-neg`: the same plus the negative graph: dislikes propagated over their own
+  graph and subtracted at scoring, beta chosen on valid (`shortlist.models.lightgcn_neg`);
+* `spectral`: the model `shortlist train` serves by default, its default options.
+
+The torch arms run over several seeds; spectral is deterministic and runs once. Test
+rankings exclude the training likes only. `disliked@20` is the share of top-20 slots that
+hold an item the user disliked, and `disliked_items@20` their number per user (over users
+with dislikes): what a user would see if serving did not filter them; lower is better.
 """
 
 from __future__ import annotations
@@ -23,7 +31,15 @@ from shortlist.evaluation.protocols import run_protocol
 from shortlist.models.progress import track
 from shortlist.models.topk import top_k
 
-METRICS = ("recall@20", "ndcg@20", "precision@20", "disliked@20")
+METRICS = ("recall@20", "ndcg@20", "precision@20", "disliked@20", "disliked_items@20")
+
+# arm -> (registry model, options, seeded)
+ARMS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "lightgcn": ("lightgcn", {"use_dislikes": False}, True),
+    "lightgcn-dislikes": ("lightgcn", {"use_dislikes": True}, True),
+    "lightgcn-neg": ("lightgcn-neg", {"use_dislikes": True}, True),
+    "spectral": ("spectral", {}, False),
+}
 
 
 def disliked_share(
@@ -48,42 +64,54 @@ def run(
     seeds: Sequence[int] = (0, 1, 2),
     options: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    arms: Sequence[str] = tuple(ARMS),
 ) -> dict[str, Any]:
+    """`options` apply to the LightGCN arms."""
     say = progress or (lambda _m: None)
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
     data = load_movielens(data_dir, RatingThresholds(like=4, dislike=2))
     split = random_holdout(data, test_fraction=0.2, valid_fraction=0.1, seed=0, name="ml-100k")
     check_no_leakage(split)
-    base = {"progress": False, **(options or {})}
-    runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
-    for seed in track(seeds, "dislikes seeds"):
-        for arm, use in (("without", False), ("with", True)):
-            result = run_protocol(
-                split, "B", "lightgcn", {**base, "seed": seed, "use_dislikes": use}
-            )
+    runs: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
+    for arm in track(arms, "dislikes arms"):
+        model_name, arm_options, seeded = ARMS[arm]
+        for seed in seeds if seeded else seeds[:1]:
+            config = {**arm_options, "seed": seed}
+            if model_name.startswith("lightgcn"):
+                config = {"progress": False, **(options or {}), **config}
+            result = run_protocol(split, "B", model_name, config)
             model = result.fitted
             row = {k: result.metrics[k] for k in METRICS[:3]}
-            row["disliked@20"] = disliked_share(
+            share = disliked_share(
                 model.user_factors, model.item_factors, split.train.positives, data.negatives
             )
+            row["disliked@20"] = share
+            row["disliked_items@20"] = share * 20
             row["train_seconds"] = result.train_seconds
+            if hasattr(model, "beta"):
+                row["beta"] = model.beta
             runs[arm].append(row)
-            say(
-                f"seed {seed} {arm:7s} dislikes: "
-                + " ".join(f"{k} {v:.4f}" for k, v in row.items())
-            )
+            say(f"{arm} seed {seed}: " + " ".join(f"{k} {v:.4f}" for k, v in row.items()))
     out: dict[str, Any] = {
         "dataset": "ml-100k",
         "protocol": "B",
-        "model": "lightgcn",
+        "test_excludes": "train",
         "seeds": list(seeds),
         "likes": int(data.positives.nnz),
         "dislikes": int(data.negatives.nnz),
     }
     for arm, rows in runs.items():
-        for metric in (*METRICS, "train_seconds"):
+        for metric in (*METRICS, "train_seconds", "beta"):
+            if metric not in rows[0]:
+                continue
             values = np.array([r[metric] for r in rows])
             out[f"{arm}_{metric}"] = round(float(values.mean()), 4)
-            out[f"{arm}_{metric}_std"] = round(float(values.std()), 4)
-    for metric in METRICS[:3]:
-        out[f"lift_{metric}"] = round(out[f"with_{metric}"] / out[f"without_{metric}"] - 1, 4)
+            if len(values) > 1:
+                out[f"{arm}_{metric}_std"] = round(float(values.std()), 4)
+    if {"lightgcn-neg", "lightgcn-dislikes"} <= set(runs):
+        for metric in METRICS[:3]:
+            base = out[f"lightgcn-dislikes_{metric}"]
+            out[f"neg_graph_lift_{metric}"] = round(out[f"lightgcn-neg_{metric}"] / base - 1, 4)
     return out

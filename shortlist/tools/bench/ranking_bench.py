@@ -31,9 +31,12 @@ import numpy as np
 
 from shortlist.bundle.files import load_bundle
 from shortlist.config import Settings
+from shortlist.feedback.stores.base import UserState
 from shortlist.models.progress import track
 from shortlist.retrieval.index import search
+from shortlist.retrieval.retrieve import fused_source, retrieve
 from shortlist.rpc.server import client_channel
+from shortlist.tools.bench.sizes import source_sizes
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 
 MOMENTS = ("commute", "home")
@@ -62,17 +65,22 @@ def run(
     store = RedisStateStore(redis_url, prefix)
     rng = np.random.default_rng(0)
     users = rng.choice(len(bundle.users), size=min(requests, len(bundle.users)), replace=False)
-    say(f"building {len(users)} shortlists of {candidates} from the bundle's index")
+    fused = fused_source(bundle)
+    say(
+        f"building {len(users)} shortlists of {candidates} "
+        + ("as retrieval serves them (fused)" if fused else "from the bundle's index")
+    )
     payloads = []
     for u in users:
-        exclude = bundle.seen_items(u)
-        idx, scores = search(bundle.index, bundle.user_vectors[u], candidates, exclude)
+        idx, scores, sources = _shortlist(bundle, int(u), candidates)
         payloads.append(
             ranking_pb2.RankRequest(
                 user_id=bundle.users.id(int(u)),
                 candidates=[
-                    common_pb2.ScoredItem(item_id=i, score=float(s))
-                    for i, s in zip(bundle.items.ids(idx), scores)
+                    common_pb2.ScoredItem(
+                        item_id=i, score=float(s), reasons=common_pb2.Reasons(sources=src)
+                    )
+                    for i, s, src in zip(bundle.items.ids(idx), scores, sources)
                 ],
                 # "moment" is a feature only of bundles whose training likes recorded it
                 context={"hour": str(int(u) % 24), "device": "ios", "moment": MOMENTS[u % 2]},
@@ -124,6 +132,9 @@ def run(
         "k": k,
         **_percentiles(latencies["plain"]),
         "server": "in_process" if in_process else "process",
+        "shortlist": "fused" if fused else "vector",
+        "fusion": bundle.fusion.to_json() if bundle.fusion is not None else None,
+        "source_sizes": source_sizes(bundle_dir, bundle),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
     }
     if reasons_and_rules:
@@ -136,6 +147,18 @@ def run(
             for name, values in latencies.items()
         }
     return result
+
+
+def _shortlist(bundle, u: int, n: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+    """User `u`'s shortlist of `n` as the retrieval service answers a trained user without
+    live feedback: the fused one (with each item's sources) where the bundle fuses sources,
+    else the FAISS top-n of their vector."""
+    if fused_source(bundle):
+        found = retrieve(bundle, bundle.users.id(u), UserState(), n)
+        return found.items, found.scores, list(found.sources) or [()] * len(found.items)
+    exclude = bundle.seen_items(u)
+    idx, scores = search(bundle.index, bundle.user_vectors[u], n, exclude)
+    return idx, scores, [()] * len(idx)
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
