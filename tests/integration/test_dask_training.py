@@ -22,7 +22,9 @@ CONFIG = TrainConfig(
     model_options={"rank": 48, "ideal_rank": 16},
     item_item_options={"max_items": 100},
     deep_ranker=False,
-    precomputed=64,
+    candidates=50,
+    ranker_max_lists=300,
+    precomputed=32,
     fusion_budget=10.0,
 )
 
