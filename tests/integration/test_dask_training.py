@@ -52,5 +52,6 @@ def test_dask_bundle_quality_matches_in_process(dask_engine, tmp_path):
     assert remote.manifest["fusion_choice"] is not None  # the item-kNN table was built
     a = served_metrics(local, history, test, max_users=300)["ndcg@20"]
     b = served_metrics(remote, history, test, max_users=300)["ndcg@20"]
+    print(f"served NDCG@20: in process {a:.4f}, dask {b:.4f}")
     assert a > 0.05, a  # a real model, not noise
     assert abs(a - b) <= 0.005 * a, (a, b)
