@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-peers bench-index \
 	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
-	bench-lifecycle bench-next-item bench-http bench-pod-memory clean
+	bench-lifecycle bench-next-item bench-http bench-pod-memory bench-scale clean
 
 install: $(STAMP) proto
 
@@ -216,3 +216,14 @@ bench-feedback: install
 
 clean:
 	rm -rf shortlist/v1 artifacts .run .pytest_cache
+
+# Training at 1x, 10x and 30x Gowalla's interactions (generated data of its shape), in process
+# and on a 2-worker Dask LocalCluster: wall time, peak RSS (per worker on Dask), served
+# NDCG@20; each run in a subprocess under SCALE_TIME_CAP seconds and SCALE_MEM_CAP GiB of
+# RSS (past either: null). The last stdout line is the JSON report.
+SCALES         ?= 1,10,30
+SCALE_TIME_CAP ?= 3600
+SCALE_MEM_CAP  ?= 20
+bench-scale: install
+	$(BIN)/shortlist bench scale --scales $(SCALES) --shape $(DATA)/gowalla \
+		--time-cap $(SCALE_TIME_CAP) --mem-cap-gib $(SCALE_MEM_CAP)

@@ -22,6 +22,9 @@ Items (optional): `item_id` plus attribute columns. Numbers become standardised 
 text column with few distinct values (`MAX_CATEGORIES`) one column per value, and free text
 (titles, descriptions) is left out of the features.
 
+On a Dask engine (`shortlist train --engine dask`, `shortlist.compute`) Parquet is read with
+dask.dataframe instead, partitions in parallel on the workers; the checks below are the same.
+
 Every problem raises `BadEvents`, naming the file, the row (1-based, header not counted)
 and the column.
 """
@@ -38,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shortlist import compute
 from shortlist.data.interactions import Interactions
 from shortlist.data.loaders import RatingThresholds, events_to_interactions
 
@@ -80,12 +84,18 @@ def read_table(path: Path) -> pa.Table:
             files = sorted(path.rglob("*.parquet"))
             if not files:
                 raise BadEvents(path, "a directory must hold .parquet files (partitions)")
+            read = compute.current().read_parquet(path)  # dask.dataframe on a Dask engine
+            if read is not None:
+                return read
             rel = con.read_parquet(
                 [str(f) for f in files], hive_partitioning=True, union_by_name=True
             )
         elif not path.exists():
             raise BadEvents(path, "no such file or directory")
         elif suffix == ".parquet":
+            read = compute.current().read_parquet(path)
+            if read is not None:
+                return read
             rel = con.read_parquet(str(path))
         elif suffix in {".csv", ".tsv"}:
             rel = con.read_csv(str(path), header=True, all_varchar=True)
@@ -94,7 +104,7 @@ def read_table(path: Path) -> pa.Table:
         else:
             raise BadEvents(path, "not .parquet, .csv, .tsv, .jsonl, .ndjson or .json")
         return rel.to_arrow_table()
-    except duckdb.Error as exc:
+    except (duckdb.Error, OSError, pa.ArrowException) as exc:
         raise BadEvents(path, f"unreadable: {exc}") from None
 
 

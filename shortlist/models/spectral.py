@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from shortlist import compute
 from shortlist.data.interactions import Interactions, rank_in_user
 from shortlist.models.base import FitReport
 from shortlist.models.progress import bar
@@ -52,20 +53,25 @@ def randomized_svd(
     """Top singular values and right singular vectors (n_cols x rank) of a sparse matrix."""
     n_rows, n_cols = matrix.shape
     a = matrix.tocsr().astype(np.float32)
-    at = a.T.tocsr()
     if rank + oversample >= min(n_rows, n_cols) * 0.5:
         return exact_svd(a, rank)
+    # The products with A and the QR of the users-sized side run on the current engine (in
+    # this process, or block by block on Dask workers); the items-sized side and the small
+    # SVD stay here.
+    engine = compute.current()
+    width = rank + oversample
+    rows = engine.split_rows(a, min_rows=2 * width)  # blocks taller than wide for the QR
     gen = torch.Generator().manual_seed(seed)
     # phases: the range sketch, each power iteration, the small SVD
     with bar("spectral svd", power_iters + 2) as advance:
-        q = torch.randn(n_cols, rank + oversample, generator=gen)
-        q, _ = torch.linalg.qr(torch.from_numpy(a @ q.numpy()))
+        omega = torch.randn(n_cols, width, generator=gen).numpy()
+        q = engine.qr(engine.dot(rows, omega))
         advance()
         for _ in range(power_iters):
-            z, _ = torch.linalg.qr(torch.from_numpy(at @ q.numpy()))
-            q, _ = torch.linalg.qr(torch.from_numpy(a @ z.numpy()))
+            z, _ = torch.linalg.qr(torch.from_numpy(engine.tdot(rows, q)))
+            q = engine.qr(engine.dot(rows, z.numpy()))
             advance()
-        b = torch.from_numpy(np.ascontiguousarray((at @ q.numpy()).T))  # q^T A
+        b = torch.from_numpy(np.ascontiguousarray(engine.tdot(rows, q).T))  # q^T A
         _, s, vt = torch.linalg.svd(b, full_matrices=False)
     return s[:rank].numpy(), vt[:rank].T.contiguous().numpy()
 

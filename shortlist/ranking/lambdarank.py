@@ -11,6 +11,7 @@ import lightgbm as lgb
 import lleaves
 import numpy as np
 
+from shortlist import compute
 from shortlist.models.progress import Advance, bar
 
 
@@ -99,8 +100,11 @@ def train_ranker(
     held_out = np.empty(len(y), np.float32)
     for booster, (_, rows) in zip(cv.boosters, folds):
         held_out[rows] = booster.predict(x[rows], num_iteration=rounds, num_threads=1)
+    # the final fit on the current engine (LightGBM here, DaskLGBMRanker on Dask workers)
     with bar("lambdarank fit", rounds) as advance:
-        final = lgb.train(params, dataset, num_boost_round=rounds, callbacks=[_rounds(advance)])
+        final = compute.current().fit_lambdarank(
+            params, x, y, groups, rounds, feature_names, callbacks=[_rounds(advance)]
+        )
     return RankerFit(final, rounds, held_out)
 
 

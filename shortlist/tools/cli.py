@@ -17,6 +17,7 @@ from shortlist.tools.bench.cli import bench_app
 
 if TYPE_CHECKING:
     from shortlist.data.interactions import Interactions
+    from shortlist.data.loaders import RatingThresholds
 
 app = typer.Typer(help="Shortlist: a two-stage recommender served over gRPC.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -78,10 +79,27 @@ def train(
         help="Seconds to choose the retrieval options on the latest slice of the training "
         "likes (0: model defaults; --options wins).",
     ),
+    engine: str = typer.Option(
+        "inprocess",
+        help="Where training runs: inprocess (this process) or dask (Parquet read, SVD, "
+        "item-item table and ranker fit on Dask workers).",
+    ),
+    scheduler: str | None = typer.Option(
+        None,
+        help="With --engine dask: the scheduler address (tcp://host:8786); without it a "
+        "LocalCluster of 2 worker processes.",
+    ),
+    lightgbm_port: int = typer.Option(
+        0,
+        min=0,
+        max=65535,
+        help="With --scheduler: the port LightGBM's ranker fit listens on in each worker "
+        "(one worker per machine; 0: free ports found per fit).",
+    ),
 ) -> None:
     """Train retrieval and ranker and write a versioned bundle the services load (from an
     event log, a LightGCN-format directory, or the built-in data)."""
-    from shortlist.data.events import BadEvents, load_events
+    from shortlist.compute import ENGINES, engine_for
     from shortlist.data.loaders import RatingThresholds
 
     if data is not None and events:
@@ -107,29 +125,60 @@ def train(
             raise ValueError("not a JSON object")
     except ValueError as exc:
         raise typer.BadParameter(f"must be a JSON object: {exc}", param_hint="--options") from None
-    if events:
-        try:
-            with console.status("reading events"):
-                thresholds = RatingThresholds(like_at, dislike_at)
-                interactions = load_events(events, items, thresholds, users)
-        except BadEvents as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from None
-    else:
-        interactions = _dataset(data, n_users, n_items, seed)
-    train_and_save(
-        out,
-        interactions,
-        model,
-        options,
-        epochs,
-        dim,
-        index,
-        precomputed,
-        seed,
-        tune_budget,
-        Promotion(gate, gate_share, gate_margin, refit, keep),
-    )
+    if engine not in ENGINES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(ENGINES)}, got {engine!r}", param_hint="--engine"
+        )
+    if scheduler and engine != "dask":
+        raise typer.BadParameter("--scheduler goes with --engine dask", param_hint="--scheduler")
+    with engine_for(engine, scheduler, lightgbm_port=lightgbm_port):
+        interactions = _interactions(
+            data,
+            events,
+            items,
+            users,
+            RatingThresholds(like_at, dislike_at),
+            n_users,
+            n_items,
+            seed,
+        )
+        train_and_save(
+            out,
+            interactions,
+            model,
+            options,
+            epochs,
+            dim,
+            index,
+            precomputed,
+            seed,
+            tune_budget,
+            Promotion(gate, gate_share, gate_margin, refit, keep),
+        )
+
+
+def _interactions(
+    data: Path | None,
+    events: list[Path] | None,
+    items: Path | None,
+    users: Path | None,
+    thresholds: RatingThresholds,
+    n_users: int,
+    n_items: int,
+    seed: int,
+) -> Interactions:
+    """What `shortlist train` trains on: the event logs (on the current engine), a
+    LightGCN-format directory, or the built-in data; bad events exit with status 2."""
+    from shortlist.data.events import BadEvents, load_events
+
+    if not events:
+        return _dataset(data, n_users, n_items, seed)
+    try:
+        with console.status("reading events"):
+            return load_events(events, items, thresholds, users)
+    except BadEvents as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _dataset(data: Path | None, n_users: int, n_items: int, seed: int) -> Interactions:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist import compute
 from shortlist.bundle.bundle import Bundle
 from shortlist.bundle.files import code_version, new_version
 from shortlist.data.interactions import Interactions, row_items
@@ -212,6 +213,7 @@ def train_bundle(
         manifest={
             "dataset_fingerprint": data.fingerprint(),
             "model": cfg.model,
+            "engine": compute.current().name,  # where it trained (shortlist.compute)
             "model_options": options,
             "tuning": tuning,
             "fusion_choice": fusion_report,

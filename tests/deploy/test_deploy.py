@@ -253,7 +253,8 @@ def test_service_deployment(docs, name):
 
 def test_every_pod_runs_non_root_on_a_read_only_root_filesystem(docs):
     pods = [d for d in docs if d["kind"] in POD_KINDS]
-    assert len(pods) == len(SERVICES) + 5  # + archiver, redis, kafka, the Job and the CronJob
+    # + archiver, redis, kafka, the Job, the CronJob, the Dask scheduler and its workers
+    assert len(pods) == len(SERVICES) + 7
     for doc in pods:
         spec = pod_spec(doc)
         assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
@@ -402,6 +403,36 @@ def test_archiver_appends_the_archive_the_nightly_training_reads(docs):
         history = {"shortlist-history"}
         expected = history | ({archive_claim} if doc["kind"] == "CronJob" else set())
         assert set(claims.values()) == expected, doc["metadata"]["name"]
+
+
+def test_training_runs_on_the_dask_scheduler_service(docs):
+    """The Job and the CronJob train with --engine dask on the scheduler Service's port,
+    which selects the scheduler Deployment's pods on their scheduler port; the workers
+    dial the same Service and open the LightGBM port the Job names."""
+    service = one(docs, "Service", "shortlist-dask-scheduler")
+    scheduler = one(docs, "Deployment", "shortlist-dask-scheduler")
+    workers = one(docs, "Deployment", "shortlist-dask-worker")
+    labels = scheduler["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    (container,) = pod_spec(scheduler)["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named[port["targetPort"]] == port["port"]
+    assert str(port["port"]) in container["command"]
+    address = f"tcp://{service['metadata']['name']}:{port['port']}"
+    (worker,) = pod_spec(workers)["containers"]
+    assert address in worker["command"]
+    worker_ports = {p["containerPort"] for p in worker["ports"]}
+    for doc in [*find(docs, "Job"), *find(docs, "CronJob")]:
+        (train,) = pod_spec(doc)["containers"]
+        command = train["command"]
+        assert command[command.index("--engine") + 1] == "dask", doc["metadata"]["name"]
+        assert command[command.index("--scheduler") + 1] == address, doc["metadata"]["name"]
+        assert int(command[command.index("--lightgbm-port") + 1]) in worker_ports
+    # the policies let the training pods reach the scheduler and the workers
+    for app in ("dask-scheduler", "dask-worker"):
+        sources = [f for r in _ingress_rules(docs, app) for f in r["from"]]
+        assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "train"}}} in sources
 
 
 def test_training_sizes_native_thread_pools_by_its_cpu_limit(docs):

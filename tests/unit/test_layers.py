@@ -14,6 +14,8 @@ LAYERS = [
     {"__init__", "config", "v1", "rpc"},
     # the public client (shortlist.client): apps import it, so it stays on the contract
     {"client"},
+    # where the training stages run (in process or on Dask): below every stage that uses it
+    {"compute"},
     {"data"},
     {"models"},
     {"feedback"},

@@ -650,3 +650,45 @@ def http_overhead(
     )
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     _emit(bench_http.run(config, say), "HTTP/JSON overhead over gRPC")
+
+
+@bench_app.command("scale")
+def scale(
+    scales: str = typer.Option("1,10,30", "--scales", help="Multiples of Gowalla's size."),
+    shape: Path = typer.Option(
+        Path("../shared/data/gowalla"),
+        "--shape",
+        help="A LightGCN directory whose likes-per-user and per-item counts the generated "
+        "data copies (a lognormal stand-in with Gowalla's sizes when absent).",
+    ),
+    data: Path = typer.Option(
+        None, "--data", help="Train on this LightGCN directory instead (one run, x = 1)."
+    ),
+    time_cap: float = typer.Option(3600.0, "--time-cap", help="Seconds per training run."),
+    mem_cap: float = typer.Option(
+        20.0, "--mem-cap-gib", help="GiB of RSS (the run's whole process tree) per run."
+    ),
+    engines: str = typer.Option("inprocess,dask", "--engines"),
+) -> None:
+    """Training wall time and peak memory, in process and on a 2-worker Dask LocalCluster,
+    at several scales; the last line is the JSON report (null where a run did not finish)."""
+    from shortlist.tools.bench.scale import bench_scale
+
+    try:
+        xs = [float(v) for v in scales.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--scales must be numbers separated by commas, got {scales!r}")
+    chosen = tuple(e.strip() for e in engines.split(",") if e.strip())
+    if not xs or any(x <= 0 for x in xs):
+        _fail("--scales must be positive numbers")
+    if not chosen or not set(chosen) <= {"inprocess", "dask"}:
+        _fail(f"--engines must be inprocess and/or dask, got {engines!r}")
+    if data is not None and not (data / "train.txt").exists():
+        _fail(f"--data {data} has no train.txt")
+    if data is not None:
+        xs = [1.0]
+    report = bench_scale(
+        xs, shape if shape.is_dir() else None, data, time_cap, mem_cap, chosen,
+        say=lambda m: typer.echo(m, err=True),
+    )  # fmt: skip
+    typer.echo(json.dumps(report))

@@ -1,0 +1,158 @@
+"""The training primitives of `shortlist.compute` on a Dask cluster.
+
+- Sparse matrices are cut into blocks of rows and scattered to the workers once
+  (`split_rows`); products with them (`dot`, `tdot`) run block by block where the blocks
+  live. `dot` returns a dask.array chunked by the same row blocks and `qr` is dask's
+  tall-and-skinny QR, so the users-sized factors stay spread over the workers; only the
+  items-sized ones (`tdot`, a tree sum of per-block products) come back.
+- `map` runs a function per part on the workers with shared inputs broadcast once.
+- `fit_lambdarank` is `lightgbm.dask.DaskLGBMRanker` over the lists cut into one chunk of
+  whole lists per worker (LightGBM's data-parallel learner).
+- `read_parquet` reads events with `dask.dataframe` (one partition per file or row group).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+from distributed import Client, LocalCluster, wait
+from lightgbm.dask import DaskLGBMRanker
+
+# Non-zeros per scattered block: small enough that a worker holds several, large enough that
+# per-task overhead stays small against the product.
+BLOCK_NNZ = 2_000_000
+
+
+def _dot(block: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
+    return np.asarray(block @ dense, dtype=np.float32)
+
+
+def _tdot(block: sp.csr_matrix, part: np.ndarray) -> np.ndarray:
+    return np.asarray(block.T @ part, dtype=np.float32)
+
+
+class DaskRows:
+    """A sparse matrix as scattered row blocks: their futures and row counts."""
+
+    def __init__(self, blocks: list[Any], sizes: list[int], n_cols: int) -> None:
+        self.blocks, self.sizes, self.n_cols = blocks, sizes, n_cols
+
+
+class DaskEngine:
+    name = "dask"
+    distributed = True
+
+    def __init__(
+        self, client: Client, cluster: LocalCluster | None = None, lightgbm_port: int = 0
+    ) -> None:
+        self.client, self.cluster, self.lightgbm_port = client, cluster, lightgbm_port
+
+    @classmethod
+    def connect(cls, scheduler: str | None, workers: int = 2, lightgbm_port: int = 0) -> DaskEngine:
+        """A client of the scheduler at `scheduler`, or of a new LocalCluster of `workers`
+        single-threaded worker processes (each its own memory, as on separate machines).
+        `lightgbm_port`: where each worker's LightGBM listens (0: free ports found per fit,
+        as workers sharing a machine need)."""
+        if scheduler:
+            return cls(Client(scheduler, timeout="30s"), lightgbm_port=lightgbm_port)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        return cls(Client(cluster), cluster)
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def split_rows(self, matrix: sp.csr_matrix, min_rows: int = 1) -> DaskRows:
+        a = matrix.tocsr()
+        n = a.shape[0]
+        count = max(self.workers, -(-a.nnz // BLOCK_NNZ))
+        count = max(1, min(count, n // max(min_rows, 1)))
+        bounds = np.linspace(0, n, count + 1).astype(int)
+        parts = [a[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        blocks = self.client.scatter(parts)
+        return DaskRows(blocks, [p.shape[0] for p in parts], a.shape[1])
+
+    def dot(self, rows: DaskRows, dense: np.ndarray) -> da.Array:
+        shared = self.client.scatter(np.asarray(dense, np.float32), broadcast=True)
+        width = dense.shape[1]
+        parts = [
+            da.from_delayed(self.client.submit(_dot, b, shared), (n, width), np.float32)
+            for b, n in zip(rows.blocks, rows.sizes)
+        ]
+        return da.concatenate(parts, axis=0)
+
+    def qr(self, row_array: da.Array) -> da.Array:
+        q, _ = da.linalg.qr(row_array.rechunk({1: -1}))
+        return q.persist()
+
+    def tdot(self, rows: DaskRows, row_array: da.Array) -> np.ndarray:
+        pieces = row_array.rechunk({0: tuple(rows.sizes), 1: -1}).to_delayed().ravel()
+        width = row_array.shape[1]
+        parts = [
+            da.from_delayed(dask.delayed(_tdot)(b, p), (rows.n_cols, width), np.float32)
+            for b, p in zip(rows.blocks, pieces)
+        ]
+        return np.asarray(da.stack(parts).sum(axis=0, split_every=4).compute())
+
+    def map(self, fn: Callable[..., Any], parts: Sequence[Any], **shared: Any) -> list[Any]:
+        scattered = {k: self.client.scatter(v, broadcast=True) for k, v in shared.items()}
+        futures = self.client.map(fn, list(parts), pure=False, **scattered)
+        wait(futures)
+        return self.client.gather(futures)
+
+    def fit_lambdarank(
+        self,
+        params: dict,
+        x: np.ndarray,
+        y: np.ndarray,
+        groups: np.ndarray,
+        rounds: int,
+        feature_names: list[str],
+        callbacks: list | None = None,
+    ) -> lgb.Booster:
+        """DaskLGBMRanker with `params` (LightGBM names) for `rounds` rounds; whole lists
+        per chunk, one chunk per worker. Progress callbacks do not cross to the workers."""
+        chunks = max(1, min(self.workers, len(groups)))
+        list_bounds = np.linspace(0, len(groups), chunks + 1).astype(int)
+        row_bounds = np.concatenate([[0], np.cumsum(groups)])[list_bounds]
+        row_chunks = tuple(int(n) for n in np.diff(row_bounds))
+        list_chunks = tuple(int(n) for n in np.diff(list_bounds))
+        dx = da.from_array(x.astype(np.float32), chunks=(row_chunks, x.shape[1]))
+        dy = da.from_array(y.astype(np.float32), chunks=(row_chunks,))
+        dg = da.from_array(groups.astype(np.int64), chunks=(list_chunks,))
+        local = dict(params)
+        local.pop("num_threads", None)
+        ranker = DaskLGBMRanker(client=self.client, n_estimators=rounds, n_jobs=1, **local)
+        ranker.fit(dx, dy, group=dg, feature_name=feature_names)
+        return ranker.to_local().booster_
+
+    def read_parquet(self, path: Path) -> pa.Table:
+        """A Parquet file or directory of partitions read by dask.dataframe, in file order;
+        partition columns (key=value folders) come back as text."""
+        frame = dd.read_parquet(str(path)).compute()
+        for column in frame.columns:
+            if isinstance(frame[column].dtype, pd.CategoricalDtype):
+                frame[column] = frame[column].astype(str)
+        return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

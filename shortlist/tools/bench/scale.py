@@ -1,0 +1,262 @@
+"""`shortlist bench scale` (`make bench-scale`): training time and memory, in process and on
+Dask, on generated data of Gowalla's shape at several multiples of its interactions.
+
+Each scale's data is generated once (users and items both multiplied by x, each user's like
+count drawn from Gowalla's likes-per-user distribution, items drawn from Gowalla's item
+popularity within planted topics, a random fifth of each user's likes held out as test) and
+written in the LightGCN text format. Then each engine trains the same bundle in its own
+subprocess under a wall-time cap and a memory cap (the whole process tree's RSS, sampled
+every half second; past either cap the tree is killed and the run recorded as null), and
+the bundle's served NDCG@20 is measured on the held-out likes.
+
+Peak memory: in process, the process tree's RSS; on Dask, the largest worker process's RSS
+(the driver's peak is reported beside it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GIB = 1024**3
+# Gowalla (train + valid + test of the LightGCN split), used when ../shared/data is absent.
+GOWALLA_USERS, GOWALLA_ITEMS, GOWALLA_LIKES = 29_858, 40_981, 1_027_370
+ITEMS_PER_TOPIC = 800
+IN_TOPIC = 0.7  # share of a user's likes from their own topic, the rest by global popularity
+TEST_SHARE = 0.2
+
+
+@dataclass
+class Shape:
+    """Likes per user and likes per item (one entry per user / item)."""
+
+    user_likes: np.ndarray
+    item_likes: np.ndarray
+
+
+def gowalla_shape(directory: Path | None) -> Shape:
+    """The per-user and per-item like counts of Gowalla's split files, or a lognormal stand-in
+    with Gowalla's sizes and mean when the files are absent."""
+    if directory is not None and (directory / "train.txt").exists():
+        user_counts: dict[str, int] = {}
+        item_counts: dict[str, int] = {}
+        for name in ("train.txt", "valid.txt", "test.txt"):
+            path = directory / name
+            if not path.exists():
+                continue
+            for line in path.read_text().splitlines():
+                parts = line.split()
+                if len(parts) < 2:
+                    continue
+                user_counts[parts[0]] = user_counts.get(parts[0], 0) + len(parts) - 1
+                for item in parts[1:]:
+                    item_counts[item] = item_counts.get(item, 0) + 1
+        return Shape(
+            np.array(list(user_counts.values()), np.int64),
+            np.array(list(item_counts.values()), np.int64),
+        )
+    rng = np.random.default_rng(0)
+    mean_likes = GOWALLA_LIKES / GOWALLA_USERS
+    users = np.maximum(10, rng.lognormal(np.log(mean_likes) - 0.5, 1.0, GOWALLA_USERS))
+    items = np.maximum(1, rng.lognormal(np.log(GOWALLA_LIKES / GOWALLA_ITEMS) - 1.0, 1.4, 40_981))
+    return Shape(users.astype(np.int64), items.astype(np.int64))
+
+
+def generate_scaled(shape: Shape, x: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) like pairs, distinct, of `shape` with x times its users and items."""
+    rng = np.random.default_rng(seed)
+    n_users = int(round(len(shape.user_likes) * x))
+    n_items = int(round(len(shape.item_likes) * x))
+    counts = np.minimum(rng.choice(shape.user_likes, n_users), n_items // 2)
+    popularity = rng.choice(shape.item_likes, n_items).astype(np.float64)
+    n_topics = max(1, n_items // ITEMS_PER_TOPIC)
+    item_topic = rng.integers(0, n_topics, n_items)
+    by_topic = np.argsort(item_topic, kind="stable")
+    cum_topic = np.cumsum(popularity[by_topic])
+    edges = np.searchsorted(item_topic[by_topic], np.arange(n_topics + 1))
+    low = np.concatenate([[0.0], cum_topic])[edges[:-1]]
+    high = cum_topic[np.maximum(edges[1:] - 1, 0)]
+    cum_all = np.cumsum(popularity)
+    users = np.repeat(np.arange(n_users), counts)
+    topic = rng.integers(0, n_topics, n_users)[users]
+    own = rng.random(len(users)) < IN_TOPIC
+    items = np.empty(len(users), np.int64)
+    draw = low[topic[own]] + rng.random(own.sum()) * (high[topic[own]] - low[topic[own]])
+    items[own] = by_topic[np.minimum(np.searchsorted(cum_topic, draw), n_items - 1)]
+    draw = rng.random((~own).sum()) * cum_all[-1]
+    items[~own] = np.minimum(np.searchsorted(cum_all, draw), n_items - 1)
+    pairs = np.unique(users * n_items + items)
+    return pairs // n_items, pairs % n_items
+
+
+def write_split(users: np.ndarray, items: np.ndarray, directory: Path, seed: int = 0) -> int:
+    """The pairs as a LightGCN-format train.txt / test.txt (a random TEST_SHARE of each
+    user's likes held out, users with under 5 likes keep all); returns the like count."""
+    directory.mkdir(parents=True, exist_ok=True)
+    test = np.random.default_rng(seed + 1).random(len(users)) < TEST_SHARE
+    counts = np.bincount(users)
+    test &= counts[users] >= 5
+    for name, mask in (("train.txt", ~test), ("test.txt", test)):
+        u, i = users[mask], items[mask]
+        starts = np.searchsorted(u, np.arange(counts.size + 1))
+        with open(directory / name, "w") as fh:
+            for row in range(counts.size):
+                lo, hi = starts[row], starts[row + 1]
+                if hi > lo:
+                    fh.write(f"{row} " + " ".join(map(str, i[lo:hi].tolist())) + "\n")
+    return int(len(users))
+
+
+def bench_config() -> dict:
+    """The TrainConfig both engines train with: the served pipeline (spectral, fusion with
+    item-kNN, LambdaRank; the fusion grid searched whole), with DeepFM off and the ranker's
+    lists capped so that a scale fits the benchmark's time on a shared 2-core host."""
+    return {
+        "model": "spectral",
+        "deep_ranker": False,
+        "ranker_max_lists": 4000,
+        "fusion_budget": 3600.0,  # the whole grid: a time-cut choice would differ per run
+        "tune_budget": 0.0,
+    }
+
+
+def run_one(data: Path, engine: str, out: Path, workers: int = 2) -> None:
+    """Train on `data`'s train split on `engine`, measure served NDCG@20 on its test split,
+    write {"seconds", "ndcg@20"} to `out` (the child side of `bench_scale`)."""
+    from shortlist.compute import engine_for
+    from shortlist.data.loaders import load_lightgcn_dir
+    from shortlist.evaluation.gate import served_metrics
+    from shortlist.training.pipeline import TrainConfig, train_bundle
+
+    split = load_lightgcn_dir(data)
+    history = split.train_valid()
+    started = time.perf_counter()
+    with engine_for(engine, workers=workers):
+        bundle = train_bundle(history, TrainConfig(**bench_config()))
+    seconds = time.perf_counter() - started
+    metrics = served_metrics(bundle, history, split.test, max_users=1000)
+    out.write_text(json.dumps({"seconds": round(seconds, 1), "ndcg@20": metrics["ndcg@20"]}))
+
+
+@dataclass
+class Measured:
+    result: dict | None  # what the child wrote, None when it did not finish
+    peak_gib: float  # the process tree's peak RSS (in process) or the driver's (Dask)
+    worker_peak_gib: float  # the largest worker process's peak RSS (0 without workers)
+    stopped: str  # "", "time cap", "memory cap" or "exit N"
+
+
+def _is_worker(cmdline: list[str]) -> bool:
+    """A Dask worker process of a LocalCluster (spawned by multiprocessing)."""
+    text = " ".join(cmdline)
+    return "spawn_main" in text and "resource_tracker" not in text
+
+
+def measured_run(command: list[str], out: Path, time_cap: float, mem_cap_gib: float) -> Measured:
+    """Run `command`, sampling its process tree's RSS; kill the tree past either cap."""
+    import psutil
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak = worker_peak = 0.0
+    stopped = ""
+    deadline = time.monotonic() + time_cap
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        total = driver = 0.0
+        for p in tree:
+            try:
+                rss = p.memory_info().rss / GIB
+                worker = _is_worker(p.cmdline())
+            except psutil.Error:
+                continue
+            total += rss
+            if worker:
+                worker_peak = max(worker_peak, rss)
+            else:
+                driver += rss
+        peak = max(peak, driver if worker_peak else total)
+        if total > mem_cap_gib:
+            stopped = "memory cap"
+        elif time.monotonic() > deadline:
+            stopped = "time cap"
+        if stopped:
+            for p in reversed(tree):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            break
+        time.sleep(0.5)
+    code = proc.wait()
+    err = proc.stderr.read() if proc.stderr else ""
+    if not stopped and code != 0:
+        stopped = f"exit {code}"
+        sys.stderr.write(err[-2000:])
+    result = json.loads(out.read_text()) if not stopped and out.exists() else None
+    return Measured(result, round(peak, 2), round(worker_peak, 2), stopped)
+
+
+def bench_scale(
+    scales: list[float],
+    shape_dir: Path | None,
+    data: Path | None,
+    time_cap: float,
+    mem_cap_gib: float,
+    engines: tuple[str, ...] = ("inprocess", "dask"),
+    say=print,
+) -> dict:
+    """One row per scale (see the module docstring); `data` (a LightGCN directory) replaces
+    the generated data, for one scale of x = 1."""
+    shape = gowalla_shape(shape_dir)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        for x in scales:
+            if data is not None:
+                where, likes = data, int(gowalla_shape(data).user_likes.sum())
+            else:
+                where = Path(tmp) / f"x{x:g}"
+                users, items = generate_scaled(shape, x, seed=0)
+                likes = write_split(users, items, where)
+                del users, items
+            row: dict = {"x": x, "interactions": likes, "data": str(data) if data else None}
+            for engine in engines:
+                out = Path(tmp) / f"x{x:g}-{engine}.json"
+                command = [sys.executable, "-m", "shortlist.tools.bench.scale", str(where)]
+                command += [engine, str(out)]
+                say(f"x={x:g} {engine}: training under {time_cap:.0f} s / {mem_cap_gib} GiB")
+                m = measured_run(command, out, time_cap, mem_cap_gib)
+                done = m.result is not None
+                key = "inprocess" if engine == "inprocess" else "dask"
+                row[f"{key}_seconds"] = m.result["seconds"] if done else None
+                if key == "inprocess":
+                    row["inprocess_peak_gib"] = m.peak_gib if done else None
+                else:
+                    row["dask_peak_gib_per_worker"] = m.worker_peak_gib if done else None
+                    row["dask_driver_peak_gib"] = m.peak_gib if done else None
+                row[f"ndcg@20_{key}"] = m.result["ndcg@20"] if done else None
+                row[f"{key}_stopped"] = m.stopped or None
+                say(json.dumps(row))
+            rows.append(row)
+    return {
+        "scales": rows,
+        "config": bench_config(),
+        "time_cap_s": time_cap,
+        "mem_cap_gib": mem_cap_gib,
+        "load_average": [round(v, 1) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+    }
+
+
+if __name__ == "__main__":  # the child: python -m shortlist.tools.bench.scale DATA ENGINE OUT
+    run_one(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
