@@ -72,11 +72,12 @@ def train(
     keep: int = typer.Option(
         5, help="Bundles kept on disk (the serving one and its rollback target always)."
     ),
-    tune_budget: float = typer.Option(
-        120.0,
+    tune_budget: float | None = typer.Option(
+        None,
         min=0.0,
-        help="Seconds to choose the retrieval options on the latest slice of the training "
-        "likes (0: model defaults; --options wins).",
+        help="Seconds to choose the retrieval options on a held-out slice of the training "
+        "likes (default: shortlist.training.tuning.DEFAULT_BUDGET, 120; 0: model defaults; "
+        "--options wins).",
     ),
 ) -> None:
     """Train retrieval and ranker and write a versioned bundle the services load (from an
@@ -107,6 +108,10 @@ def train(
             raise ValueError("not a JSON object")
     except ValueError as exc:
         raise typer.BadParameter(f"must be a JSON object: {exc}", param_hint="--options") from None
+    if tune_budget is None:
+        from shortlist.training.tuning import DEFAULT_BUDGET
+
+        tune_budget = DEFAULT_BUDGET
     if events:
         try:
             with console.status("reading events"):

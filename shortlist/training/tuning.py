@@ -42,6 +42,9 @@ from shortlist.models import registry
 from shortlist.models.topk import top_k
 
 K = 20
+# Seconds `shortlist train` and the bench spend choosing a model's options when none are
+# given: one budget for every dataset (the search is the same code whatever the data).
+DEFAULT_BUDGET = 120.0
 # A move must beat the best so far by this much NDCG@20: smaller gains are noise of the
 # slice, and keeping the earlier point (the defaults first) makes ties deterministic.
 MIN_GAIN = 1e-4
