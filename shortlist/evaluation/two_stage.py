@@ -1,10 +1,12 @@
 """The served two-stage pipeline evaluated offline: retrieval shortlist, then the ranker.
 
-Stage 1 fits the retrieval model on `train` only; its top-N shortlists with labels from
-`valid` train LambdaRank (early stopping on a separate slice of users). With
-`ranker_labels="latest"` the labels are instead the latest share of each user's likes in
-the data the final model is fit on (train+valid for protocol A, train for B), and stage 1
-fits on the rest: labels that look ahead in time, where valid is a random slice of train.
+By default (`ranker_labels="served"`) the ranker's labels are held out exactly as
+`shortlist train` holds them out of the data the final model is fit on (train+valid for
+protocol A, train for B): the latest share of each user's likes where likes are ordered,
+else a seeded random share; stage 1 fits the retrieval model on the rest, and its top-N
+shortlists with those labels train LambdaRank (early stopping on a separate slice of users).
+"latest" and "random" force one rule; "valid" takes the valid split as labels (stage 1 on
+train).
 Test is touched only to report. Protocol A then refits retrieval on train+valid and ranks
 its shortlists; protocol B keeps the train-only model (the test ranking excludes train likes
 only, LightGCN++'s rule; valid likes too under "B-valid-excluded"). Retrieval-only and
@@ -25,7 +27,7 @@ import lightgbm as lgb
 import numpy as np
 
 from shortlist.data.loaders import SplitData
-from shortlist.data.splits import latest_share_holdout
+from shortlist.data.splits import select_likes
 from shortlist.evaluation.metrics import hit_matrix, per_user_metrics
 from shortlist.evaluation.protocols import TEST_EXCLUDES, excluded_at_test, normalize_protocol
 from shortlist.models import registry
@@ -40,6 +42,8 @@ from shortlist.training.pipeline import (
     fit_ranker,
     fused_candidates,
     item_item_table,
+    label_kind,
+    label_mask,
     labelled_users,
     ranking_lists,
 )
@@ -47,6 +51,9 @@ from shortlist.training.sources import fit_sources, fused_lists, source_lists
 
 Progress = Callable[[str], None]
 KS = (10, 20)
+# Ranker labels held out of the training likes by `shortlist train`'s rule: "served" as it
+# does (latest where likes are ordered, else random), or "latest" / "random" forced.
+LABEL_RULES = ("served", "latest", "random")
 
 
 @dataclass
@@ -142,7 +149,7 @@ def run_two_stage(
     cfg: TrainConfig | None = None,
     ranker_cfg: RankerConfig | None = None,
     progress: Progress | None = None,
-    ranker_labels: str = "valid",
+    ranker_labels: str = "served",
 ) -> TwoStageResult:
     say = progress or (lambda _m: None)
     cfg = cfg or TrainConfig(model=model_name)
@@ -152,13 +159,16 @@ def run_two_stage(
         raise ValueError("the two-stage pipeline needs a valid split for the ranker's labels")
     if ranker_labels == "valid":
         stage1, labels = split.train, split.valid
-    elif ranker_labels == "latest":
-        held = latest_share_holdout(
-            split.train_valid() if protocol == "A" else split.train, cfg.label_share
-        )
-        stage1, labels = held.train, held.test
+    elif ranker_labels in LABEL_RULES:
+        # `shortlist train`'s own hold-out (train_bundle): the same rule, share and seed
+        data = split.train_valid() if protocol == "A" else split.train
+        kind = label_kind(data, "auto" if ranker_labels == "served" else ranker_labels)
+        held = label_mask(data, kind, cfg.label_share, np.random.default_rng(cfg.seed))
+        stage1, labels = select_likes(data, ~held), select_likes(data, held)
+        say(f"ranker labels: {held.sum():,} likes held out of the training likes ({kind})")
     else:
-        raise ValueError(f"ranker labels must be 'valid' or 'latest', got {ranker_labels!r}")
+        rules = ", ".join(("valid", *LABEL_RULES))
+        raise ValueError(f"ranker labels must be one of {rules}, got {ranker_labels!r}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

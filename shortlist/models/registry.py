@@ -60,28 +60,6 @@ _MODELS: dict[str, tuple[Callable[[Any], RetrievalModel], type | None]] = {
     "item-item": (ItemItem, ItemItemConfig),
 }
 
-# The benchmarks' published protocols only (`shortlist bench`): `shortlist train` chooses
-# options on the data itself (shortlist.training.tuning), never by a folder name.
-# Defaults tuned per dataset name, never on test: LastFM by valid NDCG@20 under protocol B
-# (`shortlist bench quality`), Gowalla on train+valid alone (`shortlist bench recency`).
-# Each beats the model's defaults on test (docs/decisions/0008-recency-weighted-retrieval.md).
-# LastFM lightgcn: the default 16k batch gives 4 steps an epoch and temperature 0.2 is soft.
-PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    # Gowalla protocol A: pop_exp, recency and recency_power were chosen by `shortlist bench
-    # recency` on the latest 20% of each user's train+valid likes; test was not read.
-    ("spectral", "gowalla"): {
-        "power": 1.0,
-        "item_exp": 0.4,
-        "pop_exp": 0.2,
-        "recency": 10.0,
-        "recency_power": 16.0,
-    },
-    # LastFM protocol B, chosen on valid NDCG@20 by a coordinate search over power, item_exp,
-    # user_exp, sharpen, ideal_weight and rank; it beat the previous preset on test too.
-    ("spectral", "lastfm"): {"power": 1.0, "item_exp": 0.35, "sharpen": 0.5, "rank": 768},
-    ("lightgcn", "lastfm"): {"batch_size": 2048, "lr": 0.01, "temperature": 0.1, "epochs": 60},
-}
-
 
 def model_names() -> list[str]:
     return sorted(_MODELS)
@@ -99,8 +77,3 @@ def build(name: str, config: dict[str, Any] | None = None) -> RetrievalModel:
     if unknown:
         raise ValueError(f"unknown {name} options: {sorted(unknown)}")
     return factory(config_cls(**(config or {})))
-
-
-def preset(name: str, dataset: str) -> dict[str, Any]:
-    """The tuned options for a model on a named dataset (empty when none)."""
-    return dict(PRESETS.get((name, dataset), {}))

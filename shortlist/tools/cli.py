@@ -73,11 +73,12 @@ def train(
     keep: int = typer.Option(
         5, help="Bundles kept on disk (the serving one and its rollback target always)."
     ),
-    tune_budget: float = typer.Option(
-        120.0,
+    tune_budget: float | None = typer.Option(
+        None,
         min=0.0,
-        help="Seconds to choose the retrieval options on the latest slice of the training "
-        "likes (0: model defaults; --options wins).",
+        help="Seconds to choose the retrieval options on a held-out slice of the training "
+        "likes (default: shortlist.training.tuning.DEFAULT_BUDGET, 120; 0: model defaults; "
+        "--options wins).",
     ),
     engine: str = typer.Option(
         "inprocess",
@@ -125,6 +126,10 @@ def train(
             raise ValueError("not a JSON object")
     except ValueError as exc:
         raise typer.BadParameter(f"must be a JSON object: {exc}", param_hint="--options") from None
+    if tune_budget is None:
+        from shortlist.training.tuning import DEFAULT_BUDGET
+
+        tune_budget = DEFAULT_BUDGET
     if engine not in ENGINES:
         raise typer.BadParameter(
             f"must be one of {', '.join(ENGINES)}, got {engine!r}", param_hint="--engine"

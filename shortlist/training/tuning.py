@@ -20,9 +20,16 @@ fit in the budget, so a budget smaller than one fit runs the defaults alone. The
 model's trials share its SVD where only the filter changes (power, sharpen, priors,
 recency, the ideal term's weight), so most of its trials cost a projection and a scoring.
 
+The budget counts this process's CPU seconds (all its threads), not wall seconds: on a host
+shared with other work a wall-clock budget ran fewer trials the busier the host was (on a
+2-core host at load average 27 LastFM's 120 s ran the defaults alone), so the options a
+dataset got depended on its neighbours. CPU seconds measure the search's own work: the same
+data gets the same trials on a busy host and an idle one, only later.
+
 Determinism: the plan and the slice depend only on the data, the space and the seed; the
 budget decides only how far along the plan the search gets (a budget the whole plan fits
-in gives the same result on every run).
+in gives the same result on every run; at the budget's edge a trial's CPU seconds may vary
+a little between runs).
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ from shortlist.models.progress import bar
 from shortlist.models.topk import top_k
 
 K = 20
+# CPU seconds `shortlist train` and the bench spend choosing a model's options when none
+# are given: one budget for every dataset (the search is the same code whatever the data).
+DEFAULT_BUDGET = 120.0
 # A move must beat the best so far by this much NDCG@20: smaller gains are noise of the
 # slice, and keeping the earlier point (the defaults first) makes ties deterministic.
 MIN_GAIN = 1e-4
@@ -117,6 +127,7 @@ class TuningResult:
         best = max(self.trials, key=lambda t: t.ndcg) if self.trials else None
         return {
             "budget_s": self.budget_s,
+            "clock": "process cpu seconds",
             "seconds": round(self.seconds, 2),
             "slice": self.slice,
             "held_out_likes": self.held_out_likes,
@@ -220,7 +231,7 @@ def tune(
     space: Sequence[Knob] | None = None,
     share: float = 0.2,
     progress: Callable[[str], None] | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    clock: Callable[[], float] = time.process_time,
 ) -> TuningResult:
     """The best options for `model` on `data` (training likes only) within `budget_s`.
 

@@ -104,9 +104,9 @@ def test_two_stage_pipeline_beats_retrieval_order_on_planted_time_drift():
     drifted = data.with_positives(pos)
     drifted.timestamps = times.astype(np.int64)
     split = temporal_leave_last_out(drifted, n_test=3, n_valid=3, min_train=5, name="drift")
-    result = run_two_stage(
-        split, "A", "mf-bpr", {"dim": 16, "epochs": 15, "seed": 0}, TrainConfig(candidates=100)
-    )
+    options = {"dim": 16, "epochs": 15, "seed": 0}
+    cfg = TrainConfig(candidates=100)
+    result = run_two_stage(split, "A", "mf-bpr", options, cfg, ranker_labels="valid")
     assert result.two_stage["ndcg@20"] > result.retrieval["ndcg@20"] * 1.05
     assert result.importance  # the ranker used features
     summary = result.summary()

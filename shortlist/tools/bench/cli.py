@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+RANKER_LABELS = ("served", "valid", "latest", "random")
+
 bench_app = typer.Typer(help="Benchmarks that print figures (quality, serving, feedback).")
 
 
@@ -68,19 +70,23 @@ def quality(
         1, "--ranker-seeds", min=1, help="two-stage: also run seeds 1..N-1, print each lift."
     ),
     ranker_labels: str = typer.Option(
-        "valid",
+        "served",
         "--ranker-labels",
-        help="two-stage: the ranker's labels, valid or the latest 20% of each user's likes.",
+        help="two-stage: the ranker's labels. served (default): as `shortlist train` holds "
+        "them out of the training likes (the latest 20% of each user's likes where likes are "
+        "ordered, else a seeded random 20%); latest, random: that rule forced; valid: the "
+        "valid split.",
     ),
     ranker_lists: int = typer.Option(
         None, "--ranker-lists", min=100, help="two-stage: most lists the ranker is fit on."
     ),
     tune_budget: float = typer.Option(
-        0.0,
+        None,
         "--tune-budget",
         min=0.0,
-        help="Seconds to choose the options on the training part instead of the dataset's "
-        "published preset (B: on valid; A: the latest likes of train+valid); 0: the preset.",
+        help="Seconds to choose the options on the training part (B: on valid; A: a held-out "
+        "slice of train+valid, as `shortlist train`), the same search for every dataset; "
+        "default: `shortlist train`'s (120); 0: the model's defaults. --config keys stay fixed.",
     ),
 ) -> None:
     """Train a retrieval model under protocol A or B and print its test metrics.
@@ -125,8 +131,8 @@ def quality(
         _fail(f"unknown model {model!r}; choose from {names}")
     if pipeline not in bench_quality.PIPELINES:
         _fail(f"unknown pipeline {pipeline!r}; choose from {', '.join(bench_quality.PIPELINES)}")
-    if ranker_labels not in {"valid", "latest"}:
-        _fail(f"--ranker-labels must be valid or latest, got {ranker_labels!r}")
+    if ranker_labels not in RANKER_LABELS:
+        _fail(f"--ranker-labels must be one of {', '.join(RANKER_LABELS)}, got {ranker_labels!r}")
     options = _parse_config(config)
     try:
         bench_quality.main(
@@ -281,7 +287,7 @@ def index(
     if not data.is_dir():
         _fail(f"dataset directory not found: {data}")
     split = load_lightgcn_dir(data)
-    fitted = registry.build(model, registry.preset(model, split.name))
+    fitted = registry.build(model)
     typer.echo(f"training {model} on {split.name} (protocol A data)", err=True)
     fitted.fit(split.train_valid())
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
@@ -498,15 +504,13 @@ def recency(
 ) -> None:
     """Choose the spectral model's recency weighting and popularity prior on the latest
     share of each user's train+valid likes (protocol A data; test is never read)."""
-    from shortlist.models import registry
     from shortlist.tools.bench import recency as bench_recency
     from shortlist.tools.bench.quality import load_split
 
     if not data.is_dir():
         _fail(f"dataset directory not found: {data}")
     split = load_split(data)
-    options = registry.preset("spectral", split.name)
-    options.update(_parse_config(config))
+    options = _parse_config(config)
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
         result = bench_recency.run(split.train_valid(), options, share, progress=say)
@@ -529,15 +533,13 @@ def ranker_transfer(
     from rich.console import Console
     from rich.table import Table
 
-    from shortlist.models import registry
     from shortlist.tools.bench import ranker_transfer as transfer
     from shortlist.tools.bench.quality import load_split
 
     if not data.is_dir():
         _fail(f"dataset directory not found: {data}")
     split = load_split(data)
-    options = registry.preset(model, split.name)
-    options.update(_parse_config(config))
+    options = _parse_config(config)
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
         result = transfer.run(split, model, options, test_users=test_users, progress=say)

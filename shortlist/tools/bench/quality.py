@@ -21,7 +21,6 @@ from shortlist.data.events import load_events
 from shortlist.data.loaders import SplitData, load_lightgcn_dir, load_movielens
 from shortlist.data.splits import check_no_leakage, temporal_leave_last_out, time_slice_holdout
 from shortlist.evaluation.protocols import ProtocolResult, run_protocol, trains_on_train_only
-from shortlist.models import registry
 from shortlist.models.progress import track
 from shortlist.tools.bench import peers
 
@@ -60,7 +59,7 @@ def run_quality(
     model: str = DEFAULT_MODEL,
     config: dict[str, Any] | None = None,
     threads: int = 2,
-    tune_budget: float = 0.0,
+    tune_budget: float | None = None,
 ) -> tuple[ProtocolResult, dict[str, Any] | None]:
     """The protocol's result and, when tuned, the tuning report. A peer (`implicit`'s ALS or
     BPR) is always tuned on valid, within `tune_budget` or `PEER_BUDGET` seconds."""
@@ -93,16 +92,21 @@ def bench_options(
     protocol: str,
     model: str,
     config: dict[str, Any] | None,
-    tune_budget: float = 0.0,
+    tune_budget: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The published preset for the dataset (its protocol), or with `tune_budget` > 0 the
-    options `shortlist.training.tuning` chooses from the training part alone: under B on
-    valid, under A on the latest likes of train+valid. `config` keys are fixed either way."""
+    """The options `shortlist.training.tuning` chooses from the training part alone within
+    `tune_budget` seconds (None: `shortlist train`'s default budget): under B on valid, under
+    A on a held-out slice of train+valid, as `shortlist train` does. The same search for
+    every dataset: nothing here reads the dataset's name. `config` keys stay fixed; a
+    budget of 0 gives the model's defaults."""
+    from shortlist.training.tuning import DEFAULT_BUDGET, search_space, tune
+
     config = dict(config or {})
+    if tune_budget is None:
+        tune_budget = DEFAULT_BUDGET
     if tune_budget <= 0:
-        return {**registry.preset(model, split.name), **config}, None
-    from shortlist.training.tuning import search_space, tune
+        return config, None
 
     if trains_on_train_only(protocol):
         train, valid = split.train, split.valid
@@ -141,9 +145,9 @@ def main(
     report_dir: str | None = None,
     pipeline: str = "retrieval",
     ranker_seeds: int = 1,
-    ranker_labels: str = "valid",
+    ranker_labels: str = "served",
     ranker_lists: int | None = None,
-    tune_budget: float = 0.0,
+    tune_budget: float | None = None,
 ) -> dict[str, Any]:
     """Run the bench: table to stdout, then the JSON summary as the last stdout line."""
     console = Console(stderr=False)
@@ -195,9 +199,9 @@ def two_stage_main(
     config: dict[str, Any] | None,
     console: Console,
     ranker_seeds: int = 1,
-    ranker_labels: str = "valid",
+    ranker_labels: str = "served",
     ranker_lists: int | None = None,
-    tune_budget: float = 0.0,
+    tune_budget: float | None = None,
 ) -> dict[str, Any]:
     """Retrieval-only and two-stage figures side by side on the same users. With
     `ranker_seeds` > 1 the pipeline runs again with seeds 1.. (which lists the ranker is fit

@@ -126,7 +126,8 @@ def test_the_ranker_uses_the_moment_and_ranks_better_with_it():
         # without the like-order co-occurrence feature: on this data it carries much of what
         # the moment does (likes in a row share their moment); this is a test of the context
         cfg = TrainConfig(candidates=100, sequence_window=0)
-        return run_two_stage(split, "A", "mf-bpr", {"dim": 16, "epochs": 15, "seed": 0}, cfg)
+        options = {"dim": 16, "epochs": 15, "seed": 0}
+        return run_two_stage(split, "A", "mf-bpr", options, cfg, ranker_labels="valid")
 
     with_ctx, without = two_stage(True), two_stage(False)
     assert with_ctx.importance.get("ctx_moment_item_lift", 0) > 0.01

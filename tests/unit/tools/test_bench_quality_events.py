@@ -47,6 +47,7 @@ def test_time_slice_holdout_never_trains_on_the_future(tmp_path):
 def test_bench_quality_on_events_prints_the_metrics_json(tmp_path):
     log = planted_log(tmp_path / "log.csv")
     args = ["bench", "quality", "--events", str(log), "--protocol", "A", "--model", "mf-bpr"]
+    args += ["--tune-budget", "0"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
