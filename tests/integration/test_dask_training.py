@@ -4,12 +4,16 @@ dask.dataframe) serves a bundle of the same quality as the in-process path."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from shortlist.compute import InProcess, engine_for, using
 from shortlist.data.events import load_events
 from shortlist.data.synthetic import generate, write_events
 from shortlist.evaluation.gate import recent_slice, served_metrics
+from shortlist.models.item_item import knn_table
+from shortlist.models.spectral import randomized_svd
 from shortlist.training.pipeline import TrainConfig, train_bundle
 
 # seconds on a quiet host; the timeout leaves room for a loaded shared one
@@ -55,4 +59,33 @@ def test_dask_bundle_quality_matches_in_process(dask_engine, tmp_path):
     b = served_metrics(remote, history, test, max_users=300)["ndcg@20"]
     print(f"served NDCG@20: in process {a:.4f}, dask {b:.4f}")
     assert a > 0.05, a  # a real model, not noise
-    assert abs(a - b) <= 0.005 * a, (a, b)
+    # The retrieval stages agree to rounding (the tests below); what is left is LightGBM's
+    # data-parallel fit, whose per-worker histograms on a few hundred lists move NDCG@20 by
+    # up to about 1% between the engines at this size (0.3% and 0.8% measured).
+    assert abs(a - b) <= 0.015 * a, (a, b)
+
+
+def _likes(seed: int = 3) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return sp.random(3000, 1200, density=0.01, format="csr", random_state=rng, dtype=np.float32)
+
+
+def test_the_randomized_svd_is_the_same_on_dask(dask_engine):
+    x = _likes()
+    with using(InProcess()):
+        s_local, v_local = randomized_svd(x, rank=24, seed=5)
+    with using(dask_engine):
+        s_dask, v_dask = randomized_svd(x, rank=24, seed=5)
+    assert s_local[0] > 0 and np.allclose(s_dask, s_local, rtol=1e-4)
+    # the same subspace: the projections onto the two bases agree
+    assert np.allclose(v_dask @ v_dask.T, v_local @ v_local.T, atol=1e-3)
+
+
+def test_the_item_knn_table_is_the_same_on_dask(dask_engine):
+    x = (_likes(4) > 0).astype(np.float32).tocsr()
+    with using(InProcess()):
+        local = knn_table(x, neighbours=20, shrink=10.0, block=256)
+    with using(dask_engine):
+        remote = knn_table(x, neighbours=20, shrink=10.0, block=256)
+    assert local.nnz > 0 and local.nnz == remote.nnz
+    assert abs(local - remote).max() < 1e-5

@@ -18,7 +18,6 @@ import pytest
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.bundle.promotion import latest_version
 from shortlist.bundle.watcher import BundleWatcher
-from shortlist.config import Settings
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.server import client_channel
@@ -277,94 +276,6 @@ def test_watcher_keeps_serving_when_a_bundle_fails_to_load(bundle, bundle_dir, t
     eventually(lambda: swapped, 10)
     watcher.stop()
     assert swapped[0].version == "v-2"
-
-
-def test_broker_restart_applies_acknowledged_events_exactly_once(bundle, redis_url, redis_prefix):
-    """tansu runs on memory storage here: a restart starts with an empty log and no group
-    offsets. What can hold, and is checked: every event acknowledged before the stop and
-    consumed is applied once (never again after the restart, whatever offsets the consumer
-    resumes from), SendFeedback says UNAVAILABLE while the broker is away, and every event
-    acknowledged after the restart is applied once. Events acknowledged but not yet consumed
-    when a memory broker stops are lost with it; with Apache Kafka (replicated, on disk) they
-    stay in the log and the event-id marks make their replay a no-op."""
-    from shortlist.tools.bench.feedback import redis_audit
-    from shortlist.tools.stack import TansuBroker
-
-    broker = TansuBroker()
-    broker.start()
-    s = Settings.from_env(
-        {},
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        kafka_bootstrap=broker.bootstrap,
-        feedback_topic=unique("bounce"),
-        feedback_group=unique("bounce"),
-        publish_timeout_ms=1500,
-    )
-    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 1)
-    stack = start_inprocess_stack(
-        s,
-        bundle,
-        RedisStateStore(s.redis_url, s.redis_prefix),
-        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic, max_block_s=1.0),
-        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
-    )
-    worker = stack.services["feedback"].worker
-
-    def send(n0: int, n: int) -> int:
-        events = [
-            common_pb2.FeedbackEvent(
-                event_id=f"bounce-{i}",
-                user_id=bundle.users.id(i % 40),
-                item_id=bundle.items.id(i % len(bundle.items)),
-                kind=common_pb2.FEEDBACK_KIND_LIKE,
-            )
-            for i in range(n0, n0 + n)
-        ]
-        return len(
-            stub.SendFeedback(gateway_pb2.SendFeedbackRequest(events=events), timeout=10).event_ids
-        )
-
-    try:
-        with client_channel(stack.gateway_target) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
-            acknowledged = sum(send(i, 20) for i in range(0, 200, 20))
-            eventually(lambda: redis_audit(redis_url, redis_prefix)["marks"] >= 200, 60, 0.2)
-            broker.stop()
-            with pytest.raises(grpc.RpcError) as err:
-                send(1000, 5)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "event bus is unavailable" in err.value.details()
-            broker.start()
-            ensure_topic(s.kafka_bootstrap, s.feedback_topic, 1)
-
-            def resend_old_and_new() -> bool:  # the client retries what was refused
-                try:
-                    send(1000, 5)
-                    return True
-                except grpc.RpcError:
-                    return False
-
-            eventually(resend_old_and_new, 60, 0.5)
-            # A client replaying acknowledged ids after the restart changes nothing.
-            acknowledged_after = 5 + sum(send(i, 20) for i in range(2000, 2100, 20))
-            assert send(0, 20) == 20
-            eventually(
-                lambda: (
-                    redis_audit(redis_url, redis_prefix)["marks"]
-                    >= acknowledged + acknowledged_after
-                ),
-                60,
-                0.2,
-            )
-            time.sleep(1.0)
-            audit = redis_audit(redis_url, redis_prefix)
-    finally:
-        stack.stop()
-        broker.stop()
-    assert acknowledged == 200
-    assert audit["marks"] == acknowledged + acknowledged_after  # one mark per applied id
-    assert worker.applied == acknowledged + acknowledged_after
 
 
 def test_service_process_reloads_on_sighup(settings, bundle, bundle_dir, tmp_path):

@@ -7,18 +7,13 @@ public and internal RPC is fuzzed with auth on."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shortlist.config import Settings
 from shortlist.feedback.bus import InMemoryBus
@@ -36,6 +31,7 @@ from shortlist.v1 import (
     retrieval_pb2,
     retrieval_pb2_grpc,
 )
+from tests.pki import issue, write_pem
 
 pytestmark = pytest.mark.integration
 TOKEN = "internal-token-of-the-plane-test"
@@ -67,60 +63,27 @@ def host_address() -> str:
 HOST = host_address()
 
 
-def _issue(cn: str, ca_key, ca_cert, key, dns: list[str], ips: list[str] = (), ca=False):
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject if ca_cert is not None else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        names = [x509.DNSName(d) for d in dns]
-        names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def plane_pki(tmp_path_factory) -> Path:
     """One CA (as the cert-manager Issuer of deploy/k8s), a certificate per service named
     by its Service DNS name, the gateway's client identity, and another service's."""
     root = tmp_path_factory.mktemp("plane-pki")
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("shortlist internal CA", ca_key, None, ca_key, [], ca=True)
-    (root / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    ca = issue("shortlist internal CA", ca_key, None, ca_key, [], ca=True)
+    write_pem(root, "ca", ca)
     leaves = {name: ([name, f"{name}.shortlist.svc"], [HOST, "127.0.0.1"]) for name in SERVICES}
     leaves["gateway"] = ([GATEWAY_ID], [])
     leaves["forged"] = ([GATEWAY_ID], [])  # the gateway's name, signed by another CA
     other_key = ec.generate_private_key(ec.SECP256R1())
-    other_ca = _issue("shortlist internal CA", other_key, None, other_key, [], ca=True)
+    other_ca = issue("shortlist internal CA", other_key, None, other_key, [], ca=True)
     for name, (dns, ips) in leaves.items():
         key = ec.generate_private_key(ec.SECP256R1())
         cn = dns[0] if name in ("gateway", "forged") else f"{name}.shortlist.internal"
         if name == "forged":
-            cert = _issue(cn, other_key, other_ca, key, dns, ips)
+            cert = issue(cn, other_key, other_ca, key, dns, ips)
         else:
-            cert = _issue(cn, ca_key, ca, key, dns, ips)
-        (root / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (root / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+            cert = issue(cn, ca_key, ca, key, dns, ips)
+        write_pem(root, name, cert, key)
     return root
 
 

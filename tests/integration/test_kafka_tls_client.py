@@ -13,14 +13,13 @@ import struct
 import threading
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from shortlist.config import Settings
 from shortlist.feedback.bus import client_security
-from tests.integration.test_internal_plane import _issue
+from tests.pki import issue, write_pem
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +28,14 @@ pytestmark = pytest.mark.integration
 def pki(tmp_path_factory):
     root = tmp_path_factory.mktemp("kafka-pki")
 
-    def write(name: str, cert, key=None) -> None:
-        (root / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            (root / f"{name}.key").write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-
     for ca_name in ("ca", "other-ca"):
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _issue(ca_name, ca_key, None, ca_key, [], ca=True)
-        write(ca_name, ca)
+        ca = issue(ca_name, ca_key, None, ca_key, [], ca=True)
+        write_pem(root, ca_name, ca)
         if ca_name == "ca":
             for leaf, dns in (("broker", ["localhost", "kafka"]), ("elsewhere", ["elsewhere"])):
                 key = ec.generate_private_key(ec.SECP256R1())
-                write(leaf, _issue(leaf, ca_key, ca, key, dns), key)
+                write_pem(root, leaf, issue(leaf, ca_key, ca, key, dns), key)
     return root
 
 

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import redis
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from shortlist.config import Settings
@@ -22,7 +21,7 @@ from shortlist.feedback.stores import RedisStateStore, RedisTLS, StoreUnavailabl
 from shortlist.feedback.worker import FeedbackWorker
 from shortlist.tools.redis_cluster import LocalRedisCluster
 from shortlist.tools.stack import free_port, port_open, wait_for
-from tests.integration.test_internal_plane import _issue
+from tests.pki import issue, write_pem
 
 pytestmark = pytest.mark.integration
 PASSWORD = "redis-tls-test-password"
@@ -34,28 +33,17 @@ def redis_pki(tmp_path_factory):
     client certificate from an unrelated CA."""
     root = tmp_path_factory.mktemp("redis-pki")
 
-    def write(name: str, cert, key=None) -> None:
-        (root / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            (root / f"{name}.key").write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("shortlist redis CA", ca_key, None, ca_key, [], ca=True)
-    write("ca", ca)
+    ca = issue("shortlist redis CA", ca_key, None, ca_key, [], ca=True)
+    write_pem(root, "ca", ca)
     for name, dns in (("server", ["localhost", "redis"]), ("client", ["feedback"])):
         key = ec.generate_private_key(ec.SECP256R1())
-        write(name, _issue(name, ca_key, ca, key, dns, ["127.0.0.1"]), key)
+        write_pem(root, name, issue(name, ca_key, ca, key, dns, ["127.0.0.1"]), key)
     other_key = ec.generate_private_key(ec.SECP256R1())
-    other = _issue("other CA", other_key, None, other_key, [], ca=True)
-    write("other-ca", other)
+    other = issue("other CA", other_key, None, other_key, [], ca=True)
+    write_pem(root, "other-ca", other)
     key = ec.generate_private_key(ec.SECP256R1())
-    write("stranger", _issue("stranger", other_key, other, key, ["feedback"]), key)
+    write_pem(root, "stranger", issue("stranger", other_key, other, key, ["feedback"]), key)
     return root
 
 

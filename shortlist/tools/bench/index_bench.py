@@ -15,6 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from shortlist.models.progress import track
 from shortlist.retrieval.index import SERVED_NPROBE, SERVED_REFINE, build_index, served_index
 
 
@@ -68,7 +69,7 @@ def measure(
     truth = exact_top(item_vectors, queries, k)
     rows = []
     built: dict[tuple, faiss.Index] = {}
-    for spec in candidate_specs(len(item_vectors)):
+    for spec in track(candidate_specs(len(item_vectors)), "index candidates"):
         kind = "ivf" if spec["kind"] == "served" else spec["kind"]
         key = (kind, spec.get("m"), spec.get("nlist"))
         start = time.perf_counter()

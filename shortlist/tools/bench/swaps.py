@@ -16,6 +16,7 @@ import psutil
 from shortlist.bundle.files import load_bundle
 from shortlist.config import Settings
 from shortlist.feedback.stores import RedisStateStore
+from shortlist.models.progress import track
 from shortlist.ranking.context import RequestContext
 from shortlist.services.local import LocalRanker, LocalRetriever
 
@@ -38,7 +39,7 @@ def run(
     user = retriever.bundle.users.id(0)
     rss = [process.memory_info().rss]
     seconds = []
-    for n in range(1, swaps + 1):
+    for n in track(range(1, swaps + 1), "hot swaps"):
         start = time.perf_counter()
         # a new version each time, as a nightly bundle would be (loaded from disk anew)
         new = dataclasses.replace(load_bundle(bundle_path), version=f"swap-{n}")

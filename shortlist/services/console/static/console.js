@@ -147,7 +147,10 @@ async function sendFeedback(userId, itemId, kind) {
     const data = await getJSON(`/api/users/${encodeURIComponent(userId)}`);
     const ids = data.recommendations.items.map((i) => i.itemId).join(" ");
     const applied = data.history.some((h) => h.itemId === itemId && h.kind === kind);
-    if (applied && ids !== before) {
+    // A list read while the event was being applied can differ and still hold the item:
+    // wait until it is gone (liked and disliked items are both excluded once applied).
+    const gone = !ids.split(" ").includes(itemId);
+    if (applied && gone && ids !== before) {
       renderRecommendations(data.recommendations, before.split(" "));
       renderHistory(data.history);
       document.getElementById("live-likes").textContent = data.liveLikes;
