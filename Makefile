@@ -47,8 +47,14 @@ train: install
 
 # All tests: tests/unit (no services), tests/integration (real Redis, the broker, sockets),
 # tests/deploy (manifests, alert rules, the container recipe).
+# Two pytest processes side by side (the integration tests mostly wait on sockets and
+# subprocesses): tests/integration, and tests/unit + tests/deploy; fails if either fails.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests/integration & integration=$$!; \
+	$(BIN)/python -m pytest -q tests/unit tests/deploy; rest=$$?; \
+	wait $$integration; status=$$?; \
+	echo "make test: integration exit $$status, unit+deploy exit $$rest"; \
+	exit $$(( rest || status ))
 
 # The fast ones only: no Redis or broker needed, no offline pipeline runs.
 test-unit: install

@@ -29,6 +29,7 @@ from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensu
 from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.feedback.worker import FeedbackWorker
+from shortlist.models.progress import track
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.tools.stack import TansuBroker, wait_for
 from shortlist.training.pipeline import TrainConfig, train_bundle
@@ -82,7 +83,7 @@ def measure_freshness(
         stub.SendFeedback(gateway_pb2.SendFeedbackRequest(events=[warm]), timeout=10)
         wait_for(lambda: worker.applied >= 1, 60, "the feedback group's first event")
         samples = []
-        for user in users:
+        for user in track(users, "freshness trials"):
             top = stub.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=20), timeout=2)
             item = top.items[0].item_id
             like = common_pb2.FeedbackEvent(

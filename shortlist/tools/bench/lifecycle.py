@@ -35,6 +35,7 @@ from shortlist.config import Settings
 from shortlist.data.events import load_events, read_logs
 from shortlist.evaluation.metrics import per_user_metrics
 from shortlist.feedback.archive import Archiver
+from shortlist.models.progress import track
 from shortlist.rpc.server import client_channel
 from shortlist.services.launch import (
     kafka_consumer,
@@ -147,7 +148,7 @@ def replay(gateway, table: pa.Table, batch: int = 200) -> int:
     number of events acknowledged."""
     rows = table.to_pylist()
     acknowledged = 0
-    for lo in range(0, len(rows), batch):
+    for lo in track(range(0, len(rows), batch), "events sent"):
         events = [
             common_pb2.FeedbackEvent(
                 user_id=r["user_id"],
