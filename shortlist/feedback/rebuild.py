@@ -88,6 +88,9 @@ class ReplayConsumer:
     def lag(self) -> int:
         return 0
 
+    def log_end(self, topic: str, partition: int) -> int | None:
+        return None  # replayed records carry their own offsets; no reset from a rebuild
+
     def close(self) -> None:
         return None
 

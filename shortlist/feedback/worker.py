@@ -77,6 +77,7 @@ class _Batch:
     sources: list[Record] = field(default_factory=list)  # the record of each event
     bad: list[DeadLetter] = field(default_factory=list)
     poisoned: set[int] = field(default_factory=set)  # events of this batch already parked
+    log_ends: dict[tuple[str, int], int] = field(default_factory=dict)  # seen at the poll
 
 
 class WorkerFault(RuntimeError):
@@ -203,7 +204,7 @@ class FeedbackWorker:
         if self.first_records_at is None:
             self.first_records_at = time.perf_counter()
         self._outstanding += 1
-        batch = _Batch(records)
+        batch = _Batch(records, log_ends=self._log_ends({(r.topic, r.partition) for r in records}))
         decode = Event.decode
         limit = self.settings.feedback_max_record_bytes
         for r in records:
@@ -234,7 +235,9 @@ class FeedbackWorker:
         backoff = 0.05
         while True:
             try:
-                gaps = self.store.record_offsets(self.settings.feedback_group, ranges)
+                gaps = self.store.record_offsets(
+                    self.settings.feedback_group, ranges, batch.log_ends
+                )
                 break
             except StoreUnavailable as exc:
                 if self._stop.is_set():
@@ -250,6 +253,13 @@ class FeedbackWorker:
         self._rewound.clear()
         self._rewind = gaps
         return True
+
+    def _log_ends(self, partitions) -> dict[tuple[str, int], int]:
+        """The partitions' log ends as the consumer saw them (on the polling thread: a
+        consumer is not thread-safe): the store resets an offset above its log's end (the
+        log was made again) instead of hiding gaps behind it."""
+        ends = {tp: self.consumer.log_end(*tp) for tp in partitions}
+        return {tp: end for tp, end in ends.items() if end is not None}
 
     def _set_aside(self, batch: _Batch, letter: DeadLetter) -> None:
         r = letter.record
@@ -500,7 +510,9 @@ class FeedbackWorker:
         self._checked_at = time.monotonic()
         ranges = {tp: (offset, 0) for tp, offset in self._committed.items()}
         try:
-            gaps = self.store.record_offsets(self.settings.feedback_group, ranges)
+            gaps = self.store.record_offsets(
+                self.settings.feedback_group, ranges, self._log_ends(ranges)
+            )
         except StoreUnavailable:
             return
         if gaps:

@@ -41,6 +41,23 @@ def test_record_offsets_moves_forward_and_answers_gaps(store):
     assert store.record_offsets("g", {("t", 9): (8, 0)}) == {}  # nothing was stored for it
 
 
+def test_record_offsets_start_over_on_a_log_made_again(store):
+    """A stored offset above the log's end (the topic was made again, a broker lost its
+    log) would hide every gap of the new log until it grew past it: it is reset."""
+    a = ("t", 0)
+    assert store.record_offsets("g", {a: (0, 5000)}, {a: 5000}) == {}
+    assert store.record_offsets("g", {a: (0, 40)}, {a: 60}) == {}  # the new log: 60 long
+    # the store lost writes after 40 of the new log: the gap shows again
+    assert store.record_offsets("g", {a: (45, 60)}, {a: 60}) == {a: 40}
+    # a check from an offset of the old log resets no further than the new log's end
+    assert store.record_offsets("g", {("t", 1): (0, 900)}, {("t", 1): 900}) == {}
+    assert store.record_offsets("g", {("t", 1): (900, 0)}, {("t", 1): 10}) == {}
+    assert store.record_offsets("g", {("t", 1): (12, 0)}) == {("t", 1): 10}
+    # without log ends (unknown) nothing is reset: a replay keeps the higher offset
+    assert store.record_offsets("g", {a: (0, 20)}) == {}
+    assert store.record_offsets("g", {a: (70, 0)}) == {a: 40}
+
+
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory):
     from shortlist.bundle.files import load_bundle, save_bundle
@@ -85,9 +102,12 @@ class AofRedis:
         self.proc.wait(10)
 
 
+@pytest.mark.parametrize("log_made_again", [False, True])
 def test_redis_restarted_from_an_aof_that_lost_its_tail_loses_no_event(
-    small_bundle, broker, tmp_path
+    small_bundle, broker, tmp_path, log_made_again
 ):
+    """`log_made_again`: the store starts with offsets far past the topic's end, as after a
+    broker that lost its log (tansu on memory storage restarted, a topic made again)."""
     server = AofRedis(tmp_path)
     server.start()
     settings = Settings.from_env(
@@ -103,6 +123,9 @@ def test_redis_restarted_from_an_aof_that_lost_its_tail_loses_no_event(
     consumer = KafkaEventConsumer(
         settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
     )
+    if log_made_again:
+        old_log = {(settings.feedback_topic, p): (0, 5000) for p in range(2)}
+        assert store.record_offsets(settings.feedback_group, old_log) == {}
     worker = FeedbackWorker(small_bundle, store, consumer, settings)
     users = [small_bundle.users.id(n) for n in range(12)]
     items = [small_bundle.items.id(n) for n in range(75)]

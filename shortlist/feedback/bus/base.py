@@ -64,6 +64,10 @@ class EventConsumer(Protocol):
         """Records behind the end of the assigned partitions (0 when unknown)."""
         ...
 
+    def log_end(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset as last seen by this consumer (None when unknown)."""
+        ...
+
     def close(self) -> None: ...
 
 

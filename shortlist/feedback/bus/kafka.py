@@ -287,5 +287,11 @@ class KafkaEventConsumer:
                 total += max(0, end - self._consumer.position(tp))
         return total
 
+    def log_end(self, topic: str, partition: int) -> int | None:
+        tp = TopicPartition(topic, partition)
+        if tp not in self._consumer.assignment():  # revoked since the poll
+            return None
+        return self._consumer.highwater(tp)
+
     def close(self) -> None:
         self._consumer.close(autocommit=False)

@@ -73,5 +73,9 @@ class _Consumer:
         with self._bus._cond:
             return len(self._bus._log) - self._position
 
+    def log_end(self, topic: str, partition: int) -> int | None:
+        with self._bus._cond:
+            return len(self._bus._log)
+
     def close(self) -> None:
         return None

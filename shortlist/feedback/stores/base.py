@@ -192,14 +192,20 @@ class StateStore(Protocol):
         ...
 
     def record_offsets(
-        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+        self,
+        group: str,
+        ranges: Mapping[tuple[str, int], tuple[int, int]],
+        log_ends: Mapping[tuple[str, int], int] | None = None,
     ) -> dict[tuple[str, int], int]:
         """Store the consumer group's next offset per (topic, partition) once the state it
         describes is written; `ranges` maps each to (from, next): the batch consumed
         from..next-1 without a hole. Answers partitions whose stored offset is below
         `from` (the store lost writes since, e.g. Redis restarted from an AOF missing its
         tail), with that offset, writing nothing for them: the consumer must go back there.
-        A `next` of 0 only checks."""
+        A `next` of 0 only checks. `log_ends`: each partition's log end as the consumer last
+        saw it; a stored offset above it means the log was made again (a topic deleted and
+        created, a broker that lost its log), where the stored offset would hide every gap
+        until the new log grew past it: it is reset to this range's end instead."""
         ...
 
     def close(self) -> None: ...

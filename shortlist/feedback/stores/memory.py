@@ -59,13 +59,19 @@ class InMemoryStateStore:
             )
 
     def record_offsets(
-        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+        self,
+        group: str,
+        ranges: Mapping[tuple[str, int], tuple[int, int]],
+        log_ends: Mapping[tuple[str, int], int] | None = None,
     ) -> dict[tuple[str, int], int]:
         gaps = {}
         with self._lock:
             for (topic, partition), (start, end) in ranges.items():
                 stored = self._offsets.get((group, topic, partition))
-                if stored is not None and stored < start:
+                log_end = (log_ends or {}).get((topic, partition))
+                if stored is not None and log_end is not None and stored > log_end:
+                    self._offsets[group, topic, partition] = min(max(start, end), log_end)
+                elif stored is not None and stored < start:
                     gaps[topic, partition] = stored
                 elif end and (stored is None or stored < end):
                     self._offsets[group, topic, partition] = end

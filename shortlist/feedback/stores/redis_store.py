@@ -386,13 +386,17 @@ return 0
 # partition: field, from, next. Answer: field, stored pairs of the gaps.
 OFFSETS_LUA = """#!lua
 local gaps = {}
-for k = 1, #ARGV, 3 do
+for k = 1, #ARGV, 4 do
   local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[k]))
-  if stored and stored < tonumber(ARGV[k + 1]) then
+  local from, next, log_end = tonumber(ARGV[k + 1]), tonumber(ARGV[k + 2]), tonumber(ARGV[k + 3])
+  if stored and log_end >= 0 and stored > log_end then
+    -- more was consumed than the log now holds: the log was made again, start over on it
+    redis.call('HSET', KEYS[1], ARGV[k], math.min(math.max(from, next), log_end))
+  elseif stored and stored < from then
     gaps[#gaps + 1] = ARGV[k]
     gaps[#gaps + 1] = tostring(stored)
-  elseif tonumber(ARGV[k + 2]) > 0 and (not stored or stored < tonumber(ARGV[k + 2])) then
-    redis.call('HSET', KEYS[1], ARGV[k], ARGV[k + 2])
+  elseif next > 0 and (not stored or stored < next) then
+    redis.call('HSET', KEYS[1], ARGV[k], next)
   end
 end
 return gaps
@@ -652,7 +656,10 @@ class RedisStateStore:
         return dropped
 
     def record_offsets(
-        self, group: str, ranges: Mapping[tuple[str, int], tuple[int, int]]
+        self,
+        group: str,
+        ranges: Mapping[tuple[str, int], tuple[int, int]],
+        log_ends: Mapping[tuple[str, int], int] | None = None,
     ) -> dict[tuple[str, int], int]:
         """Store each partition's next offset on every master, after the state it
         describes (call it once the batch is applied). Answers the partitions whose
@@ -663,7 +670,8 @@ class RedisStateStore:
             return {}
         args: list = []
         for (topic, partition), (start, end) in ranges.items():
-            args += [f"{partition}:{topic}", start, end]
+            log_end = (log_ends or {}).get((topic, partition))
+            args += [f"{partition}:{topic}", start, end, -1 if log_end is None else log_end]
         replies = self.router.execute(
             [self._script("offsets", k, args) for k in self._offset_keys(group)], "offsets"
         )

@@ -13,8 +13,9 @@ bundle from a scratch root, so that the faults touch nothing else on the machine
 - `broker_restart`: the broker stopped and started on its port. tansu keeps its log in
   memory here, so the restarted broker is empty: events acknowledged but not yet consumed
   when it stops are lost with it. Those are counted apart (`lost_with_memory_broker`: an
-  acknowledged event missing from Redis that was acknowledged in the `LOST_WINDOW_S`
-  before a broker stop); with Apache Kafka (replicated, on disk) they stay in the log.
+  acknowledged event missing from Redis at the end that was acknowledged before a broker
+  stop, after the stop before it, and not applied when the broker had stopped: read from
+  Redis right then); with Apache Kafka (replicated, on disk) they stay in the log.
 - `hot_swap`: a new bundle version published; done when the gateway answers with it;
 - `tampered_bundle`: a version whose file does not match its manifest promoted; the
   gateway must go on answering with the version it had; LATEST is then put back.
@@ -33,7 +34,7 @@ from shortlist.bundle.promotion import latest_version, promote
 from shortlist.config import Settings
 from shortlist.feedback.bus import ensure_topic
 from shortlist.rpc.server import client_channel
-from shortlist.tools.faults import Fault, OwnRedis
+from shortlist.tools.faults import Fault, OwnRedis, mark_ids
 from shortlist.tools.stack import TansuBroker
 from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -45,7 +46,6 @@ FAULTS = (
     "redis_sleep",
     "tampered_bundle",
 )
-LOST_WINDOW_S = 10.0  # the consumer's lag under load is well under this
 
 
 @dataclasses.dataclass
@@ -59,7 +59,8 @@ class FaultParts:
     hold_s: float = 8.0  # how long Redis stays at its memory limit
     sleep_s: float = 3.0  # DEBUG SLEEP
     swaps: int = 0
-    broker_stops: list[float] = dataclasses.field(default_factory=list)  # monotonic
+    # Each broker stop: when (time.monotonic()) and the event ids applied at that moment.
+    broker_stops: list[tuple[float, set[str]]] = dataclasses.field(default_factory=list)
 
     def served_version(self) -> str:
         with client_channel(self.settings.gateway_addr) as channel:
@@ -86,8 +87,10 @@ class FaultParts:
         return f"blocked {time.monotonic() - started:.2f}s"
 
     def broker_restart(self) -> str:
-        self.broker_stops.append(time.monotonic())
         self.broker.stop()
+        stopped = time.monotonic()
+        applied = set(mark_ids(self.redis.client(), self.settings.redis_prefix))
+        self.broker_stops.append((stopped, applied))
         self.broker.start()
         s = self.settings
         ensure_topic(s.kafka_bootstrap, s.feedback_topic, s.feedback_partitions)
@@ -154,19 +157,33 @@ def prepare(settings: Settings, scratch: Path, maxmemory_mb: int) -> tuple[Setti
 
 
 def attribute(
-    audit: dict[str, Any], sent: list[tuple[str, str, str, bool, float]], t0: float, stops
+    audit: dict[str, Any],
+    sent: list[tuple[str, str, str, bool, float]],
+    t0: float,
+    stops: list[tuple[float, set[str]]],
 ) -> dict[str, Any]:
-    """Split the acknowledged events Redis lacks into those acknowledged in the
-    `LOST_WINDOW_S` before a stop of the memory broker, and any other (a real loss)."""
+    """Split the acknowledged events Redis lacks into those the memory broker's log held
+    when it stopped (acknowledged since the stop before, not applied at the stop) and any
+    other (a real loss); with the oldest of the former's age at its stop, which is how far
+    the consumer was behind."""
     done_at = {event_id: t0 + done for _, event_id, _, _, done in sent}
-    lost_broker, lost_other = [], []
+    lost_broker, lost_other, ages = [], [], [0.0]
     for event_id in audit["missing"]:
         at = done_at[event_id]
-        if any(stop - LOST_WINDOW_S <= at <= stop for stop in stops):
-            lost_broker.append(event_id)
+        before = 0.0
+        for stopped, applied in stops:
+            if before < at <= stopped and event_id not in applied:
+                lost_broker.append(event_id)
+                ages.append(stopped - at)
+                break
+            before = stopped
         else:
             lost_other.append(event_id)
-    return {"lost_with_memory_broker": len(lost_broker), "lost": len(lost_other)}
+    return {
+        "lost_with_memory_broker": len(lost_broker),
+        "lost_with_memory_broker_oldest_s": round(max(ages), 2),
+        "lost": len(lost_other),
+    }
 
 
 def errors_by_fault(

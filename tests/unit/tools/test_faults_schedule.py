@@ -33,17 +33,24 @@ def test_schedule_injects_in_turn_and_records_failures():
     assert not b["ok"] and b["detail"] == "RuntimeError: no broker"
 
 
-def test_missing_events_are_lost_with_the_broker_only_just_before_a_stop():
+def test_missing_events_are_lost_with_the_broker_only_if_its_log_held_them():
     t0 = 1000.0
     sent = [
-        ("u", "e1", "like", True, 5.0),  # acknowledged at 1005: 3 s before the stop
-        ("u", "e2", "like", True, 100.0),  # at 1100: long after it
-        ("u", "e3", "like", True, -20.0),  # at 980: long before it
+        ("u", "e1", "like", True, 5.0),  # acknowledged at 1005, 3 s before the first stop
+        ("u", "e2", "like", True, 100.0),  # at 1100: after every stop
+        ("u", "e3", "like", True, -20.0),  # at 980, 28 s before: the consumer lagged
+        ("u", "e4", "like", True, 6.0),  # at 1006, applied at the stop, gone since
+        ("u", "e5", "like", True, 30.0),  # at 1030: the second stop's log
     ]
-    audit = {"missing": ["e1", "e2", "e3"]}
-    lost = soak_faults.attribute(audit, sent, t0, stops=[1008.0])
-    assert lost == {"lost_with_memory_broker": 1, "lost": 2}
-    assert soak_faults.attribute({"missing": []}, sent, t0, [1008.0])["lost"] == 0
+    stops = [(1008.0, {"e4"}), (1050.0, {"e1", "e3", "e4"})]
+    audit = {"missing": ["e1", "e2", "e3", "e4", "e5"]}
+    lost = soak_faults.attribute(audit, sent, t0, stops)
+    assert lost == {
+        "lost_with_memory_broker": 3,  # e1, e3 (first stop), e5 (second)
+        "lost_with_memory_broker_oldest_s": 28.0,
+        "lost": 2,  # e2 (acknowledged after every stop), e4 (applied, then lost)
+    }
+    assert soak_faults.attribute({"missing": []}, sent, t0, stops)["lost"] == 0
 
 
 def test_errors_are_split_by_fault_window():
