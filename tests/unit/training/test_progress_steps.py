@@ -83,6 +83,26 @@ def test_the_state_benchs_timed_loops_report_progress():
     assert runs[0][1][-1][1] == 4 and runs[1][1][-1][1] == 250  # chunks, reads
 
 
+def test_the_pod_memory_benchs_generated_bundles_report_progress(tmp_path, monkeypatch):
+    """`shortlist bench pod-memory` writes bundles of millions of users in chunks: the likes
+    and the precomputed shortlists each move a bar a chunk."""
+    from shortlist.tools.bench import pod_memory
+
+    monkeypatch.setattr(pod_memory, "CHUNK", 100)
+    cfg = pod_memory.PodMemoryConfig(items=50, width=5)
+    rng = np.random.default_rng(0)
+    runs = record(
+        lambda: (
+            pod_memory._likes(250, cfg, rng),
+            pod_memory._precomputed(tmp_path, 250, cfg, rng),
+        )
+    )
+    assert [label for label, _ in runs] == ["likes generated", "precomputed written"], runs
+    for label, run in runs:
+        climbs_to_total(label, run)
+        assert run[-1][1] == 3  # chunks of 100 users
+
+
 def test_tuning_bar_counts_the_budgets_seconds():
     data = generate(n_users=60, n_items=40, likes_per_user=10, seed=1)
     ticks = itertools.count()
