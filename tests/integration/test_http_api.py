@@ -12,15 +12,12 @@ import grpc
 import pytest
 
 from shortlist.config import Settings
-from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
-from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.security import hash_key
 from shortlist.rpc.server import client_channel
 from shortlist.services.http_api import start_http_server
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import eventually
-from tests.integration.test_security import pki  # noqa: F401 (fixture)
+from tests.conftest import eventually, start_stack
 
 FULL_KEY = "http-key-full-0123456789"
 READ_KEY = "http-key-read-0123456789"  # scope recommend only
@@ -44,16 +41,7 @@ def keyed(settings: Settings) -> Settings:
 def http_stack(settings, bundle):
     """The stack over the real Redis and broker, with API keys, the internal token on the
     internal services, and the HTTP front door."""
-    s = keyed(settings)
-    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
-    stack = start_inprocess_stack(
-        s,
-        bundle,
-        RedisStateStore(s.redis_url, s.redis_prefix),
-        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
-        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
-        http_address="127.0.0.1:0",
-    )
+    stack = start_stack(keyed(settings), bundle, http_address="127.0.0.1:0")
     yield stack
     stack.stop()
 
@@ -263,7 +251,7 @@ def test_loadtest_http_mode_sends_recommend_and_feedback(http_stack, bundle):
     assert wrong["errors"] == {"UNAUTHENTICATED": 20}
 
 
-def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):  # noqa: F811
+def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):
     """With TLS files the HTTP port is HTTPS too (curl verifies it against the CA), and
     plaintext beyond loopback is refused as for gRPC."""
     from shortlist.config import Settings
