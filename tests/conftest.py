@@ -18,11 +18,12 @@ from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores import InMemoryStateStore, RedisStateStore
 from shortlist.rpc.server import client_channel
 from shortlist.rpc.telemetry import start_metrics_server
-from shortlist.services.launch import start_inprocess_stack
+from shortlist.services.launch import InProcessStack, start_inprocess_stack
 from shortlist.tools.redis_cluster import LocalRedisCluster
 from shortlist.tools.stack import TansuBroker, free_port  # noqa: F401 (re-exported for tests)
 from shortlist.training.pipeline import TrainConfig, train_bundle
 from shortlist.v1 import feedback_pb2_grpc, gateway_pb2_grpc
+from tests.pki import write_test_pki
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -102,6 +103,24 @@ def eventually(check, timeout_s: float = 30, interval: float = 0.05):
     raise AssertionError(f"condition not met after {timeout_s}s (last value {value!r})")
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a leaf certificate for the services and one from an unrelated CA (tests.pki)."""
+    return write_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of this test's own (shortlist.tools.faults.OwnRedis: AOF, maxmemory
+    64 MB, noeviction), so that it can be stopped, restarted, squeezed or slowed."""
+    from shortlist.tools.faults import OwnRedis
+
+    server = OwnRedis(tmp_path / "redis", maxmemory_mb=64)
+    server.start()
+    yield server
+    server.stop()
+
+
 # The in-process stack over the real Redis and broker, one per test module that asks for it.
 @pytest.fixture(scope="module")
 def settings(redis_url, broker) -> Settings:
@@ -124,18 +143,36 @@ def settings(redis_url, broker) -> Settings:
         client.delete(*keys)
 
 
-@pytest.fixture(scope="module")
-def stack(settings, bundle):
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 2)
-    s = start_inprocess_stack(
+def start_stack(
+    settings: Settings,
+    bundle: Bundle,
+    partitions: int = 2,
+    store_timeout_s: float | None = None,
+    publish_block_s: float | None = None,
+    **options,
+) -> InProcessStack:
+    """The in-process stack over the Redis and the broker that `settings` name, on its
+    feedback topic (created first, with `partitions`) and group; `store_timeout_s` and
+    `publish_block_s` shorten the store's and the producer's waits (outages show quickly);
+    `options` go to start_inprocess_stack."""
+    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, partitions)
+    store = {} if store_timeout_s is None else {"timeout_s": store_timeout_s}
+    producer = {} if publish_block_s is None else {"max_block_s": publish_block_s}
+    return start_inprocess_stack(
         settings,
         bundle,
-        RedisStateStore(settings.redis_url, settings.redis_prefix),
-        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic),
+        RedisStateStore(settings.redis_url, settings.redis_prefix, **store),
+        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic, **producer),
         KafkaEventConsumer(
             settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_group
         ),
+        **options,
     )
+
+
+@pytest.fixture(scope="module")
+def stack(settings, bundle):
+    s = start_stack(settings, bundle)
     yield s
     s.stop()
 
@@ -208,16 +245,7 @@ def ab_settings(settings, bundle_b_dir) -> Settings:
 @pytest.fixture(scope="module")
 def ab_stack(ab_settings, bundle, bundle_b):
     """The in-process stack serving two arms (share 0.5), with /metrics on a free port."""
-    s = ab_settings
-    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
-    running = start_inprocess_stack(
-        s,
-        bundle,
-        RedisStateStore(s.redis_url, s.redis_prefix),
-        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
-        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
-        bundle_b=bundle_b,
-    )
+    running = start_stack(ab_settings, bundle, bundle_b=bundle_b)
     metrics_port = free_port()
     metrics = start_metrics_server(metrics_port)
     running.metrics_target = f"127.0.0.1:{metrics_port}"

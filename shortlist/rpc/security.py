@@ -15,7 +15,8 @@
   (`x-shortlist-internal`), whose hash they hold and which only the gateway's channels send,
   and, with `internal_peer_names`, only from a client certificate naming the gateway; beyond
   loopback they refuse to start without mutual TLS and the token (`insecure=1` overrides).
-- Per-client token buckets (by API key or token subject, else by peer address).
+- Per-client token buckets (by API key or token subject, else by peer address), one set per
+  gateway process, shared by its gRPC server and its HTTP front door's admin calls.
 - Health checks stay open, and server reflection where it is on (not on the gateway
   unless `reflection=1`, see shortlist.rpc.server); keys and tokens are never logged.
 """
@@ -544,7 +545,7 @@ class AdminAccess:
             )
         return None
 
-    def client(self, metadata: Mapping[str, str], peer: str) -> str:
+    def client(self, metadata: Mapping[str, str], host: str) -> str:
         """The rate limits' name for an admitted caller: its key's id, else (keys off, on
         loopback) its address, as the gateway's RateLimitInterceptor names callers."""
         if not self.open:
@@ -552,7 +553,7 @@ class AdminAccess:
             digest = self.check.match(key) if key is not None else None
             if digest is not None:
                 return digest[:KEY_ID_HEX]
-        return peer
+        return address_client(host)
 
 
 class InternalTokenInterceptor(grpc.ServerInterceptor):
@@ -710,24 +711,81 @@ def calls_exceeded(buckets: TokenBuckets, wait: float) -> str:
     )
 
 
-# The RPCs whose requests carry events, and how many (rate limits by events).
+# The RPCs whose requests carry events, and how many (rate limits by events). DeleteUser
+# (an admin call, over the HTTP front door) writes one FORGET event to the feedback topic.
 REQUEST_EVENTS: dict[str, Callable[[Any], int]] = {
     "/shortlist.v1.Gateway/SendFeedback": lambda r: len(r.events),
+    "/shortlist.v1.FeedbackAdmin/DeleteUser": lambda _r: 1,
 }
 
 
-class RateLimitInterceptor(grpc.ServerInterceptor):
-    """RESOURCE_EXHAUSTED once a client's bucket is empty: one bucket of calls and, for
-    SendFeedback, one of events (a batch takes as many tokens as it has events). The client
-    is the caller the auth interceptor (which runs first) established: its API key or token
-    subject, by id; otherwise its peer address without the port. The buckets live in this
-    process: the limits hold per gateway process (pod or worker), not cluster-wide."""
+def address_client(host: str) -> str:
+    """The rate limits' name of a caller known by its address alone, as gRPC's peer string
+    names it without the port ('ipv4:127.0.0.1', 'ipv6:[::1]'): an HTTP caller and a gRPC
+    caller from the same host share a bucket."""
+    host = host.strip("[]")
+    return f"ipv6:[{host}]" if ":" in host else f"ipv4:{host}"
+
+
+class RateLimits:
+    """The gateway process's per-client limits: a bucket of calls and, for calls that carry
+    events (REQUEST_EVENTS), one of events (a batch takes as many tokens as it has events).
+    One object per gateway process, asked by the gRPC RateLimitInterceptor and by the HTTP
+    front door's admin calls alike, so a key's calls draw from the same buckets whichever
+    way they come (docs/decisions/0049-one-rate-limiter-for-grpc-and-http.md). The buckets
+    live in this process: the limits hold per gateway process, not cluster-wide."""
 
     def __init__(
         self, rate: float, burst: float, events_rate: float = 0, events_burst: float = 0
     ) -> None:
-        self.buckets = TokenBuckets(rate, burst) if rate > 0 else None
+        self.calls = TokenBuckets(rate, burst) if rate > 0 else None
         self.events = TokenBuckets(events_rate, events_burst) if events_rate > 0 else None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RateLimits | None:
+        """The limits `rate_limit_*` configure; None when both rates are 0 (no limits)."""
+        calls, events = settings.rate_limit_per_s, settings.rate_limit_events_per_s
+        if calls <= 0 and events <= 0:
+            return None
+        return cls(
+            calls,
+            settings.rate_limit_burst or calls,
+            events,
+            settings.rate_limit_events_burst or max(events, settings.max_events),
+        )
+
+    def refusal(self, client: str, method: str, request: Any) -> str | None:
+        """None when `client` may make this call to `method` (its tokens taken), else the
+        RESOURCE_EXHAUSTED message to answer with, over gRPC and HTTP alike."""
+        calls = self.calls
+        wait = calls.take(client) if calls is not None else 0.0
+        if wait:
+            return calls_exceeded(calls, wait)
+        count = REQUEST_EVENTS.get(method)
+        if self.events is None or count is None:
+            return None
+        n = count(request)
+        wait = self.events.take(client, n)
+        if wait == float("inf"):
+            return (
+                f"a batch of {n} events exceeds the rate limit's burst of "
+                f"{self.events.burst:g} events: send smaller batches"
+            )
+        if wait:
+            return (
+                f"rate limit of {self.events.rate:g} events/s (burst {self.events.burst:g}) "
+                f"exceeded by a batch of {n}; retry in {wait:.3f}s"
+            )
+        return None
+
+
+class RateLimitInterceptor(grpc.ServerInterceptor):
+    """RESOURCE_EXHAUSTED once a client's bucket of `limits` is empty. The client is the
+    caller the auth interceptor (which runs first) established: its API key or token
+    subject, by id; otherwise its peer address without the port."""
+
+    def __init__(self, limits: RateLimits) -> None:
+        self.limits = limits
 
     def intercept_service(self, continuation: Callable, details: Any) -> Any:
         handler = continuation(details)
@@ -735,32 +793,14 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
             return handler
         if handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
-        buckets = self.buckets
-        count = REQUEST_EVENTS.get(details.method)
-        events = self.events if count is not None else None
+        inner, limits, method = handler.unary_unary, self.limits, details.method
 
         def limited(request: Any, context: grpc.ServicerContext) -> Any:
             caller = current_caller()
             name = caller.key_id if caller is not OPEN_CALLER else peer_host(context.peer())
-            wait = buckets.take(name) if buckets is not None else 0.0
-            if wait:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, calls_exceeded(buckets, wait))
-            if events is not None:
-                n = count(request)
-                wait = events.take(name, n)
-                if wait == float("inf"):
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"a batch of {n} events exceeds the rate limit's burst of "
-                        f"{events.burst:g} events: send smaller batches",
-                    )
-                if wait:
-                    context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"rate limit of {events.rate:g} events/s (burst {events.burst:g}) "
-                        f"exceeded by a batch of {n}; retry in {wait:.3f}s",
-                    )
+            refused = limits.refusal(name, method, request)
+            if refused is not None:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -770,8 +810,12 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
         )
 
 
-def server_interceptors(name: str, settings: Any) -> list[grpc.ServerInterceptor]:
-    """Access control for service `name` from the settings (outermost first)."""
+def server_interceptors(
+    name: str, settings: Any, rate_limits: RateLimits | None = None
+) -> list[grpc.ServerInterceptor]:
+    """Access control for service `name` from the settings (outermost first). The gateway's
+    `rate_limits`: the process's limits shared with its HTTP front door (default: built
+    from the settings)."""
     if name == "gateway":
         keys = parse_keys(settings.api_key_hashes)
         tokens = None
@@ -785,16 +829,9 @@ def server_interceptors(name: str, settings: Any) -> list[grpc.ServerInterceptor
         out: list[grpc.ServerInterceptor] = []
         if keys or tokens:
             out.append(AuthInterceptor(keys, tokens, bool(settings.jwt_required)))
-        calls, events = settings.rate_limit_per_s, settings.rate_limit_events_per_s
-        if calls > 0 or events > 0:
-            out.append(
-                RateLimitInterceptor(
-                    calls,
-                    settings.rate_limit_burst or calls,
-                    events,
-                    settings.rate_limit_events_burst or max(events, settings.max_events),
-                )
-            )
+        limits = rate_limits or RateLimits.from_settings(settings)
+        if limits is not None:
+            out.append(RateLimitInterceptor(limits))
         return out
     out = []
     names = parse_names(settings.internal_peer_names)

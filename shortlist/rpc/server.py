@@ -96,6 +96,7 @@ def start_server(
     share_port: bool = False,
     own_port: int = 0,
     loopback_port: bool = False,
+    rate_limits: security.RateLimits | None = None,
 ) -> RunningServer:
     """Start a server on `address` ("host:port", port 0 picks a free one) and mark it SERVING.
 
@@ -108,6 +109,8 @@ def start_server(
     gateway worker's, see Settings.gateway_worker_port). `loopback_port`: one more port,
     plaintext on 127.0.0.1 (picked free), for callers in the same process or pod (the HTTP
     front door), with the same interceptors: TLS is the only thing it leaves out.
+    `rate_limits` (gateway): the process's limits, to share with its HTTP front door
+    (default: built from the settings).
     """
     credentials = None
     # Requests are parsed before the security interceptors, which read user ids from them
@@ -122,7 +125,7 @@ def start_server(
         elif metrics_name != "archiver":  # serves health only
             security.check_internal_policy(settings, address)
         credentials = security.server_credentials(settings)
-        interceptors += security.server_interceptors(metrics_name, settings)
+        interceptors += security.server_interceptors(metrics_name, settings, rate_limits)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=metrics_name),
         interceptors=interceptors,

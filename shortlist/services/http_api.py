@@ -41,8 +41,7 @@ from shortlist.rpc.security import (
     API_KEY_HEADER,
     INTERNAL_HEADER,
     AdminAccess,
-    TokenBuckets,
-    calls_exceeded,
+    RateLimits,
     check_gateway_policy,
     client_tls_files,
 )
@@ -279,23 +278,19 @@ def _handler(
     endpoint: Endpoint,
     bridge: GatewayBridge | AdminBridge,
     access: AdminAccess | None = None,
-    limits: TokenBuckets | None = None,
+    limits: RateLimits | None = None,
 ):
-    """`limits`: the admin calls' per-client call buckets. The gateway's calls are limited
-    by the gateway's own RateLimitInterceptor; the admin calls do not pass through it."""
+    """`access` and `limits` (admin calls): the admin check and the gateway process's rate
+    limits. The gateway's own calls meet both in its gRPC interceptors; the admin calls go
+    to the feedback service, so they meet them here, in the same RateLimits object."""
+    rpc_method = f"/{feedback_pb2.DESCRIPTOR.services_by_name['FeedbackAdmin'].full_name}/"
+    rpc_method += endpoint.method
 
     async def handle(request: Request) -> Response:
         if access is not None:
             refused = access.refusal(request.headers)
             if refused is not None:
                 return error_response(*refused)
-            if limits is not None:
-                peer = request.client.host if request.client else "unknown"
-                wait = limits.take(access.client(request.headers, peer))
-                if wait:
-                    return error_response(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED, calls_exceeded(limits, wait)
-                    )
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
             return _too_large(int(declared))
@@ -309,6 +304,11 @@ def _handler(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"request is not a valid {endpoint.request.DESCRIPTOR.full_name} in JSON: {exc}",
             )
+        if access is not None and limits is not None:
+            host = request.client.host if request.client else "unknown"
+            limited = limits.refusal(access.client(request.headers, host), rpc_method, message)
+            if limited is not None:
+                return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, limited)
         metadata = tuple(
             (name, request.headers[name]) for name in FORWARDED_HEADERS if name in request.headers
         )
@@ -327,20 +327,22 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     feedback_target: str | None = None,
     address: str | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> Starlette:
     """The HTTP/JSON API as a Starlette app that calls the gateway at `gateway_target`
     (plaintext gRPC, normally the gateway's own loopback port) and the admin calls' feedback
     service at `feedback_target` (default `settings.feedback_addr`); `address` is where it
     is served (default `settings.gateway_http_addr`: admin calls without keys only on
-    loopback). `extra_routes` are added after the API's (e.g. `Mount("/console", ...)`)."""
+    loopback). `extra_routes` are added after the API's (e.g. `Mount("/console", ...)`).
+    `rate_limits`: the gateway process's limits, which its gRPC server holds too (default:
+    built from the settings, for an app without a gateway in its process)."""
     settings = settings or Settings()
     bridge = GatewayBridge(gateway_target, settings.http_timeout_ms / 1000)
     admin = AdminBridge(feedback_target or settings.feedback_addr, settings)
     access = AdminAccess(settings, address or settings.gateway_http_addr)
-    # Admin calls are limited per client at the gateway's call rate, in buckets of their
-    # own in this process (docs/decisions/0044-console-on-up-progress-admin-limits.md).
-    rate = settings.rate_limit_per_s
-    limits = TokenBuckets(rate, settings.rate_limit_burst or rate) if rate > 0 else None
+    # Admin calls draw from the gateway's own buckets (per key, calls and events), so a key
+    # has one budget over gRPC and HTTP (docs/decisions/0049-one-rate-limiter-for-grpc-and-http.md).
+    limits = rate_limits or RateLimits.from_settings(settings)
     document = openapi_document()
 
     async def openapi(_request: Request) -> Response:
@@ -550,10 +552,12 @@ def start_http_server(
     share_port: bool = False,
     extra_routes: Sequence[BaseRoute] = (),
     feedback_target: str | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> HttpServer:
     """Serve `create_app(gateway_target)` on `address` (default `settings.gateway_http_addr`;
     port 0 picks a free one), with the gateway's TLS settings (a client CA: client
-    certificates required) and the same refusal to serve plaintext beyond loopback."""
+    certificates required) and the same refusal to serve plaintext beyond loopback.
+    `rate_limits`: the gateway process's (see `create_app`)."""
     address = address or settings.gateway_http_addr
     check_gateway_policy(settings, address)
     tls: dict[str, Any] = {}
@@ -563,7 +567,7 @@ def start_http_server(
             tls |= {"ssl_ca_certs": settings.tls_client_ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
     sock = _listen(address, share_port)
     config = uvicorn.Config(
-        create_app(gateway_target, settings, extra_routes, feedback_target, address),
+        create_app(gateway_target, settings, extra_routes, feedback_target, address, rate_limits),
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -38,7 +38,7 @@ from shortlist.feedback.bus import (
 from shortlist.feedback.stores import RedisStateStore, RedisTLS, StateStore
 from shortlist.feedback.worker import FeedbackWorker
 from shortlist.retrieval.index import limit_native_threads
-from shortlist.rpc.security import check_gateway_policy
+from shortlist.rpc.security import RateLimits, check_gateway_policy
 from shortlist.rpc.server import RunningServer, client_channel, start_server
 from shortlist.rpc.telemetry import MODEL_INFO, start_metrics_server
 from shortlist.services import feedback as feedback_server
@@ -204,6 +204,7 @@ def start_service(
         if http_address:
             check_gateway_policy(settings, http_address)  # before anything listens
         share = settings.gateway_workers > 1
+        limits = RateLimits.from_settings(settings)  # one set for gRPC and HTTP alike
         started = Started(
             start_server(
                 name,
@@ -214,6 +215,7 @@ def start_service(
                 share_port=share,
                 own_port=settings.gateway_worker_port,
                 loopback_port=bool(http_address),
+                rate_limits=limits,
             ),
             servicer=servicer,
         )
@@ -227,6 +229,7 @@ def start_service(
                     share,
                     extra_routes=http_routes,
                     feedback_target=feedback_target,
+                    rate_limits=limits,
                 )
             except BaseException:
                 started.stop()

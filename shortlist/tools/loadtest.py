@@ -44,11 +44,13 @@ import grpc
 import numpy as np
 
 from shortlist.client import AsyncClient, Feedback, Recommendation
+from shortlist.models.progress import bar
 
 RECOMMEND, FEEDBACK = 0, 1
 # The event loop wakes up to ~1 ms late (epoll timeouts are whole milliseconds), so calls due
 # within this much are sent now; their latency then starts at the actual send.
 LOOKAHEAD_S = 0.001
+BAR_TICK_S = 0.5  # how often the progress bar moves
 # A p99 send lag above this marks the run as limited by the generator, not only the server.
 GENERATOR_LAG_S = 0.010
 KIND_NAMES = ("Recommend", "SendFeedback")
@@ -374,25 +376,34 @@ async def _drive(config: LoadConfig, on_progress: Callable[[str], None] | None) 
         t0 = loop.time() + 0.01
         samples.t0 = t0
         next_report = t0 + 1.0
+        # The bar counts requests sent on schedule (its ETA: the schedule's end); it moves
+        # every BAR_TICK_S, not per request, to keep the load generator's own work small.
+        next_tick, shown = t0 + BAR_TICK_S, 0
         i = 0
-        while i < total:
-            now = loop.time()
-            due = min(total, int((now + LOOKAHEAD_S - t0) * config.rate) + 1)
-            while i < due:
-                task = loop.create_task(call(i, t0 + i * interval, t0))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                i += 1
-            if on_progress is not None and now >= next_report:
-                next_report += 1.0
-                on_progress(
-                    f"t={now - t0:5.1f}s sent={i} in_flight={len(pending)} done={len(samples.code)}"
-                )
-            delay = t0 + i * interval - LOOKAHEAD_S - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # let replies in even when behind schedule
+        with bar("load test requests", total) as advance:
+            while i < total:
+                now = loop.time()
+                due = min(total, int((now + LOOKAHEAD_S - t0) * config.rate) + 1)
+                while i < due:
+                    task = loop.create_task(call(i, t0 + i * interval, t0))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    i += 1
+                if now >= next_tick and i < total:
+                    next_tick += BAR_TICK_S
+                    advance(i - shown)
+                    shown = i
+                if on_progress is not None and now >= next_report:
+                    next_report += 1.0
+                    on_progress(
+                        f"t={now - t0:5.1f}s sent={i} in_flight={len(pending)} "
+                        f"done={len(samples.code)}"
+                    )
+                delay = t0 + i * interval - LOOKAHEAD_S - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    await asyncio.sleep(0)  # let replies in even when behind schedule
         if pending:
             await asyncio.wait(set(pending), timeout=timeout + 5.0)
         for task in list(pending):

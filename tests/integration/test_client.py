@@ -14,7 +14,7 @@ from shortlist.client import AsyncClient, Client, Feedback, Tls, service_config
 from shortlist.rpc.server import start_server
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually
-from tests.integration.test_security import KEYS, _secure_stack, pki  # noqa: F401 (fixture)
+from tests.integration.test_security import KEYS, _secure_stack
 
 
 class Scripted(gateway_pb2_grpc.GatewayServicer):
@@ -163,7 +163,7 @@ def test_async_client_against_the_stack(stack, bundle):
     assert len(reply.items) == 3 and reply.model_version == bundle.version
 
 
-def test_tls_with_an_api_key(bundle, pki):  # noqa: F811 (the fixture)
+def test_tls_with_an_api_key(bundle, pki):
     stack = _secure_stack(bundle, pki)
     try:
         target = f"localhost:{stack.services['gateway'].server.port}"

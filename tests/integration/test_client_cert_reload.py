@@ -21,7 +21,7 @@ from shortlist.rpc.server import client_channel
 from shortlist.services.http_api import AdminBridge
 from shortlist.v1 import feedback_pb2, feedback_pb2_grpc
 from tests.conftest import eventually
-from tests.integration.test_tls_reload import Authority, replace
+from tests.pki import Authority, replace
 
 pytestmark = pytest.mark.integration
 METHOD = "/shortlist.test.Who/Am"

@@ -17,9 +17,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from shortlist.evaluation.protocols import ProtocolResult
 from shortlist.rpc.security import hash_key
 from shortlist.rpc.telemetry import start_metrics_server
 from shortlist.services.console import create_console
+from shortlist.tools.bench.report import write_report
 from shortlist.v1 import gateway_pb2
 from tests.conftest import eventually, free_port
 
@@ -31,6 +33,27 @@ ARM_B_VERSION = "v-arm-b"
 KEEP_SCREENSHOTS = os.environ.get("SHORTLIST_CONSOLE_SCREENSHOTS", "")
 
 
+def quality_report(directory: Path) -> Path:
+    """What `shortlist bench quality --report DIR` writes (its own writer): the markdown
+    report and a validation-curve PNG per run."""
+    history = [
+        {"epoch": float(e), "ndcg@20": 0.05 + 0.01 * e, "recall@20": 0.1 + e / 50}
+        for e in (1, 2, 3)
+    ]
+    result = ProtocolResult(
+        "synthetic",
+        "B",
+        "mf-bpr",
+        {"recall@20": 0.16, "ndcg@20": 0.08},
+        1.0,
+        0.5,
+        "f00d",
+        {},
+        history,
+    )
+    return write_report([result], directory)
+
+
 @pytest.fixture(scope="module")
 def console_url(stack, settings, bundle_dir, bundle, tmp_path_factory):
     metrics_port = free_port()
@@ -39,8 +62,7 @@ def console_url(stack, settings, bundle_dir, bundle, tmp_path_factory):
         gateway_target=stack.gateway_target, metrics_targets=[f"127.0.0.1:{metrics_port}"]
     )
     reports = tmp_path_factory.mktemp("reports")
-    (reports / "quality").mkdir()
-    (reports / "quality" / "quality.md").write_text("# Retrieval quality\n")
+    quality_report(reports / "quality")
     base = settings.replace(bundle=str(bundle_dir), reports_dir=str(reports))
     console = create_console(
         base.replace(
@@ -238,13 +260,22 @@ def test_a_console_without_admin_keys_is_read_only(console_url, bundle):
 
 
 def test_reports_are_linked_and_served_from_their_folder_only(console_url, page):
+    """The quality bench's report and its validation-curve plot (written by the bench's own
+    writer) are listed, linked, and the plot shown as a thumbnail and served as a PNG."""
     page.goto(f"{console_url}/console/")
-    link = page.locator("#reports a")
-    assert link.inner_text() == "quality/quality.md"
-    link.click()
-    assert "# Retrieval quality" in page.content()
+    links = page.locator("#reports a").all_inner_texts()
+    curve = next(text for text in links if text.startswith("quality/curve_"))
+    assert curve.endswith(".png") and "quality/quality.md" in links, links
+    page.wait_for_function(
+        f"document.querySelector('#reports img[alt=\"{curve}\"]').naturalWidth > 100",
+        timeout=10_000,
+    )
+    plot = page.request.get(f"{console_url}/console/reports/{curve}")
+    assert plot.status == 200 and plot.headers["content-type"] == "image/png"
+    page.locator("#reports a", has_text="quality/quality.md").click()
+    assert "# Shortlist retrieval quality" in page.content()
     with urllib.request.urlopen(f"{console_url}/console/reports/quality/quality.md") as r:
-        assert r.read() == b"# Retrieval quality\n"
+        assert r.read().startswith(b"# Shortlist retrieval quality\n")
     status, _ = call_raw(f"{console_url}/console/reports/..%2F..%2Fetc%2Fpasswd")
     assert status == 404
 

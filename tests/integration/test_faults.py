@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,15 +15,13 @@ import pytest
 import redis
 
 from shortlist.config import Settings
-from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.feedback.bus import KafkaEventPublisher, ensure_topic
 from shortlist.feedback.events import Kind
-from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.server import client_channel
-from shortlist.services.launch import start_inprocess_stack
 from shortlist.tools.bench.feedback import redis_audit, synthetic_events
-from shortlist.tools.stack import TansuBroker, free_port, port_open, wait_for
+from shortlist.tools.stack import TansuBroker, free_port
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import eventually, unique
+from tests.conftest import eventually, start_stack, unique
 
 pytestmark = pytest.mark.integration
 
@@ -84,32 +81,6 @@ def test_killed_feedback_processes_apply_every_acknowledged_event_once(
     assert audit == {"marks": 4000, "user_likes": likes}
 
 
-@pytest.fixture
-def own_redis():
-    """A redis-server of this test's own, so that it can be stopped and restarted."""
-    port = free_port()
-    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port)]
-    argv += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-
-    class OwnRedis:
-        url = f"redis://127.0.0.1:{port}/0"
-        proc: subprocess.Popen | None = None
-
-        def start(self) -> None:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-            wait_for(lambda: port_open("127.0.0.1", port), 10, "redis-server")
-
-        def stop(self) -> None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    server = OwnRedis()
-    server.start()
-    yield server
-    if server.proc.poll() is None:
-        server.stop()
-
-
 def like(user: str, item: str) -> gateway_pb2.SendFeedbackRequest:
     event = common_pb2.FeedbackEvent(user_id=user, item_id=item, kind=common_pb2.FEEDBACK_KIND_LIKE)
     return gateway_pb2.SendFeedbackRequest(events=[event])
@@ -126,14 +97,7 @@ def stack_on_own_redis(own_redis, bundle, broker: TansuBroker, **overrides):
         feedback_group=unique("fault"),
         **overrides,
     )
-    ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
-    stack = start_inprocess_stack(
-        settings,
-        bundle,
-        RedisStateStore(settings.redis_url, settings.redis_prefix, timeout_s=0.2),
-        KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic, max_block_s=1.0),
-        KafkaEventConsumer(settings.kafka_bootstrap, settings.feedback_topic, unique("g")),
-    )
+    stack = start_stack(settings, bundle, 1, store_timeout_s=0.2, publish_block_s=1.0)
     return settings, stack
 
 

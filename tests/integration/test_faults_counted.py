@@ -20,7 +20,7 @@ from shortlist.feedback.stores import RedisStateStore
 from shortlist.feedback.worker import FeedbackWorker
 from shortlist.tools.faults import OwnRedis, acknowledged_audit, mark_ids
 from shortlist.tools.stack import TansuBroker
-from tests.conftest import eventually, unique
+from tests.conftest import eventually, start_stack, unique
 
 pytestmark = pytest.mark.integration
 
@@ -81,14 +81,6 @@ def small_bundle(tmp_path_factory):
     return load_bundle(save_bundle(retrieval_bundle(data, model), tmp_path_factory.mktemp("b")))
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    server = OwnRedis(tmp_path / "redis", maxmemory_mb=64)
-    server.start()
-    yield server
-    server.stop()
-
-
 def worker_on(bundle, redis_url: str, bootstrap: str, topic: str, group: str) -> FeedbackWorker:
     settings = Settings.from_env(
         {},
@@ -124,32 +116,48 @@ def marks(server: OwnRedis) -> int:
     return sum(1 for _ in client.scan_iter(f"{PREFIX}{{u:*}}:ev:*", count=1000))
 
 
-@pytest.fixture
-def streaming(small_bundle, broker, own_redis):
-    bundle = small_bundle
-    """A worker over `own_redis` and a stream publishing to it, both stopped afterwards."""
-    topic, group = unique("counted"), unique("counted")
-    ensure_topic(broker.bootstrap, topic, 2)
-    publisher = KafkaEventPublisher(broker.bootstrap, topic)
-    users = [bundle.users.id(n) for n in range(20)]
-    items = [bundle.items.id(n) for n in range(150)]
-    stream = Stream(publisher, users, items)
-    workers = [worker_on(bundle, own_redis.url, broker.bootstrap, topic, group)]
-    workers[0].start()
-    stream.start()
-    eventually(lambda: marks(own_redis) >= 100, 60, 0.1)  # mid-stream from here on
+class Streaming:
+    """A topic and group of their own, a worker over `redis` and a Stream publishing likes
+    to the topic (`publisher_options` go to its producer); started mid-stream: the worker
+    has applied 100 events when the constructor returns. `stop` stops all of it."""
 
-    def another_worker() -> FeedbackWorker:
-        w = worker_on(bundle, own_redis.url, broker.bootstrap, topic, group)
-        workers.append(w)
+    def __init__(
+        self, bundle, redis: OwnRedis, bootstrap: str, partitions: int, **publisher_options
+    ):
+        self.bundle, self.redis, self.bootstrap = bundle, redis, bootstrap
+        self.topic, self.group = unique("counted"), unique("counted")
+        ensure_topic(bootstrap, self.topic, partitions)
+        self.publisher = KafkaEventPublisher(bootstrap, self.topic, **publisher_options)
+        users = [bundle.users.id(n) for n in range(20)]
+        self.stream = Stream(self.publisher, users, [bundle.items.id(n) for n in range(150)])
+        self.workers: list[FeedbackWorker] = []
+        try:
+            self.another_worker()
+            self.stream.start()
+            eventually(lambda: marks(redis) >= 100, 60, 0.1)  # mid-stream from here on
+        except BaseException:
+            self.stop()
+            raise
+
+    def another_worker(self) -> FeedbackWorker:
+        w = worker_on(self.bundle, self.redis.url, self.bootstrap, self.topic, self.group)
+        self.workers.append(w)
         w.start()
         return w
 
-    yield stream, workers, another_worker
-    stream.stop()
-    for w in workers:
-        w.stop()
-    publisher.close()
+    def stop(self) -> None:
+        self.stream.stop()
+        for w in self.workers:
+            w.stop()
+        self.publisher.close()
+
+
+@pytest.fixture
+def streaming(small_bundle, broker, own_redis):
+    """A worker over `own_redis` and a stream publishing to it, both stopped afterwards."""
+    running = Streaming(small_bundle, own_redis, broker.bootstrap, partitions=2)
+    yield running.stream, running.workers, running.another_worker
+    running.stop()
 
 
 def test_redis_killed_mid_stream_and_restarted_from_its_aof(streaming, own_redis):
@@ -215,25 +223,21 @@ def test_broker_restarted_mid_produce(small_bundle, own_redis):
     acknowledged in the last seconds before the stop. With a broker that keeps its log
     (Apache Kafka: replicated, on disk) none would be lost; tansu's durable storages
     (postgres, S3) are not built into the binary here."""
-    bundle = small_bundle
     broker = TansuBroker()
     broker.start()
-    topic, group = unique("bounce"), unique("bounce")
-    ensure_topic(broker.bootstrap, topic, 1)
-    publisher = KafkaEventPublisher(broker.bootstrap, topic, max_block_s=1.0)
-    users = [bundle.users.id(n) for n in range(20)]
-    stream = Stream(publisher, users, [bundle.items.id(n) for n in range(150)])
-    worker = worker_on(bundle, own_redis.url, broker.bootstrap, topic, group)
-    worker.start()
     try:
-        stream.start()
-        eventually(lambda: marks(own_redis) >= 100, 60, 0.1)
+        running = Streaming(small_bundle, own_redis, broker.bootstrap, 1, max_block_s=1.0)
+    except BaseException:
+        broker.stop()
+        raise
+    stream = running.stream
+    try:
         broker.stop()  # mid-produce
         stopped_at = len(stream.sent)
         applied_at_stop = set(mark_ids(redis.Redis.from_url(own_redis.url), PREFIX))
         time.sleep(3.5)  # longer than a publish waits (2 s): sends during it are refused
         broker.start()
-        ensure_topic(broker.bootstrap, topic, 1)
+        ensure_topic(broker.bootstrap, running.topic, 1)
         eventually(lambda: any(s[3] for s in stream.sent[stopped_at + 30 :]), 60, 0.2)
         time.sleep(1.5)
         stream.stop()
@@ -251,9 +255,7 @@ def test_broker_restarted_mid_produce(small_bundle, own_redis):
         time.sleep(1.0)
         found = audit(own_redis, stream)
     finally:
-        stream.stop()
-        worker.stop()
-        publisher.close()
+        running.stop()
         broker.stop()
     missing = set(found["missing"])
     lost = [s for s in before if s[3] and s[1] in missing]
@@ -333,20 +335,12 @@ def test_tampered_bundle_under_load_is_refused_and_the_old_one_keeps_serving(
     from shortlist.bundle.promotion import promote
     from shortlist.bundle.watcher import BundleWatcher
     from shortlist.rpc.server import client_channel
-    from shortlist.services.launch import start_inprocess_stack
     from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 
     root = tmp_path / "artifacts"
     shutil.copytree(bundle_dir, root)
     s = settings.replace(feedback_topic=unique("tamper"), feedback_group=unique("tamper"))
-    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 1)
-    stack = start_inprocess_stack(
-        s,
-        bundle,
-        RedisStateStore(s.redis_url, s.redis_prefix),
-        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
-        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
-    )
+    stack = start_stack(s, bundle, partitions=1)
     watcher = BundleWatcher(root, bundle.version, stack.swap_bundle, poll_s=0.1).start()
     tampered = bundle.version + "-tampered"
     calls: list[tuple[str, str | None]] = []  # (version served, error)
@@ -402,18 +396,11 @@ def test_certificate_rotated_under_load(tmp_path):
     do during a real CA rotation."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from shortlist.rpc.server import start_server
-    from tests.integration.test_tls_reload import Authority, presented_serial, replace
+    from tests.pki import presented_serial, replace, rotating_server
 
-    old_ca, new_ca = Authority("old CA"), Authority("new CA")
-    old_cert, old_pem, old_key = old_ca.leaf("service")
-    new_cert, new_pem, new_key = new_ca.leaf("service")
-    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
-    cert_file.write_bytes(old_pem)
-    key_file.write_bytes(old_key)
-    settings = Settings(tls_cert_file=str(cert_file), tls_key_file=str(key_file))
-    server = start_server("retrieval", lambda s: None, (), "127.0.0.1:0", settings=settings)
-    creds = grpc.ssl_channel_credentials(old_ca.pem() + new_ca.pem())
+    r = rotating_server(tmp_path)
+    old_cert, new_cert, server = r.old_cert, r.new_cert, r.server
+    creds = grpc.ssl_channel_credentials(r.old_ca.pem() + r.new_ca.pem())
     target = f"localhost:{server.port}"
     calls: list[tuple[float, str | None]] = []
     stop = threading.Event()
@@ -443,9 +430,9 @@ def test_certificate_rotated_under_load(tmp_path):
             t.start()
         time.sleep(1.0)
         rotated_from = time.monotonic()
-        replace(cert_file, new_pem)  # half-way: the new certificate, the old key
+        replace(r.cert_file, r.new_pem)  # half-way: the new certificate, the old key
         time.sleep(0.5)
-        replace(key_file, new_key)
+        replace(r.key_file, r.new_key)
         rotated_to = time.monotonic()
         eventually(lambda: presented_serial(server.port) == new_cert.serial_number, 10, 0.1)
         time.sleep(1.0)

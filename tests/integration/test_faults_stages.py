@@ -18,12 +18,12 @@ import pytest
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.bundle.promotion import latest_version
 from shortlist.bundle.watcher import BundleWatcher
-from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
+from shortlist.feedback.bus import KafkaEventPublisher
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.server import client_channel
-from shortlist.services.launch import start_inprocess_stack, start_service
+from shortlist.services.launch import start_service
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from tests.conftest import eventually, unique
+from tests.conftest import eventually, start_stack, unique
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +37,7 @@ def make_stack(settings, bundle):
         s = settings.replace(
             feedback_topic=unique("stages"), feedback_group=unique("stages"), **overrides
         )
-        ensure_topic(s.kafka_bootstrap, s.feedback_topic, 1)
-        stack = start_inprocess_stack(
-            s,
-            bundle,
-            RedisStateStore(s.redis_url, s.redis_prefix),
-            KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
-            KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
-        )
+        stack = start_stack(s, bundle, partitions=1)
         stacks.append(stack)
         return stack, s
 

@@ -4,21 +4,20 @@ port forwards to its gRPC server, so answers, codes and messages are the gRPC pa
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 
 import grpc
 import pytest
 
 from shortlist.config import Settings
-from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
-from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.security import hash_key
 from shortlist.rpc.server import client_channel
 from shortlist.services.http_api import start_http_server
 from shortlist.services.launch import start_inprocess_stack
-from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.conftest import eventually
-from tests.integration.test_security import pki  # noqa: F401 (fixture)
+from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from tests.conftest import eventually, start_stack
 
 FULL_KEY = "http-key-full-0123456789"
 READ_KEY = "http-key-read-0123456789"  # scope recommend only
@@ -42,16 +41,7 @@ def keyed(settings: Settings) -> Settings:
 def http_stack(settings, bundle):
     """The stack over the real Redis and broker, with API keys, the internal token on the
     internal services, and the HTTP front door."""
-    s = keyed(settings)
-    ensure_topic(s.kafka_bootstrap, s.feedback_topic, 2)
-    stack = start_inprocess_stack(
-        s,
-        bundle,
-        RedisStateStore(s.redis_url, s.redis_prefix),
-        KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
-        KafkaEventConsumer(s.kafka_bootstrap, s.feedback_topic, s.feedback_group),
-        http_address="127.0.0.1:0",
-    )
+    stack = start_stack(keyed(settings), bundle, http_address="127.0.0.1:0")
     yield stack
     stack.stop()
 
@@ -261,12 +251,11 @@ def test_loadtest_http_mode_sends_recommend_and_feedback(http_stack, bundle):
     assert wrong["errors"] == {"UNAUTHENTICATED": 20}
 
 
-def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):  # noqa: F811
+def test_the_http_port_speaks_tls_with_the_gateways_certificate(pki):
     """With TLS files the HTTP port is HTTPS too (curl verifies it against the CA), and
     plaintext beyond loopback is refused as for gRPC."""
     from shortlist.config import Settings
     from shortlist.rpc.security import InsecureConfiguration
-    from shortlist.services.http_api import start_http_server
     from tests.conftest import bare_gateway
 
     settings = Settings.from_env(
@@ -387,7 +376,6 @@ def test_without_keys_admin_calls_are_open_on_loopback_only(settings, bundle):
     on a non-loopback address refused with 403 saying why, even with insecure=1."""
     from shortlist.feedback.bus import InMemoryBus
     from shortlist.feedback.stores import InMemoryStateStore
-    from shortlist.services.http_api import start_http_server
 
     bus = InMemoryBus()
     store = InMemoryStateStore()
@@ -414,27 +402,107 @@ def test_without_keys_admin_calls_are_open_on_loopback_only(settings, bundle):
         stack.stop()
 
 
-def test_admin_calls_are_counted_by_the_rate_limits_per_key(http_stack, settings):
-    """Admin calls go to the feedback service, past the gateway's gRPC rate limiter: the HTTP
-    front door limits them per key at the same rate, with the gRPC path's message."""
-    limited = start_http_server(
-        keyed(settings).replace(rate_limit_per_s=1, rate_limit_burst=2),
-        http_stack.gateway_target,
-        "127.0.0.1:0",
-        feedback_target=http_stack.target("feedback"),
+ADMIN_FEEDBACK_KEY = "http-key-admin-feedback-0123456789"  # scopes admin+feedback
+CALLS_REFUSED = re.compile(r"rate limit of 1 calls/s \(burst 2\) exceeded; retry in \d+\.\d{3}s")
+
+
+@pytest.fixture
+def limited_stack(settings, bundle):
+    """A stack whose gateway allows each client 1 call a second (burst 2) and 1 event a
+    second (burst 3), on its gRPC port and its HTTP port, over real sockets (an in-memory
+    bus and store: what is under test is the limiter)."""
+    from shortlist.feedback.bus import InMemoryBus
+    from shortlist.feedback.stores import InMemoryStateStore
+
+    s = keyed(settings)
+    s = s.replace(
+        api_key_hashes=f"{s.api_key_hashes},{hash_key(ADMIN_FEEDBACK_KEY)}:admin+feedback",
+        rate_limit_per_s=1,
+        rate_limit_burst=2,
+        rate_limit_events_per_s=1,
+        rate_limit_events_burst=3,
     )
-    url = f"http://127.0.0.1:{limited.port}/v1/admin/show-items"
-    payload = json.dumps({"itemIds": ["rate-limited-item"]})  # not hidden: changes nothing
-    try:
-        # 1 token a second refills slowly: 8 quick calls cannot all pass a burst of 2
-        replies = [curl(url, payload, {"x-api-key": ADMIN_KEY}) for _ in range(8)]
-        statuses = [status for status, _ in replies]
-        assert statuses[:2] == [200, 200] and 429 in statuses, replies
-        body = next(body for status, body in replies if status == 429)
-        assert body["error"]["status"] == "RESOURCE_EXHAUSTED"
-        assert "rate limit of 1 calls/s (burst 2) exceeded" in body["error"]["message"]
+    bus = InMemoryBus()
+    stack = start_inprocess_stack(
+        s, bundle, InMemoryStateStore(), bus.publisher(), bus.consumer(), http_address="127.0.0.1:0"
+    )
+    yield stack
+    stack.stop()
+
+
+def test_an_admin_keys_calls_over_http_and_grpc_draw_from_one_bucket(limited_stack, bundle):
+    """Admin calls reach the feedback service past the gateway's gRPC interceptors; the HTTP
+    front door limits them with the gateway's own RateLimits, so one key has one bucket of
+    calls: its admin calls over HTTP, its Recommend calls over HTTP and over gRPC, alternated,
+    pass no more than the burst plus the refill between them, and all three refuse with the
+    same message."""
+    show = json.dumps({"itemIds": ["rate-limited-item"]})  # not hidden: changes nothing
+    url = limited_stack.http_url + "/v1/admin/show-items"
+    request = gateway_pb2.RecommendRequest(user_id=bundle.users.id(1), k=3)
+    outcomes: list[tuple[str, bool, str]] = []  # (port, passed, refusal message)
+    with client_channel(limited_stack.gateway_target) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
+        start = time.monotonic()
+        for _ in range(4):
+            status, body = curl(url, show, {"x-api-key": ADMIN_KEY})
+            assert status in (200, 429), body
+            message = body["error"]["message"] if status == 429 else ""
+            if status == 429:
+                assert body["error"]["status"] == "RESOURCE_EXHAUSTED"
+            outcomes.append(("http admin", status == 200, message))
+            status, body = post(limited_stack, "/v1/recommend", {"userId": "u", "k": 3}, ADMIN_KEY)
+            assert status in (200, 429), body
+            outcomes.append(
+                ("http", status == 200, body["error"]["message"] if status == 429 else "")
+            )
+            try:
+                stub.Recommend(request, timeout=10, metadata=(("x-api-key", ADMIN_KEY),))
+                outcomes.append(("grpc", True, ""))
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                outcomes.append(("grpc", False, exc.details()))
+        elapsed = time.monotonic() - start
+        passed = sum(ok for _, ok, _ in outcomes)
+        # One bucket: the burst of 2 plus 1 a second (two buckets would pass 2 + 2 at once).
+        assert passed <= 2 + int(elapsed) + 1, (elapsed, outcomes)
+        assert outcomes[0][1] and outcomes[1][1], outcomes  # the burst
+        refused = {port for port, ok, _ in outcomes if not ok}
+        assert refused == {"http admin", "http", "grpc"}, outcomes  # each refuses after the others
+        for port, ok, message in outcomes:
+            assert ok or CALLS_REFUSED.fullmatch(message), (port, message)
         # another key has a bucket of its own; a refused key is refused before being counted
-        assert curl(url, payload, {"x-api-key": ADMIN_KEY_2})[0] == 200
-        assert curl(url, payload, {"x-api-key": "wrong-key-0123456789"})[0] == 401
-    finally:
-        limited.stop()
+        assert curl(url, show, {"x-api-key": ADMIN_KEY_2})[0] == 200
+        assert curl(url, show, {"x-api-key": "wrong-key-0123456789"})[0] == 401
+
+
+def test_an_admin_call_that_writes_an_event_draws_from_the_keys_events_bucket(
+    limited_stack, bundle
+):
+    """DeleteUser writes one event: after a gRPC SendFeedback of 3 events (the events burst)
+    the same key's DeleteUser over HTTP is refused by the events bucket, with the message
+    the gRPC path gives a batch over the limit."""
+    events = [
+        common_pb2.FeedbackEvent(
+            user_id=bundle.users.id(2),
+            item_id=bundle.items.id(n),
+            kind=common_pb2.FEEDBACK_KIND_VIEW,
+        )
+        for n in range(3)
+    ]
+    with client_channel(limited_stack.gateway_target) as channel:
+        gateway_pb2_grpc.GatewayStub(channel).SendFeedback(
+            gateway_pb2.SendFeedbackRequest(events=events),
+            timeout=10,
+            metadata=(("x-api-key", ADMIN_FEEDBACK_KEY),),
+        )
+    status, body = curl(
+        limited_stack.http_url + "/v1/admin/delete-user",
+        json.dumps({"userId": "u-rate-limited"}),
+        {"x-api-key": ADMIN_FEEDBACK_KEY},
+    )
+    assert status == 429, body
+    assert body["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert re.fullmatch(
+        r"rate limit of 1 events/s \(burst 3\) exceeded by a batch of 1; retry in \d\.\d{3}s",
+        body["error"]["message"],
+    ), body

@@ -11,6 +11,7 @@ import pytest
 
 from shortlist.tools import loadtest
 from shortlist.tools.stack import free_port
+from tests.progress import climbs_to_total, record
 
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("rate", "achieved_rps", "p50_ms", "p95_ms", "p99_ms", "max_ms", "errors")
@@ -101,7 +102,12 @@ def test_unreachable_target_counts_unavailable(tmp_path):
     config = loadtest.LoadConfig(
         target=f"127.0.0.1:{port}", rate=50, duration_s=1, warmup_s=0, timeout_s=2
     )
-    result = loadtest.run(config)
+    results = []
+    bars = record(lambda: results.append(loadtest.run(config)))
+    result = results[0]
+    assert [label for label, _ in bars] == ["load test requests"], bars  # a bar with ETA
+    climbs_to_total(*bars[0])
+    assert bars[0][1][-1][1] == 50 and len(bars[0][1]) >= 2  # moved before the end
     summary = result.summary
     assert summary["requests"] == 50 and summary["ok"] == 0
     assert summary["errors"] == {"UNAVAILABLE": 50}

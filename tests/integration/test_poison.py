@@ -24,7 +24,6 @@ from shortlist.feedback.worker import FeedbackWorker
 from shortlist.services.launch import start_service
 from shortlist.tools.bench.feedback import redis_audit, synthetic_events
 from tests.conftest import eventually, unique
-from tests.integration.test_faults import own_redis  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 POISON_ITEM = "poison-item"
@@ -202,7 +201,7 @@ def health_status(target: str, service: str) -> int:
 
 def test_a_stuck_consumer_makes_the_feedback_service_not_ready_until_it_moves(
     broker,
-    own_redis,  # noqa: F811 (the fixture imported above)
+    own_redis,
     bundle,
 ):
     serving = health_pb2.HealthCheckResponse.SERVING

@@ -6,16 +6,10 @@ Certificates are generated at test time (a throwaway CA and leaf certificates fo
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import time
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shortlist.config import Settings
@@ -36,64 +30,6 @@ from tests.conftest import bare_gateway
 
 KEYS = ("key-alpha-0123456789", "key-beta-9876543210")
 INTERNAL_TOKEN = "internal-token-for-tests"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, ca_key, ca_name, key, *, ca: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(ca_name or _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        ).add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA, a leaf certificate for the services and one from an unrelated CA."""
-    root = tmp_path_factory.mktemp("pki")
-
-    def write(name: str, cert: x509.Certificate, key=None) -> None:
-        (root / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            (root / f"{name}.key").write_bytes(pem)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("shortlist test CA", ca_key, None, ca_key, ca=True)
-    write("ca", ca)
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    write("service", _issue("service", ca_key, ca.subject, leaf_key), leaf_key)
-    other_ca_key = ec.generate_private_key(ec.SECP256R1())
-    other_ca = _issue("other CA", other_ca_key, None, other_ca_key, ca=True)
-    other_key = ec.generate_private_key(ec.SECP256R1())
-    write("stranger", _issue("stranger", other_ca_key, other_ca.subject, other_key), other_key)
-    return root
 
 
 def _secure_stack(bundle, pki, **gateway_overrides) -> InProcessStack:

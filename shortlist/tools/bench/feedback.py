@@ -29,7 +29,7 @@ from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensu
 from shortlist.feedback.events import Event, Kind
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.feedback.worker import FeedbackWorker
-from shortlist.models.progress import track
+from shortlist.models.progress import bar, track
 from shortlist.services.launch import start_inprocess_stack
 from shortlist.tools.stack import TansuBroker, wait_for
 from shortlist.training.pipeline import TrainConfig, train_bundle
@@ -133,7 +133,7 @@ def measure_throughput(
     ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, settings.feedback_partitions)
     publisher = KafkaEventPublisher(settings.kafka_bootstrap, settings.feedback_topic)
     start = time.perf_counter()
-    for lo in range(0, len(stream), 1000):
+    for lo in track(range(0, len(stream), 1000), "events published"):
         publisher.publish(stream[lo : lo + 1000], timeout_s=30)
     publish_s = time.perf_counter() - start
     publisher.close()
@@ -145,9 +145,16 @@ def measure_throughput(
     worker.start()  # the service's own (pipelined) loop
     deadline = time.monotonic() + 600
     try:
-        while worker.applied + worker.duplicates < len(stream) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        finished = time.perf_counter()
+        with bar("events applied", len(stream)) as advance:
+            shown = 0
+            while (done := worker.applied + worker.duplicates) < len(stream):
+                if time.monotonic() > deadline:
+                    break
+                if done > shown:
+                    advance(done - shown)
+                    shown = done
+                time.sleep(0.005)
+            finished = time.perf_counter()
     finally:
         worker.stop()
     # The clock starts with the first poll that got records (not the group join).

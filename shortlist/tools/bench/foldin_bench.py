@@ -22,6 +22,7 @@ from shortlist.evaluation.metrics import evaluate
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.models import registry
+from shortlist.models.progress import track
 from shortlist.services.launch import start_service
 from shortlist.tools.bench.feedback import delete_prefix
 from shortlist.tools.stack import TansuBroker, wait_for
@@ -113,7 +114,7 @@ def run(
         start = time.perf_counter()
         with grpc.insecure_channel(f"127.0.0.1:{gateway.server.port}") as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
-            for lo in range(0, len(events), settings.max_events):
+            for lo in track(range(0, len(events), settings.max_events), "likes replayed"):
                 chunk = events[lo : lo + settings.max_events]
                 stub.SendFeedback(gateway_pb2.SendFeedbackRequest(events=chunk), timeout=30)
         worker = feedback.worker
@@ -121,7 +122,7 @@ def run(
         replay_s = time.perf_counter() - start
         vectors = np.zeros((len(held), bundle.item_vectors.shape[1]), np.float32)
         missing = 0
-        for row, u in enumerate(held):
+        for row, u in track(enumerate(held), "folded-in vectors read", len(held), every=50):
             state = store.user_state(NEW_USER.format(train.users.id(int(u))), bundle.version)
             if state.vector is None:
                 missing += 1

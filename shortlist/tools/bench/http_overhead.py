@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shortlist.config import Settings
+from shortlist.models.progress import track
 from shortlist.tools import loadtest as lt
 from shortlist.tools.bench.soak import ensure_bundle, soak_settings
 
@@ -45,7 +46,7 @@ def run(config: HttpBenchConfig, say=print) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in PROTOCOLS}
     try:
         gateway = {"gateway": pids["gateway"]}
-        for r in range(config.rounds):
+        for r in track(range(config.rounds), "http overhead rounds"):
             order = PROTOCOLS if r % 2 == 0 else PROTOCOLS[::-1]
             for protocol in order:
                 http = protocol == "http"

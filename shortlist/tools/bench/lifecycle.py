@@ -133,7 +133,7 @@ def recommend_metrics(gateway, slices: Slices) -> dict[str, float]:
     them), the first 20 kept."""
     users = sorted(slices.test)
     hits = np.zeros((len(users), K), bool)
-    for row, user in enumerate(users):
+    for row, user in track(enumerate(users), "test-slice Recommends", len(users), every=20):
         reply = gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=100), timeout=5)
         before = slices.before_test.get(user, set())
         top = [i.item_id for i in reply.items if i.item_id not in before][:K]

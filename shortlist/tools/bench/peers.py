@@ -20,6 +20,7 @@ import numpy as np
 from shortlist.data.interactions import Interactions
 from shortlist.evaluation.metrics import evaluate
 from shortlist.models.base import FitReport
+from shortlist.models.progress import track
 
 PEERS = ("als", "implicit-bpr")
 INSTALL_HINT = "pip install implicit==0.7.3 (the [bench] extra)"
@@ -153,7 +154,7 @@ def tune(
     trials: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] = (-1.0, {**fixed})
     last = 0.0
-    for point in points:
+    for point in track(points, f"{name} grid"):  # stops early at the budget
         spent = time.perf_counter() - start
         if trials and spent + last > budget:
             break

@@ -39,6 +39,7 @@ from shortlist.bundle.integrity import MANIFEST, write_manifest
 from shortlist.bundle.promotion import promote
 from shortlist.data.ids import IdMap
 from shortlist.feedback.foldin import FoldInTargets
+from shortlist.models.progress import track
 from shortlist.retrieval.index import build_index
 from shortlist.retrieval.precomputed import ITEMS_FILE, SCORES_FILE
 
@@ -77,7 +78,7 @@ def _likes(n_users: int, cfg: PodMemoryConfig, rng: np.random.Generator) -> sp.c
     pop = 1.0 / (np.arange(cfg.items) + 10.0) ** 0.9
     cdf = np.cumsum(pop / pop.sum())
     indices, lengths = [], []
-    for lo in range(0, n_users, CHUNK):
+    for lo in track(range(0, n_users, CHUNK), "likes generated"):
         hi = min(n_users, lo + CHUNK)
         counts = 1 + rng.poisson(cfg.likes_per_user - 1, hi - lo)
         cols = np.minimum(np.searchsorted(cdf, rng.random(int(counts.sum()))), cfg.items - 1)
@@ -167,7 +168,7 @@ def _precomputed(directory: Path, n_users: int, cfg: PodMemoryConfig, rng) -> No
     scores = np.lib.format.open_memmap(
         directory / SCORES_FILE, "w+", np.float32, (n_users, cfg.width)
     )
-    for lo in range(0, n_users, CHUNK):
+    for lo in track(range(0, n_users, CHUNK), "precomputed written"):
         hi = min(n_users, lo + CHUNK)
         items[lo:hi] = rng.integers(0, cfg.items, (hi - lo, cfg.width), dtype=np.int32)
         scores[lo:hi] = -np.sort(-rng.random((hi - lo, cfg.width), np.float32), axis=1)
@@ -183,7 +184,7 @@ def _old_layout(directory: Path, bundle: Bundle) -> None:
     vectors = np.lib.format.open_memmap(
         directory / "user_vectors.npy", "w+", np.float32, (weights.shape[0], encoder.shape[1])
     )
-    for lo in range(0, weights.shape[0], CHUNK):
+    for lo in track(range(0, weights.shape[0], CHUNK), "old-layout vectors"):
         vectors[lo : lo + CHUNK] = weights[lo : lo + CHUNK] @ encoder
     vectors.flush()
     del vectors
@@ -256,14 +257,14 @@ def _serve_requests(name: str, target: str, n_users: int, cfg: PodMemoryConfig) 
     with grpc.insecure_channel(target) as channel:
         if name == "retrieval":
             stub = retrieval_pb2_grpc.RetrievalStub(channel)
-            for r in range(cfg.requests):
+            for r in track(range(cfg.requests), "Retrieve calls", every=20):
                 n = 20 if r % 2 == 0 else 2 * cfg.width
                 user = f"user-{int(rng.integers(n_users)):08d}"
                 reply = stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id=user, n=n), timeout=30)
                 ok += len(reply.candidates) > 0
         else:
             stub = ranking_pb2_grpc.RankingStub(channel)
-            for _ in range(cfg.requests):
+            for _ in track(range(cfg.requests), "Rank calls", every=20):
                 user = f"user-{int(rng.integers(n_users)):08d}"
                 items = rng.choice(cfg.items, 100, replace=False)
                 candidates = [

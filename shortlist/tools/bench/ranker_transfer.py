@@ -19,6 +19,7 @@ import numpy as np
 from shortlist.evaluation.protocols import union_likes
 from shortlist.evaluation.two_stage import held_out_lift, list_metrics
 from shortlist.models import registry
+from shortlist.models.progress import track
 from shortlist.ranking.lambdarank import RankerConfig, score
 from shortlist.training.pipeline import (
     TrainConfig,
@@ -97,7 +98,7 @@ def run(
     for group, members in GROUPS.items():
         subsets[f"{group} only"] = [n for n in names if n in RETRIEVAL or n in members]
     rows = []
-    for label, subset in subsets.items():
+    for label, subset in track(subsets.items(), "feature groups", len(subsets)):
         keep = [names.index(n) for n in subset]
         fit_lists, test_lists = _columns(valid, keep), _columns(tests, keep)
         fit = fit_ranker(fit_lists, subset, cfg, ranker_cfg, say)

@@ -16,6 +16,7 @@ from shortlist.data.interactions import Interactions
 from shortlist.data.splits import latest_share_holdout
 from shortlist.evaluation.metrics import evaluate
 from shortlist.models import registry
+from shortlist.models.progress import track
 
 SEARCH: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("pop_exp", (0.0, 0.1, 0.2)),
@@ -56,7 +57,7 @@ def run(
             say(f"{scored[key]['options']}: ndcg@20 {scored[key]['ndcg@20']}")
         return scored[key]["ndcg@20"]
 
-    for name, values in search:
+    for name, values in track(search, "recency search"):
         best = max(({**best, name: v} for v in values), key=score)
     chosen = scored[tuple(sorted(best.items()))]
     return {"held_out_likes": int(held.nnz), "tried": list(scored.values()), "chosen": chosen}

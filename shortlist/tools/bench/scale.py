@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shortlist.models.progress import track
+
 GIB = 1024**3
 # Gowalla (train + valid + test of the LightGCN split), used when ../shared/data is absent.
 GOWALLA_USERS, GOWALLA_ITEMS, GOWALLA_LIKES = 29_858, 40_981, 1_027_370
@@ -221,7 +223,7 @@ def bench_scale(
     shape = gowalla_shape(shape_dir)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        for x in scales:
+        for x in track(scales, "scales"):
             if data is not None:
                 where, likes = data, int(gowalla_shape(data).user_likes.sum())
             else:

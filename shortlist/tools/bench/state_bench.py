@@ -16,7 +16,8 @@ import numpy as np
 import redis
 
 from shortlist.feedback.events import Event, Kind
-from shortlist.feedback.stores import RedisStateStore
+from shortlist.feedback.stores import RedisStateStore, StateStore
+from shortlist.models.progress import track
 from shortlist.tools.redis_cluster import LocalRedisCluster
 from shortlist.tools.stack import free_port, port_open, wait_for
 
@@ -43,11 +44,11 @@ def _events(cfg: StateBenchConfig) -> list[Event]:
     return out
 
 
-def _write(store: RedisStateStore, events: list[Event], cfg: StateBenchConfig) -> float:
+def _write(store: StateStore, events: list[Event], cfg: StateBenchConfig) -> float:
     """Events per second through prepare + apply (with seqs), chunks of whole users."""
     rng = np.random.default_rng(cfg.seed + 1)
     start = time.perf_counter()
-    for lo in range(0, len(events), cfg.chunk):
+    for lo in track(range(0, len(events), cfg.chunk), "state writes"):
         chunk = events[lo : lo + cfg.chunk]
         pending = store.prepare(chunk, "v1")
         users = {e.user_id for e in chunk}
@@ -56,11 +57,11 @@ def _write(store: RedisStateStore, events: list[Event], cfg: StateBenchConfig) -
     return len(events) / (time.perf_counter() - start)
 
 
-def _read(store: RedisStateStore, users: list[str], cfg: StateBenchConfig) -> dict[str, float]:
+def _read(store: StateStore, users: list[str], cfg: StateBenchConfig) -> dict[str, float]:
     rng = np.random.default_rng(cfg.seed + 2)
     latencies = []
     start = time.perf_counter()
-    for n in rng.integers(len(users), size=cfg.reads):
+    for n in track(rng.integers(len(users), size=cfg.reads), "state reads", every=100):
         t = time.perf_counter()
         store.user_state(users[int(n)], "v1")
         latencies.append(time.perf_counter() - t)

@@ -14,36 +14,10 @@ from shortlist.data.synthetic import generate
 from shortlist.evaluation.metrics import evaluate_model
 from shortlist.evaluation.two_stage import list_metrics
 from shortlist.models import registry
-from shortlist.models.progress import observe, track
+from shortlist.models.progress import track
 from shortlist.training.pipeline import TrainConfig, train_bundle
 from shortlist.training.tuning import Knob, tune
-
-Run = list[tuple[int, int]]
-
-
-def record(work) -> list[tuple[str, Run]]:
-    """The bars `work` drew, in order, each as its (done, total) updates."""
-    events: list[tuple[str, int, int]] = []
-    with observe(lambda label, done, total: events.append((label, done, total))):
-        work()
-    runs: list[tuple[str, Run]] = []
-    open_runs: dict[str, Run] = {}
-    for label, done, total in events:
-        run = open_runs.get(label)
-        if run is None or done <= run[-1][0]:  # a new bar of the same label
-            run = open_runs[label] = []
-            runs.append((label, run))
-        run.append((done, total))
-        if done == total:
-            del open_runs[label]
-    return runs
-
-
-def climbs_to_total(label: str, run: Run) -> None:
-    done = [d for d, _ in run]
-    assert len({t for _, t in run}) == 1, (label, run)
-    assert done[0] >= 1 and all(b > a for a, b in zip(done, done[1:])), (label, run)
-    assert done[-1] == run[-1][1], f"{label} stopped at {done[-1]} of {run[-1][1]}"
+from tests.progress import climbs_to_total, record
 
 
 @pytest.mark.slow  # the whole pipeline, on small data
@@ -89,6 +63,44 @@ def test_evaluation_and_the_benchmarks_ranked_lists_report_progress():
     assert [label for label, _ in runs] == ["ranked lists", "evaluation"]
     for label, run in runs:
         climbs_to_total(label, run)
+
+
+def test_the_state_benchs_timed_loops_report_progress():
+    """`shortlist bench state`'s write and read loops (on each store it measures), here on
+    the in-memory store: the loops are the bench's own, only the store differs."""
+    from shortlist.feedback.stores import InMemoryStateStore
+    from shortlist.tools.bench.state_bench import StateBenchConfig, _events, _read, _write
+
+    cfg = StateBenchConfig(users=40, events_per_user=5, items=30, dim=4, reads=250, chunk=50)
+    events = _events(cfg)
+    users = sorted({e.user_id for e in events})
+    store = InMemoryStateStore()
+    runs = record(lambda: (_write(store, events, cfg), _read(store, users, cfg)))
+    steps = ["state writes", "state reads"]
+    assert [label for label, _ in runs] == steps, f"steps without progress: {runs}"
+    for label, run in runs:
+        climbs_to_total(label, run)
+    assert runs[0][1][-1][1] == 4 and runs[1][1][-1][1] == 250  # chunks, reads
+
+
+def test_the_pod_memory_benchs_generated_bundles_report_progress(tmp_path, monkeypatch):
+    """`shortlist bench pod-memory` writes bundles of millions of users in chunks: the likes
+    and the precomputed shortlists each move a bar a chunk."""
+    from shortlist.tools.bench import pod_memory
+
+    monkeypatch.setattr(pod_memory, "CHUNK", 100)
+    cfg = pod_memory.PodMemoryConfig(items=50, width=5)
+    rng = np.random.default_rng(0)
+    runs = record(
+        lambda: (
+            pod_memory._likes(250, cfg, rng),
+            pod_memory._precomputed(tmp_path, 250, cfg, rng),
+        )
+    )
+    assert [label for label, _ in runs] == ["likes generated", "precomputed written"], runs
+    for label, run in runs:
+        climbs_to_total(label, run)
+        assert run[-1][1] == 3  # chunks of 100 users
 
 
 def test_tuning_bar_counts_the_budgets_seconds():
