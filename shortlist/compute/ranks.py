@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.nn.functional import all_gather
 
 BACKEND = "gloo"  # CPU tensors; NCCL would need a GPU per rank
 
@@ -55,8 +57,28 @@ class Ranks:
         """This rank's contiguous share of a global batch (all of it with one rank)."""
         if self.world == 1:
             return batch
-        bounds = np.linspace(0, len(batch), self.world + 1).astype(int)
-        return batch[bounds[self.rank] : bounds[self.rank + 1]]
+        lo, hi = self.bounds(len(batch))
+        return batch[lo:hi]
+
+    def bounds(self, total: int) -> tuple[int, int]:
+        """Where this rank's part of a global batch of `total` starts and ends."""
+        edges = np.linspace(0, total, self.world + 1).astype(int)
+        return int(edges[self.rank]), int(edges[self.rank + 1])
+
+    def gather(self, part: torch.Tensor, total: int) -> torch.Tensor:
+        """The rows every rank computed for its part of a global batch of `total`, in batch
+        order, with gradients flowing back to the rank that computed them (for losses whose
+        negatives are the whole batch's). `part` itself with one rank."""
+        if self.world == 1:
+            return part
+        edges = np.linspace(0, total, self.world + 1).astype(int)
+        sizes = np.diff(edges)
+        longest = int(sizes.max())  # all_gather wants equal shapes: pad, then drop the pad
+        pad = part.new_zeros((longest - len(part), *part.shape[1:]))
+        with warnings.catch_warnings():  # deprecated for a private API; still the public one
+            warnings.simplefilter("ignore", FutureWarning)
+            pieces = all_gather(torch.cat([part, pad]))
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
 
     def share(self, local: int, total: int) -> float:
         """The factor on a loss averaged over `local` of a global batch's `total` examples
@@ -69,10 +91,11 @@ class Ranks:
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module as the loop calls it: DistributedDataParallel across the ranks (its
-        gradients averaged in backward, rank 0's initial weights broadcast), or itself."""
+        gradients averaged in backward, rank 0's initial weights broadcast), or itself. The
+        models' buffers are constants (features, masks), so they are not sent every step."""
         if self.world == 1:
             return module
-        return torch.nn.parallel.DistributedDataParallel(module)
+        return torch.nn.parallel.DistributedDataParallel(module, forward_sync_buffers=False)
 
     def agree(self, value: Any) -> Any:
         """Rank 0's `value` on every rank (a decision only rank 0 can take)."""
