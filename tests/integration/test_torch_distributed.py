@@ -183,3 +183,23 @@ def test_early_stopping_and_quality_on_planted_topics(dask_engine):
     print(f"test NDCG@20: in process {a:.4f}, 2 ranks {b:.4f}")
     assert a > 0.1  # the planted topics were learnt (random vectors score about .03)
     assert abs(b - a) <= 0.02 * a
+
+
+# ------------------------------------------------------------------------ the bench
+def test_the_bench_reports_both_engines_per_model(tmp_path):
+    """`shortlist bench torch-dist`'s report: a run per (model, engine), and a summary whose
+    NDCG@20 agree (the same optimisation on both engines)."""
+    from shortlist.data.loaders import write_lightgcn_dir
+    from shortlist.tools.bench import torch_dist
+
+    directory = write_lightgcn_dir(random_holdout(DATA, seed=1, name="planted"), tmp_path)
+    config = {"lightgcn": {"epochs": 2, "batch_size": 1024, "negatives": 64}}
+    report = torch_dist.run(directory, ["lightgcn"], "B", workers=2, config=config)
+    assert [(r["model"], r["engine"]) for r in report["runs"]] == [
+        ("lightgcn", "inprocess"),
+        ("lightgcn", "dask"),
+    ]
+    summary = report["lightgcn"]
+    assert summary["inprocess_seconds"] > 0 and summary["dask_seconds"] > 0
+    assert summary["ndcg@20_dask"] == pytest.approx(summary["ndcg@20_inprocess"], abs=1e-3)
+    assert report["workers"] == 2 and all(r["epochs"] == 2 for r in report["runs"])
