@@ -18,7 +18,9 @@ from __future__ import annotations
 import datetime
 import socket
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,13 +123,28 @@ class Pair(torch.nn.Module):
         return self.first(x), self.second(y)
 
 
+_HERE: ContextVar[bool] = ContextVar("shortlist_torch_here", default=False)
+
+
+@contextmanager
+def in_this_process() -> Iterator[None]:
+    """Torch fits inside the block run here with the single rank, whatever the engine: for
+    the options search, whose budget counts this process's CPU seconds (fits on the ranks
+    would not spend them, so the search would run further on Dask than in process)."""
+    token = _HERE.set(True)
+    try:
+        yield
+    finally:
+        _HERE.reset(token)
+
+
 def data_parallel(train: Callable[..., Any], *args: Any) -> Any:
     """`train(ranks, *args)` on the current engine: once here with the single rank, or once
     per worker on Dask with a gloo process group (rank 0's return value comes back)."""
     from shortlist import compute
 
     engine = compute.current()
-    if getattr(engine, "distributed", False):
+    if getattr(engine, "distributed", False) and not _HERE.get():
         return engine.run_ranks(train, *args)
     return train(SINGLE, *args)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shortlist.compute import InProcess, using
-from shortlist.compute.ranks import SINGLE, Ranks, data_parallel
+from shortlist.compute.ranks import SINGLE, Ranks, data_parallel, in_this_process
 
 
 def test_the_single_rank_takes_everything_and_wraps_nothing():
@@ -45,3 +45,20 @@ def test_shares_cover_the_batch_once_and_weight_to_its_mean(world, total):
 def test_data_parallel_in_process_is_one_call_with_the_single_rank():
     with using(InProcess()):
         assert data_parallel(lambda ranks, x: (ranks, x + 1), 1) == (SINGLE, 2)
+
+
+class _Cluster:
+    """An engine that would run the ranks elsewhere."""
+
+    name, distributed = "fake", True
+
+    def run_ranks(self, train, *args):
+        return ("ranks", args)
+
+
+def test_a_distributed_engine_gets_the_ranks_unless_the_block_keeps_them_here():
+    with using(_Cluster()):
+        assert data_parallel(lambda ranks, x: (ranks, x), 1) == ("ranks", (1,))
+        with in_this_process():  # the options search: its budget is this process's CPU
+            assert data_parallel(lambda ranks, x: (ranks, x), 1) == (SINGLE, 1)
+        assert data_parallel(lambda ranks, x: (ranks, x), 1) == ("ranks", (1,))
