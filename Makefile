@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install proto demo up down test test-unit lint train bench bench-quality bench-peers bench-index \
 	bench-feedback bench-serving bench-soak bench-ranking bench-dislikes bench-swaps \
-	bench-lifecycle bench-next-item bench-http bench-pod-memory bench-scale clean
+	bench-lifecycle bench-next-item bench-http bench-pod-memory bench-scale bench-torch-dist clean
 
 install: $(STAMP) proto
 
@@ -235,6 +235,10 @@ clean:
 SCALES         ?= 1,10,30
 SCALE_TIME_CAP ?= 3600
 SCALE_MEM_CAP  ?= 20
+bench-torch-dist: install
+	@if [ -d $(DATA)/ml-100k ]; then $(BIN)/shortlist bench torch-dist --data $(DATA)/ml-100k \
+		--models lightgcn,two-tower; else echo "absent: $(DATA)/ml-100k"; fi
+
 bench-scale: install
 	$(BIN)/shortlist bench scale --scales $(SCALES) --shape $(DATA)/gowalla \
 		--time-cap $(SCALE_TIME_CAP) --mem-cap-gib $(SCALE_MEM_CAP)

@@ -9,6 +9,9 @@
 - `fit_lambdarank` is `lightgbm.dask.DaskLGBMRanker` over the lists cut into one chunk of
   whole lists per worker (LightGBM's data-parallel learner).
 - `read_parquet` reads events with `dask.dataframe` (one partition per file or row group).
+- `run_ranks` trains a torch model data-parallel: one rank per worker in a gloo process
+  group whose rendezvous is rank 0's worker host and a port free there
+  (`shortlist.compute.ranks`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
-from distributed import Client, LocalCluster, wait
+from distributed import Client, LocalCluster, as_completed, wait
 from lightgbm.dask import DaskLGBMRanker
+
+from shortlist.compute import ranks as torch_ranks
 
 # Non-zeros per scattered block: small enough that a worker holds several, large enough that
 # per-task overhead stays small against the product.
@@ -38,8 +43,28 @@ def _dot(block: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
     return np.asarray(block @ dense, dtype=np.float32)
 
 
+def _worker_threads() -> int:
+    from distributed import get_worker
+
+    return int(get_worker().state.nthreads)
+
+
 def _tdot(block: sp.csr_matrix, part: np.ndarray) -> np.ndarray:
     return np.asarray(block.T @ part, dtype=np.float32)
+
+
+def _rank_task(
+    train: Callable[..., Any],
+    rank: int,
+    world: int,
+    address: str,
+    port: int,
+    timeout_s: float,
+    *args: Any,
+) -> Any:
+    return torch_ranks.run_rank(
+        train, rank, world, address, port, _worker_threads(), timeout_s, *args
+    )
 
 
 class DaskRows:
@@ -151,6 +176,39 @@ class DaskEngine:
             if isinstance(frame[column].dtype, pd.CategoricalDtype):
                 frame[column] = frame[column].astype(str)
         return pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+
+    def run_ranks(self, train: Callable[..., Any], *args: Any, timeout_s: float = 1800.0) -> Any:
+        """`train(ranks, *args)` once on every worker, each a rank of one gloo process group
+        (rank 0 on the first worker by address, whose host and a port free there are the
+        rendezvous); each rank uses its worker's thread count. Rank 0's result."""
+        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        if not workers:
+            raise RuntimeError("the Dask cluster has no workers")
+        first = workers[0]
+        address = first.split("://", 1)[-1].rsplit(":", 1)[0]
+        port = self.client.submit(torch_ranks.free_port, workers=[first], pure=False).result()
+        shared = [self.client.scatter(a, broadcast=True) for a in args]
+        futures = [
+            self.client.submit(
+                _rank_task,
+                train,
+                rank,
+                len(workers),
+                address,
+                port,
+                timeout_s,
+                *shared,
+                workers=[worker],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for rank, worker in enumerate(workers)
+        ]
+        for future in as_completed(futures):  # a failed rank's error, not the others' timeout
+            if future.status == "error":
+                self.client.cancel(futures)
+                future.result()
+        return futures[0].result()
 
     def close(self) -> None:
         self.client.close()

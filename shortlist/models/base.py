@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 
 from shortlist.data.interactions import Interactions
+
+if TYPE_CHECKING:  # serving imports this module and needs no torch
+    from shortlist.compute.ranks import Ranks
 
 # Early stopping: (user_factors, item_factors, k) -> held-out metrics with "ndcg@k" and
 # "recall@k"; the caller builds it (offline evaluation), so models never import it.
@@ -60,26 +63,39 @@ def is_item_item(model: object) -> bool:
 @dataclass
 class BestOnValid:
     """Early stopping for models trained by epochs: every `every` epochs (and the last),
-    score the vectors on valid NDCG@20, keep the best epoch's, and stop after `patience`
-    evaluations without a gain. No `validate`: nothing is scored, nothing stops."""
+    score the vectors on valid NDCG@`k`, keep the best epoch's, and stop after `patience`
+    evaluations without a gain. No `validate`: nothing is scored, nothing stops.
+
+    With several data-parallel ranks (`ranks`) only rank 0 scores; the decisions (stop,
+    improved) are broadcast so every rank stops at the same epoch."""
 
     validate: Validator | None
     every: int
     last: int
     patience: int
+    ranks: Ranks | None = None  # None: the single rank
+    k: int = 20
     best: float = -1.0
+    best_epoch: int = 0
     vectors: tuple[np.ndarray, np.ndarray] | None = None
     bad: int = 0
+    improved: bool = False  # whether the latest check kept a new best
 
     def check(self, epoch: int, row: dict[str, float], vectors_of: Callable[[], tuple]) -> bool:
         """Score this epoch when due (metrics into `row`); True when training should stop."""
+        self.improved = False
         if self.validate is None or not (epoch % self.every == 0 or epoch == self.last):
             return False
-        vectors = vectors_of()
-        m = self.validate(*vectors, 20)
-        row.update({"recall@20": m["recall@20"], "ndcg@20": m["ndcg@20"]})
-        if m["ndcg@20"] > self.best:
-            self.best, self.vectors, self.bad = m["ndcg@20"], vectors, 0
-        else:
-            self.bad += 1
+        if self.ranks is None or self.ranks.main:
+            vectors = vectors_of()
+            m = self.validate(*vectors, self.k)
+            k = self.k
+            row.update({f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]})
+            if m[f"ndcg@{k}"] > self.best:
+                self.best, self.best_epoch, self.vectors = m[f"ndcg@{k}"], epoch, vectors
+                self.bad, self.improved = 0, True
+            else:
+                self.bad += 1
+        if self.ranks is not None:
+            self.improved, self.bad = self.ranks.agree((self.improved, self.bad))
         return self.bad >= self.patience

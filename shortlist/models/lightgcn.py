@@ -27,8 +27,9 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from shortlist.compute.ranks import Ranks, fit_model
 from shortlist.data.interactions import Interactions
-from shortlist.models.base import FitReport, Validator
+from shortlist.models.base import BestOnValid, FitReport, Validator
 from shortlist.models.progress import bar as progress_bar
 
 
@@ -93,6 +94,19 @@ def normalized_graph(positives: sp.csr_matrix) -> sp.csr_matrix:
     return (sp.diags(du) @ r @ sp.diags(di)).tocsr()
 
 
+class _Tables(torch.nn.Module):
+    """The user and item embedding tables as one module whose forward pass is the
+    propagation (what DistributedDataParallel wraps)."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, propagate) -> None:
+        super().__init__()
+        self.users, self.items = torch.nn.Parameter(users), torch.nn.Parameter(items)
+        self.propagate = propagate
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.propagate(self.users, self.items)
+
+
 class LightGCN:
     name = "lightgcn"
 
@@ -122,9 +136,15 @@ class LightGCN:
 
     # ------------------------------------------------------------------- training
     def fit(self, data: Interactions, validate: Validator | None = None) -> FitReport:
-        """Train on `data.positives` (+ `data.negatives`); early-stop on `validate` if given."""
+        """Train on `data.positives` (+ `data.negatives`); early-stop on `validate` if given.
+        Data-parallel over the workers when the current engine is Dask (compute.ranks)."""
+        return fit_model(self, data, validate)
+
+    def _train(self, ranks: Ranks, data: Interactions, validate: Validator | None) -> FitReport:
+        """The training loop, as one rank of `ranks`: every rank propagates the whole graph
+        and computes the loss on its share of each batch; the gradients are averaged."""
         cfg = self.config
-        torch.set_num_threads(max(1, cfg.threads))
+        torch.set_num_threads(ranks.torch_threads(cfg.threads))
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         start = time.perf_counter()
@@ -136,21 +156,27 @@ class LightGCN:
         neg = data.negatives.tocsr() if cfg.use_dislikes else sp.csr_matrix(data.positives.shape)
         has_dislikes = neg.nnz > 0
 
-        user_emb = torch.nn.Parameter(torch.randn(data.n_users, cfg.dim) * cfg.init_std)
-        item_emb = torch.nn.Parameter(torch.randn(data.n_items, cfg.dim) * cfg.init_std)
-        opt = torch.optim.Adam([user_emb, item_emb], lr=cfg.lr)
+        tables = _Tables(
+            torch.randn(data.n_users, cfg.dim) * cfg.init_std,
+            torch.randn(data.n_items, cfg.dim) * cfg.init_std,
+            self._propagate,
+        )
+        net = ranks.wrap(tables)
+        opt = torch.optim.Adam(tables.parameters(), lr=cfg.lr)
 
         report = FitReport()
-        best = (-1.0, 0)
-        best_vectors = None
-        bad_evals = 0
+        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience, ranks, cfg.eval_k)
         n = len(p_users)
         steps = (n + cfg.batch_size - 1) // cfg.batch_size
+
+        def export() -> tuple[np.ndarray, np.ndarray]:
+            with torch.no_grad():
+                return self._export(*tables())
 
         with progress_bar(
             "lightgcn",
             cfg.epochs * steps,
-            enabled=cfg.progress,
+            enabled=cfg.progress and ranks.main,
             detail="epoch {task.fields[epoch]} loss {task.fields[loss]:.4f} {task.fields[val]}",
             epoch=0,
             loss=0.0,
@@ -158,58 +184,68 @@ class LightGCN:
         ) as advance:
             for epoch in range(1, cfg.epochs + 1):
                 perm = rng.permutation(n)
-                total = 0.0
+                total, seen = 0.0, 0
                 for lo in range(0, n, cfg.batch_size):
+                    # the random draws are the whole batch's, the same on every rank
                     b = perm[lo : lo + cfg.batch_size]
-                    u, i = p_users[b], p_items[b]
-                    d = _sample_dislikes(neg, u, rng) if has_dislikes else None
-                    eu, ei = self._propagate(user_emb, item_emb)
-                    loss = self._loss(eu, ei, u, i, d, data.n_items, rng)
-                    reg = (
-                        cfg.l2
-                        * (
-                            user_emb[torch.from_numpy(u)].pow(2).sum()
-                            + item_emb[torch.from_numpy(i)].pow(2).sum()
+                    d = _sample_dislikes(neg, p_users[b], rng) if has_dislikes else None
+                    if cfg.loss == "bpr":
+                        sampled = rng.integers(0, data.n_items, size=len(b))
+                    else:
+                        sampled = rng.integers(0, data.n_items, size=cfg.negatives)
+                    mine = ranks.part(np.arange(len(b)))
+                    u, i = p_users[b][mine], p_items[b][mine]
+                    if d is not None:
+                        d = d[mine]
+                    if cfg.loss == "bpr":
+                        sampled = sampled[mine]
+                    eu, ei = net()
+                    if len(mine):
+                        loss = self._loss(eu, ei, u, i, d, sampled)
+                        reg = (
+                            cfg.l2
+                            * (
+                                tables.users[torch.from_numpy(u)].pow(2).sum()
+                                + tables.items[torch.from_numpy(i)].pow(2).sum()
+                            )
+                            / len(mine)
                         )
-                        / len(b)
-                    )
+                    else:  # a batch smaller than the ranks: this one adds no gradient
+                        loss = reg = 0.0 * (eu.sum() + ei.sum())
                     opt.zero_grad()
-                    (loss + reg).backward()
+                    ((loss + reg) * ranks.share(len(mine), len(b))).backward()
                     opt.step()
                     step_loss = loss.item()
-                    total += step_loss * len(b)
+                    total += step_loss * len(mine)
+                    seen += len(mine)
                     advance(1, epoch=epoch, loss=step_loss)
-                row: dict[str, float] = {"epoch": epoch, "loss": total / n}
-                last = epoch == cfg.epochs
-                if validate is not None and (epoch % cfg.eval_every == 0 or last):
-                    with torch.no_grad():
-                        uf, itf = self._export(*self._propagate(user_emb, item_emb))
-                    m = validate(uf, itf, cfg.eval_k)
-                    k = cfg.eval_k
-                    row.update({f"recall@{k}": m[f"recall@{k}"], f"ndcg@{k}": m[f"ndcg@{k}"]})
-                    advance(0, val=f"val ndcg@{k} {m[f'ndcg@{k}']:.4f}")
-                    if m[f"ndcg@{k}"] > best[0]:
-                        best, best_vectors, bad_evals = (m[f"ndcg@{k}"], epoch), (uf, itf), 0
-                        self._checkpoint(user_emb, item_emb, epoch, row)
-                    else:
-                        bad_evals += 1
+                # this rank's share of the positives (all of them with one rank)
+                row: dict[str, float] = {"epoch": epoch, "loss": total / max(1, seen)}
+                stop = early.check(epoch, row, export)
+                if f"ndcg@{cfg.eval_k}" in row:
+                    advance(0, val=f"val ndcg@{cfg.eval_k} {row[f'ndcg@{cfg.eval_k}']:.4f}")
+                if early.improved and ranks.main:
+                    self._checkpoint(tables.users, tables.items, epoch, row)
                 row["seconds"] = time.perf_counter() - start
                 report.history.append(row)
                 report.epochs = epoch
-                if validate is not None and bad_evals >= cfg.patience:
+                if stop:
                     break
 
+        best_vectors = early.vectors
         if best_vectors is None:
-            with torch.no_grad():
-                best_vectors = self._export(*self._propagate(user_emb, item_emb))
-            self._checkpoint(user_emb, item_emb, report.epochs, {})
+            best_vectors = export()
+            if ranks.main:
+                self._checkpoint(tables.users, tables.items, report.epochs, {})
         self.user_factors, self.item_factors = best_vectors
-        self.best_epoch = best[1] or report.epochs
+        self.best_epoch = early.best_epoch or report.epochs
         report.seconds = time.perf_counter() - start
         del self._r, self._rt
         return report
 
-    def _loss(self, eu, ei, u, i, d, n_items: int, rng) -> torch.Tensor:
+    def _loss(self, eu, ei, u, i, d, sampled: np.ndarray) -> torch.Tensor:
+        """The loss on positives (u, i) with dislikes `d` (-1: none) and `sampled`
+        negatives: one per positive for BPR, shared by the batch for the softmax."""
         cfg = self.config
         ut, it = torch.from_numpy(u), torch.from_numpy(i)
         if cfg.cosine:
@@ -217,7 +253,7 @@ class LightGCN:
         bu, bi = eu[ut], ei[it]
         pos = (bu * bi).sum(-1, keepdim=True)
         if cfg.loss == "bpr":
-            j = torch.from_numpy(rng.integers(0, n_items, size=len(u)))
+            j = torch.from_numpy(sampled)
             neg_s = (bu * ei[j]).sum(-1, keepdim=True)
             loss = -F.logsigmoid(pos - neg_s).mean()
             if d is not None:
@@ -228,7 +264,7 @@ class LightGCN:
                     -F.logsigmoid(pos - ds).squeeze(-1) * has
                 ).sum() / max(1, int(has.sum()))
             return loss
-        shared = torch.from_numpy(rng.integers(0, n_items, size=cfg.negatives))
+        shared = torch.from_numpy(sampled)
         logits = [pos, bu @ ei[shared].T]
         if d is not None:
             dt = torch.from_numpy(np.where(d >= 0, d, 0))

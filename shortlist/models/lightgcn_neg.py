@@ -103,25 +103,28 @@ class LightGCNNeg:
 
         neg_data = Interactions(users=data.users, items=data.items, positives=dislikes)
         neg_model = LightGCN(neg_cfg)
-        chosen: list[tuple[float, float]] = []  # (valid ndcg, beta) per evaluation
+        betas = self.config.betas
 
-        def validate_neg(nu: np.ndarray, ni: np.ndarray, k: int) -> dict[str, float]:
+        def best_beta(nu: np.ndarray, ni: np.ndarray, k: int) -> tuple[dict[str, float], float]:
             assert validate is not None
             best_m, best_b = None, 0.0
-            for b in self.config.betas:
+            for b in betas:
                 m = validate(*combine(pos, (nu, ni), b, has), k)
                 if best_m is None or m[f"ndcg@{k}"] > best_m[f"ndcg@{k}"]:
                     best_m, best_b = m, b
             assert best_m is not None
-            chosen.append((best_m[f"ndcg@{k}"], best_b))
-            return best_m
+            return best_m, best_b
+
+        def validate_neg(nu: np.ndarray, ni: np.ndarray, k: int) -> dict[str, float]:
+            return best_beta(nu, ni, k)[0]
 
         neg_report = neg_model.fit(neg_data, validate=validate_neg if validate else None)
         neg = (neg_model.user_factors, neg_model.item_factors)
         self.beta = self.config.beta
-        if chosen:  # LightGCN keeps the first evaluation with the highest NDCG: its beta
-            top = max(score for score, _ in chosen)
-            self.beta = next(b for score, b in chosen if score == top)
+        if validate is not None:
+            # the kept (best) epoch's vectors, scored again here: the validator may have run
+            # in another process (a data-parallel rank), so nothing it noted comes back
+            self.beta = best_beta(*neg, self.config.eval_k)[1]
         self.neg_factors = neg
         self.neg_seconds = neg_report.seconds
         self.user_factors, self.item_factors = combine(pos, neg, self.beta, has)

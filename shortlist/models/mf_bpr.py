@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from shortlist.compute.ranks import Pair, Ranks, fit_model
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport
 from shortlist.models.progress import bar
@@ -38,6 +39,12 @@ class MFBPR:
         self.item_factors = np.zeros((0, self.config.dim), np.float32)
 
     def fit(self, data: Interactions) -> FitReport:
+        """Train; data-parallel over the workers when the engine is Dask (compute.ranks)."""
+        return fit_model(self, data)
+
+    def _train(self, ranks: Ranks, data: Interactions, validate: None = None) -> FitReport:
+        """The training loop as one rank: the batch's draws are the same on every rank,
+        each computes the loss on its share and the gradients are averaged."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
@@ -51,33 +58,42 @@ class MFBPR:
         item_emb = torch.nn.Embedding(data.n_items, cfg.dim)
         torch.nn.init.normal_(user_emb.weight, std=0.1)
         torch.nn.init.normal_(item_emb.weight, std=0.1)
-        opt = torch.optim.Adam([*user_emb.parameters(), *item_emb.parameters()], lr=cfg.lr)
+        tables = Pair(user_emb, item_emb)
+        net = ranks.wrap(tables)
+        opt = torch.optim.Adam(tables.parameters(), lr=cfg.lr)
 
         report = FitReport()
         n = len(users)
         steps = (n + cfg.batch_size - 1) // cfg.batch_size
-        with bar("mf-bpr", cfg.epochs * steps) as advance:
+        with bar("mf-bpr", cfg.epochs * steps, enabled=ranks.main) as advance:
             for epoch in range(cfg.epochs):
                 perm = rng.permutation(n)
-                total = 0.0
+                total, seen = 0.0, 0
                 for lo in range(0, n, cfg.batch_size):
                     b = perm[lo : lo + cfg.batch_size]
                     u, i = users[b], items[b]
                     j = rng.integers(0, data.n_items, size=(len(b), cfg.negatives))
                     if has_dislikes:
                         j[:, 0] = _sample_dislikes(neg, u, j[:, 0], rng)
+                    u, i, j = ranks.part(u), ranks.part(i), ranks.part(j)
                     ut, it, jt = (torch.from_numpy(x) for x in (u, i, j))
-                    ue = user_emb(ut)
-                    pos_s = (ue * item_emb(it)).sum(-1, keepdim=True)
-                    neg_s = torch.einsum("bd,bnd->bn", ue, item_emb(jt))
-                    loss = -torch.nn.functional.logsigmoid(pos_s - neg_s).mean()
-                    reg = cfg.l2 * (ue.pow(2).sum() + item_emb(it).pow(2).sum()) / len(b)
+                    ue, ie = net(ut, torch.cat([it, jt.reshape(-1)]))
+                    pos_e, neg_e = ie[: len(u)], ie[len(u) :].reshape(len(u), cfg.negatives, -1)
+                    pos_s = (ue * pos_e).sum(-1, keepdim=True)
+                    neg_s = torch.einsum("bd,bnd->bn", ue, neg_e)
+                    if len(u):
+                        loss = -torch.nn.functional.logsigmoid(pos_s - neg_s).mean()
+                        reg = cfg.l2 * (ue.pow(2).sum() + pos_e.pow(2).sum()) / len(u)
+                    else:  # a batch smaller than the ranks: this one adds no gradient
+                        loss = reg = 0.0 * (ue.sum() + ie.sum())
                     opt.zero_grad()
-                    (loss + reg).backward()
+                    ((loss + reg) * ranks.share(len(u), len(b))).backward()
                     opt.step()
-                    total += loss.item() * len(b)
+                    total += loss.item() * len(u)
+                    seen += len(u)
                     advance()
-                report.history.append({"epoch": epoch + 1, "loss": total / n})
+                # this rank's share of the likes (all of them with one rank)
+                report.history.append({"epoch": epoch + 1, "loss": total / max(1, seen)})
         report.epochs = cfg.epochs
         report.seconds = time.perf_counter() - start
         self.user_factors = user_emb.weight.detach().numpy().astype(np.float32)

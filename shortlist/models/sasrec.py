@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shortlist.compute.ranks import Ranks, fit_model
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import BestOnValid, FitReport, Validator
 from shortlist.models.progress import bar
@@ -123,8 +124,14 @@ class SASRec:
         self.device = torch.device("cpu")
 
     def fit(self, data: Interactions, validate: Validator | None = None) -> FitReport:
+        """Train; data-parallel over the workers when the engine is Dask (compute.ranks)."""
+        return fit_model(self, data, validate)
+
+    def _train(self, ranks: Ranks, data: Interactions, validate: Validator | None) -> FitReport:
+        """The training loop as one rank: each rank encodes its share of a batch's
+        sequences against the batch's shared negatives; the gradients are averaged."""
         cfg = self.config
-        torch.set_num_threads(max(1, cfg.threads))
+        torch.set_num_threads(ranks.torch_threads(cfg.threads))
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         self.device = resolve_device(cfg.device)
@@ -139,23 +146,26 @@ class SASRec:
         q = q / q.sum()
         log_q = torch.from_numpy(np.log(np.r_[1.0, q]).astype(np.float32)).to(self.device)
         self.encoder = _Encoder(data.n_items, cfg).to(self.device)
+        net = ranks.wrap(self.encoder)
         opt = torch.optim.AdamW(self.encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         report = FitReport()
-        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience)
+        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience, ranks)
         batches = max(1, len(train) // cfg.batch_size)
-        with bar("sasrec", cfg.epochs * batches) as advance:
+        with bar("sasrec", cfg.epochs * batches, enabled=ranks.main) as advance:
             for epoch in range(1, cfg.epochs + 1):
                 self.encoder.train()
                 total, steps = 0.0, 0
                 for b in np.array_split(
                     rng.permutation(len(train)), max(1, len(train) // cfg.batch_size)
                 ):
-                    seq = inputs[b].to(self.device)
-                    tgt = targets[b].to(self.device)
                     neg = torch.from_numpy(rng.choice(data.n_items, cfg.negatives, p=q) + 1).to(
                         self.device
                     )
-                    h = self.encoder(seq)[tgt > 0]  # (positions, dim)
+                    positions = int((targets[b] > 0).sum())  # the whole batch's
+                    b = ranks.part(b)
+                    seq = inputs[b].to(self.device)
+                    tgt = targets[b].to(self.device)
+                    h = net(seq)[tgt > 0]  # (positions, dim)
                     t = tgt[tgt > 0]
                     emb = self.encoder.items
                     pos_logit = (h * emb(t)).sum(-1, keepdim=True) - log_q[t][:, None]
@@ -165,8 +175,10 @@ class SASRec:
                     loss = F.cross_entropy(
                         logits, torch.zeros(len(t), dtype=torch.long, device=self.device)
                     )
+                    if not len(t):  # no positions on this rank: it adds no gradient
+                        loss = 0.0 * logits.sum()
                     opt.zero_grad()
-                    loss.backward()
+                    (loss * ranks.share(len(t), positions)).backward()
                     opt.step()
                     total += loss.item()
                     steps += 1

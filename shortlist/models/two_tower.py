@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shortlist.compute.ranks import Pair, Ranks, fit_model
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import BestOnValid, FitReport, Validator
 from shortlist.models.progress import bar
@@ -77,8 +78,14 @@ class TwoTower:
         self.item_factors = np.zeros((0, self.config.dim), np.float32)
 
     def fit(self, data: Interactions, validate: Validator | None = None) -> FitReport:
+        """Train; data-parallel over the workers when the engine is Dask (compute.ranks)."""
+        return fit_model(self, data, validate)
+
+    def _train(self, ranks: Ranks, data: Interactions, validate: Validator | None) -> FitReport:
+        """The training loop as one rank: each rank runs the towers on its share of a batch;
+        the item vectors are gathered so every row's negatives are the whole batch's."""
         cfg = self.config
-        torch.set_num_threads(max(1, cfg.threads))
+        torch.set_num_threads(ranks.torch_threads(cfg.threads))
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
         start = time.perf_counter()
@@ -86,8 +93,9 @@ class TwoTower:
         itf = feature_matrix(data.item_features if cfg.use_features else {}, data.n_items)
         self.user_tower = Tower(data.n_users, uf, cfg.dim, cfg.hidden)
         self.item_tower = Tower(data.n_items, itf, cfg.dim, cfg.hidden)
-        params = [*self.user_tower.parameters(), *self.item_tower.parameters()]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        towers = Pair(self.user_tower, self.item_tower)
+        net = ranks.wrap(towers)
+        opt = torch.optim.AdamW(towers.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
         pos = data.positives.tocoo()
         users, items = pos.row.astype(np.int64), pos.col.astype(np.int64)
@@ -95,27 +103,38 @@ class TwoTower:
         log_q = torch.from_numpy(np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32))
 
         report = FitReport()
-        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience)
+        early = BestOnValid(validate, cfg.eval_every, cfg.epochs, cfg.patience, ranks)
         n = len(users)
-        with bar("two-tower", cfg.epochs, enabled=cfg.progress) as advance:
+        with bar("two-tower", cfg.epochs, enabled=cfg.progress and ranks.main) as advance:
             for epoch in range(1, cfg.epochs + 1):
                 perm = rng.permutation(n)
-                total = 0.0
+                total, seen = 0.0, 0
                 for lo in range(0, n, cfg.batch_size):
                     b = perm[lo : lo + cfg.batch_size]
-                    ut, it = torch.from_numpy(users[b]), torch.from_numpy(items[b])
-                    logits = self.user_tower(ut) @ self.item_tower(it).T / cfg.temperature
+                    first, end = ranks.bounds(len(b))
+                    it_all = torch.from_numpy(items[b])
+                    ut, it = torch.from_numpy(users[b][first:end]), it_all[first:end]
+                    user_vecs, item_vecs = net(ut, it)
+                    item_vecs = ranks.gather(item_vecs, len(b))  # the whole batch's items
+                    logits = user_vecs @ item_vecs.T / cfg.temperature
                     if cfg.logq:
-                        logits = logits - log_q[it][None, :]
+                        logits = logits - log_q[it_all][None, :]
                     # The same item elsewhere in the batch is not a negative.
-                    same = (it[None, :] == it[:, None]) & ~torch.eye(len(b), dtype=torch.bool)
+                    own = torch.arange(first, end)
+                    same = it[:, None] == it_all[None, :]
+                    same[torch.arange(end - first), own] = False
                     logits = logits.masked_fill(same, -torch.inf)
-                    loss = F.cross_entropy(logits, torch.arange(len(b)))
+                    if end > first:
+                        loss = F.cross_entropy(logits, own)
+                    else:  # a batch smaller than the ranks: this one adds no gradient
+                        loss = 0.0 * (user_vecs.sum() + item_vecs.sum())
                     opt.zero_grad()
-                    loss.backward()
+                    (loss * ranks.share(end - first, len(b))).backward()
                     opt.step()
-                    total += loss.item() * len(b)
-                row: dict[str, float] = {"epoch": epoch, "loss": total / n}
+                    total += loss.item() * (end - first)
+                    seen += end - first
+                # this rank's share of the likes (all of them with one rank)
+                row: dict[str, float] = {"epoch": epoch, "loss": total / max(1, seen)}
                 stop = early.check(epoch, row, lambda: self._vectors(data))
                 row["seconds"] = time.perf_counter() - start
                 report.history.append(row)

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shortlist.models.progress import bar
 from shortlist.ranking.lambdarank import mean_list_ndcg
+
+if TYPE_CHECKING:  # the ranking service imports this module and needs no torch
+    from shortlist.compute.ranks import Ranks
 
 
 @dataclass
@@ -102,11 +106,22 @@ def train_deepfm(
 ) -> tuple[DeepFMWeights, int, float]:
     """DeepFM on (features, labels, list sizes), lists in a random order: the first
     `valid_share` of them hold out for early stopping. Returns the weights of the best
-    epoch, that epoch (1-based) and its held-out NDCG@20."""
+    epoch, that epoch (1-based) and its held-out NDCG@20. Data-parallel over the workers
+    when the current engine is Dask (`shortlist.compute.ranks`)."""
+    from shortlist.compute.ranks import data_parallel
+
+    return data_parallel(_train_deepfm, data, config or DeepFMConfig())
+
+
+def _train_deepfm(
+    ranks: Ranks, data: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: DeepFMConfig
+) -> tuple[DeepFMWeights, int, float] | None:
+    """The training loop as one rank (`shortlist.compute.ranks.Ranks`): each rank scores its
+    share of a batch's lists, the gradients are averaged; rank 0 scores the held-out lists
+    and its best epoch, broadcast, decides when every rank stops."""
     import torch
     from torch import nn
 
-    cfg = config or DeepFMConfig()
     x, y, sizes = data
     if len(sizes) < 2:
         raise ValueError(f"DeepFM needs at least 2 lists, got {len(sizes)}")
@@ -139,32 +154,40 @@ def train_deepfm(
             return self.linear(v).squeeze(-1) + fm + self.mlp(v).squeeze(-1)
 
     model = DeepFM(prepared.shape[1])
+    net = ranks.wrap(model)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     best, best_epoch, best_state = -1.0, 0, None
     batches = (len(train_x) + cfg.lists_per_batch - 1) // cfg.lists_per_batch
-    with bar("deepfm", cfg.max_epochs * batches) as advance:
+    with bar("deepfm", cfg.max_epochs * batches, enabled=ranks.main) as advance:
         for epoch in range(1, cfg.max_epochs + 1):
             model.train()
             order = torch.randperm(len(train_x), generator=generator)
             for start in range(0, len(order), cfg.lists_per_batch):
-                batch = order[start : start + cfg.lists_per_batch]
-                scores = model(train_x[batch]).masked_fill(~train_mask[batch], -1e9)
+                whole = order[start : start + cfg.lists_per_batch]
+                batch = ranks.part(whole)
+                scores = net(train_x[batch]).masked_fill(~train_mask[batch], -1e9)
                 target = train_y[batch]
                 log_p = torch.log_softmax(scores, dim=-1)
                 loss = -((log_p * target).sum(-1) / target.sum(-1).clamp(min=1.0)).mean()
+                if not len(batch):  # a batch smaller than the ranks: no gradient from here
+                    loss = 0.0 * scores.sum()
                 optimiser.zero_grad()
-                loss.backward()
+                (loss * ranks.share(len(batch), len(whole))).backward()
                 optimiser.step()
                 advance()
-            model.eval()
-            with torch.no_grad():
-                held_out = model(valid_x).numpy()
-            ndcg = mean_list_ndcg(held_out, y[:valid_rows], sizes[:n_valid])
-            if ndcg > best:
-                best, best_epoch = ndcg, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elif epoch - best_epoch >= cfg.patience:
+            if ranks.main:
+                model.eval()
+                with torch.no_grad():
+                    held_out = model(valid_x).numpy()
+                ndcg = mean_list_ndcg(held_out, y[:valid_rows], sizes[:n_valid])
+                if ndcg > best:
+                    best, best_epoch = ndcg, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_epoch = ranks.agree(best_epoch)
+            if epoch - best_epoch >= cfg.patience:
                 break
+    if not ranks.main:
+        return None  # rank 0's weights are the result
     model.load_state_dict(best_state)
     linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
     weights = DeepFMWeights(

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.compute.ranks import in_this_process
 from shortlist.data.interactions import Interactions
 from shortlist.data.splits import latest_share_mask, select_likes
 from shortlist.models import registry
@@ -273,7 +274,8 @@ def tune(
         fitted = registry.build(model, options)
         if hasattr(fitted, "fit_cache"):
             fitted.fit_cache = shared  # same data every trial: the SVD is reused
-        fitted.fit(fit_data)
+        with in_this_process():  # a torch model's trial in the driver: the budget is its CPU
+            fitted.fit(fit_data)
         ndcg = ndcg_at(fitted.user_factors, fitted.item_factors, fit_data.positives, held)
         seconds = clock() - t0
         per_cost = max(per_cost, seconds / cost(model, options))

@@ -433,6 +433,11 @@ def test_training_runs_on_the_dask_scheduler_service(docs):
     for app in ("dask-scheduler", "dask-worker"):
         sources = [f for r in _ingress_rules(docs, app) for f in r["from"]]
         assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "train"}}} in sources
+    # torch.distributed (gloo) between the workers: a free rendezvous port and ephemeral
+    # pair ports, so workers reach workers on every port, and nothing else does
+    worker = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "dask-worker"}}}
+    open_to = [r["from"] for r in _ingress_rules(docs, "dask-worker") if "ports" not in r]
+    assert open_to == [[worker]]
 
 
 def test_training_sizes_native_thread_pools_by_its_cpu_limit(docs):

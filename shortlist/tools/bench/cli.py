@@ -654,6 +654,41 @@ def http_overhead(
     _emit(bench_http.run(config, say), "HTTP/JSON overhead over gRPC")
 
 
+@bench_app.command("torch-dist")
+def torch_dist(
+    data: Path = typer.Option(
+        ..., "--data", help="MovieLens-100K (u.data) or a LightGCN-format directory."
+    ),
+    models: str = typer.Option(
+        "lightgcn,two-tower", "--models", help="Torch models, separated by commas."
+    ),
+    protocol: str = typer.Option("B", "--protocol", help="A or B, as `shortlist bench quality`."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Dask workers (ranks)."),
+    config: str = typer.Option(
+        None, "--config", help='Options per model as JSON, e.g. \'{"lightgcn": {"epochs": 20}}\'.'
+    ),
+) -> None:
+    """A torch model trained in process and data-parallel (torch.distributed, gloo) on a
+    Dask LocalCluster: fit seconds and test NDCG@20 of each; the last line is JSON."""
+    from shortlist.evaluation.protocols import normalize_protocol
+    from shortlist.tools.bench import torch_dist as bench_torch_dist
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in bench_torch_dist.MODELS]
+    if not names or unknown:
+        _fail(f"--models: choose from {', '.join(bench_torch_dist.MODELS)}, got {models!r}")
+    if not data.is_dir():
+        _fail(f"dataset directory not found: {data}")
+    try:
+        protocol = normalize_protocol(protocol)
+    except ValueError as exc:
+        _fail(f"--protocol: {exc}")
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    options = _parse_config(config)
+    result = bench_torch_dist.run(data, names, protocol, workers, options, say)
+    _emit(result, f"torch models in process and on {workers} gloo ranks ({result['dataset']})")
+
+
 @bench_app.command("scale")
 def scale(
     scales: str = typer.Option("1,10,30", "--scales", help="Multiples of Gowalla's size."),
