@@ -41,6 +41,7 @@ from shortlist.training.pipeline import (
     data_feature_names,
     fit_ranker,
     fused_candidates,
+    fused_triple,
     item_item_table,
     label_kind,
     label_mask,
@@ -232,7 +233,7 @@ def run_two_stage(
             ablation[name] = top_metrics(items, test, test_users)
         fused = fused_lists(per_source, fusion, cfg.candidates)
         ablation["fusion"] = top_metrics(fused.items, test, test_users)
-        test_candidates = (fused.items, fused.scores)
+        test_candidates = fused_triple(fused, fusion)
     say(f"test: shortlists and features for {len(test_users):,} users")
     test_lists = ranking_lists(
         final_train,
