@@ -43,6 +43,9 @@ class Candidates:
     # the sources that proposed each item) or the messages' reasons.sources win when set
     source: str = ""
     sources: Sequence[Sequence[str]] = ()
+    # in process, fused shortlists: candidates x SOURCE_SLOTS source ranks (-1: not
+    # proposed); over gRPC each message's `source_ranks`
+    source_ranks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.messages) if self.messages is not None else len(self.items)
@@ -61,6 +64,19 @@ class Candidates:
             return np.fromiter((m.score for m in self.messages), np.float32, len(self.messages))
         return np.asarray(self.scores, np.float32)
 
+    def rank_table(self) -> np.ndarray | None:
+        """Each candidate's rank in every source (candidates x SOURCE_SLOTS, -1: not
+        proposed), None when the shortlist carries none (not fused)."""
+        if self.messages is None:
+            return self.source_ranks
+        width = max((len(m.source_ranks) for m in self.messages), default=0)
+        if not width:
+            return None
+        out = np.full((len(self.messages), width), -1, np.int16)
+        for j, m in enumerate(self.messages):
+            out[j, : len(m.source_ranks)] = m.source_ranks
+        return out
+
     def sources_of(self, position: int, known: bool) -> list[str]:
         """The sources that proposed the candidate at `position`; `known`: in the bundle
         (an item that is not was added since training: "new-item")."""
@@ -78,7 +94,11 @@ class Candidates:
             return self.messages[:k]
         item = common_pb2.ScoredItem
         ids = self.item_ids()[:k]
-        return [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
+        out = [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
+        if self.source_ranks is not None:
+            for m, ranks in zip(out, self.source_ranks[:k].tolist()):
+                m.source_ranks.extend(ranks)
+        return out
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
 from shortlist.retrieval.fusion import Fused, FusionConfig, slot_ranks
 from shortlist.retrieval.index import build_index
-from shortlist.retrieval.precomputed import PrecomputedShortlists
+from shortlist.retrieval.precomputed import PrecomputedShortlists, pack_ranks
 from shortlist.training.sources import (
     Sources,
     chosen_fusion,
@@ -287,7 +287,11 @@ def fused_precomputed(
     lists = source_lists(sources, history, users, fusion.depth, seen)
     fused = fused_lists(lists, fusion, width)
     return PrecomputedShortlists(
-        fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
+        fused.items.astype(np.int32),
+        fused.scores,
+        fused.source_bits(),
+        tuple(fused.ranks),
+        pack_ranks(slot_ranks(fused.ranks, fusion.primary), fusion.depth),
     )
 
 

@@ -125,7 +125,15 @@ def score(
         if two_stage:
             signals = RankingSignals(state.history, np.zeros(len(found.items)), state.likes)
             top, _ = rank(
-                bundle, user, found.items, found.scores, signals, RequestContext(), K, short_term
+                bundle,
+                user,
+                found.items,
+                found.scores,
+                signals,
+                RequestContext(),
+                K,
+                short_term,
+                found.source_ranks,
             )
             out["two_stage"].append(_metrics(top, targets))
     result = {}
