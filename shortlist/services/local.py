@@ -239,7 +239,7 @@ class LocalRanker(_BundleStage):
             live,
             context,
             options.keep_order,
-            source_ranks=candidates.rank_table(),
+            source_ranks=candidates.source_ranks,
         )
         STAGE_LATENCY.labels("ranking", "scoring", arm).observe(time.perf_counter() - start)
         if rules is None and not options.with_reasons:

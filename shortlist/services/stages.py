@@ -43,8 +43,8 @@ class Candidates:
     # the sources that proposed each item) or the messages' reasons.sources win when set
     source: str = ""
     sources: Sequence[Sequence[str]] = ()
-    # in process, fused shortlists: candidates x SOURCE_SLOTS source ranks (-1: not
-    # proposed); over gRPC each message's `source_ranks`
+    # fused shortlists: candidates x SOURCE_SLOTS source ranks (-1: not proposed), in
+    # process or decoded from the reply's `source_ranks` (`decode_ranks`); None otherwise
     source_ranks: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -64,18 +64,9 @@ class Candidates:
             return np.fromiter((m.score for m in self.messages), np.float32, len(self.messages))
         return np.asarray(self.scores, np.float32)
 
-    def rank_table(self) -> np.ndarray | None:
-        """Each candidate's rank in every source (candidates x SOURCE_SLOTS, -1: not
-        proposed), None when the shortlist carries none (not fused)."""
-        if self.messages is None:
-            return self.source_ranks
-        width = max((len(m.source_ranks) for m in self.messages), default=0)
-        if not width:
-            return None
-        out = np.full((len(self.messages), width), -1, np.int16)
-        for j, m in enumerate(self.messages):
-            out[j, : len(m.source_ranks)] = m.source_ranks
-        return out
+    def encoded_ranks(self) -> list[int]:
+        """`source_ranks` as the messages' packed field (row-major; empty: none)."""
+        return [] if self.source_ranks is None else self.source_ranks.ravel().tolist()
 
     def sources_of(self, position: int, known: bool) -> list[str]:
         """The sources that proposed the candidate at `position`; `known`: in the bundle
@@ -94,11 +85,15 @@ class Candidates:
             return self.messages[:k]
         item = common_pb2.ScoredItem
         ids = self.item_ids()[:k]
-        out = [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
-        if self.source_ranks is not None:
-            for m, ranks in zip(out, self.source_ranks[:k].tolist()):
-                m.source_ranks.extend(ranks)
-        return out
+        return [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
+
+
+def decode_ranks(packed: Sequence[int], n: int) -> np.ndarray | None:
+    """A message's `source_ranks` (candidates x sources, row-major) for `n` candidates as an
+    int16 array; None when empty or not a whole number of rows (then not trusted)."""
+    if not len(packed) or not n or len(packed) % n:
+        return None
+    return np.array(packed, np.int16).reshape(n, -1)
 
 
 @dataclass(frozen=True)

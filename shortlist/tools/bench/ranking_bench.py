@@ -78,16 +78,14 @@ def run(
                 user_id=bundle.users.id(int(u)),
                 candidates=[
                     common_pb2.ScoredItem(
-                        item_id=i,
-                        score=float(s),
-                        reasons=common_pb2.Reasons(sources=src),
-                        source_ranks=r,
+                        item_id=i, score=float(s), reasons=common_pb2.Reasons(sources=src)
                     )
-                    for i, s, src, r in zip(bundle.items.ids(idx), scores, sources, ranks)
+                    for i, s, src in zip(bundle.items.ids(idx), scores, sources)
                 ],
                 # "moment" is a feature only of bundles whose training likes recorded it
                 context={"hour": str(int(u) % 24), "device": "ios", "moment": MOMENTS[u % 2]},
                 k=k,
+                source_ranks=ranks,
             )
         )
     if in_process:
@@ -154,19 +152,18 @@ def run(
 
 def _shortlist(
     bundle, u: int, n: int
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]], list[list[int]]]:
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]], list[int]]:
     """User `u`'s shortlist of `n` as the retrieval service answers a trained user without
-    live feedback: the fused one (with each item's sources and its rank in each, as the
-    retrieval service sends them) where the bundle fuses sources, else the FAISS top-n of
-    their vector."""
+    live feedback: the fused one (with each item's sources, and every item's rank in each
+    source row-major as the retrieval service sends them) where the bundle fuses sources,
+    else the FAISS top-n of their vector."""
     if fused_source(bundle):
         found = retrieve(bundle, bundle.users.id(u), UserState(), n)
-        none = [[]] * len(found.items)
-        ranks = found.source_ranks.tolist() if found.source_ranks is not None else none
+        ranks = found.source_ranks.ravel().tolist() if found.source_ranks is not None else []
         return found.items, found.scores, list(found.sources) or [()] * len(found.items), ranks
     exclude = bundle.seen_items(u)
     idx, scores = search(bundle.index, bundle.user_vectors[u], n, exclude)
-    return idx, scores, [()] * len(idx), [[]] * len(idx)
+    return idx, scores, [()] * len(idx), []
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:

@@ -21,8 +21,9 @@ from shortlist.ranking.user_signals import UserSignals
 from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores
 from shortlist.retrieval.precomputed import PrecomputedShortlists, pack_ranks
 from shortlist.retrieval.retrieve import Shortlist, fused_shortlist
-from shortlist.services.stages import Candidates
+from shortlist.services.stages import Candidates, decode_ranks
 from shortlist.training.pipeline import TrainConfig, fit_item_side, fused_triple, ranking_lists
+from shortlist.v1 import ranking_pb2
 
 COLUMNS = [feature_names([], []).index(n) for n in [*SOURCE_FEATURES, "src_count"]]
 DEPTH, N = 12, 16
@@ -80,8 +81,9 @@ def test_offline_and_served_source_features_are_equal_for_the_same_candidates():
     names = [str(i) for i in range(60)]
     sent = Candidates("v", "trained", False, served.items, served.scores, names)
     sent.source_ranks = served.source_ranks
-    received = Candidates("v", "", False, messages=sent.scored())
-    ranks = received.rank_table()
+    wire = ranking_pb2.RankRequest(candidates=sent.scored(), source_ranks=sent.encoded_ranks())
+    request = ranking_pb2.RankRequest.FromString(wire.SerializeToString())
+    ranks = decode_ranks(request.source_ranks, len(request.candidates))
     items = fit_item_side(data, vectors, item_item=table)
     user = UserSignals(activity=1.0, recent_likes=history[:3], recent_dislikes=np.array([]))
     x_served = build_features(
@@ -93,7 +95,8 @@ def test_offline_and_served_source_features_are_equal_for_the_same_candidates():
     assert (x_served[:, COLUMNS[-1]] >= 1).all()  # every fused item came from a source
     assert (x_served[:, COLUMNS[:-1]] == SOURCE_RANK_MISSING).any()  # and some not from all
     # in process (a co-located ranker) the ranks are those sent over gRPC
-    np.testing.assert_array_equal(sent.rank_table(), ranks)
+    np.testing.assert_array_equal(sent.source_ranks, ranks)
+    assert decode_ranks([], 3) is None and decode_ranks([1, 2], 3) is None  # none, or torn
 
 
 def test_a_source_that_did_not_propose_the_item_gives_the_sentinel():
