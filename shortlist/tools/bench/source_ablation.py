@@ -4,8 +4,10 @@
 under protocol B with the served labels (each user's latest 20% of train held out where
 likes are ordered, else a random 20%), builds one set of ranker lists from the fused
 shortlists, and cross-validates LambdaRank on them twice: with every feature and without
-the `src_*` columns. Both are scored out of fold on the held-out training likes, so the
-choice reads neither valid's nor test's likes, and the two arms see the same lists. The
+the `src_*` columns; and a probe of one more column, the vector source's own score over the
+list's largest (`vector_score_ratio`, the confidence gaps reciprocal-rank fusion drops),
+with and without them. All are scored out of fold on the held-out training likes, so the
+choice reads neither valid's nor test's likes, and the arms see the same lists. The
 retrieval options are given (those the bench chose), so no tuning runs. Prints one JSON line.
 """
 
@@ -70,9 +72,20 @@ def ablate(data_dir: str, options: dict, model: str = "spectral") -> dict:
     drop = {names.index(n) for n in COLUMNS}
     out: dict = {"labels": kind, "fusion": fusion.to_json(), "options": options}
     out["lists"] = len(lists)
+    # the probe column: the vector model's score of each candidate over the list's largest
+    for u, (c, x, y) in lists.items():
+        dots = fitted.item_factors[c] @ fitted.user_factors[u]
+        top = dots.max() if len(dots) else 0.0
+        ratio = dots / top if top > 0 else np.full(len(c), np.nan)
+        lists[u] = (c, np.column_stack([x, ratio.astype(np.float32)]), y)
+    names = [*names, "vector_score_ratio"]
+    probe = len(names) - 1
+    every = list(range(len(names)))
     for arm, cols in (
-        ("with", list(range(len(names)))),
-        ("without", [j for j in range(len(names)) if j not in drop]),
+        ("with", every[:probe]),
+        ("without", [j for j in every[:probe] if j not in drop]),
+        ("without_plus_vector_score", [j for j in every if j not in drop]),
+        ("with_plus_vector_score", every),
     ):
         sub = {u: (c, x[:, cols], y) for u, (c, x, y) in lists.items()}
         arm_names = [names[j] for j in cols]
