@@ -114,16 +114,7 @@ def _served_top(
     if not len(shortlist.items):
         return []
     signals = RankingSignals(live, np.zeros(len(shortlist.items), np.float32), state.likes)
-    top, _ = rank(
-        bundle,
-        user_id,
-        shortlist.items,
-        shortlist.scores,
-        signals,
-        RequestContext(),
-        k,
-        source_ranks=shortlist.source_ranks,
-    )
+    top, _ = rank(bundle, user_id, shortlist.items, shortlist.scores, signals, RequestContext(), k)
     return bundle.items.ids(top)
 
 

@@ -41,7 +41,6 @@ from shortlist.training.pipeline import (
     data_feature_names,
     fit_ranker,
     fused_candidates,
-    fused_triple,
     item_item_table,
     label_kind,
     label_mask,
@@ -233,7 +232,7 @@ def run_two_stage(
             ablation[name] = top_metrics(items, test, test_users)
         fused = fused_lists(per_source, fusion, cfg.candidates)
         ablation["fusion"] = top_metrics(fused.items, test, test_users)
-        test_candidates = fused_triple(fused, fusion)
+        test_candidates = (fused.items, fused.scores)
     say(f"test: shortlists and features for {len(test_users):,} users")
     test_lists = ranking_lists(
         final_train,

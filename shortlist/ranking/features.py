@@ -14,13 +14,6 @@ import scipy.sparse as sp
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.item_side import SEQUENCE_DECAY, ItemSide
 from shortlist.ranking.user_signals import RECENT_ITEMS, UserSignals
-from shortlist.retrieval.fusion import SOURCE_SLOTS
-
-# A fused shortlist's item not proposed by a source: its rank there is past the source's
-# depth, so the sentinel sits beyond every depth (a tree splits it off; DeepFM reads it as
-# the far end of the scale, not as rank 0).
-SOURCE_RANK_MISSING = 1000.0
-SOURCE_FEATURES = [f"src_{slot.replace('-', '_')}_rank" for slot in SOURCE_SLOTS]
 
 # Features also given relative to the shortlist: value over the list's largest (NaN when
 # that is not positive) and place among the list's values (0 = largest; ties share the
@@ -40,11 +33,6 @@ BASE_FEATURES = [
     # score over the shortlist's best: free of the model's score scale, which moves with the
     # amount of training data (the ranker is fit on a model of less data than it serves)
     "retrieval_score_ratio",
-    # the fusion's evidence (fused shortlists; NaN otherwise): the item's rank in each
-    # candidate source (SOURCE_RANK_MISSING where that source did not propose it) and how
-    # many sources proposed it, so the ranker learns when to trust which source
-    *SOURCE_FEATURES,
-    "src_count",
     "item_log_popularity",  # training likes plus live ones (none offline)
     "item_log_recent_popularity",  # time-decayed like count (NaN without timestamps)
     "user_log_activity",
@@ -134,15 +122,6 @@ def _relative_to_list(rows: np.ndarray, source: int, ratio: int, rank: int) -> N
     rows[:, rank] = len(values) - np.searchsorted(ordered, values, side="right")
 
 
-def fill_source_ranks(rows: np.ndarray, source_ranks: np.ndarray) -> None:
-    """The per-source rank columns and src_count from the candidates' source ranks."""
-    ranks = np.asarray(source_ranks).reshape(len(rows), len(SOURCE_SLOTS))
-    proposed = ranks >= 0
-    first = _COLUMN[SOURCE_FEATURES[0]]
-    rows[:, first : first + len(SOURCE_SLOTS)] = np.where(proposed, ranks, SOURCE_RANK_MISSING)
-    rows[:, _COLUMN["src_count"]] = proposed.sum(axis=1)
-
-
 def build_features(
     candidates: np.ndarray,
     retrieval_scores: np.ndarray,
@@ -150,11 +129,8 @@ def build_features(
     context: RequestContext,
     items: ItemSide,
     live_likes: np.ndarray,
-    source_ranks: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One float32 row per candidate (in shortlist order), columns in `feature_names` order.
-    `source_ranks` (fused shortlists): candidates x SOURCE_SLOTS ranks, -1 where that source
-    did not propose the item (`shortlist.retrieval.fusion.slot_ranks`)."""
+    """One float32 row per candidate (in shortlist order), columns in `feature_names` order."""
     n = len(candidates)
     n_item_attr = items.attributes.shape[1]
     n_user_attr = len(items.user_attribute_names)
@@ -164,8 +140,6 @@ def build_features(
     scores = np.asarray(retrieval_scores, np.float32)
     rows[:, col["retrieval_rank"]] = np.arange(n)
     _fill_over_largest(rows, col["retrieval_score_ratio"], scores)
-    if source_ranks is not None:
-        fill_source_ranks(rows, source_ranks)
     rows[:, col["item_log_popularity"]] = np.log1p(items.popularity[candidates] + live_likes)
     rows[:, col["item_log_recent_popularity"]] = items.log_recent_popularity[candidates]
     rows[:, col["user_log_activity"]] = math.log1p(user.activity)

@@ -77,12 +77,11 @@ def rank(
     context: RequestContext,
     k: int,
     short_term: ShortTerm = SHORT_TERM,
-    source_ranks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the candidates (all known to the bundle) by the ranker (retrieval order
-    when the bundle has none); `source_ranks` as the shortlist carries them (fused)."""
+    when the bundle has none)."""
     order, scores = rank_positions(
-        bundle, user_id, candidates, retrieval_scores, live, context, k, short_term, source_ranks
+        bundle, user_id, candidates, retrieval_scores, live, context, k, short_term
     )
     return candidates[order], scores
 
@@ -110,18 +109,10 @@ def rank_positions(
     context: RequestContext,
     k: int,
     short_term: ShortTerm = SHORT_TERM,
-    source_ranks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top-k as positions in `candidates`, and their scores (see `ranked_list`)."""
     ranked = ranked_list(
-        bundle,
-        user_id,
-        candidates,
-        retrieval_scores,
-        live,
-        context,
-        short_term=short_term,
-        source_ranks=source_ranks,
+        bundle, user_id, candidates, retrieval_scores, live, context, short_term=short_term
     )
     return ranked.order[:k], ranked.scores[:k]
 
@@ -135,7 +126,6 @@ def ranked_list(
     context: RequestContext,
     keep_order: bool = False,
     short_term: ShortTerm = SHORT_TERM,
-    source_ranks: np.ndarray | None = None,
 ) -> RankedList:
     """Every candidate in ranked order with its score. A candidate outside the
     bundle (index -1 or >= len(bundle.items): an item added since training) has no ranker
@@ -144,9 +134,7 @@ def ranked_list(
     last would bury them; their retrieval position is the only evidence there is. A new
     item's score is that of the entry before it (the first known one's when it leads), so
     scores stay in order. `live.live_likes` is aligned with `candidates`. `keep_order`
-    (or a bundle without a ranker): the retrieval order and scores, nothing scored.
-    `source_ranks` (fused shortlists, aligned with `candidates`): each one's rank in every
-    source, the per-source features."""
+    (or a bundle without a ranker): the retrieval order and scores, nothing scored."""
     n = len(candidates)
     known = (candidates >= 0) & (candidates < len(bundle.items))
     where = np.flatnonzero(known)
@@ -160,7 +148,6 @@ def ranked_list(
         context,
         bundle.item_side,
         live.live_likes[where],
-        source_ranks[where] if source_ranks is not None else None,
     )
     scores = np.asarray(bundle.scorer(features), np.float32)
     if short_term.rank_weight > 0 and any(k == Kind.LIKE for _, k in live.history):

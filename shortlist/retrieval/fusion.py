@@ -23,9 +23,6 @@ import scipy.sparse as sp
 from shortlist.models.progress import track
 
 RRF_K = (10.0, 60.0)
-# The ranker's per-source feature columns, one per source kind: the primary (vector) source
-# whatever its model's name, the item-item source, popularity (shortlist.ranking.features).
-SOURCE_SLOTS = ("vectors", "item-item", "popularity")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
 CHOICE_USERS = 5000  # users the weight search scores at most (a seeded random subset)
 
@@ -82,19 +79,6 @@ class Fused:
         for j, r in enumerate(self.ranks.values()):
             bits |= (r >= 0).astype(np.uint8) << j
         return bits
-
-
-def slot_ranks(ranks: Mapping[str, np.ndarray], primary: str) -> np.ndarray:
-    """Per-source ranks (source -> array of any shape, -1: not proposed) as one int16 array
-    with a last axis in SOURCE_SLOTS order (`primary` fills "vectors"; a source not fused:
-    -1 throughout). The one mapping offline (ranker lists) and served (retrieval) use."""
-    shape = next(iter(ranks.values())).shape if ranks else (0,)
-    out = np.full((*shape, len(SOURCE_SLOTS)), -1, np.int16)
-    for name, r in ranks.items():
-        slot = "vectors" if name == primary else name
-        if slot in SOURCE_SLOTS:
-            out[..., SOURCE_SLOTS.index(slot)] = r
-    return out
 
 
 def fuse(lists: Mapping[str, np.ndarray], config: FusionConfig, n: int) -> Fused:

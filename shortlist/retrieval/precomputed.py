@@ -20,7 +20,6 @@ import scipy.sparse as sp
 ITEMS_FILE = "shortlist_items.npy"
 SCORES_FILE = "shortlist_scores.npy"
 SOURCES_FILE = "shortlist_sources.npy"
-RANKS_FILE = "shortlist_source_ranks.npy"
 
 
 @dataclass
@@ -34,9 +33,6 @@ class PrecomputedShortlists:
     # fused shortlists: per item a bit per source that proposed it (bit j: source_names[j])
     sources: np.ndarray | None = None
     source_names: tuple[str, ...] = ()
-    # fused shortlists: per item its rank in each source, in SOURCE_SLOTS order (users x
-    # width x slots; `pack_ranks`), the ranker's per-source features
-    source_ranks: np.ndarray | None = None
 
     @classmethod
     def compute(
@@ -59,13 +55,6 @@ class PrecomputedShortlists:
     def take(self, user: int, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The user's top-n without the `exclude`d item indices, or None when the stored
         row cannot tell (fewer than n left of a row that was cut at width)."""
-        picked = self.positions(user, n, exclude)
-        if picked is None:
-            return None
-        return self.items[user, picked].astype(np.int64), np.array(self.scores[user, picked])
-
-    def positions(self, user: int, n: int, exclude: np.ndarray) -> np.ndarray | None:
-        """Where `take`'s items sit in the user's stored row (None where `take` is)."""
         row = self.items[user]
         keep = row >= 0
         complete = not keep[-1]
@@ -74,13 +63,7 @@ class PrecomputedShortlists:
         picked = np.flatnonzero(keep)[:n]
         if len(picked) < n and not complete:
             return None
-        return picked
-
-    def ranks_at(self, user: int, positions: np.ndarray) -> np.ndarray | None:
-        """The source ranks (int16, -1: not proposed) of the user's items at `positions`."""
-        if self.source_ranks is None:
-            return None
-        return unpack_ranks(np.asarray(self.source_ranks[user, positions]))
+        return row[picked].astype(np.int64), np.array(self.scores[user, picked])
 
     def sources_of(self, user: int, items: np.ndarray) -> list[tuple[str, ...]]:
         """The sources that proposed each of `items` (taken from the user's row)."""
@@ -97,8 +80,6 @@ class PrecomputedShortlists:
         np.save(directory / SCORES_FILE, self.scores)
         if self.sources is not None:
             np.save(directory / SOURCES_FILE, self.sources)
-        if self.source_ranks is not None:
-            np.save(directory / RANKS_FILE, self.source_ranks)
 
     @classmethod
     def load(
@@ -115,24 +96,4 @@ class PrecomputedShortlists:
             if (directory / SOURCES_FILE).exists()
             else None,
             source_names,
-            np.load(directory / RANKS_FILE, mmap_mode="r")
-            if (directory / RANKS_FILE).exists()
-            else None,
         )
-
-
-def pack_ranks(ranks: np.ndarray, depth: int) -> np.ndarray:
-    """Source ranks (-1: not proposed) stored in a byte each where every source's `depth`
-    fits under 255 (255: not proposed), else as int16: a precomputed row of a 3-source
-    fusion grows by 3 bytes per item, not 6."""
-    if depth < 255:
-        return np.where(ranks < 0, 255, ranks).astype(np.uint8)
-    return ranks.astype(np.int16)
-
-
-def unpack_ranks(packed: np.ndarray) -> np.ndarray:
-    """`pack_ranks` undone: int16, -1 where the source did not propose the item."""
-    out = packed.astype(np.int16)
-    if packed.dtype == np.uint8:
-        out[packed == 255] = -1
-    return out

@@ -29,7 +29,7 @@ from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import UserState
 from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, with_short_term
 from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
-from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores, slot_ranks
+from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores
 from shortlist.retrieval.index import RefinedIndex, search, served_index
 from shortlist.retrieval.memo import SearchMemo
 from shortlist.retrieval.precomputed import PrecomputedShortlists
@@ -70,9 +70,6 @@ class Shortlist:
     answer: str = "search"
     # per item, the sources that proposed it (fused shortlists; empty otherwise)
     sources: list[tuple[str, ...]] = field(default_factory=list)
-    # per item its rank in each source, SOURCE_SLOTS order, -1: not proposed (fused
-    # shortlists; None otherwise): the ranker's per-source features
-    source_ranks: np.ndarray | None = None
 
 
 def prepare_for_retrieval(bundle: RetrievalData) -> RetrievalData:
@@ -158,15 +155,11 @@ def retrieve(
     # without any is answered from the precomputed one
     fresh = not (fused_source(bundle) and live_liked)
     if not folded and fresh and precomputed and bundle.precomputed is not None:
-        pre = bundle.precomputed
-        picked = pre.positions(user_index, n, live)
-        if picked is not None:
-            items = pre.items[user_index, picked].astype(np.int64)
-            scores = np.array(pre.scores[user_index, picked])
-            found = Shortlist(items, scores, "trained", "precomputed")
+        taken = bundle.precomputed.take(user_index, n, live)
+        if taken is not None:
+            found = Shortlist(*taken, "trained", "precomputed")
             if fused_source(bundle):
-                found.sources = pre.sources_of(user_index, found.items)
-                found.source_ranks = pre.ranks_at(user_index, picked)
+                found.sources = bundle.precomputed.sources_of(user_index, found.items)
     if found is None:
         exclude = (
             np.union1d(bundle.seen_items(user_index), live) if user_index is not None else live
@@ -226,11 +219,6 @@ def merge_new_fused(
     order = np.argsort(-scores, kind="stable")[:n]
     found.items, found.scores = items[order], scores[order]
     found.sources = [sources[j] for j in order]
-    if found.source_ranks is not None:
-        # new items are not ranked by the ranker (no features), so no source ranks
-        width = found.source_ranks.shape[1]
-        ranks = np.vstack([found.source_ranks, np.full((len(keep), width), -1, np.int16)])
-        found.source_ranks = ranks[order]
     return found
 
 
@@ -265,7 +253,6 @@ def fused_shortlist(
         found.user_source,
         found.answer,
         fused.sources(0),
-        slot_ranks(fused.ranks, primary)[0][keep],
     )
 
 

@@ -143,7 +143,6 @@ class LocalRetriever(_BundleStage):
             state=state,
             source=candidate_source(bundle, found.answer),
             sources=found.sources,
-            source_ranks=found.source_ranks,
         )
 
     def similar_items(
@@ -231,16 +230,7 @@ class LocalRanker(_BundleStage):
         STAGE_LATENCY.labels("ranking", "features", arm).observe(time.perf_counter() - start)
         start = time.perf_counter()
         scores = candidates.item_scores()
-        ranked = ranked_list(
-            bundle,
-            user_id,
-            idx,
-            scores,
-            live,
-            context,
-            options.keep_order,
-            source_ranks=candidates.source_ranks,
-        )
+        ranked = ranked_list(bundle, user_id, idx, scores, live, context, options.keep_order)
         STAGE_LATENCY.labels("ranking", "scoring", arm).observe(time.perf_counter() - start)
         if rules is None and not options.with_reasons:
             top, top_scores = ranked.order[:k], ranked.scores[:k]

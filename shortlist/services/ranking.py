@@ -9,7 +9,7 @@ from shortlist.rpc.inprocess import status_on_error
 from shortlist.rpc.validation import require_id, require_range
 from shortlist.services.inputs import parsed_context
 from shortlist.services.local import LocalRanker
-from shortlist.services.stages import Candidates, RankOptions, decode_ranks
+from shortlist.services.stages import Candidates, RankOptions
 from shortlist.v1 import ranking_pb2, ranking_pb2_grpc
 
 
@@ -25,11 +25,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServicer):
             require_range(request.k, "k", 1, s.max_k)
             ctx = parsed_context(request.context, s)
             found = Candidates(
-                request.model_version,
-                user_source="",
-                degraded=False,
-                messages=request.candidates,
-                source_ranks=decode_ranks(request.source_ranks, len(request.candidates)),
+                request.model_version, user_source="", degraded=False, messages=request.candidates
             )
             options = RankOptions(
                 with_reasons=request.with_reasons,

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from shortlist.ranking.context import RequestContext
-from shortlist.services.stages import NO_OPTIONS, Candidates, Ranked, RankOptions, decode_ranks
+from shortlist.services.stages import NO_OPTIONS, Candidates, Ranked, RankOptions
 from shortlist.v1 import (
     common_pb2,
     ranking_pb2,
@@ -42,7 +42,6 @@ class RemoteRetriever:
             degraded=reply.degraded,
             messages=reply.candidates,
             source=reply.source,
-            source_ranks=decode_ranks(reply.source_ranks, len(reply.candidates)),
         )
 
     def similar_items(
@@ -90,7 +89,6 @@ class RemoteRanker:
                 with_reasons=options.with_reasons,
                 rules=options.rules,
                 keep_order=options.keep_order,
-                source_ranks=candidates.encoded_ranks(),
             ),
             timeout=timeout,
         )

@@ -34,7 +34,6 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServicer):
             user_source=found.user_source,
             degraded=found.degraded,
             source=found.source,
-            source_ranks=found.encoded_ranks(),
         )
 
     def SimilarItems(self, request, context):  # noqa: N802

@@ -43,9 +43,6 @@ class Candidates:
     # the sources that proposed each item) or the messages' reasons.sources win when set
     source: str = ""
     sources: Sequence[Sequence[str]] = ()
-    # fused shortlists: candidates x SOURCE_SLOTS source ranks (-1: not proposed), in
-    # process or decoded from the reply's `source_ranks` (`decode_ranks`); None otherwise
-    source_ranks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.messages) if self.messages is not None else len(self.items)
@@ -63,10 +60,6 @@ class Candidates:
         if self.messages is not None:
             return np.fromiter((m.score for m in self.messages), np.float32, len(self.messages))
         return np.asarray(self.scores, np.float32)
-
-    def encoded_ranks(self) -> list[int]:
-        """`source_ranks` as the messages' packed field (row-major; empty: none)."""
-        return [] if self.source_ranks is None else self.source_ranks.ravel().tolist()
 
     def sources_of(self, position: int, known: bool) -> list[str]:
         """The sources that proposed the candidate at `position`; `known`: in the bundle
@@ -86,14 +79,6 @@ class Candidates:
         item = common_pb2.ScoredItem
         ids = self.item_ids()[:k]
         return [item(item_id=i, score=v) for i, v in zip(ids, self.scores[:k].tolist())]
-
-
-def decode_ranks(packed: Sequence[int], n: int) -> np.ndarray | None:
-    """A message's `source_ranks` (candidates x sources, row-major) for `n` candidates as an
-    int16 array; None when empty or not a whole number of rows (then not trusted)."""
-    if not len(packed) or not n or len(packed) % n:
-        return None
-    return np.array(packed, np.int16).reshape(n, -1)
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,8 @@ from shortlist.ranking.item_side import (
 )
 from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg, train_ranker
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
-from shortlist.retrieval.fusion import Fused, FusionConfig, slot_ranks
 from shortlist.retrieval.index import build_index
-from shortlist.retrieval.precomputed import PrecomputedShortlists, pack_ranks
+from shortlist.retrieval.precomputed import PrecomputedShortlists
 from shortlist.training.sources import (
     Sources,
     chosen_fusion,
@@ -52,9 +51,6 @@ from shortlist.training.sources import (
 from shortlist.training.tuning import SPACES, tune, untuned
 
 Progress = Callable[[str], None]
-# shortlists as the ranker's lists take them: items and scores (users x n, -1 padded) and
-# each item's rank in every source (users x n x SOURCE_SLOTS, -1: not proposed) or None
-Candidates = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 @dataclass
@@ -256,10 +252,10 @@ def fused_candidates(
     users: np.ndarray,
     cfg: TrainConfig,
     say: Progress,
-) -> tuple[Sources | None, Any, dict | None, Candidates | None]:
+) -> tuple[Sources | None, Any, dict | None, tuple[np.ndarray, np.ndarray] | None]:
     """With `cfg.fusion`: the sources fit on `fit_data`, the fusion chosen on `labels`
-    (held-out likes of `users`) and the fused (items, scores, source ranks) of those
-    users; else Nones (the vector model's own shortlist)."""
+    (held-out likes of `users`) and the fused (items, scores) of those users; else Nones
+    (the vector model's own shortlist)."""
     if not cfg.fusion:
         return None, None, None, None
     say("training the item-item source on the fit part")
@@ -269,13 +265,7 @@ def fused_candidates(
     fusion, report = chosen_fusion(sources, lists, labels.tocsr(), users, cfg.fusion_budget)
     say(f"fusion chosen on the label likes: {fusion.to_json()} (ndcg@20 {report['ndcg@20']})")
     fused = fused_lists(lists, fusion, cfg.candidates)
-    return sources, fusion, report, fused_triple(fused, fusion)
-
-
-def fused_triple(fused: Fused, fusion: FusionConfig) -> Candidates:
-    """A fused shortlist as `ranking_lists` takes it: items, scores and each item's rank in
-    every source (`slot_ranks`, the same mapping retrieval serves)."""
-    return fused.items, fused.scores, slot_ranks(fused.ranks, fusion.primary)
+    return sources, fusion, report, (fused.items, fused.scores)
 
 
 def fused_precomputed(
@@ -287,11 +277,7 @@ def fused_precomputed(
     lists = source_lists(sources, history, users, fusion.depth, seen)
     fused = fused_lists(lists, fusion, width)
     return PrecomputedShortlists(
-        fused.items.astype(np.int32),
-        fused.scores,
-        fused.source_bits(),
-        tuple(fused.ranks),
-        pack_ranks(slot_ranks(fused.ranks, fusion.primary), fusion.depth),
+        fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
     )
 
 
@@ -409,7 +395,7 @@ def ranking_lists(
     users: np.ndarray | None = None,
     keep_empty: bool = False,
     label_context: dict[str, np.ndarray] | None = None,
-    candidates: Candidates | None = None,
+    candidates: tuple[np.ndarray, np.ndarray] | None = None,
     item_item: sp.csr_matrix | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per user with labels: (candidates, feature rows, binary labels) over the top-N shortlist.
@@ -418,9 +404,8 @@ def ranking_lists(
     without a positive are dropped unless `keep_empty` (evaluation keeps them). A list's
     request context is that of the user's first label like (the earliest, with times):
     its hour and day, and its free-form values from `label_context` (aligned with labels).
-    `candidates` (items, scores and per-source ranks or None; one row per user of `users`,
-    -1 padded) are the shortlists when given (the fused ones), else the vector model's
-    top-N; `item_item` is
+    `candidates` (items, scores; one row per user of `users`, -1 padded) are the
+    shortlists when given (the fused ones), else the vector model's top-N; `item_item` is
     the item-item source's table the features read.
     """
     seen = exclude if exclude is not None else ((fit.positives + fit.negatives) > 0).tocsr()
@@ -441,7 +426,6 @@ def ranking_lists(
             scores[seen_rows.row, seen_rows.col] = -np.inf
             top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         for row, u in enumerate(batch):
-            cand_ranks = None
             if candidates is None:
                 cand = top[row][np.argsort(-scores[row, top[row]], kind="stable")]
                 cand_scores = scores[row, cand]
@@ -449,8 +433,6 @@ def ranking_lists(
                 at = lo + row
                 keep = candidates[0][at] >= 0
                 cand, cand_scores = candidates[0][at][keep], candidates[1][at][keep]
-                if candidates[2] is not None:
-                    cand_ranks = candidates[2][at][keep]
             start, end = labels.indptr[u], labels.indptr[u + 1]
             y = np.isin(cand, labels.indices[start:end]).astype(np.float32)
             if y.sum() == 0 and not keep_empty:
@@ -474,9 +456,7 @@ def ranking_lists(
                 recent_dislikes=row_items(fit.negatives, u),
                 attributes=user_attrs[u] if user_attrs.shape[1] else None,
             )
-            x = build_features(
-                cand, cand_scores, signals, ctx, items, no_live[: len(cand)], cand_ranks
-            )
+            x = build_features(cand, cand_scores, signals, ctx, items, no_live[: len(cand)])
             out[int(u)] = (cand, x, y.astype(np.float32))
     return out
 

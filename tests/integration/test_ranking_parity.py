@@ -19,11 +19,8 @@ from shortlist.training.pipeline import TrainConfig
 from shortlist.v1 import common_pb2, ranking_pb2, ranking_pb2_grpc
 
 
-def offline_scores(
-    bundle, user: int, candidates: np.ndarray, retrieval: np.ndarray, context, ranks=None
-):
-    """What the offline pipeline computes for a user with no live feedback (`ranks`: the
-    candidates' source ranks of a fused shortlist)."""
+def offline_scores(bundle, user: int, candidates: np.ndarray, retrieval: np.ndarray, context):
+    """What the offline pipeline computes for a user with no live feedback."""
     signals = UserSignals(
         activity=float(np.diff(bundle.likes.indptr)[user]),
         recent_likes=recent_in_order(bundle.recent_likes, user),
@@ -37,7 +34,6 @@ def offline_scores(
         parse_context(context),
         bundle.item_side,
         np.zeros(len(candidates)),
-        ranks,
     )
     lambdarank = lambda rows: score(bundle.ranker, rows)  # noqa: E731
     return x, blended(lambdarank, bundle.deep_ranker)(x)
@@ -56,8 +52,6 @@ def test_online_rank_equals_offline_features_and_scores(stack, bundle):
             cand = rng.choice(len(bundle.items), 40, replace=False)
             cand = cand[~np.isin(cand, bundle.seen_items(user))]
             retrieval = np.sort(rng.random(len(cand)).astype(np.float32))[::-1]
-            # as a fused shortlist carries them: a rank per source, -1 where not proposed
-            ranks = rng.integers(-1, 100, (len(cand), 3)).astype(np.int16)
             reply = rank(
                 ranking_pb2.RankRequest(
                     user_id=bundle.users.id(user),
@@ -67,11 +61,10 @@ def test_online_rank_equals_offline_features_and_scores(stack, bundle):
                     ],
                     context=context,
                     k=len(cand),
-                    source_ranks=ranks.ravel().tolist(),
                 ),
                 timeout=10,
             )
-            x, offline = offline_scores(bundle, user, cand, retrieval, context, ranks)
+            x, offline = offline_scores(bundle, user, cand, retrieval, context)
             assert np.isfinite(x[:, :3]).all()
             assert np.isfinite(
                 x[:, bundle.ranker.feature_name().index("ctx_moment_item_lift")]

@@ -125,15 +125,7 @@ def score(
         if two_stage:
             signals = RankingSignals(state.history, np.zeros(len(found.items)), state.likes)
             top, _ = rank(
-                bundle,
-                user,
-                found.items,
-                found.scores,
-                signals,
-                RequestContext(),
-                K,
-                short_term,
-                found.source_ranks,
+                bundle, user, found.items, found.scores, signals, RequestContext(), K, short_term
             )
             out["two_stage"].append(_metrics(top, targets))
     result = {}

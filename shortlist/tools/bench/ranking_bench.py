@@ -72,7 +72,7 @@ def run(
     )
     payloads = []
     for u in users:
-        idx, scores, sources, ranks = _shortlist(bundle, int(u), candidates)
+        idx, scores, sources = _shortlist(bundle, int(u), candidates)
         payloads.append(
             ranking_pb2.RankRequest(
                 user_id=bundle.users.id(int(u)),
@@ -85,7 +85,6 @@ def run(
                 # "moment" is a feature only of bundles whose training likes recorded it
                 context={"hour": str(int(u) % 24), "device": "ios", "moment": MOMENTS[u % 2]},
                 k=k,
-                source_ranks=ranks,
             )
         )
     if in_process:
@@ -150,20 +149,16 @@ def run(
     return result
 
 
-def _shortlist(
-    bundle, u: int, n: int
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]], list[int]]:
+def _shortlist(bundle, u: int, n: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
     """User `u`'s shortlist of `n` as the retrieval service answers a trained user without
-    live feedback: the fused one (with each item's sources, and every item's rank in each
-    source row-major as the retrieval service sends them) where the bundle fuses sources,
+    live feedback: the fused one (with each item's sources) where the bundle fuses sources,
     else the FAISS top-n of their vector."""
     if fused_source(bundle):
         found = retrieve(bundle, bundle.users.id(u), UserState(), n)
-        ranks = found.source_ranks.ravel().tolist() if found.source_ranks is not None else []
-        return found.items, found.scores, list(found.sources) or [()] * len(found.items), ranks
+        return found.items, found.scores, list(found.sources) or [()] * len(found.items)
     exclude = bundle.seen_items(u)
     idx, scores = search(bundle.index, bundle.user_vectors[u], n, exclude)
-    return idx, scores, [()] * len(idx), []
+    return idx, scores, [()] * len(idx)
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
