@@ -34,7 +34,9 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Feedback",
+    "Contribution",
     "Item",
+    "Reasons",
     "Recommendation",
     "SimilarItems",
     "Tls",
@@ -54,9 +56,45 @@ KINDS = {
 
 
 @dataclass(frozen=True)
+class Contribution:
+    """One ranking feature's part of an item's score (`Reasons.top_features`)."""
+
+    feature: str
+    value: float
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """Why an item was recommended (asked for with `recommend(..., with_reasons=True)`):
+    the candidate sources that proposed it, the liked items most like it, the ranker's
+    largest feature contributions and the request rules that moved it."""
+
+    sources: tuple[str, ...]
+    because_liked: tuple[str, ...]
+    top_features: tuple[Contribution, ...]
+    rules: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, reasons: common_pb2.Reasons) -> Reasons:
+        return cls(
+            tuple(reasons.sources),
+            tuple(reasons.because_liked),
+            tuple(Contribution(f.feature, f.value, f.contribution) for f in reasons.top_features),
+            tuple(reasons.rules),
+        )
+
+
+@dataclass(frozen=True)
 class Item:
     item_id: str
     score: float
+    reasons: Reasons | None = None  # None unless the request asked for reasons
+
+    @classmethod
+    def from_proto(cls, item: common_pb2.ScoredItem) -> Item:
+        reasons = Reasons.from_proto(item.reasons) if item.HasField("reasons") else None
+        return cls(item.item_id, item.score, reasons)
 
 
 @dataclass(frozen=True)
@@ -71,7 +109,7 @@ class Recommendation:
     @classmethod
     def from_proto(cls, reply: gateway_pb2.RecommendResponse) -> Recommendation:
         return cls(
-            tuple(Item(i.item_id, i.score) for i in reply.items),
+            tuple(Item.from_proto(i) for i in reply.items),
             reply.model_version,
             reply.arm,
             reply.fallback_used,
@@ -92,7 +130,7 @@ class SimilarItems:
 
     @classmethod
     def from_proto(cls, reply: common_pb2.SimilarItemsResponse) -> SimilarItems:
-        return cls(tuple(Item(i.item_id, i.score) for i in reply.items), reply.model_version, reply)
+        return cls(tuple(Item.from_proto(i) for i in reply.items), reply.model_version, reply)
 
     @property
     def item_ids(self) -> list[str]:
@@ -211,10 +249,20 @@ def _tls(tls: bool | Tls) -> Tls | None:
 
 
 def _recommend_request(
-    user_id: str, k: int, context: Mapping[str, str] | None, exclude: Iterable[str]
+    user_id: str,
+    k: int,
+    context: Mapping[str, str] | None,
+    exclude: Iterable[str],
+    with_reasons: bool,
+    rules: common_pb2.Rules | None,
 ) -> gateway_pb2.RecommendRequest:
     return gateway_pb2.RecommendRequest(
-        user_id=user_id, k=k, context=dict(context or {}), exclude_item_ids=list(exclude)
+        user_id=user_id,
+        k=k,
+        context=dict(context or {}),
+        exclude_item_ids=list(exclude),
+        with_reasons=with_reasons,
+        rules=rules,
     )
 
 
@@ -260,10 +308,14 @@ class Client:
         *,
         context: Mapping[str, str] | None = None,
         exclude: Iterable[str] = (),
+        with_reasons: bool = False,
+        rules: common_pb2.Rules | None = None,
         timeout_s: float | None = None,
     ) -> Recommendation:
+        """Top-k items for the user; `with_reasons` attaches each item's `Reasons` (it costs
+        time); `rules` filter, cap, pin and boost items (common_pb2.Rules)."""
         reply = self.stub.Recommend(
-            _recommend_request(user_id, k, context, exclude),
+            _recommend_request(user_id, k, context, exclude, with_reasons, rules),
             timeout=timeout_s or self.timeout_s,
             metadata=self._metadata,
         )
@@ -332,10 +384,12 @@ class AsyncClient:
         *,
         context: Mapping[str, str] | None = None,
         exclude: Iterable[str] = (),
+        with_reasons: bool = False,
+        rules: common_pb2.Rules | None = None,
         timeout_s: float | None = None,
     ) -> Recommendation:
         reply = await self.stub.Recommend(
-            _recommend_request(user_id, k, context, exclude),
+            _recommend_request(user_id, k, context, exclude, with_reasons, rules),
             timeout=timeout_s or self.timeout_s,
             metadata=self._metadata,
         )
