@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from shortlist.bundle.bundle import Bundle
-from shortlist.client import Client
 from shortlist.bundle.files import load_bundle, save_bundle
+from shortlist.client import Client
 from shortlist.config import Settings
 from shortlist.data.synthetic import generate
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic

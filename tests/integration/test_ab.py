@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from shortlist.client import Client, Feedback, Recommendation
 from shortlist.bundle.ab import ARM_A, ARM_B, arm_for, bucket
+from shortlist.client import Client, Feedback, Recommendation
 from shortlist.config import Settings
 from shortlist.feedback.stores.base import RankingSignals, UserState
 from shortlist.ranking.context import RequestContext

@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from shortlist.ranking.user_signals import recent_in_order
 from shortlist.client import Client, Recommendation
+from shortlist.ranking.user_signals import recent_in_order
 from shortlist.v1 import common_pb2, feedback_pb2
 from tests.integration.test_colocated import start_colocated
 

@@ -22,6 +22,7 @@ from tests.conftest import eventually, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
 def applied(admin) -> int:
     return admin.Status(feedback_pb2.FeedbackStatusRequest(), timeout=2).events_applied
 
@@ -149,9 +150,11 @@ def test_oversized_message_is_refused(stack):
     huge = gateway_pb2.RecommendRequest(user_id="u", k=5, context={"blob": "x" * 5_000_000})
     # Raw stub on a channel without the client's send cap: the client would refuse the
     # message itself, and the point is that the server refuses it.
-    with client_channel(stack.gateway_target, max_message_bytes=16 * 1024 * 1024) as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            gateway_pb2_grpc.GatewayStub(channel).Recommend(huge, timeout=5)
+    with (
+        client_channel(stack.gateway_target, max_message_bytes=16 * 1024 * 1024) as channel,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        gateway_pb2_grpc.GatewayStub(channel).Recommend(huge, timeout=5)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
