@@ -258,7 +258,7 @@ def test_forget_from_a_client_is_refused(client):
         client.stub.SendFeedback(gateway_pb2.SendFeedbackRequest(events=[event]), timeout=10)
 
     with pytest.raises(ValueError, match="feedback kind"):
-        Feedback("u", "some-item", "forget")
+        Feedback("u", "some-item", "forget").to_proto()
     with pytest.raises(grpc.RpcError) as err:
         forget("")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from shortlist.client import AsyncClient, Client, Feedback, Tls, service_config
+from shortlist.client import AsyncClient, Client, Contribution, Feedback, Tls, service_config
 from shortlist.rpc.server import start_server
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually
@@ -152,6 +152,32 @@ def test_typed_calls_against_the_stack(stack, bundle, admin):
         with pytest.raises(grpc.RpcError) as info:
             client.similar_items("no-such-item", 4)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reasons_and_rules_against_the_stack(stack, bundle):
+    """`with_reasons` and `rules` reach the gateway; the reasons come back typed."""
+    user = bundle.users.id(7)
+    with Client(stack.gateway_target, timeout_s=10) as client:
+        plain = client.recommend(user, 5)
+        assert all(item.reasons is None for item in plain.items)
+        outsider = next(i for i in reversed(bundle.items.to_list()) if i not in plain.item_ids)
+        rules = common_pb2.Rules()
+        rules.pinned.add(item_id=outsider, position=0)
+        reply = client.recommend(user, 5, with_reasons=True, rules=rules)
+    assert reply.item_ids == [outsider, *plain.item_ids[:4]]
+    pinned, ranked = reply.items[0].reasons, reply.items[1].reasons
+    assert pinned is not None and pinned.rules == ("pinned",) and "pinned" in pinned.sources
+    assert ranked is not None and ranked.sources and not ranked.rules
+    assert isinstance(ranked.top_features, tuple) and ranked.top_features
+    top = ranked.top_features[0]
+    assert isinstance(top, Contribution) and top.feature and top.contribution != 0
+    assert ranked.because_liked == tuple(reply.raw.items[1].reasons.because_liked)
+
+    async def calls():
+        async with AsyncClient(stack.gateway_target, timeout_s=10) as client:
+            return await client.recommend(user, 5, with_reasons=True, rules=rules)
+
+    assert asyncio.run(calls()).items == reply.items  # the same typed items, reasons too
 
 
 def test_async_client_against_the_stack(stack, bundle):
