@@ -33,8 +33,8 @@ from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 __all__ = [
     "AsyncClient",
     "Client",
-    "Feedback",
     "Contribution",
+    "Feedback",
     "Item",
     "Reasons",
     "Recommendation",
@@ -195,13 +195,13 @@ class Tls:
         )
 
 
-def service_config(
-    timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
-) -> str:
-    """The gRPC service config of the client's channel: a default deadline for every Gateway
-    call and, with `max_attempts` > 1, retries of UNAVAILABLE only (all three calls are
-    idempotent: see the module's docstring)."""
-    method: dict[str, Any] = {"name": [{"service": SERVICE}], "timeout": f"{timeout_s:.3f}s"}
+def service_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+    """The gRPC service config of the client's channel: with `max_attempts` > 1, retries of
+    UNAVAILABLE only (all three calls are idempotent: see the module's docstring). No
+    `timeout` here: every call passes its own deadline, and grpcio misapplies a service
+    config timeout (grpc/grpc#34547: one of about a second or less fails every call at once
+    with DEADLINE_EXCEEDED)."""
+    method: dict[str, Any] = {"name": [{"service": SERVICE}]}
     if max_attempts > 1:
         method["retryPolicy"] = {
             "maxAttempts": max_attempts,
@@ -224,7 +224,7 @@ def _options(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", int(max_attempts > 1)),
-        ("grpc.service_config", service_config(timeout_s, max_attempts)),
+        ("grpc.service_config", service_config(max_attempts)),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
