@@ -33,8 +33,10 @@ from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 __all__ = [
     "AsyncClient",
     "Client",
+    "Contribution",
     "Feedback",
     "Item",
+    "Reasons",
     "Recommendation",
     "SimilarItems",
     "Tls",
@@ -54,9 +56,45 @@ KINDS = {
 
 
 @dataclass(frozen=True)
+class Contribution:
+    """One ranking feature's part of an item's score (`Reasons.top_features`)."""
+
+    feature: str
+    value: float
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """Why an item was recommended (asked for with `recommend(..., with_reasons=True)`):
+    the candidate sources that proposed it, the liked items most like it, the ranker's
+    largest feature contributions and the request rules that moved it."""
+
+    sources: tuple[str, ...]
+    because_liked: tuple[str, ...]
+    top_features: tuple[Contribution, ...]
+    rules: tuple[str, ...]
+
+    @classmethod
+    def from_proto(cls, reasons: common_pb2.Reasons) -> Reasons:
+        return cls(
+            tuple(reasons.sources),
+            tuple(reasons.because_liked),
+            tuple(Contribution(f.feature, f.value, f.contribution) for f in reasons.top_features),
+            tuple(reasons.rules),
+        )
+
+
+@dataclass(frozen=True)
 class Item:
     item_id: str
     score: float
+    reasons: Reasons | None = None  # None unless the request asked for reasons
+
+    @classmethod
+    def from_proto(cls, item: common_pb2.ScoredItem) -> Item:
+        reasons = Reasons.from_proto(item.reasons) if item.HasField("reasons") else None
+        return cls(item.item_id, item.score, reasons)
 
 
 @dataclass(frozen=True)
@@ -71,7 +109,7 @@ class Recommendation:
     @classmethod
     def from_proto(cls, reply: gateway_pb2.RecommendResponse) -> Recommendation:
         return cls(
-            tuple(Item(i.item_id, i.score) for i in reply.items),
+            tuple(Item.from_proto(i) for i in reply.items),
             reply.model_version,
             reply.arm,
             reply.fallback_used,
@@ -92,7 +130,7 @@ class SimilarItems:
 
     @classmethod
     def from_proto(cls, reply: common_pb2.SimilarItemsResponse) -> SimilarItems:
-        return cls(tuple(Item(i.item_id, i.score) for i in reply.items), reply.model_version, reply)
+        return cls(tuple(Item.from_proto(i) for i in reply.items), reply.model_version, reply)
 
     @property
     def item_ids(self) -> list[str]:
@@ -157,13 +195,13 @@ class Tls:
         )
 
 
-def service_config(
-    timeout_s: float = DEFAULT_TIMEOUT_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS
-) -> str:
-    """The gRPC service config of the client's channel: a default deadline for every Gateway
-    call and, with `max_attempts` > 1, retries of UNAVAILABLE only (all three calls are
-    idempotent: see the module's docstring)."""
-    method: dict[str, Any] = {"name": [{"service": SERVICE}], "timeout": f"{timeout_s:.3f}s"}
+def service_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> str:
+    """The gRPC service config of the client's channel: with `max_attempts` > 1, retries of
+    UNAVAILABLE only (all three calls are idempotent: see the module's docstring). No
+    `timeout` here: every call passes its own deadline, and grpcio misapplies a service
+    config timeout (grpc/grpc#34547: one of about a second or less fails every call at once
+    with DEADLINE_EXCEEDED)."""
+    method: dict[str, Any] = {"name": [{"service": SERVICE}]}
     if max_attempts > 1:
         method["retryPolicy"] = {
             "maxAttempts": max_attempts,
@@ -186,7 +224,7 @@ def _options(
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", int(max_attempts > 1)),
-        ("grpc.service_config", service_config(timeout_s, max_attempts)),
+        ("grpc.service_config", service_config(max_attempts)),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -211,10 +249,20 @@ def _tls(tls: bool | Tls) -> Tls | None:
 
 
 def _recommend_request(
-    user_id: str, k: int, context: Mapping[str, str] | None, exclude: Iterable[str]
+    user_id: str,
+    k: int,
+    context: Mapping[str, str] | None,
+    exclude: Iterable[str],
+    with_reasons: bool,
+    rules: common_pb2.Rules | None,
 ) -> gateway_pb2.RecommendRequest:
     return gateway_pb2.RecommendRequest(
-        user_id=user_id, k=k, context=dict(context or {}), exclude_item_ids=list(exclude)
+        user_id=user_id,
+        k=k,
+        context=dict(context or {}),
+        exclude_item_ids=list(exclude),
+        with_reasons=with_reasons,
+        rules=rules,
     )
 
 
@@ -260,10 +308,14 @@ class Client:
         *,
         context: Mapping[str, str] | None = None,
         exclude: Iterable[str] = (),
+        with_reasons: bool = False,
+        rules: common_pb2.Rules | None = None,
         timeout_s: float | None = None,
     ) -> Recommendation:
+        """Top-k items for the user; `with_reasons` attaches each item's `Reasons` (it costs
+        time); `rules` filter, cap, pin and boost items (common_pb2.Rules)."""
         reply = self.stub.Recommend(
-            _recommend_request(user_id, k, context, exclude),
+            _recommend_request(user_id, k, context, exclude, with_reasons, rules),
             timeout=timeout_s or self.timeout_s,
             metadata=self._metadata,
         )
@@ -332,10 +384,12 @@ class AsyncClient:
         *,
         context: Mapping[str, str] | None = None,
         exclude: Iterable[str] = (),
+        with_reasons: bool = False,
+        rules: common_pb2.Rules | None = None,
         timeout_s: float | None = None,
     ) -> Recommendation:
         reply = await self.stub.Recommend(
-            _recommend_request(user_id, k, context, exclude),
+            _recommend_request(user_id, k, context, exclude, with_reasons, rules),
             timeout=timeout_s or self.timeout_s,
             metadata=self._metadata,
         )

@@ -11,6 +11,7 @@ import redis
 
 from shortlist.bundle.bundle import Bundle
 from shortlist.bundle.files import load_bundle, save_bundle
+from shortlist.client import Client
 from shortlist.config import Settings
 from shortlist.data.synthetic import generate
 from shortlist.feedback.bus import KafkaEventConsumer, KafkaEventPublisher, ensure_topic
@@ -177,11 +178,13 @@ def stack(settings, bundle):
     s.stop()
 
 
-# Stubs over the module's stack, and a state store of each kind (the contract both keep).
+# A client of the module's stack, the admin stub, and a state store of each kind.
 @pytest.fixture(scope="module")
-def gateway(stack):
-    with client_channel(stack.gateway_target) as channel:
-        yield gateway_pb2_grpc.GatewayStub(channel)
+def client(stack) -> Client:
+    """`shortlist.client.Client` of the stack's gateway, as an app would call it (a 10 s
+    deadline: the shared CI cores are slow)."""
+    with Client(stack.gateway_target, timeout_s=10) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 
 from shortlist.bundle.ab import ARM_A, ARM_B, arm_for, bucket
+from shortlist.client import Client, Feedback, Recommendation
 from shortlist.config import Settings
 from shortlist.feedback.stores.base import RankingSignals, UserState
 from shortlist.ranking.context import RequestContext
 from shortlist.ranking.rank import rank
 from shortlist.retrieval.retrieve import retrieve
 from shortlist.rpc.server import client_channel
-from shortlist.v1 import (
-    common_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    retrieval_pb2,
-    retrieval_pb2_grpc,
-)
+from shortlist.v1 import retrieval_pb2, retrieval_pb2_grpc
 from tests.conftest import eventually
 
 
@@ -52,13 +47,13 @@ def test_ab_settings_from_environment():
 
 
 @pytest.fixture(scope="module")
-def gateway(ab_stack):
-    with client_channel(ab_stack.gateway_target) as channel:
-        yield gateway_pb2_grpc.GatewayStub(channel)
+def client(ab_stack):
+    with Client(ab_stack.gateway_target, timeout_s=10) as c:
+        yield c
 
 
-def recommend(gateway, user: str, k: int = 10) -> gateway_pb2.RecommendResponse:
-    return gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=k), timeout=5)
+def recommend(client: Client, user: str, k: int = 10) -> Recommendation:
+    return client.recommend(user, k)
 
 
 def expected_items(bundle, user: str, k: int, candidates: int) -> list[str]:
@@ -70,14 +65,14 @@ def expected_items(bundle, user: str, k: int, candidates: int) -> list[str]:
 
 
 def test_users_split_by_share_and_each_arm_serves_its_own_bundle(
-    gateway, ab_settings, bundle, bundle_b
+    client, ab_settings, bundle, bundle_b
 ):
     assert bundle.version != bundle_b.version
     versions = {ARM_A: bundle.version, ARM_B: bundle_b.version}
     arms = {}
     for u in range(200):
         user = bundle.users.id(u)
-        reply = recommend(gateway, user)
+        reply = recommend(client, user)
         assert reply.arm in (ARM_A, ARM_B)
         assert reply.arm == arm_for(user, 0.5, ab_settings.ab_salt)
         assert reply.model_version == versions[reply.arm], (user, reply.arm)
@@ -88,12 +83,12 @@ def test_users_split_by_share_and_each_arm_serves_its_own_bundle(
 
     # The same user always lands in the same arm.
     for user in list(arms)[:30]:
-        assert recommend(gateway, user).arm == arms[user]
+        assert recommend(client, user).arm == arms[user]
 
     # Items come from the arm's bundle: exactly that bundle's retrieve-then-rank result.
     differ = 0
     for user in list(arms)[:40]:
-        got = [i.item_id for i in recommend(gateway, user).items]
+        got = [i.item_id for i in recommend(client, user).items]
         mine = bundle if arms[user] == ARM_A else bundle_b
         other = bundle_b if arms[user] == ARM_A else bundle
         assert got == expected_items(mine, user, 10, ab_settings.candidates), user
@@ -101,35 +96,26 @@ def test_users_split_by_share_and_each_arm_serves_its_own_bundle(
     assert differ >= 30  # the two models really disagree, so the check above means something
 
 
-def test_unknown_users_get_their_arms_popularity(gateway, ab_settings, bundle, bundle_b):
+def test_unknown_users_get_their_arms_popularity(client, ab_settings, bundle, bundle_b):
     versions = {ARM_A: bundle.version, ARM_B: bundle_b.version}
     seen = set()
     for n in range(40):
-        reply = recommend(gateway, f"never-seen-{n}", k=5)
+        reply = recommend(client, f"never-seen-{n}", k=5)
         assert reply.fallback_reason == "unknown_user"
         assert reply.model_version == versions[reply.arm]
         seen.add(reply.arm)
     assert seen == {ARM_A, ARM_B}
 
 
-def test_feedback_is_accepted_for_both_arms(gateway, ab_settings, bundle):
+def test_feedback_is_accepted_for_both_arms(client, ab_settings, bundle):
     users = [bundle.users.id(u) for u in range(250, 300)]
     by_arm = {arm_for(u, 0.5, ab_settings.ab_salt): u for u in users}
     for user in by_arm.values():
-        item = recommend(gateway, user, k=3).items[0].item_id
-        ack = gateway.SendFeedback(
-            gateway_pb2.SendFeedbackRequest(
-                events=[
-                    common_pb2.FeedbackEvent(
-                        user_id=user, item_id=item, kind=common_pb2.FEEDBACK_KIND_LIKE
-                    )
-                ]
-            ),
-            timeout=10,
-        )
-        assert len(ack.event_ids) == 1
+        item = recommend(client, user, k=3).items[0].item_id
+        ack = client.send_feedback(Feedback(user, item, "like"))
+        assert len(ack) == 1
         # Seen items leave the arm's next shortlist (live state is shared by both arms).
-        eventually(lambda u=user, i=item: i not in [x.item_id for x in recommend(gateway, u).items])
+        eventually(lambda u=user, i=item: i not in recommend(client, u).item_ids)
 
 
 def test_retrieval_refuses_a_version_it_does_not_serve(ab_stack, bundle):
@@ -146,9 +132,9 @@ def test_retrieval_refuses_a_version_it_does_not_serve(ab_stack, bundle):
     assert "no-such-version" in err.value.details()
 
 
-def test_arm_label_in_metrics(gateway, ab_stack, bundle):
+def test_arm_label_in_metrics(client, ab_stack, bundle):
     for u in range(40):
-        recommend(gateway, bundle.users.id(u))
+        recommend(client, bundle.users.id(u))
     text = urllib.request.urlopen(f"http://{ab_stack.metrics_target}/metrics", timeout=5).read()
     text = text.decode()
 

@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from shortlist.client import AsyncClient, Client, Feedback, Tls, service_config
+from shortlist.client import AsyncClient, Client, Contribution, Feedback, Tls, service_config
 from shortlist.rpc.server import start_server
 from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually
@@ -25,12 +25,14 @@ class Scripted(gateway_pb2_grpc.GatewayServicer):
         self.delay_s = delay_s
         self.requests: list = []
         self.metadata: list[dict[str, str]] = []
+        self.remaining: list[float | None] = []  # each call's deadline as the server saw it
         self.lock = threading.Lock()
 
     def _next(self, request, context) -> None:
         with self.lock:
             self.requests.append(request)
             self.metadata.append(dict(context.invocation_metadata()))
+            self.remaining.append(context.time_remaining())
             code = self.codes.pop(0) if self.codes else None
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -106,8 +108,24 @@ def test_a_retried_feedback_batch_carries_the_same_event_ids(scripted):
 def test_calls_have_a_deadline_by_default(scripted):
     _servicer, target = scripted(delay_s=1.0)
     with Client(target, timeout_s=0.1) as client, pytest.raises(grpc.RpcError) as info:
+        started = time.monotonic()
         client.recommend("u1", 1)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.09 < time.monotonic() - started < 0.9  # at the deadline, not at once
+
+
+@pytest.mark.parametrize("timeout_s", [0.3, 1.0, 5.0])
+def test_a_short_deadline_is_the_calls_own(scripted, timeout_s):
+    """A call within its deadline succeeds and the server sees that deadline (a service
+    config timeout would fail deadlines of about a second at once: grpc/grpc#34547)."""
+    servicer, target = scripted(delay_s=0.05)
+    with Client(target, timeout_s=timeout_s) as client:
+        assert client.recommend("u1", 1).item_ids == ["item-1"]
+        assert client.recommend("u1", 1, timeout_s=timeout_s / 2).item_ids == ["item-1"]
+    first, second = servicer.remaining
+    slack = 0.02 + timeout_s * 0.02  # the grpc-timeout header rounds the deadline up
+    assert first is not None and timeout_s * 0.5 < first <= timeout_s + slack
+    assert second is not None and timeout_s * 0.25 < second <= timeout_s / 2 + slack
 
 
 def test_credentials_go_as_metadata(scripted):
@@ -152,6 +170,32 @@ def test_typed_calls_against_the_stack(stack, bundle, admin):
         with pytest.raises(grpc.RpcError) as info:
             client.similar_items("no-such-item", 4)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reasons_and_rules_against_the_stack(stack, bundle):
+    """`with_reasons` and `rules` reach the gateway; the reasons come back typed."""
+    user = bundle.users.id(7)
+    with Client(stack.gateway_target, timeout_s=10) as client:
+        plain = client.recommend(user, 5)
+        assert all(item.reasons is None for item in plain.items)
+        outsider = next(i for i in reversed(bundle.items.to_list()) if i not in plain.item_ids)
+        rules = common_pb2.Rules()
+        rules.pinned.add(item_id=outsider, position=0)
+        reply = client.recommend(user, 5, with_reasons=True, rules=rules)
+    assert reply.item_ids == [outsider, *plain.item_ids[:4]]
+    pinned, ranked = reply.items[0].reasons, reply.items[1].reasons
+    assert pinned is not None and pinned.rules == ("pinned",) and "pinned" in pinned.sources
+    assert ranked is not None and ranked.sources and not ranked.rules
+    assert isinstance(ranked.top_features, tuple) and ranked.top_features
+    top = ranked.top_features[0]
+    assert isinstance(top, Contribution) and top.feature and top.contribution != 0
+    assert ranked.because_liked == tuple(reply.raw.items[1].reasons.because_liked)
+
+    async def calls():
+        async with AsyncClient(stack.gateway_target, timeout_s=10) as client:
+            return await client.recommend(user, 5, with_reasons=True, rules=rules)
+
+    assert asyncio.run(calls()).items == reply.items  # the same typed items, reasons too
 
 
 def test_async_client_against_the_stack(stack, bundle):

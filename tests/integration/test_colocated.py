@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 
 from shortlist.bundle.ab import ARM_A, ARM_B, arm_for
+from shortlist.client import Client, Recommendation
 from shortlist.feedback.bus import KafkaEventPublisher
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.ranking.context import RequestContext
 from shortlist.rpc.inprocess import in_process
-from shortlist.rpc.server import client_channel
 from shortlist.rpc.validation import InvalidInput
 from shortlist.services.launch import start_service
 from shortlist.services.local import LocalRanker, LocalRetriever
 from shortlist.services.stages import Candidates
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.integration.test_ab import expected_items
 
 
@@ -67,20 +66,16 @@ def colocated(settings, bundle, stack):
     started.stop()
 
 
-def _recommend(target: str, user_id: str, k: int = 10, context: dict | None = None):
-    with client_channel(target) as channel:
-        return gateway_pb2_grpc.GatewayStub(channel).Recommend(
-            gateway_pb2.RecommendRequest(user_id=user_id, k=k, context=context or {}),
-            timeout=10,
-        )
+def _recommend(
+    target: str, user_id: str, k: int = 10, context: dict | None = None
+) -> Recommendation:
+    with Client(target, timeout_s=10) as client:
+        return client.recommend(user_id, k, context=context)
 
 
 def _similar(target: str, item_id: str) -> list[str]:
-    with client_channel(target) as channel:
-        reply = gateway_pb2_grpc.GatewayStub(channel).SimilarItems(
-            common_pb2.SimilarItemsRequest(item_id=item_id, k=5), timeout=10
-        )
-    return [i.item_id for i in reply.items]
+    with Client(target, timeout_s=10) as client:
+        return client.similar_items(item_id, 5).item_ids
 
 
 def test_colocated_gateway_answers_as_the_four_service_stack(colocated, stack, bundle):

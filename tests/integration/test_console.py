@@ -22,7 +22,6 @@ from shortlist.rpc.security import hash_key
 from shortlist.rpc.telemetry import start_metrics_server
 from shortlist.services.console import create_console
 from shortlist.tools.bench.report import write_report
-from shortlist.v1 import gateway_pb2
 from tests.conftest import eventually, free_port
 
 CHROMIUM = os.environ.get("SHORTLIST_CHROMIUM", "/usr/bin/chromium")
@@ -146,9 +145,9 @@ def trained_user(bundle, n: int) -> str:
 
 
 def test_overview_shows_the_serving_bundle_and_its_figures(
-    console_url, page, bundle, gateway, tmp_path
+    console_url, page, bundle, client, tmp_path
 ):
-    gateway.Recommend(gateway_pb2.RecommendRequest(user_id=trained_user(bundle, 1), k=5), timeout=5)
+    client.recommend(trained_user(bundle, 1), 5)
     page.goto(f"{console_url}/console/")
     assert page.locator("#serving-version").inner_text() == bundle.version
     row = page.locator("#versions tr.serving")

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import redis
 
+from shortlist.client import Client, Feedback
 from shortlist.config import Settings
 from shortlist.feedback.bus import KafkaEventPublisher, ensure_topic
 from shortlist.feedback.events import Kind
-from shortlist.rpc.server import client_channel
 from shortlist.tools.bench.feedback import redis_audit, synthetic_events
 from shortlist.tools.stack import TansuBroker, free_port
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually, start_stack, unique
 
 pytestmark = pytest.mark.integration
@@ -81,9 +80,8 @@ def test_killed_feedback_processes_apply_every_acknowledged_event_once(
     assert audit == {"marks": 4000, "user_likes": likes}
 
 
-def like(user: str, item: str) -> gateway_pb2.SendFeedbackRequest:
-    event = common_pb2.FeedbackEvent(user_id=user, item_id=item, kind=common_pb2.FEEDBACK_KIND_LIKE)
-    return gateway_pb2.SendFeedbackRequest(events=[event])
+def like(user: str, item: str) -> Feedback:
+    return Feedback(user, item, "like")
 
 
 def stack_on_own_redis(own_redis, bundle, broker: TansuBroker, **overrides):
@@ -113,39 +111,38 @@ def test_redis_and_broker_restarts_are_survived(own_redis, bundle):
         ranking_timeout_ms=500,
     )
     user, item = bundle.users.id(5), bundle.items.id(3)
-    request = gateway_pb2.RecommendRequest(user_id=user, k=5)
     try:
-        with client_channel(stack.gateway_target) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
-            assert not stub.Recommend(request, timeout=5).fallback_used
+        # one attempt per call: the answers during the outages are the point, not a retry's
+        with Client(stack.gateway_target, timeout_s=5, max_attempts=1) as client:
+            assert not client.recommend(user, 5).fallback_used
 
             own_redis.stop()
             started = time.perf_counter()
-            reply = stub.Recommend(request, timeout=5)
+            reply = client.recommend(user, 5)
             assert time.perf_counter() - started < 2.0
             assert reply.fallback_used and reply.fallback_reason.startswith("state_unavailable")
             assert len(reply.items) == 5
             # The broker still takes feedback; the worker holds it until Redis is back.
-            stub.SendFeedback(like(user, item), timeout=10)
+            client.send_feedback(like(user, item), timeout_s=10)
 
             own_redis.start()
-            eventually(lambda: not stub.Recommend(request, timeout=5).fallback_used, 30)
+            eventually(lambda: not client.recommend(user, 5).fallback_used, 30)
             store = redis.Redis.from_url(own_redis.url)
             seen = f"{settings.redis_prefix}{{u:{user}}}:seen"
             eventually(lambda: store.sismember(seen, item), 30)
 
             broker.stop()
             with pytest.raises(grpc.RpcError) as err:
-                stub.SendFeedback(like(user, bundle.items.id(4)), timeout=10)
+                client.send_feedback(like(user, bundle.items.id(4)), timeout_s=10)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert len(stub.Recommend(request, timeout=5).items) == 5
+            assert len(client.recommend(user, 5).items) == 5
 
             broker.start()  # same port, empty storage: the producer reconnects by itself
             ensure_topic(settings.kafka_bootstrap, settings.feedback_topic, 1)
 
             def accepted() -> bool:
                 try:
-                    stub.SendFeedback(like(user, bundle.items.id(6)), timeout=10)
+                    client.send_feedback(like(user, bundle.items.id(6)), timeout_s=10)
                     return True
                 except grpc.RpcError:
                     return False
@@ -170,9 +167,9 @@ def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis
     calls: list[tuple[str, float, str | None, str]] = []  # phase, seconds, error, fallback
     stop = threading.Event()
 
-    def client(n: int) -> None:
-        with client_channel(stack.gateway_target) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
+    def caller(n: int) -> None:
+        # one attempt per call: a retry would hide a failed call
+        with Client(stack.gateway_target, timeout_s=deadline_s, max_attempts=1) as client:
             u = 0
             while not stop.is_set():
                 user = bundle.users.id((n * 50 + u) % len(bundle.users))
@@ -180,16 +177,14 @@ def test_redis_stopped_under_load_serves_fallbacks_within_the_deadline(own_redis
                 at, started = phase["now"], time.perf_counter()
                 error, reason = None, ""
                 try:
-                    reason = stub.Recommend(
-                        gateway_pb2.RecommendRequest(user_id=user, k=5), timeout=deadline_s
-                    ).fallback_reason
+                    reason = client.recommend(user, 5).fallback_reason
                 except grpc.RpcError as exc:
                     error = exc.code().name
                 # A call that spans a phase change (Redis back mid-call, say) is in neither.
                 at = at if phase["now"] == at else "boundary"
                 calls.append((at, time.perf_counter() - started, error, reason))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
     try:
         for t in threads:
             t.start()

@@ -334,8 +334,7 @@ def test_tampered_bundle_under_load_is_refused_and_the_old_one_keeps_serving(
     from shortlist.bundle.files import save_bundle
     from shortlist.bundle.promotion import promote
     from shortlist.bundle.watcher import BundleWatcher
-    from shortlist.rpc.server import client_channel
-    from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
+    from shortlist.client import Client
 
     root = tmp_path / "artifacts"
     shutil.copytree(bundle_dir, root)
@@ -346,21 +345,19 @@ def test_tampered_bundle_under_load_is_refused_and_the_old_one_keeps_serving(
     calls: list[tuple[str, str | None]] = []  # (version served, error)
     stop = threading.Event()
 
-    def client(n: int) -> None:
-        with client_channel(stack.gateway_target) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
+    def caller(n: int) -> None:
+        # one attempt per call: a retry would hide a failed call
+        with Client(stack.gateway_target, timeout_s=5, max_attempts=1) as client:
             i = 0
             while not stop.is_set():
-                request = gateway_pb2.RecommendRequest(
-                    user_id=bundle.users.id((n * 7 + i) % len(bundle.users)), k=5
-                )
+                user = bundle.users.id((n * 7 + i) % len(bundle.users))
                 i += 1
                 try:
-                    calls.append((stub.Recommend(request, timeout=5).model_version, None))
+                    calls.append((client.recommend(user, 5).model_version, None))
                 except grpc.RpcError as exc:
                     calls.append(("", exc.code().name))
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(3)]
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(3)]
     try:
         for t in threads:
             t.start()

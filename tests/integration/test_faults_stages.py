@@ -10,7 +10,9 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -18,11 +20,12 @@ import pytest
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.bundle.promotion import latest_version
 from shortlist.bundle.watcher import BundleWatcher
+from shortlist.client import Client, Feedback
 from shortlist.feedback.bus import KafkaEventPublisher
 from shortlist.feedback.stores import RedisStateStore
 from shortlist.rpc.server import client_channel
 from shortlist.services.launch import start_service
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from shortlist.v1 import common_pb2
 from tests.conftest import eventually, start_stack, unique
 
 pytestmark = pytest.mark.integration
@@ -46,58 +49,59 @@ def make_stack(settings, bundle):
         stack.stop()
 
 
-def timed(call, request, timeout: float):
+def timed(call: Callable[[], Any]) -> tuple[Any, grpc.RpcError | None, float]:
+    """`call()`'s (reply, error, seconds)."""
     start = time.perf_counter()
     try:
-        reply = call(request, timeout=timeout)
+        reply = call()
         return reply, None, time.perf_counter() - start
     except grpc.RpcError as exc:
         return None, exc, time.perf_counter() - start
 
 
-def load(stub, bundle, seconds: float, threads: int = 6, timeout: float = 2.0):
+def one_attempt(target: str, timeout_s: float = 2.0) -> Client:
+    """A client that tries each call once: a retry would hide a failed call."""
+    return Client(target, timeout_s=timeout_s, max_attempts=1)
+
+
+def load(client: Client, bundle, seconds: float, threads: int = 6, timeout: float = 2.0):
     """Recommend calls from `threads` clients for `seconds`: (reply, error, latency)s."""
-    return [r for rs in load_per_thread(stub, bundle, seconds, threads, timeout) for r in rs]
+    return [r for rs in load_per_thread(client, bundle, seconds, threads, timeout) for r in rs]
 
 
 def load_per_thread(
-    stub, bundle, seconds: float, threads: int = 6, timeout: float = 2.0, until=None
+    client: Client, bundle, seconds: float, threads: int = 6, timeout: float = 2.0, until=None
 ):
     """Recommend calls from `threads` clients for `seconds`, or until `until()` is true."""
     stop = time.monotonic() + seconds
 
-    def client(n: int):
+    def caller(n: int):
         out = []
         i = 0
         while time.monotonic() < stop and not (until is not None and until()):
             user = bundle.users.id((n * 37 + i) % len(bundle.users))
-            out.append(
-                timed(stub.Recommend, gateway_pb2.RecommendRequest(user_id=user, k=10), timeout)
-            )
+            out.append(timed(lambda u=user: client.recommend(u, 10, timeout_s=timeout)))
             i += 1
         return out
 
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(client, range(threads)))
+        return list(pool.map(caller, range(threads)))
 
 
 @pytest.mark.parametrize("stage", ["retrieval", "ranking"])
 def test_stopped_stage_under_load_fails_no_request(make_stack, bundle, stage):
     stack, settings = make_stack(retrieval_timeout_ms=300, ranking_timeout_ms=300)
-    with client_channel(stack.gateway_target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
+    with one_attempt(stack.gateway_target) as client:
         stopper = threading.Timer(1.0, lambda: stack.services.pop(stage).server.stop(0.5))
         stopper.start()
-        results = load(stub, bundle, 3.0)
+        results = load(client, bundle, 3.0)
         stopper.join()
         errors = [e for _, e, _ in results if e is not None]
         assert not errors, f"{len(errors)} failed calls, first: {errors[0]}"
         slowest = max(t for _, _, t in results)
         assert slowest < 2.0, f"a call took {slowest:.2f}s"
         reasons = {r.fallback_reason for r, _, _ in results}
-        after = stub.Recommend(
-            gateway_pb2.RecommendRequest(user_id=bundle.users.id(2), k=10), timeout=2
-        )
+        after = client.recommend(bundle.users.id(2), 10)
         assert after.fallback_used and len(after.items) == 10
         assert after.fallback_reason.startswith(f"{stage}_unavailable:")
         assert "" in reasons and after.fallback_reason in reasons
@@ -106,7 +110,7 @@ def test_stopped_stage_under_load_fails_no_request(make_stack, bundle, stage):
                 bundle.popular_items(10, bundle.items.indices([]))
             )
             with pytest.raises(grpc.RpcError) as err:
-                stub.SimilarItems(common_pb2.SimilarItemsRequest(item_id="x", k=3), timeout=2)
+                client.similar_items("x", 3)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and err.value.details()
 
 
@@ -114,10 +118,9 @@ def test_stage_comes_back_on_the_same_port(make_stack, bundle, settings):
     stack, s = make_stack(retrieval_timeout_ms=300, ranking_timeout_ms=300)
     port = stack.services["ranking"].server.port
     stack.services.pop("ranking").server.stop(0)
-    request = gateway_pb2.RecommendRequest(user_id=bundle.users.id(4), k=5)
-    with client_channel(stack.gateway_target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-        assert stub.Recommend(request, timeout=2).fallback_reason.startswith("ranking_unavail")
+    user = bundle.users.id(4)
+    with one_attempt(stack.gateway_target) as client:
+        assert client.recommend(user, 5).fallback_reason.startswith("ranking_unavail")
         stack.services["ranking"] = start_service(
             "ranking",
             s,
@@ -125,7 +128,7 @@ def test_stage_comes_back_on_the_same_port(make_stack, bundle, settings):
             f"127.0.0.1:{port}",
             RedisStateStore(s.redis_url, s.redis_prefix),
         )
-        eventually(lambda: not stub.Recommend(request, timeout=2).fallback_used, 30, 0.2)
+        eventually(lambda: not client.recommend(user, 5).fallback_used, 30, 0.2)
 
 
 @pytest.fixture
@@ -172,16 +175,15 @@ def test_stalled_stage_is_cut_off_at_its_budget(make_stack, bundle, settings, bl
         publisher=KafkaEventPublisher(s.kafka_bootstrap, s.feedback_topic),
         **targets,
     )
-    request = gateway_pb2.RecommendRequest(user_id=bundle.users.id(6), k=5)
-    with client_channel(stack.gateway_target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
+    user = bundle.users.id(6)
+    with one_attempt(stack.gateway_target, 5.0) as client:
         for _ in range(3):
-            reply, err, took = timed(stub.Recommend, request, 5.0)
+            reply, err, took = timed(lambda: client.recommend(user, 5))
             assert err is None and reply.fallback_reason.startswith(f"{stage}_unavailable:")
             assert took < 0.25 + 0.3 + (0.25 if stage == "ranking" else 0), took
             assert len(reply.items) == 5
         # A caller deadline shorter than the stage budget bounds the whole call.
-        reply, err, took = timed(stub.Recommend, request, 0.12)
+        reply, err, took = timed(lambda: client.recommend(user, 5, timeout_s=0.12))
         assert took < 0.12 + 0.2, took
         assert err is None or err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -201,8 +203,7 @@ def test_bundle_published_under_load_is_switched_without_failed_requests(
         save_bundle(dataclasses.replace(bundle, version=new_version), root)
 
     try:
-        with client_channel(stack.gateway_target) as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
+        with one_attempt(stack.gateway_target) as client:
             publisher = threading.Thread(target=publish)
             publisher.start()
 
@@ -210,17 +211,15 @@ def test_bundle_published_under_load_is_switched_without_failed_requests(
                 stop = time.monotonic() + 4.0
                 i = 0
                 while time.monotonic() < stop:
-                    event = common_pb2.FeedbackEvent(
-                        user_id=bundle.users.id(i % 50),
-                        item_id=bundle.items.id(i % len(bundle.items)),
-                        kind=common_pb2.FEEDBACK_KIND_LIKE,
+                    event = Feedback(
+                        bundle.users.id(i % 50), bundle.items.id(i % len(bundle.items)), "like"
                     )
                     sent_feedback.append(
-                        timed(stub.SendFeedback, gateway_pb2.SendFeedbackRequest(events=[event]), 5)
+                        timed(lambda e=event: client.send_feedback(e, timeout_s=5))
                     )
                     i += 1
-                    similar = common_pb2.SimilarItemsRequest(item_id=bundle.items.id(i % 50), k=5)
-                    sent_feedback.append(timed(stub.SimilarItems, similar, 2))
+                    item = bundle.items.id(i % 50)
+                    sent_feedback.append(timed(lambda it=item: client.similar_items(it, 5)))
 
             side = threading.Thread(target=feedback)
             side.start()
@@ -234,7 +233,7 @@ def test_bundle_published_under_load_is_switched_without_failed_requests(
                 return bool(swapped) and time.monotonic() > swapped[0] + 1.0
 
             per_thread = load_per_thread(
-                stub, bundle, 30.0, threads=4, until=a_second_after_the_swap
+                client, bundle, 30.0, threads=4, until=a_second_after_the_swap
             )
             results = [r for rs in per_thread for r in rs]
             side.join()

@@ -7,16 +7,16 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
 
+from shortlist.client import Client, Feedback
 from shortlist.config import Settings
 from shortlist.rpc.security import hash_key
-from shortlist.rpc.server import client_channel
 from shortlist.services.http_api import start_http_server
 from shortlist.services.launch import start_inprocess_stack
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import eventually, start_stack
 
 FULL_KEY = "http-key-full-0123456789"
@@ -66,12 +66,13 @@ def post(stack, path: str, payload, key: str | None = FULL_KEY, header: str = "x
     return curl(stack.http_url + path, body, headers)
 
 
-def grpc_error(stack, method: str, request, key: str | None) -> grpc.RpcError:
-    metadata = (("x-api-key", key),) if key else ()
-    with client_channel(stack.gateway_target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-        with pytest.raises(grpc.RpcError) as info:
-            getattr(stub, method)(request, timeout=10, metadata=metadata)
+def grpc_error(stack, key: str | None, call: Callable[[Client], object]) -> grpc.RpcError:
+    """The error `call` gets over gRPC from a client with `key` (None: no credentials)."""
+    with (
+        Client(stack.gateway_target, key, timeout_s=10) as client,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        call(client)
     return info.value
 
 
@@ -80,13 +81,9 @@ def test_recommend_answers_what_grpc_answers(http_stack, bundle):
     payload = {"userId": user, "k": 5, "context": {"device": "ios", "hour": "21"}}
     status, body = post(http_stack, "/v1/recommend", payload)
     assert status == 200, body
-    with client_channel(http_stack.gateway_target) as channel:
-        reply = gateway_pb2_grpc.GatewayStub(channel).Recommend(
-            gateway_pb2.RecommendRequest(user_id=user, k=5, context=payload["context"]),
-            timeout=10,
-            metadata=(("x-api-key", FULL_KEY),),
-        )
-    assert [i["itemId"] for i in body["items"]] == [i.item_id for i in reply.items]
+    with Client(http_stack.gateway_target, FULL_KEY, timeout_s=10) as client:
+        reply = client.recommend(user, 5, context=payload["context"])
+    assert [i["itemId"] for i in body["items"]] == reply.item_ids
     assert body["modelVersion"] == bundle.version
     assert body["fallbackUsed"] is False and body["fallbackReason"] == ""
     assert body["arm"] == "a"
@@ -125,9 +122,7 @@ def test_bad_json_is_400_naming_the_field(http_stack, payload, named):
 
 def test_invalid_input_gets_the_gateways_own_message(http_stack, bundle):
     status, body = post(http_stack, "/v1/recommend", {"userId": bundle.users.id(1), "k": 0})
-    over_grpc = grpc_error(
-        http_stack, "Recommend", gateway_pb2.RecommendRequest(user_id="u", k=0), FULL_KEY
-    )
+    over_grpc = grpc_error(http_stack, FULL_KEY, lambda c: c.recommend("u", 0))
     assert status == 400
     assert body["error"] == {
         "code": 400,
@@ -140,7 +135,7 @@ def test_invalid_input_gets_the_gateways_own_message(http_stack, bundle):
 @pytest.mark.parametrize(("key", "status"), [(None, 401), ("wrong-key-0123456789", 401)])
 def test_missing_or_wrong_key_is_401_with_the_grpc_message(http_stack, key, status):
     got, body = post(http_stack, "/v1/recommend", {"userId": "u", "k": 1}, key=key)
-    over_grpc = grpc_error(http_stack, "Recommend", gateway_pb2.RecommendRequest(), key)
+    over_grpc = grpc_error(http_stack, key, lambda c: c.recommend("u", 1))
     assert over_grpc.code() == grpc.StatusCode.UNAUTHENTICATED
     assert got == status
     assert body["error"]["status"] == "UNAUTHENTICATED"
@@ -438,10 +433,8 @@ def test_an_admin_keys_calls_over_http_and_grpc_draw_from_one_bucket(limited_sta
     same message."""
     show = json.dumps({"itemIds": ["rate-limited-item"]})  # not hidden: changes nothing
     url = limited_stack.http_url + "/v1/admin/show-items"
-    request = gateway_pb2.RecommendRequest(user_id=bundle.users.id(1), k=3)
     outcomes: list[tuple[str, bool, str]] = []  # (port, passed, refusal message)
-    with client_channel(limited_stack.gateway_target) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
+    with Client(limited_stack.gateway_target, ADMIN_KEY, timeout_s=10) as client:
         start = time.monotonic()
         for _ in range(4):
             status, body = curl(url, show, {"x-api-key": ADMIN_KEY})
@@ -456,7 +449,7 @@ def test_an_admin_keys_calls_over_http_and_grpc_draw_from_one_bucket(limited_sta
                 ("http", status == 200, body["error"]["message"] if status == 429 else "")
             )
             try:
-                stub.Recommend(request, timeout=10, metadata=(("x-api-key", ADMIN_KEY),))
+                client.recommend(bundle.users.id(1), 3)
                 outcomes.append(("grpc", True, ""))
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
@@ -481,20 +474,9 @@ def test_an_admin_call_that_writes_an_event_draws_from_the_keys_events_bucket(
     """DeleteUser writes one event: after a gRPC SendFeedback of 3 events (the events burst)
     the same key's DeleteUser over HTTP is refused by the events bucket, with the message
     the gRPC path gives a batch over the limit."""
-    events = [
-        common_pb2.FeedbackEvent(
-            user_id=bundle.users.id(2),
-            item_id=bundle.items.id(n),
-            kind=common_pb2.FEEDBACK_KIND_VIEW,
-        )
-        for n in range(3)
-    ]
-    with client_channel(limited_stack.gateway_target) as channel:
-        gateway_pb2_grpc.GatewayStub(channel).SendFeedback(
-            gateway_pb2.SendFeedbackRequest(events=events),
-            timeout=10,
-            metadata=(("x-api-key", ADMIN_FEEDBACK_KEY),),
-        )
+    events = [Feedback(bundle.users.id(2), bundle.items.id(n), "view") for n in range(3)]
+    with Client(limited_stack.gateway_target, ADMIN_FEEDBACK_KEY, timeout_s=10) as client:
+        client.send_feedback(*events)
     status, body = curl(
         limited_stack.http_url + "/v1/admin/delete-user",
         json.dumps({"userId": "u-rate-limited"}),

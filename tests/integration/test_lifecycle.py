@@ -8,14 +8,13 @@ import dataclasses
 
 import pytest
 
+from shortlist.client import Client, Feedback
 from shortlist.data.events import load_events
 from shortlist.feedback.archive import Archiver
 from shortlist.feedback.bus import KafkaEventConsumer
 from shortlist.rpc.server import client_channel
-from shortlist.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from shortlist.v1 import feedback_pb2, feedback_pb2_grpc
 from tests.conftest import eventually, unique
-
-LIKE = common_pb2.FEEDBACK_KIND_LIKE
 
 
 @pytest.fixture
@@ -43,19 +42,15 @@ def test_a_deleted_user_is_absent_from_the_next_training(stack, bundle, archiver
         )
     )
     with (
-        client_channel(stack.gateway_target) as channel,
+        Client(stack.gateway_target, timeout_s=10) as client,
         client_channel(stack.target("feedback")) as admin_channel,
     ):
-        gateway = gateway_pb2_grpc.GatewayStub(channel)
         admin = feedback_pb2_grpc.FeedbackAdminStub(admin_channel)
-        events = [
-            common_pb2.FeedbackEvent(user_id=u, item_id=i, kind=LIKE)
-            for u in (kept, deleted)
-            for i in items[3:6]
-        ]
-        sent = gateway.SendFeedback(gateway_pb2.SendFeedbackRequest(events=events), timeout=10)
+        sent = client.send_feedback(
+            *(Feedback(u, i, "like") for u in (kept, deleted) for i in items[3:6])
+        )
         tombstone = admin.DeleteUser(feedback_pb2.DeleteUserRequest(user_id=deleted), timeout=10)
-    acknowledged = len(sent.event_ids) + 1
+    acknowledged = len(sent) + 1
     eventually(lambda: archiver.archived >= acknowledged, timeout_s=30)
     archiver.stop()
 
@@ -64,4 +59,4 @@ def test_a_deleted_user_is_absent_from_the_next_training(stack, bundle, archiver
     assert deleted not in data.users  # gone from the archive's events and from the history
     liked = set(data.items.ids(data.positives[data.users.index(kept)].indices))
     assert liked == {items[0], *items[3:6]}
-    assert tombstone.event_id not in sent.event_ids
+    assert tombstone.event_id not in sent

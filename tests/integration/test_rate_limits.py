@@ -7,19 +7,17 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from shortlist.client import Client, Feedback
 from shortlist.config import Settings
 from shortlist.rpc.security import TokenBuckets, hash_key
-from shortlist.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from tests.conftest import bare_gateway
 
 pytestmark = pytest.mark.integration
 KEYS = ("events-key-one-0123456789", "events-key-two-0123456789")
 
 
-def feedback(n: int) -> gateway_pb2.SendFeedbackRequest:
-    like = common_pb2.FEEDBACK_KIND_LIKE
-    events = [common_pb2.FeedbackEvent(user_id="u", item_id=f"i{k}", kind=like) for k in range(n)]
-    return gateway_pb2.SendFeedbackRequest(events=events)
+def feedback(n: int) -> list[Feedback]:
+    return [Feedback("u", f"i{k}", "like") for k in range(n)]
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:
@@ -43,25 +41,26 @@ def test_feedback_is_limited_by_events_per_key_and_calls_separately():
     passed = grpc.StatusCode.UNIMPLEMENTED  # through the limits, to the bare servicer
     exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
+        # one attempt per call: each call is counted once by the limits
+        target = f"127.0.0.1:{server.port}"
+        with (
+            Client(target, KEYS[0], timeout_s=5, max_attempts=1) as one,
+            Client(target, KEYS[1], timeout_s=5, max_attempts=1) as two,
+        ):
 
-            def send(n: int, key: str = KEYS[0]):
-                md = (("x-api-key", key),)
-                return code_of(lambda: stub.SendFeedback(feedback(n), timeout=5, metadata=md))
+            def send(n: int, client: Client = one):
+                return code_of(lambda: client.send_feedback(*feedback(n)))
 
             assert send(6)[0] == passed  # 6 of 10 event tokens
             code, details = send(6)  # 6 more than the 4 left: refused, by events
             assert code == exhausted and "events/s (burst 10)" in details, details
             assert send(3)[0] == passed  # 3 of the 4 left
-            code, details = send(11, KEYS[1])  # larger than the burst: never
+            code, details = send(11, two)  # larger than the burst: never
             assert code == exhausted and "exceeds the rate limit's burst of 10" in details
-            assert send(5, KEYS[1])[0] == passed  # the other key has its own buckets
+            assert send(5, two)[0] == passed  # the other key has its own buckets
             # The call bucket (4) counts calls whatever their size: the first key made 3.
-            md = (("x-api-key", KEYS[0]),)
-            request = gateway_pb2.RecommendRequest(user_id="u", k=1)
-            assert code_of(lambda: stub.Recommend(request, timeout=5, metadata=md))[0] == passed
-            code, details = code_of(lambda: stub.Recommend(request, timeout=5, metadata=md))
+            assert code_of(lambda: one.recommend("u", 1))[0] == passed
+            code, details = code_of(lambda: one.recommend("u", 1))
             assert code == exhausted and "calls/s" in details, details
     finally:
         server.stop(0)

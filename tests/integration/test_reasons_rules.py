@@ -9,33 +9,33 @@ import grpc
 import numpy as np
 import pytest
 
+from shortlist.client import Client, Recommendation
 from shortlist.ranking.user_signals import recent_in_order
-from shortlist.rpc.server import client_channel
-from shortlist.v1 import common_pb2, feedback_pb2, gateway_pb2, gateway_pb2_grpc
+from shortlist.v1 import common_pb2, feedback_pb2
 from tests.integration.test_colocated import start_colocated
 
 USER = "user-007"
 
 
-def recommend(gateway, k=10, user=USER, **fields):
-    return gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=k, **fields), timeout=10)
+def recommend(client: Client, k=10, user=USER, **fields) -> Recommendation:
+    return client.recommend(user, k, **fields)
 
 
 def topic(bundle, item_id: str) -> str:
     return bundle.item_attribute_values["topic"][bundle.items.index(item_id)]
 
 
-def test_reasons_are_off_by_default_and_leave_the_ranking_unchanged(gateway):
-    plain = recommend(gateway)
-    assert not any(item.HasField("reasons") for item in plain.items)
-    explained = recommend(gateway, with_reasons=True)
+def test_reasons_are_off_by_default_and_leave_the_ranking_unchanged(client):
+    plain = recommend(client)
+    assert all(item.reasons is None for item in plain.items)
+    explained = recommend(client, with_reasons=True)
     assert [i.item_id for i in explained.items] == [i.item_id for i in plain.items]
     assert [i.score for i in explained.items] == pytest.approx([i.score for i in plain.items])
-    assert all(item.HasField("reasons") for item in explained.items)
+    assert all(item.reasons is not None for item in explained.items)
 
 
-def test_each_item_names_its_source_the_likes_behind_it_and_the_ranker_features(gateway, bundle):
-    reply = recommend(gateway, with_reasons=True)
+def test_each_item_names_its_source_the_likes_behind_it_and_the_ranker_features(client, bundle):
+    reply = recommend(client, with_reasons=True)
     u = bundle.users.index(USER)
     likes = recent_in_order(bundle.recent_likes, u)[:50]
     features = set(bundle.ranker.feature_name())
@@ -55,26 +55,26 @@ def test_each_item_names_its_source_the_likes_behind_it_and_the_ranker_features(
         assert not r.rules
 
 
-def test_include_and_exclude_filter_by_item_attribute(gateway, bundle):
-    keep = gateway_pb2.RecommendRequest(user_id=USER, k=10).rules
+def test_include_and_exclude_filter_by_item_attribute(client, bundle):
+    keep = common_pb2.Rules()
     keep.include.add(attribute="topic", values=["jazz", "rock"])
-    reply = recommend(gateway, rules=keep)
+    reply = recommend(client, rules=keep)
     assert len(reply.items) == 10
     assert {topic(bundle, i.item_id) for i in reply.items} <= {"jazz", "rock"}
-    plain = [i.item_id for i in recommend(gateway, k=100).items]
+    plain = [i.item_id for i in recommend(client, k=100).items]
     wanted = [i for i in plain if topic(bundle, i) in {"jazz", "rock"}][:10]
     assert [i.item_id for i in reply.items] == wanted  # the ranked order, filtered
 
     drop = common_pb2.Rules()
     drop.exclude.add(attribute="topic", values=["jazz"])
-    reply = recommend(gateway, rules=drop)
+    reply = recommend(client, rules=drop)
     assert len(reply.items) == 10 and all(topic(bundle, i.item_id) != "jazz" for i in reply.items)
 
 
-def test_a_narrow_filter_widens_the_candidates(gateway, bundle, settings):
+def test_a_narrow_filter_widens_the_candidates(client, bundle, settings):
     """Candidates are 100 (settings): of the topic rarest among them, fewer than k pass, so
     the gateway asks retrieval for more, and the answer is k items of the topic."""
-    first = [topic(bundle, i.item_id) for i in recommend(gateway, k=settings.candidates).items]
+    first = [topic(bundle, i.item_id) for i in recommend(client, k=settings.candidates).items]
     u = bundle.users.index(USER)
     seen = set(bundle.seen_items(u).tolist())
     unseen = collections.Counter(
@@ -85,28 +85,28 @@ def test_a_narrow_filter_widens_the_candidates(gateway, bundle, settings):
     assert first.count(rare) < k
     rules = common_pb2.Rules()
     rules.include.add(attribute="topic", values=[rare])
-    reply = recommend(gateway, k=k, rules=rules)
+    reply = recommend(client, k=k, rules=rules)
     assert len(reply.items) == k
     assert all(topic(bundle, i.item_id) == rare for i in reply.items)
 
 
-def test_at_most_n_items_per_attribute_value(gateway, bundle):
+def test_at_most_n_items_per_attribute_value(client, bundle):
     rules = common_pb2.Rules()
     rules.caps.add(attribute="topic", max_items=2)
-    reply = recommend(gateway, k=10, rules=rules)
+    reply = recommend(client, k=10, rules=rules)
     counts = collections.Counter(topic(bundle, i.item_id) for i in reply.items)
     assert len(reply.items) == 10 and max(counts.values()) == 2  # 5 topics x 2
-    plain = recommend(gateway, k=10)
+    plain = recommend(client, k=10)
     assert max(collections.Counter(topic(bundle, i.item_id) for i in plain.items).values()) > 2
 
 
-def test_pinned_items_take_their_positions(gateway, bundle):
-    plain = [i.item_id for i in recommend(gateway, k=10).items]
+def test_pinned_items_take_their_positions(client, bundle):
+    plain = [i.item_id for i in recommend(client, k=10).items]
     outsider = next(i for i in bundle.items.to_list()[::-1] if i not in plain)
     rules = common_pb2.Rules()
     rules.pinned.add(item_id=outsider, position=0)
     rules.pinned.add(item_id=plain[5], position=2)
-    reply = recommend(gateway, k=10, rules=rules, with_reasons=True)
+    reply = recommend(client, k=10, rules=rules, with_reasons=True)
     ids = [i.item_id for i in reply.items]
     assert ids[0] == outsider and ids[2] == plain[5] and len(ids) == 10
     rest = [i for i in plain if i != plain[5]][:8]
@@ -117,9 +117,9 @@ def test_pinned_items_take_their_positions(gateway, bundle):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_freshness_boosts_items_upserted_within_the_window(gateway, admin, bundle):
+def test_freshness_boosts_items_upserted_within_the_window(client, admin, bundle):
     user = "user-011"
-    plain = [i.item_id for i in recommend(gateway, k=10, user=user).items]
+    plain = [i.item_id for i in recommend(client, k=10, user=user).items]
     item = plain[6]
     admin.UpsertItems(
         feedback_pb2.UpsertItemsRequest(
@@ -130,19 +130,19 @@ def test_freshness_boosts_items_upserted_within_the_window(gateway, admin, bundl
     rules = common_pb2.Rules()
     rules.freshness.window_seconds = 3600
     rules.freshness.boost = 100.0
-    reply = recommend(gateway, k=10, user=user, rules=rules, with_reasons=True)
+    reply = recommend(client, k=10, user=user, rules=rules, with_reasons=True)
     assert reply.items[0].item_id == item and list(reply.items[0].reasons.rules) == ["fresh"]
     assert [i.item_id for i in reply.items[1:]] == [i for i in plain if i != item][:9]
     # an upserted attribute is a rule attribute at once, beside the bundle's
     label = common_pb2.Rules()
     label.include.add(attribute="label", values=["new-release"])
-    assert [i.item_id for i in recommend(gateway, k=10, user=user, rules=label).items] == [item]
+    assert [i.item_id for i in recommend(client, k=10, user=user, rules=label).items] == [item]
 
 
-def test_unknown_users_get_the_popularity_list_under_the_rules(gateway, bundle):
+def test_unknown_users_get_the_popularity_list_under_the_rules(client, bundle):
     rules = common_pb2.Rules()
     rules.exclude.add(attribute="topic", values=["jazz"])
-    reply = recommend(gateway, k=5, user="nobody-at-all", rules=rules, with_reasons=True)
+    reply = recommend(client, k=5, user="nobody-at-all", rules=rules, with_reasons=True)
     assert reply.fallback_reason == "unknown_user" and len(reply.items) == 5
     assert all(topic(bundle, i.item_id) != "jazz" for i in reply.items)
     assert all(list(i.reasons.sources) == ["popularity"] for i in reply.items)
@@ -162,26 +162,26 @@ def test_unknown_users_get_the_popularity_list_under_the_rules(gateway, bundle):
         (lambda r: setattr(r.freshness, "window_seconds", -1), "rules.freshness.window_seconds"),
     ],
 )
-def test_invalid_rules_are_refused_naming_the_field(gateway, build, field):
+def test_invalid_rules_are_refused_naming_the_field(client, build, field):
     rules = common_pb2.Rules()
     build(rules)
     with pytest.raises(grpc.RpcError) as refused:
-        recommend(gateway, k=10, rules=rules)
+        recommend(client, k=10, rules=rules)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith(field), refused.value.details()
 
 
-def test_the_colocated_gateway_gives_the_same_answers(settings, bundle, gateway, stack):
+def test_the_colocated_gateway_gives_the_same_answers(settings, bundle, client, stack):
     rules = common_pb2.Rules()
     rules.caps.add(attribute="topic", max_items=3)
     rules.exclude.add(attribute="topic", values=["rock"])
     colocated = start_colocated(settings, bundle)
     try:
-        with client_channel(f"127.0.0.1:{colocated.server.port}") as channel:
-            local = recommend(gateway_pb2_grpc.GatewayStub(channel), rules=rules, with_reasons=True)
+        with Client(f"127.0.0.1:{colocated.server.port}", timeout_s=10) as c:
+            local = recommend(c, rules=rules, with_reasons=True)
     finally:
         colocated.stop()
-    remote = recommend(gateway, rules=rules, with_reasons=True)
+    remote = recommend(client, rules=rules, with_reasons=True)
     assert [i.item_id for i in local.items] == [i.item_id for i in remote.items]
     assert [list(i.reasons.because_liked) for i in local.items] == [
         list(i.reasons.because_liked) for i in remote.items
@@ -227,8 +227,8 @@ def test_fallbacks_keep_the_rules_with_the_bundles_attributes(settings, bundle, 
     rules.include.add(attribute="topic", values=["jazz"])
     rules.caps.add(attribute="topic", max_items=3)
     try:
-        with client_channel(f"127.0.0.1:{gateway.server.port}") as channel:
-            reply = recommend(gateway_pb2_grpc.GatewayStub(channel), k=5, rules=rules)
+        with Client(f"127.0.0.1:{gateway.server.port}", timeout_s=10) as c:
+            reply = recommend(c, k=5, rules=rules)
     finally:
         gateway.stop()
     assert reply.fallback_reason.startswith(f"{down}_unavailable")

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shortlist.client import Client, Recommendation, Tls
 from shortlist.config import Settings
 from shortlist.feedback.bus import InMemoryBus
 from shortlist.feedback.stores import InMemoryStateStore
@@ -90,22 +91,35 @@ def tls_channel(pki, target: str, client: str | None = None) -> grpc.Channel:
     return grpc.secure_channel(target, creds)
 
 
-def recommend(channel: grpc.Channel, bundle, metadata=()) -> gateway_pb2.RecommendResponse:
+def raw_recommend(channel: grpc.Channel, bundle, metadata=()) -> gateway_pb2.RecommendResponse:
+    """Recommend with exactly `metadata` on the wire (for credentials `Client` never sends)."""
     stub = gateway_pb2_grpc.GatewayStub(channel)
     request = gateway_pb2.RecommendRequest(user_id=bundle.users.id(3), k=5)
     return stub.Recommend(request, timeout=10, metadata=metadata)
 
 
+def client(pki, target: str, key: str | None = None, tls: bool = True) -> Client:
+    """A `Client` of the TLS gateway trusting the test CA, trying each call once (a refusal
+    is the answer under test, not something to retry)."""
+    settings = Tls.from_files(ca=pki / "ca.crt") if tls else False
+    return Client(target, key, tls=settings, timeout_s=10, max_attempts=1)
+
+
+def recommend(pki, target: str, bundle, key: str | None = None, tls: bool = True) -> Recommendation:
+    with client(pki, target, key, tls) as c:
+        return c.recommend(bundle.users.id(3), 5)
+
+
 def test_tls_client_with_a_key_is_served_and_plaintext_is_refused(secure, bundle, pki):
     target = f"localhost:{secure.services['gateway'].server.port}"
     with tls_channel(pki, target) as channel:
-        reply = recommend(channel, bundle, (("authorization", f"Bearer {KEYS[0]}"),))
+        # Raw stub: the key as a bearer token, a header form `Client` never sends.
+        reply = raw_recommend(channel, bundle, (("authorization", f"Bearer {KEYS[0]}"),))
         assert len(reply.items) == 5 and not reply.fallback_used  # both internal hops worked
-        assert len(recommend(channel, bundle, (("x-api-key", KEYS[1]),)).items) == 5
-    with grpc.insecure_channel(target) as channel:
-        with pytest.raises(grpc.RpcError) as err:
-            recommend(channel, bundle, (("x-api-key", KEYS[0]),))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(recommend(pki, target, bundle, KEYS[1]).items) == 5
+    with pytest.raises(grpc.RpcError) as err:
+        recommend(pki, target, bundle, KEYS[0], tls=False)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize(
@@ -119,9 +133,10 @@ def test_tls_client_with_a_key_is_served_and_plaintext_is_refused(secure, bundle
 )
 def test_missing_or_wrong_api_key_is_unauthenticated(secure, bundle, pki, metadata, message):
     target = f"localhost:{secure.services['gateway'].server.port}"
+    # Raw stub: exactly these headers on the wire, some of them forms `Client` never sends.
     with tls_channel(pki, target) as channel:
         with pytest.raises(grpc.RpcError) as err:
-            recommend(channel, bundle, metadata)
+            raw_recommend(channel, bundle, metadata)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert message in err.value.details()
 
@@ -170,9 +185,9 @@ def test_plaintext_health_port_answers_probes_and_nothing_else(bundle, pki):
             for service in ("", "shortlist.v1.Gateway"):
                 reply = health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            with pytest.raises(grpc.RpcError) as err:
-                recommend(channel, bundle)
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.RpcError) as err:
+            recommend(pki, f"127.0.0.1:{server.health_port}", bundle, tls=False)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         with (
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
             pytest.raises(grpc.RpcError),
@@ -194,11 +209,10 @@ def test_revoking_a_key_is_removing_its_hash(bundle, pki):
     stack = _secure_stack(bundle, pki, api_key_hashes=hash_key(KEYS[1]))
     try:
         target = f"localhost:{stack.services['gateway'].server.port}"
-        with tls_channel(pki, target) as channel:
-            with pytest.raises(grpc.RpcError) as err:
-                recommend(channel, bundle, (("x-api-key", KEYS[0]),))
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert len(recommend(channel, bundle, (("x-api-key", KEYS[1]),)).items) == 5
+        with pytest.raises(grpc.RpcError) as err:
+            recommend(pki, target, bundle, KEYS[0])
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(recommend(pki, target, bundle, KEYS[1]).items) == 5
     finally:
         stack.stop()
 
@@ -235,10 +249,9 @@ def test_keys_are_never_logged(bundle, pki, caplog):
     stack = _secure_stack(bundle, pki)
     try:
         target = f"localhost:{stack.services['gateway'].server.port}"
-        with tls_channel(pki, target) as channel:
-            recommend(channel, bundle, (("x-api-key", KEYS[0]),))
-            with pytest.raises(grpc.RpcError):
-                recommend(channel, bundle, (("x-api-key", "wrong-key-secret-xyz"),))
+        recommend(pki, target, bundle, KEYS[0])
+        with pytest.raises(grpc.RpcError):
+            recommend(pki, target, bundle, "wrong-key-secret-xyz")
     finally:
         stack.stop()
     text = caplog.text
@@ -250,20 +263,22 @@ def test_rate_limit_per_api_key(bundle, pki):
     stack = _secure_stack(bundle, pki, rate_limit_per_s=2, rate_limit_burst=5)
     try:
         target = f"localhost:{stack.services['gateway'].server.port}"
-        with tls_channel(pki, target) as channel:
+        with client(pki, target, KEYS[0]) as first, client(pki, target, KEYS[1]) as second:
+            first.wait_ready()  # the handshake before the calls: they come back to back
+            user = bundle.users.id(3)
             codes = []
             for _ in range(8):
                 try:
-                    recommend(channel, bundle, (("x-api-key", KEYS[0]),))
+                    first.recommend(user, 5)
                     codes.append("OK")
                 except grpc.RpcError as exc:
                     codes.append(exc.code().name)
                     assert "rate limit of 2 calls/s (burst 5)" in exc.details()
             assert codes[:5] == ["OK"] * 5 and "RESOURCE_EXHAUSTED" in codes[5:]
             # Another key has its own bucket; the first one refills at 2/s.
-            assert recommend(channel, bundle, (("x-api-key", KEYS[1]),)).items
+            assert second.recommend(user, 5).items
             time.sleep(0.6)
-            assert recommend(channel, bundle, (("x-api-key", KEYS[0]),)).items
+            assert first.recommend(user, 5).items
     finally:
         stack.stop()
 
@@ -272,12 +287,15 @@ def test_rate_limit_by_peer_without_keys(bundle):
     settings = Settings.from_env({}, backend="memory", rate_limit_per_s=1, rate_limit_burst=3)
     server = bare_gateway(settings)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = gateway_pb2_grpc.GatewayStub(channel)
+        target = f"127.0.0.1:{server.port}"
+        with (
+            Client(target, timeout_s=5, max_attempts=1) as keyless,
+            grpc.insecure_channel(target) as channel,
+        ):
             codes = []
             for _ in range(5):
                 try:
-                    stub.Recommend(gateway_pb2.RecommendRequest(), timeout=5)
+                    keyless.recommend("u", 1)
                 except grpc.RpcError as exc:
                     codes.append(exc.code())
             # The base servicer answers UNIMPLEMENTED until the bucket is empty.
