@@ -102,6 +102,10 @@ def memory_report(sampler: MemorySampler, warmup_s: float, bound: float) -> list
         peak = float(np.nanmax(r_w))
         slope = float(np.polyfit(t_w / 60.0, r_w, 1)[0]) if len(t_w) >= 3 else math.nan
         growth = (end - start) / start if start > 0 else math.nan
+        minute = (t // 60).astype(int)
+        # the last sample of each minute: whether RSS climbs in steps (at faults, swaps) or
+        # evenly with the load tells an allocator's high-water mark from a leak
+        by_minute = [round(float(rss[minute == m][-1]), 1) for m in np.unique(minute)]
         rows.append(
             {
                 "process": name,
@@ -112,6 +116,7 @@ def memory_report(sampler: MemorySampler, warmup_s: float, bound: float) -> list
                 "slope_mib_per_min": round(slope, 3),
                 "growth": round(growth, 4),
                 "within_bound": bool(np.isfinite(rss).all() and growth < bound),
+                "rss_by_minute_mib": by_minute,
             }
         )
     return rows

@@ -26,6 +26,8 @@ def test_memory_report_measures_growth_after_the_warm_up():
     assert not rows["leaky"]["within_bound"]
     assert rows["leaky"]["slope_mib_per_min"] == pytest.approx(10.0)
     assert not rows["gone"]["within_bound"]
+    # the last sample of each minute (0-59 s, 60-119 s, 120-150 s)
+    assert rows["leaky"]["rss_by_minute_mib"] == [100.0, 110.0, 120.0]
 
 
 def test_sampler_reads_this_process():
