@@ -153,15 +153,26 @@ class DaskEngine:
         callbacks: list | None = None,
     ) -> lgb.Booster:
         """DaskLGBMRanker with `params` (LightGBM names) for `rounds` rounds; whole lists
-        per chunk, one chunk per worker. Progress callbacks do not cross to the workers."""
-        chunks = max(1, min(self.workers, len(groups)))
+        per chunk, each chunk scattered to a worker of its own: LightGBM trains one machine
+        per worker holding data, and chunks left to the scheduler could share a worker (a
+        one-machine fit, not data-parallel). Progress callbacks do not cross to the workers."""
+        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        chunks = max(1, min(len(workers), len(groups)))
         list_bounds = np.linspace(0, len(groups), chunks + 1).astype(int)
         row_bounds = np.concatenate([[0], np.cumsum(groups)])[list_bounds]
-        row_chunks = tuple(int(n) for n in np.diff(row_bounds))
-        list_chunks = tuple(int(n) for n in np.diff(list_bounds))
-        dx = da.from_array(x.astype(np.float32), chunks=(row_chunks, x.shape[1]))
-        dy = da.from_array(y.astype(np.float32), chunks=(row_chunks,))
-        dg = da.from_array(groups.astype(np.int64), chunks=(list_chunks,))
+
+        def pinned(parts: list[np.ndarray]) -> da.Array:
+            arrays = []
+            for part, worker in zip(parts, workers):
+                future = self.client.scatter(part, workers=[worker], hash=False)
+                arrays.append(da.from_delayed(future, shape=part.shape, dtype=part.dtype))
+            return da.concatenate(arrays)
+
+        rows = list(zip(row_bounds[:-1], row_bounds[1:]))
+        lists = list(zip(list_bounds[:-1], list_bounds[1:]))
+        dx = pinned([x[a:b].astype(np.float32) for a, b in rows])
+        dy = pinned([y[a:b].astype(np.float32) for a, b in rows])
+        dg = pinned([groups[a:b].astype(np.int64) for a, b in lists])
         local = dict(params)
         local.pop("num_threads", None)
         ranker = DaskLGBMRanker(client=self.client, n_estimators=rounds, n_jobs=1, **local)

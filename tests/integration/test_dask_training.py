@@ -89,3 +89,29 @@ def test_the_item_knn_table_is_the_same_on_dask(dask_engine):
         remote = knn_table(x, neighbours=20, shrink=10.0, block=256)
     assert local.nnz > 0 and local.nnz == remote.nnz
     assert abs(local - remote).max() < 1e-5
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_ranker_fit_is_data_parallel_on_every_worker(dask_engine, busy):
+    """Each chunk of lists is pinned to a worker of its own: left to the scheduler, both
+    chunks could land on one worker (here: while the other is busy) and LightGBM would
+    train on one machine."""
+    import time
+
+    client = dask_engine.client
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if busy:  # occupy every thread of the second worker for a few seconds
+        threads = client.scheduler_info(n_workers=-1)["workers"][workers[1]]["nthreads"]
+        hold = [
+            client.submit(time.sleep, 3, workers=[workers[1]], pure=False) for _ in range(threads)
+        ]
+    rng = np.random.default_rng(7)
+    groups = np.full(40, 25)
+    x = rng.normal(size=(int(groups.sum()), 6))
+    y = (x[:, 0] + rng.normal(scale=0.5, size=len(x)) > 1).astype(np.float32)
+    params = {"objective": "lambdarank", "verbose": -1, "min_data_in_leaf": 5}
+    booster = dask_engine.fit_lambdarank(params, x, y, groups, 5, [f"f{i}" for i in range(6)])
+    assert "[num_machines: 2]" in booster.model_to_string()
+    assert booster.num_trees() == 5
+    if busy:
+        client.gather(hold)
