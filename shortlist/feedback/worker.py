@@ -116,6 +116,7 @@ class FeedbackWorker:
         self._rewound = threading.Event()
         self.rewinds = 0
         self._committed: dict[tuple[str, int], int] = {}  # next offsets committed
+        self._store_was_away = False  # during the batch being applied (applier thread)
         self._checked_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -234,6 +235,14 @@ class FeedbackWorker:
                 ranges[tp] = (min(start, self._sought.pop(tp)), end)
         backoff = 0.05
         while True:
+            if self._store_was_away:
+                # A store that went away mid-batch may have restarted without the writes
+                # made before (an AOF's lost tail) while its offsets still say the batch
+                # before: nothing would show the gap. Apply the batch again (the event-id
+                # marks make what is there a no-op) before its offsets are recorded.
+                self._store_was_away = False
+                log.warning("the state store was away during the batch: applying it again")
+                self._handle(batch, park=False)
             try:
                 gaps = self.store.record_offsets(
                     self.settings.feedback_group, ranges, batch.log_ends
@@ -243,6 +252,7 @@ class FeedbackWorker:
                 if self._stop.is_set():
                     raise
                 log.warning("offsets not recorded in the store, retrying: %s", exc)
+                self._store_was_away = True
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
         if not gaps:
@@ -268,10 +278,11 @@ class FeedbackWorker:
         log.warning("%s record p%d@%d: %s", letter.kind, r.partition, r.offset, letter.reason)
         batch.bad.append(letter)
 
-    def _handle(self, batch: _Batch) -> None:
-        """Park the records set aside and apply the events, poison ones parked too; returns
-        once all of the batch is either applied or parked."""
-        if batch.bad:
+    def _handle(self, batch: _Batch, park: bool = True) -> None:
+        """Park the records set aside (unless `park` is off: done already) and apply the
+        events, poison ones parked too; returns once all of the batch is either applied or
+        parked."""
+        if batch.bad and park:
             self._park_until_done(batch.bad)
         if self._tries(lambda: self._apply_until_done(batch.events), "a batch") is None:
             return
@@ -361,6 +372,7 @@ class FeedbackWorker:
                 remaining = getattr(exc, "rest", remaining)
                 if self._stop.is_set():
                     raise
+                self._store_was_away = True
                 log.warning("state store unavailable, retrying batch: %s", exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
