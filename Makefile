@@ -82,13 +82,15 @@ bench-quality: install
 		if [ -d $(DATA)/$$1 ]; then $(BIN)/shortlist bench quality --data $(DATA)/$$1 \
 		--protocol $$2 --pipeline two-stage || exit 1; else echo "absent: $(DATA)/$$1"; fi; done
 
-# Peers (implicit's ALS and BPR, the [bench] extra): tuned on valid, same protocol B code.
+# Peers (implicit's ALS and BPR, the [bench] extra): tuned on valid, then the same protocol
+# code as ours, on every dataset the quality bench runs.
 # The peers are a bench-only extra (pyproject [bench]): installed here, never by make install.
 bench-peers: install
 	$(BIN)/pip install -q implicit==0.7.3
-	@if [ -d $(DATA)/lastfm ]; then for m in als implicit-bpr; do \
-		$(BIN)/shortlist bench quality --data $(DATA)/lastfm --protocol B --model $$m \
-		--report $(REPORTS)/quality || exit 1; done; else echo "absent: $(DATA)/lastfm"; fi
+	@for run in "lastfm B" "ml-100k B" "gowalla B" "gowalla A"; do set -- $$run; \
+		if [ -d $(DATA)/$$1 ]; then for m in als implicit-bpr; do \
+		$(BIN)/shortlist bench quality --data $(DATA)/$$1 --protocol $$2 --model $$m \
+		--report $(REPORTS)/quality || exit 1; done; else echo "absent: $(DATA)/$$1"; fi; done
 
 bench-index: install
 	@if [ -d $(DATA)/gowalla ]; then $(BIN)/shortlist bench index --data $(DATA)/gowalla; \
