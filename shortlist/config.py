@@ -166,6 +166,13 @@ class Settings:
     # gateway process (pod or worker): the cluster allows the sum over processes.
     rate_limit_events_per_s: int = 0
     rate_limit_events_burst: int = 0
+    # glibc malloc in a service process (shortlist.services.launch.tune_allocator): at most
+    # this many arenas (0: glibc's 8 per core, one per busy thread), and blocks from this
+    # many bytes up taken with mmap and unmapped when freed (0: glibc's threshold, which
+    # rises to 32 MiB after the first large free, so that a swap's large temporaries then
+    # stay in the heap).
+    malloc_arena_max: int = 2
+    malloc_mmap_threshold: int = 131_072
     bundle_poll_ms: int = 2000  # reload when <bundle>/LATEST changes; 0: only on SIGHUP
     # HMAC key bundles are signed with (training) and must be signed with (services);
     # empty: file digests are still checked, no signature asked for

@@ -264,6 +264,34 @@ def serve(name: str, settings: Settings) -> None:
     if name == "archiver":
         serve_archiver(settings)
         return
+    serving = start_serving(name, settings)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("%s stopping", name)
+    serving.stop()
+
+
+@dataclass
+class Serving:
+    """A service process's parts once it serves: what stops it, and nothing that holds a
+    bundle (the stages hold the bundles: a hot swap frees the one it replaces)."""
+
+    started: Started
+    watcher: BundleWatcher | None
+
+    def stop(self) -> None:
+        if self.watcher:
+            self.watcher.stop()
+        self.started.stop()
+
+
+def start_serving(name: str, settings: Settings) -> Serving:
+    """Load the bundle(s), start service `name` with hot reload, glibc malloc tuned. The
+    loaded bundles are referenced only from the stages once this returns (a reference kept
+    here for the process's life would pin the first bundle through every swap)."""
+    tune_allocator(settings.malloc_arena_max, settings.malloc_mmap_threshold)
     limit_native_threads(1)
     # The feedback service folds vectors in for the default bundle only
     # (docs/decisions/0015-fold-in.md, Limitations).
@@ -272,7 +300,6 @@ def serve(name: str, settings: Settings) -> None:
     for arm, b in arms.items():
         MODEL_INFO.labels(arm).info({"version": b.version, "model": str(b.manifest.get("model"))})
     start_metrics_server(getattr(settings, f"{name}_metrics_port"), settings.metrics_host)
-    bundle = arms[ARM_A]
     http_address = settings.gateway_http_addr if name == "gateway" else None
     loopback: dict[str, str] = {}  # the gateway's own plaintext port, once it listens
     routes = []
@@ -282,7 +309,7 @@ def serve(name: str, settings: Settings) -> None:
     started = start_service(
         name,
         settings,
-        bundle,
+        arms[ARM_A],
         getattr(settings, f"{name}_addr"),
         bundle_b=arms.get(ARM_B),
         http_address=http_address,
@@ -297,15 +324,8 @@ def serve(name: str, settings: Settings) -> None:
         started.server.port,
     )
     freeze_loaded_objects()
-    watcher = watch_bundle(settings, bundle, started.swap_bundle, searches(name, settings))
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    log.info("%s stopping", name)
-    if watcher:
-        watcher.stop()
-    started.stop()
+    watcher = watch_bundle(settings, arms[ARM_A], started.swap_bundle, searches(name, settings))
+    return Serving(started, watcher)
 
 
 def serve_archiver(settings: Settings) -> None:
@@ -342,6 +362,25 @@ def freeze_loaded_objects() -> None:
     gc.collect()
     gc.freeze()
     release_free_heap()
+
+
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameters (glibc malloc.h)
+
+
+def tune_allocator(arena_max: int, mmap_threshold: int) -> bool:
+    """glibc's mallopt at start-up, before the server's threads allocate; 0 leaves a
+    parameter as it is. False where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = True
+    if arena_max > 0:
+        ok = bool(mallopt(M_ARENA_MAX, arena_max)) and ok
+    if mmap_threshold > 0:
+        ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and ok
+    return ok
 
 
 def release_free_heap() -> None:
