@@ -109,6 +109,27 @@ def cg_sweep(
     return x
 
 
+def exact_users(
+    y: np.ndarray, likes: sp.csr_matrix, reg: float, alpha: float, block: int = 256
+) -> np.ndarray:
+    """Every user's exact ridge solve given the item factors (float64, blocks of users):
+    the step serving repeats per request (`MFSource.user_vector`), so the lists offline
+    and served are the same."""
+    yd = y.astype(np.float64)
+    gram = yd.T @ yd + reg * np.eye(y.shape[1])
+    out = np.zeros((likes.shape[0], y.shape[1]), np.float64)
+    for lo in range(0, likes.shape[0], block):
+        hi = min(lo + block, likes.shape[0])
+        a = np.repeat(gram[None], hi - lo, axis=0)
+        b = np.zeros((hi - lo, y.shape[1]))
+        for r, u in enumerate(range(lo, hi)):
+            liked = yd[likes.indices[likes.indptr[u] : likes.indptr[u + 1]]]
+            a[r] += alpha * (liked.T @ liked)
+            b[r] = (1.0 + alpha) * liked.sum(axis=0)
+        out[lo:hi] = np.linalg.solve(a, b[..., None])[..., 0]
+    return out
+
+
 class IALS:
     """Weighted matrix factorisation of the like matrix (binary likes, dislikes unused)."""
 
@@ -154,6 +175,7 @@ class IALS:
 
                 reg = REG_GRID[climb(score, len(REG_GRID), len(REG_GRID) // 2)]
             x, y = self._solve(likes, factors, reg)
+            x = exact_users(y, likes, reg, cfg.alpha)
             advance()
         # what ran, so that a refit (or the bench's print) repeats it without a search
         self.config = replace(cfg, factors=factors, regularization=reg)
