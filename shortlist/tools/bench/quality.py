@@ -113,6 +113,8 @@ def bench_options(
     else:
         train, valid = split.train_valid(), None
     space = [k for k in search_space(model, train) if k.name not in config]
+    if not space:  # nothing to search (the model chooses its own options, e.g. ials)
+        return config, None
     result = tune(train, model, tune_budget, config, valid=valid, space=space, progress=progress)
     return result.options, result.report()
 
