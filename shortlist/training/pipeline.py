@@ -284,9 +284,7 @@ def fused_candidates(
     if not cfg.fusion:
         return None, None, None, None
     say("training the item-item source on the fit part")
-    sources = fit_sources(
-        fit_data, cfg.model, fit_model, cfg.item_item_options or {}, ials_of(cfg)
-    )
+    sources = fit_sources(fit_data, cfg.model, fit_model, cfg.item_item_options or {}, ials_of(cfg))
     seen = ((fit_data.positives + fit_data.negatives) > 0).tocsr()
     lists = source_lists(sources, fit_data.positives, users, cfg.candidates, seen)
     fusion, report = chosen_fusion(sources, lists, labels.tocsr(), users, cfg.fusion_budget)
