@@ -72,7 +72,7 @@ BUDGET_TRIALS = 8.0
 BUDGET_CAP = 1200.0
 # Users of the slice a trial scores (a seeded sample above this): scoring every user of a
 # large dataset costs as much as the SVD, and a fixed sample ranks options consistently.
-MAX_SCORED_USERS = 10_000
+MAX_SCORED_USERS = 5_000
 # A move must beat the best so far by this much NDCG@20: smaller gains are noise of the
 # slice, and keeping the earlier point (the defaults first) makes ties deterministic.
 MIN_GAIN = 1e-4
