@@ -115,6 +115,15 @@ class SpectralCF:
         # that settings differing only in the filter reuse the SVD; None: no sharing.
         self.fit_cache: dict | None = None
 
+    def _svd_key(self) -> tuple:
+        cfg = self.config
+        rank = max(cfg.rank, cfg.ideal_rank)
+        return (cfg.user_exp, cfg.item_exp, rank, cfg.power_iters, cfg.seed)
+
+    def reuses_cache(self) -> bool:
+        """Whether `fit` will find its SVD in `fit_cache` (the tuner's cost estimate)."""
+        return self.fit_cache is not None and self._svd_key() in self.fit_cache
+
     def fit(self, data: Interactions) -> FitReport:
         cfg = self.config
         start = time.perf_counter()
@@ -122,7 +131,7 @@ class SpectralCF:
         du = np.maximum(np.asarray(r.sum(axis=1)).ravel(), 1.0)
         di = np.maximum(np.asarray(r.sum(axis=0)).ravel(), 1.0)
         rank = max(cfg.rank, cfg.ideal_rank)
-        key = (cfg.user_exp, cfg.item_exp, rank, cfg.power_iters, cfg.seed)
+        key = self._svd_key()
         cache = self.fit_cache if self.fit_cache is not None else {}
         if key not in cache:
             norm = sp.diags(du**-cfg.user_exp) @ r @ sp.diags(di**-cfg.item_exp)

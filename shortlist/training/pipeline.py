@@ -90,6 +90,8 @@ class TrainConfig:
     # Seconds to choose the retrieval model's options on the latest slice of the training
     # likes (shortlist.training.tuning) when model_options is None; 0: the defaults above.
     tune_budget: float = 0.0
+    # Grow tune_budget with the data (tuning.scaled_budget): `shortlist train`'s default.
+    tune_scaled: bool = False
     # Fuse the item-item source (EASE under its cap, item-kNN above) and popularity with
     # the vector model's shortlist (shortlist.retrieval.fusion), weights chosen on the
     # ranker's label likes within fusion_budget seconds; False: the vector model alone.
@@ -122,7 +124,15 @@ def chosen_options(
         return options, untuned(options, 0.0, "no budget: model defaults")
     if cfg.model not in SPACES:
         return options, untuned(options, cfg.tune_budget, f"no search space for {cfg.model}")
-    result = tune(data, cfg.model, cfg.tune_budget, base=options, seed=cfg.seed, progress=say)
+    result = tune(
+        data,
+        cfg.model,
+        cfg.tune_budget,
+        base=options,
+        seed=cfg.seed,
+        progress=say,
+        scale=cfg.tune_scaled,
+    )
     return result.options, result.report()
 
 

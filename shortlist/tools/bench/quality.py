@@ -96,13 +96,15 @@ def bench_options(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The options `shortlist.training.tuning` chooses from the training part alone within
-    `tune_budget` seconds (None: `shortlist train`'s default budget): under B on valid, under
+    `tune_budget` seconds (None: `shortlist train`'s default budget, scaled with the data
+    as `tuning.scaled_budget` states): under B on valid, under
     A on a held-out slice of train+valid, as `shortlist train` does. The same search for
     every dataset: nothing here reads the dataset's name. `config` keys stay fixed; a
     budget of 0 gives the model's defaults."""
     from shortlist.training.tuning import DEFAULT_BUDGET, search_space, tune
 
     config = dict(config or {})
+    scale = tune_budget is None  # the default budget scales with the data, as in train
     if tune_budget is None:
         tune_budget = DEFAULT_BUDGET
     if tune_budget <= 0:
@@ -115,7 +117,9 @@ def bench_options(
     space = [k for k in search_space(model, train) if k.name not in config]
     if not space:  # nothing to search (the model chooses its own options, e.g. ials)
         return config, None
-    result = tune(train, model, tune_budget, config, valid=valid, space=space, progress=progress)
+    result = tune(
+        train, model, tune_budget, config, valid=valid, space=space, progress=progress, scale=scale
+    )
     return result.options, result.report()
 
 
@@ -176,7 +180,7 @@ def main(
     render(result, console)
     summary = {**result.summary(), "pipeline": pipeline}
     if tuning is not None:
-        budget = tuning.get("budget", tune_budget)
+        budget = tuning.get("budget_s", tune_budget)
         console.print(
             f"tuned in {tuning['seconds']:.1f}s of {budget:g}s ({len(tuning['trials'])} "
             f"trials, {tuning['slice']}): {tuning['chosen']}"

@@ -153,3 +153,68 @@ def test_explicit_options_win_over_tuning(tmp_path):
     manifest = json.loads((tmp_path / latest / "manifest.json").read_text())
     assert manifest["model_options"] == {"rank": 12}
     assert manifest["tuning"]["stopped"] == "options given" and not manifest["tuning"]["trials"]
+
+
+def test_the_default_budget_scales_with_the_default_trials_cost():
+    # a small dataset keeps the floor; a large one gets BUDGET_TRIALS default trials, capped
+    assert tuning.scaled_budget(120.0, 13.8) == 120.0
+    assert tuning.scaled_budget(120.0, 100.0) == tuning.BUDGET_TRIALS * 100.0
+    assert tuning.scaled_budget(120.0, 1e5) == tuning.BUDGET_CAP
+    assert tuning.scaled_budget(5000.0, 100.0) == 5000.0  # never below the budget given
+
+
+def _priced(monkeypatch, fresh: float, reused: float) -> list[float]:
+    """A clock whose seconds pass only in fits: `fresh` per fit that computes its SVD,
+    `reused` per fit that finds it in the tuner's cache."""
+    now = [0.0]
+    build = registry.build
+
+    def priced_build(name, options=None):
+        model = build(name, options)
+        fit = model.fit
+
+        def timed(d):
+            now[0] += reused if model.reuses_cache() else fresh
+            return fit(d)
+
+        model.fit = timed
+        return model
+
+    monkeypatch.setattr(tuning.registry, "build", priced_build)
+    return now
+
+
+def test_a_large_dataset_gets_past_the_defaults_to_recency(data, monkeypatch):
+    """The Gowalla case: the default trial takes 100 of 120 CPU s. The fixed budget runs it
+    alone; the scaled one (8 default trials) reaches the cheap knobs, recency included,
+    because trials that reuse the SVD are estimated at their own (measured) rate."""
+    now = _priced(monkeypatch, fresh=100.0, reused=5.0)
+    fixed = tune(data, "spectral", 120.0, clock=lambda: now[0])
+    assert len(fixed.trials) == 1 and fixed.stopped == "budget"
+    now[0] = 0.0
+    scaled = tune(data, "spectral", 120.0, clock=lambda: now[0], scale=True)
+    report = scaled.report()
+    assert report["budget_s"] == tuning.BUDGET_TRIALS * 100.0
+    assert scaled.seconds <= report["budget_s"]
+    assert len(scaled.trials) > 10
+    assert any(t.options["recency"] > 0 for t in scaled.trials)
+    # fresh SVDs (item_exp, user_exp, rank) are tried too, fewer than the cheap trials
+    fresh = [t for t in scaled.trials if t.seconds >= 100.0]
+    assert 1 < len(fresh) < len(scaled.trials) - len(fresh)
+
+
+def test_a_budget_given_explicitly_is_not_scaled(data, monkeypatch):
+    now = _priced(monkeypatch, fresh=100.0, reused=5.0)
+    result = tune(data, "spectral", 150.0, clock=lambda: now[0])
+    assert result.report()["budget_s"] == 150.0 and result.report()["budget_rule"] == "fixed"
+
+
+def test_trials_score_a_fixed_seeded_sample_of_users():
+    rng = np.random.default_rng(0)
+    held = tuning.sp.random(50, 30, density=0.3, format="csr", random_state=rng)
+    assert tuning.scored_users(held, most=100) is not None
+    assert (tuning.scored_users(held, most=100) != held).nnz == 0  # all where fewer
+    a, b = tuning.scored_users(held, most=10, seed=2), tuning.scored_users(held, most=10, seed=2)
+    kept = np.flatnonzero(np.diff(a.indptr) > 0)
+    assert len(kept) == 10 and (a != b).nnz == 0
+    assert (a[kept] != held[kept]).nnz == 0  # the kept users keep all their held-out likes
