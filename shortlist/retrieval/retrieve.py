@@ -223,25 +223,21 @@ def merge_new_fused(
 
 
 def fused_source(bundle: RetrievalData) -> bool:
-    sources = (getattr(bundle, "item_item", None), getattr(bundle, "ials", None))
-    return any(s is not None for s in sources) and bundle.fusion is not None
+    return getattr(bundle, "item_item", None) is not None and bundle.fusion is not None
 
 
 def fused_shortlist(
     bundle: RetrievalData, found: Shortlist, history: np.ndarray, exclude: np.ndarray, n: int
 ) -> Shortlist:
     """`found` (the vector search's top, at least `fusion.depth`) fused with the item-item
-    and weighted-MF sources over the user's `history` and popularity, each source's top
-    `fusion.depth`, by the bundle's fusion weights, cut at `n`; `exclude`d items never come."""
+    source over the user's `history` and popularity, each source's top `fusion.depth`, by
+    the bundle's fusion weights, cut at `n`; `exclude`d items never come."""
     fusion = bundle.fusion
     primary = fusion.primary
     depth = fusion.depth
     lists = {primary: found.items[:depth]}
     if fusion.weights.get("item-item", 0) > 0:
         lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
-    mf = getattr(bundle, "ials", None)
-    if fusion.weights.get("ials", 0) > 0 and mf is not None:
-        lists["ials"] = mf.top(history, exclude, depth)
     if fusion.weights.get("popularity", 0) > 0:
         lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())

@@ -89,5 +89,6 @@ def test_allocator_tuning_maps_large_blocks_apart_after_a_large_free():
         )
         return out.stdout.strip() == "True"
 
+    # Untuned, glibc's moving threshold keeps the block in the heap on a quiet host, but
+    # not in every environment (CI mapped it apart too), so only the tuned case is asserted.
     assert mapped_apart("tuned")
-    assert not mapped_apart("untuned")  # what the services did before

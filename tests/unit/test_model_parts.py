@@ -239,11 +239,7 @@ def test_bundle_round_trip(bundle_dir, bundle):
     assert again.index.ntotal == len(bundle.items)
     assert again.ranker is not None and again.ranker.num_trees() > 0
     metrics = bundle.manifest["metrics"]
-    # Out of fold on held-out likes, the ranker must not hurt the fused order. Since the
-    # iALS source joined the fusion (decision 0050) that order is close to what this small
-    # generated data allows, so a strict lift is not asserted here: the ranker's lift is
-    # measured on the benchmark datasets (docs/benchmarks.md).
-    assert metrics["ranker_ndcg@20"] >= 0.99 * metrics["retrieval_order_ndcg@20"]
+    assert metrics["ranker_ndcg@20"] > metrics["retrieval_order_ndcg@20"]
 
 
 def test_a_ranker_trained_on_other_features_is_refused(bundle_dir, tmp_path):
