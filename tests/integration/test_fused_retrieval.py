@@ -1,6 +1,7 @@
-"""The served shortlist is the fusion of the vector search, the item-item source and
-popularity: through the real retrieval stage (Redis state), precomputed for trained users,
-computed live once a user likes something, each item with the sources that proposed it."""
+"""The served shortlist is the fusion of the vector search, the item-item and weighted-MF
+sources and popularity: through the real retrieval stage (Redis state), precomputed for
+trained users, computed live once a user likes something, each item with the sources that
+proposed it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def by_hand(bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int)
     vec, _ = search(bundle.index, bundle.user_vectors[user], depth, exclude)
     lists = {bundle.fusion.primary: vec}
     lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    if bundle.fusion.weights.get("ials", 0) > 0:
+        lists["ials"] = bundle.ials.top(history, exclude, depth)
     lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())
     rows = {s: np.pad(v, (0, width - len(v)), constant_values=-1)[None] for s, v in lists.items()}
@@ -37,7 +40,13 @@ def by_hand(bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int)
 def test_the_bundle_carries_the_item_item_source_and_its_fusion(bundle):
     assert bundle.item_item is not None and bundle.item_item.shape == (200, 200)
     assert bundle.fusion.primary == bundle.manifest["model"]
-    assert set(bundle.fusion.weights) == {bundle.fusion.primary, "item-item", "popularity"}
+    assert set(bundle.fusion.weights) == {
+        bundle.fusion.primary,
+        "item-item",
+        "ials",
+        "popularity",
+    }
+    assert bundle.ials is not None and bundle.ials.item_factors.shape[0] == 200
     assert bundle.fusion.depth == 100  # the conftest bundle's candidates
     assert "fusion_choice" in bundle.manifest and bundle.manifest["fusion_choice"]["trials"] > 0
 
