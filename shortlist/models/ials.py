@@ -34,7 +34,6 @@ from shortlist.models.topk import scored_top_k
 # the like matrix's cells per like under which a sweep reads the likes' dot products off
 # the full user x item product (`cg_sweep`)
 DENSE_DOTS = 32
-SWEEPS, SMALL_SWEEPS, SMALL_LIKES = 8, 4, 30_000
 REG_GRID = tuple(6.25 * 2.0**k for k in range(7))  # 6.25 .. 400, climbed from the middle
 
 
@@ -43,10 +42,7 @@ class IALSConfig:
     factors: int = 256  # at most; a quarter of the like matrix's smaller side below that
     regularization: float = 0.0  # 0: chosen from REG_GRID on held-out training likes
     alpha: float = 10.0  # a like's confidence is 1 + alpha
-    # sweeps (a user and an item step each); 0: SWEEPS, or SMALL_SWEEPS on data under
-    # SMALL_LIKES likes (a fit there costs seconds in every training of the test suite, and
-    # on planted data 4 sweeps reach the held-out NDCG@20 of 8)
-    iterations: int = 0
+    iterations: int = 8
     cg_steps: int = 3
     seed: int = 0
 
@@ -173,9 +169,6 @@ class IALS:
         likes.data[:] = 1.0
         likes.eliminate_zeros()
         factors = max(2, min(cfg.factors, min(likes.shape) // 4))
-        if cfg.iterations <= 0:
-            sweeps = SMALL_SWEEPS if likes.nnz < SMALL_LIKES else SWEEPS
-            self.config = cfg = replace(cfg, iterations=sweeps)
         reg = cfg.regularization
         with bar("ials", 1 + (0 if reg > 0 else len(REG_GRID))) as advance:
             if reg <= 0:
