@@ -58,9 +58,27 @@ def served_metrics(
     and items: a test item it does not know is a miss). Averaged over the test users with at
     least one like (at most `max_users` of them, a seeded sample), as the LightGCN metrics are.
     """
+    users, per_user = served_per_user(bundle, history, test, k, candidates, max_users, seed)
+    return {name: round(float(values.mean()), 4) for name, values in per_user.items()} | {
+        "users": int(len(users))
+    }
+
+
+def served_per_user(
+    bundle: Bundle,
+    history: Interactions,
+    test: Interactions,
+    k: int = 20,
+    candidates: int = 200,
+    max_users: int = 5000,
+    seed: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(users, metrics): the test users evaluated (row indices of `history`'s id space,
+    sorted; all with a like when `max_users` is 0, else a seeded sample of at most that
+    many) and each metric per user, in that order (see `served_metrics`)."""
     test_pos = test.positives.tocsr()
     users = np.flatnonzero(np.diff(test_pos.indptr) > 0)
-    if len(users) > max_users:
+    if max_users and len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     if not len(users):
         raise ValueError("the test slice has no likes")
@@ -73,10 +91,7 @@ def served_metrics(
         n_relevant[row] = len(wanted)
         top = _served_top(bundle, user_id, _history(history, int(u), order), k, candidates)
         hits[row, : len(top)] = [item in wanted for item in top]
-    per_user = per_user_metrics(hits, n_relevant, [k])
-    return {name: round(float(values.mean()), 4) for name, values in per_user.items()} | {
-        "users": int(len(users))
-    }
+    return users, per_user_metrics(hits, n_relevant, [k])
 
 
 def _history(data: Interactions, u: int, order: np.ndarray | None) -> list[tuple[str, Kind]]:

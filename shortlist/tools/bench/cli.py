@@ -707,6 +707,15 @@ def scale(
         20.0, "--mem-cap-gib", help="GiB of RSS (the run's whole process tree) per run."
     ),
     engines: str = typer.Option("inprocess,dask", "--engines"),
+    test_users: int = typer.Option(
+        1000,
+        "--test-users",
+        help="Served NDCG@20 on a seeded sample of this many test users (the same for both "
+        "engines, paired user by user); 0 = all test users.",
+    ),
+    per_user_dir: Path = typer.Option(
+        None, "--per-user-dir", help="Keep each run's per-user NDCG@20 (.npz) in this directory."
+    ),
 ) -> None:
     """Training wall time and peak memory, in process and on a 2-worker Dask LocalCluster,
     at several scales; the last line is the JSON report (null where a run did not finish)."""
@@ -723,10 +732,12 @@ def scale(
         _fail(f"--engines must be inprocess and/or dask, got {engines!r}")
     if data is not None and not (data / "train.txt").exists():
         _fail(f"--data {data} has no train.txt")
+    if test_users < 0:
+        _fail("--test-users must be 0 (all) or a positive count")
     if data is not None:
         xs = [1.0]
     report = bench_scale(
         xs, shape if shape.is_dir() else None, data, time_cap, mem_cap, chosen,
-        say=lambda m: typer.echo(m, err=True),
+        say=lambda m: typer.echo(m, err=True), test_users=test_users, keep=per_user_dir,
     )  # fmt: skip
     typer.echo(json.dumps(report))

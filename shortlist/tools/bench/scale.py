@@ -7,7 +7,11 @@ popularity within planted topics, a random fifth of each user's likes held out a
 written in the LightGCN text format. Then each engine trains the same bundle in its own
 subprocess under a wall-time cap and a memory cap (the whole process tree's RSS, sampled
 every half second; past either cap the tree is killed and the run recorded as null), and
-the bundle's served NDCG@20 is measured on the held-out likes.
+the bundle's served NDCG@20 is measured on the held-out likes (a seeded sample of the
+test users, or all of them with `test_users=0`; the same users for both engines). Each
+child also writes its per-user NDCG@20, so the parent pairs the two engines user by user:
+the Dask bundle's relative gap (mean Dask / mean in process - 1) with a 95% bootstrap
+interval over users and a paired-t one (`paired_gap`).
 
 Peak memory: in process, the process tree's RSS; on Dask, the largest worker process's RSS
 (the driver's peak is reported beside it).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ GOWALLA_USERS, GOWALLA_ITEMS, GOWALLA_LIKES = 29_858, 40_981, 1_027_370
 ITEMS_PER_TOPIC = 800
 IN_TOPIC = 0.7  # share of a user's likes from their own topic, the rest by global popularity
 TEST_SHARE = 0.2
+DEFAULT_TEST_USERS = 1000  # served NDCG@20 on a seeded sample of this many test users
 
 
 @dataclass
@@ -131,12 +137,21 @@ def bench_config() -> dict:
     }
 
 
-def run_one(data: Path, engine: str, out: Path, workers: int = 2) -> None:
-    """Train on `data`'s train split on `engine`, measure served NDCG@20 on its test split,
-    write {"seconds", "ndcg@20"} to `out` (the child side of `bench_scale`)."""
+def per_user_path(out: Path) -> Path:
+    """Where the child beside `out` writes its per-user NDCG@20 (users, ndcg)."""
+    return out.with_suffix(".users.npz")
+
+
+def run_one(
+    data: Path, engine: str, out: Path, workers: int = 2, test_users: int = DEFAULT_TEST_USERS
+) -> None:
+    """Train on `data`'s train split on `engine`, measure served NDCG@20 on its test split
+    (`test_users` sampled users, 0 = all), write {"seconds", "ndcg@20", "test_users",
+    "eval_seconds"} to `out` and the per-user NDCG@20 to `per_user_path(out)` (the child
+    side of `bench_scale`)."""
     from shortlist.compute import engine_for
     from shortlist.data.loaders import load_lightgcn_dir
-    from shortlist.evaluation.gate import served_metrics
+    from shortlist.evaluation.gate import served_per_user
     from shortlist.training.pipeline import TrainConfig, train_bundle
 
     split = load_lightgcn_dir(data)
@@ -145,8 +160,58 @@ def run_one(data: Path, engine: str, out: Path, workers: int = 2) -> None:
     with engine_for(engine, workers=workers):
         bundle = train_bundle(history, TrainConfig(**bench_config()))
     seconds = time.perf_counter() - started
-    metrics = served_metrics(bundle, history, split.test, max_users=1000)
-    out.write_text(json.dumps({"seconds": round(seconds, 1), "ndcg@20": metrics["ndcg@20"]}))
+    started = time.perf_counter()
+    users, per_user = served_per_user(bundle, history, split.test, max_users=test_users)
+    ndcg = per_user["ndcg@20"]
+    np.savez(per_user_path(out), users=users, ndcg=ndcg)
+    result = {"seconds": round(seconds, 1), "ndcg@20": round(float(ndcg.mean()), 4)}
+    result |= {"test_users": int(len(users))}
+    result |= {"eval_seconds": round(time.perf_counter() - started, 1)}
+    out.write_text(json.dumps(result))
+
+
+def paired_gap(
+    users_a: np.ndarray,
+    a: np.ndarray,
+    users_b: np.ndarray,
+    b: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """B against A on the users both measured, paired user by user: the mean of each, the
+    relative gap mean(b) / mean(a) - 1, its 95% interval from a bootstrap over users (the
+    same resampled users for both, percentile interval of the resampled ratio) and from a
+    paired t on the per-user differences (divided by mean(a)), and the mean difference."""
+    from scipy import stats
+
+    common, ia, ib = np.intersect1d(users_a, users_b, return_indices=True)
+    x, y = np.asarray(a, np.float64)[ia], np.asarray(b, np.float64)[ib]
+    n = len(common)
+    if n < 2 or x.mean() <= 0:
+        raise ValueError(f"need at least 2 paired users with a positive mean, got {n}")
+    diff = y - x
+    mean_a, mean_b = float(x.mean()), float(y.mean())
+    half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    batch = max(1, 5_000_000 // n)  # resampled index rows per batch (8 bytes each)
+    for lo in range(0, resamples, batch):
+        idx = rng.integers(0, n, (min(batch, resamples - lo), n))
+        ratios[lo : lo + len(idx)] = y[idx].sum(1) / np.maximum(x[idx].sum(1), 1e-300)
+    low, high = np.percentile(ratios - 1.0, [2.5, 97.5])
+    return {
+        "users": int(n),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "mean_diff": float(diff.mean()),
+        "rel_gap": mean_b / mean_a - 1.0,
+        "rel_gap_ci95_bootstrap": [float(low), float(high)],
+        "rel_gap_ci95_paired_t": [
+            float((diff.mean() - half) / mean_a),
+            float((diff.mean() + half) / mean_a),
+        ],
+        "resamples": int(resamples),
+    }
 
 
 @dataclass
@@ -217,9 +282,12 @@ def bench_scale(
     mem_cap_gib: float,
     engines: tuple[str, ...] = ("inprocess", "dask"),
     say=print,
+    test_users: int = DEFAULT_TEST_USERS,
+    keep: Path | None = None,
 ) -> dict:
     """One row per scale (see the module docstring); `data` (a LightGCN directory) replaces
-    the generated data, for one scale of x = 1."""
+    the generated data, for one scale of x = 1; `keep`, a directory the per-user NDCG@20
+    files (`x{x}-{engine}.users.npz`: users, ndcg) are copied to."""
     shape = gowalla_shape(shape_dir)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -235,7 +303,7 @@ def bench_scale(
             for engine in engines:
                 out = Path(tmp) / f"x{x:g}-{engine}.json"
                 command = [sys.executable, "-m", "shortlist.tools.bench.scale", str(where)]
-                command += [engine, str(out)]
+                command += [engine, str(out), str(test_users)]
                 say(f"x={x:g} {engine}: training under {time_cap:.0f} s / {mem_cap_gib} GiB")
                 m = measured_run(command, out, time_cap, mem_cap_gib)
                 done = m.result is not None
@@ -247,12 +315,20 @@ def bench_scale(
                     row["dask_peak_gib_per_worker"] = m.worker_peak_gib if done else None
                     row["dask_driver_peak_gib"] = m.peak_gib if done else None
                 row[f"ndcg@20_{key}"] = m.result["ndcg@20"] if done else None
+                row[f"{key}_test_users"] = m.result.get("test_users") if done else None
+                row[f"{key}_eval_seconds"] = m.result.get("eval_seconds") if done else None
                 row[f"{key}_stopped"] = m.stopped or None
+                if keep is not None and done and per_user_path(out).exists():
+                    keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(per_user_path(out), keep / per_user_path(out).name)
                 say(json.dumps(row))
+            both = all(row.get(f"ndcg@20_{k}") is not None for k in ("inprocess", "dask"))
+            row["ndcg@20_paired"] = _pair(tmp, x, say) if both else None
             rows.append(row)
     return {
         "scales": rows,
         "config": bench_config(),
+        "test_users": test_users,
         "time_cap_s": time_cap,
         "mem_cap_gib": mem_cap_gib,
         "load_average": [round(v, 1) for v in os.getloadavg()],
@@ -260,5 +336,23 @@ def bench_scale(
     }
 
 
-if __name__ == "__main__":  # the child: python -m shortlist.tools.bench.scale DATA ENGINE OUT
-    run_one(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))
+def _pair(tmp: str, x: float, say) -> dict | None:
+    """Dask against in process at scale `x`, per user (`paired_gap`), when both finished."""
+    files = [per_user_path(Path(tmp) / f"x{x:g}-{engine}.json") for engine in ("inprocess", "dask")]
+    if not all(f.exists() for f in files):
+        return None
+    (a, b) = (np.load(f) for f in files)
+    gap = paired_gap(a["users"], a["ndcg"], b["users"], b["ndcg"])
+    say(f"x={x:g} paired NDCG@20, dask vs inprocess: {json.dumps(gap)}")
+    return {
+        "users": gap["users"],
+        "rel_gap": round(gap["rel_gap"], 5),
+        "rel_gap_ci95_bootstrap": [round(v, 5) for v in gap["rel_gap_ci95_bootstrap"]],
+        "rel_gap_ci95_paired_t": [round(v, 5) for v in gap["rel_gap_ci95_paired_t"]],
+        "mean_diff": round(gap["mean_diff"], 6),
+    }
+
+
+if __name__ == "__main__":  # the child: python -m shortlist.tools.bench.scale DATA ENGINE OUT [N]
+    n = int(sys.argv[4]) if len(sys.argv) > 4 else DEFAULT_TEST_USERS
+    run_one(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), test_users=n)
