@@ -34,6 +34,13 @@ from lightgbm.dask import DaskLGBMRanker
 
 from shortlist.compute import ranks as torch_ranks
 
+# The stages place their data on purpose (one chunk of ranker lists per worker, so LightGBM
+# trains one machine per worker); work stealing would move the small tasks that gather a
+# chunk to another worker whenever the chunk's own worker is busy, and LightGBM would then
+# train fewer machines than workers. An external scheduler needs the same setting
+# (DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False, as deploy/k8s sets it).
+NO_STEALING = {"distributed.scheduler.work-stealing": False}
+
 # Non-zeros per scattered block: small enough that a worker holds several, large enough that
 # per-task overhead stays small against the product.
 BLOCK_NNZ = 2_000_000
@@ -91,13 +98,14 @@ class DaskEngine:
         as workers sharing a machine need)."""
         if scheduler:
             return cls(Client(scheduler, timeout="30s"), lightgbm_port=lightgbm_port)
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        with dask.config.set(NO_STEALING):  # read when the scheduler starts
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         return cls(Client(cluster), cluster)
 
     @property

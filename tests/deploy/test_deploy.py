@@ -419,6 +419,9 @@ def test_training_runs_on_the_dask_scheduler_service(docs):
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert named[port["targetPort"]] == port["port"]
     assert str(port["port"]) in container["command"]
+    # the stages' per-worker placement holds only without work stealing (NO_STEALING)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING"] == "False"
     address = f"tcp://{service['metadata']['name']}:{port['port']}"
     (worker,) = pod_spec(workers)["containers"]
     assert address in worker["command"]

@@ -133,14 +133,19 @@ def test_two_ranks_follow_the_in_process_fit(dask_engine, build):
     """Several steps of each model: the 2-rank weights are the in-process ones up to float
     rounding (each rank's loss on its share, averaged, is the whole batch's)."""
     (local, _), (remote, _) = _both(dask_engine, build)
-    np.testing.assert_allclose(remote.user_factors, local.user_factors, atol=2e-4)
-    np.testing.assert_allclose(remote.item_factors, local.item_factors, atol=2e-4)
-    # and training moved them: a fit with another seed is far away
+    # Float rounding grows with the steps: a 1-thread rank and a 2-thread process reduce in
+    # other orders (which differ by CPU: AVX-512 kernels on Intel hosts), and Adam divides
+    # each coordinate's step by its own gradient scale, so SASRec's many Adam steps on small
+    # gradients drift further (up to 1e-3 seen) than the other models' (under 2e-4).
+    atol = 3e-3 if isinstance(local, SASRec) else 2e-4
+    np.testing.assert_allclose(remote.user_factors, local.user_factors, atol=atol)
+    np.testing.assert_allclose(remote.item_factors, local.item_factors, atol=atol)
+    # and training moved them: a fit with another seed is far beyond that tolerance
     other = build()
     other.config.seed = 1
     with using(InProcess()):
         other.fit(DATA)
-    assert np.abs(other.item_factors - local.item_factors).max() > 1e-2
+    assert np.abs(other.item_factors - local.item_factors).max() > 10 * atol
 
 
 def test_deepfm_two_ranks_follow_the_in_process_fit(dask_engine):
