@@ -16,6 +16,7 @@ from shortlist.data.ids import IdMap
 from shortlist.data.interactions import row_items
 from shortlist.data.mapped import EncodedVectors, MappedIds
 from shortlist.feedback.foldin import FoldInTargets
+from shortlist.models.ials import MFSource
 from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.item_side import ItemSide, item_side
@@ -65,6 +66,9 @@ class Bundle:
     # how retrieval fuses it with the vector search and popularity; None: vector search alone
     item_item: sp.csr_matrix | None = None
     fusion: FusionConfig | None = None
+    # The weighted-MF source (shortlist.models.ials): item factors and its user step, so
+    # retrieval lists a user's top items from their current likes; None: not fused
+    ials: MFSource | None = None
     # Linear models: users x items, each training like's weight in the user's vector
     # (user_vectors == user_weights @ item_encoder); saved instead of the user vectors
     user_weights: sp.csr_matrix | None = None

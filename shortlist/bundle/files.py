@@ -49,6 +49,7 @@ from shortlist.data.mapped import (
     save_ids,
 )
 from shortlist.feedback.foldin import FoldInTargets
+from shortlist.models.ials import MFSource
 from shortlist.ranking.context import ContextCounts
 from shortlist.ranking.deepfm import DeepFMWeights
 from shortlist.ranking.features import feature_names
@@ -144,6 +145,9 @@ def save_bundle(
         (tmp / "item_attributes.json").write_text(json.dumps(bundle.item_attribute_values))
     if bundle.item_item is not None:
         sp.save_npz(tmp / "item_item.npz", bundle.item_item.tocsr())
+    if bundle.ials is not None:
+        mf = bundle.ials
+        np.savez(tmp / "ials.npz", item_factors=mf.item_factors, gram=mf.gram, alpha=mf.alpha)
     if bundle.fusion is not None:
         manifest["fusion"] = bundle.fusion.to_json()
     manifest = write_manifest(tmp, manifest, key)
@@ -208,6 +212,7 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
         sequence=_optional_sparse(directory / "sequence.npz"),
         item_attribute_values=_optional_json(directory / "item_attributes.json"),
         item_item=_optional_sparse(directory / "item_item.npz"),
+        ials=_optional_mf(directory / "ials.npz"),
         fusion=FusionConfig.from_json(manifest.get("fusion")),
         cooc=load_csr(directory, "cooc", n_items) if has_csr(directory, "cooc") else None,
         # kept so that a loaded bundle saves as it came
@@ -287,3 +292,10 @@ def _optional_json(path: Path) -> dict:
 
 def _optional_sparse(path: Path) -> sp.csr_matrix | None:
     return sp.load_npz(path).tocsr() if path.exists() else None
+
+
+def _optional_mf(path: Path) -> MFSource | None:
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        return MFSource(f["item_factors"], f["gram"], float(f["alpha"]))

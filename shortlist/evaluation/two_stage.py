@@ -41,13 +41,14 @@ from shortlist.training.pipeline import (
     data_feature_names,
     fit_ranker,
     fused_candidates,
+    ials_of,
     item_item_table,
     label_kind,
     label_mask,
     labelled_users,
     ranking_lists,
 )
-from shortlist.training.sources import fit_sources, fused_lists, source_lists
+from shortlist.training.sources import fit_sources, fused_lists, ials_refit, source_lists
 
 Progress = Callable[[str], None]
 KS = (10, 20)
@@ -217,7 +218,13 @@ def run_two_stage(
         )
         exclude = excluded_at_test(split, protocol)
     if fusion is not None and final_model is not fit_model:
-        sources = fit_sources(final_train, model_name, final_model, cfg.item_item_options or {})
+        sources = fit_sources(
+            final_train,
+            model_name,
+            final_model,
+            cfg.item_item_options or {},
+            ials_refit(sources, ials_of(cfg)),
+        )
     timings["final_fit"] = time.perf_counter() - clock
     clock = time.perf_counter()
     test = split.test.positives.tocsr()

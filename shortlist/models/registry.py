@@ -11,6 +11,7 @@ import numpy as np
 
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport, RetrievalModel
+from shortlist.models.ials import IALS, IALSConfig
 from shortlist.models.item_item import (
     EASE,
     EASEConfig,
@@ -48,6 +49,8 @@ class PopularityModel:
 _MODELS: dict[str, tuple[Callable[[Any], RetrievalModel], type | None]] = {
     "popularity": (PopularityModel, None),
     "mf-bpr": (MFBPR, MFBPRConfig),
+    # weighted MF of the likes (implicit ALS, conjugate gradient in numpy)
+    "ials": (IALS, IALSConfig),
     "lightgcn": (LightGCN, LightGCNConfig),
     # LightGCN plus a negative graph of dislikes subtracted at scoring (beta chosen on valid)
     "lightgcn-neg": (LightGCNNeg, LightGCNNegConfig),

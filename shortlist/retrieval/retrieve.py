@@ -177,7 +177,10 @@ def retrieve(
             history = bundle.items.indices(live_liked)
             if user_index is not None:
                 history = np.union1d(row_items(bundle.likes, user_index), history)
-            found = fused_shortlist(bundle, found, history, exclude, n)
+            # a user with live likes: their newest likes weigh more in the weighted-MF
+            # source's user step, as in the vector's short-term part (decision 0030)
+            recent = latest_likes(bundle, user_index, state) if live_liked else None
+            found = fused_shortlist(bundle, found, history, exclude, n, recent, short_term)
     if view.new_ids:
         not_new = {*state.seen, *state.disliked, *extra_exclude}
         if vector is None:
@@ -223,21 +226,33 @@ def merge_new_fused(
 
 
 def fused_source(bundle: RetrievalData) -> bool:
-    return getattr(bundle, "item_item", None) is not None and bundle.fusion is not None
+    sources = (getattr(bundle, "item_item", None), getattr(bundle, "ials", None))
+    return any(s is not None for s in sources) and bundle.fusion is not None
 
 
 def fused_shortlist(
-    bundle: RetrievalData, found: Shortlist, history: np.ndarray, exclude: np.ndarray, n: int
+    bundle: RetrievalData,
+    found: Shortlist,
+    history: np.ndarray,
+    exclude: np.ndarray,
+    n: int,
+    recent: np.ndarray | None = None,
+    short_term: ShortTerm = SHORT_TERM,
 ) -> Shortlist:
     """`found` (the vector search's top, at least `fusion.depth`) fused with the item-item
-    source over the user's `history` and popularity, each source's top `fusion.depth`, by
-    the bundle's fusion weights, cut at `n`; `exclude`d items never come."""
+    and weighted-MF sources over the user's `history` and popularity, each source's top
+    `fusion.depth`, by the bundle's fusion weights, cut at `n`; `exclude`d items never come.
+    `recent` (a user with live likes: their newest likes, newest first) weigh more in the
+    weighted-MF user step by `short_term` (`shortlist.models.ials.recency_confidence`)."""
     fusion = bundle.fusion
     primary = fusion.primary
     depth = fusion.depth
     lists = {primary: found.items[:depth]}
     if fusion.weights.get("item-item", 0) > 0:
         lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    mf = getattr(bundle, "ials", None)
+    if fusion.weights.get("ials", 0) > 0 and mf is not None:
+        lists["ials"] = mf.top(history, exclude, depth, recent, short_term)
     if fusion.weights.get("popularity", 0) > 0:
         lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())

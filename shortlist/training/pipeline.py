@@ -25,6 +25,7 @@ from shortlist.data.interactions import Interactions, row_items
 from shortlist.data.splits import latest_share_mask, select_likes
 from shortlist.feedback.foldin import calibrate_targets
 from shortlist.models import registry
+from shortlist.models.ials import MFSource
 from shortlist.models.popularity import item_popularity
 from shortlist.models.progress import track
 from shortlist.ranking.context import RequestContext, context_at, context_counts
@@ -46,6 +47,7 @@ from shortlist.training.sources import (
     chosen_fusion,
     fit_sources,
     fused_lists,
+    ials_refit,
     source_lists,
 )
 from shortlist.training.tuning import SPACES, tune, untuned
@@ -95,6 +97,10 @@ class TrainConfig:
     # ranker's label likes within fusion_budget seconds; False: the vector model alone.
     fusion: bool = True
     item_item_options: dict | None = None
+    # Also fuse a weighted matrix factorisation of the likes (shortlist.models.ials); its
+    # weight is chosen with the others (0 drops it). False: not fit at all.
+    ials: bool = True
+    ials_options: dict | None = None
     fusion_budget: float = 120.0
 
 
@@ -180,7 +186,13 @@ def train_bundle(
     sources = None
     if fusion is not None:
         say("training the item-item source on all likes")
-        sources = fit_sources(data, cfg.model, model, cfg.item_item_options or {})
+        sources = fit_sources(
+            data,
+            cfg.model,
+            model,
+            cfg.item_item_options or {},
+            ials_refit(fit_sources_, ials_of(cfg)),
+        )
     precomputed, precomputed_seconds = None, 0.0
     if cfg.precomputed > 0:
         say(f"precomputing every user's top-{cfg.precomputed} by exact search")
@@ -219,6 +231,7 @@ def train_bundle(
         user_weights=getattr(model, "user_weights", None),
         precomputed=precomputed,
         item_item=item_item_table(sources),
+        ials=mf_source(sources),
         fusion=fusion,
         manifest={
             "dataset_fingerprint": data.fingerprint(),
@@ -249,6 +262,18 @@ def train_bundle(
     return bundle
 
 
+def ials_of(cfg: TrainConfig) -> dict | None:
+    """The weighted-MF source's options, None when it is not fused."""
+    return dict(cfg.ials_options or {}) if cfg.ials else None
+
+
+def mf_source(sources: Sources | None) -> MFSource | None:
+    """What serving keeps of the weighted-MF source (None: not fused)."""
+    if sources is None or sources.ials is None:
+        return None
+    return MFSource.of(sources.ials)
+
+
 def item_item_table(sources: Sources | None) -> sp.csr_matrix | None:
     if sources is None or sources.item_item is None:
         return None
@@ -269,7 +294,7 @@ def fused_candidates(
     if not cfg.fusion:
         return None, None, None, None
     say("training the item-item source on the fit part")
-    sources = fit_sources(fit_data, cfg.model, fit_model, cfg.item_item_options or {})
+    sources = fit_sources(fit_data, cfg.model, fit_model, cfg.item_item_options or {}, ials_of(cfg))
     seen = ((fit_data.positives + fit_data.negatives) > 0).tocsr()
     lists = source_lists(sources, fit_data.positives, users, cfg.candidates, seen)
     fusion, report = chosen_fusion(sources, lists, labels.tocsr(), users, cfg.fusion_budget)

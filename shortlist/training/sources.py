@@ -1,15 +1,16 @@
 """The candidate sources fused into the shortlist, fit and listed offline.
 
 The primary source is the bundle's vector model (served by the FAISS index); beside it the
-item-item model (`shortlist.models.item_item`: EASE under its cap, item-kNN above) and
-popularity. Each gives its ranked top-`width` per user with the user's training items
-excluded; `shortlist.retrieval.fusion` fuses them. Another source (a session model) joins by
-adding its name and its lists here.
+item-item model (`shortlist.models.item_item`: EASE under its cap, item-kNN above), a
+weighted matrix factorisation (`shortlist.models.ials`) and popularity. Each gives its
+ranked top-`width` per user with the user's training items excluded;
+`shortlist.retrieval.fusion` fuses them. Another source (a session model) joins by adding
+its name and its lists here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,35 +22,54 @@ from shortlist.models.topk import model_top_k, scored_top_k
 from shortlist.retrieval.fusion import Fused, FusionConfig, choose_fusion, fuse
 
 ITEM_ITEM = "item-item"
+IALS = "ials"
 POPULARITY = "popularity"
 
 
 @dataclass
 class Sources:
-    """Fitted sources: the primary vector model under its name, the item-item model (None:
-    not fused) and the popularity counts."""
+    """Fitted sources: the primary vector model under its name, the item-item model and the
+    weighted MF (None: not fused) and the popularity counts."""
 
     primary_name: str
     primary: object
     item_item: object | None
     popularity: np.ndarray
+    ials: object | None = None
 
     @property
     def names(self) -> list[str]:
         extra = [ITEM_ITEM] if self.item_item is not None else []
+        extra += [IALS] if self.ials is not None else []
         return [self.primary_name, *extra, POPULARITY]
 
 
 def fit_sources(
-    data: Interactions, primary_name: str, primary: object, item_item: dict | None
+    data: Interactions,
+    primary_name: str,
+    primary: object,
+    item_item: dict | None,
+    ials: dict | None = None,
 ) -> Sources:
-    """The sources over `data`, `primary` already fit; `item_item` the item-item model's
-    options (None: no item-item source)."""
+    """The sources over `data`, `primary` already fit; `item_item` and `ials` the options
+    of those sources (None: that source is not fused)."""
     model = None
     if item_item is not None:
         model = registry.build(ITEM_ITEM, item_item)
         model.fit(data)
-    return Sources(primary_name, primary, model, item_popularity(data))
+    mf = None
+    if ials is not None and primary_name != IALS:
+        mf = registry.build(IALS, ials)
+        mf.fit(data)
+    return Sources(primary_name, primary, model, item_popularity(data), mf)
+
+
+def ials_refit(sources: Sources | None, options: dict | None) -> dict | None:
+    """The weighted-MF options for a refit on more likes: those the fit part chose (its
+    regularization searched once), else `options`."""
+    if sources is None or sources.ials is None:
+        return options
+    return asdict(sources.ials.config)
 
 
 def source_lists(
@@ -65,6 +85,8 @@ def source_lists(
     }
     if sources.item_item is not None:
         out[ITEM_ITEM] = model_top_k(sources.item_item, history, users, width, exclude)
+    if sources.ials is not None:
+        out[IALS] = model_top_k(sources.ials, history, users, width, exclude)
     ones = np.ones((history.shape[0], 1), np.float32)
     pop = sources.popularity[:, None].astype(np.float32)
     out[POPULARITY] = scored_top_k(ones, pop, users, width, exclude)

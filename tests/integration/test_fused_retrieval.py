@@ -1,6 +1,7 @@
-"""The served shortlist is the fusion of the vector search, the item-item source and
-popularity: through the real retrieval stage (Redis state), precomputed for trained users,
-computed live once a user likes something, each item with the sources that proposed it."""
+"""The served shortlist is the fusion of the vector search, the item-item and weighted-MF
+sources and popularity: through the real retrieval stage (Redis state), precomputed for
+trained users, computed live once a user likes something, each item with the sources that
+proposed it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from shortlist.config import Settings
 from shortlist.data.interactions import row_items
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.redis_store import RedisStateStore
+from shortlist.feedback.vectors import SHORT_TERM
 from shortlist.retrieval.fusion import fuse, item_item_scores
 from shortlist.retrieval.index import search
+from shortlist.retrieval.retrieve import latest_likes
 from shortlist.services.local import LocalRetriever
 from tests.conftest import ev
 
@@ -21,12 +24,17 @@ def retriever(bundle, redis_url, redis_prefix, **settings) -> LocalRetriever:
     return LocalRetriever(bundle, RedisStateStore(redis_url, redis_prefix), s)
 
 
-def by_hand(bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int) -> np.ndarray:
-    """The fused top-n recomputed from the bundle's parts (each source's top depth)."""
+def by_hand(
+    bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int, recent=None
+) -> np.ndarray:
+    """The fused top-n recomputed from the bundle's parts (each source's top depth); `recent`
+    (a user with live likes: their newest likes first) weigh more in the weighted-MF step."""
     depth = bundle.fusion.depth
     vec, _ = search(bundle.index, bundle.user_vectors[user], depth, exclude)
     lists = {bundle.fusion.primary: vec}
     lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    if bundle.fusion.weights.get("ials", 0) > 0:
+        lists["ials"] = bundle.ials.top(history, exclude, depth, recent, SHORT_TERM)
     lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())
     rows = {s: np.pad(v, (0, width - len(v)), constant_values=-1)[None] for s, v in lists.items()}
@@ -37,7 +45,13 @@ def by_hand(bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int)
 def test_the_bundle_carries_the_item_item_source_and_its_fusion(bundle):
     assert bundle.item_item is not None and bundle.item_item.shape == (200, 200)
     assert bundle.fusion.primary == bundle.manifest["model"]
-    assert set(bundle.fusion.weights) == {bundle.fusion.primary, "item-item", "popularity"}
+    assert set(bundle.fusion.weights) == {
+        bundle.fusion.primary,
+        "item-item",
+        "ials",
+        "popularity",
+    }
+    assert bundle.ials is not None and bundle.ials.item_factors.shape[0] == 200
     assert bundle.fusion.depth == 100  # the conftest bundle's candidates
     assert "fusion_choice" in bundle.manifest and bundle.manifest["fusion_choice"]["trials"] > 0
 
@@ -80,7 +94,9 @@ def test_live_likes_move_the_item_item_source_at_once(bundle, redis_url, redis_p
     assert not set(ids) & set(after.item_ids())  # liked: seen, never recommended again
     history = np.union1d(row_items(bundle.likes, u), new_likes)
     exclude = np.union1d(bundle.seen_items(u), new_likes)
-    want = by_hand(bundle, u, history, exclude, 50)
+    recent = latest_likes(bundle, u, store.user_state(user, bundle.version))
+    assert list(recent[:2]) == new_likes[::-1]  # the live likes, newest first
+    want = by_hand(bundle, u, history, exclude, 50, recent)
     assert after.item_ids() == bundle.items.ids(want)
     assert after.item_ids() != before.item_ids()
     store.close()

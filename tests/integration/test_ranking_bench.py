@@ -35,3 +35,5 @@ def test_ranking_bench_ranks_the_fused_shortlist_and_sizes_each_source(
     )
     assert sizes["item-item"]["file_bytes"] > 0
     assert sizes["popularity"]["memory_bytes"] == 4 * len(bundle.items)
+    assert sizes["ials"]["memory_bytes"] >= bundle.ials.item_factors.nbytes > 0
+    assert sizes["ials"]["file_bytes"] > 0

@@ -115,7 +115,7 @@ def bench_options(
     else:
         train, valid = split.train_valid(), None
     space = [k for k in search_space(model, train) if k.name not in config]
-    if not space:  # nothing to search (the model has no options to choose)
+    if not space:  # nothing to search (the model chooses its own options, e.g. ials)
         return config, None
     result = tune(
         train, model, tune_budget, config, valid=valid, space=space, progress=progress, scale=scale
@@ -243,6 +243,8 @@ def two_stage_main(
             cells += [f"{result.two_stage[f'{metric}@{k}']:.4f}"]
         table.add_row(metric, *cells)
     console.print(table)
+    if result.ablation:
+        console.print(ablation_table(result.summary()["ablation"], result.fusion))
     top = ", ".join(f"{n} {v:.3f}" for n, v in list(result.importance.items())[:8])
     console.print(f"feature importance (gain share): {top}")
     console.print(
@@ -279,3 +281,16 @@ def two_stage_main(
     console.file.flush()
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def ablation_table(ablation: dict[str, dict[str, float]], fusion: dict[str, Any]) -> Table:
+    """Test Recall/NDCG@20 of each candidate source alone, their fusion (with the weights
+    chosen on held-out likes) and the served two-stage order."""
+    weights = (fusion.get("chosen") or {}).get("weights", {})
+    table = Table(title="ablation: each source alone, the fusion, the ranker (test @20)")
+    for column in ("source", "fusion weight", "recall@20", "ndcg@20"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, m in ablation.items():
+        weight = f"{weights[name]:g}" if name in weights else ""
+        table.add_row(name, weight, f"{m['recall@20']:.4f}", f"{m['ndcg@20']:.4f}")
+    return table

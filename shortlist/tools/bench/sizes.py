@@ -1,6 +1,7 @@
 """The bytes each candidate source of a bundle takes, on disk and in memory, for the benches'
 JSON: the vector model's FAISS index (and its vectors), the item-item source's sparse
-neighbour table, popularity, and the precomputed (fused) shortlists."""
+neighbour table, the weighted-MF source's item factors, popularity, and the precomputed
+(fused) shortlists."""
 
 from __future__ import annotations
 
@@ -50,6 +51,14 @@ def source_sizes(bundle_dir: str | Path, bundle: Any) -> dict[str, dict[str, int
             "file_bytes": _file(directory, "item_item.npz"),
             "memory_bytes": csr_bytes(bundle.item_item),
             "nnz": int(bundle.item_item.nnz),
+        }
+    mf = getattr(bundle, "ials", None)
+    if mf is not None:
+        out["ials"] = {
+            "kind": "dense",
+            "file_bytes": _file(directory, "ials.npz"),
+            "memory_bytes": int(mf.item_factors.nbytes + mf.gram.nbytes),
+            "factors": int(mf.item_factors.shape[1]),
         }
     out["popularity"] = {
         "kind": "dense",

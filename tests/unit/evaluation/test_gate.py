@@ -29,7 +29,8 @@ def good(split):
 
 @pytest.fixture(scope="module")
 def worse(good):
-    """The same bundle with its item vectors scrambled: retrieval no better than chance."""
+    """The same bundle with its item vectors scrambled and no weighted-MF source (a fused
+    source good on its own): retrieval far worse."""
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=good.item_vectors.shape).astype(np.float32)
     return dataclasses.replace(
@@ -38,6 +39,7 @@ def worse(good):
         item_vectors=vectors,
         index=build_index(vectors, "flat"),
         precomputed=None,
+        ials=None,
         ranker=None,
         deep_ranker=None,
     )
