@@ -33,6 +33,7 @@ from distributed import Client, LocalCluster, as_completed, wait
 from lightgbm.dask import DaskLGBMRanker
 
 from shortlist.compute import ranks as torch_ranks
+from shortlist.ports import free_port
 
 # The stages place their data on purpose (one chunk of ranker lists per worker, so LightGBM
 # trains one machine per worker); work stealing would move the small tasks that gather a
@@ -205,7 +206,7 @@ class DaskEngine:
             raise RuntimeError("the Dask cluster has no workers")
         first = workers[0]
         address = first.split("://", 1)[-1].rsplit(":", 1)[0]
-        port = self.client.submit(torch_ranks.free_port, workers=[first], pure=False).result()
+        port = self.client.submit(free_port, workers=[first], pure=False).result()
         shared = [self.client.scatter(a, broadcast=True) for a in args]
         futures = [
             self.client.submit(

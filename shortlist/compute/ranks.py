@@ -16,7 +16,6 @@ with a gloo process group (`DaskEngine.run_ranks`). The loop is the same either 
 from __future__ import annotations
 
 import datetime
-import socket
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -147,13 +146,6 @@ def data_parallel(train: Callable[..., Any], *args: Any) -> Any:
     if getattr(engine, "distributed", False) and not _HERE.get():
         return engine.run_ranks(train, *args)
     return train(SINGLE, *args)
-
-
-def free_port() -> int:
-    """A TCP port free on this host now (for rank 0's rendezvous store)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def run_rank(

