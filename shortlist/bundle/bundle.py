@@ -111,9 +111,12 @@ class Bundle:
     @cached_property
     def scorer(self) -> Scorer | None:
         """The ranker compiled for serving, blended with the DeepFM ranker when the bundle
-        has one (compiled on first use; the ranking service does it before the bundle
-        serves); None without a ranker."""
-        return None if self.ranker is None else serving_scorer(self.ranker, self.deep_ranker)
+        has one and with the retrieval order at the manifest's weight (compiled on first use;
+        the ranking service does it before the bundle serves); None without a ranker."""
+        if self.ranker is None:
+            return None
+        weight = float(self.manifest.get("ranker_order_weight", 0.0))
+        return serving_scorer(self.ranker, self.deep_ranker, weight)
 
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
         order = self._pop_order

@@ -13,7 +13,9 @@ only, LightGCN++'s rule; valid likes too under "B-valid-excluded"). Retrieval-on
 two-stage figures come from the same users and the same shortlists: the retrieval order of a
 top-N shortlist is the retrieval model's own top-20.
 With `TrainConfig.deep_ranker` the two-stage order is the served blend of LambdaRank and
-DeepFM; each alone is reported beside it (`lambdarank_*`, `deepfm_*`).
+DeepFM; each alone is reported beside it (`lambdarank_*`, `deepfm_*`). As served, the
+rankers' score is blended with the retrieval order at the weight chosen on the ranker's
+out-of-fold lists (`ranking.scorer.choose_order_weight`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from shortlist.models import registry
 from shortlist.models.progress import track
 from shortlist.ranking.features import RANK_COLUMN
 from shortlist.ranking.lambdarank import RankerConfig, score
-from shortlist.ranking.scorer import blend
+from shortlist.ranking.scorer import blend, lists_with_order, with_order
 from shortlist.training.pipeline import (
     FittedRanker,
     TrainConfig,
@@ -133,6 +135,10 @@ def held_out_lift(lists, fit: FittedRanker, labels) -> dict[str, float]:
     return {
         "retrieval_ndcg@20": ordered_by(-fit.retrieval_rank),
         "ranker_ndcg@20": ordered_by(fit.held_out_scores),
+        "order_weight": fit.order_weight,
+        "ranker_with_order_ndcg@20": ordered_by(
+            lists_with_order(fit.held_out_scores, fit.retrieval_rank, fit.sizes, fit.order_weight)
+        ),
     }
 
 
@@ -260,15 +266,20 @@ def run_two_stage(
     retrieval = list_metrics(test_lists, lambda x: -x[:, RANK_COLUMN], test, test_users)
     # each list scored once by each ranker; the blend and each alone are ordered from those
     lambdarank = {u: score(ranker, x) for u, (_, x, _) in test_lists.items()}
-    two_stage = scored_metrics(test_lists, lambdarank, test, test_users)
-    alone = {}
+    lambdarank_metrics = scored_metrics(test_lists, lambdarank, test, test_users)
+    alone = {f"lambdarank_{m}": v for m, v in lambdarank_metrics.items() if m.endswith("@20")}
+    served = lambdarank
     if fit.deep is not None:
         deep = {u: fit.deep.score(x) for u, (_, x, _) in test_lists.items()}
         deep_metrics = scored_metrics(test_lists, deep, test, test_users)
-        alone = {f"lambdarank_{m}": v for m, v in two_stage.items() if m.endswith("@20")}
         alone |= {f"deepfm_{m}": v for m, v in deep_metrics.items() if m.endswith("@20")}
         served = {u: blend(lambdarank[u], deep[u]) for u in lambdarank}
-        two_stage = scored_metrics(test_lists, served, test, test_users)
+    # as served: with the retrieval order at the weight chosen out of fold
+    served = {
+        u: with_order(v, test_lists[u][1][:, RANK_COLUMN], fit.order_weight)
+        for u, v in served.items()
+    }
+    two_stage = scored_metrics(test_lists, served, test, test_users)
     timings["evaluate"] = time.perf_counter() - clock
     timings["total"] = sum(timings.values())
     return TwoStageResult(

@@ -39,6 +39,7 @@ from shortlist.ranking.item_side import (
     sequence_neighbours,
 )
 from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg, train_ranker
+from shortlist.ranking.scorer import choose_order_weight
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
 from shortlist.retrieval.index import build_index
 from shortlist.retrieval.precomputed import PrecomputedShortlists
@@ -176,7 +177,7 @@ def train_bundle(
     fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
     ranker = fit.booster
     retrieval_ndcg = mean_list_ndcg(-fit.retrieval_rank, fit.labels, fit.sizes)
-    ranker_ndcg = mean_list_ndcg(fit.held_out_scores, fit.labels, fit.sizes)
+    lambdarank_ndcg = mean_list_ndcg(fit.held_out_scores, fit.labels, fit.sizes)
 
     say("training the serving model on all likes")
     model = registry.build(cfg.model, options)
@@ -243,13 +244,17 @@ def train_bundle(
             "config": asdict(cfg),
             "code_version": code_version(),
             "feature_names": names,
+            # the retrieval order's weight beside the rankers' scores (ranking.scorer)
+            "ranker_order_weight": fit.order_weight,
             "metrics": {
                 # over the ranker's lists, each scored by a fold model that did not see it
                 "ranker_labels": labels,
                 "ranker_lists": int(len(fit.users)),
                 "ranker_rounds": fit.rounds,
                 "retrieval_order_ndcg@20": round(retrieval_ndcg, 4),
-                "ranker_ndcg@20": round(ranker_ndcg, 4),
+                "lambdarank_ndcg@20": round(lambdarank_ndcg, 4),
+                # LambdaRank's with the retrieval order at the weight chosen on these lists
+                "ranker_ndcg@20": round(fit.order_ndcg, 4),
                 # DeepFM's, on the share of the lists it held out for early stopping
                 "deep_ranker_epochs": fit.deep_epochs,
                 "deep_ranker_valid_ndcg@20": round(fit.deep_valid_ndcg, 4),
@@ -505,6 +510,10 @@ class FittedRanker(RankerFit):
     deep: DeepFMWeights | None = None  # the DeepFM fit on the same lists, if any
     deep_epochs: int = 0  # its early-stopped epoch count and held-out NDCG@20
     deep_valid_ndcg: float = 0.0
+    # the retrieval order's weight beside the rankers (ranking.scorer.choose_order_weight),
+    # chosen on the out-of-fold scores, and their NDCG@20 with it
+    order_weight: float = 0.0
+    order_ndcg: float = 0.0
 
     def by_user(self, rows: np.ndarray) -> dict[int, np.ndarray]:
         """A row-aligned array (held_out_scores, labels, retrieval_rank) cut into lists."""
@@ -525,6 +534,9 @@ def fit_ranker(
     fit = train_ranker((x, y, sizes), names, ranker_cfg)
     rank = x[:, names.index("retrieval_rank")]
     fitted = FittedRanker(fit.booster, fit.rounds, fit.held_out_scores, users, sizes, y, rank)
+    chosen = choose_order_weight(fit.held_out_scores, rank, y, sizes)
+    fitted.order_weight, fitted.order_ndcg = chosen
+    say(f"retrieval order weighted {fitted.order_weight:g} beside the ranker")
     if cfg.deep_ranker:
         say(f"DeepFM on the same {len(users):,} lists")
         deep = train_deepfm((x, y, sizes), DeepFMConfig(seed=cfg.seed))

@@ -12,7 +12,7 @@ from shortlist.evaluation.two_stage import run_two_stage
 from shortlist.ranking.context import parse_context
 from shortlist.ranking.features import build_features
 from shortlist.ranking.lambdarank import score
-from shortlist.ranking.scorer import blended
+from shortlist.ranking.scorer import blended, ordered
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
 from shortlist.rpc.server import client_channel
 from shortlist.training.pipeline import TrainConfig
@@ -36,7 +36,8 @@ def offline_scores(bundle, user: int, candidates: np.ndarray, retrieval: np.ndar
         np.zeros(len(candidates)),
     )
     lambdarank = lambda rows: score(bundle.ranker, rows)  # noqa: E731
-    return x, blended(lambdarank, bundle.deep_ranker)(x)
+    weight = bundle.manifest["ranker_order_weight"]  # the retrieval order beside the rankers
+    return x, ordered(blended(lambdarank, bundle.deep_ranker), weight)(x)
 
 
 def test_online_rank_equals_offline_features_and_scores(stack, bundle):
@@ -105,7 +106,12 @@ def test_two_stage_pipeline_beats_retrieval_order_on_planted_time_drift():
     drifted.timestamps = times.astype(np.int64)
     split = temporal_leave_last_out(drifted, n_test=3, n_valid=3, min_train=5, name="drift")
     options = {"dim": 16, "epochs": 15, "seed": 0}
-    cfg = TrainConfig(candidates=100)
+    # One source (MF-BPR) under the ranker: the drift is the ranker's to learn. The fused
+    # sources see the trending items' training likes too (iALS weighs popular items up), so
+    # their order comes within 5% of what any ranker can reach on this split (every unseen
+    # trending item first: NDCG@20 about .652); tests/integration/test_fused_retrieval.py
+    # tests the fusion.
+    cfg = TrainConfig(candidates=100, fusion=False)
     result = run_two_stage(split, "A", "mf-bpr", options, cfg, ranker_labels="valid")
     assert result.two_stage["ndcg@20"] > result.retrieval["ndcg@20"] * 1.05
     assert result.importance  # the ranker used features

@@ -250,7 +250,9 @@ def two_stage_main(
     console.print(
         f"ranker on its {ranker_labels} lists, out of fold: ndcg@20 "
         f"{result.ranker_valid['retrieval_ndcg@20']:.4f} (retrieval order) -> "
-        f"{result.ranker_valid['ranker_ndcg@20']:.4f}"
+        f"{result.ranker_valid['ranker_ndcg@20']:.4f}; with the retrieval order at weight "
+        f"{result.ranker_valid['order_weight']:g} (chosen on these lists) "
+        f"{result.ranker_valid['ranker_with_order_ndcg@20']:.4f}"
     )
     alone = result.rankers_alone
     if alone:

@@ -10,8 +10,9 @@ import pytest
 
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.ranking.deepfm import DeepFMConfig, DeepFMWeights, InputScaling, train_deepfm
+from shortlist.ranking.features import RANK_COLUMN
 from shortlist.ranking.lambdarank import mean_list_ndcg
-from shortlist.ranking.scorer import blend
+from shortlist.ranking.scorer import blend, with_order
 
 
 def planted_lists(n_lists: int, size: int, seed: int):
@@ -74,10 +75,12 @@ def test_bundle_serves_the_blend_and_refuses_a_deep_ranker_of_other_features(bun
     assert bundle.deep_ranker is not None
     x = np.random.default_rng(0).normal(size=(20, len(bundle.deep_ranker.scaling.mean)))
     x = x.astype(np.float32)
+    x[:, RANK_COLUMN] = np.arange(len(x))  # the shortlist's places, as the service fills them
     lambdarank = bundle.ranker.predict(x, num_threads=1)
-    np.testing.assert_allclose(
-        bundle.scorer(x), blend(lambdarank, bundle.deep_ranker.score(x)), atol=1e-5
-    )
+    served = blend(lambdarank, bundle.deep_ranker.score(x))
+    weight = bundle.manifest["ranker_order_weight"]  # the retrieval order beside the rankers
+    expected = with_order(served, x[:, RANK_COLUMN], weight)
+    np.testing.assert_allclose(bundle.scorer(x), expected, atol=1e-5)
     deep = bundle.deep_ranker
     narrower = InputScaling(deep.scaling.mean[:-1], deep.scaling.std[:-1], deep.scaling.flagged)
     other = replace(
