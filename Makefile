@@ -50,8 +50,8 @@ train: install
 # Two pytest processes side by side (the integration tests mostly wait on sockets and
 # subprocesses): tests/integration, and tests/unit + tests/deploy; fails if either fails.
 test: install
-	$(BIN)/python -m pytest -q tests/integration & integration=$$!; \
-	$(BIN)/python -m pytest -q tests/unit tests/deploy; rest=$$?; \
+	$(BIN)/python -m pytest -q --durations=15 tests/integration & integration=$$!; \
+	$(BIN)/python -m pytest -q --durations=15 tests/unit tests/deploy; rest=$$?; \
 	wait $$integration; status=$$?; \
 	echo "make test: integration exit $$status, unit+deploy exit $$rest"; \
 	exit $$(( rest || status ))
