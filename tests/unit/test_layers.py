@@ -11,7 +11,7 @@ import shortlist
 PACKAGE = Path(shortlist.__file__).parent
 # Bottom to top. A module may import its own layer and the layers below it, never above.
 LAYERS = [
-    {"__init__", "config", "v1", "rpc"},
+    {"__init__", "config", "v1", "rpc", "ports"},
     # the public client (shortlist.client): apps import it, so it stays on the contract
     {"client"},
     # where the training stages run (in process or on Dask): below every stage that uses it
