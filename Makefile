@@ -48,12 +48,16 @@ train: install
 # All tests: tests/unit (no services), tests/integration (real Redis, the broker, sockets),
 # tests/deploy (manifests, alert rules, the container recipe).
 # Two pytest processes side by side (the integration tests mostly wait on sockets and
-# subprocesses): tests/integration, and tests/unit + tests/deploy; fails if either fails.
+# subprocesses): tests/integration but the whole-stack files, and beside it tests/unit +
+# tests/deploy followed by those files (the longest: `make up` training its own bundle, the
+# demo), so that neither process runs alone for long; fails if either fails.
+STACK_TESTS := tests/integration/test_local_stack.py tests/integration/test_demo.py
 test: install
-	$(BIN)/python -m pytest -q --durations=15 tests/integration & integration=$$!; \
-	$(BIN)/python -m pytest -q --durations=15 tests/unit tests/deploy; rest=$$?; \
+	$(BIN)/python -m pytest -q --durations=15 tests/integration \
+		$(addprefix --ignore=,$(STACK_TESTS)) & integration=$$!; \
+	$(BIN)/python -m pytest -q --durations=15 tests/unit tests/deploy $(STACK_TESTS); rest=$$?; \
 	wait $$integration; status=$$?; \
-	echo "make test: integration exit $$status, unit+deploy exit $$rest"; \
+	echo "make test: integration exit $$status, unit+deploy+stack exit $$rest"; \
 	exit $$(( rest || status ))
 
 # The fast ones only: no Redis or broker needed, no offline pipeline runs.
