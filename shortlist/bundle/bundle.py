@@ -69,6 +69,9 @@ class Bundle:
     # The weighted-MF source (shortlist.models.ials): item factors and its user step, so
     # retrieval lists a user's top items from their current likes; None: not fused
     ials: MFSource | None = None
+    # its inner-product index over the item factors, built at load for large catalogues
+    # (shortlist.retrieval.retrieve.prepare_for_retrieval); None: exact scoring
+    ials_index: faiss.Index | None = None
     # Linear models: users x items, each training like's weight in the user's vector
     # (user_vectors == user_weights @ item_encoder); saved instead of the user vectors
     user_weights: sp.csr_matrix | None = None

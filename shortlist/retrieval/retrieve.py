@@ -30,7 +30,13 @@ from shortlist.feedback.stores.base import UserState
 from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, with_short_term
 from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
 from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores
-from shortlist.retrieval.index import RefinedIndex, search, served_index
+from shortlist.retrieval.index import (
+    EXACT_MAX_ITEMS,
+    RefinedIndex,
+    build_index,
+    search,
+    served_index,
+)
 from shortlist.retrieval.memo import SearchMemo
 from shortlist.retrieval.precomputed import PrecomputedShortlists
 
@@ -86,6 +92,11 @@ def prepare_for_retrieval(bundle: RetrievalData) -> RetrievalData:
         bundle.index = served_index(bundle.index, bundle.item_vectors, queries=sample)
         if isinstance(bundle.index, RefinedIndex):
             bundle.item_vectors = bundle.index.vectors
+    mf = getattr(bundle, "ials", None)
+    if mf is not None and len(mf.item_factors) > EXACT_MAX_ITEMS:
+        # the weighted-MF source's own IVF index over its item factors: a user's solve is
+        # then searched, not scored against every item (items x factors read per request)
+        bundle.ials_index = build_index(mf.item_factors, "ivf")
     return bundle
 
 
@@ -252,7 +263,12 @@ def fused_shortlist(
         lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
     mf = getattr(bundle, "ials", None)
     if fusion.weights.get("ials", 0) > 0 and mf is not None:
-        lists["ials"] = mf.top(history, exclude, depth, recent, short_term)
+        index = getattr(bundle, "ials_index", None)
+        if index is None or not len(history):
+            lists["ials"] = mf.top(history, exclude, depth, recent, short_term)
+        else:
+            vector = mf.user_vector(history, recent, short_term)
+            lists["ials"] = search(index, vector, depth, exclude)[0].astype(np.int64)
     if fusion.weights.get("popularity", 0) > 0:
         lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())
