@@ -17,9 +17,9 @@ from shortlist.ranking.lambdarank import compiled_scorer, mean_list_ndcg
 Scorer = Callable[[np.ndarray], np.ndarray]  # (candidates x features) -> scores
 
 # Weights of the retrieval order tried beside the ranker's score: 0 is the ranker alone,
-# and the last serves the retrieval order itself (its standardised steps, at least
-# log(200/199) / 1.2 apart over 200 places, times 1e6 outweigh any standardised score),
-# so that the choice is never below the first stage on the lists it is made on.
+# and 1e6 the retrieval order itself (over 200 places the order's neighbouring values are
+# at least log(200/199) apart, which times 1e6 outweighs any standardised score), so that
+# the choice is never below either stage on the lists it is made on.
 ORDER_WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 1e6)
 
 
