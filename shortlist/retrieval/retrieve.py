@@ -6,10 +6,11 @@ search memo when given); an unknown user by popularity. Never an item of the use
 training interactions, live seen or disliked items, the request's exclusions, or a hidden
 or removed item; new items (folded in since training, `shortlist.retrieval.catalogue`) are
 scored with the user's vector and merged into every personal shortlist, the precomputed
-one included. Where the bundle has an item-item source (`item_item`, with its `fusion`),
-the shortlist is the weighted reciprocal-rank fusion of the vector search, the item-item
-row-sum over the user's likes (training and live) and popularity
-(`shortlist.retrieval.fusion`); each item carries the sources that proposed it.
+one included. Where the bundle has an item-item or a weighted-MF source (`item_item`,
+`ials`, with its `fusion`), the shortlist is the weighted reciprocal-rank fusion of the
+vector search, the item-item row-sum over the user's likes (training and live), the
+weighted-MF solve over them and popularity (`shortlist.retrieval.fusion`); each item
+carries the sources that proposed it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def prepare_for_retrieval(bundle: RetrievalData) -> RetrievalData:
         if isinstance(bundle.index, RefinedIndex):
             bundle.item_vectors = bundle.index.vectors
     mf = getattr(bundle, "ials", None)
-    if mf is not None and len(mf.item_factors) > EXACT_MAX_ITEMS:
+    fused = getattr(bundle, "fusion", None) is not None and bundle.fusion.weights.get("ials", 0)
+    if mf is not None and fused and len(mf.item_factors) > EXACT_MAX_ITEMS:
         # the weighted-MF source's own IVF index over its item factors: a user's solve is
         # then searched, not scored against every item (items x factors read per request)
         bundle.ials_index = build_index(mf.item_factors, "ivf")
