@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
+import scipy.linalg as sl
 import scipy.sparse as sp
 
 from shortlist.data.interactions import Interactions
@@ -35,6 +36,9 @@ from shortlist.models.topk import scored_top_k
 # the full user x item product (`cg_sweep`)
 DENSE_DOTS = 32
 REG_GRID = tuple(6.25 * 2.0**k for k in range(7))  # 6.25 .. 400, climbed from the middle
+# the served user step goes by Woodbury's identity up to this many likes per factor (its
+# cost grows as likes x factors^2, the direct solve's as factors^3)
+WOODBURY_SHARE = 0.5
 
 
 @dataclass
@@ -201,6 +205,10 @@ class MFSource:
     item_factors: np.ndarray  # items x f
     gram: np.ndarray  # f x f: Y^T Y + reg I
     alpha: float
+    gram_inverse: np.ndarray = field(init=False, repr=False)  # computed at load
+
+    def __post_init__(self) -> None:
+        self.gram_inverse = np.linalg.inv(self.gram)
 
     @classmethod
     def of(cls, model: IALS) -> MFSource:
@@ -220,8 +228,17 @@ class MFSource:
         history = np.asarray(history, np.int64)
         y = self.item_factors[history].astype(np.float64)
         conf = recency_confidence(history, recent, boost)
+        weights = 1.0 + self.alpha * conf
+        if self.alpha > 0 and 0 < len(history) <= WOODBURY_SHARE * y.shape[1]:
+            # (G + Y^T C Y)^-1 b = P b - (Y P)^T (C^-1 + Y P Y^T)^-1 Y P b, P = G^-1: one
+            # likes x likes solve instead of a factors x factors one (a short history)
+            yp = y @ self.gram_inverse
+            pb = yp.T @ weights
+            inner = np.diag(1.0 / (self.alpha * conf)) + yp @ y.T
+            z = sl.solve(inner, y @ pb, assume_a="pos", check_finite=False)
+            return (pb - yp.T @ z).astype(np.float32)
         a = self.gram + self.alpha * ((y * conf[:, None]).T @ y)
-        return np.linalg.solve(a, (1.0 + self.alpha * conf) @ y).astype(np.float32)
+        return sl.solve(a, weights @ y, assume_a="pos", check_finite=False).astype(np.float32)
 
     def top(
         self,

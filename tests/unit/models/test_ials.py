@@ -127,3 +127,20 @@ def test_the_served_user_step_turns_to_the_newest_likes(planted, fitted):
         np.isin(turned, np.flatnonzero(topics == new)).sum()
         > np.isin(plain, np.flatnonzero(topics == new)).sum()
     )
+
+
+@pytest.mark.parametrize("likes", [1, 7, 16, 17, 80])
+def test_the_served_user_step_is_the_exact_ridge_solve_short_or_long(likes):
+    """Short histories go by Woodbury's identity, long ones by the direct solve: both are
+    the confidence-weighted ridge solve, recency boost included."""
+    rng = np.random.default_rng(likes)
+    y = rng.standard_normal((200, 32)).astype(np.float32)
+    gram = y.astype(np.float64).T @ y + 12.5 * np.eye(32)
+    source = MFSource(y, gram, alpha=10.0)
+    history = rng.choice(200, likes, replace=False)
+    conf = recency_confidence(history, history[::-1][:3], SHORT_TERM)
+    yh = y[history].astype(np.float64)
+    a = gram + 10.0 * (yh * conf[:, None]).T @ yh
+    expected = np.linalg.solve(a, (1.0 + 10.0 * conf) @ yh)
+    served = source.user_vector(history, history[::-1][:3], SHORT_TERM)
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
