@@ -66,12 +66,15 @@ class Fused:
 
     def sources(self, row: int) -> list[tuple[str, ...]]:
         """Per fused item of `row`, the sources that proposed it (in fusion order)."""
-        out = []
-        for j in range(self.items.shape[1]):
-            if self.items[row, j] < 0:
-                break
-            out.append(tuple(s for s, r in self.ranks.items() if r[row, j] >= 0))
-        return out
+        n = int((self.items[row] >= 0).sum())  # a row's padding is at its end
+        names = list(self.ranks)
+        bits = np.zeros(n, np.uint8)
+        for j, r in enumerate(self.ranks.values()):
+            bits |= (r[row, :n] >= 0).astype(np.uint8) << j
+        # one tuple per set of sources, shared by the items with that set (a request's hot path)
+        flags = bits.tolist()
+        sets = {b: tuple(s for j, s in enumerate(names) if b >> j & 1) for b in set(flags)}
+        return [sets[b] for b in flags]
 
     def source_bits(self) -> np.ndarray:
         """users x n uint8: bit j set where source j (in `ranks` order) proposed the item."""

@@ -26,6 +26,8 @@ def test_fuse_matches_a_hand_computed_rrf_case():
     assert fused.sources(0) == [("a", "b"), ("b",), ("a",), ("a",)]
     bits = fused.source_bits()[0].tolist()
     assert bits == [3, 2, 1, 1]
+    # a row padded past its items names only the items
+    assert fuse(lists, cfg, 6).sources(0) == fused.sources(0)
 
 
 def test_fuse_breaks_ties_by_item_index_and_is_deterministic():
