@@ -124,5 +124,7 @@ class Bundle:
     def popular_items(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
         order = self._pop_order
         if exclude is not None and len(exclude):
+            # the excluded items can take at most len(exclude) of the first places
+            order = order[: n + len(exclude)]
             order = order[~np.isin(order, exclude)]
         return order[:n]
