@@ -180,14 +180,19 @@ def choose_fusion(
 
 
 def item_item_scores(
-    neighbours: sp.csr_matrix, history: np.ndarray, exclude: np.ndarray, n: int
+    neighbours: sp.csr_matrix,
+    history: np.ndarray,
+    exclude: np.ndarray,
+    n: int,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One user's item-item top-`n` at request time: the sparse row-sum of the neighbour
-    rows of the items in `history`, `exclude` left out, positive scores only; equal scores
-    in item order."""
+    """One user's item-item top-`n` at request time: the sum of the neighbour rows of the
+    items in `history` (each times its entry of `weights`, 1 by default), `exclude` left
+    out, positive scores only; equal scores in item order."""
     if not len(history):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    summed = neighbours[np.asarray(history, np.int64)].sum(axis=0).A1
+    rows = neighbours[np.asarray(history, np.int64)]
+    summed = rows.sum(axis=0).A1 if weights is None else np.asarray(rows.T @ weights)
     summed[np.asarray(exclude, np.int64)] = 0.0
     cand = np.flatnonzero(summed > 0)
     order = np.lexsort((cand, -summed[cand]))[:n]

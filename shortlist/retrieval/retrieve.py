@@ -29,6 +29,7 @@ from shortlist.data.mapped import EncodedVectors, MappedIds
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.base import UserState
 from shortlist.feedback.vectors import SHORT_TERM, ShortTerm, with_short_term
+from shortlist.models.ials import recency_confidence
 from shortlist.retrieval.catalogue import EMPTY, CatalogueView, merge_new_items
 from shortlist.retrieval.fusion import FusionConfig, fuse, item_item_scores
 from shortlist.retrieval.index import (
@@ -255,14 +256,17 @@ def fused_shortlist(
     """`found` (the vector search's top, at least `fusion.depth`) fused with the item-item
     and weighted-MF sources over the user's `history` and popularity, each source's top
     `fusion.depth`, by the bundle's fusion weights, cut at `n`; `exclude`d items never come.
-    `recent` (a user with live likes: their newest likes, newest first) weigh more in the
-    weighted-MF user step by `short_term` (`shortlist.models.ials.recency_confidence`)."""
+    `recent` (a user with live likes: their newest likes, newest first) weigh more by
+    `short_term` (`shortlist.models.ials.recency_confidence`) in the weighted-MF user step
+    and in the item-item sum, as the vector search's short-term part does."""
     fusion = bundle.fusion
     primary = fusion.primary
     depth = fusion.depth
     lists = {primary: found.items[:depth]}
     if fusion.weights.get("item-item", 0) > 0:
-        lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+        weights = recency_confidence(history, recent, short_term) if recent is not None else None
+        table = bundle.item_item
+        lists["item-item"] = item_item_scores(table, history, exclude, depth, weights)[0]
     mf = getattr(bundle, "ials", None)
     if fusion.weights.get("ials", 0) > 0 and mf is not None:
         index = getattr(bundle, "ials_index", None)

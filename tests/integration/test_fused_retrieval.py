@@ -12,6 +12,7 @@ from shortlist.data.interactions import row_items
 from shortlist.feedback.events import Kind
 from shortlist.feedback.stores.redis_store import RedisStateStore
 from shortlist.feedback.vectors import SHORT_TERM
+from shortlist.models.ials import recency_confidence
 from shortlist.retrieval.fusion import fuse, item_item_scores
 from shortlist.retrieval.index import search
 from shortlist.retrieval.retrieve import latest_likes
@@ -28,11 +29,14 @@ def by_hand(
     bundle, user: int, history: np.ndarray, exclude: np.ndarray, n: int, recent=None
 ) -> np.ndarray:
     """The fused top-n recomputed from the bundle's parts (each source's top depth); `recent`
-    (a user with live likes: their newest likes first) weigh more in the weighted-MF step."""
+    (a user with live likes: their newest likes first) weigh more in the weighted-MF step
+    and in the item-item sum."""
     depth = bundle.fusion.depth
     vec, _ = search(bundle.index, bundle.user_vectors[user], depth, exclude)
     lists = {bundle.fusion.primary: vec}
-    lists["item-item"] = item_item_scores(bundle.item_item, history, exclude, depth)[0]
+    weights = recency_confidence(history, recent, SHORT_TERM) if recent is not None else None
+    table = bundle.item_item
+    lists["item-item"] = item_item_scores(table, history, exclude, depth, weights)[0]
     if bundle.fusion.weights.get("ials", 0) > 0:
         lists["ials"] = bundle.ials.top(history, exclude, depth, recent, SHORT_TERM)
     lists["popularity"] = bundle.popular_items(depth, exclude)

@@ -76,6 +76,9 @@ def test_item_item_scores_is_a_sparse_row_sum_without_excluded_items():
     # row 0 + row 1 = [1, 1, 2, 3]; items 0 and 1 excluded
     assert items.tolist() == [3, 2] and scores.tolist() == [3.0, 2.0]
     assert item_item_scores(table, np.array([], np.int64), np.array([]), 3)[0].size == 0
+    # a newest like weighing 3x (a short-term boost): 3 * row 0 + row 1 = [1, 3, 6, 3]
+    weighted = item_item_scores(table, np.array([0, 1]), np.array([0, 1]), 3, np.array([3.0, 1.0]))
+    assert weighted[0].tolist() == [2, 3] and weighted[1].tolist() == [6.0, 3.0]
 
 
 def test_fusion_config_round_trips_through_the_manifest():
