@@ -42,6 +42,9 @@ class BundleWatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> BundleWatcher:
+        """Check once now, then on each poll or request: a bundle published while the process
+        was loading, before its SIGHUP handler was installed, is picked up at once."""
+        self._wake.set()
         self._thread = threading.Thread(target=self._loop, name="bundle-watcher", daemon=True)
         self._thread.start()
         return self

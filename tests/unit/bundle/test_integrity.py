@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import pytest
 
@@ -68,3 +69,19 @@ def test_the_watcher_keeps_serving_when_the_new_bundle_is_tampered(bundle, tmp_p
     assert not watcher.check()
     assert swapped == [] and watcher.failures == 1 and watcher.version == "v1"
     assert first.exists()
+
+
+def test_a_bundle_published_before_the_watcher_starts_is_loaded_at_start(bundle, tmp_path):
+    """No poll and no SIGHUP: a bundle that became LATEST while the process was loading
+    (before it could hear the signal) is still picked up."""
+    save_bundle(dataclasses.replace(bundle, version="v1"), tmp_path)
+    save_bundle(dataclasses.replace(bundle, version="v2"), tmp_path)
+    swapped = []
+    watcher = BundleWatcher(tmp_path, "v1", swapped.append, poll_s=0, loader=load_bundle).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not swapped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [b.version for b in swapped] == ["v2"] and watcher.version == "v2"
+    finally:
+        watcher.stop()
