@@ -191,8 +191,9 @@ def item_item_scores(
     out, positive scores only; equal scores in item order."""
     if not len(history):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = neighbours[np.asarray(history, np.int64)]
-    summed = rows.sum(axis=0).A1 if weights is None else np.asarray(rows.T @ weights)
+    if weights is None:
+        weights = np.ones(len(history), neighbours.dtype)
+    summed = np.asarray(neighbours[np.asarray(history, np.int64)].T @ weights)
     summed[np.asarray(exclude, np.int64)] = 0.0
     cand = np.flatnonzero(summed > 0)
     order = np.lexsort((cand, -summed[cand]))[:n]
