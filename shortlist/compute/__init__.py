@@ -1,10 +1,11 @@
 """Where the training stages run: in this process (the default) or on a Dask cluster.
 
-The stages (the spectral filter's SVD, the item-item table, the ranker fit, reading Parquet
-events) are written once against the few primitives of `Engine`; `using(engine)` selects
-which engine they run on for a block of code. `InProcess` is the single-machine path the
-project always had; `shortlist.compute.dask_engine.DaskEngine` runs the same steps on Dask
-workers (`shortlist train --engine dask`).
+The stages (the spectral filter's SVD, the weighted MF's sweeps, the item-item table, the
+ranker fit, reading Parquet events) are written once against the few primitives of
+`Engine`; `using(engine)` selects which engine they run on for a block of code.
+`InProcess` is the single-machine path the project always had;
+`shortlist.compute.dask_engine.DaskEngine` runs the same steps on Dask workers (`shortlist
+train --engine dask`).
 
 A "row array" is what `dot` and `qr` return: a dense matrix split by rows the way the
 engine keeps it (one NumPy array in process, a dask.array chunked by row blocks on Dask), so
@@ -54,6 +55,13 @@ class InProcess:
     def map(self, fn: Callable[..., Any], parts: Sequence[Any], **shared: Any) -> list[Any]:
         """[fn(part, **shared) for part in parts]."""
         return [fn(part, **shared) for part in parts]
+
+    def map_rows(
+        self, fn: Callable[..., np.ndarray], rows: Any, *arrays: np.ndarray, **shared: Any
+    ) -> np.ndarray:
+        """fn(block, *arrays' rows of that block, **shared) per row block of `rows` (from
+        `split_rows`), the results stacked by rows (here: one block, the whole matrix)."""
+        return fn(rows[0], *arrays, **shared)
 
     def fit_lambdarank(
         self,

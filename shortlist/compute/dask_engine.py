@@ -5,7 +5,8 @@
   live. `dot` returns a dask.array chunked by the same row blocks and `qr` is dask's
   tall-and-skinny QR, so the users-sized factors stay spread over the workers; only the
   items-sized ones (`tdot`, a tree sum of per-block products) come back.
-- `map` runs a function per part on the workers with shared inputs broadcast once.
+- `map` runs a function per part on the workers with shared inputs broadcast once;
+  `map_rows` runs one per scattered row block where it lives (the weighted MF's sweeps).
 - `fit_lambdarank` is `lightgbm.dask.DaskLGBMRanker` over the lists cut into one chunk of
   whole lists per worker (LightGBM's data-parallel learner).
 - `read_parquet` reads events with `dask.dataframe` (one partition per file or row group).
@@ -144,6 +145,25 @@ class DaskEngine:
             for b, p in zip(rows.blocks, pieces)
         ]
         return np.asarray(da.stack(parts).sum(axis=0, split_every=4).compute())
+
+    def map_rows(
+        self, fn: Callable[..., np.ndarray], rows: DaskRows, *arrays: np.ndarray, **shared: Any
+    ) -> np.ndarray:
+        """fn(block, *arrays' rows of that block, **shared) on the worker holding each block
+        (the arrays' slices scattered there, `shared` broadcast once); stacked by rows.
+        Scattered under fresh keys: a repeated call hashing the same value (a float) to the
+        same key would race the release of the previous call's."""
+        scattered = {
+            k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()
+        }
+        holders = self.client.who_has(rows.blocks)
+        bounds = np.concatenate([[0], np.cumsum(rows.sizes)])
+        futures, pieces = [], []  # the pieces held until the results are in
+        for block, lo, hi in zip(rows.blocks, bounds[:-1], bounds[1:]):
+            where = list(holders.get(block.key, ())) or None
+            pieces.append([self.client.scatter(a[lo:hi], workers=where) for a in arrays])
+            futures.append(self.client.submit(fn, block, *pieces[-1], pure=False, **scattered))
+        return np.concatenate(self.client.gather(futures), axis=0)
 
     def map(self, fn: Callable[..., Any], parts: Sequence[Any], **shared: Any) -> list[Any]:
         scattered = {k: self.client.scatter(v, broadcast=True) for k, v in shared.items()}

@@ -5,7 +5,8 @@ Every like has confidence 1 + alpha, every other (user, item) pair confidence 1 
 done for all users (then all items) at once by a few conjugate-gradient steps warm-started
 from the previous sweep (Takacs, Pilaszy and Tikk 2011), as `implicit`'s ALS does. The
 whole solve is vectorised over users with one sparse product per step, so it needs only
-numpy and scipy (the `implicit` package stays a bench-only peer). The result is a
+numpy and scipy; each side's sweep runs per row block on the training engine (on Dask, where
+the blocks live) (the `implicit` package stays a bench-only peer). The result is a
 dot-product model: FAISS serves it, and the ridge fold-in of new likes is its own
 user step.
 
@@ -26,6 +27,7 @@ import numpy as np
 import scipy.linalg as sl
 import scipy.sparse as sp
 
+from shortlist import compute
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport
 from shortlist.models.item_item import HOLDOUT_SHARE, _holdout
@@ -33,8 +35,11 @@ from shortlist.models.progress import bar
 from shortlist.models.topk import scored_top_k
 
 # the like matrix's cells per like under which a sweep reads the likes' dot products off
-# the full user x item product (`cg_sweep`)
+# the full user x item product (`like_dots`)
 DENSE_DOTS = 32
+# likes whose dot products are gathered at once above that: two likes x factors float32
+# gathers of 256 MiB at 256 factors, where the whole set grows with the data
+GATHER_LIKES = 1 << 18
 REG_GRID = tuple(6.25 * 2.0**k for k in range(7))  # 6.25 .. 400, climbed from the middle
 # the served user step goes by Woodbury's identity up to this many likes per factor (its
 # cost grows as likes x factors^2, the direct solve's as factors^3)
@@ -86,25 +91,48 @@ def held_out_ndcg(
     return total / max(len(users), 1)
 
 
+def ridge_gram(y: np.ndarray, reg: float) -> np.ndarray:
+    """Y^T Y + reg I: every row's shared part of the normal equations."""
+    return y.T @ y + reg * np.eye(y.shape[1], dtype=y.dtype)
+
+
+def like_dots(v: np.ndarray, y: np.ndarray, likes: sp.csr_matrix) -> np.ndarray:
+    """v_u . y_i for every like (u, i), in the like matrix's order. Where the matrix is
+    dense enough (small data) they are read off the full product, one BLAS multiply;
+    else gathered GATHER_LIKES likes at a time, so the two likes x factors gathers stay
+    bounded whatever the data's size. The same values up to float rounding."""
+    rows = np.repeat(np.arange(likes.shape[0]), np.diff(likes.indptr))
+    if likes.shape[0] * likes.shape[1] <= DENSE_DOTS * max(likes.nnz, 1):
+        return (v @ y.T)[rows, likes.indices]
+    out = np.empty(likes.nnz, np.result_type(v, y))
+    for lo in range(0, likes.nnz, GATHER_LIKES):
+        hi = min(lo + GATHER_LIKES, likes.nnz)
+        out[lo:hi] = np.einsum("nf,nf->n", v[rows[lo:hi]], y[likes.indices[lo:hi]])
+    return out
+
+
 def cg_sweep(
-    x: np.ndarray, y: np.ndarray, likes: sp.csr_matrix, reg: float, alpha: float, steps: int
+    likes: sp.csr_matrix,
+    x: np.ndarray,
+    *,
+    y: np.ndarray,
+    gram: np.ndarray,
+    alpha: float,
+    steps: int,
 ) -> np.ndarray:
     """`steps` conjugate-gradient steps on every row's normal equations, from `x`.
 
-    Row u solves (Y^T Y + reg I + alpha * sum_{i in likes_u} y_i y_i^T) x = (1 + alpha) *
-    sum y_i. The per-like term is applied as `likes_u (alpha * (Y x_u))` over the likes only.
+    Row u solves (gram + alpha * sum_{i in likes_u} y_i y_i^T) x = (1 + alpha) * sum y_i,
+    gram = `ridge_gram(y, reg)`. The per-like term is applied as `likes_u (alpha * (Y x_u))`
+    over the likes only. Rows are independent, so a block of rows (`Engine.map_rows`) gets
+    the rows the whole matrix would.
     """
-    gram = y.T @ y + reg * np.eye(y.shape[1], dtype=y.dtype)
-    rows = np.repeat(np.arange(likes.shape[0]), np.diff(likes.indptr))
-    cols = likes.indices
-    # Each like's dot product: gathered row by row, or, where the like matrix is dense
-    # enough (small data), read off the full product, one matrix multiply (BLAS) instead
-    # of two gathers and a row-wise sum; the same values up to float rounding.
-    dense = likes.shape[0] * likes.shape[1] <= DENSE_DOTS * max(likes.nnz, 1)
 
     def apply(v: np.ndarray) -> np.ndarray:
-        dots = (v @ y.T)[rows, cols] if dense else np.einsum("nf,nf->n", v[rows], y[cols])
-        weighted = sp.csr_matrix(((dots * alpha).astype(v.dtype), cols, likes.indptr), likes.shape)
+        dots = like_dots(v, y, likes)
+        weighted = sp.csr_matrix(
+            ((dots * alpha).astype(v.dtype), likes.indices, likes.indptr), likes.shape
+        )
         return v @ gram + weighted @ y
 
     b = (1.0 + alpha) * (likes @ y)
@@ -125,13 +153,12 @@ def cg_sweep(
 
 
 def exact_users(
-    y: np.ndarray, likes: sp.csr_matrix, reg: float, alpha: float, block: int = 256
+    likes: sp.csr_matrix, *, y: np.ndarray, gram: np.ndarray, alpha: float, block: int = 256
 ) -> np.ndarray:
-    """Every user's exact ridge solve given the item factors (float64, blocks of users):
-    the step serving repeats per request (`MFSource.user_vector`), so the lists offline
-    and served are the same."""
+    """Every user's exact ridge solve given the item factors (float64, `gram` =
+    `ridge_gram` of them, blocks of users): the step serving repeats per request
+    (`MFSource.user_vector`), so the lists offline and served are the same."""
     yd = y.astype(np.float64)
-    gram = yd.T @ yd + reg * np.eye(y.shape[1])
     out = np.zeros((likes.shape[0], y.shape[1]), np.float64)
     for lo in range(0, likes.shape[0], block):
         hi = min(lo + block, likes.shape[0])
@@ -158,16 +185,24 @@ class IALS:
         self.reg_trials: dict[float, float] = {}
 
     def _solve(
-        self, likes: sp.csr_matrix, factors: int, reg: float, iterations: int
+        self, likes: sp.csr_matrix, factors: int, reg: float, iterations: int, exact: bool
     ) -> tuple[np.ndarray, ...]:
+        """`iterations` sweeps of both sides, each over the engine's row blocks (users,
+        then items); with `exact`, the users' final step is the exact solve."""
         cfg = self.config
-        by_item = likes.T.tocsr()
+        engine = compute.current()
+        by_user = engine.split_rows(likes)
+        by_item = engine.split_rows(likes.T.tocsr())
         rng = np.random.default_rng(cfg.seed)
         x = rng.normal(0, 0.01, (likes.shape[0], factors)).astype(np.float32)
         y = rng.normal(0, 0.01, (likes.shape[1], factors)).astype(np.float32)
+        steps = {"alpha": cfg.alpha, "steps": cfg.cg_steps}
         for _ in range(iterations):
-            x = cg_sweep(x, y, likes, reg, cfg.alpha, cfg.cg_steps)
-            y = cg_sweep(y, x, by_item, reg, cfg.alpha, cfg.cg_steps)
+            x = engine.map_rows(cg_sweep, by_user, x, y=y, gram=ridge_gram(y, reg), **steps)
+            y = engine.map_rows(cg_sweep, by_item, y, y=x, gram=ridge_gram(x, reg), **steps)
+        if exact:
+            gram = ridge_gram(y.astype(np.float64), reg)
+            x = engine.map_rows(exact_users, by_user, y=y, gram=gram, alpha=cfg.alpha)
         return x, y
 
     def fit(self, data: Interactions) -> FitReport:
@@ -185,14 +220,15 @@ class IALS:
 
                 def score(i: int) -> float:
                     if REG_GRID[i] not in self.reg_trials:
-                        x, y = self._solve(keep, factors, REG_GRID[i], cfg.search_iterations)
+                        x, y = self._solve(
+                            keep, factors, REG_GRID[i], cfg.search_iterations, exact=False
+                        )
                         self.reg_trials[REG_GRID[i]] = held_out_ndcg(x, y, keep, test)
                         advance()
                     return self.reg_trials[REG_GRID[i]]
 
                 reg = REG_GRID[climb(score, len(REG_GRID), len(REG_GRID) // 2)]
-            x, y = self._solve(likes, factors, reg, cfg.iterations)
-            x = exact_users(y, likes, reg, cfg.alpha)
+            x, y = self._solve(likes, factors, reg, cfg.iterations, exact=True)
             advance()
         # what ran, so that a refit (or the bench's print) repeats it without a search
         self.config = replace(cfg, factors=factors, regularization=reg)
@@ -217,8 +253,7 @@ class MFSource:
 
     @classmethod
     def of(cls, model: IALS) -> MFSource:
-        y = model.item_factors.astype(np.float64)
-        gram = y.T @ y + model.config.regularization * np.eye(y.shape[1])
+        gram = ridge_gram(model.item_factors.astype(np.float64), model.config.regularization)
         return cls(model.item_factors, gram, float(model.config.alpha))
 
     def user_vector(

@@ -55,6 +55,10 @@ from shortlist.training.tuning import SPACES, tune, untuned
 
 Progress = Callable[[str], None]
 
+# Users per part of the precomputed shortlists: each part's per-source lists (users x depth
+# per source) stay bounded whatever the user count, and on Dask the parts are the tasks.
+PRECOMPUTE_USERS = 16_384
+
 
 @dataclass
 class TrainConfig:
@@ -312,13 +316,29 @@ def fused_precomputed(
     sources: Sources, fusion: Any, history: sp.csr_matrix, seen: sp.csr_matrix, width: int
 ) -> PrecomputedShortlists:
     """Every user's fused top-`width` (each source's top `fusion.depth`, as served) with
-    the sources that proposed each item."""
-    users = np.arange(history.shape[0])
-    lists = source_lists(sources, history, users, fusion.depth, seen)
-    fused = fused_lists(lists, fusion, width)
-    return PrecomputedShortlists(
-        fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
+    the sources that proposed each item, PRECOMPUTE_USERS users at a time on the training
+    engine (on Dask, the parts on the workers)."""
+    n_users = history.shape[0]
+    parts = np.array_split(np.arange(n_users), max(1, -(-n_users // PRECOMPUTE_USERS)))
+    done = compute.current().map(
+        fused_part, parts, sources=sources, fusion=fusion, history=history, seen=seen, width=width
     )
+    items, scores, bits = (np.concatenate([d[k] for d in done]) for k in range(3))
+    return PrecomputedShortlists(items, scores, bits, done[0][3])
+
+
+def fused_part(
+    users: np.ndarray,
+    *,
+    sources: Sources,
+    fusion: Any,
+    history: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """`users`' fused (items, scores, source bits) and the sources' names, in bit order."""
+    fused = fused_lists(source_lists(sources, history, users, fusion.depth, seen), fusion, width)
+    return fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
 
 
 def label_kind(data: Interactions, labels: str) -> str:

@@ -1,6 +1,7 @@
 """`shortlist train --engine dask`: the same pipeline on a Dask LocalCluster of two worker
-processes (SVD in row blocks, the item-kNN table per block, DaskLGBMRanker, Parquet through
-dask.dataframe) serves a bundle of the same quality as the in-process path."""
+processes (SVD in row blocks, the weighted MF's sweeps and the item-kNN table per block,
+DaskLGBMRanker, Parquet through dask.dataframe) serves a bundle of the same quality as the
+in-process path."""
 
 from __future__ import annotations
 
@@ -12,9 +13,14 @@ from shortlist.compute import InProcess, engine_for, using
 from shortlist.data.events import load_events
 from shortlist.data.synthetic import generate, write_events
 from shortlist.evaluation.gate import recent_slice, served_metrics
+from shortlist.models import registry
+from shortlist.models.ials import IALS, IALSConfig
 from shortlist.models.item_item import knn_table
 from shortlist.models.spectral import randomized_svd
+from shortlist.retrieval.fusion import FusionConfig
+from shortlist.training import pipeline
 from shortlist.training.pipeline import TrainConfig, train_bundle
+from shortlist.training.sources import fit_sources
 
 # seconds on a quiet host; the timeout leaves room for a loaded shared one
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -89,6 +95,47 @@ def test_the_item_knn_table_is_the_same_on_dask(dask_engine):
         remote = knn_table(x, neighbours=20, shrink=10.0, block=256)
     assert local.nnz > 0 and local.nnz == remote.nnz
     assert abs(local - remote).max() < 1e-5
+
+
+def test_the_weighted_mf_is_the_same_on_dask(dask_engine):
+    """Its sweeps run per row block where the blocks live (two blocks here, one per worker):
+    the rows are independent, so the factors are those of the whole-matrix solve."""
+    data = generate(n_users=600, n_items=300, likes_per_user=20, seed=5)
+    fits = []
+    for engine in (InProcess(), dask_engine):
+        model = IALS(IALSConfig(factors=16, iterations=4))  # regularization searched
+        with using(engine):
+            model.fit(data)
+        fits.append(model)
+    local, remote = fits
+    assert len(dask_engine.split_rows(data.positives).blocks) == 2
+    assert local.config.regularization == remote.config.regularization
+    assert local.reg_trials == pytest.approx(remote.reg_trials, rel=1e-4)
+    assert np.abs(local.item_factors).max() > 1e-3  # a real fit
+    np.testing.assert_allclose(remote.item_factors, local.item_factors, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(remote.user_factors, local.user_factors, rtol=1e-3, atol=1e-5)
+
+
+def test_the_precomputed_shortlists_are_the_same_on_dask(dask_engine, monkeypatch):
+    """Every user's fused shortlist, in parts of users run as tasks on the workers (the
+    fitted sources broadcast to them), is the in-process one."""
+    data = generate(n_users=600, n_items=300, likes_per_user=20, dislikes_per_user=4, seed=6)
+    primary = registry.build("spectral", {"rank": 24, "ideal_rank": 8})
+    primary.fit(data)
+    sources = fit_sources(data, "spectral", primary, {}, {"factors": 8, "regularization": 2.0})
+    fusion = FusionConfig({"spectral": 1.0, "item-item": 0.5, "ials": 0.5}, primary="spectral")
+    seen = (data.positives + data.negatives).tocsr()
+    monkeypatch.setattr(pipeline, "PRECOMPUTE_USERS", 100)  # six tasks
+    lists = []
+    for engine in (InProcess(), dask_engine):
+        with using(engine):
+            lists.append(pipeline.fused_precomputed(sources, fusion, data.positives, seen, 50))
+    local, remote = lists
+    assert local.items.shape == remote.items.shape == (600, 50)
+    assert remote.source_names == local.source_names == ("spectral", "item-item", "ials")
+    np.testing.assert_array_equal(remote.items, local.items)
+    np.testing.assert_allclose(remote.scores, local.scores, rtol=1e-6)
+    np.testing.assert_array_equal(remote.sources, local.sources)
 
 
 @pytest.mark.parametrize("busy", [False, True])

@@ -12,8 +12,16 @@ from shortlist.data.synthetic import generate
 from shortlist.evaluation.metrics import evaluate
 from shortlist.evaluation.protocols import random_scores_baseline
 from shortlist.feedback.vectors import NO_SHORT_TERM, SHORT_TERM
-from shortlist.models import registry
-from shortlist.models.ials import REG_GRID, MFSource, cg_sweep, climb, recency_confidence
+from shortlist.models import ials, registry
+from shortlist.models.ials import (
+    REG_GRID,
+    MFSource,
+    cg_sweep,
+    climb,
+    like_dots,
+    recency_confidence,
+    ridge_gram,
+)
 from shortlist.models.topk import model_top_k
 
 
@@ -22,12 +30,26 @@ def test_cg_reaches_the_closed_form_ridge_solve():
     y = rng.normal(size=(12, 4))
     likes = sp.csr_matrix((rng.random((5, 12)) < 0.3).astype(np.float64))
     reg, alpha = 0.5, 3.0
-    x = cg_sweep(np.zeros((5, 4)), y, likes, reg, alpha, steps=20)
+    x = cg_sweep(likes, np.zeros((5, 4)), y=y, gram=ridge_gram(y, reg), alpha=alpha, steps=20)
     for u in range(5):
         liked = y[likes[u].indices]
         a = y.T @ y + reg * np.eye(4) + alpha * liked.T @ liked
         expected = np.linalg.solve(a, (1 + alpha) * liked.sum(axis=0))
         np.testing.assert_allclose(x[u], expected, rtol=1e-6, atol=1e-8)
+
+
+def test_like_dots_gathered_in_chunks_equal_the_full_product(monkeypatch):
+    rng = np.random.default_rng(1)
+    likes = sp.random(300, 2000, density=0.004, format="csr", random_state=rng)
+    v, y = rng.normal(size=(300, 8)), rng.normal(size=(2000, 8))
+    rows = np.repeat(np.arange(300), np.diff(likes.indptr))
+    expected = (v @ y.T)[rows, likes.indices]
+    monkeypatch.setattr(ials, "DENSE_DOTS", 0)  # the gathered path
+    monkeypatch.setattr(ials, "GATHER_LIKES", 7)  # many chunks, the last one partial
+    assert likes.nnz % 7 and likes.nnz > 100
+    np.testing.assert_allclose(like_dots(v, y, likes), expected, rtol=1e-10)
+    monkeypatch.setattr(ials, "DENSE_DOTS", 10**9)  # the full product
+    np.testing.assert_allclose(like_dots(v, y, likes), expected, rtol=1e-10)
 
 
 @pytest.fixture(scope="module")
