@@ -5,8 +5,8 @@ Every like has confidence 1 + alpha, every other (user, item) pair confidence 1 
 done for all users (then all items) at once by a few conjugate-gradient steps warm-started
 from the previous sweep (Takacs, Pilaszy and Tikk 2011), as `implicit`'s ALS does. The
 whole solve is vectorised over users with one sparse product per step, so it needs only
-numpy and scipy; each side's sweep runs per row block on the training engine (on Dask, where
-the blocks live) (the `implicit` package stays a bench-only peer). The result is a
+numpy and scipy (the `implicit` package stays a bench-only peer); each side's sweep runs per
+row block on the training engine (on Dask, where the blocks live). The result is a
 dot-product model: FAISS serves it, and the ridge fold-in of new likes is its own
 user step.
 

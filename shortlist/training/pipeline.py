@@ -190,7 +190,7 @@ def train_bundle(
     foldin = calibrate_targets(model.user_factors, model.item_factors, coo.row, coo.col)
     sources = None
     if fusion is not None:
-        say("training the item-item source on all likes")
+        say("training the fused sources (item-item, weighted MF) on all likes")
         sources = fit_sources(
             data,
             cfg.model,
@@ -302,7 +302,7 @@ def fused_candidates(
     (the vector model's own shortlist)."""
     if not cfg.fusion:
         return None, None, None, None
-    say("training the item-item source on the fit part")
+    say("training the fused sources (item-item, weighted MF) on the fit part")
     sources = fit_sources(fit_data, cfg.model, fit_model, cfg.item_item_options or {}, ials_of(cfg))
     seen = ((fit_data.positives + fit_data.negatives) > 0).tocsr()
     lists = source_lists(sources, fit_data.positives, users, cfg.candidates, seen)

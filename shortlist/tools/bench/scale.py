@@ -11,7 +11,8 @@ the bundle's served NDCG@20 is measured on the held-out likes (a seeded sample o
 test users, or all of them with `test_users=0`; the same users for both engines). Each
 child also writes its per-user NDCG@20, so the parent pairs the two engines user by user:
 the Dask bundle's relative gap (mean Dask / mean in process - 1) with a 95% bootstrap
-interval over users and a paired-t one (`paired_gap`).
+interval over users and a paired-t one (`paired_gap`). Each child also records the
+pipeline's stages (`Stages`: seconds, and the driver's peak RSS after each).
 
 Peak memory: in process, the process tree's RSS; on Dask, the largest worker process's RSS
 (the driver's peak is reported beside it).
@@ -137,6 +138,33 @@ def bench_config() -> dict:
     }
 
 
+class Stages:
+    """The pipeline's progress messages as stages: each one's seconds until the next
+    message (or `close`) and the process's peak RSS when it ended (a stage that raised
+    the peak shows as the first with the higher figure). The driver's process only: on
+    Dask the workers' memory is sampled by `measured_run`."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, float, float]] = []
+
+    @staticmethod
+    def _peak_gib() -> float:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+    def __call__(self, message: str) -> None:
+        self.marks.append((message, time.perf_counter(), self._peak_gib()))
+
+    def close(self) -> list[dict]:
+        ends = [t for _, t, _ in self.marks[1:]] + [time.perf_counter()]
+        peaks = [p for _, _, p in self.marks[1:]] + [self._peak_gib()]
+        return [
+            {"stage": m, "seconds": round(end - t, 1), "peak_gib_after": round(peak, 2)}
+            for (m, t, _), end, peak in zip(self.marks, ends, peaks)
+        ]
+
+
 def per_user_path(out: Path) -> Path:
     """Where the child beside `out` writes its per-user NDCG@20 (users, ndcg)."""
     return out.with_suffix(".users.npz")
@@ -147,8 +175,8 @@ def run_one(
 ) -> None:
     """Train on `data`'s train split on `engine`, measure served NDCG@20 on its test split
     (`test_users` sampled users, 0 = all), write {"seconds", "ndcg@20", "test_users",
-    "eval_seconds"} to `out` and the per-user NDCG@20 to `per_user_path(out)` (the child
-    side of `bench_scale`)."""
+    "stages" (`Stages`), "eval_seconds"} to `out` and the per-user NDCG@20 to
+    `per_user_path(out)` (the child side of `bench_scale`)."""
     from shortlist.compute import engine_for
     from shortlist.data.loaders import load_lightgcn_dir
     from shortlist.evaluation.gate import served_per_user
@@ -157,15 +185,17 @@ def run_one(
     split = load_lightgcn_dir(data)
     history = split.train_valid()
     started = time.perf_counter()
+    stages = Stages()
     with engine_for(engine, workers=workers):
-        bundle = train_bundle(history, TrainConfig(**bench_config()))
+        bundle = train_bundle(history, TrainConfig(**bench_config()), progress=stages)
+        stage_seconds = stages.close()  # before the cluster's shutdown
     seconds = time.perf_counter() - started
     started = time.perf_counter()
     users, per_user = served_per_user(bundle, history, split.test, max_users=test_users)
     ndcg = per_user["ndcg@20"]
     np.savez(per_user_path(out), users=users, ndcg=ndcg)
     result = {"seconds": round(seconds, 1), "ndcg@20": round(float(ndcg.mean()), 4)}
-    result |= {"test_users": int(len(users))}
+    result |= {"test_users": int(len(users)), "stages": stage_seconds}
     result |= {"eval_seconds": round(time.perf_counter() - started, 1)}
     out.write_text(json.dumps(result))
 
@@ -319,6 +349,7 @@ def bench_scale(
                 row[f"{key}_test_users"] = m.result.get("test_users") if done else None
                 row[f"{key}_eval_seconds"] = m.result.get("eval_seconds") if done else None
                 row[f"{key}_stopped"] = m.stopped or None
+                row[f"{key}_stages"] = m.result.get("stages") if done else None
                 if keep is not None and done and per_user_path(out).exists():
                     keep.mkdir(parents=True, exist_ok=True)
                     shutil.copy(per_user_path(out), keep / per_user_path(out).name)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from shortlist.compute import InProcess, engine_for
+from shortlist.tools.bench import scale
 from shortlist.tools.bench.scale import Shape, generate_scaled, measured_run, paired_gap
 
 
@@ -40,6 +41,21 @@ def test_a_run_within_its_caps_reports_its_result(tmp_path):
     ok = "import sys; open(sys.argv[1], 'w').write('{\"seconds\": 1.5, \"ndcg@20\": 0.25}')"
     m = measured_run([sys.executable, "-c", ok, str(out)], out, time_cap=120, mem_cap_gib=4)
     assert m.stopped == "" and m.result == {"seconds": 1.5, "ndcg@20": 0.25}
+
+
+def test_stages_time_each_progress_message_until_the_next(monkeypatch):
+    clock = iter([10.0, 12.5, 20.0, 21.0])
+    monkeypatch.setattr(scale.time, "perf_counter", lambda: next(clock))
+    peaks = iter([1.0, 1.5, 3.0, 3.25])
+    monkeypatch.setattr(scale.Stages, "_peak_gib", staticmethod(lambda: next(peaks)))
+    stages = scale.Stages()
+    for message in ("split", "fit", "precompute"):
+        stages(message)
+    assert stages.close() == [
+        {"stage": "split", "seconds": 2.5, "peak_gib_after": 1.5},
+        {"stage": "fit", "seconds": 7.5, "peak_gib_after": 3.0},
+        {"stage": "precompute", "seconds": 1.0, "peak_gib_after": 3.25},
+    ]
 
 
 def test_an_unknown_engine_or_a_stray_scheduler_is_refused():
