@@ -124,18 +124,78 @@ def fuse(lists: Mapping[str, np.ndarray], config: FusionConfig, n: int) -> Fused
     return Fused(out, out_scores, ranks)
 
 
+class FusionGrid:
+    """The same lists fused under many weightings, for the weight search: each row's
+    candidates (the union of its sources' items, in item order) and every source's
+    reciprocal-rank term laid out once as rows x candidates arrays, so a weighting's top
+    `n` is a weighted sum and a stable sort per row (`fuse` sorts all the lists' entries
+    again each time). Its tops equal `fuse`'s: the terms are summed in the weights' order
+    as `fuse`'s bincount sums them, and equal scores go in item order."""
+
+    def __init__(self, lists: Mapping[str, np.ndarray]) -> None:
+        names = list(lists)
+        n_rows = lists[names[0]].shape[0]
+        n_items = max(1, 1 + max(int(v.max(initial=-1)) for v in lists.values()))
+        keys, ranks = [], []
+        for s in names:
+            rows, r = np.nonzero(lists[s] >= 0)
+            keys.append(rows.astype(np.int64) * n_items + lists[s][rows, r])
+            ranks.append(r)
+        uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        rows = uniq // n_items
+        place = np.arange(len(uniq)) - np.searchsorted(rows, rows)
+        width = int(place.max(initial=-1)) + 1
+        self.items = np.full((n_rows, width), -1, np.int64)
+        self.items[rows, place] = uniq % n_items
+        self.ranks: dict[str, np.ndarray] = {}
+        bounds = np.cumsum([0] + [len(k) for k in keys])
+        for s, lo, hi, r in zip(names, bounds[:-1], bounds[1:], ranks):
+            at = inverse.ravel()[lo:hi]
+            self.ranks[s] = np.full((n_rows, width), -1, np.int64)
+            self.ranks[s][rows[at], place[at]] = r
+
+    def top(self, config: FusionConfig, n: int) -> np.ndarray:
+        """`fuse(lists, config, n).items`."""
+        used = [s for s in config.used if s in self.ranks]
+        score = np.zeros(self.items.shape)
+        proposed = np.zeros(self.items.shape, bool)
+        for s in used:
+            has = self.ranks[s] >= 0
+            score += np.where(has, config.weights[s] / (config.k + self.ranks[s] + 1.0), 0.0)
+            proposed |= has
+        score[~proposed] = -np.inf
+        out = np.full((len(score), n), -1, np.int64)
+        if not score.size:
+            return out
+        # Only the entries at or above each row's n-th best score can be in its top n (ties
+        # at that score included): those few are sorted by score, then candidate order.
+        cut = min(n, score.shape[1])
+        nth = np.partition(score, score.shape[1] - cut, axis=1)[:, score.shape[1] - cut]
+        rows, cols = np.nonzero((score >= nth[:, None]) & proposed)
+        order = np.lexsort((cols, -score[rows, cols], rows))
+        rows, cols = rows[order], cols[order]
+        place = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        keep = place < n
+        out[rows[keep], place[keep]] = self.items[rows[keep], cols[keep]]
+        return out
+
+
 def ndcg20(top: np.ndarray, labels: sp.csr_matrix, rows: np.ndarray) -> float:
-    """Mean NDCG@20 of `top` (one row per user of `rows`) against the users' `labels`."""
+    """Mean NDCG@20 of `top` (one row per user of `rows`) against the users' `labels`,
+    over the users with labels."""
+    sub = labels.tocsr()[np.asarray(rows, np.int64)]
+    counts = np.diff(sub.indptr)
+    top = np.asarray(top)[:, :20]
+    width = max(int(sub.shape[1]), int(top.max(initial=-1)) + 1, 1)
+    label_keys = np.repeat(np.arange(sub.shape[0]), counts).astype(np.int64) * width
+    label_keys += sub.indices
+    top_keys = np.arange(len(top))[:, None].astype(np.int64) * width + top
+    hits = np.isin(top_keys, label_keys) & (top >= 0)
     disc = 1.0 / np.log2(np.arange(2, 22))
-    total, count = 0.0, 0
-    for r, u in enumerate(rows):
-        rel = labels.indices[labels.indptr[u] : labels.indptr[u + 1]]
-        if not len(rel):
-            continue
-        hits = np.isin(top[r, :20], rel)
-        total += float((hits * disc[: hits.shape[0]]).sum() / disc[: min(20, len(rel))].sum())
-        count += 1
-    return total / max(count, 1)
+    ideal = np.concatenate([[0.0], np.cumsum(disc)])[np.minimum(counts, 20)]
+    has = counts > 0
+    dcg = (hits * disc[: hits.shape[1]]).sum(axis=1)
+    return float((dcg[has] / ideal[has]).sum() / max(int(has.sum()), 1))
 
 
 def choose_fusion(
@@ -155,7 +215,7 @@ def choose_fusion(
     rows = np.arange(len(users))
     if len(rows) > CHOICE_USERS:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), CHOICE_USERS, replace=False))
-    sub = {s: v[rows] for s, v in lists.items()}
+    grid_lists = FusionGrid({s: v[rows] for s, v in lists.items()})
     others = sorted(s for s in lists if s != primary)
     best, best_score, trials = None, -1.0, []
     # CPU seconds of this process, as the tuner's budget: a busy host gets the same choice
@@ -165,7 +225,7 @@ def choose_fusion(
         if trials and time.process_time() - start > budget_s:
             break
         cfg = FusionConfig({primary: 1.0, **dict(zip(others, ws))}, k, primary, depth)
-        score = ndcg20(fuse(sub, cfg, 20).items, labels, users[rows])
+        score = ndcg20(grid_lists.top(cfg, 20), labels, users[rows])
         trials.append({"weights": cfg.weights, "k": k, "ndcg@20": round(score, 5)})
         if score > best_score + 1e-12:
             best, best_score = cfg, score

@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shortlist.retrieval.fusion import (
     FusionConfig,
+    FusionGrid,
     choose_fusion,
     fuse,
     item_item_scores,
+    ndcg20,
 )
 
 
@@ -99,3 +103,38 @@ def test_precomputed_rows_name_each_items_sources():
     items, _ = pre.take(0, 3, np.array([40]))
     assert items.tolist() == [20, 10, 30]
     assert pre.sources_of(0, items) == [("a", "b"), ("a",), ("a",)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    weights=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0]), min_size=3, max_size=3),
+    k=st.sampled_from([10.0, 60.0]),
+    n=st.integers(1, 25),
+)
+def test_the_weight_search_grid_tops_are_fuses_tops(seed, weights, k, n):
+    """Lists with padding, items shared between sources and ties in the fused score (equal
+    ranks in two sources weighted alike): the grid's top n is fuse's, item for item."""
+    rng = np.random.default_rng(seed)
+    lists = {}
+    for s in ("a", "b", "c", "d"):
+        width = int(rng.integers(1, 12))
+        rows = [rng.permutation(30)[:width] for _ in range(7)]
+        block = np.stack(rows)
+        block[rng.random(block.shape) < 0.2] = -1  # padding (and holes the grid must skip)
+        lists[s] = np.sort(block, axis=1)[:, ::-1] if s == "d" else block
+    config = FusionConfig({"a": 1.0, **dict(zip("bcd", weights))}, k, "a")
+    np.testing.assert_array_equal(FusionGrid(lists).top(config, n), fuse(lists, config, n).items)
+
+
+def test_ndcg20_matches_a_hand_computed_case():
+    # user 0: labels {3, 5}, top [5, 1, 3]: hits at ranks 1 and 3
+    # user 1: no labels, left out of the mean; user 2: label {7}, top [-1, 7, ...]: rank 2
+    labels = sp.csr_matrix((np.ones(3), ([0, 0, 2], [3, 5, 7])), shape=(3, 10), dtype=np.float32)
+    top = np.array([[5, 1, 3], [2, 3, 4], [-1, 7, 0]])
+    d = 1.0 / np.log2(np.arange(2, 5))
+    user0 = (d[0] + d[2]) / (d[0] + d[1])
+    user2 = d[1] / d[0]
+    assert ndcg20(top, labels, np.arange(3)) == pytest.approx((user0 + user2) / 2, rel=1e-12)
+    # rows pick the users: the same lists for users 2 and 0 only
+    assert ndcg20(top[[2, 0]], labels, np.array([2, 0])) == pytest.approx((user0 + user2) / 2)
