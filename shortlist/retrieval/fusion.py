@@ -127,10 +127,10 @@ def fuse(lists: Mapping[str, np.ndarray], config: FusionConfig, n: int) -> Fused
 class FusionGrid:
     """The same lists fused under many weightings, for the weight search: each row's
     candidates (the union of its sources' items, in item order) and every source's
-    reciprocal-rank term laid out once as rows x candidates arrays, so a weighting's top
-    `n` is a weighted sum and a stable sort per row (`fuse` sorts all the lists' entries
-    again each time). Its tops equal `fuse`'s: the terms are summed in the weights' order
-    as `fuse`'s bincount sums them, and equal scores go in item order."""
+    rank laid out once as rows x candidates arrays, so a weighting's top `n` is a weighted
+    sum and a partial sort per row (`fuse` sorts all the lists' entries again each time).
+    Its tops equal `fuse`'s: the terms are summed in the weights' order as `fuse`'s
+    bincount sums them, and equal scores go in item order."""
 
     def __init__(self, lists: Mapping[str, np.ndarray]) -> None:
         names = list(lists)
