@@ -146,16 +146,18 @@ class DaskEngine:
         ]
         return np.asarray(da.stack(parts).sum(axis=0, split_every=4).compute())
 
+    def _broadcast(self, shared: dict[str, Any]) -> dict[str, Any]:
+        """Each value on every worker, under a fresh key: a repeated call hashing an equal
+        value (a float) to the same key races the release of the previous call's copy
+        ("lost dependencies")."""
+        return {k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+
     def map_rows(
         self, fn: Callable[..., np.ndarray], rows: DaskRows, *arrays: np.ndarray, **shared: Any
     ) -> np.ndarray:
         """fn(block, *arrays' rows of that block, **shared) on the worker holding each block
-        (the arrays' slices scattered there, `shared` broadcast once); stacked by rows.
-        Scattered under fresh keys: a repeated call hashing the same value (a float) to the
-        same key would race the release of the previous call's."""
-        scattered = {
-            k: self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()
-        }
+        (the arrays' slices scattered there, `shared` broadcast once); stacked by rows."""
+        scattered = self._broadcast(shared)
         holders = self.client.who_has(rows.blocks)
         bounds = np.concatenate([[0], np.cumsum(rows.sizes)])
         futures, pieces = [], []  # the pieces held until the results are in
@@ -166,7 +168,7 @@ class DaskEngine:
         return np.concatenate(self.client.gather(futures), axis=0)
 
     def map(self, fn: Callable[..., Any], parts: Sequence[Any], **shared: Any) -> list[Any]:
-        scattered = {k: self.client.scatter(v, broadcast=True) for k, v in shared.items()}
+        scattered = self._broadcast(shared)
         futures = self.client.map(fn, list(parts), pure=False, **scattered)
         wait(futures)
         return self.client.gather(futures)
