@@ -96,12 +96,17 @@ def ridge_gram(y: np.ndarray, reg: float) -> np.ndarray:
     return y.T @ y + reg * np.eye(y.shape[1], dtype=y.dtype)
 
 
-def like_dots(v: np.ndarray, y: np.ndarray, likes: sp.csr_matrix) -> np.ndarray:
+def like_rows(likes: sp.csr_matrix) -> np.ndarray:
+    """Each like's row index, in the like matrix's order."""
+    return np.repeat(np.arange(likes.shape[0]), np.diff(likes.indptr))
+
+
+def like_dots(v: np.ndarray, y: np.ndarray, likes: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     """v_u . y_i for every like (u, i), in the like matrix's order. Where the matrix is
     dense enough (small data) they are read off the full product, one BLAS multiply;
     else gathered GATHER_LIKES likes at a time, so the two likes x factors gathers stay
-    bounded whatever the data's size. The same values up to float rounding."""
-    rows = np.repeat(np.arange(likes.shape[0]), np.diff(likes.indptr))
+    bounded whatever the data's size. The same values up to float rounding. `rows`:
+    `like_rows(likes)`, computed once per sweep."""
     if likes.shape[0] * likes.shape[1] <= DENSE_DOTS * max(likes.nnz, 1):
         return (v @ y.T)[rows, likes.indices]
     out = np.empty(likes.nnz, np.result_type(v, y))
@@ -128,8 +133,10 @@ def cg_sweep(
     the rows the whole matrix would.
     """
 
+    rows = like_rows(likes)
+
     def apply(v: np.ndarray) -> np.ndarray:
-        dots = like_dots(v, y, likes)
+        dots = like_dots(v, y, likes, rows)
         weighted = sp.csr_matrix(
             ((dots * alpha).astype(v.dtype), likes.indices, likes.indptr), likes.shape
         )

@@ -47,9 +47,9 @@ def test_like_dots_gathered_in_chunks_equal_the_full_product(monkeypatch):
     monkeypatch.setattr(ials, "DENSE_DOTS", 0)  # the gathered path
     monkeypatch.setattr(ials, "GATHER_LIKES", 7)  # many chunks, the last one partial
     assert likes.nnz % 7 and likes.nnz > 100
-    np.testing.assert_allclose(like_dots(v, y, likes), expected, rtol=1e-10)
+    np.testing.assert_allclose(like_dots(v, y, likes, rows), expected, rtol=1e-10)
     monkeypatch.setattr(ials, "DENSE_DOTS", 10**9)  # the full product
-    np.testing.assert_allclose(like_dots(v, y, likes), expected, rtol=1e-10)
+    np.testing.assert_allclose(like_dots(v, y, likes, rows), expected, rtol=1e-10)
 
 
 @pytest.fixture(scope="module")
