@@ -146,10 +146,14 @@ def has_data(result: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def traffic(ab_stack, bundle):
-    """Recommend (10% unknown users) and SendFeedback (20%) at 80/s in the background."""
+    """Recommend (10% unknown users) and SendFeedback (20%) at 40/s in the background.
+
+    The subject is what Prometheus scrapes, not capacity (`make bench-serving` measures that):
+    the rate leaves room for this process to share a slow 2-core host with the other test
+    process, which is training bundles for the whole-stack tests at about this time."""
     config = loadtest.LoadConfig(
         target=ab_stack.gateway_target,
-        rate=80,
+        rate=40,
         duration_s=15,
         warmup_s=0,
         users=bundle.users.to_list(),
@@ -164,7 +168,8 @@ def traffic(ab_stack, bundle):
     thread.join(60)
     assert results, "the load generator did not finish"
     summary = results[0].summary
-    assert summary["errors"] == {}, summary["errors"]
+    # on failure: the whole summary (latency, feedback errors, load) and the per-second series
+    assert summary["errors"] == {}, (summary, loadtest.per_second(results[0]))
 
 
 def test_every_dashboard_panel_query_returns_data_under_traffic(prometheus, traffic):
