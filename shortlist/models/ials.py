@@ -263,18 +263,13 @@ class MFSource:
         gram = ridge_gram(model.item_factors.astype(np.float64), model.config.regularization)
         return cls(model.item_factors, gram, float(model.config.alpha))
 
-    def user_vector(
-        self,
-        history: np.ndarray,
-        recent: np.ndarray | None = None,
-        boost: RecencyBoost | None = None,
-    ) -> np.ndarray:
+    def user_vector(self, history: np.ndarray, conf: np.ndarray | None = None) -> np.ndarray:
         """The user step of the fit for one user with likes `history` (item indices). With
-        `recent` (the user's newest likes, newest first) and `boost`, those likes weigh more
-        (`recency_confidence`): the step a user with live likes is served with."""
+        `conf` (each like's multiplier, `recency_confidence`: a user's newest likes weigh
+        more), the step a user with live likes is served with."""
         history = np.asarray(history, np.int64)
         y = self.item_factors[history].astype(np.float64)
-        conf = recency_confidence(history, recent, boost)
+        conf = np.ones(len(history)) if conf is None else conf
         weights = 1.0 + self.alpha * conf
         if self.alpha > 0 and 0 < len(history) <= WOODBURY_SHARE * y.shape[1]:
             # (G + Y^T C Y)^-1 b = P b - (Y P)^T (C^-1 + Y P Y^T)^-1 Y P b, P = G^-1: one
@@ -288,17 +283,12 @@ class MFSource:
         return sl.solve(a, weights @ y, assume_a="pos", check_finite=False).astype(np.float32)
 
     def top(
-        self,
-        history: np.ndarray,
-        exclude: np.ndarray,
-        n: int,
-        recent: np.ndarray | None = None,
-        boost: RecencyBoost | None = None,
+        self, history: np.ndarray, exclude: np.ndarray, n: int, conf: np.ndarray | None = None
     ) -> np.ndarray:
         """The user's best `n` items, `exclude` left out, ties in item order."""
         if not len(history):
             return np.zeros(0, np.int64)
-        scores = self.item_factors @ self.user_vector(history, recent, boost)
+        scores = self.item_factors @ self.user_vector(history, conf)
         scores[np.asarray(exclude, np.int64)] = -np.inf
         n = min(n, int(np.isfinite(scores).sum()))
         part = np.argpartition(-scores, n - 1)[:n] if n else np.zeros(0, np.int64)

@@ -263,17 +263,18 @@ def fused_shortlist(
     primary = fusion.primary
     depth = fusion.depth
     lists = {primary: found.items[:depth]}
+    # each like's weight in both sources' sums, once per request
+    conf = recency_confidence(history, recent, short_term) if recent is not None else None
     if fusion.weights.get("item-item", 0) > 0:
-        weights = recency_confidence(history, recent, short_term) if recent is not None else None
         table = bundle.item_item
-        lists["item-item"] = item_item_scores(table, history, exclude, depth, weights)[0]
+        lists["item-item"] = item_item_scores(table, history, exclude, depth, conf)[0]
     mf = getattr(bundle, "ials", None)
     if fusion.weights.get("ials", 0) > 0 and mf is not None:
         index = getattr(bundle, "ials_index", None)
         if index is None or not len(history):
-            lists["ials"] = mf.top(history, exclude, depth, recent, short_term)
+            lists["ials"] = mf.top(history, exclude, depth, conf)
         else:
-            vector = mf.user_vector(history, recent, short_term)
+            vector = mf.user_vector(history, conf)
             lists["ials"] = search(index, vector, depth, exclude)[0].astype(np.int64)
     if fusion.weights.get("popularity", 0) > 0:
         lists["popularity"] = bundle.popular_items(depth, exclude)

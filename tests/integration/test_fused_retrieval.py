@@ -38,7 +38,7 @@ def by_hand(
     table = bundle.item_item
     lists["item-item"] = item_item_scores(table, history, exclude, depth, weights)[0]
     if bundle.fusion.weights.get("ials", 0) > 0:
-        lists["ials"] = bundle.ials.top(history, exclude, depth, recent, SHORT_TERM)
+        lists["ials"] = bundle.ials.top(history, exclude, depth, weights)
     lists["popularity"] = bundle.popular_items(depth, exclude)
     width = max(len(v) for v in lists.values())
     rows = {s: np.pad(v, (0, width - len(v)), constant_values=-1)[None] for s, v in lists.items()}

@@ -144,7 +144,7 @@ def test_the_served_user_step_turns_to_the_newest_likes(planted, fitted):
     fresh = fresh[~np.isin(fresh, train[user].indices)][:4]
     history = np.union1d(train[user].indices, fresh)
     plain = source.top(history, history, 10)
-    turned = source.top(history, history, 10, fresh[::-1], SHORT_TERM)
+    turned = source.top(history, history, 10, recency_confidence(history, fresh[::-1], SHORT_TERM))
     assert (
         np.isin(turned, np.flatnonzero(topics == new)).sum()
         > np.isin(plain, np.flatnonzero(topics == new)).sum()
@@ -164,5 +164,5 @@ def test_the_served_user_step_is_the_exact_ridge_solve_short_or_long(likes):
     yh = y[history].astype(np.float64)
     a = gram + 10.0 * (yh * conf[:, None]).T @ yh
     expected = np.linalg.solve(a, (1.0 + 10.0 * conf) @ yh)
-    served = source.user_vector(history, history[::-1][:3], SHORT_TERM)
+    served = source.user_vector(history, conf)
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
