@@ -90,47 +90,14 @@ def fuse(lists: Mapping[str, np.ndarray], config: FusionConfig, n: int) -> Fused
     used = [s for s in config.used if s in lists]
     if not used:
         raise ValueError(f"no source to fuse: weights {config.weights}, lists {sorted(lists)}")
-    n_rows = lists[used[0]].shape[0]
-    n_items = 1 + max(int(lists[s].max(initial=-1)) for s in used)
-    keys, contrib, by_source = [], [], {}
-    for s in used:
-        rows, ranks = np.nonzero(lists[s] >= 0)
-        k = rows.astype(np.int64) * max(n_items, 1) + lists[s][rows, ranks]
-        keys.append(k)
-        contrib.append(config.weights[s] / (config.k + ranks + 1.0))
-        order = np.argsort(k, kind="stable")
-        by_source[s] = (k[order], ranks[order])
-    all_keys = np.concatenate(keys)
-    uniq, inverse = np.unique(all_keys, return_inverse=True)
-    score = np.bincount(inverse, weights=np.concatenate(contrib), minlength=len(uniq))
-    rows, items = uniq // max(n_items, 1), uniq % max(n_items, 1)
-    order = np.lexsort((items, -score, rows))
-    rows, items, score, uniq = rows[order], items[order], score[order], uniq[order]
-    place = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    keep = place < n
-    out = np.full((n_rows, n), -1, np.int64)
-    out_scores = np.zeros((n_rows, n), np.float32)
-    out[rows[keep], place[keep]] = items[keep]
-    out_scores[rows[keep], place[keep]] = score[keep]
-    ranks = {}
-    for s in used:
-        skeys, sranks = by_source[s]
-        r = np.full((n_rows, n), -1, np.int32)
-        pos = np.searchsorted(skeys, uniq[keep])
-        pos = np.minimum(pos, max(len(skeys) - 1, 0))
-        found = (skeys[pos] == uniq[keep]) if len(skeys) else np.zeros(keep.sum(), bool)
-        r[rows[keep][found], place[keep][found]] = sranks[pos[found]]
-        ranks[s] = r
-    return Fused(out, out_scores, ranks)
+    return FusionGrid({s: lists[s] for s in used}).fused(config, n)
 
 
 class FusionGrid:
-    """The same lists fused under many weightings, for the weight search: each row's
-    candidates (the union of its sources' items, in item order) and every source's
-    rank laid out once as rows x candidates arrays, so a weighting's top `n` is a weighted
-    sum and a partial sort per row (`fuse` sorts all the lists' entries again each time).
-    Its tops equal `fuse`'s: the terms are summed in the weights' order as `fuse`'s
-    bincount sums them, and equal scores go in item order."""
+    """Lists laid out for fusing: each row's candidates (the union of its sources' items,
+    in item order) and every source's rank as rows x candidates arrays, so that a
+    weighting's top `n` is a weighted sum and a partial sort per row. Built once, it fuses
+    the same lists under many weightings (the weight search)."""
 
     def __init__(self, lists: Mapping[str, np.ndarray]) -> None:
         names = list(lists)
@@ -151,22 +118,48 @@ class FusionGrid:
         bounds = np.cumsum([0] + [len(k) for k in keys])
         for s, lo, hi, r in zip(names, bounds[:-1], bounds[1:], ranks):
             at = inverse.ravel()[lo:hi]
-            self.ranks[s] = np.full((n_rows, width), -1, np.int64)
+            self.ranks[s] = np.full((n_rows, width), -1, np.int32)
             self.ranks[s][rows[at], place[at]] = r
 
     def top(self, config: FusionConfig, n: int) -> np.ndarray:
-        """`fuse(lists, config, n).items`."""
-        used = [s for s in config.used if s in self.ranks]
+        """The fused items alone (`fused(config, n).items`)."""
+        rows, cols, place, _ = self._best(config, n)
+        out = np.full((len(self.items), n), -1, np.int64)
+        out[rows, place] = self.items[rows, cols]
+        return out
+
+    def fused(self, config: FusionConfig, n: int) -> Fused:
+        """Each row's top `n` with its fused scores and every used source's ranks."""
+        rows, cols, place, score = self._best(config, n)
+        shape = (len(self.items), n)
+        items = np.full(shape, -1, np.int64)
+        items[rows, place] = self.items[rows, cols]
+        scores = np.zeros(shape, np.float32)
+        scores[rows, place] = score
+        ranks = {}
+        for s in self._used(config):
+            ranks[s] = np.full(shape, -1, np.int32)
+            ranks[s][rows, place] = self.ranks[s][rows, cols]
+        return Fused(items, scores, ranks)
+
+    def _used(self, config: FusionConfig) -> list[str]:
+        return [s for s in config.used if s in self.ranks]
+
+    def _best(
+        self, config: FusionConfig, n: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(row, candidate column, place in the row's top n, fused score) of each kept entry.
+        The terms are summed in the weights' order; equal scores go in item order."""
         score = np.zeros(self.items.shape)
         proposed = np.zeros(self.items.shape, bool)
-        for s in used:
+        for s in self._used(config):
             has = self.ranks[s] >= 0
             score += np.where(has, config.weights[s] / (config.k + self.ranks[s] + 1.0), 0.0)
             proposed |= has
         score[~proposed] = -np.inf
-        out = np.full((len(score), n), -1, np.int64)
-        if not score.size:
-            return out
+        if n <= 0 or not score.size:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty, np.zeros(0)
         # Only the entries at or above each row's n-th best score can be in its top n (ties
         # at that score included): those few are sorted by score, then candidate order.
         cut = min(n, score.shape[1])
@@ -176,8 +169,8 @@ class FusionGrid:
         rows, cols = rows[order], cols[order]
         place = np.arange(len(rows)) - np.searchsorted(rows, rows)
         keep = place < n
-        out[rows[keep], place[keep]] = self.items[rows[keep], cols[keep]]
-        return out
+        rows, cols = rows[keep], cols[keep]
+        return rows, cols, place[keep], score[rows, cols]
 
 
 def ndcg20(top: np.ndarray, labels: sp.csr_matrix, rows: np.ndarray) -> float:

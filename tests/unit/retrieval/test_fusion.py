@@ -105,6 +105,25 @@ def test_precomputed_rows_name_each_items_sources():
     assert pre.sources_of(0, items) == [("a", "b"), ("a",), ("a",)]
 
 
+def reference_fuse(lists, config, n):
+    """Weighted RRF written out per row with dicts: (items, scores, ranks) of each row's top
+    n, equal scores in item order."""
+    used = [s for s in config.used if s in lists]
+    out = []
+    for row in range(len(lists[used[0]])):
+        score, rank = {}, {s: {} for s in used}
+        for s in used:
+            for r, item in enumerate(lists[s][row].tolist()):
+                if item >= 0:
+                    score[item] = score.get(item, 0.0) + config.weights[s] / (config.k + r + 1)
+                    rank[s][item] = r
+        top = sorted(score, key=lambda i: (-score[i], i))[:n]
+        out.append(
+            (top, [score[i] for i in top], {s: [rank[s].get(i, -1) for i in top] for s in used})
+        )
+    return out
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -112,9 +131,10 @@ def test_precomputed_rows_name_each_items_sources():
     k=st.sampled_from([10.0, 60.0]),
     n=st.integers(1, 25),
 )
-def test_the_weight_search_grid_tops_are_fuses_tops(seed, weights, k, n):
+def test_fuse_and_the_weight_search_grid_match_rrf_written_out(seed, weights, k, n):
     """Lists with padding, items shared between sources and ties in the fused score (equal
-    ranks in two sources weighted alike): the grid's top n is fuse's, item for item."""
+    ranks in two sources weighted alike): `fuse` (items, scores, each source's ranks) and the
+    grid's tops are the per-row RRF, item for item."""
     rng = np.random.default_rng(seed)
     lists = {}
     for s in ("a", "b", "c", "d"):
@@ -124,7 +144,15 @@ def test_the_weight_search_grid_tops_are_fuses_tops(seed, weights, k, n):
         block[rng.random(block.shape) < 0.2] = -1  # padding (and holes the grid must skip)
         lists[s] = np.sort(block, axis=1)[:, ::-1] if s == "d" else block
     config = FusionConfig({"a": 1.0, **dict(zip("bcd", weights))}, k, "a")
-    np.testing.assert_array_equal(FusionGrid(lists).top(config, n), fuse(lists, config, n).items)
+    fused = fuse(lists, config, n)
+    assert list(fused.ranks) == config.used
+    for row, (items, scores, ranks) in enumerate(reference_fuse(lists, config, n)):
+        m = len(items)
+        assert fused.items[row, :m].tolist() == items and (fused.items[row, m:] == -1).all()
+        np.testing.assert_allclose(fused.scores[row, :m], scores, rtol=1e-6)
+        for s in config.used:
+            assert fused.ranks[s][row, :m].tolist() == ranks[s]
+    np.testing.assert_array_equal(FusionGrid(lists).top(config, n), fused.items)
 
 
 def test_ndcg20_matches_a_hand_computed_case():
