@@ -150,7 +150,7 @@ def traffic(ab_stack, bundle):
 
     The subject is what Prometheus scrapes, not capacity (`make bench-serving` measures that):
     the rate leaves room for this process to share a slow 2-core host with the other test
-    process, which is training bundles for the whole-stack tests at about this time."""
+    process (`make test`), which may be training the whole-stack tests' bundles meanwhile."""
     config = loadtest.LoadConfig(
         target=ab_stack.gateway_target,
         rate=40,
