@@ -157,9 +157,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 ids, scores = candidates.item_ids(), candidates.item_scores()
                 items = self._under_rules(arm, ids, scores, rules, request.k)
-            return self._respond(
-                items, candidates.model_version, arm, f"ranking_unavailable:{exc.code().name}"
-            )
+            failed = f"ranking_unavailable:{exc.code().name}"
+            if reason == "state_unavailable":  # both degradations stay marked
+                failed = f"{reason},{failed}"
+            return self._respond(items, candidates.model_version, arm, failed)
         STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
         if (
             options.rules is not None
@@ -171,8 +172,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return self._respond(ranked.items, ranked.model_version, arm, reason)
 
     def _respond(self, items, version: str, arm: str, reason: str) -> gateway_pb2.RecommendResponse:
-        if reason:
-            FALLBACKS.labels(reason.split(":")[0], arm).inc()
+        for part in filter(None, reason.split(",")):
+            FALLBACKS.labels(part.split(":")[0], arm).inc()
         return gateway_pb2.RecommendResponse(
             items=items,
             model_version=version,
