@@ -12,7 +12,9 @@ test users, or all of them with `test_users=0`; the same users for both engines)
 child also writes its per-user NDCG@20, so the parent pairs the two engines user by user:
 the Dask bundle's relative gap (mean Dask / mean in process - 1) with a 95% bootstrap
 interval over users and a paired-t one (`paired_gap`). Each child also records the
-pipeline's stages (`Stages`: seconds, and the driver's peak RSS after each).
+pipeline's stages (`Stages`: seconds, and the driver's peak RSS after each); a run killed
+at a cap is reported with how far it got (`{engine}_reached`: its wall seconds, peaks until
+the kill, and the stages it began, which the child logs as they start).
 
 Peak memory: in process, the process tree's RSS; on Dask, the largest worker process's RSS
 (the driver's peak is reported beside it).
@@ -142,10 +144,13 @@ class Stages:
     """The pipeline's progress messages as stages: each one's seconds until the next
     message (or `close`) and the process's peak RSS when it ended (a stage that raised
     the peak shows as the first with the higher figure). The driver's process only: on
-    Dask the workers' memory is sampled by `measured_run`."""
+    Dask the workers' memory is sampled by `measured_run`. With `log`, each message is
+    also appended there as it comes (a JSON line: stage, seconds since the first, peak
+    GiB so far), so a run killed at a cap still shows how far it got."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path | None = None) -> None:
         self.marks: list[tuple[str, float, float]] = []
+        self.log = log
 
     @staticmethod
     def _peak_gib() -> float:
@@ -155,6 +160,11 @@ class Stages:
 
     def __call__(self, message: str) -> None:
         self.marks.append((message, time.perf_counter(), self._peak_gib()))
+        if self.log is not None:
+            _, at, peak = self.marks[-1]
+            line = {"stage": message, "at_s": round(at - self.marks[0][1], 1)}
+            with open(self.log, "a") as fh:
+                fh.write(json.dumps(line | {"peak_gib": round(peak, 2)}) + "\n")
 
     def close(self) -> list[dict]:
         ends = [t for _, t, _ in self.marks[1:]] + [time.perf_counter()]
@@ -163,6 +173,18 @@ class Stages:
             {"stage": m, "seconds": round(end - t, 1), "peak_gib_after": round(peak, 2)}
             for (m, t, _), end, peak in zip(self.marks, ends, peaks)
         ]
+
+
+def stages_path(out: Path) -> Path:
+    """Where the child beside `out` appends its stages as they start (`Stages.log`)."""
+    return out.with_suffix(".stages.jsonl")
+
+
+def read_stages(path: Path) -> list[dict]:
+    """The stages a child logged so far (none when it logged nothing)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def per_user_path(out: Path) -> Path:
@@ -185,7 +207,7 @@ def run_one(
     split = load_lightgcn_dir(data)
     history = split.train_valid()
     started = time.perf_counter()
-    stages = Stages()
+    stages = Stages(log=stages_path(out))
     with engine_for(engine, workers=workers):
         bundle = train_bundle(history, TrainConfig(**bench_config()), progress=stages)
         stage_seconds = stages.close()  # before the cluster's shutdown
@@ -251,6 +273,7 @@ class Measured:
     peak_gib: float  # the process tree's peak RSS (in process) or the driver's (Dask)
     worker_peak_gib: float  # the largest worker process's peak RSS (0 without workers)
     stopped: str  # "", "time cap", "memory cap" or "exit N"
+    seconds: float  # wall time until the child exited or was killed
 
 
 def _is_worker(cmdline: list[str]) -> bool:
@@ -267,7 +290,8 @@ def measured_run(command: list[str], out: Path, time_cap: float, mem_cap_gib: fl
     root = psutil.Process(proc.pid)
     peak = worker_peak = 0.0
     stopped = ""
-    deadline = time.monotonic() + time_cap
+    started = time.monotonic()
+    deadline = started + time_cap
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
@@ -302,7 +326,8 @@ def measured_run(command: list[str], out: Path, time_cap: float, mem_cap_gib: fl
         stopped = f"exit {code}"
         sys.stderr.write(err[-2000:])
     result = json.loads(out.read_text()) if not stopped and out.exists() else None
-    return Measured(result, round(peak, 2), round(worker_peak, 2), stopped)
+    seconds = round(time.monotonic() - started, 1)
+    return Measured(result, round(peak, 2), round(worker_peak, 2), stopped, seconds)
 
 
 def bench_scale(
@@ -350,6 +375,13 @@ def bench_scale(
                 row[f"{key}_eval_seconds"] = m.result.get("eval_seconds") if done else None
                 row[f"{key}_stopped"] = m.stopped or None
                 row[f"{key}_stages"] = m.result.get("stages") if done else None
+                if not done:  # how far it got: the stages it began, the peaks until the kill
+                    row[f"{key}_reached"] = {
+                        "seconds": m.seconds,
+                        "peak_gib": m.peak_gib,
+                        "worker_peak_gib": m.worker_peak_gib,
+                        "stages": read_stages(stages_path(out)),
+                    }
                 if keep is not None and done and per_user_path(out).exists():
                     keep.mkdir(parents=True, exist_ok=True)
                     shutil.copy(per_user_path(out), keep / per_user_path(out).name)

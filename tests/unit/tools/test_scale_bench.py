@@ -43,6 +43,20 @@ def test_a_run_within_its_caps_reports_its_result(tmp_path):
     assert m.stopped == "" and m.result == {"seconds": 1.5, "ndcg@20": 0.25}
 
 
+def test_a_killed_run_still_shows_the_stages_it_logged_before_the_cap(tmp_path):
+    out = tmp_path / "out.json"
+    slow = (
+        "import sys, time; from pathlib import Path; from shortlist.tools.bench import scale; "
+        "stages = scale.Stages(log=scale.stages_path(Path(sys.argv[1]))); "
+        "stages('split'); stages('fit spectral'); time.sleep(60)"
+    )
+    m = measured_run([sys.executable, "-c", slow, str(out)], out, time_cap=3, mem_cap_gib=4)
+    assert m.stopped == "time cap" and m.result is None and 3 <= m.seconds < 30
+    logged = scale.read_stages(scale.stages_path(out))
+    assert [s["stage"] for s in logged] == ["split", "fit spectral"]
+    assert logged[0]["at_s"] == 0.0 and logged[1]["peak_gib"] > 0
+
+
 def test_stages_time_each_progress_message_until_the_next(monkeypatch):
     clock = iter([10.0, 12.5, 20.0, 21.0])
     monkeypatch.setattr(scale.time, "perf_counter", lambda: next(clock))
