@@ -157,9 +157,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             else:
                 ids, scores = candidates.item_ids(), candidates.item_scores()
                 items = self._under_rules(arm, ids, scores, rules, request.k)
-            failed = f"ranking_unavailable:{exc.code().name}"
-            if reason == "state_unavailable":  # both degradations stay marked
-                failed = f"{reason},{failed}"
+            # a degradation already taken (unknown user, no live state) stays marked beside it
+            failed = ",".join(filter(None, (reason, f"ranking_unavailable:{exc.code().name}")))
             return self._respond(items, candidates.model_version, arm, failed)
         STAGE_LATENCY.labels(SERVICE, "ranking", arm).observe(time.perf_counter() - start)
         if (

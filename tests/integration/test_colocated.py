@@ -113,6 +113,10 @@ def test_colocated_stage_failures_take_the_same_fallbacks(colocated, bundle, mon
     fallback = _recommend(target, user)
     assert fallback.fallback_reason == "ranking_unavailable:INTERNAL"
     assert len(fallback.items) == len(ranked.items)  # retrieval order instead
+    with Client(target, timeout_s=10) as client:  # reasons asked: the ranker gets the list
+        stranger = client.recommend("never-seen", 10, with_reasons=True)
+    assert stranger.fallback_reason == "unknown_user,ranking_unavailable:INTERNAL"
+    assert stranger.items  # the popularity list, still served
     monkeypatch.setattr(gateway.retriever, "_retrieve", broken)
     popular = _recommend(target, user)
     assert popular.fallback_reason == "retrieval_unavailable:INTERNAL" and popular.items
