@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,14 +67,10 @@ class Fused:
     def sources(self, row: int) -> list[tuple[str, ...]]:
         """Per fused item of `row`, the sources that proposed it (in fusion order)."""
         n = int((self.items[row] >= 0).sum())  # a row's padding is at its end
-        names = list(self.ranks)
         bits = np.zeros(n, np.uint8)
         for j, r in enumerate(self.ranks.values()):
             bits |= (r[row, :n] >= 0).astype(np.uint8) << j
-        # one tuple per set of sources, shared by the items with that set (a request's hot path)
-        flags = bits.tolist()
-        sets = {b: tuple(s for j, s in enumerate(names) if b >> j & 1) for b in set(flags)}
-        return [sets[b] for b in flags]
+        return source_sets(bits, list(self.ranks))
 
     def source_bits(self) -> np.ndarray:
         """users x n uint8: bit j set where source j (in `ranks` order) proposed the item."""
@@ -82,6 +78,14 @@ class Fused:
         for j, r in enumerate(self.ranks.values()):
             bits |= (r >= 0).astype(np.uint8) << j
         return bits
+
+
+def source_sets(bits: np.ndarray, names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Per entry of `bits` (bit j: source `names[j]` proposed the item), the sources' names;
+    one tuple per set of sources, shared by the items with that set (a request's hot path)."""
+    flags = np.asarray(bits).tolist()
+    sets = {b: tuple(s for j, s in enumerate(names) if b >> j & 1) for b in set(flags)}
+    return [sets[b] for b in flags]
 
 
 def fuse(lists: Mapping[str, np.ndarray], config: FusionConfig, n: int) -> Fused:

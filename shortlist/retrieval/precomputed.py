@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.retrieval.fusion import source_sets
+
 ITEMS_FILE = "shortlist_items.npy"
 SCORES_FILE = "shortlist_scores.npy"
 SOURCES_FILE = "shortlist_sources.npy"
@@ -70,10 +72,10 @@ class PrecomputedShortlists:
         if self.sources is None:
             return []
         row = np.asarray(self.items[user])
-        bits = np.asarray(self.sources[user])
-        at = {int(i): int(b) for i, b in zip(row, bits)}
-        names = self.source_names
-        return [tuple(s for j, s in enumerate(names) if at.get(int(i), 0) >> j & 1) for i in items]
+        order = np.argsort(row, kind="stable")
+        at = order[np.minimum(np.searchsorted(row[order], items), len(row) - 1)]
+        bits = np.where(row[at] == items, np.asarray(self.sources[user])[at], 0)
+        return source_sets(bits, self.source_names)
 
     def save(self, directory: Path) -> None:
         np.save(directory / ITEMS_FILE, self.items)

@@ -103,6 +103,8 @@ def test_precomputed_rows_name_each_items_sources():
     items, _ = pre.take(0, 3, np.array([40]))
     assert items.tolist() == [20, 10, 30]
     assert pre.sources_of(0, items) == [("a", "b"), ("a",), ("a",)]
+    # any order; an item not in the row has no source
+    assert pre.sources_of(0, np.array([40, 99, 10, 5])) == [("b",), (), ("a",), ()]
 
 
 def reference_fuse(lists, config, n):
