@@ -63,17 +63,45 @@ def randomized_svd(
     rows = engine.split_rows(a, min_rows=2 * width)  # blocks taller than wide for the QR
     gen = torch.Generator().manual_seed(seed)
     # phases: the range sketch, each power iteration, the small SVD
+    # Each items-sized or users-sized matrix is dropped as soon as the next one exists: at
+    # scale they are the fit's memory (items x width floats each).
     with bar("spectral svd", power_iters + 2) as advance:
-        omega = torch.randn(n_cols, width, generator=gen).numpy()
-        q = engine.qr(engine.dot(rows, omega))
+        q = engine.qr(engine.dot(rows, torch.randn(n_cols, width, generator=gen).numpy()))
         advance()
         for _ in range(power_iters):
-            z, _ = torch.linalg.qr(torch.from_numpy(engine.tdot(rows, q)))
-            q = engine.qr(engine.dot(rows, z.numpy()))
+            z = torch.linalg.qr(torch.from_numpy(engine.tdot(rows, q)))[0].numpy()
+            q = None
+            q = engine.qr(engine.dot(rows, z))
+            z = None
             advance()
-        b = torch.from_numpy(np.ascontiguousarray(engine.tdot(rows, q).T))  # q^T A
-        _, s, vt = torch.linalg.svd(b, full_matrices=False)
-    return s[:rank].numpy(), vt[:rank].T.contiguous().numpy()
+        bt = engine.tdot(rows, q)  # (q^T A)^T, items x width
+        q = None
+        s, v = right_singular(bt, rank)
+    return s, v
+
+
+def right_singular(
+    bt: np.ndarray, rank: int, block_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top `rank` singular values of b = bt^T (width x items, width small) and its right
+    singular vectors (items x rank), from the eigendecomposition of the width x width Gram
+    matrix b b^T in float64: no copy of b beyond the result, where LAPACK's SVD of b holds
+    several items-sized copies (its input, V^T, its workspace). `block_rows`: items per
+    float64 block (default: 128 MiB of them)."""
+    gram = np.zeros((bt.shape[1], bt.shape[1]))
+    step = block_rows or max(1, (1 << 24) // max(bt.shape[1], 1))
+    for lo in range(0, len(bt), step):
+        block = bt[lo : lo + step].astype(np.float64)
+        gram += block.T @ block
+    w, u = np.linalg.eigh(gram)
+    order = np.argsort(-w)[:rank]
+    s = np.sqrt(np.maximum(w[order], 0.0))
+    keep = s > s[0] * 1e-6 if len(s) and s[0] > 0 else np.zeros(len(s), bool)
+    s, u = s[keep], u[:, order[keep]]
+    v = np.empty((len(bt), len(s)), np.float32)
+    for lo in range(0, len(bt), step):  # v = b^T u / s, block by block
+        v[lo : lo + step] = (bt[lo : lo + step].astype(np.float64) @ u) / s
+    return s.astype(np.float32), v
 
 
 def exact_svd(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,14 +168,18 @@ class SpectralCF:
         rank = min(cfg.rank, len(s))
         k = min(cfg.ideal_rank, len(s)) if cfg.ideal_weight else 0
         h = (s[:rank] ** cfg.power * (1 - cfg.sharpen * (s[:rank] / s[0]) ** 2)).astype(np.float32)
-        item_in = [v[:, :rank] * h]
-        prior = di[:, None] ** cfg.pop_exp
-        item_out = [prior * v[:, :rank]]
+        # both sides filled in place: items x (rank + k) floats each, no stacked temporaries
+        shape = (v.shape[0], rank + k)
+        self._item_in = np.empty(shape, np.float32)
+        self.item_factors = np.empty(shape, np.float32)
+        prior = (di[:, None] ** cfg.pop_exp).astype(np.float32)
+        np.multiply(v[:, :rank], h, out=self._item_in[:, :rank])
+        np.multiply(prior, v[:, :rank], out=self.item_factors[:, :rank])
         if k:
-            item_in.append(cfg.ideal_weight * (di[:, None] ** -0.5) * v[:, :k])
-            item_out.append(prior * (di[:, None] ** 0.5) * v[:, :k])
-        self._item_in = np.hstack(item_in).astype(np.float32)
-        self.item_factors = np.hstack(item_out).astype(np.float32)
+            ideal_in = (cfg.ideal_weight * di[:, None] ** -0.5).astype(np.float32)
+            np.multiply(ideal_in, v[:, :k], out=self._item_in[:, rank:])
+            np.multiply(prior * di[:, None] ** 0.5, v[:, :k], out=self.item_factors[:, rank:])
+        del s, v  # the cache keeps them when the caller shares one (the tuner)
         order = data.recency()
         self._ordered = bool(cfg.recency) and order is not None
         weighted = r.copy()

@@ -17,7 +17,13 @@ from shortlist.evaluation.metrics import evaluate
 from shortlist.evaluation.protocols import random_scores_baseline, run_protocol, validator
 from shortlist.models import registry
 from shortlist.models.lightgcn import LightGCN, LightGCNConfig
-from shortlist.models.spectral import SpectralCF, SpectralConfig, exact_svd, randomized_svd
+from shortlist.models.spectral import (
+    SpectralCF,
+    SpectralConfig,
+    exact_svd,
+    randomized_svd,
+    right_singular,
+)
 from shortlist.tools.cli import app
 from shortlist.training.pipeline import TrainConfig
 
@@ -168,6 +174,31 @@ def test_spectral_popularity_prior_scales_each_items_scores_only(planted):
     np.testing.assert_allclose(prior.user_factors, plain.user_factors, rtol=1e-5)
     top_plain = np.argsort(-scores, axis=1)[:, :5]
     assert (np.argsort(-(scores * likes**0.3), axis=1)[:, :5] != top_plain).any()
+
+
+def test_the_randomized_svd_finds_the_top_singular_pairs():
+    # large enough for the randomized path (rank + oversample under half the smaller side),
+    # with a decaying spectrum as like matrices have (a flat one is the method's worst case)
+    rng = np.random.default_rng(1)
+    left, _ = np.linalg.qr(rng.standard_normal((500, 40)))
+    right, _ = np.linalg.qr(rng.standard_normal((300, 40)))
+    dense = (left * 0.8 ** np.arange(40)) @ right.T + 1e-3 * rng.standard_normal((500, 300))
+    a = sp.csr_matrix(dense.astype(np.float32))
+    _, truth_s, truth_vt = np.linalg.svd(dense, full_matrices=False)
+    s, v = randomized_svd(a, 8, power_iters=4, oversample=24)
+    np.testing.assert_allclose(s, truth_s[:8], rtol=1e-3)
+    # each right vector is the true one up to its sign
+    np.testing.assert_allclose(np.abs((v.T @ truth_vt[:8].T).diagonal()), 1.0, atol=1e-2)
+
+
+def test_right_singular_vectors_from_the_gram_match_lapack_in_any_block_size():
+    rng = np.random.default_rng(2)
+    bt = rng.standard_normal((1000, 12)).astype(np.float32)  # items x width
+    _, truth_s, truth_vt = np.linalg.svd(bt.T.astype(np.float64), full_matrices=False)
+    for block_rows in (None, 7, 1000):
+        s, v = right_singular(bt, 5, block_rows=block_rows)
+        np.testing.assert_allclose(s, truth_s[:5], rtol=1e-5)
+        np.testing.assert_allclose(np.abs(v.T @ truth_vt[:5].T), np.eye(5), atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(40, 120), (120, 40)])
