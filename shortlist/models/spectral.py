@@ -87,21 +87,28 @@ def right_singular(
     singular vectors (items x rank), from the eigendecomposition of the width x width Gram
     matrix b b^T in float64: no copy of b beyond the result, where LAPACK's SVD of b holds
     several items-sized copies (its input, V^T, its workspace). `block_rows`: items per
-    float64 block (default: 128 MiB of them)."""
+    float64 block (default: 128 MiB of them). `bt` may be sparse (`exact_svd`)."""
     gram = np.zeros((bt.shape[1], bt.shape[1]))
     step = block_rows or max(1, (1 << 24) // max(bt.shape[1], 1))
-    for lo in range(0, len(bt), step):
-        block = bt[lo : lo + step].astype(np.float64)
-        gram += block.T @ block
+    n = bt.shape[0]
+    for lo in range(0, n, step):
+        block = _float64(bt[lo : lo + step])
+        product = block.T @ block
+        gram += product.toarray() if sp.issparse(product) else product
     w, u = np.linalg.eigh(gram)
     order = np.argsort(-w)[:rank]
     s = np.sqrt(np.maximum(w[order], 0.0))
     keep = s > s[0] * 1e-6 if len(s) and s[0] > 0 else np.zeros(len(s), bool)
     s, u = s[keep], u[:, order[keep]]
-    v = np.empty((len(bt), len(s)), np.float32)
-    for lo in range(0, len(bt), step):  # v = b^T u / s, block by block
-        v[lo : lo + step] = (bt[lo : lo + step].astype(np.float64) @ u) / s
+    v = np.empty((n, len(s)), np.float32)
+    for lo in range(0, n, step):  # v = b^T u / s, block by block
+        v[lo : lo + step] = np.asarray(_float64(bt[lo : lo + step]) @ u) / s
     return s.astype(np.float32), v
+
+
+def _float64(block: np.ndarray | sp.spmatrix) -> np.ndarray | sp.spmatrix:
+    """A block in float64, a sparse one kept sparse (its products stay sparse)."""
+    return block.astype(np.float64, copy=False)
 
 
 def exact_svd(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,18 +119,15 @@ def exact_svd(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]
     """
     a = matrix.tocsr().astype(np.float64)
     n_rows, n_cols = a.shape
-    if n_cols <= n_rows:
-        w, v = np.linalg.eigh((a.T @ a).toarray())
-    else:
-        w, u = np.linalg.eigh((a @ a.T).toarray())
-        v = None
+    if n_cols > n_rows:  # the rows x rows Gram, then v = A^T u / s (`right_singular`)
+        return right_singular(a.T.tocsr(), rank)
+    w, v = np.linalg.eigh((a.T @ a).toarray())
     order = np.argsort(-w)
     w = np.maximum(w[order], 0.0)
     keep = min(rank, int((w > w[0] * 1e-12).sum()) if len(w) and w[0] > 0 else 0)
-    s = np.sqrt(w[:keep])
-    # right singular vectors directly, or from the left ones: v = A^T u / s
-    v = v[:, order[:keep]] if v is not None else np.asarray(a.T @ u[:, order[:keep]]) / s
-    return s.astype(np.float32), np.ascontiguousarray(v, dtype=np.float32)
+    return np.sqrt(w[:keep]).astype(np.float32), np.ascontiguousarray(
+        v[:, order[:keep]], np.float32
+    )
 
 
 class SpectralCF:

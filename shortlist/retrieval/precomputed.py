@@ -54,9 +54,9 @@ class PrecomputedShortlists:
         items, scores = scored_top_k(user_vectors, item_vectors, users, width, exclude, batch_size)
         return cls(items.astype(np.int32), scores)
 
-    def take(self, user: int, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The user's top-n without the `exclude`d item indices, or None when the stored
-        row cannot tell (fewer than n left of a row that was cut at width)."""
+    def pick(self, user: int, n: int, exclude: np.ndarray) -> np.ndarray | None:
+        """Where in the user's row their top-n without the `exclude`d item indices are, or
+        None when the stored row cannot tell (fewer than n left of a row cut at width)."""
         row = self.items[user]
         keep = row >= 0
         complete = not keep[-1]
@@ -65,17 +65,22 @@ class PrecomputedShortlists:
         picked = np.flatnonzero(keep)[:n]
         if len(picked) < n and not complete:
             return None
-        return row[picked].astype(np.int64), np.array(self.scores[user, picked])
+        return picked
 
-    def sources_of(self, user: int, items: np.ndarray) -> list[tuple[str, ...]]:
-        """The sources that proposed each of `items` (taken from the user's row)."""
+    def at(self, user: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The items and scores at positions `picked` of the user's row."""
+        return self.items[user, picked].astype(np.int64), np.array(self.scores[user, picked])
+
+    def take(self, user: int, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The user's top-n without the `exclude`d item indices (`pick`, then `at`)."""
+        picked = self.pick(user, n, exclude)
+        return None if picked is None else self.at(user, picked)
+
+    def sources_at(self, user: int, picked: np.ndarray) -> list[tuple[str, ...]]:
+        """The sources that proposed the items at positions `picked` of the user's row."""
         if self.sources is None:
             return []
-        row = np.asarray(self.items[user])
-        order = np.argsort(row, kind="stable")
-        at = order[np.minimum(np.searchsorted(row[order], items), len(row) - 1)]
-        bits = np.where(row[at] == items, np.asarray(self.sources[user])[at], 0)
-        return source_sets(bits, self.source_names)
+        return source_sets(np.asarray(self.sources[user, picked]), self.source_names)
 
     def save(self, directory: Path) -> None:
         np.save(directory / ITEMS_FILE, self.items)

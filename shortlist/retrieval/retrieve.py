@@ -169,11 +169,11 @@ def retrieve(
     # without any is answered from the precomputed one
     fresh = not (fused_source(bundle) and live_liked)
     if not folded and fresh and precomputed and bundle.precomputed is not None:
-        taken = bundle.precomputed.take(user_index, n, live)
-        if taken is not None:
-            found = Shortlist(*taken, "trained", "precomputed")
+        picked = bundle.precomputed.pick(user_index, n, live)
+        if picked is not None:
+            found = Shortlist(*bundle.precomputed.at(user_index, picked), "trained", "precomputed")
             if fused_source(bundle):
-                found.sources = bundle.precomputed.sources_of(user_index, found.items)
+                found.sources = bundle.precomputed.sources_at(user_index, picked)
     if found is None:
         exclude = (
             np.union1d(bundle.seen_items(user_index), live) if user_index is not None else live

@@ -162,9 +162,10 @@ class Stages:
         self.marks.append((message, time.perf_counter(), self._peak_gib()))
         if self.log is not None:
             _, at, peak = self.marks[-1]
-            line = {"stage": message, "at_s": round(at - self.marks[0][1], 1)}
+            since = round(at - self.marks[0][1], 1)
+            line = {"stage": message, "at_s": since, "peak_gib": round(peak, 2)}
             with open(self.log, "a") as fh:
-                fh.write(json.dumps(line | {"peak_gib": round(peak, 2)}) + "\n")
+                fh.write(json.dumps(line) + "\n")
 
     def close(self) -> list[dict]:
         ends = [t for _, t, _ in self.marks[1:]] + [time.perf_counter()]

@@ -100,11 +100,12 @@ def test_precomputed_rows_name_each_items_sources():
     pre = PrecomputedShortlists(
         fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
     )
-    items, _ = pre.take(0, 3, np.array([40]))
-    assert items.tolist() == [20, 10, 30]
-    assert pre.sources_of(0, items) == [("a", "b"), ("a",), ("a",)]
-    # any order; an item not in the row has no source
-    assert pre.sources_of(0, np.array([40, 99, 10, 5])) == [("b",), (), ("a",), ()]
+    picked = pre.pick(0, 3, np.array([40]))
+    items, _ = pre.at(0, picked)
+    assert items.tolist() == [20, 10, 30] == pre.take(0, 3, np.array([40]))[0].tolist()
+    assert pre.sources_at(0, picked) == [("a", "b"), ("a",), ("a",)]
+    assert pre.items[0].tolist() == [20, 40, 10, 30]
+    assert pre.sources_at(0, np.array([2, 1])) == [("a",), ("b",)]  # 10, then 40
 
 
 def reference_fuse(lists, config, n):
