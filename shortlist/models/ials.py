@@ -4,9 +4,10 @@ Every like has confidence 1 + alpha, every other (user, item) pair confidence 1 
 0; both sides are ridge solves, `(Y^T Y + reg I + alpha Y_u^T Y_u) x_u = (1 + alpha) Y_u^T 1`,
 done for all users (then all items) at once by a few conjugate-gradient steps warm-started
 from the previous sweep (Takacs, Pilaszy and Tikk 2011), as `implicit`'s ALS does. The
-whole solve is vectorised over users with one sparse product per step, so it needs only
-numpy and scipy (the `implicit` package stays a bench-only peer); each side's sweep runs per
-row block on the training engine (on Dask, where the blocks live). The result is a
+whole solve is vectorised over users: per step, torch's sampled product gives the likes' dot
+products and one sparse product applies them (the `implicit` package stays a bench-only
+peer); each side's sweep runs per row block on the training engine (on Dask, where the
+blocks live). The result is a
 dot-product model: FAISS serves it, and the ridge fold-in of new likes is its own
 user step.
 
@@ -26,20 +27,16 @@ from typing import Protocol
 import numpy as np
 import scipy.linalg as sl
 import scipy.sparse as sp
+import torch
 
 from shortlist import compute
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import FitReport
 from shortlist.models.item_item import HOLDOUT_SHARE, _holdout
 from shortlist.models.progress import bar
+from shortlist.models.sparse_tensor import csr_tensor
 from shortlist.models.topk import scored_top_k
 
-# the like matrix's cells per like under which a sweep reads the likes' dot products off
-# the full user x item product (`like_dots`)
-DENSE_DOTS = 32
-# likes whose dot products are gathered at once above that: two likes x factors float32
-# gathers of 256 MiB at 256 factors, where the whole set grows with the data
-GATHER_LIKES = 1 << 18
 REG_GRID = tuple(6.25 * 2.0**k for k in range(7))  # 6.25 .. 400, climbed from the middle
 # the served user step goes by Woodbury's identity up to this many likes per factor (its
 # cost grows as likes x factors^2, the direct solve's as factors^3)
@@ -96,24 +93,12 @@ def ridge_gram(y: np.ndarray, reg: float) -> np.ndarray:
     return y.T @ y + reg * np.eye(y.shape[1], dtype=y.dtype)
 
 
-def like_rows(likes: sp.csr_matrix) -> np.ndarray:
-    """Each like's row index, in the like matrix's order."""
-    return np.repeat(np.arange(likes.shape[0]), np.diff(likes.indptr))
-
-
-def like_dots(v: np.ndarray, y: np.ndarray, likes: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """v_u . y_i for every like (u, i), in the like matrix's order. Where the matrix is
-    dense enough (small data) they are read off the full product, one BLAS multiply;
-    else gathered GATHER_LIKES likes at a time, so the two likes x factors gathers stay
-    bounded whatever the data's size. The same values up to float rounding. `rows`:
-    `like_rows(likes)`, computed once per sweep."""
-    if likes.shape[0] * likes.shape[1] <= DENSE_DOTS * max(likes.nnz, 1):
-        return (v @ y.T)[rows, likes.indices]
-    out = np.empty(likes.nnz, np.result_type(v, y))
-    for lo in range(0, likes.nnz, GATHER_LIKES):
-        hi = min(lo + GATHER_LIKES, likes.nnz)
-        out[lo:hi] = np.einsum("nf,nf->n", v[rows[lo:hi]], y[likes.indices[lo:hi]])
-    return out
+def liked_product(likes: torch.Tensor, v: torch.Tensor, y: torch.Tensor, alpha: float):
+    """alpha * sum over row u's likes i of y_i (y_i . v_u), for every row: the likes' dot
+    products by torch's sampled product (computed at the likes only: no rows x items
+    product, no likes x factors gathers), then one sparse product. `likes`: a CSR tensor
+    (`csr_tensor`) of the like pattern, its values unused."""
+    return torch.sparse.sampled_addmm(likes, v, y.T, beta=0.0, alpha=alpha) @ y
 
 
 def cg_sweep(
@@ -133,14 +118,12 @@ def cg_sweep(
     the rows the whole matrix would.
     """
 
-    rows = like_rows(likes)
+    pattern = csr_tensor(likes, y.dtype)
+    y_t, gram_t = torch.from_numpy(np.ascontiguousarray(y)), torch.from_numpy(gram)
 
     def apply(v: np.ndarray) -> np.ndarray:
-        dots = like_dots(v, y, likes, rows)
-        weighted = sp.csr_matrix(
-            ((dots * alpha).astype(v.dtype), likes.indices, likes.indptr), likes.shape
-        )
-        return v @ gram + weighted @ y
+        v_t = torch.from_numpy(np.ascontiguousarray(v))
+        return (v_t @ gram_t + liked_product(pattern, v_t, y_t, alpha)).numpy()
 
     b = (1.0 + alpha) * (likes @ y)
     r = b - apply(x)
@@ -160,22 +143,18 @@ def cg_sweep(
 
 
 def exact_users(
-    likes: sp.csr_matrix, *, y: np.ndarray, gram: np.ndarray, alpha: float, block: int = 256
+    likes: sp.csr_matrix, *, y: np.ndarray, gram: np.ndarray, alpha: float
 ) -> np.ndarray:
-    """Every user's exact ridge solve given the item factors (float64, `gram` =
-    `ridge_gram` of them, blocks of users): the step serving repeats per request
-    (`MFSource.user_vector`), so the lists offline and served are the same."""
-    yd = y.astype(np.float64)
-    out = np.zeros((likes.shape[0], y.shape[1]), np.float64)
-    for lo in range(0, likes.shape[0], block):
-        hi = min(lo + block, likes.shape[0])
-        a = np.repeat(gram[None], hi - lo, axis=0)
-        b = np.zeros((hi - lo, y.shape[1]))
-        for r, u in enumerate(range(lo, hi)):
-            liked = yd[likes.indices[likes.indptr[u] : likes.indptr[u + 1]]]
-            a[r] += alpha * (liked.T @ liked)
-            b[r] = (1.0 + alpha) * liked.sum(axis=0)
-        out[lo:hi] = np.linalg.solve(a, b[..., None])[..., 0]
+    """Every user's exact ridge solve given the item factors (`gram` = `ridge_gram` of them
+    in float64): serving's own user step (`MFSource.user_vector`) per user, so the lists
+    offline and served are the same (a short history takes Woodbury's likes x likes solve
+    there, not a factors x factors one)."""
+    source = MFSource(y, gram, alpha)
+    out = np.zeros((likes.shape[0], y.shape[1]), np.float32)
+    for u in range(likes.shape[0]):
+        history = likes.indices[likes.indptr[u] : likes.indptr[u + 1]]
+        if len(history):
+            out[u] = source.user_vector(history)
     return out
 
 

@@ -18,7 +18,6 @@ batch for ~1,000 epochs, would take days):
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from shortlist.compute.ranks import Ranks, fit_model
 from shortlist.data.interactions import Interactions
 from shortlist.models.base import BestOnValid, FitReport, Validator
 from shortlist.models.progress import bar as progress_bar
+from shortlist.models.sparse_tensor import csr_tensor
 
 
 @dataclass
@@ -55,20 +55,6 @@ class LightGCNConfig:
     threads: int = 2
     checkpoint_dir: str | None = None
     progress: bool = True
-
-
-def _csr_tensor(m: sp.csr_matrix) -> torch.Tensor:
-    m = m.tocsr().astype(np.float32)
-    m.sort_indices()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta" on every call
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(m.indptr.astype(np.int64)),
-            torch.from_numpy(m.indices.astype(np.int64)),
-            torch.from_numpy(m.data),
-            size=m.shape,
-            check_invariants=False,
-        )
 
 
 class _SpMM(torch.autograd.Function):
@@ -150,7 +136,7 @@ class LightGCN:
         start = time.perf_counter()
 
         norm = normalized_graph(data.positives)
-        self._r, self._rt = _csr_tensor(norm), _csr_tensor(norm.T.tocsr())
+        self._r, self._rt = csr_tensor(norm), csr_tensor(norm.T.tocsr())
         pos = data.positives.tocoo()
         p_users, p_items = pos.row.astype(np.int64), pos.col.astype(np.int64)
         neg = data.negatives.tocsr() if cfg.use_dislikes else sp.csr_matrix(data.positives.shape)

@@ -6,22 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from shortlist.data.splits import random_holdout
 from shortlist.data.synthetic import generate
 from shortlist.evaluation.metrics import evaluate
 from shortlist.evaluation.protocols import random_scores_baseline
 from shortlist.feedback.vectors import NO_SHORT_TERM, SHORT_TERM
-from shortlist.models import ials, registry
+from shortlist.models import registry
 from shortlist.models.ials import (
     REG_GRID,
     MFSource,
     cg_sweep,
     climb,
-    like_dots,
+    exact_users,
+    liked_product,
     recency_confidence,
     ridge_gram,
 )
+from shortlist.models.sparse_tensor import csr_tensor
 from shortlist.models.topk import model_top_k
 
 
@@ -38,18 +41,28 @@ def test_cg_reaches_the_closed_form_ridge_solve():
         np.testing.assert_allclose(x[u], expected, rtol=1e-6, atol=1e-8)
 
 
-def test_like_dots_gathered_in_chunks_equal_the_full_product(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_liked_product_is_the_likes_weighted_sum(dtype):
+    """alpha * sum over each row's likes of y_i (y_i . v_u), against the dense formula, with
+    empty rows and an unsorted input matrix."""
     rng = np.random.default_rng(1)
-    likes = sp.random(300, 2000, density=0.004, format="csr", random_state=rng)
-    v, y = rng.normal(size=(300, 8)), rng.normal(size=(2000, 8))
-    rows = np.repeat(np.arange(300), np.diff(likes.indptr))
-    expected = (v @ y.T)[rows, likes.indices]
-    monkeypatch.setattr(ials, "DENSE_DOTS", 0)  # the gathered path
-    monkeypatch.setattr(ials, "GATHER_LIKES", 7)  # many chunks, the last one partial
-    assert likes.nnz % 7 and likes.nnz > 100
-    np.testing.assert_allclose(like_dots(v, y, likes, rows), expected, rtol=1e-10)
-    monkeypatch.setattr(ials, "DENSE_DOTS", 10**9)  # the full product
-    np.testing.assert_allclose(like_dots(v, y, likes, rows), expected, rtol=1e-10)
+    likes = sp.random(300, 2000, density=0.004, format="csr", random_state=rng, dtype=dtype)
+    likes.data[:] = 1.0
+    likes.data[likes.indptr[5] : likes.indptr[6]] = 0.0  # an empty row
+    likes.eliminate_zeros()
+    shuffled = likes.copy()
+    shuffled.indices = shuffled.indices.copy()
+    for u in range(300):  # each row's columns reversed: the tensor must sort them
+        lo, hi = shuffled.indptr[u], shuffled.indptr[u + 1]
+        shuffled.indices[lo:hi] = shuffled.indices[lo:hi][::-1]
+    shuffled.has_sorted_indices = False
+    v, y = rng.normal(size=(300, 8)).astype(dtype), rng.normal(size=(2000, 8)).astype(dtype)
+    expected = 3.0 * (likes.toarray() * (v @ y.T)) @ y
+    got = liked_product(csr_tensor(shuffled, dtype), torch.from_numpy(v), torch.from_numpy(y), 3.0)
+    assert got.dtype == torch.from_numpy(v).dtype
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got.numpy(), expected, rtol=tol, atol=tol)
+    assert not got.numpy()[5].any()
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +179,26 @@ def test_the_served_user_step_is_the_exact_ridge_solve_short_or_long(likes):
     expected = np.linalg.solve(a, (1.0 + 10.0 * conf) @ yh)
     served = source.user_vector(history, conf)
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fits_last_user_step_is_the_explicit_solve_for_every_history():
+    """Users with no likes (zero vector), short histories (Woodbury) and long ones."""
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((200, 32)).astype(np.float32)
+    gram = y.astype(np.float64).T @ y + 12.5 * np.eye(32)
+    counts = [0, 1, 5, 16, 17, 60]
+    likes = sp.csr_matrix(
+        (
+            np.ones(sum(counts), np.float32),
+            np.concatenate([rng.choice(200, c, replace=False) for c in counts]),
+            np.cumsum([0, *counts]),
+        ),
+        shape=(len(counts), 200),
+    )
+    got = exact_users(likes, y=y, gram=gram, alpha=10.0)
+    assert got.dtype == np.float32 and not got[0].any()
+    for u, c in enumerate(counts[1:], start=1):
+        yh = y[likes[u].indices].astype(np.float64)
+        expected = np.linalg.solve(gram + 10.0 * yh.T @ yh, 11.0 * yh.sum(axis=0))
+        assert len(yh) == c
+        np.testing.assert_allclose(got[u], expected, rtol=1e-5, atol=1e-6)
