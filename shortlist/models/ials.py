@@ -7,9 +7,8 @@ from the previous sweep (Takacs, Pilaszy and Tikk 2011), as `implicit`'s ALS doe
 whole solve is vectorised over users: per step, torch's sampled product gives the likes' dot
 products and one sparse product applies them (the `implicit` package stays a bench-only
 peer); each side's sweep runs per row block on the training engine (on Dask, where the
-blocks live). The result is a
-dot-product model: FAISS serves it, and the ridge fold-in of new likes is its own
-user step.
+blocks live). The result is a dot-product model: FAISS serves it, and the ridge fold-in of
+new likes is its own user step.
 
 The regularization is not a constant that carries across datasets (on one dataset NDCG@20
 moved by a fifth between neighbouring factor-2 values), so by default it is chosen on a
@@ -93,7 +92,9 @@ def ridge_gram(y: np.ndarray, reg: float) -> np.ndarray:
     return y.T @ y + reg * np.eye(y.shape[1], dtype=y.dtype)
 
 
-def liked_product(likes: torch.Tensor, v: torch.Tensor, y: torch.Tensor, alpha: float):
+def liked_product(
+    likes: torch.Tensor, v: torch.Tensor, y: torch.Tensor, alpha: float
+) -> torch.Tensor:
     """alpha * sum over row u's likes i of y_i (y_i . v_u), for every row: the likes' dot
     products by torch's sampled product (computed at the likes only: no rows x items
     product, no likes x factors gathers), then one sparse product. `likes`: a CSR tensor
