@@ -76,8 +76,7 @@ def randomized_svd(
             advance()
         bt = engine.tdot(rows, q)  # (q^T A)^T, items x width
         q = None
-        s, v = right_singular(bt, rank)
-    return s, v
+        return right_singular(bt, rank)
 
 
 def right_singular(
@@ -92,7 +91,7 @@ def right_singular(
     step = block_rows or max(1, (1 << 24) // max(bt.shape[1], 1))
     n = bt.shape[0]
     for lo in range(0, n, step):
-        block = _float64(bt[lo : lo + step])
+        block = bt[lo : lo + step].astype(np.float64, copy=False)  # sparse stays sparse
         product = block.T @ block
         gram += product.toarray() if sp.issparse(product) else product
     w, u = np.linalg.eigh(gram)
@@ -102,13 +101,8 @@ def right_singular(
     s, u = s[keep], u[:, order[keep]]
     v = np.empty((n, len(s)), np.float32)
     for lo in range(0, n, step):  # v = b^T u / s, block by block
-        v[lo : lo + step] = np.asarray(_float64(bt[lo : lo + step]) @ u) / s
+        v[lo : lo + step] = np.asarray(bt[lo : lo + step].astype(np.float64, copy=False) @ u) / s
     return s.astype(np.float32), v
-
-
-def _float64(block: np.ndarray | sp.spmatrix) -> np.ndarray | sp.spmatrix:
-    """A block in float64, a sparse one kept sparse (its products stay sparse)."""
-    return block.astype(np.float64, copy=False)
 
 
 def exact_svd(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:

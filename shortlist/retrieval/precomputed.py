@@ -71,11 +71,6 @@ class PrecomputedShortlists:
         """The items and scores at positions `picked` of the user's row."""
         return self.items[user, picked].astype(np.int64), np.array(self.scores[user, picked])
 
-    def take(self, user: int, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The user's top-n without the `exclude`d item indices (`pick`, then `at`)."""
-        picked = self.pick(user, n, exclude)
-        return None if picked is None else self.at(user, picked)
-
     def sources_at(self, user: int, picked: np.ndarray) -> list[tuple[str, ...]]:
         """The sources that proposed the items at positions `picked` of the user's row."""
         if self.sources is None:

@@ -43,15 +43,15 @@ def test_each_row_is_the_users_exact_top_without_their_training_items(vectors):
         assert not set(pre.items[u]) & set(seen[u].indices)
 
 
-def test_take_removes_live_exclusions_and_declines_when_a_cut_row_runs_short(vectors):
+def test_pick_removes_live_exclusions_and_declines_when_a_cut_row_runs_short(vectors):
     users, items, seen = vectors
     pre = PrecomputedShortlists.compute(users, items, seen, width=30)
     row = pre.items[5].astype(np.int64)
-    got, scores = pre.take(5, 20, np.array([row[0], row[3], 999]))
+    got, scores = pre.at(5, pre.pick(5, 20, np.array([row[0], row[3], 999])))
     np.testing.assert_array_equal(got, np.delete(row, [0, 3])[:20])
     np.testing.assert_array_equal(scores, np.delete(pre.scores[5], [0, 3])[:20])
-    assert pre.take(5, 29, row[:2]) is None  # 28 left of a row cut at 30: a search must answer
-    assert pre.take(5, 30, np.array([], np.int64))[0].tolist() == row.tolist()
+    assert pre.pick(5, 29, row[:2]) is None  # 28 left of a row cut at 30: a search must answer
+    assert pre.at(5, pre.pick(5, 30, np.array([], np.int64)))[0].tolist() == row.tolist()
 
 
 def test_a_row_padded_past_the_catalogue_is_the_whole_list(vectors):
@@ -60,7 +60,7 @@ def test_a_row_padded_past_the_catalogue_is_the_whole_list(vectors):
     u = 3
     left = 10 - seen[u, :10].nnz
     assert (pre.items[u] >= 0).sum() == left and pre.items[u, -1] == -1
-    got, _ = pre.take(u, 16, pre.items[u, :1].astype(np.int64))
+    got, _ = pre.at(u, pre.pick(u, 16, pre.items[u, :1].astype(np.int64)))
     assert len(got) == left - 1 and (got >= 0).all()
 
 
