@@ -9,8 +9,10 @@ shortlist.data.mapped), cooc.* (the ranking's item co-occurrence neighbours, com
 once here), popularity.npy, item_features.npy, ranker.txt, deep_ranker.npz (the DeepFM
 ranker served blended with it; shortlist.ranking.deepfm), item_encoder.npy (linear
 models only), user_features.npy, recent_popularity.npy and context_counts.npz (ranking
-features; the manifest's context_values name each table's rows), shortlist_items.npy and
-shortlist_scores.npy (each trained user's precomputed shortlist; shortlist.retrieval.precomputed),
+features; the manifest's context_values name each table's rows), shortlist_items.npy,
+shortlist_scores.npy, shortlist_sources.npy and shortlist_rows.npy (the trained users'
+precomputed shortlists, which sources proposed each item and, where only some users have
+one, each user's row; shortlist.retrieval.precomputed),
 sequence.npz (item co-occurrence in like order, where likes were ordered), item_item.npz
 (the item-item source's neighbour table, fused into the shortlist; manifest `fusion`),
 item_attributes.json (item attributes as text, for request rules; when the data had any).

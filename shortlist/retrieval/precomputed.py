@@ -1,12 +1,16 @@
-"""Each trained user's shortlist, computed offline by exact search and served from the bundle.
+"""Trained users' shortlists, computed offline by exact search and served from the bundle.
 
 A trained user's vector only changes when feedback folds it in, and then retrieval searches
 the index as before. Until then their top-N is fixed by the bundle, so `shortlist train`
-computes it once for every user (exact inner product over all items, training items
-excluded), a little wider than the served N so that the live seen/disliked items and the
-request's exclusions can be taken out of it at request time. The search this replaces was
-the largest share of a Recommend's CPU (docs/decisions/0001-precomputed-shortlists.md), and
-exact search is also at least as good as the ANN index it stands in for.
+computes it once (exact inner product over all items, training items excluded), a little
+wider than the served N so that the live seen/disliked items and the request's exclusions
+can be taken out of it at request time. The search this replaces was the largest share of a
+Recommend's CPU (docs/decisions/0001-precomputed-shortlists.md), and exact search is also at
+least as good as the ANN index it stands in for.
+
+Exact search costs users x items, so past a budget (`precompute_users`) only the most active
+users get a row; the others are searched at request time like a folded-in user
+(docs/decisions/0051-precompute-budget.md).
 """
 
 from __future__ import annotations
@@ -22,11 +26,28 @@ from shortlist.retrieval.fusion import source_sets
 ITEMS_FILE = "shortlist_items.npy"
 SCORES_FILE = "shortlist_scores.npy"
 SOURCES_FILE = "shortlist_sources.npy"
+ROWS_FILE = "shortlist_rows.npy"
+# `shortlist train`'s default budget in users x items pairs: with the fused spectral and
+# weighted-MF sources about 7e-8 CPU s a pair, some 20 minutes on 2 cores
+# (docs/decisions/0051-precompute-budget.md).
+PRECOMPUTE_PAIRS = 2e10
+
+
+def precompute_users(likes: sp.csr_matrix, max_pairs: float) -> np.ndarray:
+    """The users whose shortlists `shortlist train` precomputes, in index order: all of them
+    when users x items is within `max_pairs`, else the max_pairs // items users with the
+    most likes (they send most requests; equal counts in user order)."""
+    n_users, n_items = likes.shape
+    keep = int(max_pairs // max(n_items, 1))
+    if keep >= n_users:
+        return np.arange(n_users)
+    counts = np.diff(likes.indptr)
+    return np.sort(np.argsort(-counts, kind="stable")[:keep])
 
 
 @dataclass
 class PrecomputedShortlists:
-    """users x width best items (int32, best first) and their scores (float32). A row
+    """rows x width best items (int32, best first) and their scores (float32). A row
     shorter than width (tiny catalogues) is padded with -1 and is then the user's whole
     list of candidates."""
 
@@ -35,6 +56,8 @@ class PrecomputedShortlists:
     # fused shortlists: per item a bit per source that proposed it (bit j: source_names[j])
     sources: np.ndarray | None = None
     source_names: tuple[str, ...] = ()
+    # per user, their row (-1: none, searched at request time); None: row u is user u's
+    rows: np.ndarray | None = None
 
     @classmethod
     def compute(
@@ -44,20 +67,30 @@ class PrecomputedShortlists:
         exclude: sp.csr_matrix,
         width: int,
         batch_size: int = 1024,
+        users: np.ndarray | None = None,
     ) -> PrecomputedShortlists:
-        """Exact top-`width` by dot product for every user, `exclude` (their training
-        items) left out; equal scores in item order."""
+        """Exact top-`width` by dot product for `users` (all by default), `exclude` (their
+        training items) left out; equal scores in item order."""
         # torch only here, offline: the serving processes never import it
         from shortlist.models.topk import scored_top_k
 
-        users = np.arange(len(user_vectors))
+        n_users = len(user_vectors)
+        users = np.arange(n_users) if users is None else users
         items, scores = scored_top_k(user_vectors, item_vectors, users, width, exclude, batch_size)
-        return cls(items.astype(np.int32), scores)
+        return cls(items.astype(np.int32), scores, rows=user_rows(users, n_users))
+
+    def row(self, user: int) -> int:
+        """The user's row, -1 when they have none."""
+        return user if self.rows is None else int(self.rows[user])
 
     def pick(self, user: int, n: int, exclude: np.ndarray) -> np.ndarray | None:
         """Where in the user's row their top-n without the `exclude`d item indices are, or
-        None when the stored row cannot tell (fewer than n left of a row cut at width)."""
-        row = self.items[user]
+        None when the stored row cannot tell (fewer than n left of a row cut at width) or
+        the user has no row."""
+        at = self.row(user)
+        if at < 0:
+            return None
+        row = self.items[at]
         keep = row >= 0
         complete = not keep[-1]
         if len(exclude):
@@ -69,19 +102,22 @@ class PrecomputedShortlists:
 
     def at(self, user: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The items and scores at positions `picked` of the user's row."""
-        return self.items[user, picked].astype(np.int64), np.array(self.scores[user, picked])
+        at = self.row(user)
+        return self.items[at, picked].astype(np.int64), np.array(self.scores[at, picked])
 
     def sources_at(self, user: int, picked: np.ndarray) -> list[tuple[str, ...]]:
         """The sources that proposed the items at positions `picked` of the user's row."""
         if self.sources is None:
             return []
-        return source_sets(np.asarray(self.sources[user, picked]), self.source_names)
+        return source_sets(np.asarray(self.sources[self.row(user), picked]), self.source_names)
 
     def save(self, directory: Path) -> None:
         np.save(directory / ITEMS_FILE, self.items)
         np.save(directory / SCORES_FILE, self.scores)
         if self.sources is not None:
             np.save(directory / SOURCES_FILE, self.sources)
+        if self.rows is not None:
+            np.save(directory / ROWS_FILE, self.rows)
 
     @classmethod
     def load(
@@ -91,11 +127,25 @@ class PrecomputedShortlists:
         bundle has none."""
         if not (directory / ITEMS_FILE).exists():
             return None
+
+        def optional(name: str) -> np.ndarray | None:
+            path = directory / name
+            return np.load(path, mmap_mode="r") if path.exists() else None
+
         return cls(
             np.load(directory / ITEMS_FILE, mmap_mode="r"),
             np.load(directory / SCORES_FILE, mmap_mode="r"),
-            np.load(directory / SOURCES_FILE, mmap_mode="r")
-            if (directory / SOURCES_FILE).exists()
-            else None,
+            optional(SOURCES_FILE),
             source_names,
+            optional(ROWS_FILE),
         )
+
+
+def user_rows(users: np.ndarray, n_users: int) -> np.ndarray | None:
+    """`PrecomputedShortlists.rows` for rows holding `users` in order (None: all users, in
+    order)."""
+    if len(users) == n_users and np.array_equal(users, np.arange(n_users)):
+        return None
+    rows = np.full(n_users, -1, np.int32)
+    rows[users] = np.arange(len(users), dtype=np.int32)
+    return rows

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shortlist.config import Settings
+from shortlist.retrieval.precomputed import PRECOMPUTE_PAIRS
 from shortlist.tools.bench.cli import bench_app
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ def train(
     index: str = typer.Option("auto", help="FAISS index: auto, flat, hnsw or ivf."),
     precomputed: int = typer.Option(
         256, help="Width of each user's precomputed shortlist (0: none, always search)."
+    ),
+    precomputed_pairs: float = typer.Option(
+        PRECOMPUTE_PAIRS,
+        min=0,
+        help="Precompute every user's shortlist while users x items is at most this, else "
+        "the most active users' up to it (the rest are searched per request).",
     ),
     seed: int = typer.Option(0),
     gate: bool = typer.Option(
@@ -162,6 +169,7 @@ def train(
             tune_budget,
             Promotion(gate, gate_share, gate_margin, refit, keep),
             tune_scaled=tune_scaled,
+            precomputed_pairs=precomputed_pairs,
         )
 
 
@@ -213,6 +221,7 @@ def train_and_save(
     tune_budget: float = 0.0,
     promotion: Promotion | None = None,
     tune_scaled: bool = False,
+    precomputed_pairs: float = PRECOMPUTE_PAIRS,
 ) -> None:
     """What `shortlist train` does once the data is read, callable with plain values (`up`
     trains the built-in data with the defaults when no bundle exists yet). The bundle is
@@ -230,6 +239,7 @@ def train_and_save(
         seed=seed,
         index=index,
         precomputed=precomputed,
+        precomputed_pairs=precomputed_pairs,
         model=model,
         model_options=json.loads(options) if options else None,
         tune_budget=tune_budget,

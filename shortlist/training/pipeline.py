@@ -42,7 +42,12 @@ from shortlist.ranking.lambdarank import RankerConfig, RankerFit, mean_list_ndcg
 from shortlist.ranking.scorer import choose_order_weight
 from shortlist.ranking.user_signals import UserSignals, recent_in_order
 from shortlist.retrieval.index import build_index
-from shortlist.retrieval.precomputed import PrecomputedShortlists
+from shortlist.retrieval.precomputed import (
+    PRECOMPUTE_PAIRS,
+    PrecomputedShortlists,
+    precompute_users,
+    user_rows,
+)
 from shortlist.training.sources import (
     Sources,
     chosen_fusion,
@@ -88,6 +93,11 @@ class TrainConfig:
     # Width of each trained user's precomputed shortlist (shortlist.retrieval.precomputed): the
     # served N (200) plus room for live exclusions; 0: none, retrieval always searches.
     precomputed: int = 256
+    # Precompute only while users x items stays within this many pairs, else the most
+    # active users' shortlists up to it (shortlist.retrieval.precomputed.precompute_users):
+    # exact search grows with users x items, and at 10M users x 1M items every user's
+    # would take about 200 core-hours (docs/decisions/0051-precompute-budget.md).
+    precomputed_pairs: float = PRECOMPUTE_PAIRS
     seed: int = 0
     model: str = "mf-bpr"
     # Options of the retrieval model (registry names); dim/epochs/seed above apply to MF-BPR.
@@ -200,15 +210,21 @@ def train_bundle(
         )
     precomputed, precomputed_seconds = None, 0.0
     if cfg.precomputed > 0:
-        say(f"precomputing every user's top-{cfg.precomputed} by exact search")
+        users = precompute_users(data.positives, cfg.precomputed_pairs)
+        say(
+            f"precomputing the top-{cfg.precomputed} of {len(users):,} of {data.n_users:,}"
+            " users by exact search"
+        )
         precomputed_seconds = -time.perf_counter()
         seen = data.positives + data.negatives
         if sources is None:
             precomputed = PrecomputedShortlists.compute(
-                model.user_factors, model.item_factors, seen, cfg.precomputed
+                model.user_factors, model.item_factors, seen, cfg.precomputed, users=users
             )
         else:
-            precomputed = fused_precomputed(sources, fusion, data.positives, seen, cfg.precomputed)
+            precomputed = fused_precomputed(
+                sources, fusion, data.positives, seen, cfg.precomputed, users
+            )
         precomputed_seconds += time.perf_counter()
     bundle = Bundle(
         version=new_version(),
@@ -313,18 +329,24 @@ def fused_candidates(
 
 
 def fused_precomputed(
-    sources: Sources, fusion: Any, history: sp.csr_matrix, seen: sp.csr_matrix, width: int
+    sources: Sources,
+    fusion: Any,
+    history: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    width: int,
+    users: np.ndarray | None = None,
 ) -> PrecomputedShortlists:
-    """Every user's fused top-`width` (each source's top `fusion.depth`, as served) with
-    the sources that proposed each item, PRECOMPUTE_USERS users at a time on the training
-    engine (on Dask, the parts on the workers)."""
+    """`users`' (all by default) fused top-`width` (each source's top `fusion.depth`, as
+    served) with the sources that proposed each item, PRECOMPUTE_USERS users at a time on
+    the training engine (on Dask, the parts on the workers)."""
     n_users = history.shape[0]
-    parts = np.array_split(np.arange(n_users), max(1, -(-n_users // PRECOMPUTE_USERS)))
+    users = np.arange(n_users) if users is None else users
+    parts = np.array_split(users, max(1, -(-len(users) // PRECOMPUTE_USERS)))
     done = compute.current().map(
         fused_part, parts, sources=sources, fusion=fusion, history=history, seen=seen, width=width
     )
     items, scores, bits = (np.concatenate([d[k] for d in done]) for k in range(3))
-    return PrecomputedShortlists(items, scores, bits, done[0][3])
+    return PrecomputedShortlists(items, scores, bits, done[0][3], user_rows(users, n_users))
 
 
 def fused_part(
@@ -337,7 +359,8 @@ def fused_part(
     width: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
     """`users`' fused (items, scores, source bits) and the sources' names, in bit order."""
-    fused = fused_lists(source_lists(sources, history, users, fusion.depth, seen), fusion, width)
+    lists = source_lists(sources, history, users, fusion.depth, seen, fusion.used)
+    fused = fused_lists(lists, fusion, width)
     return fused.items.astype(np.int32), fused.scores, fused.source_bits(), tuple(fused.ranks)
 
 

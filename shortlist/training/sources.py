@@ -10,6 +10,7 @@ its name and its lists here.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -78,18 +79,25 @@ def source_lists(
     users: np.ndarray,
     width: int,
     exclude: sp.csr_matrix,
+    names: Collection[str] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each source's (items, scores), users x width, `exclude` left out (-1 padded)."""
+    """Each source's (items, scores), users x width, `exclude` left out (-1 padded); only
+    the sources in `names` when given (a fusion's used ones: the others cannot change it)."""
+    wanted = set(sources.names if names is None else names)
+    models = [
+        (sources.primary_name, sources.primary),
+        (ITEM_ITEM, sources.item_item),
+        (IALS, sources.ials),
+    ]
     out = {
-        sources.primary_name: model_top_k(sources.primary, history, users, width, exclude),
+        name: model_top_k(model, history, users, width, exclude)
+        for name, model in models
+        if model is not None and name in wanted
     }
-    if sources.item_item is not None:
-        out[ITEM_ITEM] = model_top_k(sources.item_item, history, users, width, exclude)
-    if sources.ials is not None:
-        out[IALS] = model_top_k(sources.ials, history, users, width, exclude)
-    ones = np.ones((history.shape[0], 1), np.float32)
-    pop = sources.popularity[:, None].astype(np.float32)
-    out[POPULARITY] = scored_top_k(ones, pop, users, width, exclude)
+    if POPULARITY in wanted:
+        ones = np.ones((history.shape[0], 1), np.float32)
+        pop = sources.popularity[:, None].astype(np.float32)
+        out[POPULARITY] = scored_top_k(ones, pop, users, width, exclude)
     return out
 
 

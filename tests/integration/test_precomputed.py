@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.config import Settings
 from shortlist.feedback.stores.redis_store import RedisStateStore
-from shortlist.retrieval.precomputed import PrecomputedShortlists
+from shortlist.retrieval.precomputed import PrecomputedShortlists, user_rows
 from shortlist.services.local import LocalRetriever
 
 
@@ -122,3 +122,33 @@ def test_retrieval_can_be_told_to_search_always(bundle, redis_url, redis_prefix)
     got = stub.retrieve(bundle.users.id(7), 20, [], "", 5)
     assert len(got) == 20 and got.user_source == "trained"
     assert answers("precomputed") == before and answers("search") == searched + 1
+
+
+def test_a_user_without_a_precomputed_row_is_searched(bundle, redis_url, redis_prefix, tmp_path):
+    """A bundle trained past its precompute budget holds rows for its most active users
+    only (`shortlist.retrieval.precomputed.precompute_users`); the files keep the mapping
+    and retrieval searches for everyone else."""
+    full = bundle.precomputed
+    kept = np.array([3, 11, 20])
+    bundle.precomputed = PrecomputedShortlists(
+        full.items[kept],
+        full.scores[kept],
+        full.sources[kept],
+        full.source_names,
+        user_rows(kept, len(bundle.users)),
+    )
+    try:
+        save_bundle(bundle, tmp_path)
+    finally:
+        bundle.precomputed = full
+    loaded = load_bundle(tmp_path)
+    assert loaded.precomputed.items.shape[0] == 3
+    assert [loaded.precomputed.row(u) for u in (3, 4, 11, 20)] == [0, -1, 1, 2]
+    stub = retrieval(loaded, redis_url, redis_prefix)
+    for user, answer in ((11, "precomputed"), (12, "search")):
+        before = answers(answer)
+        got = stub.retrieve(loaded.users.id(user), 30, [], "", 5)
+        assert answers(answer) == before + 1 and got.user_source == "trained"
+        if answer == "precomputed":
+            assert got.item_ids() == bundle.items.ids(full.items[user][:30])
+        assert not set(got.item_ids()) & set(bundle.items.ids(bundle.seen_items(user)))

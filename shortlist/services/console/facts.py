@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from shortlist.bundle import promotion
+from shortlist.retrieval.precomputed import ITEMS_FILE
 
 ONEHOT_MARK = "_onehot_"  # derived columns (topic_onehot_3): the source column is shown
 PRECOMPUTED_TOP = 20  # "how often recommended": appearances in each user's first N
@@ -75,13 +76,17 @@ class BundleFiles:
         return np.load(self.directory / "popularity.npy", mmap_mode="r")
 
     @cached_property
+    def precomputed_lists(self) -> np.ndarray | None:
+        """The precomputed shortlists' items, one row per user who has one (None: none)."""
+        path = self.directory / ITEMS_FILE
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
+    @cached_property
     def recommended_counts(self) -> np.ndarray | None:
         """Per item: in how many trained users' precomputed top-N it is (None: no lists)."""
-        path = self.directory / "shortlist_items.npy"
-        if not path.exists():
+        if self.precomputed_lists is None:
             return None
-        lists = np.load(path, mmap_mode="r")[:, :PRECOMPUTED_TOP]
-        ids = np.asarray(lists).ravel()
+        ids = np.asarray(self.precomputed_lists[:, :PRECOMPUTED_TOP]).ravel()
         return np.bincount(ids[ids >= 0], minlength=len(self.item_ids))
 
     def item(self, item_id: str) -> dict[str, Any] | None:
@@ -101,7 +106,7 @@ class BundleFiles:
             "attributes": attributes,
             "training_likes": _number(float(self.popularity[n])),
             "precomputed_lists": None if counts is None else int(counts[n]),
-            "precomputed_users": len(self.user_index),
+            "precomputed_users": 0 if counts is None else len(self.precomputed_lists),
             "precomputed_top": PRECOMPUTED_TOP,
         }
 

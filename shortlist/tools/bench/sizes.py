@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from shortlist.retrieval.precomputed import ITEMS_FILE, SCORES_FILE, SOURCES_FILE
+from shortlist.retrieval.precomputed import ITEMS_FILE, ROWS_FILE, SCORES_FILE, SOURCES_FILE
 
 
 def _file(directory: Path, name: str) -> int:
@@ -65,7 +65,7 @@ def source_sizes(bundle_dir: str | Path, bundle: Any) -> dict[str, dict[str, int
         "file_bytes": _file(directory, "popularity.npy"),
         "memory_bytes": int(np.asarray(bundle.popularity).nbytes),
     }
-    pre = sum(_file(directory, f) for f in (ITEMS_FILE, SCORES_FILE, SOURCES_FILE))
+    pre = sum(_file(directory, f) for f in (ITEMS_FILE, SCORES_FILE, SOURCES_FILE, ROWS_FILE))
     if pre:
         out["precomputed"] = {"kind": "dense", "file_bytes": pre}
     return out
