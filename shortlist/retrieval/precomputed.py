@@ -27,9 +27,8 @@ ITEMS_FILE = "shortlist_items.npy"
 SCORES_FILE = "shortlist_scores.npy"
 SOURCES_FILE = "shortlist_sources.npy"
 ROWS_FILE = "shortlist_rows.npy"
-# `shortlist train`'s default budget in users x items pairs: with the fused spectral and
-# weighted-MF sources about 7e-8 CPU s a pair, some 20 minutes on 2 cores
-# (docs/decisions/0051-precompute-budget.md).
+# `shortlist train`'s default budget in users x items pairs: every user of a Gowalla-sized
+# dataset, and a bounded step past it (docs/decisions/0051-precompute-budget.md).
 PRECOMPUTE_PAIRS = 2e10
 
 

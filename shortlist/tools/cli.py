@@ -60,7 +60,7 @@ def train(
         PRECOMPUTE_PAIRS,
         min=0,
         help="Precompute every user's shortlist while users x items is at most this, else "
-        "the most active users' up to it (the rest are searched per request).",
+        "the most active users' up to it (the rest are searched per request; 0: none).",
     ),
     seed: int = typer.Option(0),
     gate: bool = typer.Option(

@@ -95,8 +95,7 @@ class TrainConfig:
     precomputed: int = 256
     # Precompute only while users x items stays within this many pairs, else the most
     # active users' shortlists up to it (shortlist.retrieval.precomputed.precompute_users):
-    # exact search grows with users x items, and at 10M users x 1M items every user's
-    # would take about 200 core-hours (docs/decisions/0051-precompute-budget.md).
+    # exact search grows with users x items (docs/decisions/0051-precompute-budget.md).
     precomputed_pairs: float = PRECOMPUTE_PAIRS
     seed: int = 0
     model: str = "mf-bpr"
@@ -209,8 +208,8 @@ def train_bundle(
             ials_refit(fit_sources_, ials_of(cfg)),
         )
     precomputed, precomputed_seconds = None, 0.0
-    if cfg.precomputed > 0:
-        users = precompute_users(data.positives, cfg.precomputed_pairs)
+    users = precompute_users(data.positives, cfg.precomputed_pairs)
+    if cfg.precomputed > 0 and len(users):
         say(
             f"precomputing the top-{cfg.precomputed} of {len(users):,} of {data.n_users:,}"
             " users by exact search"
@@ -281,6 +280,7 @@ def train_bundle(
                 "train_seconds": round(time.perf_counter() - started, 2),
                 "final_model_seconds": round(report.seconds, 2),
                 "precomputed_seconds": round(precomputed_seconds, 2),
+                "precomputed_users": 0 if precomputed is None else len(precomputed.items),
             },
         },
     )

@@ -3,6 +3,8 @@ Dask the parts are the tasks), is the list the whole user set gives in one part.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -108,5 +110,11 @@ def test_train_takes_the_pair_budget_and_refuses_a_negative_one(tmp_path):
     rows = np.flatnonzero(np.asarray(bundle.precomputed.rows) >= 0)
     assert len(rows) == bundle.precomputed.items.shape[0] == 40
     assert likes[np.setdiff1d(np.arange(120), rows)].max() <= likes[rows].min()
+    manifest = json.loads((tmp_path / bundle.version / "manifest.json").read_text())
+    assert manifest["metrics"]["precomputed_users"] == 40
+    args[2] = str(tmp_path / "none")
+    result = CliRunner().invoke(app, [*args[:-1], "0"])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(tmp_path / "none").precomputed is None  # every user searched
     bad = CliRunner().invoke(app, [*args[:-1], "-1"])
     assert bad.exit_code == 2 and "--precomputed-pairs" in bad.output
