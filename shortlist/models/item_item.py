@@ -33,6 +33,12 @@ EASE_MAX_ITEMS = 12_000
 L2_GRID = (50.0, 200.0, 800.0)
 HOLDOUT_SHARE = 0.1
 HOLDOUT_MIN_LIKES = 5
+# An option search (EASE's l2, iALS's regularization) scores every user with held-out likes
+# while users x items is within HOLDOUT_PAIRS; past it a seeded sample of
+# max(HOLDOUT_MIN_USERS, HOLDOUT_PAIRS // items) users, so that each trial's exact top-k
+# over the catalogue does not grow with the user count (docs/decisions/0052-top-k-at-scale.md).
+HOLDOUT_PAIRS = 2e9
+HOLDOUT_MIN_USERS = 2000
 
 
 def binary_likes(data: Interactions) -> sp.csr_matrix:
@@ -63,11 +69,19 @@ def truncate_rows(dense: np.ndarray, keep: int) -> sp.csr_matrix:
 
 
 def _holdout(x: sp.csr_matrix, share: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """A random `share` of each user's likes (users with >= HOLDOUT_MIN_LIKES) held out."""
+    """A random `share` of each user's likes (users with >= HOLDOUT_MIN_LIKES; past
+    HOLDOUT_PAIRS a sample of them) held out."""
     rng = np.random.default_rng(seed)
     counts = np.diff(x.indptr)
     rows = np.repeat(np.arange(x.shape[0]), counts)
-    held = (rng.random(x.nnz) < share) & (counts[rows] >= HOLDOUT_MIN_LIKES)
+    drawn = rng.random(x.nnz) < share
+    eligible = counts >= HOLDOUT_MIN_LIKES
+    cap = max(HOLDOUT_MIN_USERS, int(HOLDOUT_PAIRS // max(x.shape[1], 1)))
+    if eligible.sum() > cap:
+        sample = rng.choice(np.flatnonzero(eligible), cap, replace=False)
+        eligible = np.zeros_like(eligible)
+        eligible[sample] = True
+    held = drawn & eligible[rows]
     keep, test = x.copy(), x.copy()
     keep.data = np.where(held, 0.0, 1.0).astype(np.float32)
     test.data = np.where(held, 1.0, 0.0).astype(np.float32)

@@ -11,7 +11,7 @@ from shortlist.data.splits import random_holdout
 from shortlist.data.synthetic import generate
 from shortlist.evaluation.metrics import evaluate_model
 from shortlist.evaluation.protocols import random_scores_baseline, run_protocol
-from shortlist.models import registry
+from shortlist.models import item_item, registry
 from shortlist.models.base import is_item_item
 from shortlist.models.item_item import ease_weights, knn_table, truncate_rows
 from shortlist.models.topk import model_top_k
@@ -106,3 +106,20 @@ def test_model_top_k_never_returns_history_and_pads_unreachable_items():
     assert items[0].tolist() == [1, -1, -1]  # only item 1 is reachable from item 0
     assert items[1].tolist() == [-1, -1, -1]  # item 2 has no neighbours
     assert scores[0, 0] == 1.0
+
+
+def test_option_searches_hold_out_a_sample_of_users_past_the_pair_budget(monkeypatch):
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((400, 50)) < 0.3).astype(np.float32))
+    keep, test = item_item._holdout(x, 0.2, 0)
+    every = np.flatnonzero(np.diff(test.indptr))
+    assert len(every) > 350  # within the budget: every user with a like drawn
+    assert (keep + test != x).nnz == 0
+    monkeypatch.setattr(item_item, "HOLDOUT_PAIRS", 100 * 50)
+    monkeypatch.setattr(item_item, "HOLDOUT_MIN_USERS", 10)
+    keep, sampled = item_item._holdout(x, 0.2, 0)
+    some = np.flatnonzero(np.diff(sampled.indptr))
+    assert 85 <= len(some) <= 100 and set(some) <= set(every)
+    for u in some:  # the same likes drawn as without the budget
+        np.testing.assert_array_equal(sampled[u].indices, test[u].indices)
+    assert (keep + sampled != x).nnz == 0
