@@ -79,17 +79,15 @@ class PrecomputedShortlists:
         return cls(items.astype(np.int32), scores, rows=user_rows(users, n_users))
 
     def row(self, user: int) -> int:
-        """The user's row, -1 when they have none."""
+        """The user's row (what `pick`, `at` and `sources_at` take), -1 when they have none."""
         return user if self.rows is None else int(self.rows[user])
 
-    def pick(self, user: int, n: int, exclude: np.ndarray) -> np.ndarray | None:
-        """Where in the user's row their top-n without the `exclude`d item indices are, or
-        None when the stored row cannot tell (fewer than n left of a row cut at width) or
-        the user has no row."""
-        at = self.row(user)
-        if at < 0:
+    def pick(self, row: int, n: int, exclude: np.ndarray) -> np.ndarray | None:
+        """Where in `row` its top-n without the `exclude`d item indices are, or None when
+        there is no row (-1) or it cannot tell (fewer than n left of a row cut at width)."""
+        if row < 0:
             return None
-        row = self.items[at]
+        row = self.items[row]
         keep = row >= 0
         complete = not keep[-1]
         if len(exclude):
@@ -99,16 +97,15 @@ class PrecomputedShortlists:
             return None
         return picked
 
-    def at(self, user: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The items and scores at positions `picked` of the user's row."""
-        at = self.row(user)
-        return self.items[at, picked].astype(np.int64), np.array(self.scores[at, picked])
+    def at(self, row: int, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The items and scores at positions `picked` of `row`."""
+        return self.items[row, picked].astype(np.int64), np.array(self.scores[row, picked])
 
-    def sources_at(self, user: int, picked: np.ndarray) -> list[tuple[str, ...]]:
-        """The sources that proposed the items at positions `picked` of the user's row."""
+    def sources_at(self, row: int, picked: np.ndarray) -> list[tuple[str, ...]]:
+        """The sources that proposed the items at positions `picked` of `row`."""
         if self.sources is None:
             return []
-        return source_sets(np.asarray(self.sources[self.row(user), picked]), self.source_names)
+        return source_sets(np.asarray(self.sources[row, picked]), self.source_names)
 
     def save(self, directory: Path) -> None:
         np.save(directory / ITEMS_FILE, self.items)

@@ -169,11 +169,12 @@ def retrieve(
     # without any is answered from the precomputed one
     fresh = not (fused_source(bundle) and live_liked)
     if not folded and fresh and precomputed and bundle.precomputed is not None:
-        picked = bundle.precomputed.pick(user_index, n, live)
+        row = bundle.precomputed.row(user_index)
+        picked = bundle.precomputed.pick(row, n, live)
         if picked is not None:
-            found = Shortlist(*bundle.precomputed.at(user_index, picked), "trained", "precomputed")
+            found = Shortlist(*bundle.precomputed.at(row, picked), "trained", "precomputed")
             if fused_source(bundle):
-                found.sources = bundle.precomputed.sources_at(user_index, picked)
+                found.sources = bundle.precomputed.sources_at(row, picked)
     if found is None:
         exclude = (
             np.union1d(bundle.seen_items(user_index), live) if user_index is not None else live

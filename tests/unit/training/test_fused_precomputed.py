@@ -19,15 +19,19 @@ from shortlist.training import pipeline
 from shortlist.training.sources import fit_sources
 
 
-def test_parts_of_users_give_the_one_part_lists(monkeypatch):
-    data = generate(n_users=300, n_items=120, likes_per_user=12, dislikes_per_user=3, seed=2)
+def fitted(seed: int = 2):
+    data = generate(n_users=300, n_items=120, likes_per_user=12, dislikes_per_user=3, seed=seed)
     primary = registry.build("spectral", {"rank": 16, "ideal_rank": 8})
     primary.fit(data)
     sources = fit_sources(data, "spectral", primary, {}, {"factors": 8, "regularization": 1.0})
+    return data, sources, (data.positives + data.negatives).tocsr()
+
+
+def test_parts_of_users_give_the_one_part_lists(monkeypatch):
+    data, sources, seen = fitted()
     fusion = FusionConfig(
         weights={"spectral": 1.0, "item-item": 0.5, "ials": 0.5}, primary="spectral", depth=40
     )
-    seen = (data.positives + data.negatives).tocsr()
     whole = pipeline.fused_precomputed(sources, fusion, data.positives, seen, 32)
     monkeypatch.setattr(pipeline, "PRECOMPUTE_USERS", 70)  # 5 parts, the last one short
     parts = pipeline.fused_precomputed(sources, fusion, data.positives, seen, 32)
@@ -40,14 +44,6 @@ def test_parts_of_users_give_the_one_part_lists(monkeypatch):
     # the seen items are never listed
     for u in range(0, 300, 37):
         assert not set(parts.items[u]) & set(seen[u].indices)
-
-
-def fitted(seed: int = 2):
-    data = generate(n_users=300, n_items=120, likes_per_user=12, dislikes_per_user=3, seed=seed)
-    primary = registry.build("spectral", {"rank": 16, "ideal_rank": 8})
-    primary.fit(data)
-    sources = fit_sources(data, "spectral", primary, {}, {"factors": 8, "regularization": 1.0})
-    return data, sources, (data.positives + data.negatives).tocsr()
 
 
 def test_only_the_fusions_used_sources_are_listed_and_the_lists_are_the_same(monkeypatch):
@@ -91,12 +87,14 @@ def test_a_pair_budget_precomputes_the_most_active_users_and_the_rest_have_no_ro
     assert some.items.shape == (50, 32) and every.rows is None
     none = np.array([], np.int64)
     for u in range(300):
-        picked = some.pick(u, 20, none)
+        row = some.row(u)
+        picked = some.pick(row, 20, none)
         if u not in users:
-            assert some.row(u) == -1 and picked is None  # searched at request time
+            assert row == -1 and picked is None  # searched at request time
             continue
-        np.testing.assert_array_equal(some.at(u, picked)[0], every.at(u, picked)[0])
-        assert some.sources_at(u, picked) == every.sources_at(u, picked)
+        assert every.row(u) == u and row == np.searchsorted(users, u)
+        np.testing.assert_array_equal(some.at(row, picked)[0], every.at(u, picked)[0])
+        assert some.sources_at(row, picked) == every.sources_at(u, picked)
 
 
 @pytest.mark.slow
