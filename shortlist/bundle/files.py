@@ -47,6 +47,7 @@ from shortlist.data.mapped import (
     has_csr,
     has_ids,
     load_csr,
+    load_mapped,
     save_csr,
     save_ids,
 )
@@ -185,7 +186,7 @@ def load_bundle(path: Path, with_index: bool = True, key: str | None = None) -> 
     fold = manifest["foldin"]
     items = IdMap(json.loads((directory / "items.json").read_text()))
     # read row by row (user vectors, fold-in): mapped, one copy per node
-    encoder = np.load(encoder_path, mmap_mode="r") if encoder_path.exists() else None
+    encoder = load_mapped(encoder_path) if encoder_path.exists() else None
     n_items = len(items)
     user_vectors = _user_vectors(directory, encoder, n_items)
     bundle = Bundle(
@@ -237,7 +238,7 @@ def _user_vectors(
     the encoder; other models' stored vectors, mapped."""
     if encoder is not None and has_csr(directory, "user_weights"):
         return EncodedVectors(load_csr(directory, "user_weights", n_items), encoder)
-    return np.load(directory / "user_vectors.npy", mmap_mode="r")
+    return load_mapped(directory / "user_vectors.npy")
 
 
 def _interactions(directory: Path, name: str, n_items: int) -> sp.csr_matrix:
@@ -285,7 +286,7 @@ def _context_counts(directory: Path, values: dict[str, list[str]]) -> ContextCou
 def _optional(path: Path, mapped: bool = False) -> np.ndarray | None:
     if not path.exists():
         return None
-    return np.load(path, mmap_mode="r") if mapped else np.load(path)
+    return load_mapped(path) if mapped else np.load(path)
 
 
 def _optional_json(path: Path) -> dict:

@@ -36,6 +36,14 @@ def is_mapped(array: np.ndarray) -> bool:
     return False
 
 
+def load_mapped(path: Path) -> np.ndarray:
+    """The `.npy` file at `path` memory-mapped read-only, as a plain ndarray view of the
+    mapping: every index into an `np.memmap` builds another memmap through a Python-level
+    `__array_finalize__`, a cost paid many times per request; the view reads the same
+    pages without it (`is_mapped` still sees the mapping through its base)."""
+    return np.load(path, mmap_mode="r").view(np.ndarray)
+
+
 def csr_files(name: str) -> tuple[str, str, str]:
     return f"{name}.indptr.npy", f"{name}.indices.npy", f"{name}.data.npy"
 
@@ -59,7 +67,7 @@ def has_csr(directory: Path, name: str) -> bool:
 
 def load_csr(directory: Path, name: str, n_cols: int) -> sp.csr_matrix:
     """The matrix `save_csr` wrote, over memory-mapped arrays (rows: len(indptr) - 1)."""
-    indptr, indices, data = (np.load(directory / f, mmap_mode="r") for f in csr_files(name))
+    indptr, indices, data = (load_mapped(directory / f) for f in csr_files(name))
     shape = (len(indptr) - 1, n_cols)
     return sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
 
@@ -96,8 +104,8 @@ class MappedIds:
     @classmethod
     def load(cls, directory: Path, name: str) -> MappedIds:
         return cls(
-            np.load(directory / IDS_FILE.format(name), mmap_mode="r"),
-            np.load(directory / ORDER_FILE.format(name), mmap_mode="r"),
+            load_mapped(directory / IDS_FILE.format(name)),
+            load_mapped(directory / ORDER_FILE.format(name)),
         )
 
     def __len__(self) -> int:

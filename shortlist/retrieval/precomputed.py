@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from shortlist.data.mapped import load_mapped
 from shortlist.retrieval.fusion import source_sets
 
 ITEMS_FILE = "shortlist_items.npy"
@@ -126,11 +127,11 @@ class PrecomputedShortlists:
 
         def optional(name: str) -> np.ndarray | None:
             path = directory / name
-            return np.load(path, mmap_mode="r") if path.exists() else None
+            return load_mapped(path) if path.exists() else None
 
         return cls(
-            np.load(directory / ITEMS_FILE, mmap_mode="r"),
-            np.load(directory / SCORES_FILE, mmap_mode="r"),
+            load_mapped(directory / ITEMS_FILE),
+            load_mapped(directory / SCORES_FILE),
             optional(SOURCES_FILE),
             source_names,
             optional(ROWS_FILE),

@@ -100,6 +100,9 @@ def test_per_user_arrays_are_memory_mapped_not_copied(data, tmp_path):
     assert is_mapped(loaded.precomputed.items) and is_mapped(loaded.precomputed.scores)
     assert is_mapped(loaded.user_features)
     assert is_mapped(loaded.item_encoder)  # read by rows, shared by the node's pods
+    # plain views of the mappings: indexing them builds no np.memmap objects per request
+    mapped = [loaded.users._ids, loaded.precomputed.items, loaded.item_encoder, loaded.likes.data]
+    assert all(type(a) is np.ndarray for a in mapped)
     # the item side stays in memory: it does not grow with users
     assert not is_mapped(loaded.item_vectors)
     # the same rows as before saving
