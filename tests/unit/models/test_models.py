@@ -390,6 +390,9 @@ def test_implicit_peers_run_through_the_bench_with_the_same_json_keys(tiny_dir, 
     assert b["test_excludes"] == "train" and b["users"] == a["users"]
     tuning = b["tuning"]
     assert tuning["trials"] and tuning["chosen"] == b["options"]
+    # the key the bench prints (shared with our models' tuning; a missing one crashed the
+    # command without --tune-budget)
+    assert tuning["budget_s"] == 3
     assert max(t["ndcg@20"] for t in tuning["trials"]) == tuning["valid_ndcg@20"]
     assert 0 < b["recall@20"] <= 1 and 0 < b["ndcg@20"] <= 1
     two_stage = CliRunner().invoke(app, [*base, "--model", peer, "--pipeline", "two-stage"])
