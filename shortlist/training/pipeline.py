@@ -155,42 +155,11 @@ def train_bundle(
 ) -> Bundle:
     cfg = config or TrainConfig()
     say = progress or (lambda _msg: None)
-    rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     options, tuning = chosen_options(data, cfg, say)
 
-    labels = label_kind(data, cfg.labels)
-    say(f"splitting likes into model-fit and ranker-label ({labels}) parts")
-    held = label_mask(data, labels, cfg.label_share, rng)
-    fit_data, label_data = select_likes(data, ~held), select_likes(data, held)
-    fit_pos, label_pos = fit_data.positives, label_data.positives
-
-    say(f"training {cfg.model} on the fit part ({fit_pos.nnz:,} likes)")
-    fit_model = registry.build(cfg.model, options)
-    fit_model.fit(fit_data)
-
-    label_users = labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed)
-    fit_sources_, fusion, fusion_report, candidates = fused_candidates(
-        fit_data, fit_model, label_pos, label_users, cfg, say
-    )
-    say(f"building top-{cfg.candidates} shortlists and ranking features")
-    names = data_feature_names(data)
-    lists = ranking_lists(
-        fit_data,
-        fit_model.user_factors,
-        fit_model.item_factors,
-        label_pos,
-        label_data.timestamps,
-        cfg,
-        users=label_users,
-        label_context=label_data.context,
-        candidates=candidates,
-        item_item=item_item_table(fit_sources_),
-    )
-    fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
-    ranker = fit.booster
-    retrieval_ndcg = mean_list_ndcg(-fit.retrieval_rank, fit.labels, fit.sizes)
-    lambdarank_ndcg = mean_list_ndcg(fit.held_out_scores, fit.labels, fit.sizes)
+    part = fit_part_stage(data, options, cfg, say)
+    labels, names, fit, fusion = part.labels, part.names, part.fit, part.fusion
 
     say("training the serving model on all likes")
     model = registry.build(cfg.model, options)
@@ -205,7 +174,7 @@ def train_bundle(
             cfg.model,
             model,
             cfg.item_item_options or {},
-            ials_refit(fit_sources_, ials_of(cfg)),
+            part.ials_options,
         )
     precomputed, precomputed_seconds = None, 0.0
     users = precompute_users(data.positives, cfg.precomputed_pairs)
@@ -245,7 +214,7 @@ def train_bundle(
         context_counts=context_counts(data.positives, data.context),
         sequence=sequence_neighbours(data.positives, data.recency(), cfg.sequence_window),
         foldin=foldin,
-        ranker=ranker,
+        ranker=fit.booster,
         deep_ranker=fit.deep,
         item_encoder=getattr(model, "item_encoder", None),
         user_weights=getattr(model, "user_weights", None),
@@ -259,7 +228,7 @@ def train_bundle(
             "engine": compute.current().name,  # where it trained (shortlist.compute)
             "model_options": options,
             "tuning": tuning,
-            "fusion_choice": fusion_report,
+            "fusion_choice": part.fusion_report,
             "config": asdict(cfg),
             "code_version": code_version(),
             "feature_names": names,
@@ -270,8 +239,8 @@ def train_bundle(
                 "ranker_labels": labels,
                 "ranker_lists": int(len(fit.users)),
                 "ranker_rounds": fit.rounds,
-                "retrieval_order_ndcg@20": round(retrieval_ndcg, 4),
-                "lambdarank_ndcg@20": round(lambdarank_ndcg, 4),
+                "retrieval_order_ndcg@20": round(part.retrieval_ndcg, 4),
+                "lambdarank_ndcg@20": round(part.lambdarank_ndcg, 4),
                 # LambdaRank's with the retrieval order at the weight chosen on these lists
                 "ranker_ndcg@20": round(fit.order_ndcg, 4),
                 # DeepFM's, on the share of the lists it held out for early stopping
@@ -285,6 +254,68 @@ def train_bundle(
         },
     )
     return bundle
+
+
+@dataclass
+class FitPart:
+    """What the ranker's stage leaves for the serving bundle: the rankers, the fusion, the
+    weighted-MF options for the refit and the lists' figures."""
+
+    labels: str
+    names: list[str]
+    fit: FittedRanker
+    fusion: Any
+    fusion_report: dict | None
+    ials_options: dict | None
+    retrieval_ndcg: float
+    lambdarank_ndcg: float
+
+
+def fit_part_stage(data: Interactions, options: dict, cfg: TrainConfig, say: Progress) -> FitPart:
+    """The models fit on part of the likes, the fusion and the rankers learnt from the held
+    out rest. Its own function so that those models, their lists and features are freed
+    when it returns, before the serving models train on all likes (they are the size of
+    the serving ones: kept, they doubled training's peak memory)."""
+    rng = np.random.default_rng(cfg.seed)
+    labels = label_kind(data, cfg.labels)
+    say(f"splitting likes into model-fit and ranker-label ({labels}) parts")
+    held = label_mask(data, labels, cfg.label_share, rng)
+    fit_data, label_data = select_likes(data, ~held), select_likes(data, held)
+    fit_pos, label_pos = fit_data.positives, label_data.positives
+
+    say(f"training {cfg.model} on the fit part ({fit_pos.nnz:,} likes)")
+    fit_model = registry.build(cfg.model, options)
+    fit_model.fit(fit_data)
+
+    label_users = labelled_users(label_pos, cfg.ranker_max_lists, cfg.seed)
+    fit_sources_, fusion, fusion_report, candidates = fused_candidates(
+        fit_data, fit_model, label_pos, label_users, cfg, say
+    )
+    say(f"building top-{cfg.candidates} shortlists and ranking features")
+    names = data_feature_names(data)
+    lists = ranking_lists(
+        fit_data,
+        fit_model.user_factors,
+        fit_model.item_factors,
+        label_pos,
+        label_data.timestamps,
+        cfg,
+        users=label_users,
+        label_context=label_data.context,
+        candidates=candidates,
+        item_item=item_item_table(fit_sources_),
+    )
+    fit = fit_ranker(lists, names, cfg, RankerConfig(seed=cfg.seed), say)
+    return FitPart(
+        labels,
+        names,
+        fit,
+        fusion,
+        fusion_report,
+        ials_refit(fit_sources_, ials_of(cfg)),
+        mean_list_ndcg(-fit.retrieval_rank, fit.labels, fit.sizes),
+        mean_list_ndcg(fit.held_out_scores, fit.labels, fit.sizes),
+    )
 
 
 def ials_of(cfg: TrainConfig) -> dict | None:
