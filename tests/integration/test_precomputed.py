@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from shortlist.bundle.files import load_bundle, save_bundle
 from shortlist.config import Settings
+from shortlist.data.mapped import is_mapped
 from shortlist.feedback.stores.redis_store import RedisStateStore
 from shortlist.retrieval.precomputed import PrecomputedShortlists, user_rows
 from shortlist.services.local import LocalRetriever
@@ -68,7 +69,7 @@ def test_bundles_save_and_load_them_memory_mapped(bundle, tmp_path):
     assert bundle.precomputed is not None  # the trained test bundle carries them
     save_bundle(bundle, tmp_path)
     loaded = load_bundle(tmp_path)
-    assert isinstance(loaded.precomputed.items, np.memmap)
+    assert is_mapped(loaded.precomputed.items)  # pages shared by the processes on a node
     np.testing.assert_array_equal(loaded.precomputed.items, bundle.precomputed.items)
     np.testing.assert_array_equal(loaded.precomputed.scores, bundle.precomputed.scores)
 
